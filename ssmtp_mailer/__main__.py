@@ -1,0 +1,3 @@
+from ssmtp_mailer.entry import main
+
+raise SystemExit(main())

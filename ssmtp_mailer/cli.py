@@ -1,0 +1,61 @@
+"""The `ssmtp-mailer` click group; each subcommand lives in `commands/` and loads on use."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from ssmtp_mailer import __version__
+from ssmtp_mailer.commands.common import common_options
+from ssmtp_mailer.errors import UsageError
+
+# name -> (module, attribute, one-line help); loaded only when the command runs.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "config": ("ssmtp_mailer.commands.config", "config_group", "Check or show the configuration."),
+    "password": ("ssmtp_mailer.commands.password", "password_group", "Keyring passwords."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported only when invoked, keeping start-up fast."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        command = getattr(importlib.import_module(entry[0]), entry[1])
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ssmtp-mailer")
+@common_options
+def cli() -> None:
+    """A send-only mail transfer agent: sendmail-compatible, relays through your SMTP server."""
+
+
+def run_cli(args: list[str]) -> int:
+    """Run the group without click's own exit handling; errors reach the entry point."""
+    try:
+        result = cli.main(args=args, prog_name="ssmtp-mailer", standalone_mode=False)
+    except click.exceptions.Abort:
+        print("ssmtp-mailer: aborted", file=sys.stderr)
+        return 1
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "ssmtp-mailer"
+        raise UsageError(command, exc.format_message(), hint=f"see `{command} --help`") from None
+    except click.ClickException as exc:
+        raise UsageError("ssmtp-mailer", exc.format_message()) from None
+    return result if isinstance(result, int) else 0
+

@@ -1,0 +1,55 @@
+"""`ssmtp-mailer password set|delete NAME`: route passwords in the system keyring."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ssmtp_mailer.commands.common import common_options, load
+from ssmtp_mailer.config import secrets
+from ssmtp_mailer.errors import ConfigError, UsageError
+
+
+@click.group("password")
+@common_options
+def password_group() -> None:
+    """Store route passwords in the keyring (service `ssmtp-mailer`, key = route name)."""
+
+
+def _route_name(name: str) -> str:
+    config = load()
+    key = name.lower()
+    if key not in config.domains:
+        known = ", ".join(sorted(config.domains)) or "none"
+        raise ConfigError(f"[domain:{name}]", f"no such route (routes: {known})")
+    return key
+
+
+@password_group.command("set")
+@common_options
+@click.argument("name")
+def set_password(name: str) -> None:
+    """Prompt for NAME's password without echo (or read one line from stdin) and store it."""
+    key = _route_name(name)
+    if sys.stdin.isatty():
+        secret = click.prompt(f"Password for [domain:{key}]", hide_input=True, confirmation_prompt=True)
+    else:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret:
+        raise UsageError("password set", "empty password, nothing stored")
+    secrets.keyring_set(key, secret)
+    click.echo(f"stored the password for [domain:{key}] in the keyring")
+
+
+@password_group.command("delete")
+@common_options
+@click.argument("name")
+def delete_password(name: str) -> int:
+    """Remove NAME's password from the keyring."""
+    key = _route_name(name)
+    if not secrets.keyring_delete(key):
+        click.echo(f"ssmtp-mailer: [domain:{key}]: no password in the keyring", err=True)
+        return 1
+    click.echo(f"deleted the password for [domain:{key}] from the keyring")
+    return 0

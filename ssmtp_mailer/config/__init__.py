@@ -1,0 +1,1 @@
+"""Configuration: the model, the loader, secrets, and rendering for `config show`."""

@@ -1,0 +1,514 @@
+"""Discovery, reading and validation of the configuration tree (SPEC §3)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ssmtp_mailer import paths
+from ssmtp_mailer.config import values as v
+from ssmtp_mailer.config.ini import RawSection, parse_ini
+from ssmtp_mailer.config.model import (
+    AuthMethod,
+    Config,
+    DeliveryMode,
+    DkimAlgorithm,
+    DomainConfig,
+    GlobalConfig,
+    Location,
+    MappingConfig,
+    TempFailurePolicy,
+    UserConfig,
+)
+from ssmtp_mailer.errors import ConfigError
+
+Parser = Callable[[str], Any]
+
+GLOBAL_KEYS: dict[str, Parser] = {
+    "default_hostname": v.parse_hostname,
+    "default_from": v.parse_address,
+    "config_dir": v.parse_str,
+    "domains_dir": v.parse_str,
+    "users_dir": v.parse_str,
+    "mappings_dir": v.parse_str,
+    "ssl_dir": v.parse_str,
+    "spool_dir": v.parse_str,
+    "log_file": v.parse_str,
+    "log_level": v.parse_log_level,
+    "syslog": v.parse_bool,
+    "max_connections": v.parse_positive,
+    "connection_timeout": v.parse_positive,
+    "read_timeout": v.parse_positive,
+    "write_timeout": v.parse_positive,
+    "enable_rate_limiting": v.parse_bool,
+    "rate_limit_per_minute": v.parse_positive,
+    "max_retries": v.parse_count,
+    "retry_backoff": v.parse_seconds,
+    "on_temporary_failure": v.enum_parser(TempFailurePolicy),
+    "queue_lifetime": v.parse_seconds,
+    "bounce": v.parse_bool,
+    "dns_servers": v.parse_ip_list,
+    "default_domain": v.parse_str,
+    "users_required": v.parse_bool,
+    "listen_address": v.parse_hostport,
+    "allowed_networks": v.parse_networks,
+    "max_message_size": v.parse_positive,
+}
+
+DOMAIN_KEYS: dict[str, Parser] = {
+    "enabled": v.parse_bool,
+    "smtp_server": v.parse_hostname,
+    "smtp_port": v.parse_port,
+    "fallback_servers": v.parse_hostport_list,
+    "auth_method": v.enum_parser(AuthMethod, upper=True),
+    "username": v.parse_str,
+    "password": v.parse_str,
+    "password_command": v.parse_str,
+    "oauth2_token_command": v.parse_str,
+    "relay_account": v.parse_address,
+    "use_ssl": v.parse_bool,
+    "use_starttls": v.parse_bool,
+    "tls_verify": v.parse_bool,
+    "ssl_ca_file": v.parse_str,
+    "tls_fingerprint": v.parse_fingerprint,
+    "ssl_cert_file": v.parse_str,
+    "ssl_key_file": v.parse_str,
+    "allow_plaintext_auth": v.parse_bool,
+    "helo_name": v.parse_hostname,
+    "delivery_mode": v.enum_parser(DeliveryMode),
+    "dkim_selector": v.parse_str,
+    "dkim_key_file": v.parse_str,
+    "dkim_algorithm": v.enum_parser(DkimAlgorithm),
+    "rate_limit_per_minute": v.parse_positive,
+}
+
+USER_KEYS: dict[str, Parser] = {
+    "enabled": v.parse_bool,
+    "domain": v.parse_str,
+    "can_send_from": v.parse_bool,
+    "can_send_to": v.parse_bool,
+    "template_address": v.parse_bool,
+    "allowed_types": v.parse_list,
+    "allowed_recipients": v.parse_list,
+    "allowed_domains": v.parse_list,
+}
+
+MAPPING_KEYS: dict[str, Parser] = {
+    "from_pattern": v.parse_address,
+    "to_pattern": v.parse_address,
+    "smtp_account": v.parse_address,
+    "domain": v.parse_str,
+    "allowed_recipients": v.parse_list,
+    "rewrite_headers": v.parse_bool,
+}
+
+SCHEMAS = {"global": GLOBAL_KEYS, "domain": DOMAIN_KEYS, "user": USER_KEYS, "mapping": MAPPING_KEYS}
+_SSL_FILE_KEYS = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
+
+
+@dataclass
+class _Report:
+    """Problems found while loading: errors stop the load, warnings are shown by `check`."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def find_config_file(explicit: str | None = None) -> Path:
+    """The main configuration file: first found of SPEC §3's discovery order."""
+    candidates = paths.config_candidates(explicit)
+    for path, source in candidates:
+        if path.is_dir():
+            raise ConfigError(str(path), f"is a directory, expected a file (from {source})")
+        if path.exists():
+            return path
+        if len(candidates) == 1:
+            raise ConfigError(str(path), f"no such file (from {source})")
+    tried = ", ".join(str(p) for p, _ in candidates)
+    raise ConfigError(
+        "configuration",
+        f"no configuration file found (tried {tried})",
+        hint="pass --config PATH, set $SSMTP_MAILER_CONFIG, or copy etc/ssmtp-mailer",
+    )
+
+
+def load_config(explicit: str | None = None, *, strict: bool = False) -> Config:
+    """Read and validate the whole tree; raise ConfigError listing every problem."""
+    return load_config_file(find_config_file(explicit), strict=strict)
+
+
+def load_config_file(main_file: Path, *, strict: bool = False) -> Config:
+    report = _Report()
+    main_file = Path(os.path.abspath(main_file))
+    main_sections = _read_file(main_file, report)
+    if main_sections is None:
+        raise ConfigError("configuration", "cannot be read", problems=report.errors)
+    globals_raw = [s for s in main_sections if s.kind == "global"]
+    for extra in globals_raw[1:]:
+        report.errors.append(
+            f"{extra.location}: [global] appears twice (first at {globals_raw[0].location})"
+        )
+    global_section = globals_raw[0] if globals_raw else None
+    gconf = _build_global(global_section, main_file, report)
+
+    files = [main_file]
+    sections = [s for s in main_sections if s.kind != "global"]
+    seen_dirs: set[Path] = set()
+    for key, directory in (
+        ("domains_dir", gconf.domains_dir),
+        ("users_dir", gconf.users_dir),
+        ("mappings_dir", gconf.mappings_dir),
+    ):
+        explicit = global_section is not None and key in global_section.values
+        resolved = directory.resolve()
+        if resolved in seen_dirs:
+            continue
+        seen_dirs.add(resolved)
+        for path in _dir_files(directory, key, explicit, global_section, report):
+            files.append(path)
+            for section in _read_file(path, report) or []:
+                if section.kind == "global":
+                    report.errors.append(
+                        f"{section.location}: [global] belongs in the main file {main_file}"
+                    )
+                else:
+                    sections.append(section)
+
+    config = _build_sections(main_file, gconf, sections, files, report, strict)
+    if report.errors:
+        raise ConfigError("configuration", "invalid", problems=report.errors)
+    return config
+
+
+def _read_file(path: Path, report: _Report) -> list[RawSection] | None:
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        report.errors.append(f"{path}: is a directory, expected a configuration file")
+        return None
+    except OSError as exc:
+        report.errors.append(f"{path}: cannot read: {exc.strerror or exc}")
+        return None
+    if b"\0" in data:
+        report.errors.append(f"{path}: not a text file (contains NUL bytes)")
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        report.errors.append(f"{path}:{line}: not valid UTF-8")
+        return None
+    return parse_ini(text, str(path), report.errors)
+
+
+def _dir_files(
+    directory: Path,
+    key: str,
+    explicit: bool,
+    global_section: RawSection | None,
+    report: _Report,
+) -> list[Path]:
+    where = (
+        str(global_section.values[key].location)
+        if explicit and global_section is not None
+        else str(directory)
+    )
+    if not directory.exists():
+        if explicit:
+            report.errors.append(f"{where}: {key}: no such directory: {directory}")
+        return []
+    if not directory.is_dir():
+        report.errors.append(f"{where}: {key}: {directory} is not a directory")
+        return []
+    try:
+        return sorted(p for p in directory.glob("*.conf") if p.is_file())
+    except OSError as exc:
+        report.errors.append(f"{where}: {key}: cannot list {directory}: {exc.strerror}")
+        return []
+
+
+def _typed_values(
+    section: RawSection, schema: dict[str, Parser], report: _Report
+) -> tuple[dict[str, Any], dict[str, Location]]:
+    out: dict[str, Any] = {}
+    where: dict[str, Location] = {}
+    for key, raw in section.values.items():
+        parser = schema.get(key)
+        if parser is None:
+            report.warnings.append(
+                f"{raw.location}: {key}: unknown key in [{section.kind}"
+                f"{':' + section.name if section.name else ''}], ignored"
+            )
+            continue
+        try:
+            out[key] = parser(raw.text)
+            where[key] = raw.location
+        except ValueError as exc:
+            report.errors.append(f"{raw.location}: {key}: {exc}")
+    return out, where
+
+
+def _system_hostname() -> str:
+    name = socket.gethostname()
+    if "." not in name:
+        fqdn = socket.getfqdn(name)
+        if "." in fqdn and not fqdn.startswith("localhost"):
+            return fqdn
+    return name
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "root" if os.geteuid() == 0 else str(os.geteuid())
+
+
+def _build_global(section: RawSection | None, main_file: Path, report: _Report) -> GlobalConfig:
+    raw = section or RawSection("global", "", Location(str(main_file), 0))
+    vals, _ = _typed_values(raw, GLOBAL_KEYS, report)
+    base = main_file.parent
+
+    def resolve(key: str, default: Path, against: Path) -> Path:
+        text = vals.pop(key, None)
+        path = Path(text).expanduser() if text else default
+        return path if path.is_absolute() else against / path
+
+    config_dir = resolve("config_dir", base, base)
+    hostname = vals.pop("default_hostname", None) or _system_hostname()
+    default_from = vals.pop("default_from", None) or f"{_login_name()}@{hostname}"
+    domains_dir = resolve("domains_dir", config_dir / "domains", config_dir)
+    users_dir = resolve("users_dir", config_dir / "users", config_dir)
+    mappings_dir = resolve("mappings_dir", config_dir / "mappings", config_dir)
+    ssl_dir = resolve("ssl_dir", config_dir / "ssl", config_dir)
+    spool_text = vals.pop("spool_dir", None)
+    spool_dir = Path(spool_text).expanduser() if spool_text else paths.default_spool_dir()
+    if not spool_dir.is_absolute():
+        spool_dir = config_dir / spool_dir
+    log_text = vals.pop("log_file", None)
+    log_file = None
+    if log_text:
+        log_file = Path(log_text).expanduser()
+        if not log_file.is_absolute():
+            log_file = config_dir / log_file
+    return GlobalConfig(
+        default_hostname=hostname,
+        default_from=default_from,
+        config_dir=config_dir,
+        domains_dir=domains_dir,
+        users_dir=users_dir,
+        mappings_dir=mappings_dir,
+        ssl_dir=ssl_dir,
+        spool_dir=spool_dir,
+        log_file=log_file,
+        location=raw.location if section else None,
+        **vals,
+    )
+
+
+def _build_sections(
+    main_file: Path,
+    gconf: GlobalConfig,
+    sections: list[RawSection],
+    files: list[Path],
+    report: _Report,
+    strict: bool,
+) -> Config:
+    domains: dict[str, DomainConfig] = {}
+    users: list[UserConfig] = []
+    mappings: list[MappingConfig] = []
+    first_seen: dict[tuple[str, str], Location] = {}
+    for section in sections:
+        if section.kind == "unknown":
+            continue
+        ident = (section.kind, section.name.lower())
+        if ident in first_seen:
+            report.errors.append(
+                f"{section.location}: [{section.kind}:{section.name}] is defined twice"
+                f" (also at {first_seen[ident]})"
+            )
+            continue
+        first_seen[ident] = section.location
+        if section.kind == "domain":
+            domain = _build_domain(section, gconf, report)
+            if domain is not None:
+                domains[domain.name] = domain
+        elif section.kind == "user":
+            user = _build_user(section, report)
+            if user is not None:
+                users.extend(user)
+        elif section.kind == "mapping":
+            mapping = _build_mapping(section, report)
+            if mapping is not None:
+                mappings.append(mapping)
+
+    _check_references(gconf, domains, users, mappings, report)
+    if strict:
+        report.errors.extend(report.warnings)
+        report.warnings.clear()
+    return Config(
+        main_file=main_file,
+        global_=gconf,
+        domains=domains,
+        users=tuple(users),
+        mappings=tuple(mappings),
+        files=tuple(files),
+        warnings=tuple(report.warnings),
+    )
+
+
+def _build_domain(section: RawSection, gconf: GlobalConfig, report: _Report) -> DomainConfig | None:
+    before = len(report.errors)
+    vals, where = _typed_values(section, DOMAIN_KEYS, report)
+    at = section.location
+    name = section.name.lower()
+    if vals.get("use_ssl") and vals.get("use_starttls"):
+        report.errors.append(
+            f"{where['use_starttls']}: use_starttls: cannot be true together with use_ssl"
+            f" ({where['use_ssl']}): use_ssl is TLS from the first byte (port 465),"
+            " use_starttls upgrades a plain connection (port 587)"
+        )
+    if vals.get("use_ssl"):
+        vals.setdefault("use_starttls", False)
+    vals.setdefault("smtp_port", 465 if vals.get("use_ssl") else 587)
+    vals.setdefault("helo_name", gconf.default_hostname)
+    vals.setdefault("rate_limit_per_minute", gconf.rate_limit_per_minute)
+    mode = vals.get("delivery_mode", DeliveryMode.RELAY)
+    if vals.get("enabled", True) and mode != DeliveryMode.DIRECT and "smtp_server" not in vals:
+        report.errors.append(f"{at}: smtp_server: required for a relay route, not set")
+    if "password" in vals and "password_command" in vals:
+        report.errors.append(
+            f"{where['password_command']}: password_command: set together with password"
+            f" ({where['password']}); keep one"
+        )
+    if vals.get("auth_method") == AuthMethod.XOAUTH2 and "oauth2_token_command" not in vals:
+        report.errors.append(f"{where['auth_method']}: auth_method: XOAUTH2 needs oauth2_token_command")
+    if ("dkim_selector" in vals) != ("dkim_key_file" in vals):
+        report.errors.append(f"{at}: dkim_selector and dkim_key_file: set both or neither")
+    for key in _SSL_FILE_KEYS:
+        if key in vals:
+            vals[key] = _existing_file(vals[key], gconf.ssl_dir, key, where[key], report)
+    if "dkim_key_file" in vals:
+        vals["dkim_key_file"] = _existing_file(
+            vals["dkim_key_file"], gconf.config_dir, "dkim_key_file", where["dkim_key_file"], report
+        )
+    if "password" in vals:
+        vals["password_location"] = where["password"]
+    if len(report.errors) > before:
+        return None
+    return DomainConfig(name=name, location=at, **vals)
+
+
+def _existing_file(text: str, base: Path, key: str, where: Location, report: _Report) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    if not path.is_file():
+        why = "is not a file" if path.exists() else "no such file"
+        report.errors.append(f"{where}: {key}: {path}: {why}")
+    elif not os.access(path, os.R_OK):
+        report.errors.append(f"{where}: {key}: {path}: not readable")
+    return path
+
+
+def _build_user(section: RawSection, report: _Report) -> list[UserConfig] | None:
+    before = len(report.errors)
+    vals, where = _typed_values(section, USER_KEYS, report)
+    at = section.location
+    address = section.name
+    try:
+        v.parse_address(address.replace("{type}", "x"))
+    except ValueError as exc:
+        report.errors.append(f"{at}: [user:{address}]: {exc}")
+    if vals.get("template_address"):
+        if "{type}" not in address:
+            report.errors.append(f"{at}: template_address: the address has no {{type}} to expand")
+        if not vals.get("allowed_types"):
+            report.errors.append(f"{at}: allowed_types: required when template_address = true")
+    elif "{type}" in address:
+        report.errors.append(f"{at}: [user:{address}]: {{type}} needs template_address = true")
+    if len(report.errors) > before:
+        return None
+    if vals.get("template_address"):
+        return [
+            UserConfig(address=address.replace("{type}", t), location=at, **vals)
+            for t in vals["allowed_types"]
+        ]
+    return [UserConfig(address=address, location=at, **vals)]
+
+
+def _build_mapping(section: RawSection, report: _Report) -> MappingConfig | None:
+    before = len(report.errors)
+    vals, where = _typed_values(section, MAPPING_KEYS, report)
+    at = section.location
+    for key in ("from_pattern", "to_pattern"):
+        if key not in vals and key not in section.values:
+            report.errors.append(f"{at}: {key}: required in a mapping, not set")
+    source, target = vals.get("from_pattern"), vals.get("to_pattern")
+    if source and target:
+        problem = _pattern_problem(source, target)
+        if problem:
+            report.errors.append(f"{where['to_pattern']}: to_pattern: {problem}")
+    if len(report.errors) > before:
+        return None
+    return MappingConfig(name=section.name, location=at, **vals)
+
+
+def _pattern_problem(source: str, target: str) -> str | None:
+    """Why `target` cannot be produced from what `source` matches, or None."""
+    s_local, _, s_domain = source.rpartition("@") if "@" in source else (source, "", "")
+    t_local, _, t_domain = target.rpartition("@") if "@" in target else (target, "", "")
+    if "*" in t_domain:
+        return f"the domain of {target!r} must be a real domain, not a wildcard"
+    if "*" in t_local and t_local != "*":
+        return f"'*' must be the whole local part in {target!r}"
+    if t_local == "*" and s_local != "*":
+        return f"{target!r} keeps the local part, but from_pattern {source!r} has no '*' local part"
+    for pattern in (source, target):
+        local = pattern.rpartition("@")[0] if "@" in pattern else pattern
+        if "*" in local and local != "*":
+            return f"'*' must be the whole local part in {pattern!r}"
+    if "*" in s_domain and s_domain != "*":
+        return f"'*' must be the whole domain in {source!r}"
+    return None
+
+
+def _check_references(
+    gconf: GlobalConfig,
+    domains: dict[str, DomainConfig],
+    users: list[UserConfig],
+    mappings: list[MappingConfig],
+    report: _Report,
+) -> None:
+    names = ", ".join(sorted(domains)) or "none configured"
+    if gconf.default_domain and gconf.default_domain.lower() not in domains:
+        where = gconf.location or gconf.config_dir
+        report.errors.append(
+            f"{where}: default_domain: no [domain:{gconf.default_domain}] (routes: {names})"
+        )
+    accounts = {
+        a.lower() for d in domains.values() for a in (d.relay_account, d.username) if a is not None
+    }
+    for mapping in mappings:
+        if mapping.domain and mapping.domain.lower() not in domains:
+            report.errors.append(
+                f"{mapping.location}: domain: [mapping:{mapping.name}] names"
+                f" [domain:{mapping.domain}], which is not configured (routes: {names})"
+            )
+        if mapping.smtp_account and mapping.smtp_account.lower() not in accounts:
+            report.errors.append(
+                f"{mapping.location}: smtp_account: [mapping:{mapping.name}] names"
+                f" {mapping.smtp_account}, which no route has as relay_account or username"
+            )
+    for user in users:
+        if user.domain and user.domain.lower() not in domains:
+            report.errors.append(
+                f"{user.location}: domain: [user:{user.address}] names [domain:{user.domain}],"
+                f" which is not configured (routes: {names})"
+            )
+

@@ -1,0 +1,168 @@
+"""The typed, immutable configuration: what the loader produces and everything else reads."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class AuthMethod(str, enum.Enum):
+    AUTO = "AUTO"
+    NONE = "NONE"
+    PLAIN = "PLAIN"
+    LOGIN = "LOGIN"
+    CRAM_MD5 = "CRAM-MD5"
+    XOAUTH2 = "XOAUTH2"
+
+
+class DeliveryMode(str, enum.Enum):
+    RELAY = "relay"
+    DIRECT = "direct"
+    HYBRID = "hybrid"
+
+
+class TempFailurePolicy(str, enum.Enum):
+    QUEUE = "queue"
+    FAIL = "fail"
+
+
+class DkimAlgorithm(str, enum.Enum):
+    RSA = "rsa-sha256"
+    ED25519 = "ed25519-sha256"
+    BOTH = "both"
+
+
+@dataclass(frozen=True)
+class Location:
+    path: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int | None = None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class GlobalConfig:
+    default_hostname: str
+    default_from: str
+    config_dir: Path
+    domains_dir: Path
+    users_dir: Path
+    mappings_dir: Path
+    ssl_dir: Path
+    spool_dir: Path
+    log_file: Path | None = None
+    log_level: str = "INFO"
+    syslog: bool = False
+    max_connections: int = 10
+    connection_timeout: int = 30
+    read_timeout: int = 60
+    write_timeout: int = 60
+    enable_rate_limiting: bool = True
+    rate_limit_per_minute: int = 100
+    max_retries: int = 3
+    retry_backoff: int = 2
+    on_temporary_failure: TempFailurePolicy = TempFailurePolicy.QUEUE
+    queue_lifetime: int = 432000
+    bounce: bool = True
+    dns_servers: tuple[str, ...] = ()
+    default_domain: str | None = None
+    users_required: bool = False
+    listen_address: HostPort = HostPort("127.0.0.1", 25)
+    allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    max_message_size: int = 52428800
+    location: Location | None = None
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """A relay route, `[domain:NAME]`."""
+
+    name: str
+    location: Location
+    enabled: bool = True
+    smtp_server: str | None = None
+    smtp_port: int = 587
+    fallback_servers: tuple[HostPort, ...] = ()
+    auth_method: AuthMethod = AuthMethod.AUTO
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    password_location: Location | None = None
+    password_command: str | None = None
+    oauth2_token_command: str | None = None
+    relay_account: str | None = None
+    use_ssl: bool = False
+    use_starttls: bool = True
+    tls_verify: bool = True
+    ssl_ca_file: Path | None = None
+    tls_fingerprint: str | None = None
+    ssl_cert_file: Path | None = None
+    ssl_key_file: Path | None = None
+    allow_plaintext_auth: bool = False
+    helo_name: str = ""
+    delivery_mode: DeliveryMode = DeliveryMode.RELAY
+    dkim_selector: str | None = None
+    dkim_key_file: Path | None = None
+    dkim_algorithm: DkimAlgorithm = DkimAlgorithm.RSA
+    rate_limit_per_minute: int = 100
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """A sender's permissions, `[user:ADDRESS]`; ADDRESS is a pattern or a `{type}` template."""
+
+    address: str
+    location: Location
+    enabled: bool = True
+    domain: str | None = None
+    can_send_from: bool = True
+    can_send_to: bool = True
+    template_address: bool = False
+    allowed_types: tuple[str, ...] = ()
+    allowed_recipients: tuple[str, ...] = ()
+    allowed_domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    """An address rewrite, `[mapping:NAME]`."""
+
+    name: str
+    location: Location
+    from_pattern: str
+    to_pattern: str
+    smtp_account: str | None = None
+    domain: str | None = None
+    allowed_recipients: tuple[str, ...] = ()
+    rewrite_headers: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    main_file: Path
+    global_: GlobalConfig
+    domains: dict[str, DomainConfig]
+    users: tuple[UserConfig, ...]
+    mappings: tuple[MappingConfig, ...]
+    files: tuple[Path, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def domain_for_account(self, account: str) -> DomainConfig | None:
+        """The route whose relay_account or username is `account` (case-insensitive)."""
+        wanted = account.lower()
+        for domain in self.domains.values():
+            for candidate in (domain.relay_account, domain.username):
+                if candidate and candidate.lower() == wanted:
+                    return domain
+        return None

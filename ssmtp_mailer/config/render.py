@@ -1,0 +1,78 @@
+"""The effective configuration as plain data, and as INI, TOML or JSON, secrets redacted."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from pathlib import Path
+from typing import Any
+
+from ssmtp_mailer.config.model import Config, HostPort, Location
+
+REDACTED = "<redacted>"
+_HIDDEN = {"location", "password_location", "name", "address"}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (Path, HostPort, Location)):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _section(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        if f.name in _HIDDEN:
+            continue
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        out[f.name] = REDACTED if f.name == "password" else _plain(value)
+    return out
+
+
+def effective(config: Config) -> dict[str, Any]:
+    """Every section with its defaults filled in; absent values are left out."""
+    return {
+        "global": _section(config.global_),
+        "domain": {name: _section(d) for name, d in config.domains.items()},
+        "user": {u.address: _section(u) for u in config.users},
+        "mapping": {m.name: _section(m) for m in config.mappings},
+    }
+
+
+def to_json(config: Config) -> str:
+    return json.dumps(effective(config), indent=2)
+
+
+def to_toml(config: Config) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(effective(config))
+
+
+def _ini_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return json.dumps(value) if any("," in str(v) for v in value) else ", ".join(value)
+    text = str(value)
+    if text != text.strip() or " #" in text or " ;" in text or text.startswith('"'):
+        return json.dumps(text)
+    return text
+
+
+def to_ini(config: Config) -> str:
+    data = effective(config)
+    lines: list[str] = ["[global]"]
+    lines += [f"{k} = {_ini_value(v)}" for k, v in data["global"].items()]
+    for kind in ("domain", "user", "mapping"):
+        for name, values in data[kind].items():
+            lines += ["", f"[{kind}:{name}]"]
+            lines += [f"{k} = {_ini_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,140 @@
+"""Secrets of a route, resolved only when the route is used: inline, command, or keyring."""
+
+from __future__ import annotations
+
+import stat
+import types
+import subprocess
+from pathlib import Path
+
+from ssmtp_mailer.config.model import DomainConfig
+from ssmtp_mailer.errors import ConfigError
+
+KEYRING_SERVICE = "ssmtp-mailer"
+COMMAND_TIMEOUT = 30
+
+
+def secret_file_problem(path: Path) -> str | None:
+    """Why a file holding a password is too open, or None (root:mail 0640 is allowed)."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return f"cannot check permissions: {exc.strerror}"
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077 == 0:
+        return None
+    if st.st_uid == 0 and mode & 0o037 == 0 and _is_mail_group(st.st_gid):
+        return None
+    return (
+        f"holds a password but is readable by {'others' if mode & 0o007 else 'its group'}"
+        f" (mode {mode:04o}); run: chmod 600 {path}"
+    )
+
+
+def _is_mail_group(gid: int) -> bool:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name == "mail"
+    except KeyError:
+        return False
+
+
+def run_secret_command(command: str, what: str) -> str:
+    """First line of a command's stdout; the command line comes from the configuration."""
+    try:
+        done = subprocess.run(
+            command,
+            shell=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError(what, f"command did not finish within {COMMAND_TIMEOUT} s") from None
+    except OSError as exc:
+        raise ConfigError(what, f"command could not run: {exc.strerror}") from None
+    if done.returncode != 0:
+        detail = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        reason = f": {detail[0][:200]}" if detail else ""
+        raise ConfigError(what, f"command exited with status {done.returncode}{reason}")
+    lines = done.stdout.decode("utf-8", "replace").splitlines()
+    if not lines or not lines[0]:
+        raise ConfigError(what, "command printed nothing")
+    return lines[0]
+
+
+def resolve_password(domain: DomainConfig) -> str | None:
+    """The route's password, or None when it has none anywhere."""
+    if domain.password is not None:
+        if domain.password_location is not None:
+            problem = secret_file_problem(Path(domain.password_location.path))
+            if problem:
+                raise ConfigError(
+                    f"{domain.password_location}: password",
+                    problem,
+                    hint="or move the secret to password_command or the keyring"
+                    f" (ssmtp-mailer password set {domain.name})",
+                )
+        return domain.password
+    if domain.password_command:
+        return run_secret_command(domain.password_command, f"[domain:{domain.name}] password_command")
+    if domain.username:
+        return keyring_get(domain.name)
+    return None
+
+
+def resolve_oauth2_token(domain: DomainConfig) -> str:
+    if not domain.oauth2_token_command:
+        raise ConfigError(f"[domain:{domain.name}]", "XOAUTH2 needs oauth2_token_command")
+    return run_secret_command(
+        domain.oauth2_token_command, f"[domain:{domain.name}] oauth2_token_command"
+    )
+
+
+def _keyring() -> types.ModuleType:
+    try:
+        import keyring
+        import keyring.errors
+    except ImportError as exc:  # pragma: no cover - keyring is a dependency
+        raise ConfigError("keyring", f"cannot be loaded: {exc}") from None
+    return keyring
+
+
+def keyring_get(name: str) -> str | None:
+    keyring = _keyring()
+    try:
+        value = keyring.get_password(KEYRING_SERVICE, name)
+    except keyring.errors.KeyringError as exc:
+        raise ConfigError(
+            f"keyring for [domain:{name}]",
+            f"cannot be read: {exc}",
+            hint="use password_command, or install a keyring backend (e.g. keyrings.alt)",
+        ) from None
+    return value if value is None else str(value)
+
+
+def keyring_set(name: str, secret: str) -> None:
+    keyring = _keyring()
+    try:
+        keyring.set_password(KEYRING_SERVICE, name, secret)
+    except keyring.errors.KeyringError as exc:
+        raise ConfigError(
+            f"keyring for [domain:{name}]",
+            f"cannot store the password: {exc}",
+            hint="install a keyring backend (e.g. keyrings.alt), or use password_command",
+        ) from None
+
+
+def keyring_delete(name: str) -> bool:
+    """Remove the stored password; False when there was none."""
+    keyring = _keyring()
+    try:
+        keyring.delete_password(KEYRING_SERVICE, name)
+    except keyring.errors.PasswordDeleteError:
+        return False
+    except keyring.errors.KeyringError as exc:
+        raise ConfigError(f"keyring for [domain:{name}]", f"cannot delete: {exc}") from None
+    return True
+

@@ -1,0 +1,166 @@
+"""Parsers from INI text to typed values; each raises ValueError saying what was expected."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable
+from enum import Enum
+from typing import TypeVar
+
+from ssmtp_mailer.config.ini import unquote
+from ssmtp_mailer.config.model import HostPort
+
+E = TypeVar("E", bound=Enum)
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
+
+
+def parse_str(text: str) -> str:
+    value = unquote(text)
+    if not value:
+        raise ValueError("expected a value, got nothing")
+    return value
+
+
+def parse_bool(text: str) -> bool:
+    word = unquote(text).lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"expected true/false, yes/no, on/off or 1/0, got {text!r}")
+
+
+def int_parser(low: int, high: int | None = None, what: str = "a whole number") -> Callable[
+    [str], int
+]:
+    def parse(text: str) -> int:
+        try:
+            value = int(unquote(text), 10)
+        except ValueError:
+            raise ValueError(f"expected {what}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            limit = f"{low}-{high}" if high is not None else f">= {low}"
+            raise ValueError(f"expected {what} ({limit}), got {value}")
+        return value
+
+    return parse
+
+
+parse_port = int_parser(1, 65535, "a port number")
+parse_seconds = int_parser(0, None, "a number of seconds")
+parse_count = int_parser(0, None, "a whole number")
+parse_positive = int_parser(1, None, "a positive whole number")
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """Either `a, b` or `["a", "b"]`."""
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError:
+            raise ValueError(f'expected a list like ["a", "b"], got {text!r}') from None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError(f"expected a list of strings, got {text!r}")
+        return tuple(i.strip() for i in items if i.strip())
+    return tuple(unquote(part.strip()) for part in text.split(",") if part.strip())
+
+
+def enum_parser(kind: type[E], *, upper: bool = False) -> Callable[[str], E]:
+    def parse(text: str) -> E:
+        word = unquote(text)
+        word = word.upper() if upper else word.lower()
+        for member in kind:
+            if member.value == word:
+                return member
+        allowed = ", ".join(str(m.value) for m in kind)
+        raise ValueError(f"expected one of {allowed}, got {text!r}")
+
+    return parse
+
+
+def parse_hostname(text: str) -> str:
+    host = unquote(text)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    if not _HOST_RE.match(host):
+        raise ValueError(f"expected a host name or IP address, got {text!r}")
+    return host
+
+
+def parse_hostport(text: str) -> HostPort:
+    """`host`, `host:port`, `[v6]:port` or a bare IPv6 address."""
+    text = unquote(text.strip())
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"expected [address]:port, got {text!r}")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    return HostPort(parse_hostname(host), parse_port(port_text) if port_text else None)
+
+
+def parse_hostport_list(text: str) -> tuple[HostPort, ...]:
+    return tuple(parse_hostport(item) for item in parse_list(text))
+
+
+def parse_networks(text: str) -> tuple[str, ...]:
+    out = []
+    for item in parse_list(text):
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"expected networks like 127.0.0.0/8, got {item!r}") from None
+    return tuple(out)
+
+
+def parse_ip_list(text: str) -> tuple[str, ...]:
+    out = []
+    for item in parse_list(text):
+        try:
+            out.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            raise ValueError(f"expected IP addresses, got {item!r}") from None
+    return tuple(out)
+
+
+def parse_log_level(text: str) -> str:
+    level = unquote(text).upper()
+    if level == "WARN":
+        level = "WARNING"
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError(f"expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {text!r}")
+    return level
+
+
+def parse_fingerprint(text: str) -> str:
+    """A SHA-256 fingerprint, hex with or without colons; kept as lowercase hex."""
+    digits = unquote(text).replace(":", "").lower()
+    if digits.startswith("sha256/") or digits.startswith("sha256:"):
+        digits = digits[7:]
+    if not re.fullmatch(r"[0-9a-f]{64}", digits):
+        raise ValueError(f"expected a SHA-256 fingerprint (64 hex digits), got {text!r}")
+    return digits
+
+
+def parse_address(text: str) -> str:
+    """A plain mailbox `local@domain` (or a bare local name), no display name."""
+    value = unquote(text)
+    if any(c in value for c in " \t<>\r\n,") or value.count("@") > 1 or value.endswith("@"):
+        raise ValueError(f"expected an address like user@example.com, got {text!r}")
+    if value.startswith("@"):
+        raise ValueError(f"expected an address like user@example.com, got {text!r}")
+    return value

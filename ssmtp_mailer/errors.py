@@ -1,0 +1,101 @@
+"""One root exception; each subclass carries its sysexit code (SPEC §9) and a hint."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOUSER = 67
+EX_NOHOST = 68
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_CANTCREAT = 73
+EX_TEMPFAIL = 75
+EX_PROTOCOL = 76
+EX_NOPERM = 77
+EX_CONFIG = 78
+
+
+class MailerError(Exception):
+    """Root of every error the user is shown as `ssmtp-mailer: <what>: <why>`."""
+
+    exit_code = EX_SOFTWARE
+
+    def __init__(self, what: str, why: str, hint: str | None = None) -> None:
+        super().__init__(f"{what}: {why}")
+        self.what = what
+        self.why = why
+        self.hint = hint
+
+    def lines(self) -> list[str]:
+        """The lines printed on stderr, without the program-name prefix."""
+        out = [f"{self.what}: {self.why}"]
+        if self.hint:
+            out.append(f"hint: {self.hint}")
+        return out
+
+
+class UsageError(MailerError):
+    exit_code = EX_USAGE
+
+
+class DataError(MailerError):
+    exit_code = EX_DATAERR
+
+
+class NoUserError(MailerError):
+    exit_code = EX_NOUSER
+
+
+class NoHostError(MailerError):
+    exit_code = EX_NOHOST
+
+
+class UnavailableError(MailerError):
+    exit_code = EX_UNAVAILABLE
+
+
+class SoftwareError(MailerError):
+    exit_code = EX_SOFTWARE
+
+
+class CantCreateError(MailerError):
+    exit_code = EX_CANTCREAT
+
+
+class TempFailError(MailerError):
+    exit_code = EX_TEMPFAIL
+
+
+class ProtocolError(MailerError):
+    exit_code = EX_PROTOCOL
+
+
+class NoPermError(MailerError):
+    exit_code = EX_NOPERM
+
+
+class ConfigError(MailerError):
+    """A configuration problem; may carry several, each already `file:line: key: why`."""
+
+    exit_code = EX_CONFIG
+
+    def __init__(
+        self,
+        what: str,
+        why: str,
+        hint: str | None = None,
+        problems: Sequence[str] = (),
+    ) -> None:
+        super().__init__(what, why, hint)
+        self.problems = list(problems)
+
+    def lines(self) -> list[str]:
+        if not self.problems:
+            return super().lines()
+        out = list(self.problems)
+        if self.hint:
+            out.append(f"hint: {self.hint}")
+        return out
