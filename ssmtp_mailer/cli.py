@@ -58,4 +58,3 @@ def run_cli(args: list[str]) -> int:
     except click.ClickException as exc:
         raise UsageError("ssmtp-mailer", exc.format_message()) from None
     return result if isinstance(result, int) else 0
-

@@ -33,13 +33,17 @@ def secret_problems(config: Config, *, resolve: bool) -> list[str]:
         try:
             if domain.auth_method == AuthMethod.XOAUTH2:
                 secrets.resolve_oauth2_token(domain)
-            elif domain.auth_method != AuthMethod.NONE and domain.password is None:
-                if secrets.resolve_password(domain) is None and domain.username:
-                    problems.append(
-                        f"{domain.location}: [domain:{domain.name}]: no password for"
-                        f" {domain.username} (no password, password_command or keyring entry;"
-                        f" run: ssmtp-mailer password set {domain.name})"
-                    )
+            elif (
+                domain.auth_method != AuthMethod.NONE
+                and domain.password is None
+                and domain.username
+                and secrets.resolve_password(domain) is None
+            ):
+                problems.append(
+                    f"{domain.location}: [domain:{domain.name}]: no password for"
+                    f" {domain.username} (no password, password_command or keyring entry;"
+                    f" run: ssmtp-mailer password set {domain.name})"
+                )
         except ConfigError as exc:
             problems.append(f"{domain.location}: {exc.what}: {exc.why}")
     return problems
@@ -50,7 +54,10 @@ def secret_problems(config: Config, *, resolve: bool) -> list[str]:
 @json_option
 @click.option("--strict", is_flag=True, help="Treat warnings (unknown keys) as errors.")
 @click.option(
-    "--secrets", "check_secrets", is_flag=True, help="Also run password commands and read the keyring."
+    "--secrets",
+    "check_secrets",
+    is_flag=True,
+    help="Also run password commands and read the keyring.",
 )
 def check(as_json: bool, strict: bool, check_secrets: bool) -> int:
     """Validate the configuration; exit 78 listing every problem."""

@@ -33,7 +33,9 @@ def set_password(name: str) -> None:
     """Prompt for NAME's password without echo (or read one line from stdin) and store it."""
     key = _route_name(name)
     if sys.stdin.isatty():
-        secret = click.prompt(f"Password for [domain:{key}]", hide_input=True, confirmation_prompt=True)
+        secret = click.prompt(
+            f"Password for [domain:{key}]", hide_input=True, confirmation_prompt=True
+        )
     else:
         secret = sys.stdin.readline().rstrip("\r\n")
     if not secret:

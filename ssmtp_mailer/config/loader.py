@@ -220,7 +220,7 @@ def _dir_files(
     )
     if not directory.exists():
         if explicit:
-            report.errors.append(f"{where}: {key}: no such directory: {directory}")
+            report.warnings.append(f"{where}: {key}: no such directory: {directory}")
         return []
     if not directory.is_dir():
         report.errors.append(f"{where}: {key}: {directory} is not a directory")
@@ -387,7 +387,9 @@ def _build_domain(section: RawSection, gconf: GlobalConfig, report: _Report) -> 
             f" ({where['password']}); keep one"
         )
     if vals.get("auth_method") == AuthMethod.XOAUTH2 and "oauth2_token_command" not in vals:
-        report.errors.append(f"{where['auth_method']}: auth_method: XOAUTH2 needs oauth2_token_command")
+        report.errors.append(
+            f"{where['auth_method']}: auth_method: XOAUTH2 needs oauth2_token_command"
+        )
     if ("dkim_selector" in vals) != ("dkim_key_file" in vals):
         report.errors.append(f"{at}: dkim_selector and dkim_key_file: set both or neither")
     for key in _SSL_FILE_KEYS:
@@ -418,7 +420,7 @@ def _existing_file(text: str, base: Path, key: str, where: Location, report: _Re
 
 def _build_user(section: RawSection, report: _Report) -> list[UserConfig] | None:
     before = len(report.errors)
-    vals, where = _typed_values(section, USER_KEYS, report)
+    vals, _ = _typed_values(section, USER_KEYS, report)
     at = section.location
     address = section.name
     try:
@@ -511,4 +513,3 @@ def _check_references(
                 f"{user.location}: domain: [user:{user.address}] names [domain:{user.domain}],"
                 f" which is not configured (routes: {names})"
             )
-

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import stat
-import types
 import subprocess
+import types
 from pathlib import Path
 
 from ssmtp_mailer.config.model import DomainConfig
@@ -79,7 +79,9 @@ def resolve_password(domain: DomainConfig) -> str | None:
                 )
         return domain.password
     if domain.password_command:
-        return run_secret_command(domain.password_command, f"[domain:{domain.name}] password_command")
+        return run_secret_command(
+            domain.password_command, f"[domain:{domain.name}] password_command"
+        )
     if domain.username:
         return keyring_get(domain.name)
     return None
@@ -137,4 +139,3 @@ def keyring_delete(name: str) -> bool:
     except keyring.errors.KeyringError as exc:
         raise ConfigError(f"keyring for [domain:{name}]", f"cannot delete: {exc}") from None
     return True
-

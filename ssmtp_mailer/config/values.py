@@ -16,7 +16,9 @@ E = TypeVar("E", bound=Enum)
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
-_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
+_HOST_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$"
+)
 
 
 def parse_str(text: str) -> str:
@@ -35,9 +37,9 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected true/false, yes/no, on/off or 1/0, got {text!r}")
 
 
-def int_parser(low: int, high: int | None = None, what: str = "a whole number") -> Callable[
-    [str], int
-]:
+def int_parser(
+    low: int, high: int | None = None, what: str = "a whole number"
+) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(unquote(text), 10)
