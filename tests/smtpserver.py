@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime
 import email
 import email.message
@@ -19,6 +20,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import secrets
 import socket
 import ssl
@@ -29,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, AnyStr, Final
 
 import pytest
 import trustme
@@ -49,6 +51,16 @@ __all__ = [
     "smtp_server_factory",
     "tls_ca",
 ]
+
+
+class _DropLoginDataNotice(logging.Filter):
+    """aiosmtpd logs this WARNING on every successful AUTH, from its own code."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Session.login_data is deprecated")
+
+
+logging.getLogger("mail.log").addFilter(_DropLoginDataNotice())
 
 HOST: Final = "127.0.0.1"
 SERVER_NAME: Final = "localhost"
@@ -115,7 +127,9 @@ def _validate_fault(fault: str | None) -> str | None:
         return fault
     if fault.startswith("550-rcpt:") and "@" in fault:
         return fault
-    raise ValueError(f"unknown fault {fault!r}; expected one of {sorted(FAULTS)} or '550-rcpt:ADDR'")
+    raise ValueError(
+        f"unknown fault {fault!r}; expected one of {sorted(FAULTS)} or '550-rcpt:ADDR'"
+    )
 
 
 async def _forever() -> None:
@@ -134,32 +148,57 @@ def _tls_version(server: SMTP) -> str | None:
     return None if ssl_object is None else str(ssl_object.version())
 
 
-def _self_signed_pem(*identities: str) -> tuple[bytes, bytes]:
-    """A certificate that signs itself (not from any CA) and its key, as PEM."""
+def _leaf_pem(
+    identities: Sequence[str],
+    ca: trustme.CA | None,
+    *,
+    expired: bool = False,
+) -> tuple[bytes, bytes]:
+    """A server certificate and its key (PEM), issued by `ca` or, without one, self-signed.
+
+    Built with cryptography rather than trustme: trustme >= 0.9 (our minimum) cannot
+    set validity dates, and it has no self-signed leaf.
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identities[0])])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identities[0])])
     names: list[x509.GeneralName] = []
     for identity in identities:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(identity)))
         except ValueError:
             names.append(x509.DNSName(identity))
+    signing_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if ca is None:
+        issuer, signing_key = subject, key
+    else:
+        ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+        ca_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), None)
+        assert isinstance(ca_key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey))
+        issuer, signing_key = ca_cert.subject, ca_key
     now = datetime.datetime.now(datetime.timezone.utc)
+    if expired:
+        not_before, not_after = now - datetime.timedelta(days=30), now - datetime.timedelta(days=1)
+    else:
+        not_before, not_after = now - datetime.timedelta(days=1), now + datetime.timedelta(days=365)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(subject)
+        .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(signing_key, hashes.SHA256())
     )
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -191,7 +230,12 @@ class _Handler:
         self.owner = owner
 
     async def handle_EHLO(
-        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
     ) -> list[str]:
         # The 5-argument hook must record the HELO name itself.
         session.host_name = hostname
@@ -201,14 +245,21 @@ class _Handler:
             responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
         return responses
 
-    async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str) -> str:
+    async def handle_HELO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
         session.host_name = hostname
         if _fault_of(server) in ("stall", "stall-ehlo"):
             await _forever()
         return f"250 {SERVER_NAME}"
 
     async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
     ) -> str:
         # Enforced here rather than with aiosmtpd's auth_required, which warns whenever
         # auth_require_tls is off (and it must be off for implicit TLS, see _smtp_kwargs).
@@ -219,14 +270,19 @@ class _Handler:
         return "250 2.1.0 OK"
 
     async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
     ) -> str:
         fault = _fault_of(server)
         if fault == "451-rcpt":
             return "451 4.3.0 Temporary local problem, try again later"
-        if fault is not None and fault.startswith("550-rcpt:"):
-            if address.lower() == fault.partition(":")[2].lower():
-                return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        rejected = fault.partition(":")[2] if fault and fault.startswith("550-rcpt:") else None
+        if rejected is not None and address.lower() == rejected.lower():
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
@@ -257,7 +313,7 @@ class _Handler:
         return "250 2.0.0 OK: queued"
 
     async def handle_exception(self, error: Exception) -> str:
-        self.owner._errors.append(error)
+        self.owner._record_error(error)
         return f"451 4.3.0 Server error ({type(error).__name__})"
 
     def authenticate(
@@ -273,7 +329,7 @@ class _Handler:
 
     def _result(self, server: SMTP, mechanism: str, user: str | None, ok: bool) -> AuthResult:
         ok = ok and _fault_of(server) != "535-auth"
-        self.owner._auth_attempts.append(AuthAttempt(mechanism, user, ok, _is_tls(server)))
+        self.owner._record_auth(AuthAttempt(mechanism, user, ok, _is_tls(server)))
         # handled=False: aiosmtpd sends "535 5.7.8 Authentication credentials invalid".
         return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
 
@@ -308,9 +364,10 @@ class _Handler:
             if not isinstance(response, bytes):
                 return AuthResult(success=False, handled=True)
             blob = response
-        fields = dict(
-            part.partition("=")[::2] for part in blob.decode("utf-8", "replace").split("\x01") if part
-        )
+        fields: dict[str, str] = {}
+        for part in blob.decode("utf-8", "replace").split("\x01"):
+            key, _, value = part.partition("=")
+            fields[key] = value
         user = fields.get("user")
         scheme, _, token = fields.get("auth", "").partition(" ")
         expected = self.owner.xoauth2_tokens.get(user or "")
@@ -325,7 +382,7 @@ class _Handler:
             # with an empty line before the final 535.
             error = {"status": "401", "schemes": "bearer", "scope": "https://mail.google.com/"}
             if not isinstance(await server.challenge_auth(json.dumps(error).encode()), bytes):
-                self.owner._auth_attempts.append(AuthAttempt("XOAUTH2", user, False, _is_tls(server)))
+                self.owner._record_auth(AuthAttempt("XOAUTH2", user, False, _is_tls(server)))
                 return AuthResult(success=False, handled=True)
         return self._result(server, "XOAUTH2", user, ok)
 
@@ -360,13 +417,15 @@ class _SMTP(SMTP):
         self._owner._live.discard(self)
         super().connection_lost(error)
 
-    async def push(self, status: str | bytes) -> None:
+    async def push(self, status: AnyStr) -> None:
         if not self._greeted:  # the first reply of a connection is the banner
             self._greeted = True
             if self.fault == "stall-banner":
                 await _forever()
             if self.fault == "421-connect":
-                await super().push(f"421 4.3.2 {SERVER_NAME} Service not available, closing channel")
+                await super().push(
+                    f"421 4.3.2 {SERVER_NAME} Service not available, closing channel"
+                )
                 assert self.transport is not None
                 self.transport.close()
                 return
@@ -424,9 +483,10 @@ class _Controller(Controller):
         return _SMTP(self.handler, probe=self.probing, loop=self.loop, **self._smtp_kwargs)
 
     def _trigger_server(self) -> None:
-        assert self.server is not None
-        self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
+        server: Any = self.server
+        self.port = server.sockets[0].getsockname()[1]
+        trigger: Callable[[], None] = super()._trigger_server
+        trigger()
 
 
 class SMTPTestServer:
@@ -520,22 +580,13 @@ class SMTPTestServer:
 
     def _make_tls_context(self) -> ssl.SSLContext:
         if self._cert == "self-signed":
-            cert_pem, key_pem = _self_signed_pem(SERVER_NAME, HOST)
+            cert_pem, key_pem = _leaf_pem([SERVER_NAME, HOST], None)
+        elif self._cert == "wrong-host":
+            cert_pem, key_pem = _leaf_pem(["other.example"], self.ca)
         else:
-            if self._cert == "wrong-host":
-                leaf = self.ca.issue_cert("other.example")
-            elif self._cert == "expired":
-                now = datetime.datetime.now(datetime.timezone.utc)
-                leaf = self.ca.issue_cert(
-                    SERVER_NAME,
-                    HOST,
-                    not_before=now - datetime.timedelta(days=30),
-                    not_after=now - datetime.timedelta(days=1),
-                )
-            else:
-                leaf = self.ca.issue_cert(SERVER_NAME, HOST)
-            cert_pem = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
-            key_pem = leaf.private_key_pem.bytes()
+            cert_pem, key_pem = _leaf_pem(
+                [SERVER_NAME, HOST], self.ca, expired=self._cert == "expired"
+            )
         self._cert_pem = cert_pem
         return _server_context(cert_pem, key_pem)
 
@@ -553,7 +604,7 @@ class SMTPTestServer:
 
     @property
     def cert_pem(self) -> bytes:
-        """The certificate chain served (leaf first), PEM."""
+        """The certificate served, PEM."""
         if not self._cert_pem:
             raise RuntimeError("server has no TLS")
         return self._cert_pem
@@ -635,6 +686,14 @@ class SMTPTestServer:
             (self._messages if accepted else self._rejected).append(received)
             self._lock.notify_all()
 
+    def _record_auth(self, attempt: AuthAttempt) -> None:
+        with self._lock:
+            self._auth_attempts.append(attempt)
+
+    def _record_error(self, error: Exception) -> None:
+        with self._lock:
+            self._errors.append(error)
+
     def _connection_made(self) -> None:
         with self._lock:
             self._connections += 1
@@ -645,16 +704,23 @@ class SMTPTestServer:
         if self._controller is not None:
             raise RuntimeError("server already started")
         controller = _Controller(self._handler, **self._controller_kwargs)
+        controller.loop.set_exception_handler(self._loop_exception)
         try:
             controller.start()
         except BaseException:
-            controller.stop(no_assert=True)
+            if not controller.loop.is_closed():
+                controller.stop(no_assert=True)
             if not controller.loop.is_closed():
                 controller.loop.close()
             raise
         controller.probing = False
         self._controller = controller
         return self
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # E.g. a failed implicit-TLS handshake, which asyncio would log as an ERROR.
+        error = context.get("exception")
+        self._record_error(error if isinstance(error, Exception) else RuntimeError(context))
 
     def stop(self) -> None:
         """Hang up on every client, then stop the listener and its thread. Idempotent."""
@@ -668,8 +734,10 @@ class SMTPTestServer:
 
     async def _disconnect_all(self) -> None:
         for protocol in list(self._live):
-            if protocol.transport is not None:
-                protocol.transport.abort()  # type: ignore[attr-defined]
+            if isinstance(protocol.transport, asyncio.Transport):
+                protocol.transport.abort()
+            elif protocol.transport is not None:
+                protocol.transport.close()
         deadline = time.monotonic() + 5
         while self._live and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -678,7 +746,10 @@ class SMTPTestServer:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -756,10 +827,8 @@ class MisbehavingServer:
         except OSError:
             pass
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             conn.close()
 
     def start(self) -> MisbehavingServer:
@@ -771,10 +840,8 @@ class MisbehavingServer:
         if self._acceptor.is_alive():
             self._acceptor.join()
         for conn in self._clients:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for thread in self._threads:
             thread.join()
         self._sock.close()
@@ -783,7 +850,10 @@ class MisbehavingServer:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -808,18 +878,13 @@ def ca_file(tls_ca: trustme.CA, tmp_path: Path) -> Path:
 @pytest.fixture
 def smtp_server_factory(tls_ca: trustme.CA) -> Iterator[Callable[..., SMTPTestServer]]:
     """Call with `SMTPTestServer` arguments; returns it started, stops it at teardown."""
-    servers: list[SMTPTestServer] = []
+    with contextlib.ExitStack() as servers:
 
-    def make(**options: Any) -> SMTPTestServer:
-        options.setdefault("ca", tls_ca)
-        server = SMTPTestServer(**options)
-        server.start()
-        servers.append(server)
-        return server
+        def make(**options: Any) -> SMTPTestServer:
+            options.setdefault("ca", tls_ca)
+            return servers.enter_context(SMTPTestServer(**options))
 
-    yield make
-    for server in servers:
-        server.stop()
+        yield make
 
 
 @pytest.fixture
