@@ -1,0 +1,145 @@
+"""`ssmtp-mailer queue list|show|run|delete|retry-failed` (SPEC §7)."""
+
+from __future__ import annotations
+
+import click
+
+from ssmtp_mailer.commands.common import common_options, json_option, load, print_json
+from ssmtp_mailer.errors import MailerError
+
+
+@click.group("queue")
+@common_options
+def queue_group() -> None:
+    """List, show, run and clean the spool."""
+
+
+@queue_group.command("list")
+@common_options
+@json_option
+@click.option("--failed", is_flag=True, help="List failed/ (kept after a permanent failure).")
+def list_cmd(as_json: bool, failed: bool) -> None:
+    """Queue entries: id, age, size, sender, pending recipients, attempts, last error."""
+    from ssmtp_mailer import spool
+
+    config = load()
+    if as_json:
+        print_json([e.as_dict() for e in spool.list_entries(config, failed=failed)])
+    else:
+        click.echo(spool.listing_text(config, failed=failed))
+
+
+@queue_group.command("show")
+@common_options
+@json_option
+@click.argument("entry_id", metavar="ID")
+def show_cmd(as_json: bool, entry_id: str) -> None:
+    """One entry: its envelope, attempt history and message headers."""
+    from ssmtp_mailer import spool
+
+    entry, data = spool.find_entry(load(), entry_id)
+    if as_json:
+        print_json({**entry.as_dict(), "headers": spool.header_block(data)})
+        return
+    rows = [
+        ("ID", entry.id + ("  (failed/)" if entry.area == spool.FAILED else "")),
+        ("Sender", entry.sender or "<> (null sender)"),
+        ("Recipients", ", ".join(entry.recipients)),
+        ("Route", f"[domain:{entry.route}]"),
+        ("Size", f"{entry.size} bytes"),
+        ("Created", entry.created.astimezone().isoformat(sep=" ")),
+        (
+            "Flags",
+            " ".join(
+                f for f, on in (("SMTPUTF8", entry.smtputf8), ("8BITMIME", entry.eightbit)) if on
+            )
+            or "-",
+        ),
+    ]
+    if entry.area == spool.FAILED:
+        when = entry.failed_at.astimezone().isoformat(sep=" ") if entry.failed_at else "-"
+        rows.append(("Failed", when))
+        rows.append(("Reason", entry.reason))
+        rows.extend(("Refused", f"{rcpt}: {reply}") for rcpt, reply in entry.replies.items())
+        if entry.origin:
+            rows.append(("Queued as", entry.origin))
+    else:
+        rows.append(("Next attempt", entry.next_attempt.astimezone().isoformat(sep=" ")))
+    for name, value in rows:
+        click.echo(f"{name + ':':<14}{value}")
+    click.echo(f"\nHistory ({len(entry.attempts)} attempt(s)):")
+    for attempt in entry.attempts:
+        click.echo(f"  {attempt.time.astimezone().isoformat(sep=' ')}  {attempt.reply}")
+    click.echo("\nHeaders:")
+    click.echo(spool.header_block(data))
+
+
+@queue_group.command("run")
+@common_options
+@json_option
+@click.option("--all", "force", is_flag=True, help="Ignore the backoff: try every entry now.")
+@click.option("--id", "ids", multiple=True, metavar="ID", help="Only this entry (repeatable).")
+@click.option("--progress", is_flag=True, help="Show a progress bar (on a terminal).")
+def run_cmd(as_json: bool, force: bool, ids: tuple[str, ...], progress: bool) -> int:
+    """Deliver the entries that are due; safe to run from several places at once."""
+    from ssmtp_mailer import spool
+
+    result = spool.run_queue(load(), force=force, ids=ids, progress=progress)
+    if as_json:
+        print_json(
+            {
+                "delivered": result.delivered,
+                "deferred": result.deferred,
+                "failed": result.failed,
+                "expired": result.expired,
+                "busy": result.busy,
+                "not_due": result.not_due,
+                "bounces": result.bounces,
+                "problems": result.problems,
+            }
+        )
+    else:
+        click.echo(f"queue run: {result.summary()}")
+        for problem in result.problems:
+            click.echo(f"ssmtp-mailer: queue run: {problem}", err=True)
+    return result.exit_code
+
+
+@queue_group.command("delete")
+@common_options
+@click.argument("entry_ids", metavar="ID...", nargs=-1, required=True)
+def delete_cmd(entry_ids: tuple[str, ...]) -> int:
+    """Remove entries from the queue or failed/ (never one being delivered)."""
+    from ssmtp_mailer import spool
+
+    config = load()
+    status = 0
+    for entry_id in entry_ids:
+        try:
+            area = spool.delete_entry(config, entry_id)
+        except MailerError as exc:
+            click.echo(f"ssmtp-mailer: {exc.what}: {exc.why}", err=True)
+            status = exc.exit_code
+            continue
+        click.echo(f"deleted {entry_id.upper()} from {area}/")
+    return status
+
+
+@queue_group.command("retry-failed")
+@common_options
+@click.argument("entry_ids", metavar="ID...", nargs=-1, required=True)
+def retry_failed_cmd(entry_ids: tuple[str, ...]) -> int:
+    """Move failed entries back into the queue, due now (the next `queue run` tries them)."""
+    from ssmtp_mailer import spool
+
+    config = load()
+    status = 0
+    for entry_id in entry_ids:
+        try:
+            new_id = spool.retry_failed(config, entry_id)
+        except MailerError as exc:
+            click.echo(f"ssmtp-mailer: {exc.what}: {exc.why}", err=True)
+            status = exc.exit_code
+            continue
+        click.echo(f"{entry_id.upper()} queued again as {new_id}")
+    return status

@@ -1,0 +1,140 @@
+"""`ssmtp-mailer queue …` through the real entry point, in-process and as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from smtpserver import SMTPTestServer
+from test_spool import SENDER, closed_port, enqueue, group_for, message_ids, write_config
+
+from ssmtp_mailer import spool
+from ssmtp_mailer.entry import main
+
+Run = tuple[int, str, str]
+
+
+def run(capsys: pytest.CaptureFixture[str], config_file: Path, *args: str) -> Run:
+    code = main(["queue", "-C", str(config_file), *args], prog_name="ssmtp-mailer")
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, closed_port())
+    assert run(capsys, config.main_file, "list") == (0, "Mail queue is empty\n", "")
+    code, out, _ = run(capsys, config.main_file, "list", "--json")
+    assert code == 0 and json.loads(out) == []
+
+
+def test_list_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, closed_port())
+    entry_id = enqueue(config, 1, SENDER, "a@dest.example", "b@dest.example")
+    code, out, _ = run(capsys, config.main_file, "list")
+    assert code == 0
+    assert entry_id in out and SENDER in out and "b@dest.example" in out
+    assert "(relay down)" in out and "1 Request." in out
+
+    code, out, _ = run(capsys, config.main_file, "list", "--json")
+    [row] = json.loads(out)
+    assert row["id"] == entry_id
+    assert row["recipients"] == ["a@dest.example", "b@dest.example"]
+    assert row["attempts"] == 1 and row["last_error"] == "relay down"
+    assert row["size"] == len(spool.find_entry(config, entry_id)[1])
+
+    code, out, _ = run(capsys, config.main_file, "show", entry_id.lower())
+    assert code == 0
+    assert "Subject: test 1" in out and "relay down" in out and "[domain:*]" in out
+    code, out, _ = run(capsys, config.main_file, "show", entry_id, "--json")
+    shown = json.loads(out)
+    assert shown["history"][0]["reply"] == "relay down" and "Subject: test 1" in shown["headers"]
+
+
+def test_show_unknown_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, closed_port())
+    code, _, err = run(capsys, config.main_file, "show", "0" * 17)
+    assert code == 64 and "no such entry" in err
+    code, _, err = run(capsys, config.main_file, "show", "../../etc/passwd")
+    assert code == 64 and "not a queue id" in err
+
+
+def test_run_all_and_by_id(
+    tmp_path: Path, smtp_server: SMTPTestServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, smtp_server.port)
+    first, second = enqueue(config, 1), enqueue(config, 2)
+    code, out, _ = run(capsys, config.main_file, "run")
+    assert code == 0 and "0 delivered" in out and "2 not yet due" in out
+    code, out, _ = run(capsys, config.main_file, "run", "--id", second, "--json")
+    assert code == 0 and json.loads(out)["delivered"] == [second]
+    code, out, _ = run(capsys, config.main_file, "run", "--all", "--progress")
+    assert code == 0 and out.startswith("queue run: 1 delivered")
+    assert message_ids(smtp_server) == ["<2.spool@test.example>", "<1.spool@test.example>"]
+    assert first not in run(capsys, config.main_file, "list")[1]
+
+
+def test_delete(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, closed_port())
+    keep, drop = enqueue(config, 1), enqueue(config, 2)
+    code, out, err = run(capsys, config.main_file, "delete", drop, "0" * 17)
+    assert code == 64 and f"deleted {drop} from queue/" in out and "no such entry" in err
+    assert [e.id for e in spool.list_entries(config)] == [keep]
+    assert not list((tmp_path / "spool" / "queue").glob(f"{drop}*"))
+
+
+def test_failed_list_retry_and_delete(
+    tmp_path: Path, smtp_server_factory: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = smtp_server_factory(fault="554-data-end")
+    config = write_config(tmp_path, server.port, bounce="false")
+    entry_id = enqueue(config, 1)
+    code, out, _ = run(capsys, config.main_file, "run", "--all")
+    assert code == 0 and "1 failed" in out
+    assert run(capsys, config.main_file, "list")[1] == "Mail queue is empty\n"
+    code, out, _ = run(capsys, config.main_file, "list", "--failed", "--json")
+    [row] = json.loads(out)
+    assert row["origin"] == entry_id and "554" in row["reason"]
+    failed_id = row["id"]
+    code, out, _ = run(capsys, config.main_file, "show", failed_id)
+    assert "(failed/)" in out and "554" in out
+
+    server.fault = None
+    code, out, _ = run(capsys, config.main_file, "retry-failed", failed_id)
+    assert code == 0 and f"{failed_id} queued again as {failed_id}" in out
+    code, out, _ = run(capsys, config.main_file, "run")
+    assert code == 0 and "1 delivered" in out
+    assert message_ids(server) == ["<1.spool@test.example>"]
+
+    other = spool.store_failed(config, group_for(config), b"Subject: x\r\n\r\ny\r\n", reason="r")
+    code, out, _ = run(capsys, config.main_file, "delete", other)
+    assert code == 0 and "from failed/" in out
+    assert run(capsys, config.main_file, "list", "--failed")[1] == "Failed area is empty\n"
+
+
+def test_two_queue_run_commands_at_once(tmp_path: Path, smtp_server: SMTPTestServer) -> None:
+    config = write_config(tmp_path, smtp_server.port)
+    for n in range(20):
+        enqueue(config, n)
+    command = [sys.executable, "-m", "ssmtp_mailer", "-C", str(config.main_file)]
+    runners = [
+        subprocess.Popen([*command, "queue", "run", "--all", "--json"], stdout=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    results = [json.loads(r.communicate(timeout=60)[0]) for r in runners]
+    assert all(r.returncode == 0 for r in runners)
+    assert sum(len(r["delivered"]) for r in results) == 20
+    ids = message_ids(smtp_server)
+    assert len(ids) == 20 and len(set(ids)) == 20
+
+
+def test_help_lists_queue(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"], prog_name="ssmtp-mailer") == 0
+    assert "queue" in capsys.readouterr().out
+    assert main(["queue", "--help"], prog_name="ssmtp-mailer") == 0
+    out = capsys.readouterr().out
+    for sub in ("list", "show", "run", "delete", "retry-failed"):
+        assert sub in out

@@ -1,0 +1,460 @@
+"""The durable spool against real aiosmtpd relays: outages, concurrency, crashes, bounces."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from smtpserver import SMTPTestServer
+
+from ssmtp_mailer import spool
+from ssmtp_mailer.config.loader import load_config
+from ssmtp_mailer.config.model import Config, DomainConfig
+from ssmtp_mailer.errors import CantCreateError, TempFailError, UnavailableError
+from ssmtp_mailer.relay.engine import deliver
+from ssmtp_mailer.rewrite import RouteGroup, plan_delivery
+
+SENDER = "app@test.example"
+
+
+def closed_port() -> int:
+    """A port nothing listens on: connecting is refused at once (a relay outage)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(tmp_path: Path, port: int, **global_: Any) -> Config:
+    """An INI in tmp_path with its own spool and one catch-all route to 127.0.0.1:port."""
+    settings = {
+        "default_hostname": "test.example",
+        "default_from": SENDER,
+        "spool_dir": str(tmp_path / "spool"),
+        "max_retries": 0,
+        "retry_backoff": 0,
+        "connection_timeout": 5,
+        "enable_rate_limiting": "false",
+        **global_,
+    }
+    lines = ["[global]", *(f"{k} = {v}" for k, v in settings.items())]
+    lines += [
+        "",
+        "[domain:*]",
+        "smtp_server = 127.0.0.1",
+        f"smtp_port = {port}",
+        "use_starttls = false",
+        "auth_method = NONE",
+    ]
+    path = tmp_path / "ssmtp-mailer.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return load_config(str(path))
+
+
+def message(n: int, sender: str = SENDER, to: str = "rcpt@dest.example") -> bytes:
+    return (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: test {n}\r\n"
+        f"Message-ID: <{n}.spool@test.example>\r\n\r\nbody {n}\r\n"
+    ).encode()
+
+
+def group_for(config: Config, sender: str = SENDER, *rcpts: str) -> RouteGroup:
+    plan = plan_delivery(config, sender, list(rcpts or ("rcpt@dest.example",)))
+    return plan.groups[0]
+
+
+def enqueue(config: Config, n: int, sender: str = SENDER, *rcpts: str) -> str:
+    return spool.enqueue(
+        config,
+        group_for(config, sender, *rcpts),
+        message(n, sender),
+        smtputf8=False,
+        eightbit=False,
+        reason="relay down",
+    )
+
+
+def message_ids(server: SMTPTestServer) -> list[str]:
+    return [str(m.message()["Message-ID"]) for m in server.messages]
+
+
+# -- layout and durability -----------------------------------------------------------
+
+
+def test_enqueue_writes_message_and_envelope(tmp_path: Path) -> None:
+    config = write_config(tmp_path, closed_port())
+    entry_id = enqueue(config, 1, SENDER, "a@dest.example", "b@dest.example")
+    queue_dir = tmp_path / "spool" / "queue"
+    assert sorted(os.listdir(queue_dir)) == [f"{entry_id}.msg", f"{entry_id}.toml"]
+    assert (queue_dir / f"{entry_id}.msg").read_bytes() == message(1)
+    assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) & 0o007 == 0
+    assert stat.S_IMODE((queue_dir / f"{entry_id}.msg").stat().st_mode) & 0o007 == 0
+    [entry] = spool.list_entries(config)
+    assert entry.id == entry_id
+    assert entry.sender == SENDER
+    assert entry.recipients == ("a@dest.example", "b@dest.example")
+    assert entry.route == "*"
+    assert [a.reply for a in entry.attempts] == ["relay down"]
+    assert (entry.next_attempt - entry.created).total_seconds() == spool.BACKOFF_START
+    assert entry.size == len(message(1))
+    text = spool.listing_text(config)
+    assert entry_id in text and "a@dest.example" in text and "(relay down)" in text
+
+
+def test_empty_queue_listing(tmp_path: Path) -> None:
+    config = write_config(tmp_path, closed_port())
+    assert spool.listing_text(config) == "Mail queue is empty"
+    assert spool.run_queue(config) == spool.QueueRunResult()
+    assert not (tmp_path / "spool").exists()  # looking never creates the spool
+
+
+def test_backoff_doubles_from_a_minute_to_an_hour() -> None:
+    assert [spool.backoff(n) for n in range(1, 9)] == [60, 120, 240, 480, 960, 1920, 3600, 3600]
+
+
+# -- outage, then recovery -----------------------------------------------------------
+
+
+def test_outage_queues_and_recovery_delivers_each_exactly_once(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    down = write_config(tmp_path, closed_port())
+    ids = []
+    for n in range(5):
+        group, data = group_for(down), message(n)
+        with pytest.raises(TempFailError) as failure:
+            deliver(down, group, data)
+        entry_id = spool.handle_temporary_failure(
+            down, group, data, smtputf8=False, eightbit=False, error=failure.value
+        )
+        assert entry_id is not None
+        assert spool.queued_note(entry_id, failure.value).startswith(f"queued as {entry_id}: ")
+        ids.append(entry_id)
+
+    # Still down: one more attempt each, remembered, and the backoff doubles.
+    result = spool.run_queue(down, force=True)
+    assert sorted(result.deferred) == sorted(ids)
+    for entry in spool.list_entries(down):
+        assert len(entry.attempts) == 2
+        assert (entry.next_attempt - entry.attempts[-1].time).total_seconds() == 120
+
+    up = write_config(tmp_path, smtp_server.port)
+    assert spool.run_queue(up).not_due == 5  # backoff respected without --all
+    assert smtp_server.messages == []
+    result = spool.run_queue(up, force=True)
+    assert sorted(result.delivered) == sorted(ids)
+    assert sorted(message_ids(smtp_server)) == sorted(f"<{n}.spool@test.example>" for n in range(5))
+    assert [m.data for m in smtp_server.messages] == [message(n) for n in range(5)]
+    assert spool.list_entries(up) == []
+    assert spool.run_queue(up, force=True).delivered == ()
+    assert len(smtp_server.messages) == 5
+
+
+def test_run_only_given_ids(tmp_path: Path, smtp_server: SMTPTestServer) -> None:
+    config = write_config(tmp_path, smtp_server.port)
+    first, second = enqueue(config, 1), enqueue(config, 2)
+    result = spool.run_queue(config, ids=[second.lower()])
+    assert result.delivered == (second,)
+    assert [e.id for e in spool.list_entries(config)] == [first]
+
+
+def test_time_budget_stops_the_run(tmp_path: Path, smtp_server: SMTPTestServer) -> None:
+    config = write_config(tmp_path, smtp_server.port)
+    enqueue(config, 1)
+    result = spool.run_queue(config, force=True, time_budget=0)
+    assert result.out_of_time and result.delivered == ()
+    assert len(spool.list_entries(config)) == 1
+
+
+# -- concurrency and crashes ---------------------------------------------------------
+
+RUNNER = textwrap.dedent(
+    """
+    import os, sys, time
+    from ssmtp_mailer.config.loader import load_config
+    from ssmtp_mailer.spool import run_queue
+    config = load_config(sys.argv[1])
+    while not os.path.exists(sys.argv[2]):
+        time.sleep(0.001)
+    print(len(run_queue(config, force=True).delivered))
+    """
+)
+
+
+def test_two_concurrent_runners_deliver_fifty_entries_once(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    config = write_config(tmp_path, smtp_server.port)
+    for n in range(50):
+        enqueue(config, n)
+    go = tmp_path / "go"
+    runners = [
+        subprocess.Popen(
+            [sys.executable, "-c", RUNNER, str(config.main_file), str(go)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    time.sleep(0.5)  # both imported and waiting, so they start at the same moment
+    go.touch()
+    counts = [int(r.communicate(timeout=60)[0]) for r in runners]
+    assert all(r.returncode == 0 for r in runners)
+    assert sum(counts) == 50, counts
+    ids = message_ids(smtp_server)
+    assert len(ids) == 50 and len(set(ids)) == 50
+    assert spool.list_entries(config) == []
+
+
+def test_runner_killed_mid_delivery_leaves_entry_for_the_next_run(
+    tmp_path: Path, smtp_server_factory: Callable[..., SMTPTestServer]
+) -> None:
+    server = smtp_server_factory(fault="stall-data-end")
+    config = write_config(tmp_path, server.port, connection_timeout=30, read_timeout=30)
+    entry_id = enqueue(config, 1)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "ssmtp_mailer", "-C", str(config.main_file), "queue", "run", "--all"]
+    )
+    deadline = time.monotonic() + 20
+    while server.connections < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.connections == 1
+    time.sleep(0.3)  # let it send the message and wait for the reply that never comes
+    runner.send_signal(signal.SIGKILL)
+    runner.wait(timeout=10)
+
+    [entry] = spool.list_entries(config)
+    assert entry.id == entry_id and len(entry.attempts) == 1
+    assert server.messages == []
+    server.fault = None
+    assert spool.run_queue(config, force=True).delivered == (entry_id,)
+    assert message_ids(server) == ["<1.spool@test.example>"]
+
+
+CRASHER = textwrap.dedent(
+    """
+    import os, sys
+    from ssmtp_mailer.config.loader import load_config
+    from ssmtp_mailer import spool
+    from ssmtp_mailer.rewrite import plan_delivery
+    config = load_config(sys.argv[1])
+    real_replace = os.replace
+    def crash(src, dst):
+        if str(dst).endswith(".toml"):
+            os._exit(9)  # power lost after the envelope's temp file, before its rename
+        return real_replace(src, dst)
+    os.replace = crash
+    group = plan_delivery(config, "app@test.example", ["rcpt@dest.example"]).groups[0]
+    spool.enqueue(config, group, b"Subject: lost\\r\\n\\r\\nx\\r\\n",
+                  smtputf8=False, eightbit=False, reason="down")
+    """
+)
+
+
+def test_crash_between_write_and_rename(tmp_path: Path, smtp_server: SMTPTestServer) -> None:
+    config = write_config(tmp_path, smtp_server.port)
+    survivor = enqueue(config, 1)
+    crashed = subprocess.run([sys.executable, "-c", CRASHER, str(config.main_file)], check=False)
+    assert crashed.returncode == 9
+    queue_dir = tmp_path / "spool" / "queue"
+    debris = sorted(n for n in os.listdir(queue_dir) if not n.startswith(survivor))
+    assert len(debris) == 2 and debris[0].startswith(spool.TEMP_PREFIX)  # + an orphan .msg
+
+    # A half-written entry is never picked up; fresh debris may be a live writer's: kept.
+    assert [e.id for e in spool.list_entries(config)] == [survivor]
+    assert spool.run_queue(config, force=True).delivered == (survivor,)
+    assert message_ids(smtp_server) == ["<1.spool@test.example>"]
+    assert sorted(os.listdir(queue_dir)) == debris
+
+    old = time.time() - spool.STALE_SECONDS - 60
+    for name in debris:
+        os.utime(queue_dir / name, (old, old))
+    assert spool.run_queue(config, force=True) == spool.QueueRunResult()
+    assert os.listdir(queue_dir) == []
+    assert len(smtp_server.messages) == 1
+
+
+def test_unwritable_spool_is_cantcreat_and_claims_nothing(tmp_path: Path) -> None:
+    # chmod does not stop root, a regular file in the path stops everyone.
+    (tmp_path / "not-a-dir").write_text("")
+    config = write_config(tmp_path, closed_port(), spool_dir=tmp_path / "not-a-dir" / "spool")
+    group, data = group_for(config), message(1)
+    error = TempFailError("127.0.0.1", "connection refused")
+    with pytest.raises(CantCreateError) as raised:
+        spool.handle_temporary_failure(
+            config, group, data, smtputf8=False, eightbit=False, error=error
+        )
+    assert raised.value.exit_code == 73
+    with pytest.raises(CantCreateError):
+        spool.store_failed(config, group, data, reason="550")
+    assert spool.handle_permanent_failure(config, group, data, error=error) is None
+    assert spool.list_entries(config) == []
+    assert spool.listing_text(config) == "Mail queue is empty"
+
+
+def test_damaged_envelope_does_not_stop_the_run(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    config = write_config(tmp_path, smtp_server.port)
+    damaged, good = enqueue(config, 1), enqueue(config, 2)
+    (tmp_path / "spool" / "queue" / f"{damaged}.toml").write_text("not = [toml")
+    result = spool.run_queue(config, force=True)
+    assert result.delivered == (good,)
+    assert len(result.problems) == 1 and damaged in result.problems[0]
+    assert result.exit_code == 1
+
+
+# -- policies: fail vs queue, permanent failures --------------------------------------
+
+
+def test_temporary_failure_policy_fail_queues_nothing(tmp_path: Path) -> None:
+    config = write_config(tmp_path, closed_port(), on_temporary_failure="fail")
+    error = TempFailError("127.0.0.1", "connection refused")
+    got = spool.handle_temporary_failure(
+        config, group_for(config), message(1), smtputf8=False, eightbit=False, error=error
+    )
+    assert got is None
+    assert spool.list_entries(config) == []
+
+
+def test_permanent_failure_keeps_a_copy_with_the_reason(tmp_path: Path) -> None:
+    config = write_config(tmp_path, closed_port())
+    error = UnavailableError("relay:587", "554 5.7.1 relay access denied")
+    failed_id = spool.handle_permanent_failure(config, group_for(config), message(1), error=error)
+    assert failed_id is not None
+    [entry] = spool.list_entries(config, failed=True)
+    assert entry.id == failed_id and "554 5.7.1" in entry.reason
+    assert spool.list_entries(config) == []
+
+
+def test_550_for_one_of_three_recipients(tmp_path: Path, smtp_server_factory: Any) -> None:
+    server = smtp_server_factory(fault="550-rcpt:bad@dest.example")
+    config = write_config(tmp_path, server.port)
+    rcpts = ("ok1@dest.example", "bad@dest.example", "ok2@dest.example")
+    entry_id = enqueue(config, 1, SENDER, *rcpts)
+    result = spool.run_queue(config, force=True)
+    assert result.failed == (entry_id,) and result.bounces == 1
+    original, bounce = server.messages
+    assert original.rcpt_tos == ["ok1@dest.example", "ok2@dest.example"]
+    assert bounce.mail_from in ("", "<>") and bounce.rcpt_tos == [SENDER]
+    assert spool.list_entries(config) == []
+    [failed] = spool.list_entries(config, failed=True)
+    assert failed.recipients == ("bad@dest.example",)
+    assert failed.origin == entry_id
+    assert failed.replies["bad@dest.example"].startswith("550 5.1.1")
+    assert "User unknown" in failed.reason
+
+
+def test_temporary_refusal_keeps_recipients_pending(
+    tmp_path: Path, smtp_server_factory: Any
+) -> None:
+    server = smtp_server_factory(fault="451-rcpt")
+    config = write_config(tmp_path, server.port)
+    entry_id = enqueue(config, 1, SENDER, "a@dest.example", "b@dest.example")
+    assert spool.run_queue(config, force=True).deferred == (entry_id,)
+    [entry] = spool.list_entries(config)
+    assert entry.recipients == ("a@dest.example", "b@dest.example")
+    assert len(entry.attempts) == 2 and "451" in entry.attempts[-1].reply
+    assert spool.list_entries(config, failed=True) == []
+    server.fault = None
+    assert spool.run_queue(config, force=True).delivered == (entry_id,)
+    assert server.messages[0].rcpt_tos == ["a@dest.example", "b@dest.example"]
+
+
+def test_route_gone_fails_the_entry_clearly(tmp_path: Path, smtp_server: SMTPTestServer) -> None:
+    config = write_config(tmp_path, smtp_server.port, bounce="false")
+    group = RouteGroup(
+        route=DomainConfig(name="old", location=config.domains["*"].location),
+        envelope_from=SENDER,
+        recipients=("rcpt@dest.example",),
+    )
+    entry_id = spool.enqueue(config, group, message(1), smtputf8=False, eightbit=False, reason="x")
+    assert spool.run_queue(config, force=True).failed == (entry_id,)
+    [failed] = spool.list_entries(config, failed=True)
+    assert "[domain:old] is no longer in the configuration" in failed.reason
+    assert smtp_server.messages == []
+
+
+# -- expiry and bounces --------------------------------------------------------------
+
+
+def test_expired_entry_bounces_exactly_once(tmp_path: Path, smtp_server: SMTPTestServer) -> None:
+    config = write_config(tmp_path, smtp_server.port, queue_lifetime=0)
+    entry_id = enqueue(config, 7)
+    first = spool.run_queue(config)
+    assert first.expired == (entry_id,) and first.bounces == 1
+    assert spool.run_queue(config, force=True) == spool.QueueRunResult()
+    [bounce] = smtp_server.messages
+    assert bounce.mail_from in ("", "<>") and bounce.rcpt_tos == [SENDER]
+    notice = bounce.message()
+    assert notice.get_content_type() == "multipart/report"
+    assert notice.get_param("report-type") == "delivery-status"
+    assert notice["Auto-Submitted"] == "auto-replied"
+    parts = list(notice.iter_parts())
+    assert [p.get_content_type() for p in parts] == [
+        "text/plain",
+        "message/delivery-status",
+        "text/rfc822-headers",
+    ]
+    assert "rcpt@dest.example" in parts[0].get_content()
+    fields = [f for f in parts[1].get_payload() if not isinstance(f, str)]
+    assert len(fields) == 2
+    assert fields[0]["Reporting-MTA"] == "dns; test.example"
+    assert fields[1]["Final-Recipient"] == "rfc822; rcpt@dest.example"
+    assert fields[1]["Action"] == "failed"
+    assert fields[1]["Status"] == "4.4.7"
+    assert "<7.spool@test.example>" in str(parts[2].get_payload())
+    [failed] = spool.list_entries(config, failed=True)
+    assert failed.reason.startswith("expired") and "relay down" in failed.reason
+
+
+def test_expired_bounce_never_bounces_a_bounce(tmp_path: Path, smtp_server: SMTPTestServer) -> None:
+    config = write_config(tmp_path, smtp_server.port, queue_lifetime=0)
+    entry_id = enqueue(config, 1, "")
+    result = spool.run_queue(config)
+    assert result.expired == (entry_id,) and result.bounces == 0
+    assert smtp_server.messages == []
+    assert len(spool.list_entries(config, failed=True)) == 1
+
+
+def test_bounce_is_queued_when_the_relay_is_down(tmp_path: Path) -> None:
+    config = write_config(tmp_path, closed_port(), queue_lifetime=0)
+    entry_id = enqueue(config, 1)
+    assert spool.run_queue(config).expired == (entry_id,)
+    [queued_bounce] = spool.list_entries(config)
+    assert queued_bounce.sender == "" and queued_bounce.recipients == (SENDER,)
+
+
+def test_retry_failed_moves_back_and_delivers(tmp_path: Path, smtp_server: SMTPTestServer) -> None:
+    config = write_config(tmp_path, smtp_server.port, bounce="false")
+    error = UnavailableError("relay", "554 go away")
+    failed_id = spool.handle_permanent_failure(config, group_for(config), message(3), error=error)
+    assert failed_id is not None
+    assert spool.retry_failed(config, failed_id) == failed_id
+    assert spool.list_entries(config, failed=True) == []
+    assert spool.run_queue(config).delivered == (failed_id,)  # due now, no --all needed
+    assert message_ids(smtp_server) == ["<3.spool@test.example>"]
+
+
+def test_locked_entry_is_skipped_and_cannot_be_deleted(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    config = write_config(tmp_path, smtp_server.port)
+    entry_id = enqueue(config, 1)
+    with open(tmp_path / "spool" / "queue" / f"{entry_id}.msg", "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as another runner in the middle of a delivery
+        assert spool.run_queue(config, force=True).busy == (entry_id,)
+        with pytest.raises(spool.EntryBusyError):
+            spool.delete_entry(config, entry_id)
+    assert smtp_server.messages == []
+    assert spool.run_queue(config, force=True).delivered == (entry_id,)
