@@ -15,6 +15,11 @@ from ssmtp_mailer.errors import UsageError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "config": ("ssmtp_mailer.commands.config", "config_group", "Check or show the configuration."),
     "password": ("ssmtp_mailer.commands.password", "password_group", "Keyring passwords."),
+    "test": ("ssmtp_mailer.commands.test", "test_command", "Check the relay routes step by step."),
+    "route": ("ssmtp_mailer.commands.route", "route_command", "Explain how mail is routed."),
+    "queue": ("ssmtp_mailer.commands.queue", "queue_group", "List, show, run and clean the spool."),
+    "send": ("ssmtp_mailer.commands.send", "send_command", "Send a message built from options."),
+    "sendmail": ("ssmtp_mailer.commands.sendmail_cmd", "sendmail_command", "Act as sendmail."),
 }
 
 

@@ -26,6 +26,7 @@ from ssmtp_mailer.config.model import (
     UserConfig,
 )
 from ssmtp_mailer.errors import ConfigError
+from ssmtp_mailer.patterns import domain_problem, parse_pattern, pattern_problem
 
 Parser = Callable[[str], Any]
 
@@ -420,13 +421,14 @@ def _existing_file(text: str, base: Path, key: str, where: Location, report: _Re
 
 def _build_user(section: RawSection, report: _Report) -> list[UserConfig] | None:
     before = len(report.errors)
-    vals, _ = _typed_values(section, USER_KEYS, report)
+    vals, where = _typed_values(section, USER_KEYS, report)
     at = section.location
     address = section.name
     try:
-        v.parse_address(address.replace("{type}", "x"))
+        parse_pattern(address.replace("{type}", "x"))
     except ValueError as exc:
         report.errors.append(f"{at}: [user:{address}]: {exc}")
+    _check_allowed(vals, where, report)
     if vals.get("template_address"):
         if "{type}" not in address:
             report.errors.append(f"{at}: template_address: the address has no {{type}} to expand")
@@ -453,31 +455,27 @@ def _build_mapping(section: RawSection, report: _Report) -> MappingConfig | None
             report.errors.append(f"{at}: {key}: required in a mapping, not set")
     source, target = vals.get("from_pattern"), vals.get("to_pattern")
     if source and target:
-        problem = _pattern_problem(source, target)
+        problem = pattern_problem(source, target)
         if problem:
-            report.errors.append(f"{where['to_pattern']}: to_pattern: {problem}")
+            key = "from_pattern" if problem.startswith("from_pattern: ") else "to_pattern"
+            report.errors.append(f"{where[key]}: {key}: {problem.removeprefix(key + ': ')}")
+    _check_allowed(vals, where, report)
     if len(report.errors) > before:
         return None
     return MappingConfig(name=section.name, location=at, **vals)
 
 
-def _pattern_problem(source: str, target: str) -> str | None:
-    """Why `target` cannot be produced from what `source` matches, or None."""
-    s_local, _, s_domain = source.rpartition("@") if "@" in source else (source, "", "")
-    t_local, _, t_domain = target.rpartition("@") if "@" in target else (target, "", "")
-    if "*" in t_domain:
-        return f"the domain of {target!r} must be a real domain, not a wildcard"
-    if "*" in t_local and t_local != "*":
-        return f"'*' must be the whole local part in {target!r}"
-    if t_local == "*" and s_local != "*":
-        return f"{target!r} keeps the local part, but from_pattern {source!r} has no '*' local part"
-    for pattern in (source, target):
-        local = pattern.rpartition("@")[0] if "@" in pattern else pattern
-        if "*" in local and local != "*":
-            return f"'*' must be the whole local part in {pattern!r}"
-    if "*" in s_domain and s_domain != "*":
-        return f"'*' must be the whole domain in {source!r}"
-    return None
+def _check_allowed(vals: dict[str, Any], where: dict[str, Location], report: _Report) -> None:
+    """Every allowed_recipients entry is a pattern and every allowed_domains entry a domain."""
+    for text in vals.get("allowed_recipients", ()):
+        try:
+            parse_pattern(text)
+        except ValueError as exc:
+            report.errors.append(f"{where['allowed_recipients']}: allowed_recipients: {exc}")
+    for text in vals.get("allowed_domains", ()):
+        problem = domain_problem(text)
+        if problem:
+            report.errors.append(f"{where['allowed_domains']}: allowed_domains: {problem}")
 
 
 def _check_references(

@@ -1,21 +1,30 @@
-"""Hand a routed message to its relay (SPEC §6)."""
+"""Hand a routed message to its relay (SPEC §6): retries, fallbacks, rate limit, logging.
+
+Used identically by `sendmail`, `send`, the queue runner and the listener.
+"""
 
 from __future__ import annotations
 
-import smtplib
-import ssl
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ssmtp_mailer import log
 from ssmtp_mailer.config import secrets
-from ssmtp_mailer.config.model import Config
-from ssmtp_mailer.errors import (
-    NoPermError,
-    NoUserError,
-    TempFailError,
-    UnavailableError,
+from ssmtp_mailer.config.model import AuthMethod, Config, DeliveryMode, DomainConfig, HostPort
+from ssmtp_mailer.errors import ConfigError, MailerError, TempFailError
+from ssmtp_mailer.relay import ratelimit
+from ssmtp_mailer.relay.smtp import (
+    Endpoint,
+    RelayConnection,
+    RelayFailure,
+    Transaction,
+    endpoint_for,
 )
 from ssmtp_mailer.rewrite import RouteGroup
+
+Transcript = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,115 @@ class DeliveryResult:
     reply: str = ""
     tls: str | None = None
     auth_user: str | None = None
+    attempts: int = 1
+
+    @property
+    def deferred(self) -> tuple[str, ...]:
+        """Refused recipients whose reply was temporary (4xx): worth queueing for them alone."""
+        return tuple(r for r, (code, _) in self.refused.items() if 400 <= code < 500)
+
+
+def servers_of(route: DomainConfig) -> list[HostPort]:
+    """The primary server, then every fallback in order; ports default to the route's."""
+    if not route.smtp_server:
+        raise ConfigError(
+            f"{route.location}: [domain:{route.name}] smtp_server",
+            "required for a relay route, not set",
+        )
+    primary = HostPort(route.smtp_server, route.smtp_port)
+    fallbacks = [HostPort(hp.host, hp.port or route.smtp_port) for hp in route.fallback_servers]
+    return [primary, *fallbacks]
+
+
+def make_endpoint(config: Config, route: DomainConfig, server: HostPort) -> Endpoint:
+    """The connection settings for one server of a route, from the route and [global]."""
+    g = config.global_
+    return endpoint_for(
+        route,
+        server.host,
+        server.port or route.smtp_port,
+        helo=route.helo_name or g.default_hostname,
+        connect_timeout=g.connection_timeout,
+        read_timeout=g.read_timeout,
+        write_timeout=g.write_timeout,
+    )
+
+
+class Credentials:
+    """A route's login, resolved on first use only (keyring and commands are slow or prompt)."""
+
+    def __init__(self, route: DomainConfig) -> None:
+        self.route = route
+        self._password: str | None = None
+        self._token: str | None = None
+
+    @property
+    def needed(self) -> bool:
+        route = self.route
+        if route.auth_method == AuthMethod.NONE:
+            return False
+        if route.auth_method == AuthMethod.AUTO:
+            return bool(route.username)
+        if not route.username:
+            raise ConfigError(
+                f"{route.location}: [domain:{route.name}] username",
+                f"auth_method = {route.auth_method.value} needs a username",
+            )
+        return True
+
+    def secret_for(self, mechanism: str) -> str:
+        """The password, or for XOAUTH2 a fresh token from oauth2_token_command."""
+        route = self.route
+        if mechanism == "XOAUTH2":
+            if self._token is None:
+                self._token = secrets.resolve_oauth2_token(route)
+            return self._token
+        if self._password is None:
+            password = secrets.resolve_password(route)
+            if password is None:
+                raise ConfigError(
+                    f"[domain:{route.name}]",
+                    f"no password for {route.username}",
+                    hint=f"set password_command, or run `ssmtp-mailer password set {route.name}`",
+                )
+            self._password = password
+        return self._password
+
+
+def check_mode(route: DomainConfig) -> None:
+    """Refuse delivery modes this build does not implement, naming the key."""
+    if route.delivery_mode != DeliveryMode.RELAY:
+        raise ConfigError(
+            f"{route.location}: [domain:{route.name}] delivery_mode",
+            f"{route.delivery_mode.value} (MX) delivery is not implemented in this version",
+            hint="set delivery_mode = relay and smtp_server to your relay",
+        )
+
+
+def warn_unverified(config: Config, route: DomainConfig) -> None:
+    """tls_verify = false is allowed, but never silently."""
+    if (route.use_ssl or route.use_starttls) and not route.tls_verify and not route.tls_fingerprint:
+        text = (
+            f"[domain:{route.name}] tls_verify = false: the relay's certificate is not checked;"
+            " pin it with tls_fingerprint instead (`ssmtp-mailer test` prints it)"
+        )
+        print(f"ssmtp-mailer: warning: {text}", file=sys.stderr)
+        log.write(config, "WARNING", text)
+
+
+def _rate_limit(config: Config, route: DomainConfig) -> None:
+    g = config.global_
+    if not g.enable_rate_limiting:
+        return
+    limits = [
+        ("global", g.rate_limit_per_minute),
+        (f"route-{route.name}", route.rate_limit_per_minute),
+    ]
+    try:
+        ratelimit.acquire(ratelimit.state_dir_for(g.spool_dir), limits)
+    except OSError as exc:
+        # The limit protects the relay account; it must never cost a message.
+        log.write(config, "WARNING", f"rate limit state not usable ({exc}); sending unthrottled")
 
 
 def deliver(
@@ -40,39 +158,171 @@ def deliver(
 ) -> DeliveryResult:
     """One SMTP transaction for the group; raises a MailerError with the SPEC §9 code."""
     route = group.route
-    host = route.smtp_server or "localhost"
-    timeout = config.global_.connection_timeout
-    context = ssl.create_default_context(cafile=str(route.ssl_ca_file) if route.ssl_ca_file else None)
-    server = f"{host}:{route.smtp_port}"
+    record = _Record(config, group, data)
     try:
-        client: smtplib.SMTP
-        if route.use_ssl:
-            client = smtplib.SMTP_SSL(host, route.smtp_port, timeout=timeout, context=context)
-        else:
-            client = smtplib.SMTP(host, route.smtp_port, timeout=timeout)
-        with client:
-            client.ehlo(route.helo_name)
-            if route.use_starttls:
-                client.starttls(context=context)
-                client.ehlo(route.helo_name)
-            if route.username and route.auth_method.value != "NONE":
-                client.login(route.username, secrets.resolve_password(route) or "")
-            options = (["BODY=8BITMIME"] if eightbit else []) + (["SMTPUTF8"] if smtputf8 else [])
-            refused = client.sendmail(group.envelope_from, list(group.recipients), data, options)
-    except smtplib.SMTPAuthenticationError as exc:
-        raise NoPermError(server, f"authentication refused: {exc.smtp_code}") from None
-    except smtplib.SMTPRecipientsRefused as exc:
-        raise NoUserError(server, f"every recipient refused: {exc.recipients}") from None
-    except smtplib.SMTPResponseException as exc:
-        if 400 <= exc.smtp_code < 500:
-            raise TempFailError(server, f"{exc.smtp_code} {exc.smtp_error!r}") from None
-        raise UnavailableError(server, f"{exc.smtp_code} {exc.smtp_error!r}") from None
-    except (OSError, smtplib.SMTPException) as exc:
-        raise TempFailError(server, str(exc)) from None
-    accepted = tuple(r for r in group.recipients if r not in refused)
-    return DeliveryResult(
-        route=route.name,
-        server=server,
-        accepted=accepted,
-        refused={k: (v[0], v[1].decode("utf-8", "replace")) for k, v in refused.items()},
+        check_mode(route)
+        servers = servers_of(route)
+        warn_unverified(config, route)
+        _rate_limit(config, route)
+        result = _deliver(config, group, data, servers, record, smtputf8, eightbit, transcript)
+    except MailerError as exc:
+        record.finish_failed(exc)
+        raise
+    record.finish(result)
+    return result
+
+
+def _deliver(
+    config: Config,
+    group: RouteGroup,
+    data: bytes,
+    servers: list[HostPort],
+    record: _Record,
+    smtputf8: bool,
+    eightbit: bool,
+    transcript: Transcript | None,
+) -> DeliveryResult:
+    route = group.route
+    g = config.global_
+    credentials = Credentials(route)
+    failures: list[tuple[str, RelayFailure]] = []
+    attempts = 0
+    for index, server in enumerate(servers):
+        endpoint = make_endpoint(config, route, server)
+        record.relay = endpoint.label
+        # Retries with backoff on the primary; each fallback gets one attempt, so a dead
+        # primary costs the sender at most the backoff series before the fallbacks.
+        tries = 1 + g.max_retries if index == 0 else 1
+        for attempt in range(tries):
+            if attempt:
+                delay = g.retry_backoff * 2 ** (attempt - 1)
+                if transcript is not None:
+                    transcript(
+                        f"* retry {attempt} of {g.max_retries} at {endpoint.label} in {delay} s"
+                    )
+                time.sleep(delay)
+            attempts += 1
+            try:
+                result = _attempt(
+                    endpoint, group, data, credentials, smtputf8, eightbit, transcript
+                )
+            except RelayFailure as failure:
+                failures.append((endpoint.label, failure))
+                log.write(
+                    config, "DEBUG", f"attempt {attempts} at {endpoint.label}: {failure.error}"
+                )
+                if failure.temporary:
+                    continue
+                if failure.next_server:
+                    break
+                record.reply = failure.reply
+                raise failure.error from None
+            tx, tls, auth_user = result
+            return DeliveryResult(
+                route=route.name,
+                server=endpoint.label,
+                accepted=tuple(tx.accepted),
+                refused=dict(tx.refused),
+                reply=tx.reply,
+                tls=tls,
+                auth_user=auth_user,
+                attempts=attempts,
+            )
+    raise _exhausted(route, failures, attempts)
+
+
+def _exhausted(
+    route: DomainConfig, failures: list[tuple[str, RelayFailure]], attempts: int
+) -> MailerError:
+    """The error once every server failed: temporary if any was, else the first one's."""
+    if not any(f.temporary for _, f in failures):
+        return failures[0][1].error
+    last: dict[str, RelayFailure] = {}
+    for label, failure in failures:
+        last[label] = failure
+    why = "; ".join(f"{label}: {f.error.why}" for label, f in last.items())
+    hint = next((f.error.hint for f in reversed(list(last.values())) if f.error.hint), None)
+    return TempFailError(
+        f"[domain:{route.name}]",
+        f"temporary failure after {attempts} attempt{'s' if attempts != 1 else ''}: {why}",
+        hint=hint,
     )
+
+
+def _attempt(
+    endpoint: Endpoint,
+    group: RouteGroup,
+    data: bytes,
+    credentials: Credentials,
+    smtputf8: bool,
+    eightbit: bool,
+    transcript: Transcript | None,
+) -> tuple[Transaction, str | None, str | None]:
+    conn = RelayConnection(endpoint, transcript)
+    try:
+        conn.open()
+        if credentials.needed:
+            route = group.route
+            mechanism = conn.choose_mechanism(route)
+            assert route.username is not None
+            secret = credentials.secret_for(mechanism)
+            conn.authenticate(route, mechanism, route.username, secret)
+        tx = conn.transaction(
+            group.envelope_from, group.recipients, data, smtputf8=smtputf8, eightbit=eightbit
+        )
+    except RelayFailure as failure:
+        # After a reply the conversation is sane and QUIT is polite; after a socket error
+        # or timeout it would only wait read_timeout again.
+        if failure.code is not None:
+            conn.close_quietly()
+        else:
+            conn.close()
+        raise
+    except BaseException:
+        conn.close()
+        raise
+    conn.close_quietly()
+    return tx, conn.tls_version, conn.auth_user
+
+
+class _Record:
+    """Collects the fields of the message's log line while delivery goes on."""
+
+    def __init__(self, config: Config, group: RouteGroup, data: bytes) -> None:
+        self.config = config
+        self.group = group
+        self.size = len(data)
+        self.message_id = log.message_id_of(data)
+        self.relay = ""
+        self.reply = ""
+
+    def _write(self, **fields: object) -> None:
+        group = self.group
+        values: dict[str, object] = {
+            "message_id": self.message_id,
+            "sender": group.envelope_from,
+            "recipients": group.recipients,
+            "route": group.route.name,
+            "relay": self.relay,
+            "tls": None,
+            "auth_user": None,
+            "size": self.size,
+            "reply": self.reply,
+        }
+        values.update(fields)
+        log.log_delivery(self.config, log.DeliveryRecord(**values))  # type: ignore[arg-type]
+
+    def finish(self, result: DeliveryResult) -> None:
+        self._write(
+            relay=result.server,
+            tls=result.tls,
+            auth_user=result.auth_user,
+            reply=result.reply,
+            outcome="partial" if result.refused else "sent",
+            exit_code=0,
+            refused=tuple(f"{r} {c} {t}" for r, (c, t) in result.refused.items()),
+        )
+
+    def finish_failed(self, error: MailerError) -> None:
+        outcome = "deferred" if isinstance(error, TempFailError) else "failed"
+        self._write(reply=self.reply or error.why, outcome=outcome, exit_code=error.exit_code)

@@ -44,17 +44,26 @@ wait_gone() {  # pid seconds
     ! kill -0 "$pid" 2>/dev/null
 }
 
-stop_one() {  # name pidfile exe-pattern stop-command...
-    local name="$1" pidfile="$2" pattern="$3" pid; shift 3
+# SIGTERM to the master process is the documented way to stop both daemons
+# (it is what "postfix stop" and "dovecot stop" do, minus their 1 s polling
+# sleeps); each master then terminates its own children. Both are signalled
+# first and waited for together (Postfix needs ~2 s, Dovecot ~3 s).
+signal_one() {  # name pidfile exe-pattern -> prints pid if one was signalled
+    local name="$1" pidfile="$2" pattern="$3" pid
     if ! pid="$(live_pid "$pidfile" "$pattern")"; then
         log "$name: not running"
         return 0
     fi
     log "$name: stopping pid $pid"
-    "$@" >/dev/null 2>&1 || true
+    kill -TERM "$pid" 2>/dev/null || true
+    echo "$pid"
+}
+reap_one() {  # name pid stop-command...
+    local name="$1" pid="$2"; shift 2
+    [ -n "$pid" ] || return 0
     if ! wait_gone "$pid" 10; then
-        log "$name: pid $pid still running after 10 s, sending SIGTERM"
-        kill -TERM "$pid" 2>/dev/null || true
+        log "$name: pid $pid still running after 10 s, trying: $*"
+        "$@" >/dev/null 2>&1 || true
         if ! wait_gone "$pid" 5; then
             log "$name: pid $pid still running, sending SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true
@@ -63,16 +72,36 @@ stop_one() {  # name pidfile exe-pattern stop-command...
     fi
 }
 
+# Postfix children (smtpd with a client connected) can outlive the master
+# for a moment while still holding the listening sockets: wait until the
+# relay's ports are free so a restart can bind them.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_ports_free() {
+    local env="$RELAY_DIR/relay.env" ports p n
+    [ -f "$env" ] || return 0
+    ports="$(sed -n "s/^RELAY_[A-Z]*_PORT='\([0-9]*\)'$/\1/p" "$env")"
+    for p in $ports; do
+        n=100
+        while port_open "$p" && [ "$n" -gt 0 ]; do sleep 0.1; n=$((n - 1)); done
+        port_open "$p" && log "warning: 127.0.0.1:$p still accepts connections after stop"
+    done
+    return 0
+}
+
+PF_PID="" DC_PID=""
 if command -v postfix >/dev/null 2>&1 && [ -f "$PF_CONF/main.cf" ]; then
-    stop_one postfix "$PF_PIDFILE" '*/postfix/*master' postfix -c "$PF_CONF" stop
+    PF_PID="$(signal_one postfix "$PF_PIDFILE" '*/postfix/*master')"
 else
     log "postfix: no instance configured in $PF_CONF"
 fi
 if command -v dovecot >/dev/null 2>&1 && [ -f "$DC_CONF" ]; then
-    stop_one dovecot "$DC_PIDFILE" '*/dovecot' dovecot -c "$DC_CONF" stop
+    DC_PID="$(signal_one dovecot "$DC_PIDFILE" '*/dovecot')"
 else
     log "dovecot: no instance configured in $RELAY_DIR/dovecot"
 fi
+reap_one postfix "$PF_PID" postfix -c "$PF_CONF" abort
+reap_one dovecot "$DC_PID" dovecot -c "$DC_CONF" stop
+wait_ports_free
 
 if [ "$PURGE" -eq 1 ]; then
     case "$RELAY_DIR" in

@@ -1,0 +1,219 @@
+"""`ssmtp-mailer route`: every rewriting, routing and policy decision for an envelope, unsent."""
+
+from __future__ import annotations
+
+from email.utils import parseaddr
+from typing import Any
+
+import click
+
+from ssmtp_mailer.commands.common import common_options, json_option, load, print_json
+from ssmtp_mailer.config.model import AuthMethod, Config, DeliveryMode, DomainConfig
+from ssmtp_mailer.errors import NoPermError, UsageError
+from ssmtp_mailer.patterns import qualify
+from ssmtp_mailer.rewrite import NULL_SENDER_NAME, Plan, RouteGroup, explain_delivery
+
+
+def envelope_address(text: str, hostname: str) -> str:
+    """An address as the intake takes it: display names dropped, bare names qualified."""
+    text = text.strip()
+    if text in ("<>", "") or text.upper() == NULL_SENDER_NAME:
+        return ""
+    address = parseaddr(text)[1] or text
+    return qualify(address, hostname)
+
+
+def tls_mode(route: DomainConfig) -> str:
+    """How the connection is protected, in words."""
+    if route.use_ssl:
+        mode = "implicit TLS"
+    elif route.use_starttls:
+        mode = "STARTTLS"
+    else:
+        return "none (plaintext)"
+    if route.tls_fingerprint:
+        return f"{mode}, certificate pinned by fingerprint"
+    if not route.tls_verify:
+        return f"{mode}, certificate NOT verified"
+    return f"{mode}, certificate verified"
+
+
+def auth_text(route: DomainConfig) -> str:
+    """The auth method and user; never a secret (none is resolved)."""
+    if route.auth_method == AuthMethod.NONE:
+        return "none"
+    user = f" as {route.username}" if route.username else ""
+    return f"{route.auth_method.value}{user}"
+
+
+def server_text(route: DomainConfig) -> str:
+    if route.delivery_mode == DeliveryMode.DIRECT:
+        return "MX of each recipient domain (direct delivery)"
+    server = f"{route.smtp_server}:{route.smtp_port}"
+    if route.delivery_mode == DeliveryMode.HYBRID:
+        server = f"MX of each recipient domain, then {server}"
+    return server
+
+
+def group_data(group: RouteGroup) -> dict[str, Any]:
+    route = group.route
+    return {
+        "route": route.name,
+        "section": str(route.location),
+        "server": route.smtp_server,
+        "port": route.smtp_port,
+        "delivery_mode": route.delivery_mode.value,
+        "fallback_servers": [str(f) for f in route.fallback_servers],
+        "tls": tls_mode(route),
+        "auth_method": route.auth_method.value,
+        "username": route.username,
+        "envelope_from": group.envelope_from,
+        "recipients": list(group.recipients),
+        "header_from": group.header_from,
+        "reply_to": group.reply_to,
+    }
+
+
+def verdict(plan: Plan) -> str:
+    if plan.sender_refusal is not None:
+        return "refused"
+    if plan.refused:
+        return "refused" if not plan.groups else "partly refused"
+    return "allowed"
+
+
+def plan_data(plan: Plan, recipients: list[str]) -> dict[str, Any]:
+    return {
+        "sender": {"given": plan.original_sender, "final": plan.sender},
+        "recipients": recipients,
+        "mappings": [
+            {
+                "role": r.role,
+                "address": r.original,
+                "rewritten": r.final,
+                "mapping": r.mapping,
+                "section": r.rule,
+                "headers": r.headers,
+            }
+            for r in plan.rewrites
+        ],
+        "header_rewrites": plan.address_rewrites,
+        "routes": [group_data(g) for g in plan.groups],
+        "policy": {
+            "verdict": verdict(plan),
+            "sender_rule": plan.sender_rule,
+            "sender_refused": (
+                {"reason": plan.sender_refusal.reason, "rule": plan.sender_refusal.rule}
+                if plan.sender_refusal
+                else None
+            ),
+            "refused": [
+                {"address": r.address, "reason": r.reason, "rule": r.rule} for r in plan.refused
+            ],
+        },
+        "steps": list(plan.steps),
+    }
+
+
+def plan_text(plan: Plan) -> list[str]:
+    lines = [f"sender: {plan.original_sender or '<>'}"]
+    if plan.sender != plan.original_sender:
+        lines[0] += f" -> {plan.sender}"
+    lines.append("mappings:")
+    lines.extend(
+        f"  [mapping:{r.mapping}] {r.rule}: {r.role} {r.original} -> {r.final}"
+        + ("" if r.headers else " (envelope only)")
+        for r in plan.rewrites
+    )
+    if not plan.rewrites:
+        lines.append("  none matched")
+    lines.append("header changes:")
+    lines.extend(f"  {old} -> {new} (From/To/Cc)" for old, new in plan.address_rewrites.items())
+    for group in plan.groups:
+        if group.header_from:
+            lines.append(f"  From: {group.header_from} (route [domain:{group.route.name}])")
+        if group.reply_to:
+            lines.append(f"  Reply-To: {group.reply_to} (route [domain:{group.route.name}])")
+    if len(lines) and lines[-1] == "header changes:":
+        lines.append("  none")
+    lines.append("routes:")
+    for group in plan.groups:
+        route = group.route
+        lines.append(f"  [domain:{route.name}] {route.location}")
+        lines.append(f"    server: {server_text(route)}")
+        if route.fallback_servers:
+            lines.append(f"    fallback: {', '.join(str(f) for f in route.fallback_servers)}")
+        lines.append(f"    tls: {tls_mode(route)}")
+        lines.append(f"    auth: {auth_text(route)}")
+        lines.append(f"    MAIL FROM:<{group.envelope_from}>")
+        lines.extend(f"    RCPT TO:<{r}>" for r in group.recipients)
+    if not plan.groups:
+        lines.append("  none")
+    lines.append(f"policy: {verdict(plan)}")
+    if plan.sender_refusal is not None:
+        r = plan.sender_refusal
+        lines.append(f"  sender {r.address or '<>'}: {r.reason} ({r.rule})")
+    elif plan.sender_rule:
+        lines.append(f"  sender section: {plan.sender_rule}")
+    lines.extend(f"  refused {r.address}: {r.reason} ({r.rule})" for r in plan.refused)
+    lines.append("decisions:")
+    lines.extend(f"  {n}. {step}" for n, step in enumerate(plan.steps, start=1))
+    return lines
+
+
+def refusal_error(plan: Plan) -> NoPermError | None:
+    """The error for this plan's policy verdict, if any: sendmail exits 77 for any refusal."""
+    r = plan.sender_refusal
+    if r is not None:
+        return NoPermError(r.address or "<>", f"{r.reason} ({r.rule})")
+    if plan.refused:
+        return NoPermError(
+            "recipients", "; ".join(f"{x.address}: {x.reason} ({x.rule})" for x in plan.refused)
+        )
+    return None
+
+
+def route_plan(config: Config, sender: str | None, recipients: list[str]) -> tuple[Plan, list[str]]:
+    """Qualify the envelope as the intake does, then plan it."""
+    hostname = config.global_.default_hostname
+    envelope_from = envelope_address(
+        config.global_.default_from if sender is None else sender, hostname
+    )
+    to = [envelope_address(r, hostname) for r in recipients]
+    if any(not r for r in to):
+        raise UsageError("route", "--to needs an address, not the null sender")
+    return explain_delivery(config, envelope_from, to), to
+
+
+@click.command("route")
+@common_options
+@json_option
+@click.option(
+    "--from",
+    "-f",
+    "sender",
+    metavar="ADDRESS",
+    help="Envelope sender (default: default_from; '<>' for the null sender).",
+)
+@click.option(
+    "--to",
+    "-t",
+    "recipients",
+    metavar="ADDRESS",
+    multiple=True,
+    required=True,
+    help="Recipient; repeat or separate with commas.",
+)
+def route_command(as_json: bool, sender: str | None, recipients: tuple[str, ...]) -> int:
+    """Show how a message would be rewritten, routed and allowed, without sending it."""
+    config = load()
+    wanted = [part for item in recipients for part in item.split(",") if part.strip()]
+    plan, to = route_plan(config, sender, wanted)
+    if as_json:
+        print_json(plan_data(plan, to))
+    else:
+        click.echo("\n".join(plan_text(plan)))
+    error = refusal_error(plan)
+    if error is not None:
+        raise error
+    return 0

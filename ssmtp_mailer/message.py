@@ -1,0 +1,597 @@
+"""Bytes in, a prepared message and its envelope out (SPEC §5); pure: no network, no disk."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+from ssmtp_mailer.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    from ssmtp_mailer.rewrite import Plan, RouteGroup
+
+CRLF = b"\r\n"
+# RFC 5322 §2.1.1: a line is at most 998 octets, CRLF excluded.
+MAX_LINE = 998
+
+# A header field name is printable ASCII without the colon; obsolete syntax allows WSP before it.
+_FIELD_RE = re.compile(rb"([!-9;-~]+)[ \t]*:")
+_LONE_DOT_RE = re.compile(rb"(?:^|\n)(\.\r?(?:\n|$))")
+_ANY_NEWLINE_RE = re.compile(rb"\r?\n")
+# A body line over 998 octets: 999 octets plus its CR is 1000 characters that are not LF.
+_LONG_LINE_RE = re.compile(rb"[^\n]{%d}" % (MAX_LINE + 2))
+# Address headers whose bare local names are qualified (SPEC §4.1).
+QUALIFIED_HEADERS = frozenset({"from", "to", "cc", "resent-from", "resent-to", "resent-cc"})
+REWRITTEN_HEADERS = QUALIFIED_HEADERS
+# Checked on an ASCII image of the address (every non-ASCII character becomes "a", as
+# RFC 6531 allows UTF-8 wherever a letter may be): Unicode ranges make the regexes slow to
+# compile, and this module is imported on every sendmail run.
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
+_LOCAL_RE = re.compile(rf'(?:[{_ATEXT}]+(?:\.[{_ATEXT}]+)*|"(?:[^"\\\r\n]|\\.)*")\Z')
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+_DOMAIN_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[!-Z^-~]*\])\Z")
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+# -- addresses -----------------------------------------------------------------------
+
+
+class Mailbox(NamedTuple):
+    """One mailbox of an address list; start:end is the addr-spec's span in the parsed text."""
+
+    name: str
+    address: str
+    start: int
+    end: int
+
+
+class _Token(NamedTuple):
+    kind: str  # "atom", "qs" (quoted string), "dl" (domain literal), "ws", "comment", or a special
+    text: str
+    start: int
+    end: int
+
+
+_SPECIALS = "<>,:;"
+
+
+def _tokenize(text: str) -> list[_Token]:
+    """RFC 5322 lexical tokens; unterminated quotes and comments run to the end, never raise."""
+    tokens: list[_Token] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        start = i
+        if c in " \t\r\n":
+            while i < n and text[i] in " \t\r\n":
+                i += 1
+            tokens.append(_Token("ws", text[start:i], start, i))
+        elif c == "(":
+            depth = 0
+            while i < n:
+                ch = text[i]
+                if ch == "\\":
+                    i += 2
+                    continue
+                if ch == "(":
+                    depth += 1
+                elif ch == ")":
+                    depth -= 1
+                    if depth == 0:
+                        i += 1
+                        break
+                i += 1
+            i = min(i, n)
+            tokens.append(_Token("comment", text[start:i], start, i))
+        elif c in '"[':
+            close = '"' if c == '"' else "]"
+            i += 1
+            while i < n and text[i] != close:
+                i += 2 if text[i] == "\\" else 1
+            i = min(i + 1, n)
+            tokens.append(_Token("qs" if c == '"' else "dl", text[start:i], start, i))
+        elif c in _SPECIALS:
+            i += 1
+            tokens.append(_Token(c, c, start, i))
+        else:
+            while i < n and text[i] not in ' \t\r\n()"[' and text[i] not in _SPECIALS:
+                i += 1
+            tokens.append(_Token("atom", text[start:i], start, i))
+    return tokens
+
+
+def _addr_from(tokens: Sequence[_Token], fallback: int) -> tuple[str, int, int]:
+    """The addr-spec spelled by tokens (CFWS dropped) and its span."""
+    words = [t for t in tokens if t.kind in ("atom", "qs", "dl")]
+    if not words:
+        return "", fallback, fallback
+    parts: list[str] = []
+    previous: _Token | None = None
+    for token in tokens:
+        if token.kind not in ("atom", "qs", "dl"):
+            continue
+        # Whitespace between two words is only legal next to "." or "@"; keep a space
+        # otherwise so that validation refuses "john doe@x" instead of merging it.
+        if (
+            previous is not None
+            and previous.end != token.start
+            and not (previous.text[-1:] in ".@" or token.text[:1] in ".@")
+        ):
+            parts.append(" ")
+        parts.append(token.text)
+        previous = token
+    return "".join(parts), words[0].start, words[-1].end
+
+
+def _phrase(tokens: Sequence[_Token]) -> str:
+    words = [t.text for t in tokens if t.kind in ("atom", "qs")]
+    return " ".join(w[1:-1] if w.startswith('"') and w.endswith('"') else w for w in words)
+
+
+def _mailbox(tokens: list[_Token]) -> Mailbox | None:
+    if not any(t.kind not in ("ws", "comment") for t in tokens):
+        return None
+    opens = [k for k, t in enumerate(tokens) if t.kind == "<"]
+    if opens:
+        first = opens[0]
+        closing = (k for k in range(first + 1, len(tokens)) if tokens[k].kind == ">")
+        close = next(closing, len(tokens))
+        inner = tokens[first + 1 : close]
+        # Obsolete source route <@a,@b:user@x>: the address follows the last colon.
+        colons = [k for k, t in enumerate(inner) if t.kind == ":"]
+        if colons:
+            inner = inner[colons[-1] + 1 :]
+        inner = [t for t in inner if t.kind not in (",", "<")]
+        address, start, end = _addr_from(inner, tokens[first].end)
+        return Mailbox(_phrase(tokens[:first]), address, start, end)
+    address, start, end = _addr_from(tokens, tokens[0].start)
+    comments = [t.text[1:-1].strip() for t in tokens if t.kind == "comment"]
+    return Mailbox(" ".join(c for c in comments if c), address, start, end)
+
+
+def parse_addresses(text: str) -> list[Mailbox]:
+    """Every mailbox in an RFC 5322 address list (groups, comments, quoted names, routes)."""
+    found: list[Mailbox] = []
+    current: list[_Token] = []
+    in_angle = False
+    for token in _tokenize(text):
+        kind = token.kind
+        if kind == "<":
+            in_angle = True
+        elif kind == ">":
+            in_angle = False
+        elif not in_angle and kind in (",", ";"):
+            box = _mailbox(current)
+            if box is not None:
+                found.append(box)
+            current = []
+            continue
+        elif not in_angle and kind == ":":
+            # "name:" opens a group; the words before it are the group's name, not a mailbox.
+            current = []
+            continue
+        current.append(token)
+    box = _mailbox(current)
+    if box is not None:
+        found.append(box)
+    return found
+
+
+def has_domain(address: str) -> bool:
+    """Whether the address has an @domain part (an @ inside a quoted local part does not count)."""
+    unquoted = re.sub(r'"(?:[^"\\]|\\.)*"', '""', address)
+    return "@" in unquoted
+
+
+def qualify(address: str, hostname: str) -> str:
+    """A bare local name gets `@hostname` (SPEC §4.1); the null sender stays empty."""
+    if not address or has_domain(address):
+        return address
+    return f"{address}@{hostname}"
+
+
+def is_null_sender(address: str) -> bool:
+    """`<>`, an empty address or MAILER-DAEMON mean the null sender (SPEC §4.0)."""
+    return address.strip() in ("", "<>") or address.strip().lower() == "mailer-daemon"
+
+
+def address_problem(address: str) -> str | None:
+    """Why `address` (already qualified) cannot be used in an SMTP envelope, or None."""
+    if any("\udc80" <= c <= "\udcff" for c in address):
+        return "is not valid UTF-8"
+    image = address if address.isascii() else "".join(c if c.isascii() else "a" for c in address)
+    local, at, domain = image.rpartition("@")
+    if not at or not local:
+        return "is not an address like user@example.com"
+    if not _LOCAL_RE.match(local) or not _DOMAIN_RE.match(domain):
+        return "is not a valid address"
+    if len(address.encode("utf-8")) > 254:
+        return "is longer than 254 octets"
+    return None
+
+
+def split_recipients(values: Iterable[str]) -> list[str]:
+    """The addresses in command-line recipient arguments (each may be a list `a@x, B <b@x>`)."""
+    out: list[str] = []
+    for value in values:
+        out.extend(box.address for box in parse_addresses(value) if box.address)
+    return out
+
+
+def format_mailbox(name: str | None, address: str) -> str:
+    """`Name <address>`, the name quoted or RFC 2047-encoded as needed."""
+    if not name:
+        return address
+    # Command-line bytes that are not UTF-8 arrive as surrogates; show them as U+FFFD.
+    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if name.isascii():
+        if re.fullmatch(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\- ]+", name):
+            return f"{name} <{address}>"
+        escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}" <{address}>'
+    from email.charset import Charset
+
+    # RFC 2047 §2: an encoded word is at most 75 characters; split longer names into several.
+    charset = Charset("utf-8")
+    words: list[str] = []
+    chunk = ""
+    for char in name:
+        if len((chunk + char).encode("utf-8")) > 45:
+            words.append(charset.header_encode(chunk))
+            chunk = ""
+        chunk += char
+    words.append(charset.header_encode(chunk))
+    return f"{' '.join(words)} <{address}>"
+
+
+# -- header fields -------------------------------------------------------------------
+
+
+class HeaderField(NamedTuple):
+    """One header field as its original bytes: physical lines joined by CRLF, no final CRLF."""
+
+    name: str
+    raw: bytes
+    line: int  # first line's number in the input, 1-based
+
+    @property
+    def key(self) -> str:
+        return self.name.lower()
+
+    def value(self) -> str:
+        """The field body after the colon, undecoded bytes kept as surrogates."""
+        return self.raw.split(b":", 1)[1].decode("utf-8", "surrogateescape")
+
+    def with_value(self, value: str) -> HeaderField:
+        head = self.raw.split(b":", 1)[0]
+        raw = head + b":" + value.encode("utf-8", "surrogateescape")
+        return HeaderField(self.name, raw, self.line)
+
+
+def _parse_header(data: bytes, first_line: int) -> tuple[list[HeaderField], int, bool]:
+    """Header fields of CRLF data, the offset where the body starts, and whether a blank line
+    separated them (a line that is neither a field nor a continuation ends the header)."""
+    fields: list[HeaderField] = []
+    pos, n, line = 0, len(data), first_line
+    while pos < n:
+        end = data.find(CRLF, pos)
+        if end < 0:
+            end = n
+        text = data[pos:end]
+        if not text:
+            return fields, min(end + 2, n), True
+        if text[:1] in (b" ", b"\t") and fields:
+            last = fields[-1]
+            fields[-1] = HeaderField(last.name, last.raw + CRLF + text, last.line)
+        else:
+            match = _FIELD_RE.match(text)
+            if match is None:
+                return fields, pos, False
+            fields.append(HeaderField(match.group(1).decode("ascii"), text, line))
+        pos = end + 2
+        line += 1
+    return fields, n, False
+
+
+def _fold(field: HeaderField) -> HeaderField:
+    """Fold physical lines over 998 octets at whitespace (RFC 5322 §2.2.3)."""
+    lines = field.raw.split(CRLF)
+    if all(len(x) <= MAX_LINE for x in lines):
+        return field
+    out: list[bytes] = []
+    for index, text in enumerate(lines):
+        floor = len(field.name) + 1 if index == 0 else 1
+        while len(text) > MAX_LINE:
+            cut = max(text.rfind(b" ", floor, MAX_LINE + 1), text.rfind(b"\t", floor, MAX_LINE + 1))
+            if cut <= floor - 1 or not text[:cut].strip(b" \t"):
+                raise DataError(
+                    f"header {field.name} (line {field.line})",
+                    f"a line is over {MAX_LINE} octets with no whitespace to fold it at",
+                )
+            out.append(text[:cut])
+            text = text[cut:]
+            floor = 1
+        out.append(text)
+    return HeaderField(field.name, CRLF.join(out), field.line)
+
+
+def _rewrite_addresses(
+    field: HeaderField, change: Mapping[int, str] | None, mapper: _AddressMapper
+) -> HeaderField:
+    """Replace addr-specs in the field (by index in `change`, or through `mapper`) in place."""
+    value = field.value()
+    boxes = parse_addresses(value)
+    pieces: list[str] = []
+    last = 0
+    changed = False
+    for index, box in enumerate(boxes):
+        new = change.get(index) if change is not None else None
+        if new is None:
+            new = mapper(box.address)
+        if new is None or new == box.address:
+            continue
+        pieces.append(value[last : box.start])
+        pieces.append(new)
+        last = box.end
+        changed = True
+    if not changed:
+        return field
+    pieces.append(value[last:])
+    return _fold(field.with_value("".join(pieces)))
+
+
+class _AddressMapper:
+    """Maps a header address to its replacement or None; compares case-insensitively."""
+
+    def __init__(self, rewrites: Mapping[str, str], hostname: str | None) -> None:
+        self.rewrites = {k.lower(): v for k, v in rewrites.items()}
+        self.hostname = hostname
+
+    def __call__(self, address: str) -> str | None:
+        if not address:
+            return None
+        if self.hostname is not None and not has_domain(address):
+            address = f"{address}@{self.hostname}"
+            return self.rewrites.get(address.lower(), address)
+        return self.rewrites.get(address.lower())
+
+
+# -- preparation ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Intake:
+    """What the caller (sendmail flags, -bs envelope, `send` options) says about a message."""
+
+    recipients: tuple[str, ...] = ()
+    envelope_from: str | None = None
+    full_name: str | None = None
+    extract_recipients: bool = False
+    dot_ends_input: bool = False
+
+
+@dataclass(frozen=True)
+class PreparedMessage:
+    """The message ready for routing: envelope, final bytes (CRLF, not dot-stuffed), flags."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+    eightbit: bool
+    smtputf8: bool
+    message_id: str
+
+
+def truncate_at_lone_dot(raw: bytes) -> bytes:
+    """Input up to (not including) the first line that is a single `.` (sendmail without -i)."""
+    match = _LONE_DOT_RE.search(raw)
+    if match is None:
+        return raw
+    return raw[: match.start(1)]
+
+
+def _line_of(data: bytes, offset: int, first_line: int) -> int:
+    return first_line + data.count(b"\n", 0, offset)
+
+
+def _to_crlf(data: bytes) -> bytes:
+    """LF, CRLF or a mix of both become CRLF; a bare CR is content and stays."""
+    lf = data.count(b"\n")
+    crlf = data.count(CRLF)
+    if lf == crlf:
+        out = data
+    elif crlf == 0:
+        out = data.replace(b"\n", CRLF)
+    else:
+        out = _ANY_NEWLINE_RE.sub(CRLF, data)
+    if out and not out.endswith(CRLF):
+        out += CRLF
+    return out
+
+
+def format_date(now: float) -> str:
+    """RFC 5322 date in local time, independent of the locale."""
+    t = time.localtime(now)
+    offset = t.tm_gmtoff // 60
+    sign = "+" if offset >= 0 else "-"
+    hours, minutes = divmod(abs(offset), 60)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {sign}{hours:02d}{minutes:02d}"
+    )
+
+
+def make_message_id(hostname: str, now: float) -> str:
+    """A unique Message-ID in the domain `hostname`."""
+    stamp = f"{int(now * 1000):x}"
+    return f"<{stamp}.{os.urandom(8).hex()}@{hostname}>"
+
+
+def _new_field(name: str, value: str) -> HeaderField:
+    return _fold(HeaderField(name, f"{name}: {value}".encode("utf-8", "surrogateescape"), 0))
+
+
+def _addresses_of(fields: Iterable[HeaderField], names: Iterable[str]) -> list[str]:
+    wanted = set(names)
+    return [
+        box.address
+        for field in fields
+        if field.key in wanted
+        for box in parse_addresses(field.value())
+        if box.address
+    ]
+
+
+def _check_address(address: str, where: str, *, usage: bool) -> None:
+    problem = address_problem(address)
+    if problem is not None:
+        error = UsageError if usage else DataError
+        raise error(f"{where} address {address!r}", problem)
+
+
+def prepare(
+    raw: bytes,
+    intake: Intake,
+    *,
+    hostname: str,
+    default_from: str,
+    max_size: int,
+    now: float | None = None,
+) -> PreparedMessage:
+    """Check and complete a message read from a program; raise DataError or UsageError."""
+    now = time.time() if now is None else now
+    first_line = 1
+    if raw.startswith(b"From "):
+        # An mbox separator line, not a header (mailers that write mbox format pass it on).
+        cut = raw.find(b"\n")
+        raw = b"" if cut < 0 else raw[cut + 1 :]
+        first_line = 2
+    if intake.dot_ends_input:
+        raw = truncate_at_lone_dot(raw)
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise DataError("message", f"line {_line_of(raw, nul, first_line)} contains a NUL byte")
+    if len(raw) > max_size:
+        raise DataError("message", f"{len(raw)} octets is over max_message_size ({max_size})")
+    data = _to_crlf(raw)
+    del raw
+    fields, body_start, _ = _parse_header(data, first_line)
+    long_line = _LONG_LINE_RE.search(data, body_start)
+    if long_line is not None:
+        number = _line_of(data, long_line.start(), first_line)
+        raise DataError(
+            "message",
+            f"line {number} is over {MAX_LINE} octets (RFC 5322 limit); "
+            "encode the body (base64 or quoted-printable)",
+        )
+
+    # Recipients: the command line's, plus the header's with -t (SPEC §5).
+    candidates = [qualify(a, hostname) for a in split_recipients(intake.recipients)]
+    for address in candidates:
+        _check_address(address, "recipient", usage=True)
+    if intake.extract_recipients:
+        resent = any(f.key.startswith("resent-") for f in fields)
+        names = ("resent-to", "resent-cc", "resent-bcc") if resent else ("to", "cc", "bcc")
+        extracted = [qualify(a, hostname) for a in _addresses_of(fields, names)]
+        for address in extracted:
+            _check_address(address, "header", usage=False)
+        candidates.extend(extracted)
+    recipients: list[str] = []
+    seen: set[str] = set()
+    for address in candidates:
+        if address.lower() not in seen:
+            seen.add(address.lower())
+            recipients.append(address)
+    if not recipients:
+        hint = "give recipients as arguments, or use -t to read them from To/Cc/Bcc"
+        raise UsageError("message", "no recipients", hint=hint)
+
+    # Envelope sender (SPEC §4.0).
+    header_from = _addresses_of(fields, ("from",))
+    if intake.envelope_from is not None:
+        sender = "" if is_null_sender(intake.envelope_from) else intake.envelope_from
+        boxes = parse_addresses(sender)
+        sender = qualify(boxes[0].address if boxes else sender, hostname)
+        if sender:
+            _check_address(sender, "sender", usage=True)
+    elif header_from:
+        sender = "" if is_null_sender(header_from[0]) else qualify(header_from[0], hostname)
+        if sender:
+            _check_address(sender, "From", usage=False)
+    else:
+        sender = qualify(default_from, hostname)
+
+    # Header fixes, touching only the fields concerned.
+    mapper = _AddressMapper({}, hostname)
+    kept: list[HeaderField] = []
+    for field in fields:
+        if field.key in ("bcc", "resent-bcc"):
+            continue
+        if field.key in QUALIFIED_HEADERS:
+            field = _rewrite_addresses(field, None, mapper)
+        kept.append(_fold(field))
+    keys = {f.key for f in kept}
+    if "from" not in keys:
+        author = sender or qualify(default_from, hostname)
+        kept.append(_new_field("From", format_mailbox(intake.full_name, author)))
+    if "date" not in keys:
+        kept.append(_new_field("Date", format_date(now)))
+    message_id = next((f.value().strip() for f in kept if f.key == "message-id"), "")
+    if not message_id:
+        message_id = make_message_id(hostname, now)
+        kept.append(_new_field("Message-ID", message_id))
+
+    header = b"".join(f.raw + CRLF for f in kept)
+    # prepare() always writes the blank line, even where the input had none (sendmail does too).
+    final = b"".join((header, CRLF, memoryview(data)[body_start:]))
+    if len(final) > max_size:
+        raise DataError("message", f"{len(final)} octets is over max_message_size ({max_size})")
+    addresses = [sender, *recipients, *_addresses_of(kept, ("from", "to", "cc"))]
+    return PreparedMessage(
+        sender=sender,
+        recipients=tuple(recipients),
+        data=final,
+        eightbit=not final.isascii(),
+        smtputf8=not all(a.isascii() for a in addresses),
+        message_id=message_id,
+    )
+
+
+def apply_group_headers(
+    prepared_or_bytes: PreparedMessage | bytes, plan: Plan, group: RouteGroup
+) -> bytes:
+    """Apply the plan's header rewrites and the group's From/Reply-To, touching only those
+    header lines; every other byte is returned as it was."""
+    data = (
+        prepared_or_bytes.data
+        if isinstance(prepared_or_bytes, PreparedMessage)
+        else prepared_or_bytes
+    )
+    if not plan.address_rewrites and group.header_from is None and group.reply_to is None:
+        return data
+    fields, body_start, separated = _parse_header(data, 1)
+    mapper = _AddressMapper(plan.address_rewrites, None)
+    out: list[HeaderField] = []
+    from_done = False
+    for field in fields:
+        if group.reply_to is not None and field.key == "reply-to":
+            continue
+        if field.key in REWRITTEN_HEADERS:
+            change = {0: group.header_from} if group.header_from and field.key == "from" else None
+            if field.key == "from" and from_done:
+                change = None
+            field = _rewrite_addresses(field, change, mapper)
+            from_done = from_done or field.key == "from"
+        out.append(field)
+    if group.reply_to is not None:
+        out.append(_new_field("Reply-To", group.reply_to))
+    header = b"".join(f.raw + CRLF for f in out)
+    separator = CRLF if separated else b""
+    if not separated and body_start < len(data):
+        separator = CRLF
+    return b"".join((header, separator, memoryview(data)[body_start:]))

@@ -1,0 +1,240 @@
+"""Address patterns of SPEC §4 (exact, `*@domain`, `local@*`, bare names), address syntax; pure."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from typing import Generic, NamedTuple, TypeVar
+
+T = TypeVar("T")
+
+# RFC 5322 §3.2.3 atext, widened by RFC 6531 to any non-ASCII character.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\ud7ff\ue000-\U0010ffff]"
+_DOT_ATOM = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
+# RFC 5322 §3.2.4 quoted-string without folding white space (RFC 5321 §4.1.2 has none).
+_QTEXT = r"[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\ud7ff\ue000-\U0010ffff]"
+_QUOTED = re.compile(rf'"(?:{_QTEXT}|\\[\x20-\x7e])*"')
+_QUOTED_PAIR = re.compile(r"\\([\x20-\x7e])")
+# RFC 5321 §4.1.2 sub-domain: Let-dig [Ldh-str], at most 63 octets (RFC 1035).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+# The common all-ASCII shapes, checked with one regex so 10,000 mappings index quickly.
+_ASCII_ATOM = r"[A-Za-z0-9!#$%&'+/=?^_`{|}~-]+"
+_ASCII_LOCAL = rf"{_ASCII_ATOM}(?:\.{_ASCII_ATOM})*"
+_SIMPLE_PATTERN = re.compile(rf"({_ASCII_LOCAL}|\*)@({_LABEL}(?:\.{_LABEL})*|\*)")
+
+
+class Pattern(NamedTuple):
+    """A parsed pattern; `local`/`domain` None mean `*`; `bare` means no `@` (default_hostname)."""
+
+    text: str
+    local: str | None
+    domain: str | None
+    bare: bool = False
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """(local part, domain); the domain is "" for a bare name. A quoted local part may hold '@'."""
+    local, at, domain = address.rpartition("@")
+    return (local, domain) if at else (address, "")
+
+
+def domain_key(domain: str) -> str:
+    """The form domains are compared in: lowercase ASCII, IDNA A-labels for non-ASCII names."""
+    if domain.isascii():
+        return domain.lower()
+    try:
+        # The stdlib codec is IDNA 2003 (nameprep case-folds), enough to compare names.
+        return domain.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return domain.casefold()
+
+
+def local_key(local: str) -> str:
+    """The form local parts are compared in: case kept (RFC 5321 §2.4), quoting removed."""
+    if len(local) >= 2 and local[0] == '"' and local[-1] == '"':
+        # RFC 5321 §4.1.2: "abc"@x and abc@x are the same mailbox.
+        return _QUOTED_PAIR.sub(r"\1", local[1:-1])
+    return local
+
+
+def address_key(address: str) -> tuple[str, str]:
+    """The key two addresses are equal under."""
+    local, domain = split_address(address)
+    return local_key(local), domain_key(domain)
+
+
+def qualify(address: str, hostname: str) -> str:
+    """A bare name gets `@hostname` (SPEC §4.1); anything else is returned as is."""
+    return address if not address or "@" in address else f"{address}@{hostname}"
+
+
+def local_problem(local: str) -> str | None:
+    """Why `local` is not an RFC 5321 local part, or None."""
+    if not local:
+        return "the local part is empty"
+    if len(local.encode("utf-8")) > 64:
+        return "the local part is longer than 64 octets (RFC 5321 §4.5.3.1.1)"
+    if _DOT_ATOM.fullmatch(local) or _QUOTED.fullmatch(local):
+        return None
+    return f"{local!r} is not a valid local part (RFC 5322 dot-atom or quoted string)"
+
+
+def domain_problem(domain: str) -> str | None:
+    """Why `domain` is not a mail domain (host name, IDNA name or address literal), or None."""
+    if not domain:
+        return "the domain is empty"
+    if domain.startswith("[") and domain.endswith("]"):
+        literal = domain[1:-1]
+        try:
+            if literal[:5].lower() == "ipv6:":
+                ipaddress.IPv6Address(literal[5:])
+            else:
+                ipaddress.IPv4Address(literal)
+        except ValueError:
+            return f"{domain!r} is not a valid address literal"
+        return None
+    ascii_name = domain
+    if not domain.isascii():
+        try:
+            ascii_name = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return f"{domain!r} is not a valid internationalized domain name"
+    if len(ascii_name) > 253:
+        return f"the domain {domain!r} is longer than 253 octets"
+    if not _HOSTNAME.fullmatch(ascii_name):
+        return f"{domain!r} is not a valid domain name"
+    return None
+
+
+def address_problem(address: str) -> str | None:
+    """Why `address` is not a well-formed `local@domain` mailbox, or None."""
+    local, domain = split_address(address)
+    if "@" not in address:
+        return f"{address!r} has no domain"
+    return local_problem(local) or domain_problem(domain)
+
+
+def is_valid_address(address: str) -> bool:
+    """True when `address` is a well-formed `local@domain` mailbox."""
+    return address_problem(address) is None
+
+
+def parse_pattern(text: str) -> Pattern:
+    """Parse a from_pattern / user address / allowed_recipients entry; ValueError says why."""
+    simple = _SIMPLE_PATTERN.fullmatch(text)
+    if simple is not None and len(simple[1]) <= 64 and len(simple[2]) <= 253:
+        local, domain = simple[1], simple[2]
+        return Pattern(text, None if local == "*" else local, None if domain == "*" else domain)
+    local, domain = split_address(text)
+    bare = "@" not in text
+    if local != "*" and "*" in local and not local.startswith('"'):
+        raise ValueError(f"'*' must be the whole local part in {text!r}")
+    if domain != "*" and "*" in domain:
+        raise ValueError(f"'*' must be the whole domain in {text!r}")
+    if local != "*":
+        problem = local_problem(local)
+        if problem:
+            raise ValueError(f"{text!r}: {problem}")
+    if not bare and domain != "*":
+        problem = domain_problem(domain)
+        if problem:
+            raise ValueError(f"{text!r}: {problem}")
+    return Pattern(
+        text=text,
+        local=None if local == "*" else local,
+        domain=None if domain == "*" or bare else domain,
+        bare=bare,
+    )
+
+
+def parse_mapping(source: str, target: str) -> Pattern:
+    """The from_pattern of a valid mapping; ValueError says why it is invalid."""
+    try:
+        src = parse_pattern(source)
+    except ValueError as exc:
+        raise ValueError(f"from_pattern: {exc}") from None
+    simple = _SIMPLE_PATTERN.fullmatch(target)
+    if simple is not None and simple[2] != "*" and len(simple[1]) <= 64 and len(simple[2]) <= 253:
+        if simple[1] == "*" and src.local is not None:
+            raise ValueError(_KEEPS_LOCAL.format(target=target, source=source))
+        return src
+    t_local, t_domain = split_address(target)
+    if "@" in target and "*" in t_domain:
+        raise ValueError(f"the domain of {target!r} must be a real domain, not a wildcard")
+    if t_local == "*":
+        if src.local is not None:
+            raise ValueError(_KEEPS_LOCAL.format(target=target, source=source))
+    elif "*" in t_local and not t_local.startswith('"'):
+        raise ValueError(f"'*' must be the whole local part in {target!r}")
+    else:
+        problem = local_problem(t_local)
+        if problem:
+            raise ValueError(f"{target!r}: {problem}")
+    if "@" in target:
+        problem = domain_problem(t_domain)
+        if problem:
+            raise ValueError(f"{target!r}: {problem}")
+    return src
+
+
+_KEEPS_LOCAL = "{target!r} keeps the local part, but from_pattern {source!r} has no '*' local part"
+
+
+def pattern_problem(source: str, target: str) -> str | None:
+    """Why mapping `source` -> `target` is invalid or could make an invalid address, or None."""
+    try:
+        parse_mapping(source, target)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def apply_target(target: str, matched: str, hostname: str) -> str:
+    """The address `target` (a to_pattern) makes of `matched`: `*` keeps its local part."""
+    t_local, t_domain = split_address(target)
+    local = split_address(matched)[0] if t_local == "*" else t_local
+    return f"{local}@{t_domain if '@' in target else hostname}"
+
+
+class PatternIndex(Generic[T]):
+    """Patterns in file order, looked up by hash (never scanned): the first match wins."""
+
+    def __init__(self, items: Iterable[tuple[Pattern, T]], hostname: str) -> None:
+        self._exact: dict[tuple[str, str], tuple[int, T]] = {}
+        self._any_local: dict[str, tuple[int, T]] = {}
+        self._any_domain: dict[str, tuple[int, T]] = {}
+        self._any: tuple[int, T] | None = None
+        host = domain_key(hostname)
+        exact, any_local, any_domain = self._exact, self._any_local, self._any_domain
+        for position, (pattern, item) in enumerate(items):
+            entry = (position, item)
+            local = None if pattern.local is None else local_key(pattern.local)
+            if pattern.bare:
+                # A bare name means the name at default_hostname, and an unqualified address.
+                domains: tuple[str | None, ...] = (host, "")
+            else:
+                domains = (None if pattern.domain is None else domain_key(pattern.domain),)
+            for dkey in domains:
+                if local is None and dkey is None:
+                    if self._any is None:
+                        self._any = entry
+                elif local is None:
+                    assert dkey is not None
+                    if dkey not in any_local:
+                        any_local[dkey] = entry
+                elif dkey is None:
+                    if local not in any_domain:
+                        any_domain[local] = entry
+                elif (local, dkey) not in exact:
+                    exact[(local, dkey)] = entry
+
+    def match(self, address: str) -> tuple[int, T] | None:
+        """(file-order position, item) of the first pattern matching `address`, or None."""
+        lkey, dkey = address_key(address)
+        best = self._exact.get((lkey, dkey))
+        for found in (self._any_local.get(dkey), self._any_domain.get(lkey), self._any):
+            if found is not None and (best is None or found[0] < best[0]):
+                best = found
+        return best

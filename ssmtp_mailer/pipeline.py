@@ -1,0 +1,193 @@
+"""One prepared message through routing, header fixes and the relay; outcome as a sysexit code."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ssmtp_mailer import rewrite
+from ssmtp_mailer.config.model import Config
+from ssmtp_mailer.errors import (
+    EX_NOPERM,
+    EX_NOUSER,
+    EX_OK,
+    EX_TEMPFAIL,
+    CantCreateError,
+    MailerError,
+    TempFailError,
+)
+from ssmtp_mailer.message import PreparedMessage, apply_group_headers
+from ssmtp_mailer.relay import engine
+
+PROG = "ssmtp-mailer"
+# Seconds a successful send may spend delivering queued mail before it exits.
+QUEUE_RUN_BUDGET = 5.0
+# Temporary outcomes rank below permanent ones: the permanent one is what the caller must fix.
+_TEMPORARY_CODES = frozenset({EX_TEMPFAIL})
+
+
+def stderr_report(line: str) -> None:
+    """Print one problem line the way the entry point prints errors."""
+    print(f"{PROG}: {line}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class GroupOutcome:
+    """What happened to one route group: delivered, queued or failed."""
+
+    group: rewrite.RouteGroup
+    result: engine.DeliveryResult | None = None
+    queued_id: str | None = None
+    error: MailerError | None = None
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """The outcome of a whole submission; `problems` are the lines already reported."""
+
+    exit_code: int
+    message_id: str
+    plan: rewrite.Plan
+    outcomes: tuple[GroupOutcome, ...] = ()
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def delivered(self) -> tuple[str, ...]:
+        return tuple(a for o in self.outcomes if o.result for a in o.result.accepted)
+
+    @property
+    def summary(self) -> str:
+        """One line for an SMTP reply or a log: the first problem, or what was delivered."""
+        if self.problems:
+            return self.problems[0]
+        queued = [o.queued_id for o in self.outcomes if o.queued_id]
+        if queued:
+            return f"queued as {', '.join(queued)} {self.message_id}"
+        return f"delivered to {len(self.delivered)} recipient(s) {self.message_id}"
+
+
+def handle_temporary_failure(
+    config: Config,
+    group: rewrite.RouteGroup,
+    data: bytes,
+    prepared: PreparedMessage,
+    error: TempFailError,
+    report: Callable[[str], None],
+) -> GroupOutcome:
+    """SPEC §7: queue the group (exit 0) or, with `on_temporary_failure = fail`, exit 75."""
+    from ssmtp_mailer import spool
+
+    try:
+        entry_id = spool.handle_temporary_failure(
+            config,
+            group,
+            data,
+            smtputf8=prepared.smtputf8,
+            eightbit=prepared.eightbit,
+            error=error,
+        )
+    except CantCreateError as exc:
+        return GroupOutcome(group, error=exc)
+    if entry_id is None:
+        return GroupOutcome(group, error=error)
+    report(spool.queued_note(entry_id, error))
+    return GroupOutcome(group, queued_id=entry_id)
+
+
+def handle_permanent_failure(
+    config: Config, group: rewrite.RouteGroup, data: bytes, error: MailerError
+) -> GroupOutcome:
+    """SPEC §7: a permanent failure keeps a copy with its reason in the spool's `failed/`."""
+    from ssmtp_mailer import spool
+
+    spool.handle_permanent_failure(config, group, data, error=error)
+    return GroupOutcome(group, error=error)
+
+
+def run_due_queue(config: Config) -> None:
+    """After a delivery the relay is evidently up: send what waits, within a bounded time."""
+    queue_dir = config.global_.spool_dir / "queue"
+    try:
+        with os.scandir(queue_dir) as entries:
+            if not any(e.name.endswith(".toml") for e in entries):
+                return
+    except OSError:
+        return
+    from ssmtp_mailer import spool
+
+    # The queue runner (timer or cron) retries anything left; this send already succeeded.
+    with contextlib.suppress(MailerError):
+        spool.run_queue(config, time_budget=QUEUE_RUN_BUDGET)
+
+
+def submit(
+    config: Config,
+    prepared: PreparedMessage,
+    *,
+    transcript: Callable[[str], None] | None = None,
+    report: Callable[[str], None] = stderr_report,
+) -> SubmitResult:
+    """Route, fix headers per group and deliver; each problem is reported as one line.
+
+    Errors about the whole message (sender refused by policy, no route) are raised.
+    """
+    plan = rewrite.plan_delivery(config, prepared.sender, prepared.recipients)
+    problems: list[str] = []
+
+    def problem(line: str) -> None:
+        problems.append(line)
+        report(line)
+
+    for refusal in plan.refused:
+        where = f" ({refusal.rule})" if refusal.rule else ""
+        problem(f"{refusal.address}: refused by policy: {refusal.reason}{where}")
+
+    outcomes: list[GroupOutcome] = []
+    for group in plan.groups:
+        data = apply_group_headers(prepared, plan, group)
+        try:
+            result = engine.deliver(
+                config,
+                group,
+                data,
+                smtputf8=prepared.smtputf8,
+                eightbit=prepared.eightbit,
+                transcript=transcript,
+            )
+        except TempFailError as exc:
+            outcome = handle_temporary_failure(config, group, data, prepared, exc, report)
+        except MailerError as exc:
+            outcome = handle_permanent_failure(config, group, data, exc)
+        else:
+            outcome = GroupOutcome(group, result=result)
+            for address, (code, text) in result.refused.items():
+                problem(f"{address}: refused by {result.server}: {code} {text}")
+        if outcome.error is not None:
+            for line in outcome.error.lines():
+                problem(line)
+        outcomes.append(outcome)
+    code = _exit_code(plan, outcomes)
+    if any(o.result is not None and o.result.accepted for o in outcomes):
+        run_due_queue(config)
+    return SubmitResult(code, prepared.message_id, plan, tuple(outcomes), tuple(problems))
+
+
+def _exit_code(plan: rewrite.Plan, outcomes: list[GroupOutcome]) -> int:
+    """SPEC §9 for the whole message, given what happened to each group."""
+    errors = [o.error for o in outcomes if o.error is not None]
+    permanent = [e for e in errors if e.exit_code not in _TEMPORARY_CODES]
+    if permanent:
+        return permanent[0].exit_code
+    if errors:
+        return errors[0].exit_code
+    delivered = any(o.result is not None and o.result.accepted for o in outcomes)
+    queued = any(o.queued_id is not None for o in outcomes)
+    if plan.refused:
+        # SPEC §4.6: policy refusals are EX_NOPERM, even when the other recipients got it.
+        return EX_NOPERM
+    if not delivered and not queued:
+        return EX_NOUSER
+    return EX_OK

@@ -1,0 +1,59 @@
+"""One-line hints for the relay failures users meet most (SPEC §6), for the engine and `test`."""
+
+from __future__ import annotations
+
+import re
+
+CREDENTIALS = (
+    "check the password and the username format: some relays want the user without the"
+    " domain (Stalwart: `noreply`, not `noreply@example.com`), OCI Email Delivery wants the"
+    " full OCID SMTP user (ocid1.user...@ocid1.tenancy...)"
+)
+RELAY_DENIED = (
+    "the relay does not let this client relay: authenticate (set username and a password)"
+    " and use the submission port 587 (or 465 with use_ssl = true), not port 25"
+)
+AUTH_REQUIRED = "the relay wants authentication: set username and a password for this route"
+PORT25_BLOCKED = (
+    "many cloud providers (OCI, AWS, GCP, Azure) block outbound port 25: use the submission"
+    " port 587 (STARTTLS) or 465 (use_ssl = true)"
+)
+CERTIFICATE = (
+    "if the relay uses a private CA set ssl_ca_file = /path/to/ca.pem; for a self-signed"
+    " certificate pin it with tls_fingerprint (`ssmtp-mailer test` prints the value)"
+)
+SENDER_AUTH = (
+    "the relay's SPF/DKIM/DMARC checks on your domain failed: run `ssmtp-mailer dns check`"
+)
+PLAINTEXT_AUTH = (
+    "enable use_starttls = true (port 587) or use_ssl = true (port 465); only on a trusted"
+    " network set allow_plaintext_auth = true"
+)
+SMTPUTF8 = "use an ASCII address, or a relay that offers SMTPUTF8 (RFC 6531)"
+
+_RELAY_DENIED = re.compile(
+    r"relay(ing)? (access )?(denied|not (allowed|permitted))|access denied", re.I
+)
+_SENDER_AUTH = re.compile(r"\b(spf|dkim|dmarc)\b", re.I)
+
+
+def for_reply(code: int, text: str, *, port: int | None = None) -> str | None:
+    """The hint for an SMTP reply, or None when none is known."""
+    if code == 535 or (code == 454 and "auth" in text.lower()):
+        return CREDENTIALS
+    if code == 530 or (code == 550 and "authentication required" in text.lower()):
+        return AUTH_REQUIRED
+    if code in (550, 551, 553, 554) and _RELAY_DENIED.search(text):
+        return RELAY_DENIED
+    if code >= 500 and _SENDER_AUTH.search(text):
+        return SENDER_AUTH
+    if port == 25 and code == 554:
+        return RELAY_DENIED
+    return None
+
+
+def for_timeout(port: int) -> str | None:
+    """The hint for a connection that timed out."""
+    if port == 25:
+        return PORT25_BLOCKED
+    return None

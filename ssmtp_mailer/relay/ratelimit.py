@@ -1,0 +1,109 @@
+"""Messages per minute per route and overall, shared by every process through locked state files."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from ssmtp_mailer.errors import TempFailError
+
+WINDOW = 60.0
+# How long a send may wait for a free slot before it is handed to the spool instead.
+MAX_WAIT = 60.0
+
+
+def state_dir_for(spool_dir: Path) -> Path:
+    """Where the rate-limit state lives: beside the queue, shared by every process."""
+    return spool_dir / "ratelimit"
+
+
+def _file_name(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", lambda m: f"%{ord(m.group()):02x}", key) + ".times"
+
+
+@contextlib.contextmanager
+def _locked(paths: Sequence[Path]) -> Iterator[list[int]]:
+    fds: list[int] = []
+    try:
+        # Sorted so two processes never take the same pair of locks in opposite order.
+        for path in sorted(paths):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fds.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        order = sorted(range(len(paths)), key=lambda i: paths[i])
+        by_input = [0] * len(paths)
+        for fd, index in zip(fds, order, strict=True):
+            by_input[index] = fd
+        yield by_input
+    finally:
+        for fd in fds:
+            os.close(fd)  # closing releases the flock
+
+
+def _read_times(fd: int) -> list[float]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    times = []
+    for word in b"".join(chunks).split():
+        with contextlib.suppress(ValueError):
+            times.append(float(word))
+    return times
+
+
+def _write_times(fd: int, times: list[float]) -> None:
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.ftruncate(fd, 0)
+    os.write(fd, "".join(f"{t:.3f}\n" for t in times).encode("ascii"))
+
+
+def acquire(
+    state_dir: Path,
+    limits: Sequence[tuple[str, int]],
+    *,
+    max_wait: float | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float:
+    """Take one slot under every (key, per-minute limit); wait for one, or raise TempFailError.
+
+    Returns the seconds waited. A sliding one-minute window of send times per key, kept
+    in a file locked with flock, so concurrent sendmail processes share the budget.
+    """
+    limits = [(key, limit) for key, limit in limits if limit > 0]
+    if not limits:
+        return 0.0
+    bound = MAX_WAIT if max_wait is None else max_wait
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths = [state_dir / _file_name(key) for key, _ in limits]
+    started = clock()
+    while True:
+        now = clock()
+        with _locked(paths) as fds:
+            windows = [[t for t in _read_times(fd) if now - WINDOW < t <= now + 1] for fd in fds]
+            wait = 0.0
+            for (_key, limit), times in zip(limits, windows, strict=True):
+                if len(times) >= limit:
+                    times.sort()
+                    wait = max(wait, times[len(times) - limit] + WINDOW - now)
+            if wait <= 0:
+                for fd, times in zip(fds, windows, strict=True):
+                    times.append(now)
+                    _write_times(fd, times)
+                return now - started
+        left = bound - (now - started)
+        if left <= 0:
+            names = ", ".join(f"{key} ({limit}/min)" for key, limit in limits)
+            raise TempFailError(
+                "rate limit",
+                f"no free slot within {bound:g} s under {names}",
+                hint="the message is kept for a later queue run; raise rate_limit_per_minute"
+                " if the relay allows more",
+            )
+        sleep(min(wait, left) + 0.01)

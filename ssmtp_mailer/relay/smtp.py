@@ -1,0 +1,760 @@
+"""The SMTP client: the only code that opens smarthost sockets (smtplib + ssl).
+
+`RelayConnection` is an `smtplib.SMTP` that records a redacted transcript, applies
+separate connect/read/write timeouts, does TLS (implicit or STARTTLS) with
+verification, pinning or neither, authenticates, and streams one transaction.
+Every failure leaves as `RelayFailure`: the user-facing `MailerError` (SPEC §9) and
+whether the engine may retry it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import hashlib
+import hmac
+import smtplib
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ssmtp_mailer.config.model import AuthMethod, DomainConfig
+from ssmtp_mailer.errors import (
+    ConfigError,
+    DataError,
+    MailerError,
+    NoHostError,
+    NoPermError,
+    NoUserError,
+    ProtocolError,
+    TempFailError,
+    UnavailableError,
+)
+from ssmtp_mailer.relay import hints
+
+Transcript = Callable[[str], None]
+
+# Bytes per sendall() while streaming DATA: bounds memory and makes write_timeout apply
+# per chunk (since Python 3.5 a socket timeout covers a whole sendall call).
+CHUNK = 1 << 20
+# AUTO picks the first offered, strongest first. CRAM-MD5 never shows the password;
+# PLAIN beats LOGIN because it is one round trip and standardised (RFC 4616).
+AUTO_ORDER = ("CRAM-MD5", "PLAIN", "LOGIN")
+REDACTED = "<redacted>"
+
+
+class RelayFailure(Exception):
+    """One failed attempt at one server: the error to show, and what the engine may do next."""
+
+    def __init__(
+        self,
+        error: MailerError,
+        *,
+        temporary: bool,
+        stage: str,
+        code: int | None = None,
+        reply: str = "",
+        next_server: bool = False,
+    ) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.temporary = temporary
+        self.stage = stage
+        self.code = code
+        self.reply = reply
+        # A permanent problem of this server only (name not found, bad certificate):
+        # not worth retrying here, but a fallback server may do better.
+        self.next_server = next_server
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to connect: one server of a route, with its TLS and timeouts."""
+
+    host: str
+    port: int
+    route: str
+    helo: str
+    implicit_tls: bool
+    starttls: bool
+    context: ssl.SSLContext | None
+    fingerprint: str | None
+    connect_timeout: float
+    read_timeout: float
+    write_timeout: float
+
+    @property
+    def label(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass
+class Transaction:
+    """What one MAIL/RCPT/DATA exchange achieved."""
+
+    accepted: list[str] = field(default_factory=list)
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+    reply: str = ""
+
+
+def reply_text(message: bytes | str) -> str:
+    """An SMTP reply's text on one line."""
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+    return " / ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def fingerprint_of(der: bytes) -> str:
+    """SHA-256 of a DER certificate in the form `tls_fingerprint` accepts (lowercase hex)."""
+    return hashlib.sha256(der).hexdigest()
+
+
+def format_fingerprint(digest: str) -> str:
+    """The colon-separated uppercase form people compare with `openssl x509 -fingerprint`."""
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2)).upper()
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_context(
+    verify: bool,
+    pinned: bool,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+) -> ssl.SSLContext:
+    # Loading the system store costs milliseconds: the queue runner and the listener
+    # reuse one context per distinct TLS setting.
+    context = ssl.create_default_context(cafile=ca_file)
+    if pinned or not verify:
+        # A pin replaces CA and host-name checks; the leaf is compared after the handshake.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file:
+        context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def tls_context(route: DomainConfig) -> ssl.SSLContext:
+    """The client TLS context for a route (cached per distinct setting)."""
+
+    def text(path: Path | None) -> str | None:
+        return str(path) if path is not None else None
+
+    try:
+        return _cached_context(
+            route.tls_verify,
+            route.tls_fingerprint is not None,
+            text(route.ssl_ca_file),
+            text(route.ssl_cert_file),
+            text(route.ssl_key_file),
+        )
+    except (OSError, ssl.SSLError) as exc:
+        files = ", ".join(
+            str(p) for p in (route.ssl_ca_file, route.ssl_cert_file, route.ssl_key_file) if p
+        )
+        raise ConfigError(
+            f"[domain:{route.name}] TLS files",
+            f"cannot be loaded ({files}): {exc}",
+            hint="ssl_ca_file is PEM CA certificates; ssl_cert_file/ssl_key_file a PEM"
+            " certificate and its unencrypted key",
+        ) from None
+
+
+def endpoint_for(
+    route: DomainConfig,
+    host: str,
+    port: int,
+    *,
+    helo: str,
+    connect_timeout: float,
+    read_timeout: float,
+    write_timeout: float,
+) -> Endpoint:
+    """The Endpoint for one server of `route`."""
+    tls = route.use_ssl or route.use_starttls
+    return Endpoint(
+        host=host,
+        port=port,
+        route=route.name,
+        helo=helo,
+        implicit_tls=route.use_ssl,
+        starttls=route.use_starttls and not route.use_ssl,
+        context=tls_context(route) if tls else None,
+        fingerprint=route.tls_fingerprint,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        write_timeout=write_timeout,
+    )
+
+
+class RelayConnection(smtplib.SMTP):
+    """An smtplib client with a redacted transcript, per-direction timeouts, TLS and AUTH."""
+
+    def __init__(self, endpoint: Endpoint, transcript: Transcript | None = None) -> None:
+        self.endpoint = endpoint
+        self._transcript = transcript
+        self._in_auth = False
+        self.banner = ""
+        self.tls_version: str | None = None
+        self.cipher: str | None = None
+        self.peer_der: bytes | None = None
+        self.peer_cert: dict[str, Any] = {}
+        self.features_before_tls: dict[str, str] = {}
+        self.auth_user: str | None = None
+        self.auth_mechanism: str | None = None
+        # local_hostname set: smtplib would otherwise call socket.getfqdn(), a DNS wait.
+        super().__init__(local_hostname=endpoint.helo or "localhost", timeout=endpoint.read_timeout)
+
+    # -- transcript ------------------------------------------------------------
+
+    def note(self, line: str) -> None:
+        """Add a line of our own (not protocol) to the transcript."""
+        if self._transcript is not None:
+            self._transcript(f"* {line}")
+
+    def _client_lines(self, data: str | bytes) -> None:
+        if self._transcript is None:
+            return
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        for line in text.rstrip("\r\n").split("\r\n"):
+            if self._in_auth:
+                # Everything the client says inside an AUTH exchange is (or encodes) a secret.
+                line = REDACTED
+            elif line[:5].upper() == "AUTH ":
+                parts = line.split(" ", 2)
+                if len(parts) == 3:
+                    line = f"{parts[0]} {parts[1]} {REDACTED}"
+                self._in_auth = True
+            self._transcript(f"C: {line}")
+
+    def send(self, s: str | bytes) -> None:  # type: ignore[override]
+        self._client_lines(s)
+        if self.sock is not None:
+            self.sock.settimeout(self.endpoint.write_timeout)
+        try:
+            super().send(s)
+        finally:
+            if self.sock is not None:
+                self.sock.settimeout(self.endpoint.read_timeout)
+
+    def getreply(self) -> tuple[int, bytes]:
+        code, message = super().getreply()
+        if code != 334:
+            self._in_auth = False
+        if self._transcript is not None:
+            lines = message.decode("utf-8", "replace").splitlines() or [""]
+            for i, line in enumerate(lines):
+                sep = "-" if i < len(lines) - 1 else " "
+                self._transcript(f"S: {code}{sep}{line}")
+        return code, message
+
+    # -- connection and TLS ----------------------------------------------------
+
+    def _get_socket(self, host: str, port: int, timeout: float | None) -> socket.socket:
+        sock = socket.create_connection((host, port), self.endpoint.connect_timeout)
+        # Without it, Nagle holds the final ".\r\n" until the peer's delayed ACK (~40 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.endpoint.read_timeout)
+        if self.endpoint.implicit_tls:
+            sock = self._handshake(sock)
+        return sock
+
+    def _handshake(self, sock: socket.socket) -> ssl.SSLSocket:
+        context = self.endpoint.context
+        assert context is not None
+        tls = context.wrap_socket(sock, server_hostname=self.endpoint.host)
+        self.tls_version = tls.version()
+        cipher = tls.cipher()
+        self.cipher = cipher[0] if cipher else None
+        self.peer_der = tls.getpeercert(binary_form=True)
+        # Empty unless the chain was verified (CERT_REQUIRED); `test` decodes it otherwise.
+        self.peer_cert = dict(tls.getpeercert() or {})
+        self.note(f"TLS: {self.tls_version}, {self.cipher}")
+        pin = self.endpoint.fingerprint
+        if pin is not None:
+            seen = fingerprint_of(self.peer_der or b"")
+            if not hmac.compare_digest(seen, pin):
+                tls.close()
+                raise _TLSPinMismatch(seen)
+            self.note("certificate matches tls_fingerprint")
+        return tls
+
+    def open(self) -> None:
+        """Connect (and, for implicit TLS, handshake); read the banner; EHLO; STARTTLS; EHLO."""
+        self.connect_banner()
+        self.negotiate()
+
+    def connect_banner(self) -> None:
+        """Open the connection (implicit TLS included) and read the 220 greeting."""
+        ep = self.endpoint
+        self.note(f"connecting to {ep.label}{' (implicit TLS)' if ep.implicit_tls else ''}")
+        try:
+            code, message = self.connect(ep.host, ep.port)
+        except Exception as exc:
+            raise self._transport_failure("connect", exc) from None
+        self.banner = f"{code} {reply_text(message)}"
+        if code != 220:
+            # smtplib checks the greeting only in __init__, not in connect().
+            self.close()
+            raise self._reply_failure("connect", code, message)
+
+    def negotiate(self) -> None:
+        """EHLO, then STARTTLS and EHLO again when the route asks for it."""
+        ep = self.endpoint
+        try:
+            self._greet()
+            self.features_before_tls = dict(self.esmtp_features)
+            if ep.starttls:
+                self._starttls()
+                self._greet()
+        except RelayFailure:
+            raise
+        except Exception as exc:
+            raise self._transport_failure("STARTTLS" if ep.starttls else "EHLO", exc) from None
+
+    def _greet(self) -> None:
+        code, message = self.ehlo()
+        if code != 250:
+            code, message = self.helo()
+        if code != 250:
+            raise self._reply_failure("EHLO", code, message)
+
+    def _starttls(self) -> None:
+        if not self.has_extn("starttls"):
+            raise RelayFailure(
+                ProtocolError(
+                    self.endpoint.label,
+                    "the relay does not offer STARTTLS (use_starttls = true)",
+                    hint="check smtp_port (587 for STARTTLS, 465 with use_ssl = true); never"
+                    " send over an unencrypted connection to a relay on the internet",
+                ),
+                temporary=False,
+                stage="STARTTLS",
+                next_server=True,
+            )
+        code, message = self.docmd("STARTTLS")
+        if code != 220:
+            raise self._reply_failure("STARTTLS", code, message)
+        assert self.sock is not None
+        self.sock = self._handshake(self.sock)
+        self.file = None
+        self.helo_resp = None
+        self.ehlo_resp = None
+        self.esmtp_features = {}
+        self.does_esmtp = False
+
+    @property
+    def encrypted(self) -> bool:
+        return isinstance(self.sock, ssl.SSLSocket)
+
+    # -- authentication --------------------------------------------------------
+
+    def offered_mechanisms(self) -> list[str]:
+        """AUTH mechanisms in the EHLO reply, upper case."""
+        return [m.upper() for m in self.esmtp_features.get("auth", "").split()]
+
+    def choose_mechanism(self, route: DomainConfig) -> str:
+        """The mechanism to use, or raise RelayFailure when none fits."""
+        offered = self.offered_mechanisms()
+        method = route.auth_method
+        label = self.endpoint.label
+        if not offered:
+            raise RelayFailure(
+                ProtocolError(
+                    label,
+                    "the relay offers no AUTH but the route has a username",
+                    hint="many relays offer AUTH only after STARTTLS or on port 587/465;"
+                    " set auth_method = NONE if this relay needs no login",
+                ),
+                temporary=False,
+                stage="AUTH",
+            )
+        if method == AuthMethod.AUTO:
+            if route.oauth2_token_command and "XOAUTH2" in offered:
+                return "XOAUTH2"
+            for mechanism in AUTO_ORDER:
+                if mechanism in offered:
+                    return mechanism
+            wanted = ", ".join(AUTO_ORDER)
+        else:
+            wanted = str(method.value)
+            if wanted in offered:
+                return wanted
+        raise RelayFailure(
+            ProtocolError(
+                label,
+                f"the relay offers AUTH {' '.join(offered)}, not {wanted}",
+                hint="set auth_method to one the relay offers",
+            ),
+            temporary=False,
+            stage="AUTH",
+        )
+
+    def authenticate(self, route: DomainConfig, mechanism: str, user: str, secret: str) -> None:
+        """Run one AUTH exchange; refuses on an unencrypted connection unless allowed."""
+        if not self.encrypted and not route.allow_plaintext_auth:
+            # Checked before a byte of AUTH is sent: a sniffer must never see the secret.
+            raise RelayFailure(
+                NoPermError(
+                    self.endpoint.label,
+                    "refusing to authenticate over an unencrypted connection",
+                    hint=hints.PLAINTEXT_AUTH,
+                ),
+                temporary=False,
+                stage="AUTH",
+            )
+        try:
+            code, message = self._auth_exchange(mechanism, user, secret)
+        except RelayFailure:
+            raise
+        except Exception as exc:
+            raise self._transport_failure("AUTH", exc) from None
+        if code == 235 or (code == 503 and b"already" in message.lower()):
+            self.auth_user = user
+            self.auth_mechanism = mechanism
+            self.note(f"authenticated as {user} with {mechanism}")
+            return
+        raise self._reply_failure("AUTH", code, message)
+
+    def _auth_exchange(self, mechanism: str, user: str, secret: str) -> tuple[int, bytes]:
+        def b64(data: bytes) -> str:
+            return base64.b64encode(data).decode("ascii")
+
+        # RFC 4954: credentials are UTF-8; smtplib's own auth() encodes ASCII only.
+        u, s = user.encode("utf-8"), secret.encode("utf-8")
+        if mechanism == "PLAIN":
+            return self.docmd("AUTH", "PLAIN " + b64(b"\0" + u + b"\0" + s))
+        if mechanism == "XOAUTH2":
+            blob = b"user=" + u + b"\x01auth=Bearer " + s + b"\x01\x01"
+            code, message = self.docmd("AUTH", "XOAUTH2 " + b64(blob))
+            if code == 334:
+                # Google/Microsoft send a base64 JSON error and wait for an empty line
+                # before the final 5xx.
+                code, message = self.docmd("")
+            return code, message
+        if mechanism == "LOGIN":
+            # No initial response: older servers (and some appliances) reject it for LOGIN.
+            code, message = self.docmd("AUTH", "LOGIN")
+            if code == 334:
+                code, message = self.docmd(b64(u))
+            if code == 334:
+                code, message = self.docmd(b64(s))
+            return code, message
+        if mechanism == "CRAM-MD5":
+            code, message = self.docmd("AUTH", "CRAM-MD5")
+            if code != 334:
+                return code, message
+            challenge = base64.b64decode(message.strip())
+            digest = hmac.new(s, challenge, "md5").hexdigest()
+            return self.docmd(b64(u + b" " + digest.encode("ascii")))
+        raise ValueError(f"unknown mechanism {mechanism}")
+
+    # -- the transaction -------------------------------------------------------
+
+    def transaction(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        *,
+        smtputf8: bool,
+        eightbit: bool,
+    ) -> Transaction:
+        """MAIL, every RCPT, DATA; partial refusals are returned, not raised."""
+        label = self.endpoint.label
+        options: list[str] = []
+        if smtputf8:
+            if not self.has_extn("smtputf8"):
+                raise RelayFailure(
+                    DataError(
+                        label,
+                        "the message needs SMTPUTF8 (non-ASCII addresses)"
+                        " and the relay does not offer it",
+                        hint=hints.SMTPUTF8,
+                    ),
+                    temporary=False,
+                    stage="MAIL",
+                    next_server=True,
+                )
+            options.append("SMTPUTF8")
+            self.command_encoding = "utf-8"
+        if eightbit:
+            # RFC 6152 asks for conversion when 8BITMIME is missing; in practice every
+            # relay passes 8-bit bodies through, so send as is (documented).
+            if self.has_extn("8bitmime"):
+                options.append("BODY=8BITMIME")
+            else:
+                self.note("relay does not offer 8BITMIME; sending the 8-bit body unchanged")
+        if self.has_extn("size"):
+            limit_text = self.esmtp_features.get("size", "").strip()
+            limit = int(limit_text) if limit_text.isdigit() else 0
+            if limit and len(data) > limit:
+                raise RelayFailure(
+                    DataError(
+                        label, f"the message is {len(data)} bytes; the relay accepts {limit}"
+                    ),
+                    temporary=False,
+                    stage="MAIL",
+                    code=552,
+                )
+            options.append(f"SIZE={len(data)}")
+        try:
+            return self._exchange(sender, recipients, data, options)
+        except RelayFailure:
+            raise
+        except Exception as exc:
+            raise self._transport_failure("DATA", exc) from None
+
+    def _exchange(
+        self, sender: str, recipients: Sequence[str], data: bytes, options: list[str]
+    ) -> Transaction:
+        suffix = "".join(f" {o}" for o in options)
+        # Addresses go out verbatim in <>: smtplib's quoteaddr() re-parses them and can
+        # mangle quoted local parts.
+        self.putcmd("mail", f"FROM:<{sender}>{suffix}")
+        code, message = self.getreply()
+        if code != 250:
+            raise self._reply_failure("MAIL", code, message)
+        result = Transaction()
+        for rcpt in recipients:
+            self.putcmd("rcpt", f"TO:<{rcpt}>")
+            code, message = self.getreply()
+            if code in (250, 251):
+                result.accepted.append(rcpt)
+            else:
+                result.refused[rcpt] = (code, reply_text(message))
+        if not result.accepted:
+            self._rset_quietly()
+            raise self._all_refused(result.refused)
+        self.putcmd("data")
+        code, message = self.getreply()
+        if code != 354:
+            raise self._reply_failure("DATA", code, message)
+        self._stream(data)
+        code, message = self.getreply()
+        if code != 250:
+            raise self._reply_failure("end of DATA", code, message)
+        result.reply = f"{code} {reply_text(message)}"
+        return result
+
+    def _stream(self, data: bytes) -> None:
+        """Send the message dot-stuffed (RFC 5321 4.5.2) and the final dot, without copying it."""
+        sock = self.sock
+        assert sock is not None
+        if self._transcript is not None:
+            self._transcript(f"C: <message: {len(data)} bytes>")
+            self._transcript("C: .")
+        view = memoryview(data)
+        pending = bytearray()
+        sock.settimeout(self.endpoint.write_timeout)
+
+        def put(piece: memoryview | bytes) -> None:
+            if len(pending) + len(piece) <= CHUNK:
+                pending.extend(piece)
+                return
+            if pending:
+                sock.sendall(pending)
+                pending.clear()
+            for start in range(0, len(piece), CHUNK):
+                part = piece[start : start + CHUNK]
+                if len(part) < CHUNK:
+                    pending.extend(part)
+                else:
+                    sock.sendall(part)
+
+        pos = 0
+        if data.startswith(b"."):
+            put(b".")
+        while True:
+            dot = data.find(b"\n.", pos)
+            if dot < 0:
+                put(view[pos:])
+                break
+            put(view[pos : dot + 1])
+            put(b".")
+            pos = dot + 1
+        put(b".\r\n" if data.endswith(b"\r\n") or not data else b"\r\n.\r\n")
+        sock.sendall(pending)
+        sock.settimeout(self.endpoint.read_timeout)
+
+    def _rset_quietly(self) -> None:
+        with contextlib.suppress(OSError, smtplib.SMTPException):
+            self.rset()
+
+    def close_quietly(self) -> None:
+        """QUIT and close; after a delivered message nothing here may turn into a failure."""
+        try:
+            if self.sock is not None:
+                self.quit()
+        except (OSError, smtplib.SMTPException):
+            pass
+        finally:
+            self.close()
+
+    # -- failures --------------------------------------------------------------
+
+    def _all_refused(self, refused: dict[str, tuple[int, str]]) -> RelayFailure:
+        label = self.endpoint.label
+        listing = "; ".join(f"<{r}>: {code} {text}" for r, (code, text) in refused.items())
+        if all(400 <= code < 500 for code, _ in refused.values()):
+            return RelayFailure(
+                TempFailError(label, f"every recipient deferred: {listing}"),
+                temporary=True,
+                stage="RCPT",
+                code=next(iter(refused.values()))[0],
+                reply=listing,
+            )
+        code, text = next((c, t) for c, t in refused.values() if c >= 500)
+        return RelayFailure(
+            NoUserError(
+                label,
+                f"every recipient refused: {listing}",
+                hint=hints.for_reply(code, text, port=self.endpoint.port),
+            ),
+            temporary=False,
+            stage="RCPT",
+            code=code,
+            reply=listing,
+        )
+
+    def _reply_failure(self, stage: str, code: int, message: bytes | str) -> RelayFailure:
+        """Map an unexpected reply at `stage` to the SPEC §9 error."""
+        label = self.endpoint.label
+        text = reply_text(message)
+        reply = f"{code} {text}".rstrip()
+        why = f"{stage}: {reply}"
+        hint = hints.for_reply(code, text, port=self.endpoint.port)
+        if 400 <= code < 500 or code < 200:
+            # 4xx is transient by definition (RFC 5321 4.2.1); codes < 200 mean a broken
+            # conversation, which a new connection may not repeat.
+            return RelayFailure(
+                TempFailError(label, why, hint=hint),
+                temporary=True,
+                stage=stage,
+                code=code,
+                reply=reply,
+            )
+        error: MailerError
+        if stage == "AUTH":
+            if code in (535, 534, 538, 530):
+                error = NoPermError(label, f"authentication refused: {code} {text}", hint=hint)
+            else:
+                error = ProtocolError(label, why, hint=hint)
+        elif code == 530:
+            error = NoPermError(label, why, hint=hint or hints.AUTH_REQUIRED)
+        elif stage == "end of DATA" or (stage == "MAIL" and code in (552, 554) and not hint):
+            error = DataError(label, f"the relay refused the message: {why}", hint=hint)
+        elif stage == "STARTTLS":
+            error = ProtocolError(label, why, hint=hint)
+        else:
+            error = UnavailableError(label, why, hint=hint)
+        return RelayFailure(error, temporary=False, stage=stage, code=code, reply=reply)
+
+    def _transport_failure(self, stage: str, exc: BaseException) -> RelayFailure:
+        """Map a socket, TLS or smtplib exception to a RelayFailure."""
+        label = self.endpoint.label
+        port = self.endpoint.port
+        if isinstance(exc, _TLSPinMismatch):
+            return RelayFailure(
+                ProtocolError(
+                    label,
+                    f"the certificate does not match tls_fingerprint: the server presented"
+                    f" {exc.seen}",
+                    hint="if the relay's certificate was renewed on purpose, check the new one"
+                    " out of band (`ssmtp-mailer test` prints it) and update tls_fingerprint",
+                ),
+                temporary=False,
+                stage="TLS",
+                next_server=True,
+            )
+        if isinstance(exc, socket.gaierror):
+            if exc.errno in (socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", None)):
+                return RelayFailure(
+                    TempFailError(label, f"cannot resolve {self.endpoint.host}: {exc.strerror}"),
+                    temporary=True,
+                    stage="DNS",
+                )
+            return RelayFailure(
+                NoHostError(
+                    label,
+                    f"relay host not found: {self.endpoint.host} ({exc.strerror})",
+                    hint=f"check smtp_server in [domain:{self.endpoint.route}]",
+                ),
+                temporary=False,
+                stage="DNS",
+                next_server=True,
+            )
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return RelayFailure(
+                ProtocolError(
+                    label,
+                    f"TLS certificate not accepted: {exc.verify_message or exc.reason}",
+                    hint=hints.CERTIFICATE,
+                ),
+                temporary=False,
+                stage="TLS",
+                next_server=True,
+            )
+        if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)):
+            return RelayFailure(
+                TempFailError(label, f"{stage}: TLS handshake interrupted ({exc})"),
+                temporary=True,
+                stage=stage,
+            )
+        if isinstance(exc, ssl.SSLError):
+            return RelayFailure(
+                ProtocolError(
+                    label,
+                    f"{stage}: TLS failed: {exc.reason or exc}",
+                    hint="check use_ssl/use_starttls against the port (465 is implicit TLS,"
+                    " 587 STARTTLS); the relay must speak TLS 1.2 or newer",
+                ),
+                temporary=False,
+                stage="TLS",
+                next_server=True,
+            )
+        if isinstance(exc, TimeoutError) or "timed out" in str(exc):
+            what = "connect" if stage == "connect" else stage
+            return RelayFailure(
+                TempFailError(label, f"{what}: timed out", hint=hints.for_timeout(port)),
+                temporary=True,
+                stage=stage,
+            )
+        if isinstance(exc, smtplib.SMTPServerDisconnected):
+            return RelayFailure(
+                TempFailError(label, f"{stage}: the relay closed the connection ({exc})"),
+                temporary=True,
+                stage=stage,
+            )
+        if isinstance(exc, ConnectionRefusedError):
+            return RelayFailure(
+                TempFailError(
+                    label, "connection refused", hint="is the relay running on this port?"
+                ),
+                temporary=True,
+                stage=stage,
+            )
+        if isinstance(exc, OSError):
+            return RelayFailure(
+                TempFailError(label, f"{stage}: {exc.strerror or exc}"), temporary=True, stage=stage
+            )
+        if isinstance(exc, smtplib.SMTPResponseException):
+            return self._reply_failure(stage, exc.smtp_code, exc.smtp_error)
+        if isinstance(exc, smtplib.SMTPException):
+            return RelayFailure(
+                TempFailError(label, f"{stage}: {exc}"), temporary=True, stage=stage
+            )
+        raise exc
+
+
+class _TLSPinMismatch(ssl.SSLError):
+    """The leaf certificate's SHA-256 differs from tls_fingerprint."""
+
+    def __init__(self, seen: str) -> None:
+        super().__init__(f"certificate fingerprint {seen} does not match tls_fingerprint")
+        self.seen = seen

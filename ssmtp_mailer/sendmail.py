@@ -1,0 +1,501 @@
+"""The sendmail interface (SPEC §2, §5): hand-parsed flags, -bm intake, -bs, -bp, -q.
+
+Kept free of click and of every heavy import: programs run this once per message.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, BinaryIO
+
+from ssmtp_mailer import __version__
+from ssmtp_mailer.errors import DataError, MailerError, UsageError
+
+if TYPE_CHECKING:
+    from ssmtp_mailer.config.model import Config
+
+PROG = "ssmtp-mailer"
+# Flags that take a value, attached (-fADDR) or as the next argument (-f ADDR).
+_WITH_VALUE = frozenset("fFrCXBOLhANRob")
+# Flags whose value, if any, can only be attached (-q1h, -d0.1).
+_OPTIONAL_ATTACHED = frozenset("qd")
+_NO_VALUE = frozenset("tivVUGnm")
+_MODES = {"m": "deliver", "s": "smtp", "p": "list"}
+
+USAGE = """\
+usage: sendmail [flags] [recipient ...]
+  -t            read recipients from To/Cc/Bcc (Resent-* when present), plus arguments
+  -i, -oi       a line with a single "." does not end the message
+  -f ADDR       envelope sender (also -r ADDR); "<>" is the null sender
+  -F NAME       full name for the From header added when the message has none
+  -C FILE       configuration file
+  -v            print the SMTP transcript on stderr
+  -X FILE       append the SMTP transcript to FILE
+  -bm           read a message from stdin and deliver it (default)
+  -bs           speak SMTP on stdin/stdout
+  -bp           list the queue (as mailq)
+  -q            run the queue
+  -V            print the version
+Accepted and ignored: -B TYPE, -o*, -O OPT, -L TAG, -h N, -N DSN, -R RET, -n, -A X, -U, -G,
+-m, -d*, --
+"""
+
+
+@dataclass
+class SendmailArgs:
+    """The meaning of a sendmail command line."""
+
+    mode: str = "deliver"
+    extract_recipients: bool = False
+    ignore_dots: bool = False
+    sender: str | None = None
+    full_name: str | None = None
+    config_path: str | None = None
+    verbose: bool = False
+    transcript_file: str | None = None
+    force_queue: bool = False
+    recipients: list[str] = field(default_factory=list)
+
+
+def _apply(flag: str, value: str | None, parsed: SendmailArgs) -> None:
+    """Record one flag (with its value, if it takes one)."""
+    if flag == "t":
+        parsed.extract_recipients = True
+    elif flag == "i":
+        parsed.ignore_dots = True
+    elif flag == "v":
+        parsed.verbose = True
+    elif flag == "V":
+        parsed.mode = "version"
+    elif flag in "fr":
+        parsed.sender = value
+    elif flag == "F":
+        parsed.full_name = value
+    elif flag == "C":
+        parsed.config_path = value
+    elif flag == "X":
+        parsed.transcript_file = value
+    elif flag == "b":
+        assert value is not None
+        mode = _MODES.get(value)
+        if mode is None:
+            raise UsageError(f"-b{value}", "this mode is not supported", hint="see sendmail --help")
+        parsed.mode = mode
+    elif flag == "o":
+        # -oi (and its long form) is the only -o option with a meaning here; -oem, -oee...
+        # choose sendmail's error-reporting style and are ignored, as msmtp does.
+        if value == "i":
+            parsed.ignore_dots = True
+    elif flag == "O":
+        name, _, setting = (value or "").partition("=")
+        if name.strip().lower() == "ignoredots" and setting.strip().lower() in ("", "true", "t"):
+            parsed.ignore_dots = True
+    elif flag == "q":
+        parsed.mode = "queue"
+        parsed.force_queue = value in ("", "f") or (value or "").startswith(("I", "R", "S"))
+    # B, L, h, A, N, R, n, U, G, m, d: accepted and ignored (SPEC §5).
+
+
+def parse_args(args: Sequence[str]) -> SendmailArgs:
+    """Parse sendmail flags by hand: clusters, attached values, `--`, recipients anywhere."""
+    parsed = SendmailArgs()
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        index += 1
+        if arg == "--":
+            parsed.recipients.extend(args[index:])
+            break
+        if arg in ("--help", "-?"):
+            parsed.mode = "help"
+            continue
+        if arg == "--version":
+            parsed.mode = "version"
+            continue
+        if not arg.startswith("-") or arg == "-":
+            if arg == "-":
+                raise UsageError("-", "unknown flag", hint="see sendmail --help")
+            parsed.recipients.append(arg)
+            continue
+        if arg.startswith("--"):
+            raise UsageError(arg, "unknown flag", hint="see sendmail --help")
+        position = 1
+        while position < len(arg):
+            flag = arg[position]
+            position += 1
+            if flag in _NO_VALUE:
+                _apply(flag, None, parsed)
+            elif flag in _OPTIONAL_ATTACHED:
+                _apply(flag, arg[position:], parsed)
+                break
+            elif flag in _WITH_VALUE:
+                value = arg[position:]
+                if not value:
+                    if index >= len(args):
+                        raise UsageError(f"-{flag}", "needs a value", hint="see sendmail --help")
+                    value = args[index]
+                    index += 1
+                _apply(flag, value, parsed)
+                break
+            else:
+                raise UsageError(f"-{flag}", "unknown flag", hint="see sendmail --help")
+    return parsed
+
+
+# -- running -------------------------------------------------------------------------
+
+
+def _load(parsed: SendmailArgs) -> Config:
+    from ssmtp_mailer.config.loader import load_config
+
+    return load_config(parsed.config_path)
+
+
+def _transcript(parsed: SendmailArgs) -> Callable[[str], None] | None:
+    """The -v / -X transcript sink, or None when neither was asked for."""
+    if not parsed.verbose and not parsed.transcript_file:
+        return None
+    log = None
+    if parsed.transcript_file:
+        try:
+            log = open(parsed.transcript_file, "a", encoding="utf-8")  # noqa: SIM115 (process-long)
+        except OSError as exc:
+            raise UsageError(f"-X {parsed.transcript_file}", exc.strerror or str(exc)) from None
+
+    def write(line: str) -> None:
+        if parsed.verbose:
+            print(line, file=sys.stderr)
+        if log is not None:
+            log.write(line + "\n")
+            log.flush()
+
+    return write
+
+
+def read_message(stream: BinaryIO, *, dot_ends: bool, limit: int) -> bytes:
+    """Read the message from stdin, stopping at a lone `.` unless -i; refuse over `limit`."""
+    if not dot_ends:
+        data = stream.read(limit + 1)
+    else:
+        chunks: list[bytes] = []
+        size = 0
+        first = True
+        for line in stream:
+            # The lone dot ends input only after the mbox From line, as prepare() sees it.
+            if line in (b".\n", b".\r\n", b".") and not (first and line.startswith(b"From ")):
+                break
+            first = False
+            chunks.append(line)
+            size += len(line)
+            if size > limit:
+                break
+        data = b"".join(chunks)
+    if len(data) > limit:
+        raise DataError("message", f"over max_message_size ({limit} octets)")
+    return data
+
+
+def deliver_stdin(parsed: SendmailArgs, config: Config, stream: BinaryIO) -> int:
+    """-bm: read, prepare, submit; returns the SPEC §9 exit code."""
+    from ssmtp_mailer import pipeline
+    from ssmtp_mailer.message import Intake, prepare
+
+    g = config.global_
+    raw = read_message(stream, dot_ends=not parsed.ignore_dots, limit=g.max_message_size)
+    intake = Intake(
+        recipients=tuple(parsed.recipients),
+        envelope_from=parsed.sender,
+        full_name=parsed.full_name,
+        extract_recipients=parsed.extract_recipients,
+        dot_ends_input=not parsed.ignore_dots,
+    )
+    prepared = prepare(
+        raw,
+        intake,
+        hostname=g.default_hostname,
+        default_from=g.default_from,
+        max_size=g.max_message_size,
+    )
+    del raw
+    return pipeline.submit(config, prepared, transcript=_transcript(parsed)).exit_code
+
+
+def run_sendmail(args: list[str]) -> int:
+    """The sendmail program: `args` are its arguments (without the program name)."""
+    parsed = parse_args(args)
+    if parsed.mode == "help":
+        sys.stdout.write(USAGE)
+        return 0
+    if parsed.mode == "version":
+        print(f"{PROG} {__version__} (sendmail interface)")
+        return 0
+    config = _load(parsed)
+    if parsed.mode == "list":
+        from ssmtp_mailer import spool
+
+        sys.stdout.write(spool.listing_text(config).rstrip("\n") + "\n")
+        return 0
+    if parsed.mode == "queue":
+        from ssmtp_mailer import spool
+
+        return spool.run_queue(config, force=parsed.force_queue).exit_code
+    if parsed.mode == "smtp":
+        session = SMTPSession(config, sys.stdin.buffer, sys.stdout.buffer, _transcript(parsed))
+        return session.run()
+    return deliver_stdin(parsed, config, sys.stdin.buffer)
+
+
+# -- -bs: an SMTP session on stdin/stdout --------------------------------------------
+
+# SPEC §9 exit code -> reply to the final "." (or to MAIL/RCPT when decided early).
+_REPLIES: dict[int, tuple[int, str]] = {
+    64: (553, "5.1.3"),
+    65: (554, "5.6.0"),
+    67: (550, "5.1.1"),
+    68: (451, "4.4.0"),
+    69: (554, "5.0.0"),
+    70: (451, "4.3.0"),
+    73: (451, "4.3.0"),
+    75: (451, "4.4.1"),
+    76: (554, "5.7.0"),
+    77: (550, "5.7.1"),
+    78: (451, "4.3.5"),
+}
+_MAX_COMMAND = 4096
+
+
+def reply_for(code: int, text: str) -> str:
+    """The SMTP reply line for a sysexit code and a human reason."""
+    smtp, enhanced = _REPLIES.get(code, (451, "4.3.0"))
+    text = " ".join(text.split())[:400] or "failed"
+    return f"{smtp} {enhanced} {text}"
+
+
+def _path_argument(argument: str, keyword: str) -> tuple[str, list[str]] | None:
+    """`FROM:<addr> PARAMS` -> (addr, params), or None when malformed."""
+    head, colon, rest = argument.partition(":")
+    if not colon or head.strip().upper() != keyword:
+        return None
+    rest = rest.strip()
+    if rest.startswith("<"):
+        close = rest.find(">")
+        if close < 0:
+            return None
+        address, params = rest[1:close], rest[close + 1 :].split()
+    else:
+        # Lenient: some clients omit the angle brackets.
+        words = rest.split()
+        if not words:
+            return None
+        address, params = words[0], words[1:]
+    if ":" in address and address.startswith("@"):
+        address = address.rsplit(":", 1)[1]  # RFC 5321 §4.1.2 source route, ignored
+    return address.strip(), params
+
+
+class SMTPSession:
+    """`sendmail -bs`: the listener's dialect over a pair of byte streams."""
+
+    def __init__(
+        self,
+        config: Config,
+        instream: BinaryIO,
+        outstream: BinaryIO,
+        transcript: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.instream = instream
+        self.outstream = outstream
+        self.transcript = transcript
+        self.hostname = config.global_.default_hostname
+        self.sender: str | None = None
+        self.recipients: list[str] = []
+
+    def reply(self, line: str) -> None:
+        self.outstream.write(line.encode("utf-8", "replace") + b"\r\n")
+        self.outstream.flush()
+
+    def reset(self) -> None:
+        self.sender = None
+        self.recipients = []
+
+    def run(self) -> int:
+        """Serve commands until QUIT or end of input; the exit code is always 0."""
+        self.reply(f"220 {self.hostname} ESMTP {PROG} {__version__}")
+        while True:
+            raw = self.instream.readline(_MAX_COMMAND + 1)
+            if not raw:
+                return 0
+            if len(raw) > _MAX_COMMAND and not raw.endswith(b"\n"):
+                self.instream.readline()  # the rest of the over-long line
+                self.reply("500 5.5.2 Line too long")
+                continue
+            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            verb, _, argument = line.partition(" ")
+            verb = verb.upper()
+            if verb == "QUIT":
+                self.reply(f"221 2.0.0 {self.hostname} closing")
+                return 0
+            handler = getattr(self, f"smtp_{verb}", None) if verb.isalpha() else None
+            if handler is None:
+                self.reply("500 5.5.1 Command not recognized")
+            else:
+                handler(argument.strip())
+
+    def smtp_HELO(self, argument: str) -> None:
+        if not argument:
+            self.reply("501 5.5.4 Syntax: HELO hostname")
+            return
+        self.reset()
+        self.reply(f"250 {self.hostname}")
+
+    def smtp_EHLO(self, argument: str) -> None:
+        if not argument:
+            self.reply("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self.reset()
+        lines = [
+            self.hostname,
+            "PIPELINING",
+            f"SIZE {self.config.global_.max_message_size}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "HELP",
+        ]
+        for line in lines[:-1]:
+            self.reply(f"250-{line}")
+        self.reply(f"250 {lines[-1]}")
+
+    def smtp_NOOP(self, argument: str) -> None:
+        self.reply("250 2.0.0 OK")
+
+    def smtp_RSET(self, argument: str) -> None:
+        self.reset()
+        self.reply("250 2.0.0 OK")
+
+    def smtp_HELP(self, argument: str) -> None:
+        self.reply("214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT")
+
+    def smtp_VRFY(self, argument: str) -> None:
+        self.reply("252 2.5.2 Cannot VRFY; send and we will try")
+
+    def smtp_EXPN(self, argument: str) -> None:
+        self.reply("502 5.5.1 EXPN not available")
+
+    def smtp_MAIL(self, argument: str) -> None:
+        from ssmtp_mailer.message import address_problem, is_null_sender, qualify
+
+        if self.sender is not None:
+            self.reply("503 5.5.1 Nested MAIL command")
+            return
+        parsed = _path_argument(argument, "FROM")
+        if parsed is None:
+            self.reply("501 5.5.4 Syntax: MAIL FROM:<address>")
+            return
+        address, params = parsed
+        for param in params:
+            key, _, value = param.partition("=")
+            key = key.upper()
+            if key == "SIZE":
+                if not value.isdigit():
+                    self.reply("501 5.5.4 Bad SIZE parameter")
+                    return
+                if int(value) > self.config.global_.max_message_size:
+                    self.reply("552 5.3.4 Message size exceeds fixed maximum message size")
+                    return
+            elif key == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
+                continue
+            elif key != "SMTPUTF8":
+                self.reply(f"555 5.5.4 Unsupported parameter {param}")
+                return
+        sender = "" if is_null_sender(address) else qualify(address, self.hostname)
+        if sender and address_problem(sender):
+            self.reply(f"553 5.1.7 Bad sender address syntax: {address}")
+            return
+        self.sender = sender
+        self.reply("250 2.1.0 OK")
+
+    def smtp_RCPT(self, argument: str) -> None:
+        from ssmtp_mailer import rewrite
+        from ssmtp_mailer.message import address_problem, qualify
+
+        if self.sender is None:
+            self.reply("503 5.5.1 Need MAIL before RCPT")
+            return
+        parsed = _path_argument(argument, "TO")
+        if parsed is None or not parsed[0]:
+            self.reply("501 5.5.4 Syntax: RCPT TO:<address>")
+            return
+        recipient = qualify(parsed[0], self.hostname)
+        if address_problem(recipient):
+            self.reply(f"553 5.1.3 Bad recipient address syntax: {parsed[0]}")
+            return
+        # Policy is decided per recipient here, so that DATA's reply concerns delivery only.
+        try:
+            plan = rewrite.plan_delivery(self.config, self.sender, [recipient])
+        except MailerError as exc:
+            self.reply(reply_for(exc.exit_code, exc.why))
+            return
+        if plan.refused:
+            refusal = plan.refused[0]
+            self.reply(reply_for(77, f"<{recipient}>: {refusal.reason}"))
+            return
+        self.recipients.append(recipient)
+        self.reply("250 2.1.5 OK")
+
+    def smtp_DATA(self, argument: str) -> None:
+        if self.sender is None:
+            self.reply("503 5.5.1 Need MAIL command")
+            return
+        if not self.recipients:
+            self.reply("554 5.5.1 No valid recipients")
+            return
+        self.reply("354 End data with <CR><LF>.<CR><LF>")
+        limit = self.config.global_.max_message_size
+        chunks: list[bytes] = []
+        size = 0
+        ended = False
+        for line in self.instream:
+            if line in (b".\r\n", b".\n"):
+                ended = True
+                break
+            if line.startswith(b"."):
+                line = line[1:]  # RFC 5321 §4.5.2 transparency
+            size += len(line)
+            if size <= limit:
+                chunks.append(line)
+        if not ended:
+            return  # end of input in the middle of DATA: nothing was accepted
+        sender, recipients = self.sender, self.recipients
+        self.reset()
+        if size > limit:
+            self.reply("552 5.3.4 Message size exceeds fixed maximum message size")
+            return
+        self.reply(self._deliver(b"".join(chunks), sender, recipients))
+
+    def _deliver(self, raw: bytes, sender: str, recipients: list[str]) -> str:
+        from ssmtp_mailer import pipeline
+        from ssmtp_mailer.message import Intake, prepare
+
+        g = self.config.global_
+        try:
+            prepared = prepare(
+                raw,
+                Intake(recipients=tuple(recipients), envelope_from=sender or "<>"),
+                hostname=self.hostname,
+                default_from=g.default_from,
+                max_size=g.max_message_size,
+            )
+            result = pipeline.submit(self.config, prepared, transcript=self.transcript)
+        except MailerError as exc:
+            print(f"{PROG}: {exc.what}: {exc.why}", file=sys.stderr)
+            return reply_for(exc.exit_code, exc.why)
+        except Exception as exc:  # a bug: the session goes on, the client may retry
+            print(f"{PROG}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return reply_for(70, "internal error")
+        if result.exit_code == 0:
+            return f"250 2.0.0 OK {prepared.message_id}"
+        return reply_for(result.exit_code, result.summary)

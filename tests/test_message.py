@@ -1,0 +1,364 @@
+"""message.py: parsing, preparation and header rewriting, with plain values (no I/O)."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ssmtp_mailer.config.model import DomainConfig, Location
+from ssmtp_mailer.errors import DataError, MailerError, UsageError
+from ssmtp_mailer.message import (
+    Intake,
+    PreparedMessage,
+    apply_group_headers,
+    format_mailbox,
+    parse_addresses,
+    prepare,
+    split_recipients,
+    truncate_at_lone_dot,
+)
+from ssmtp_mailer.rewrite import Plan, RouteGroup
+
+HOST = "host.example"
+NOW = 1_700_000_000.0
+
+
+def prep(raw: bytes, **intake: object) -> PreparedMessage:
+    intake.setdefault("recipients", ())
+    return prepare(
+        raw,
+        Intake(**intake),  # type: ignore[arg-type]
+        hostname=HOST,
+        default_from="nobody",
+        max_size=100_000,
+        now=NOW,
+    )
+
+
+def header_block(data: bytes) -> bytes:
+    return data.split(b"\r\n\r\n", 1)[0]
+
+
+def body_of(data: bytes) -> bytes:
+    return data.split(b"\r\n\r\n", 1)[1]
+
+
+# -- address lists ---------------------------------------------------------------------
+
+CORPUS = [
+    ("a@x", ["a@x"]),
+    ("A <a@x>, b@y", ["a@x", "b@y"]),
+    ('"Doe, John" <j@x>, "x,y" <k@x>', ["j@x", "k@x"]),
+    ("j@x (Doe, John), k@x (comment (nested, too))", ["j@x", "k@x"]),
+    ("undisclosed-recipients:;", []),
+    ("Team: a@x, B <b@x>;, c@x", ["a@x", "b@x", "c@x"]),
+    ("Team: ;", []),
+    ("=?utf-8?q?J=C3=B6rg?= <jorg@x>, =?iso-8859-1?b?SvZyZw==?= <j2@x>", ["jorg@x", "j2@x"]),
+    ("<@relay1,@relay2:user@x>", ["user@x"]),
+    ('"quoted local"@x', ['"quoted local"@x']),
+    ("root", ["root"]),
+    ("Root <root>", ["root"]),
+    ("Ünïcode Näme <üser@exämple.org>", ["üser@exämple.org"]),
+    ("a@x,,, ,b@x", ["a@x", "b@x"]),
+    ("<>", [""]),
+    ("\t a@x\r\n\t, b@x", ["a@x", "b@x"]),
+    ('"unterminated <a@x>', ['"unterminated <a@x>']),  # address_problem() refuses it
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), CORPUS)
+def test_parse_addresses_corpus(text: str, expected: list[str]) -> None:
+    assert [box.address for box in parse_addresses(text)] == expected
+
+
+def test_spans_point_at_the_addr_spec() -> None:
+    text = '"Doe, John" <j@x> (c), k@y'
+    assert [text[b.start : b.end] for b in parse_addresses(text)] == ["j@x", "k@y"]
+    assert parse_addresses(text)[0].name == "Doe, John"
+
+
+def test_email_package_agrees_on_simple_lists() -> None:
+    from email.utils import getaddresses
+
+    for text, _ in CORPUS[:4]:
+        ours = [b.address for b in parse_addresses(text)]
+        theirs = [a for _, a in getaddresses([text]) if a]
+        assert ours == theirs
+
+
+def test_split_recipients_from_arguments() -> None:
+    assert split_recipients(["a@x, B <b@x>", "root"]) == ["a@x", "b@x", "root"]
+
+
+def test_format_mailbox() -> None:
+    assert format_mailbox("CronDaemon", "r@x") == "CronDaemon <r@x>"
+    assert format_mailbox("Doe, J.", "r@x") == '"Doe, J." <r@x>'
+    encoded = format_mailbox("Jörg Müller", "r@x")
+    assert encoded.isascii() and encoded.endswith(" <r@x>")
+    parsed = email.message_from_bytes(f"From: {encoded}\n\n".encode(), policy=email.policy.default)
+    assert str(parsed["From"]) == "Jörg Müller <r@x>"
+
+
+# -- recipients, envelope, headers -------------------------------------------------------
+
+
+def test_t_reads_to_cc_bcc_and_removes_bcc() -> None:
+    raw = b"To: a@x\nCc: B <b@x>, root\nBcc: hidden@x\nSubject: s\n\nbody\n"
+    p = prep(raw, extract_recipients=True, recipients=("argv@x",))
+    assert p.recipients == ("argv@x", "a@x", "b@x", "root@host.example", "hidden@x")
+    head = header_block(p.data)
+    assert b"Bcc" not in head and b"hidden" not in head
+    assert b"Cc: B <b@x>, root@host.example\r\n" in head + b"\r\n"
+
+
+def test_duplicate_to_headers_all_count_and_recipients_dedupe() -> None:
+    raw = b"To: a@x\nTo: b@x, A@X\n\nbody\n"
+    assert prep(raw, extract_recipients=True).recipients == ("a@x", "b@x")
+
+
+def test_resent_headers_take_precedence() -> None:
+    raw = b"Resent-To: r@x\nResent-Bcc: rb@x\nTo: original@x\nBcc: ob@x\n\nbody\n"
+    p = prep(raw, extract_recipients=True)
+    assert p.recipients == ("r@x", "rb@x")
+    head = header_block(p.data)
+    assert b"Resent-Bcc" not in head and b"\r\nBcc" not in b"\r\n" + head
+    assert b"To: original@x" in head
+
+
+def test_without_t_headers_do_not_add_recipients() -> None:
+    p = prep(b"To: a@x\nBcc: b@x\n\nbody\n", recipients=("c@x",))
+    assert p.recipients == ("c@x",)
+    assert b"Bcc" not in p.data
+
+
+def test_no_recipients_is_usage_error() -> None:
+    with pytest.raises(UsageError) as info:
+        prep(b"Subject: x\n\nbody\n")
+    assert info.value.exit_code == 64
+    with pytest.raises(UsageError):
+        prep(b"To: undisclosed-recipients:;\n\nbody\n", extract_recipients=True)
+
+
+def test_bad_argument_address_is_usage_error_bad_header_is_data_error() -> None:
+    with pytest.raises(UsageError):
+        prep(b"\n", recipients=("a b@x",))
+    with pytest.raises(DataError):
+        prep(b"To: john doe@x\n\nbody\n", extract_recipients=True)
+
+
+def test_envelope_sender_rules() -> None:
+    raw = b"From: Author <author@x>\nTo: a@x\n\nbody\n"
+    assert prep(raw, recipients=("a@x",)).sender == "author@x"
+    assert prep(raw, recipients=("a@x",), envelope_from="f@x").sender == "f@x"
+    assert prep(raw, recipients=("a@x",), envelope_from="<>").sender == ""
+    assert prep(raw, recipients=("a@x",), envelope_from="MAILER-DAEMON").sender == ""
+    assert prep(raw, recipients=("a@x",), envelope_from="root").sender == "root@host.example"
+    assert prep(b"To: a@x\n\nb\n", recipients=("a@x",)).sender == "nobody@host.example"
+    assert prep(b"From: root\n\nb\n", recipients=("a@x",)).sender == "root@host.example"
+
+
+def test_from_date_message_id_added_when_missing() -> None:
+    p = prep(b"Subject: s\n\nbody\n", recipients=("a@x",), full_name="Cron Daemon")
+    msg = email.message_from_bytes(p.data, policy=email.policy.default)
+    assert msg["From"] == "Cron Daemon <nobody@host.example>"
+    assert msg["Date"] is not None and msg["Date"].datetime.timestamp() == NOW
+    assert msg["Message-ID"] == p.message_id
+    assert p.message_id.endswith("@host.example>")
+
+
+def test_non_ascii_full_name_is_rfc2047() -> None:
+    p = prep(b"\n", recipients=("a@x",), full_name="Démon Crön", envelope_from="c@x")
+    line = next(x for x in p.data.split(b"\r\n") if x.startswith(b"From:"))
+    assert line.isascii() and b"=?utf-8?" in line
+    msg = email.message_from_bytes(p.data, policy=email.policy.default)
+    assert msg["From"] == "Démon Crön <c@x>"
+
+
+def test_existing_headers_kept_byte_for_byte() -> None:
+    raw = (
+        b'From: "Weird, Name" <w@x> (c)\nDate: whatever\nMessage-ID: <m@x>\n'
+        b"X-Odd:   spaced  \t\nSubject: =?utf-8?q?caf=C3=A9?=\n folded\n\nbody\n"
+    )
+    p = prep(raw, recipients=("a@x",))
+    expected = raw.replace(b"\n", b"\r\n")
+    assert p.data == expected
+    assert p.message_id == "<m@x>"
+
+
+def test_qualifies_bare_names_only_in_address_headers() -> None:
+    raw = b"From: root\nTo: Admin <admin>, (c) ops\nX-Note: root\nReply-To: root\n\nroot\n"
+    p = prep(raw, extract_recipients=True)
+    head = header_block(p.data)
+    assert b"From: root@host.example\r\n" in head + b"\r\n"
+    assert b"To: Admin <admin@host.example>, (c) ops@host.example" in head
+    assert b"X-Note: root" in head and b"Reply-To: root" in head
+    assert body_of(p.data) == b"root\r\n"
+
+
+def test_line_endings_lf_crlf_mixed_become_crlf_bare_cr_kept() -> None:
+    for raw in (b"To: a@x\n\nl1\nl2\n", b"To: a@x\r\n\r\nl1\r\nl2\r\n", b"To: a@x\n\r\nl1\r\nl2\n"):
+        assert body_of(prep(raw, recipients=("a@x",)).data) == b"l1\r\nl2\r\n"
+    assert body_of(prep(b"\nx\ry\n", recipients=("a@x",)).data) == b"x\ry\r\n"
+    assert prep(b"To: a@x\n\nno newline", recipients=("a@x",)).data.endswith(b"no newline\r\n")
+
+
+def test_body_bytes_are_untouched() -> None:
+    body = bytes(range(1, 256)).replace(b"\n", b"").replace(b"\r", b"") + b"\n.leading dot\n..\n"
+    p = prep(b"To: a@x\n\n" + body, recipients=("a@x",))
+    assert body_of(p.data) == body.replace(b"\n", b"\r\n")
+    assert p.eightbit and not p.smtputf8
+
+
+def test_message_without_header_gets_a_separator() -> None:
+    p = prep(b"Just a line of text\nand another\n", recipients=("a@x",))
+    assert body_of(p.data) == b"Just a line of text\r\nand another\r\n"
+    assert prep(b"", recipients=("a@x",)).data.endswith(b"\r\n\r\n")
+
+
+def test_mbox_from_line_dropped() -> None:
+    p = prep(b"From someone@x Mon Jan  1 00:00:00 2024\nTo: a@x\n\nbody\n", recipients=("a@x",))
+    assert not p.data.startswith(b"From ")
+    assert b"someone" not in p.data
+
+
+def test_lone_dot_ends_input_without_i() -> None:
+    raw = b"To: a@x\n\nbefore\n.\nafter\n"
+    assert b"after" not in prep(raw, recipients=("a@x",), dot_ends_input=True).data
+    assert body_of(prep(raw, recipients=("a@x",)).data) == b"before\r\n.\r\nafter\r\n"
+    assert truncate_at_lone_dot(b".\r\nx") == b""
+    assert truncate_at_lone_dot(b"a\n..\n. \n") == b"a\n..\n. \n"
+    assert truncate_at_lone_dot(b"a\n.") == b"a\n"
+
+
+def test_nul_byte_is_data_error_naming_line() -> None:
+    with pytest.raises(DataError, match="line 3"):
+        prep(b"To: a@x\n\nx\x00y\n", recipients=("a@x",))
+
+
+def test_long_body_line_refused_naming_line() -> None:
+    ok = b"x" * 998
+    assert body_of(prep(b"\n" + ok + b"\n", recipients=("a@x",)).data) == ok + b"\r\n"
+    with pytest.raises(DataError, match="line 4 is over 998"):
+        prep(b"To: a@x\n\nshort\n" + b"y" * 2000 + b"\nend\n", recipients=("a@x",))
+    with pytest.raises(DataError, match="line 2"):
+        prep(b"\n" + b"y" * 999, recipients=("a@x",))
+
+
+def test_long_header_line_folded_at_whitespace() -> None:
+    to = ", ".join(f"user{i}@example.org" for i in range(120))
+    p = prep(f"To: {to}\nSubject: s\n\nbody\n".encode(), extract_recipients=True)
+    assert len(p.recipients) == 120
+    head = header_block(p.data)
+    assert all(len(line) <= 998 for line in head.split(b"\r\n"))
+    unfolded = head.replace(b"\r\n ", b" ").split(b"\r\n")[0]
+    assert unfolded == f"To: {to}".encode()
+
+
+def test_unfoldable_header_line_refused() -> None:
+    with pytest.raises(DataError, match="X-Blob"):
+        prep(b"X-Blob: " + b"z" * 2000 + b"\n\nbody\n", recipients=("a@x",))
+
+
+def test_size_limit() -> None:
+    with pytest.raises(DataError, match="max_message_size"):
+        prepare(
+            b"\n" + b"x\n" * 100,
+            Intake(recipients=("a@x",)),
+            hostname=HOST,
+            default_from="n",
+            max_size=150,
+        )
+
+
+def test_eightbit_and_smtputf8_flags() -> None:
+    assert not prep(b"\nascii\n", recipients=("a@x",)).eightbit
+    p = prep("Subject: é\n\nbody\n".encode(), recipients=("a@x",))
+    assert p.eightbit and not p.smtputf8
+    p = prep(b"\nx\n", recipients=("üser@exämple.org",))
+    assert p.smtputf8
+
+
+def test_invalid_utf8_address_is_refused() -> None:
+    with pytest.raises(DataError, match="UTF-8"):
+        prep(b"To: a\xff@x\n\nb\n", extract_recipients=True)
+
+
+# -- apply_group_headers -------------------------------------------------------------------
+
+ROUTE = DomainConfig(name="relay", location=Location("test.conf", 1), smtp_server="127.0.0.1")
+
+
+def test_apply_group_headers_noop_returns_same_bytes() -> None:
+    p = prep(b"From: a@x\nTo: b@x\n\nbody\n", recipients=("b@x",))
+    group = RouteGroup(ROUTE, "a@x", ("b@x",))
+    assert apply_group_headers(p, Plan("a@x", (group,)), group) == p.data
+
+
+def test_apply_group_headers_rewrites_only_address_headers() -> None:
+    raw = (
+        b'From: "Author, A." <author@mailer.x> (c)\nTo: contact@mailer.x, other@y\n'
+        b"Cc: Contact <CONTACT@mailer.x>\nSubject: contact@mailer.x\nReply-To: old@x\n"
+        b"X-Other: keep   me\n\ncontact@mailer.x\n"
+    )
+    p = prep(raw, recipients=("contact@x",))
+    group = RouteGroup(
+        ROUTE, "relay@x", ("contact@x",), header_from="relay@x", reply_to="author@mailer.x"
+    )
+    plan = Plan("relay@x", (group,), address_rewrites={"contact@mailer.x": "contact@x"})
+    out = apply_group_headers(p.data, plan, group)
+    head = header_block(out)
+    assert b'From: "Author, A." <relay@x> (c)\r\n' in head + b"\r\n"
+    assert b"To: contact@x, other@y\r\n" in head + b"\r\n"
+    assert b"Cc: Contact <contact@x>\r\n" in head + b"\r\n"
+    assert b"Subject: contact@mailer.x" in head
+    assert b"X-Other: keep   me" in head
+    assert head.count(b"Reply-To") == 1 and b"Reply-To: author@mailer.x" in head
+    assert body_of(out) == b"contact@mailer.x\r\n"
+    # Every untouched header line is byte for byte the same.
+    untouched = [
+        x
+        for x in header_block(p.data).split(b"\r\n")
+        if x.split(b":")[0] in (b"Subject", b"X-Other", b"Date", b"Message-ID")
+    ]
+    assert all(line in head.split(b"\r\n") for line in untouched)
+
+
+# -- anything in: a prepared message or a clean error ------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=3000), extract=st.booleans(), dots=st.booleans())
+def test_any_bytes_prepare_or_clean_error(raw: bytes, extract: bool, dots: bool) -> None:
+    try:
+        p = prep(raw, recipients=("a@x",), extract_recipients=extract, dot_ends_input=dots)
+    except (DataError, UsageError) as exc:
+        assert isinstance(exc, MailerError) and exc.why
+        return
+    assert b"\r\n\r\n" in p.data
+    assert b"\n" not in p.data.replace(b"\r\n", b"")
+    assert "a@x" in p.recipients
+    for line in p.data.split(b"\r\n"):
+        assert len(line) <= 998
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=st.lists(
+        st.text(
+            alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x00"),
+            max_size=60,
+        ),
+        max_size=20,
+    )
+)
+def test_headerish_text_prepare_or_clean_error(lines: list[str]) -> None:
+    raw = "\n".join(f"To: {line}" if i % 2 else line for i, line in enumerate(lines)).encode()
+    try:
+        p = prep(raw, recipients=("a@x",), extract_recipients=True)
+    except (DataError, UsageError):
+        return
+    assert p.recipients[0] == "a@x"

@@ -1,0 +1,469 @@
+"""The sendmail interface: real callers' command lines against a real SMTP server."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from smtpserver import Received, SMTPTestServer
+
+from ssmtp_mailer import __version__
+from ssmtp_mailer.entry import main
+from ssmtp_mailer.sendmail import parse_args
+
+HOST = "host.example"
+
+
+def write_config(tmp_path: Path, server: SMTPTestServer, extra: str = "") -> Path:
+    path = tmp_path / "ssmtp-mailer.conf"
+    path.write_text(
+        f"""[global]
+default_hostname = {HOST}
+default_from = nobody@{HOST}
+spool_dir = {tmp_path}/spool
+max_retries = 0
+enable_rate_limiting = false
+on_temporary_failure = fail
+{extra}
+[domain:*]
+smtp_server = 127.0.0.1
+smtp_port = {server.port}
+use_starttls = false
+auth_method = NONE
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def config(tmp_path: Path, smtp_server: SMTPTestServer, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The configuration, found through $SSMTP_MAILER_CONFIG so command lines stay exact."""
+    path = write_config(tmp_path, smtp_server)
+    monkeypatch.setenv("SSMTP_MAILER_CONFIG", str(path))
+    return path
+
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def sendmail(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
+    """Run `sendmail ARGS` in-process with `stdin` as its binary standard input."""
+
+    def run(args: list[str], stdin: bytes = b"", prog: str = "sendmail") -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+        capsys.readouterr()
+        code = main(args, prog_name=prog)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def only(server: SMTPTestServer) -> Received:
+    messages = server.messages
+    assert len(messages) == 1, messages
+    return messages[0]
+
+
+# -- the exact command lines of real callers ----------------------------------------------
+
+CRON_MESSAGE = (
+    b"From: root (Cron Daemon)\n"
+    b"To: root\n"
+    b"Subject: Cron <root@host> /usr/local/bin/backup\n"
+    b"MIME-Version: 1.0\n"
+    b"Content-Type: text/plain; charset=UTF-8\n"
+    b"Content-Transfer-Encoding: 8bit\n"
+    b"X-Cron-Env: <SHELL=/bin/sh>\n"
+    b"\n"
+    b"backup done: 3 fichiers copi\xc3\xa9s\n"
+    b".\n"
+    b"a lone dot above is content with -i\n"
+)
+
+
+def test_cron(config: Path, smtp_server: SMTPTestServer, sendmail: Run) -> None:
+    code, _, err = sendmail(["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"], CRON_MESSAGE)
+    assert (code, err) == (0, "")
+    got = only(smtp_server)
+    assert got.mail_from == f"root@{HOST}"
+    assert got.rcpt_tos == [f"root@{HOST}"]
+    assert "BODY=8BITMIME" in got.mail_options
+    msg = got.message()
+    assert f"\r\nFrom: root@{HOST} (Cron Daemon)\r\n".encode() in b"\r\n" + got.data
+    assert msg["To"] == f"root@{HOST}"
+    assert msg["Message-ID"].endswith(f"@{HOST}>") and msg["Date"] is not None
+    assert got.data.endswith(b"copi\xc3\xa9s\r\n.\r\na lone dot above is content with -i\r\n")
+
+
+def test_php_mail(config: Path, smtp_server: SMTPTestServer, sendmail: Run) -> None:
+    message = (
+        b'To: "Doe, Jane" <jane@example.org>, bob@example.org\r\n'
+        b"Subject: Order confirmation\r\n"
+        b"From: shop@example.com\r\n"
+        b"Bcc: archive@example.com\r\n"
+        b"\r\n"
+        b"Thanks.\r\n"
+    )
+    code, _, err = sendmail(["-t", "-i"], message)
+    assert (code, err) == (0, "")
+    got = only(smtp_server)
+    assert got.mail_from == "shop@example.com"
+    assert got.rcpt_tos == ["jane@example.org", "bob@example.org", "archive@example.com"]
+    assert b"Bcc" not in got.data and b"archive" not in got.data
+    assert got.message()["To"] == '"Doe, Jane" <jane@example.org>, bob@example.org'
+
+
+def test_bsd_mailx(config: Path, smtp_server: SMTPTestServer, sendmail: Run) -> None:
+    message = b"Subject: hello\nTo: user@x.example\n\nhi\n"
+    assert sendmail(["-i", "--", "user@x.example"], message)[0] == 0
+    got = only(smtp_server)
+    assert (got.mail_from, got.rcpt_tos) == (f"nobody@{HOST}", ["user@x.example"])
+    assert got.message()["From"] == f"nobody@{HOST}"
+
+
+def test_git_send_email(config: Path, smtp_server: SMTPTestServer, sendmail: Run) -> None:
+    message = (
+        b"From: Dev Eloper <dev@example.org>\nTo: a@x.example\nCc: b@x.example\n"
+        b"Subject: [PATCH] fix\nMessage-ID: <patch-1@example.org>\n\n---\n.\n diff\n"
+    )
+    assert sendmail(["-i", "a@x.example", "b@x.example"], message)[0] == 0
+    got = only(smtp_server)
+    assert got.mail_from == "dev@example.org"
+    assert got.rcpt_tos == ["a@x.example", "b@x.example"]
+    # Only a Date line is added; every other byte is as git wrote it.
+    lines = got.data.split(b"\r\n")
+    assert [x for x in lines if not x.startswith(b"Date: ")] == message.split(b"\n")
+
+
+def test_mutt(config: Path, smtp_server: SMTPTestServer, sendmail: Run) -> None:
+    message = b"From: Me <me@example.org>\nTo: a@x.example\nSubject: s\n\nbody\n"
+    assert sendmail(["-oem", "-oi", "--", "a@x.example"], message)[0] == 0
+    got = only(smtp_server)
+    assert (got.mail_from, got.rcpt_tos) == ("me@example.org", ["a@x.example"])
+
+
+def test_unattended_upgrades(config: Path, smtp_server: SMTPTestServer, sendmail: Run) -> None:
+    message = b"From: root\nTo: root, admin@example.org\nSubject: upgrades\n\nlog\n"
+    assert sendmail(["-oi", "-t"], message)[0] == 0
+    got = only(smtp_server)
+    assert got.mail_from == f"root@{HOST}"
+    assert got.rcpt_tos == [f"root@{HOST}", "admin@example.org"]
+
+
+def test_fail2ban_without_i_a_lone_dot_ends_input(
+    config: Path, smtp_server: SMTPTestServer, sendmail: Run
+) -> None:
+    message = b"Subject: [Fail2Ban] sshd: banned 1.2.3.4\nFrom: Fail2Ban <fail2ban@host>\n\nbanned\n.\nnot sent\n"
+    assert sendmail(["-f", "fail2ban@host", "root"], message)[0] == 0
+    got = only(smtp_server)
+    assert (got.mail_from, got.rcpt_tos) == ("fail2ban@host", [f"root@{HOST}"])
+    assert got.data.endswith(b"\r\n\r\nbanned\r\n")
+
+
+def test_logwatch(config: Path, smtp_server: SMTPTestServer, sendmail: Run) -> None:
+    message = b"To: root\nFrom: logwatch@host.example\nSubject: Logwatch\n\n ### Logwatch ###\n"
+    assert sendmail(["-t"], message)[0] == 0
+    got = only(smtp_server)
+    assert got.rcpt_tos == [f"root@{HOST}"]
+
+
+def test_attached_and_separate_values(
+    config: Path, smtp_server: SMTPTestServer, sendmail: Run
+) -> None:
+    assert (
+        sendmail(["-fme@x.example", "-F", "Full Name", "-ti", "a@x.example"], b"\nbody\n")[0] == 0
+    )
+    got = only(smtp_server)
+    assert got.mail_from == "me@x.example"
+    assert got.message()["From"] == "Full Name <me@x.example>"
+
+
+def test_null_sender(config: Path, smtp_server: SMTPTestServer, sendmail: Run) -> None:
+    assert sendmail(["-f", "<>", "a@x.example"], b"Subject: bounce\n\nb\n")[0] == 0
+    assert only(smtp_server).mail_from == "<>"  # aiosmtpd's spelling of MAIL FROM:<>
+
+
+def test_sendmail_subcommand_keeps_double_dash(
+    config: Path, smtp_server: SMTPTestServer, sendmail: Run
+) -> None:
+    code, _, err = sendmail(
+        ["sendmail", "-oi", "--", "a@x.example"], b"\nbody\n", prog="ssmtp-mailer"
+    )
+    assert (code, err) == (0, "")
+    assert only(smtp_server).rcpt_tos == ["a@x.example"]
+
+
+# -- errors and small modes -----------------------------------------------------------------
+
+
+def test_unknown_flag_is_64_naming_it(config: Path, sendmail: Run) -> None:
+    code, _, err = sendmail(["-i", "-Z", "a@x"], b"")
+    assert code == 64
+    assert err.splitlines()[0] == "ssmtp-mailer: -Z: unknown flag"
+    assert sendmail(["--frobnicate"], b"")[0] == 64
+    assert sendmail(["-bd"], b"")[0] == 64
+    assert sendmail(["-f"], b"")[0] == 64
+
+
+def test_no_recipients_is_64(config: Path, smtp_server: SMTPTestServer, sendmail: Run) -> None:
+    code, _, err = sendmail(["-i"], b"Subject: x\n\nbody\n")
+    assert code == 64 and "no recipients" in err
+    assert sendmail(["-t"], b"Subject: x\n\nbody\n")[0] == 64
+    assert smtp_server.messages == []
+
+
+def test_data_errors_are_65(config: Path, smtp_server: SMTPTestServer, sendmail: Run) -> None:
+    code, _, err = sendmail(["-i", "a@x.example"], b"\n" + b"x" * 2000 + b"\n")
+    assert code == 65 and "line 2 is over 998 octets" in err
+    assert len(err.splitlines()) == 1
+    assert sendmail(["-i", "a@x.example"], b"\nnul\x00\n")[0] == 65
+    assert smtp_server.messages == []
+
+
+def test_version(sendmail: Run) -> None:
+    code, out, _ = sendmail(["-V"])
+    assert code == 0 and __version__ in out
+
+
+def test_verbose_prints_transcript(
+    config: Path, smtp_server: SMTPTestServer, sendmail: Run
+) -> None:
+    code, _, err = sendmail(["-v", "-i", "a@x.example"], b"\nbody\n")
+    assert code == 0
+    assert "MAIL FROM:<NOBODY@HOST.EXAMPLE>" in err.upper()
+    assert "250" in err
+
+
+def test_explicit_config_flag(
+    tmp_path: Path, smtp_server: SMTPTestServer, sendmail: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config(tmp_path, smtp_server)
+    monkeypatch.delenv("SSMTP_MAILER_CONFIG", raising=False)
+    assert sendmail(["-C", str(path), "-i", "a@x.example"], b"\nbody\n")[0] == 0
+    assert sendmail(["-C", str(tmp_path / "missing.conf"), "-i", "a@x"], b"\n")[0] == 78
+
+
+def test_partial_refusal_delivers_to_the_rest(
+    config: Path, smtp_server: SMTPTestServer, sendmail: Run
+) -> None:
+    smtp_server.fault = "550-rcpt:bad@x.example"
+    code, _, err = sendmail(["-i", "good@x.example", "bad@x.example"], b"\nbody\n")
+    assert code == 0
+    assert only(smtp_server).rcpt_tos == ["good@x.example"]
+    assert "bad@x.example" in err and len(err.splitlines()) == 1
+
+
+def test_every_recipient_refused_is_67(
+    config: Path, smtp_server: SMTPTestServer, sendmail: Run
+) -> None:
+    smtp_server.fault = "550-rcpt:bad@x.example"
+    code, _, err = sendmail(["-i", "bad@x.example"], b"\nbody\n")
+    assert code == 67, err
+    assert err.startswith("ssmtp-mailer: ") and "Traceback" not in err
+
+
+def test_temporary_failure_is_75_with_queueing_off(
+    config: Path, smtp_server: SMTPTestServer, sendmail: Run
+) -> None:
+    smtp_server.fault = "451-rcpt"
+    code, _, err = sendmail(["-i", "a@x.example"], b"\nbody\n")
+    assert code == 75, err
+    assert "Traceback" not in err
+
+
+def test_unit_flag_parsing() -> None:
+    p = parse_args(["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"])
+    assert (p.full_name, p.ignore_dots, p.recipients) == ("CronDaemon", True, ["root"])
+    p = parse_args(["-oem", "-oi", "--", "-odd@x"])
+    assert p.ignore_dots and p.recipients == ["-odd@x"]
+    p = parse_args(["a@x", "-t", "-r", "s@x", "-N", "never", "-R", "hdrs", "-h", "5", "-L", "t"])
+    assert p.extract_recipients and p.sender == "s@x" and p.recipients == ["a@x"]
+    p = parse_args(
+        [
+            "-tif",
+            "s@x",
+            "-X",
+            "/tmp/t",
+            "-O",
+            "IgnoreDots=true",
+            "-d0.1",
+            "-n",
+            "-U",
+            "-G",
+            "-m",
+            "-Ac",
+        ]
+    )
+    assert p.extract_recipients and p.ignore_dots and p.sender == "s@x"
+    assert parse_args(["-bs"]).mode == "smtp"
+    assert parse_args(["-bp"]).mode == "list"
+    assert parse_args(["-q"]).mode == "queue"
+    assert parse_args(["-q1h"]).mode == "queue"
+    assert not parse_args(["-t"]).ignore_dots
+
+
+# -- real processes through a `sendmail` symlink ---------------------------------------------
+
+
+@pytest.fixture
+def symlinks(tmp_path: Path) -> Path:
+    # The script beside our interpreter: a pyenv shim on PATH would dispatch on the link's name.
+    beside = Path(sys.executable).parent / "ssmtp-mailer"
+    script = str(beside) if beside.exists() else shutil.which("ssmtp-mailer")
+    if script is None:
+        pytest.skip("ssmtp-mailer is not installed on PATH")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("sendmail", "newaliases"):
+        (bin_dir / name).symlink_to(script)
+    return bin_dir
+
+
+def test_subprocess_cron_and_t(config: Path, smtp_server: SMTPTestServer, symlinks: Path) -> None:
+    sendmail = str(symlinks / "sendmail")
+    done = subprocess.run(
+        [sendmail, "-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"],
+        input=CRON_MESSAGE,
+        capture_output=True,
+        timeout=30,
+    )
+    assert (done.returncode, done.stderr) == (0, b"")
+    done = subprocess.run(
+        [sendmail, "-t"],
+        input=b"To: a@x.example\nSubject: s\n\nb\n",
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == 0
+    assert [m.rcpt_tos for m in smtp_server.messages] == [[f"root@{HOST}"], ["a@x.example"]]
+    done = subprocess.run([sendmail, "-Q"], capture_output=True, timeout=30)
+    assert done.returncode == 64
+    assert done.stderr.splitlines()[0] == b"ssmtp-mailer: -Q: unknown flag"
+    done = subprocess.run([str(symlinks / "newaliases")], capture_output=True, timeout=30)
+    assert done.returncode == 0
+
+
+def test_sendmail_path_imports_stay_lean(config: Path, smtp_server: SMTPTestServer) -> None:
+    code = (
+        "import io, sys\n"
+        "from ssmtp_mailer.entry import main\n"
+        "sys.stdin = io.TextIOWrapper(io.BytesIO(b'Subject: s\\n\\nbody\\n'))\n"
+        "rc = main(['-i', 'a@x.example'], prog_name='sendmail')\n"
+        "heavy = sorted(m for m in ('click', 'keyring', 'dns', 'dkim', 'aiosmtpd') if m in sys.modules)\n"
+        "print(rc, heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == "0 []", done.stderr
+    assert len(smtp_server.messages) == 1
+
+
+class SMTPPipeClient:
+    """A line-based SMTP client speaking to `sendmail -bs` over its stdin/stdout."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
+    def read_reply(self) -> tuple[int, list[str]]:
+        assert self.proc.stdout is not None
+        lines: list[str] = []
+        while True:
+            line = self.proc.stdout.readline().decode()
+            assert line.endswith("\r\n"), f"bad reply line {line!r} after {lines}"
+            lines.append(line[4:-2])
+            if line[3] == " ":
+                return int(line[:3]), lines
+
+    def send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def command(self, line: str) -> tuple[int, list[str]]:
+        self.send(line.encode() + b"\r\n")
+        return self.read_reply()
+
+    def finish(self) -> tuple[int, bytes]:
+        _, err = self.proc.communicate(timeout=30)
+        return self.proc.returncode, err
+
+
+def test_bs_session_symfony(config: Path, smtp_server: SMTPTestServer, symlinks: Path) -> None:
+    client = SMTPPipeClient([str(symlinks / "sendmail"), "-bs"])
+    try:
+        assert client.read_reply()[0] == 220
+        code, lines = client.command(f"EHLO [{HOST}]")
+        assert code == 250 and "8BITMIME" in lines and "PIPELINING" in lines
+        assert client.command("RCPT TO:<a@x.example>")[0] == 503
+        assert client.command("DATA")[0] == 503
+        assert client.command("MAIL FROM:<app@example.org> BODY=8BITMIME")[0] == 250
+        assert client.command("MAIL FROM:<again@example.org>")[0] == 503
+        assert client.command("RCPT TO:<a@x.example>")[0] == 250
+        assert client.command("RCPT TO:<b@x.example>")[0] == 250
+        assert client.command("NOOP")[0] == 250
+        assert client.command("DATA")[0] == 354
+        client.send(
+            b"From: App <app@example.org>\r\nTo: a@x.example\r\nSubject: hi\r\n\r\n"
+            b"..leading dot\r\n.\r\n"
+        )
+        code, lines = client.read_reply()
+        assert code == 250, lines
+        # A second transaction after RSET, and one whose delivery fails at the relay.
+        assert client.command("RSET")[0] == 250
+        assert client.command("HELO client")[0] == 250
+        assert client.command("MAIL FROM:<>")[0] == 250
+        assert client.command("RCPT TO:<root>")[0] == 250
+        assert client.command("DATA")[0] == 354
+        smtp_server.fault = "554-data-end"
+        client.send(b"Subject: second\r\n\r\nbody\r\n.\r\n")
+        code, lines = client.read_reply()
+        assert 500 <= code < 600, lines
+        smtp_server.fault = None
+        assert client.command("VRFY x")[0] == 252
+        assert client.command("BOGUS")[0] == 500
+        assert client.command("QUIT")[0] == 221
+    finally:
+        returncode, err = client.finish()
+    assert returncode == 0, err
+    got = smtp_server.messages[0]
+    assert (got.mail_from, got.rcpt_tos) == ("app@example.org", ["a@x.example", "b@x.example"])
+    assert got.data.endswith(b"\r\n\r\n.leading dot\r\n")
+    rejected = smtp_server.rejected[0]
+    assert (rejected.mail_from, rejected.rcpt_tos) == ("<>", [f"root@{HOST}"])
+
+
+def test_bs_in_process_eof(config: Path, sendmail: Run) -> None:
+    code, out, _ = sendmail(["-bs"], b"EHLO x\r\nMAIL FROM:<a@x.example>\r\n")
+    assert code == 0
+    replies = out.splitlines()
+    assert replies[0].startswith("220 ") and replies[-1].startswith("250 ")
+
+
+@pytest.mark.parametrize("offered", [True, False])
+def test_utf8_address_needs_smtputf8(
+    tmp_path: Path,
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    sendmail: Run,
+    offered: bool,
+) -> None:
+    server = smtp_server_factory(smtputf8=offered)
+    path = write_config(tmp_path, server)
+    code, _, err = sendmail(
+        ["-C", str(path), "-i", "üser@exämple.org"], "Subject: é\n\nb\n".encode()
+    )
+    if offered:
+        assert code == 0
+        got = only(server)
+        assert got.smtputf8 and "BODY=8BITMIME" in got.mail_options
+        assert got.rcpt_tos == ["üser@exämple.org"]
+    else:
+        assert code == 65 and "SMTPUTF8" in err
+        assert server.messages == []
