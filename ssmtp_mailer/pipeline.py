@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from ssmtp_mailer.errors import (
     EX_TEMPFAIL,
     CantCreateError,
     MailerError,
+    NoUserError,
     TempFailError,
 )
 from ssmtp_mailer.message import PreparedMessage, apply_group_headers
@@ -108,7 +110,7 @@ def handle_permanent_failure(
 
 
 def run_due_queue(config: Config) -> None:
-    """After a delivery the relay is evidently up: send what waits, within a bounded time."""
+    """After a delivery the relay is evidently up: send what waits now, within a bounded time."""
     queue_dir = config.global_.spool_dir / "queue"
     try:
         with os.scandir(queue_dir) as entries:
@@ -120,7 +122,7 @@ def run_due_queue(config: Config) -> None:
 
     # The queue runner (timer or cron) retries anything left; this send already succeeded.
     with contextlib.suppress(MailerError):
-        spool.run_queue(config, time_budget=QUEUE_RUN_BUDGET)
+        spool.run_queue(config, force=True, time_budget=QUEUE_RUN_BUDGET)
 
 
 def submit(
@@ -163,8 +165,8 @@ def submit(
             outcome = handle_permanent_failure(config, group, data, exc)
         else:
             outcome = GroupOutcome(group, result=result)
-            for address, (code, text) in result.refused.items():
-                problem(f"{address}: refused by {result.server}: {code} {text}")
+            refusals = _handle_refusals(config, group, data, prepared, result, problem, report)
+            outcomes.extend(refusals)
         if outcome.error is not None:
             for line in outcome.error.lines():
                 problem(line)
@@ -173,6 +175,40 @@ def submit(
     if any(o.result is not None and o.result.accepted for o in outcomes):
         run_due_queue(config)
     return SubmitResult(code, prepared.message_id, plan, tuple(outcomes), tuple(problems))
+
+
+def _handle_refusals(
+    config: Config,
+    group: rewrite.RouteGroup,
+    data: bytes,
+    prepared: PreparedMessage,
+    result: engine.DeliveryResult,
+    problem: Callable[[str], None],
+    report: Callable[[str], None],
+) -> list[GroupOutcome]:
+    """After a partial delivery: queue the 4xx-refused recipients, keep the 5xx ones in failed/."""
+    deferred = result.deferred
+    refused = [a for a in result.refused if a not in deferred]
+    for address in refused:
+        code, text = result.refused[address]
+        problem(f"{address}: refused by {result.server}: {code} {text}")
+    outcomes: list[GroupOutcome] = []
+    if refused:
+        why = "; ".join(f"{a}: {result.refused[a][0]} {result.refused[a][1]}" for a in refused)
+        failed = dataclasses.replace(group, recipients=tuple(refused))
+        from ssmtp_mailer import spool
+
+        spool.handle_permanent_failure(config, failed, data, error=NoUserError(result.server, why))
+    if deferred:
+        why = "; ".join(f"{a}: {result.refused[a][0]} {result.refused[a][1]}" for a in deferred)
+        pending = dataclasses.replace(group, recipients=deferred)
+        error = TempFailError(result.server, why)
+        outcome = handle_temporary_failure(config, pending, data, prepared, error, report)
+        if outcome.error is not None:
+            for line in outcome.error.lines():
+                problem(line)
+        outcomes.append(outcome)
+    return outcomes
 
 
 def _exit_code(plan: rewrite.Plan, outcomes: list[GroupOutcome]) -> int:

@@ -80,7 +80,7 @@ FAULTS: Final = frozenset(
         "535-auth",
     }
 )
-"""Fault names accepted by `SMTPTestServer.fault`; plus ``"550-rcpt:ADDR"``."""
+"""Fault names accepted by `SMTPTestServer.fault`; plus ``"550-rcpt:ADDR"``, ``"451-rcpt:ADDR"``."""
 CERT_FAULTS: Final = frozenset({"wrong-host", "expired", "self-signed"})
 DEFAULT_SIZE_LIMIT: Final = 33_554_432  # aiosmtpd's own default
 
@@ -125,10 +125,11 @@ class AuthAttempt:
 def _validate_fault(fault: str | None) -> str | None:
     if fault is None or fault in FAULTS:
         return fault
-    if fault.startswith("550-rcpt:") and "@" in fault:
+    if fault.startswith(("550-rcpt:", "451-rcpt:")) and "@" in fault:
         return fault
     raise ValueError(
-        f"unknown fault {fault!r}; expected one of {sorted(FAULTS)} or '550-rcpt:ADDR'"
+        f"unknown fault {fault!r}; expected one of {sorted(FAULTS)},"
+        " '550-rcpt:ADDR' or '451-rcpt:ADDR'"
     )
 
 
@@ -280,8 +281,10 @@ class _Handler:
         fault = _fault_of(server)
         if fault == "451-rcpt":
             return "451 4.3.0 Temporary local problem, try again later"
-        rejected = fault.partition(":")[2] if fault and fault.startswith("550-rcpt:") else None
-        if rejected is not None and address.lower() == rejected.lower():
+        kind, _, target = (fault or "").partition(":")
+        if target and address.lower() == target.lower():
+            if kind == "451-rcpt":
+                return f"451 4.2.0 <{address}>: Recipient address rejected: Mailbox busy"
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
