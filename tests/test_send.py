@@ -108,6 +108,7 @@ def test_dry_run_prints_envelope_and_message(config: Path, smtp_server: SMTPTest
         "Envelope-From: <me@x.example>",
         "Envelope-To: <a@x.example>",
         "Envelope-To: <hidden@x.example>",
+        f"Route: [domain:*] 127.0.0.1:{smtp_server.port}",
     ]
     msg = parse(message)
     assert msg["Subject"] == "Hello" and msg["To"] == "a@x.example" and msg["Bcc"] is None

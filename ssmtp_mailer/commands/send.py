@@ -23,6 +23,7 @@ from ssmtp_mailer.message import (
 if TYPE_CHECKING:
     from email.message import EmailMessage
 
+    from ssmtp_mailer.config.model import Config
     from ssmtp_mailer.pipeline import SubmitResult
 
 _HEADER_NAME_RE = re.compile(r"[!-9;-~]+\Z")
@@ -155,8 +156,25 @@ def _parse_headers(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _render_dry_run(prepared: PreparedMessage, as_json: bool) -> None:
-    text = prepared.data.decode("utf-8", "replace").replace("\r\n", "\n")
+def _render_dry_run(config: Config, prepared: PreparedMessage, as_json: bool) -> None:
+    """What would be sent: each transaction's route, envelope and final message (SPEC §4)."""
+    from ssmtp_mailer import rewrite
+    from ssmtp_mailer.message import apply_group_headers
+
+    plan = rewrite.plan_delivery(config, prepared.sender, prepared.recipients)
+    transactions = [
+        {
+            "route": group.route.name,
+            "server": f"{group.route.smtp_server}:{group.route.smtp_port}",
+            "envelope_from": group.envelope_from,
+            "recipients": list(group.recipients),
+            "message": apply_group_headers(prepared, plan, group)
+            .decode("utf-8", "replace")
+            .replace("\r\n", "\n"),
+        }
+        for group in plan.groups
+    ]
+    refused = [{"address": r.address, "reason": r.reason} for r in plan.refused]
     if as_json:
         print_json(
             {
@@ -166,15 +184,21 @@ def _render_dry_run(prepared: PreparedMessage, as_json: bool) -> None:
                 "message_id": prepared.message_id,
                 "eightbit": prepared.eightbit,
                 "smtputf8": prepared.smtputf8,
-                "message": text,
+                "message": prepared.data.decode("utf-8", "replace").replace("\r\n", "\n"),
+                "transactions": transactions,
+                "refused": refused,
             }
         )
         return
-    click.echo(f"Envelope-From: <{prepared.sender}>")
-    for recipient in prepared.recipients:
-        click.echo(f"Envelope-To: <{recipient}>")
-    click.echo("")
-    click.echo(text, nl=False)
+    for refusal in refused:
+        click.echo(f"Refused: <{refusal['address']}>: {refusal['reason']}")
+    for transaction in transactions:
+        click.echo(f"Envelope-From: <{transaction['envelope_from']}>")
+        for recipient in transaction["recipients"]:
+            click.echo(f"Envelope-To: <{recipient}>")
+        click.echo(f"Route: [domain:{transaction['route']}] {transaction['server']}")
+        click.echo("")
+        click.echo(transaction["message"], nl=False)
 
 
 def _render_result(result: SubmitResult, prepared: PreparedMessage, as_json: bool) -> None:
@@ -298,7 +322,7 @@ def send_command(
         max_size=g.max_message_size,
     )
     if dry_run:
-        _render_dry_run(prepared, as_json)
+        _render_dry_run(config, prepared, as_json)
         return 0
     from ssmtp_mailer import pipeline
 
