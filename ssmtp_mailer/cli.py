@@ -59,7 +59,8 @@ def run_cli(args: list[str]) -> int:
         return 1
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "ssmtp-mailer"
-        raise UsageError(command, exc.format_message(), hint=f"see `{command} --help`") from None
+        what = command.partition(" ")[2] or "usage"
+        raise UsageError(what, exc.format_message(), hint=f"see `{command} --help`") from None
     except click.ClickException as exc:
         raise UsageError("ssmtp-mailer", exc.format_message()) from None
     return result if isinstance(result, int) else 0

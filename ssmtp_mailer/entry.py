@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ssmtp_mailer.errors import EX_SOFTWARE, MailerError
+from ssmtp_mailer.errors import EX_IOERR, EX_SOFTWARE, MailerError
 
 PROG = "ssmtp-mailer"
 NEWALIASES_NOTE = (
@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None, prog_name: str | None = None) -> int:
         report(["interrupted"])
         return 130
     except BrokenPipeError:
-        return 0
+        # A reader that went away (`mailq | head`) is no failure for a listing, but a
+        # message whose intake or report was cut off must not be taken as accepted.
+        return 0 if name == "mailq" or "-bp" in args else EX_IOERR
     except Exception as exc:  # a bug: one line for the user, the traceback on request
         if _verbose(args):
             import traceback

@@ -25,8 +25,6 @@ from ssmtp_mailer.message import PreparedMessage, apply_group_headers
 from ssmtp_mailer.relay import engine
 
 PROG = "ssmtp-mailer"
-# Seconds a successful send may spend delivering queued mail before it exits.
-QUEUE_RUN_BUDGET = 5.0
 # Temporary outcomes rank below permanent ones: the permanent one is what the caller must fix.
 _TEMPORARY_CODES = frozenset({EX_TEMPFAIL})
 
@@ -100,17 +98,32 @@ def handle_temporary_failure(
 
 
 def handle_permanent_failure(
-    config: Config, group: rewrite.RouteGroup, data: bytes, error: MailerError
+    config: Config,
+    group: rewrite.RouteGroup,
+    data: bytes,
+    prepared: PreparedMessage,
+    error: MailerError,
 ) -> GroupOutcome:
     """SPEC §7: a permanent failure keeps a copy with its reason in the spool's `failed/`."""
     from ssmtp_mailer import spool
 
-    spool.handle_permanent_failure(config, group, data, error=error)
+    spool.handle_permanent_failure(
+        config,
+        group,
+        data,
+        error=error,
+        smtputf8=prepared.smtputf8,
+        eightbit=prepared.eightbit,
+    )
     return GroupOutcome(group, error=error)
 
 
-def run_due_queue(config: Config) -> None:
-    """After a delivery the relay is evidently up: send what waits now, within a bounded time."""
+def start_queue_runner(config: Config) -> None:
+    """After a delivery the relay is evidently up: a detached `queue run` sends what is due.
+
+    Detached, with no inherited descriptors, so the caller's exit and its pipes (cron
+    reads ours to EOF) are never held up by queued mail.
+    """
     queue_dir = config.global_.spool_dir / "queue"
     try:
         with os.scandir(queue_dir) as entries:
@@ -118,11 +131,10 @@ def run_due_queue(config: Config) -> None:
                 return
     except OSError:
         return
-    from ssmtp_mailer import spool
-
-    # The queue runner (timer or cron) retries anything left; this send already succeeded.
-    with contextlib.suppress(MailerError):
-        spool.run_queue(config, force=True, time_budget=QUEUE_RUN_BUDGET)
+    argv = [sys.executable, "-m", "ssmtp_mailer", "--config", str(config.main_file), "queue", "run"]
+    null = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+    with contextlib.suppress(OSError):
+        os.posix_spawn(sys.executable, argv, os.environ, file_actions=null, setsid=True)
 
 
 def submit(
@@ -162,7 +174,7 @@ def submit(
         except TempFailError as exc:
             outcome = handle_temporary_failure(config, group, data, prepared, exc, report)
         except MailerError as exc:
-            outcome = handle_permanent_failure(config, group, data, exc)
+            outcome = handle_permanent_failure(config, group, data, prepared, exc)
         else:
             outcome = GroupOutcome(group, result=result)
             refusals = _handle_refusals(config, group, data, prepared, result, problem, report)
@@ -173,7 +185,7 @@ def submit(
         outcomes.append(outcome)
     code = _exit_code(plan, outcomes)
     if any(o.result is not None and o.result.accepted for o in outcomes):
-        run_due_queue(config)
+        start_queue_runner(config)
     return SubmitResult(code, prepared.message_id, plan, tuple(outcomes), tuple(problems))
 
 
@@ -198,7 +210,14 @@ def _handle_refusals(
         failed = dataclasses.replace(group, recipients=tuple(refused))
         from ssmtp_mailer import spool
 
-        spool.handle_permanent_failure(config, failed, data, error=NoUserError(result.server, why))
+        spool.handle_permanent_failure(
+            config,
+            failed,
+            data,
+            error=NoUserError(result.server, why),
+            smtputf8=prepared.smtputf8,
+            eightbit=prepared.eightbit,
+        )
     if deferred:
         why = "; ".join(f"{a}: {result.refused[a][0]} {result.refused[a][1]}" for a in deferred)
         pending = dataclasses.replace(group, recipients=deferred)

@@ -17,6 +17,7 @@ import fcntl
 import os
 import re
 import secrets
+import stat
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -26,6 +27,7 @@ from typing import Any
 
 from ssmtp_mailer.config.model import Config, TempFailurePolicy
 from ssmtp_mailer.errors import (
+    EX_TEMPFAIL,
     CantCreateError,
     ConfigError,
     MailerError,
@@ -150,8 +152,8 @@ class QueueRunResult:
 
     @property
     def exit_code(self) -> int:
-        """0, or 1 when some entry could not be read (deferrals are normal, not errors)."""
-        return 1 if self.problems else 0
+        """0, or EX_TEMPFAIL when some entry could not be read (deferrals are normal)."""
+        return EX_TEMPFAIL if self.problems else 0
 
     def summary(self) -> str:
         parts = [
@@ -348,8 +350,28 @@ def _decode(text: bytes, *, area: str, size: int) -> Entry:
     )
 
 
+def _open_regular(path: Path) -> int:
+    """Open a spool file without following links; only a regular file of ours or root's.
+
+    The root spool may be group-writable (root:mail): a planted symlink must not make
+    the runner mail out /etc/shadow.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()):
+        os.close(fd)
+        raise FileNotFoundError(errno.ENOENT, "not a regular spool file of ours", str(path))
+    return fd
+
+
+def _read_regular(path: Path) -> bytes:
+    fd = _open_regular(path)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
 def _read_entry(directory: Path, entry_id: str, area: str) -> Entry:
-    raw = (directory / f"{entry_id}{ENVELOPE_SUFFIX}").read_bytes()
+    raw = _read_regular(directory / f"{entry_id}{ENVELOPE_SUFFIX}")
     try:
         size = (directory / f"{entry_id}{MESSAGE_SUFFIX}").stat().st_size
     except FileNotFoundError:
@@ -411,7 +433,15 @@ def enqueue(
     return entry.id
 
 
-def store_failed(config: Config, group: RouteGroup, data: bytes, *, reason: str) -> str:
+def store_failed(
+    config: Config,
+    group: RouteGroup,
+    data: bytes,
+    *,
+    reason: str,
+    smtputf8: bool = False,
+    eightbit: bool = False,
+) -> str:
     """Keep a copy of a message that failed permanently, with the reason, in `failed/`."""
     root = ensure_spool(config)
     directory = root / FAILED
@@ -422,8 +452,8 @@ def store_failed(config: Config, group: RouteGroup, data: bytes, *, reason: str)
             sender=group.envelope_from,
             recipients=tuple(group.recipients),
             route=group.route.name,
-            smtputf8=False,
-            eightbit=False,
+            smtputf8=smtputf8,
+            eightbit=eightbit,
             created=now,
             queued=now,
             next_attempt=now,
@@ -471,7 +501,13 @@ def queued_note(entry_id: str, error: MailerError) -> str:
 
 
 def handle_permanent_failure(
-    config: Config, group: RouteGroup, data: bytes, *, error: MailerError
+    config: Config,
+    group: RouteGroup,
+    data: bytes,
+    *,
+    error: MailerError,
+    smtputf8: bool = False,
+    eightbit: bool = False,
 ) -> str | None:
     """SPEC §7 for a permanent failure: keep a copy in `failed/`; the caller still exits non-zero.
 
@@ -479,7 +515,9 @@ def handle_permanent_failure(
     caller's exit code already tells the sender the message was not accepted).
     """
     try:
-        return store_failed(config, group, data, reason=error_reason(error))
+        return store_failed(
+            config, group, data, reason=error_reason(error), smtputf8=smtputf8, eightbit=eightbit
+        )
     except CantCreateError:
         return None
 
@@ -531,7 +569,7 @@ def find_entry(config: Config, entry_id: str) -> tuple[Entry, bytes]:
         directory = area_dir(config, area)
         try:
             entry = _read_entry(directory, normal, area)
-            data = (directory / f"{normal}{MESSAGE_SUFFIX}").read_bytes()
+            data = _read_regular(directory / f"{normal}{MESSAGE_SUFFIX}")
         except FileNotFoundError:
             continue
         return entry, data
@@ -585,8 +623,8 @@ def _locked(directory: Path, entry_id: str) -> Iterator[tuple[int, Entry] | None
     """Hold the entry's lock; yields (message fd, fresh envelope), or None if busy or gone."""
     path = directory / f"{entry_id}{MESSAGE_SUFFIX}"
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        fd = _open_regular(path)
+    except (FileNotFoundError, OSError):
         yield None
         return
     try:
@@ -682,7 +720,7 @@ def _link_or_copy(source: Path, directory: Path, entry_id: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
             raise
-        _place(directory, target.name, source.read_bytes())
+        _place(directory, target.name, _read_regular(source))
     _fsync_dir(directory)
 
 

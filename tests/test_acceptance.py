@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import socket
 import sys
 from collections.abc import Callable
@@ -137,15 +138,19 @@ def test_one_recipient_refused_is_reported_and_kept_in_failed(
     assert "b@dest.example" in out and "a@dest.example" not in out
 
 
-def test_a_successful_send_delivers_what_was_queued(
+def test_a_successful_send_starts_a_runner_for_what_is_due(
     tmp_path: Path, run: Run, smtp_server: SMTPTestServer
 ) -> None:
     conf = write_config(tmp_path / "m.conf", closed_port())
     code, _, _ = run(["-C", str(conf), "-t"], MESSAGE)
     assert code == 0
+    (envelope,) = (tmp_path / "spool" / "queue").glob("*.toml")
+    # An hour passes: the entry's backoff is over.
+    text = envelope.read_text()
+    envelope.write_text(re.sub(r"next_attempt = .*", "next_attempt = 2000-01-01T00:00:00Z", text))
     write_config(conf, smtp_server.port)
     later = MESSAGE.replace(b"Subject: accept", b"Subject: later")
     code, _, err = run(["-C", str(conf), "-t"], later)
     assert code == 0, err
-    subjects = sorted(m.message()["Subject"] for m in smtp_server.wait_for(2))
+    subjects = sorted(m.message()["Subject"] for m in smtp_server.wait_for(2, timeout=20))
     assert subjects == ["accept", "later"]

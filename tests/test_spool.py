@@ -311,7 +311,7 @@ def test_damaged_envelope_does_not_stop_the_run(
     result = spool.run_queue(config, force=True)
     assert result.delivered == (good,)
     assert len(result.problems) == 1 and damaged in result.problems[0]
-    assert result.exit_code == 1
+    assert result.exit_code == 75
 
 
 # -- policies: fail vs queue, permanent failures --------------------------------------
