@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable
 from typing import Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
-# RFC 5322 §3.2.3 atext, widened by RFC 6531 to any non-ASCII character.
+# RFC 5322 §3.2.3 atext, widened by RFC 6531 to any non-ASCII character. These two are left
+# to re's own cache: Unicode ranges take milliseconds to compile, and the ASCII shapes below
+# settle nearly every address without them.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\ud7ff\ue000-\U0010ffff]"
-_DOT_ATOM = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
+_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 # RFC 5322 §3.2.4 quoted-string without folding white space (RFC 5321 §4.1.2 has none).
 _QTEXT = r"[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\ud7ff\ue000-\U0010ffff]"
-_QUOTED = re.compile(rf'"(?:{_QTEXT}|\\[\x20-\x7e])*"')
+_QUOTED = rf'"(?:{_QTEXT}|\\[\x20-\x7e])*"'
 _QUOTED_PAIR = re.compile(r"\\([\x20-\x7e])")
 # RFC 5321 §4.1.2 sub-domain: Let-dig [Ldh-str], at most 63 octets (RFC 1035).
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -23,6 +24,7 @@ _HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _ASCII_ATOM = r"[A-Za-z0-9!#$%&'+/=?^_`{|}~-]+"
 _ASCII_LOCAL = rf"{_ASCII_ATOM}(?:\.{_ASCII_ATOM})*"
 _SIMPLE_PATTERN = re.compile(rf"({_ASCII_LOCAL}|\*)@({_LABEL}(?:\.{_LABEL})*|\*)")
+_ASCII_DOT_ATOM = re.compile(_ASCII_LOCAL)
 
 
 class Pattern(NamedTuple):
@@ -76,7 +78,11 @@ def local_problem(local: str) -> str | None:
         return "the local part is empty"
     if len(local.encode("utf-8")) > 64:
         return "the local part is longer than 64 octets (RFC 5321 §4.5.3.1.1)"
-    if _DOT_ATOM.fullmatch(local) or _QUOTED.fullmatch(local):
+    if (
+        _ASCII_DOT_ATOM.fullmatch(local)
+        or re.fullmatch(_DOT_ATOM, local)
+        or re.fullmatch(_QUOTED, local)
+    ):
         return None
     return f"{local!r} is not a valid local part (RFC 5322 dot-atom or quoted string)"
 
@@ -87,6 +93,8 @@ def domain_problem(domain: str) -> str | None:
         return "the domain is empty"
     if domain.startswith("[") and domain.endswith("]"):
         literal = domain[1:-1]
+        import ipaddress
+
         try:
             if literal[:5].lower() == "ipv6:":
                 ipaddress.IPv6Address(literal[5:])
@@ -149,8 +157,30 @@ def parse_pattern(text: str) -> Pattern:
     )
 
 
+# Mappings already found valid: the loader checks each one and the rewrite index then parses
+# it again; a large tree would otherwise pay for every pattern twice.
+_VALID_MAPPINGS: dict[tuple[str, str], Pattern] = {}
+_VALID_MAPPINGS_MAX = 100_000
+
+
 def parse_mapping(source: str, target: str) -> Pattern:
     """The from_pattern of a valid mapping; ValueError says why it is invalid."""
+    found = _VALID_MAPPINGS.get((source, target))
+    if found is not None:
+        return found
+    pattern = _parse_mapping(source, target)
+    remember_valid_mapping(source, target, pattern)
+    return pattern
+
+
+def remember_valid_mapping(source: str, target: str, pattern: Pattern) -> None:
+    """Record that `parse_mapping(source, target)` is `pattern` (a cache of checked mappings)."""
+    if len(_VALID_MAPPINGS) >= _VALID_MAPPINGS_MAX:
+        _VALID_MAPPINGS.clear()
+    _VALID_MAPPINGS[(source, target)] = pattern
+
+
+def _parse_mapping(source: str, target: str) -> Pattern:
     try:
         src = parse_pattern(source)
     except ValueError as exc:

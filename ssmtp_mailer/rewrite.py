@@ -98,15 +98,25 @@ class Plan:
     sender_rule: str = ""
 
 
-@dataclass(frozen=True)
 class _Index:
     """Lookup tables built once per Config, so planning never scans the mappings."""
 
-    mappings: pat.PatternIndex[MappingConfig]
-    users: pat.PatternIndex[UserConfig]
-    routes: dict[str, DomainConfig]
-    accounts: dict[str, DomainConfig]
-    allowed: dict[int, tuple[frozenset[str], pat.PatternIndex[None]]] = field(default_factory=dict)
+    # A plain class: a dataclass would be generated at every import, and this one is private.
+    __slots__ = ("accounts", "allowed", "mappings", "routes", "users")
+
+    def __init__(
+        self,
+        *,
+        mappings: pat.PatternIndex[MappingConfig],
+        users: pat.PatternIndex[UserConfig],
+        routes: dict[str, DomainConfig],
+        accounts: dict[str, DomainConfig],
+    ) -> None:
+        self.mappings = mappings
+        self.users = users
+        self.routes = routes
+        self.accounts = accounts
+        self.allowed: dict[int, tuple[frozenset[str], pat.PatternIndex[None]]] = {}
 
 
 # Config holds a dict, so it is unhashable: cache by id, guarded by a weak reference.

@@ -25,5 +25,6 @@ def isolated_env(
         (home / sub).mkdir()
         monkeypatch.setenv(var, str(home / sub))
     monkeypatch.delenv("SSMTP_MAILER_CONFIG", raising=False)
+    monkeypatch.setenv("SSMTP_MAILER_CACHE_DIR", str(home / "cache" / "ssmtp-mailer"))
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyrings.alt.file.PlaintextKeyring")
     yield home

@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+import re
 
 from ssmtp_mailer.config.model import Location
 
 SECTION_KINDS = ("global", "domain", "user", "mapping")
 
-
-@dataclass
-class RawValue:
-    text: str
-    location: Location
+# `#` or `;` after whitespace starts an inline comment.
+_INLINE_COMMENT = re.compile(r"[ \t][#;]")
 
 
-@dataclass
 class RawSection:
-    kind: str
-    name: str
-    location: Location
-    values: dict[str, RawValue] = field(default_factory=dict)
+    """One `[kind:name]` section: its values as written and the line of each key.
+
+    Lines are kept as numbers and turned into a Location only when a message needs one:
+    a large tree has tens of thousands of values and almost never a problem with them.
+    """
+
+    __slots__ = ("kind", "lines", "location", "name", "values")
+
+    def __init__(self, kind: str, name: str, location: Location) -> None:
+        self.kind = kind
+        self.name = name
+        self.location = location
+        self.values: dict[str, str] = {}
+        self.lines: dict[str, int] = {}
+
+    def location_of(self, key: str) -> Location:
+        """Where `key` is set in this section."""
+        return Location(self.location.path, self.lines[key])
 
 
 def _strip_inline_comment(value: str) -> str:
@@ -30,9 +39,9 @@ def _strip_inline_comment(value: str) -> str:
         end = _closing_quote(value)
         if end is not None:
             return value[: end + 1]
-    for i, ch in enumerate(value):
-        if ch in "#;" and i > 0 and value[i - 1] in " \t":
-            return value[:i].rstrip()
+    found = _INLINE_COMMENT.search(value)
+    if found is not None:
+        return value[: found.start() + 1].rstrip()
     return value
 
 
@@ -51,6 +60,8 @@ def _closing_quote(value: str) -> int | None:
 def unquote(value: str) -> str:
     """A `"..."` value with JSON escapes becomes its content; anything else is kept."""
     if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        import json  # quoted values are rare; json costs a send ~2 ms to import
+
         try:
             decoded = json.loads(value)
         except ValueError:
@@ -64,36 +75,48 @@ def parse_ini(text: str, path: str, problems: list[str]) -> list[RawSection]:
     """Sections in file order; every problem is appended as `file:line: why`."""
     sections: list[RawSection] = []
     current: RawSection | None = None
+    values: dict[str, str] = {}
+    lines: dict[str, int] = {}
     if text.startswith("\ufeff"):
         text = text[1:]
     for number, raw_line in enumerate(text.splitlines(), start=1):
-        where = Location(path, number)
         line = raw_line.strip()
         if not line or line[0] in "#;":
             continue
-        if line.startswith("["):
-            current = _section_header(line, where, problems)
+        if line[0] == "[":
+            current = _section_header(line, Location(path, number), problems)
             if current is not None:
                 sections.append(current)
+                values, lines = current.values, current.lines
             continue
         key, sep, value = line.partition("=")
-        key = key.strip().lower()
-        if not sep or not key or any(c.isspace() for c in key):
-            problems.append(f"{where}: expected 'key = value' or '[section]', got {line[:60]!r}")
+        key = key.rstrip().lower()
+        # isidentifier() is the common shape (`smtp_port`) and implies non-empty, no spaces.
+        if not sep or not (key.isidentifier() or (key and not any(c.isspace() for c in key))):
+            problems.append(
+                f"{path}:{number}: expected 'key = value' or '[section]', got {line[:60]!r}"
+            )
             continue
         if current is None:
-            problems.append(f"{where}: {key}: key outside any section (add [global] above it)")
+            problems.append(
+                f"{path}:{number}: {key}: key outside any section (add [global] above it)"
+            )
             continue
-        if key in current.values:
-            first = current.values[key].location
-            problems.append(f"{where}: {key}: set twice in one section (first at {first})")
+        if key in values:
+            problems.append(
+                f"{path}:{number}: {key}: set twice in one section (first at {path}:{lines[key]})"
+            )
             continue
-        current.values[key] = RawValue(_strip_inline_comment(value.strip()), where)
+        value = value.lstrip()
+        if value[:1] == '"' or "#" in value or ";" in value:
+            value = _strip_inline_comment(value)
+        values[key] = value
+        lines[key] = number
     return sections
 
 
 def _section_header(line: str, where: Location, problems: list[str]) -> RawSection | None:
-    body = _strip_inline_comment(line)
+    body = _strip_inline_comment(line) if "#" in line or ";" in line else line
     if not body.endswith("]"):
         problems.append(f"{where}: section header without closing ']': {line[:60]!r}")
         return None

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import getpass
+import gc
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ssmtp_mailer import paths
+from ssmtp_mailer.config import cache
 from ssmtp_mailer.config import values as v
 from ssmtp_mailer.config.ini import RawSection, parse_ini
 from ssmtp_mailer.config.model import (
@@ -112,12 +112,14 @@ SCHEMAS = {"global": GLOBAL_KEYS, "domain": DOMAIN_KEYS, "user": USER_KEYS, "map
 _SSL_FILE_KEYS = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
 
 
-@dataclass
 class _Report:
     """Problems found while loading: errors stop the load, warnings are shown by `check`."""
 
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    __slots__ = ("errors", "warnings")
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
 
 
 def find_config_file(explicit: str | None = None) -> Path:
@@ -144,9 +146,20 @@ def load_config(explicit: str | None = None, *, strict: bool = False) -> Config:
 
 
 def load_config_file(main_file: Path, *, strict: bool = False) -> Config:
+    # A large tree makes ~10^5 objects, none in cycles: collecting would only rescan them.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _load_config_file(Path(os.path.abspath(main_file)), strict)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _load_config_file(main_file: Path, strict: bool) -> Config:
     report = _Report()
-    main_file = Path(os.path.abspath(main_file))
-    main_sections = _read_file(main_file, report)
+    read: list[tuple[Path, os.stat_result, bytes]] = []
+    main_sections = _read_file(main_file, report, read)
     if main_sections is None:
         raise ConfigError("configuration", "cannot be read", problems=report.errors)
     globals_raw = [s for s in main_sections if s.kind == "global"]
@@ -159,6 +172,9 @@ def load_config_file(main_file: Path, *, strict: bool = False) -> Config:
 
     files = [main_file]
     sections = [s for s in main_sections if s.kind != "global"]
+    # Every folder is listed before any file is read, so the cache can be checked first;
+    # each folder's problems are still reported in the order the tree is read.
+    listings: list[tuple[list[Path], _Report]] = []
     seen_dirs: set[Path] = set()
     for key, directory in (
         ("domains_dir", gconf.domains_dir),
@@ -170,9 +186,38 @@ def load_config_file(main_file: Path, *, strict: bool = False) -> Config:
         if resolved in seen_dirs:
             continue
         seen_dirs.add(resolved)
-        for path in _dir_files(directory, key, explicit, global_section, report):
+        listed = _Report()
+        listings.append((_dir_files(directory, key, explicit, global_section, listed), listed))
+    dir_files = [path for found, _ in listings for path in found]
+
+    use_cache = (
+        not strict
+        and not report.errors
+        and not any(listed.errors for _, listed in listings)
+        and cache.worth_caching(read[0][1].st_size, dir_files)
+    )
+    context = repr((gconf, os.environ.get("HOME"), os.geteuid()))
+    if use_cache:
+        hit = cache.lookup(main_file, context, cache.source_of(read[0]), dir_files)
+        if hit is not None:
+            for _, listed in listings:
+                report.warnings.extend(listed.warnings)
+            return Config(
+                main_file=main_file,
+                global_=gconf,
+                domains=hit.domains,
+                users=hit.users,
+                mappings=hit.mappings,
+                files=(main_file, *dir_files),
+                warnings=(*report.warnings, *hit.warnings),
+            )
+
+    for found, listed in listings:
+        report.errors.extend(listed.errors)
+        report.warnings.extend(listed.warnings)
+        for path in found:
             files.append(path)
-            for section in _read_file(path, report) or []:
+            for section in _read_file(path, report, read) or []:
                 if section.kind == "global":
                     report.errors.append(
                         f"{section.location}: [global] belongs in the main file {main_file}"
@@ -180,15 +225,26 @@ def load_config_file(main_file: Path, *, strict: bool = False) -> Config:
                 else:
                     sections.append(section)
 
+    earlier_warnings = len(report.warnings)
     config = _build_sections(main_file, gconf, sections, files, report, strict)
     if report.errors:
         raise ConfigError("configuration", "invalid", problems=report.errors)
+    if use_cache and len(read) == len(files):
+        found_sections = cache.Sections(
+            config.domains, config.users, config.mappings, config.warnings[earlier_warnings:]
+        )
+        cache.store(main_file, context, [cache.source_of(r) for r in read], found_sections)
     return config
 
 
-def _read_file(path: Path, report: _Report) -> list[RawSection] | None:
+def _read_file(
+    path: Path, report: _Report, read: list[tuple[Path, os.stat_result, bytes]]
+) -> list[RawSection] | None:
+    """The file's sections; what was read is added to `read` (for the cache)."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            data = handle.read()
     except IsADirectoryError:
         report.errors.append(f"{path}: is a directory, expected a configuration file")
         return None
@@ -204,6 +260,7 @@ def _read_file(path: Path, report: _Report) -> list[RawSection] | None:
         line = data[: exc.start].count(b"\n") + 1
         report.errors.append(f"{path}:{line}: not valid UTF-8")
         return None
+    read.append((path, st, data))
     return parse_ini(text, str(path), report.errors)
 
 
@@ -215,7 +272,7 @@ def _dir_files(
     report: _Report,
 ) -> list[Path]:
     where = (
-        str(global_section.values[key].location)
+        str(global_section.location_of(key))
         if explicit and global_section is not None
         else str(directory)
     )
@@ -227,7 +284,10 @@ def _dir_files(
         report.errors.append(f"{where}: {key}: {directory} is not a directory")
         return []
     try:
-        return sorted(p for p in directory.glob("*.conf") if p.is_file())
+        # Like Path.glob("*.conf"): hidden names included, symbolic links followed.
+        with os.scandir(directory) as entries:
+            names = sorted(e.name for e in entries if e.name.endswith(".conf") and e.is_file())
+        return [directory / name for name in names]
     except OSError as exc:
         report.errors.append(f"{where}: {key}: cannot list {directory}: {exc.strerror}")
         return []
@@ -235,23 +295,21 @@ def _dir_files(
 
 def _typed_values(
     section: RawSection, schema: dict[str, Parser], report: _Report
-) -> tuple[dict[str, Any], dict[str, Location]]:
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    where: dict[str, Location] = {}
-    for key, raw in section.values.items():
+    for key, text in section.values.items():
         parser = schema.get(key)
         if parser is None:
             report.warnings.append(
-                f"{raw.location}: {key}: unknown key in [{section.kind}"
+                f"{section.location_of(key)}: {key}: unknown key in [{section.kind}"
                 f"{':' + section.name if section.name else ''}], ignored"
             )
             continue
         try:
-            out[key] = parser(raw.text)
-            where[key] = raw.location
+            out[key] = parser(text)
         except ValueError as exc:
-            report.errors.append(f"{raw.location}: {key}: {exc}")
-    return out, where
+            report.errors.append(f"{section.location_of(key)}: {key}: {exc}")
+    return out
 
 
 def _system_hostname() -> str:
@@ -264,6 +322,8 @@ def _system_hostname() -> str:
 
 
 def _login_name() -> str:
+    import getpass  # only when default_from is not set; it brings termios along
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -272,7 +332,7 @@ def _login_name() -> str:
 
 def _build_global(section: RawSection | None, main_file: Path, report: _Report) -> GlobalConfig:
     raw = section or RawSection("global", "", Location(str(main_file), 0))
-    vals, _ = _typed_values(raw, GLOBAL_KEYS, report)
+    vals = _typed_values(raw, GLOBAL_KEYS, report)
     base = main_file.parent
 
     def resolve(key: str, default: Path, against: Path) -> Path:
@@ -365,13 +425,14 @@ def _build_sections(
 
 def _build_domain(section: RawSection, gconf: GlobalConfig, report: _Report) -> DomainConfig | None:
     before = len(report.errors)
-    vals, where = _typed_values(section, DOMAIN_KEYS, report)
+    vals = _typed_values(section, DOMAIN_KEYS, report)
+    where = section.location_of
     at = section.location
     name = section.name.lower()
     if vals.get("use_ssl") and vals.get("use_starttls"):
         report.errors.append(
-            f"{where['use_starttls']}: use_starttls: cannot be true together with use_ssl"
-            f" ({where['use_ssl']}): use_ssl is TLS from the first byte (port 465),"
+            f"{where('use_starttls')}: use_starttls: cannot be true together with use_ssl"
+            f" ({where('use_ssl')}): use_ssl is TLS from the first byte (port 465),"
             " use_starttls upgrades a plain connection (port 587)"
         )
     if vals.get("use_ssl"):
@@ -384,24 +445,24 @@ def _build_domain(section: RawSection, gconf: GlobalConfig, report: _Report) -> 
         report.errors.append(f"{at}: smtp_server: required for a relay route, not set")
     if "password" in vals and "password_command" in vals:
         report.errors.append(
-            f"{where['password_command']}: password_command: set together with password"
-            f" ({where['password']}); keep one"
+            f"{where('password_command')}: password_command: set together with password"
+            f" ({where('password')}); keep one"
         )
     if vals.get("auth_method") == AuthMethod.XOAUTH2 and "oauth2_token_command" not in vals:
         report.errors.append(
-            f"{where['auth_method']}: auth_method: XOAUTH2 needs oauth2_token_command"
+            f"{where('auth_method')}: auth_method: XOAUTH2 needs oauth2_token_command"
         )
     if ("dkim_selector" in vals) != ("dkim_key_file" in vals):
         report.errors.append(f"{at}: dkim_selector and dkim_key_file: set both or neither")
     for key in _SSL_FILE_KEYS:
         if key in vals:
-            vals[key] = _existing_file(vals[key], gconf.ssl_dir, key, where[key], report)
+            vals[key] = _existing_file(vals[key], gconf.ssl_dir, key, where(key), report)
     if "dkim_key_file" in vals:
         vals["dkim_key_file"] = _existing_file(
-            vals["dkim_key_file"], gconf.config_dir, "dkim_key_file", where["dkim_key_file"], report
+            vals["dkim_key_file"], gconf.config_dir, "dkim_key_file", where("dkim_key_file"), report
         )
     if "password" in vals:
-        vals["password_location"] = where["password"]
+        vals["password_location"] = where("password")
     if len(report.errors) > before:
         return None
     return DomainConfig(name=name, location=at, **vals)
@@ -421,7 +482,8 @@ def _existing_file(text: str, base: Path, key: str, where: Location, report: _Re
 
 def _build_user(section: RawSection, report: _Report) -> list[UserConfig] | None:
     before = len(report.errors)
-    vals, where = _typed_values(section, USER_KEYS, report)
+    vals = _typed_values(section, USER_KEYS, report)
+    where = section.location_of
     at = section.location
     address = section.name
     try:
@@ -448,7 +510,8 @@ def _build_user(section: RawSection, report: _Report) -> list[UserConfig] | None
 
 def _build_mapping(section: RawSection, report: _Report) -> MappingConfig | None:
     before = len(report.errors)
-    vals, where = _typed_values(section, MAPPING_KEYS, report)
+    vals = _typed_values(section, MAPPING_KEYS, report)
+    where = section.location_of
     at = section.location
     for key in ("from_pattern", "to_pattern"):
         if key not in vals and key not in section.values:
@@ -458,24 +521,24 @@ def _build_mapping(section: RawSection, report: _Report) -> MappingConfig | None
         problem = pattern_problem(source, target)
         if problem:
             key = "from_pattern" if problem.startswith("from_pattern: ") else "to_pattern"
-            report.errors.append(f"{where[key]}: {key}: {problem.removeprefix(key + ': ')}")
+            report.errors.append(f"{where(key)}: {key}: {problem.removeprefix(key + ': ')}")
     _check_allowed(vals, where, report)
     if len(report.errors) > before:
         return None
     return MappingConfig(name=section.name, location=at, **vals)
 
 
-def _check_allowed(vals: dict[str, Any], where: dict[str, Location], report: _Report) -> None:
+def _check_allowed(vals: dict[str, Any], where: Callable[[str], Location], report: _Report) -> None:
     """Every allowed_recipients entry is a pattern and every allowed_domains entry a domain."""
     for text in vals.get("allowed_recipients", ()):
         try:
             parse_pattern(text)
         except ValueError as exc:
-            report.errors.append(f"{where['allowed_recipients']}: allowed_recipients: {exc}")
+            report.errors.append(f"{where('allowed_recipients')}: allowed_recipients: {exc}")
     for text in vals.get("allowed_domains", ()):
         problem = domain_problem(text)
         if problem:
-            report.errors.append(f"{where['allowed_domains']}: allowed_domains: {problem}")
+            report.errors.append(f"{where('allowed_domains')}: allowed_domains: {problem}")
 
 
 def _check_references(

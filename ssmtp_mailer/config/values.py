@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import re
 from collections.abc import Callable
 from enum import Enum
@@ -16,6 +14,7 @@ E = TypeVar("E", bound=Enum)
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
+_NOT_IN_ADDRESS = frozenset(" \t<>\r\n,")
 _HOST_RE = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$"
 )
@@ -63,6 +62,8 @@ def parse_list(text: str) -> tuple[str, ...]:
     """Either `a, b` or `["a", "b"]`."""
     text = text.strip()
     if text.startswith("["):
+        import json
+
         try:
             items = json.loads(text)
         except ValueError:
@@ -74,12 +75,14 @@ def parse_list(text: str) -> tuple[str, ...]:
 
 
 def enum_parser(kind: type[E], *, upper: bool = False) -> Callable[[str], E]:
+    members = {member.value: member for member in kind}
+
     def parse(text: str) -> E:
         word = unquote(text)
         word = word.upper() if upper else word.lower()
-        for member in kind:
-            if member.value == word:
-                return member
+        member = members.get(word)
+        if member is not None:
+            return member
         allowed = ", ".join(str(m.value) for m in kind)
         raise ValueError(f"expected one of {allowed}, got {text!r}")
 
@@ -90,14 +93,16 @@ def parse_hostname(text: str) -> str:
     host = unquote(text)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    # Either check accepts `host` as it is; the name check first spares ipaddress's exceptions.
+    if _HOST_RE.match(host):
+        return host
+    import ipaddress  # needed only for address literals, and costly to import
+
     try:
         ipaddress.ip_address(host)
         return host
     except ValueError:
-        pass
-    if not _HOST_RE.match(host):
-        raise ValueError(f"expected a host name or IP address, got {text!r}")
-    return host
+        raise ValueError(f"expected a host name or IP address, got {text!r}") from None
 
 
 def parse_hostport(text: str) -> HostPort:
@@ -120,6 +125,8 @@ def parse_hostport_list(text: str) -> tuple[HostPort, ...]:
 
 
 def parse_networks(text: str) -> tuple[str, ...]:
+    import ipaddress
+
     out = []
     for item in parse_list(text):
         try:
@@ -130,6 +137,8 @@ def parse_networks(text: str) -> tuple[str, ...]:
 
 
 def parse_ip_list(text: str) -> tuple[str, ...]:
+    import ipaddress
+
     out = []
     for item in parse_list(text):
         try:
@@ -161,7 +170,7 @@ def parse_fingerprint(text: str) -> str:
 def parse_address(text: str) -> str:
     """A plain mailbox `local@domain` (or a bare local name), no display name."""
     value = unquote(text)
-    if any(c in value for c in " \t<>\r\n,") or value.count("@") > 1 or value.endswith("@"):
+    if not _NOT_IN_ADDRESS.isdisjoint(value) or value.count("@") > 1 or value.endswith("@"):
         raise ValueError(f"expected an address like user@example.com, got {text!r}")
     if value.startswith("@"):
         raise ValueError(f"expected an address like user@example.com, got {text!r}")

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ssmtp_mailer import log
-from ssmtp_mailer.config import secrets
 from ssmtp_mailer.config.model import AuthMethod, Config, DeliveryMode, DomainConfig, HostPort
 from ssmtp_mailer.errors import ConfigError, MailerError, TempFailError
 from ssmtp_mailer.relay import ratelimit
@@ -94,6 +93,9 @@ class Credentials:
 
     def secret_for(self, mechanism: str) -> str:
         """The password, or for XOAUTH2 a fresh token from oauth2_token_command."""
+        # Imported here: secrets brings subprocess, which a send without AUTH never needs.
+        from ssmtp_mailer.config import secrets
+
         route = self.route
         if mechanism == "XOAUTH2":
             if self._token is None:
