@@ -447,6 +447,10 @@ def _addresses_of(fields: Iterable[HeaderField], names: Iterable[str]) -> list[s
     ]
 
 
+def _is_address(address: str, hostname: str) -> bool:
+    return address_problem(qualify(address, hostname)) is None
+
+
 def _check_address(address: str, where: str, *, usage: bool) -> None:
     problem = address_problem(address)
     if problem is not None:
@@ -516,14 +520,16 @@ def prepare(
     if intake.envelope_from is not None:
         sender = "" if is_null_sender(intake.envelope_from) else intake.envelope_from
         boxes = parse_addresses(sender)
+        if sender and len(boxes) != 1:
+            raise UsageError("-f", "give exactly one sender address")
         sender = qualify(boxes[0].address if boxes else sender, hostname)
         if sender:
             _check_address(sender, "sender", usage=True)
-    elif header_from:
+    elif header_from and (is_null_sender(header_from[0]) or _is_address(header_from[0], hostname)):
         sender = "" if is_null_sender(header_from[0]) else qualify(header_from[0], hostname)
-        if sender:
-            _check_address(sender, "From", usage=False)
     else:
+        # No From, or one with no usable address (`From: Backup Script`): like ssmtp and
+        # msmtp, the message still goes, from default_from.
         sender = qualify(default_from, hostname)
 
     # Header fixes, touching only the fields concerned.

@@ -22,7 +22,7 @@ _WITH_VALUE = frozenset("fFrCXBOLhANRob")
 # Flags whose value, if any, can only be attached (-q1h, -d0.1).
 _OPTIONAL_ATTACHED = frozenset("qd")
 _NO_VALUE = frozenset("tivVUGnm")
-_MODES = {"m": "deliver", "s": "smtp", "p": "list"}
+_MODES = {"m": "deliver", "s": "smtp", "p": "list", "i": "newaliases"}
 
 USAGE = """\
 usage: sendmail [flags] [recipient ...]
@@ -36,6 +36,7 @@ usage: sendmail [flags] [recipient ...]
   -bm           read a message from stdin and deliver it (default)
   -bs           speak SMTP on stdin/stdout
   -bp           list the queue (as mailq)
+  -bi           as newaliases: there is no aliases database (mappings live in the config)
   -q            run the queue
   -V            print the version
 Accepted and ignored: -B TYPE, -o*, -O OPT, -L TAG, -h N, -N DSN, -R RET, -n, -A X, -U, -G,
@@ -100,6 +101,11 @@ def _apply(flag: str, value: str | None, parsed: SendmailArgs) -> None:
 
 def parse_args(args: Sequence[str]) -> SendmailArgs:
     """Parse sendmail flags by hand: clusters, attached values, `--`, recipients anywhere."""
+    for arg in args:
+        # An argument is one address or value: CR/LF would smuggle SMTP commands or headers.
+        if any(c in arg for c in "\r\n\0"):
+            shown = arg.encode("unicode_escape").decode("ascii")[:60]
+            raise UsageError(repr(shown), "CR, LF or NUL inside an argument")
     parsed = SendmailArgs()
     index = 0
     while index < len(args):
@@ -230,6 +236,11 @@ def run_sendmail(args: list[str]) -> int:
         return 0
     if parsed.mode == "version":
         print(f"{PROG} {__version__} (sendmail interface)")
+        return 0
+    if parsed.mode == "newaliases":
+        from ssmtp_mailer.entry import NEWALIASES_NOTE
+
+        print(NEWALIASES_NOTE, file=sys.stderr)
         return 0
     config = _load(parsed)
     if parsed.mode == "list":
