@@ -19,6 +19,7 @@ from ssmtp_mailer.errors import (
     CantCreateError,
     MailerError,
     NoUserError,
+    SoftwareError,
     TempFailError,
 )
 from ssmtp_mailer.message import PreparedMessage, apply_group_headers
@@ -162,22 +163,30 @@ def submit(
     outcomes: list[GroupOutcome] = []
     for group in plan.groups:
         data = apply_group_headers(prepared, plan, group)
+        # A mapping may have rewritten an address to a non-ASCII one (RFC 6531).
+        addresses = (group.envelope_from, *group.recipients)
+        this = prepared
+        if not prepared.smtputf8 and not all(a.isascii() for a in addresses):
+            this = dataclasses.replace(prepared, smtputf8=True)
         try:
             result = engine.deliver(
                 config,
                 group,
                 data,
-                smtputf8=prepared.smtputf8,
-                eightbit=prepared.eightbit,
+                smtputf8=this.smtputf8,
+                eightbit=this.eightbit,
                 transcript=transcript,
             )
         except TempFailError as exc:
-            outcome = handle_temporary_failure(config, group, data, prepared, exc, report)
+            outcome = handle_temporary_failure(config, group, data, this, exc, report)
         except MailerError as exc:
-            outcome = handle_permanent_failure(config, group, data, prepared, exc)
+            outcome = handle_permanent_failure(config, group, data, this, exc)
+        except Exception as exc:  # a bug must not cost the message: keep it in failed/
+            error = SoftwareError(f"[domain:{group.route.name}]", f"{type(exc).__name__}: {exc}")
+            outcome = handle_permanent_failure(config, group, data, this, error)
         else:
             outcome = GroupOutcome(group, result=result)
-            refusals = _handle_refusals(config, group, data, prepared, result, problem, report)
+            refusals = _handle_refusals(config, group, data, this, result, problem, report)
             outcomes.extend(refusals)
         if outcome.error is not None:
             for line in outcome.error.lines():

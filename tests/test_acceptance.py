@@ -154,3 +154,31 @@ def test_a_successful_send_starts_a_runner_for_what_is_due(
     assert code == 0, err
     subjects = sorted(m.message()["Subject"] for m in smtp_server.wait_for(2, timeout=20))
     assert subjects == ["accept", "later"]
+
+
+def test_mapping_to_a_non_ascii_address_needs_smtputf8_and_is_kept_when_refused(
+    tmp_path: Path, run: Run, smtp_server_factory: Callable[..., SMTPTestServer]
+) -> None:
+    plain = smtp_server_factory()
+    conf = write_config(
+        tmp_path / "m.conf",
+        plain.port,
+        "[mapping:idn]\nfrom_pattern = *@host.example\nto_pattern = *@bücher.example\n",
+    )
+    code, _, err = run(["-C", str(conf), "root"], b"Subject: x\n\nx\n")
+    assert code == 65, err
+    assert "SMTPUTF8" in err
+    assert plain.messages == []
+    _, out, _ = run(["-C", str(conf), "queue", "list", "--failed"], prog="ssmtp-mailer")
+    assert "bücher.example" in out
+    utf8 = smtp_server_factory(smtputf8=True)
+    write_config(
+        conf,
+        utf8.port,
+        "[mapping:idn]\nfrom_pattern = *@host.example\nto_pattern = *@bücher.example\n",
+    )
+    code, _, err = run(["-C", str(conf), "root"], b"Subject: x\n\nx\n")
+    assert code == 0, err
+    (received,) = utf8.wait_for(1)
+    assert received.rcpt_tos == ["root@bücher.example"]
+    assert "SMTPUTF8" in received.mail_options

@@ -80,7 +80,12 @@ def acquire(
     if not limits:
         return 0.0
     bound = MAX_WAIT if max_wait is None else max_wait
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not state_dir.is_dir():
+        # The state lives inside the spool: create that private (0700) before anything,
+        # as parents=True alone would leave it world-readable under the umask.
+        state_dir.parent.parent.mkdir(parents=True, exist_ok=True)
+        for directory in (state_dir.parent, state_dir):
+            directory.mkdir(mode=0o700, exist_ok=True)
     paths = [state_dir / _file_name(key) for key, _ in limits]
     started = clock()
     while True:
