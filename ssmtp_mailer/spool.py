@@ -398,8 +398,9 @@ def _fresh_id(directory: Path) -> str:
             return entry_id
 
 
-def enqueue(
+def _store(
     config: Config,
+    area: str,
     group: RouteGroup,
     data: bytes,
     *,
@@ -407,10 +408,10 @@ def enqueue(
     eightbit: bool,
     reason: str,
 ) -> str:
-    """Queue the message for `group`; durable on return. CantCreateError (73) if impossible."""
-    root = ensure_spool(config)
-    directory = root / QUEUE
+    """Write a new entry for `group` into `area`, durably; CantCreateError (73) if impossible."""
+    directory = ensure_spool(config) / area
     now = _now()
+    failed = area == FAILED
     try:
         entry = Entry(
             id=_fresh_id(directory),
@@ -421,16 +422,31 @@ def enqueue(
             eightbit=eightbit,
             created=now,
             queued=now,
-            next_attempt=now + dt.timedelta(seconds=backoff(1)),
+            next_attempt=now if failed else now + dt.timedelta(seconds=backoff(1)),
             attempts=(Attempt(now, reason),),
             header_from=group.header_from,
             reply_to=group.reply_to,
             reason=reason,
+            failed_at=now if failed else None,
+            area=area,
         )
         _write_entry(directory, entry, data)
     except OSError as exc:
         raise _cant_create(directory, exc) from None
     return entry.id
+
+
+def enqueue(
+    config: Config,
+    group: RouteGroup,
+    data: bytes,
+    *,
+    smtputf8: bool,
+    eightbit: bool,
+    reason: str,
+) -> str:
+    """Queue the message for `group`; durable on return. CantCreateError (73) if impossible."""
+    return _store(config, QUEUE, group, data, smtputf8=smtputf8, eightbit=eightbit, reason=reason)
 
 
 def store_failed(
@@ -443,31 +459,7 @@ def store_failed(
     eightbit: bool = False,
 ) -> str:
     """Keep a copy of a message that failed permanently, with the reason, in `failed/`."""
-    root = ensure_spool(config)
-    directory = root / FAILED
-    now = _now()
-    try:
-        entry = Entry(
-            id=_fresh_id(directory),
-            sender=group.envelope_from,
-            recipients=tuple(group.recipients),
-            route=group.route.name,
-            smtputf8=smtputf8,
-            eightbit=eightbit,
-            created=now,
-            queued=now,
-            next_attempt=now,
-            attempts=(Attempt(now, reason),),
-            header_from=group.header_from,
-            reply_to=group.reply_to,
-            reason=reason,
-            failed_at=now,
-            area=FAILED,
-        )
-        _write_entry(directory, entry, data)
-    except OSError as exc:
-        raise _cant_create(directory, exc) from None
-    return entry.id
+    return _store(config, FAILED, group, data, smtputf8=smtputf8, eightbit=eightbit, reason=reason)
 
 
 def error_reason(error: MailerError) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
 from ssmtp_mailer.commands.common import common_options, json_option, load, print_json
@@ -105,6 +107,19 @@ def run_cmd(as_json: bool, force: bool, ids: tuple[str, ...], progress: bool) ->
     return result.exit_code
 
 
+def _each_entry(entry_ids: tuple[str, ...], act: Callable[[str], str]) -> int:
+    """Apply `act` to every id, printing its line; the last failure's exit code, else 0."""
+    status = 0
+    for entry_id in entry_ids:
+        try:
+            click.echo(act(entry_id))
+        except MailerError as exc:
+            for line in exc.lines():
+                click.echo(f"ssmtp-mailer: {line}", err=True)
+            status = exc.exit_code
+    return status
+
+
 @queue_group.command("delete")
 @common_options
 @click.argument("entry_ids", metavar="ID...", nargs=-1, required=True)
@@ -113,16 +128,11 @@ def delete_cmd(entry_ids: tuple[str, ...]) -> int:
     from ssmtp_mailer import spool
 
     config = load()
-    status = 0
-    for entry_id in entry_ids:
-        try:
-            area = spool.delete_entry(config, entry_id)
-        except MailerError as exc:
-            click.echo(f"ssmtp-mailer: {exc.what}: {exc.why}", err=True)
-            status = exc.exit_code
-            continue
-        click.echo(f"deleted {entry_id.upper()} from {area}/")
-    return status
+
+    def delete(entry_id: str) -> str:
+        return f"deleted {entry_id.upper()} from {spool.delete_entry(config, entry_id)}/"
+
+    return _each_entry(entry_ids, delete)
 
 
 @queue_group.command("retry-failed")
@@ -133,13 +143,8 @@ def retry_failed_cmd(entry_ids: tuple[str, ...]) -> int:
     from ssmtp_mailer import spool
 
     config = load()
-    status = 0
-    for entry_id in entry_ids:
-        try:
-            new_id = spool.retry_failed(config, entry_id)
-        except MailerError as exc:
-            click.echo(f"ssmtp-mailer: {exc.what}: {exc.why}", err=True)
-            status = exc.exit_code
-            continue
-        click.echo(f"{entry_id.upper()} queued again as {new_id}")
-    return status
+
+    def retry(entry_id: str) -> str:
+        return f"{entry_id.upper()} queued again as {spool.retry_failed(config, entry_id)}"
+
+    return _each_entry(entry_ids, retry)
