@@ -114,11 +114,12 @@ class Credentials:
 
 
 def check_mode(route: DomainConfig) -> None:
-    """Refuse delivery modes this build does not implement, naming the key."""
+    """Refuse MX delivery modes: this version sends only through smtp_server (SPEC §6 relay)."""
     if route.delivery_mode != DeliveryMode.RELAY:
         raise ConfigError(
             f"{route.location}: [domain:{route.name}] delivery_mode",
-            f"{route.delivery_mode.value} (MX) delivery is not implemented in this version",
+            f"{route.delivery_mode.value}: this version delivers only through a relay"
+            " (smtp_server), not to MX hosts",
             hint="set delivery_mode = relay and smtp_server to your relay",
         )
 
