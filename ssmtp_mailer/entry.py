@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-from ssmtp_mailer.errors import EX_IOERR, EX_SOFTWARE, MailerError
+from ssmtp_mailer.errors import EX_IOERR, EX_SOFTWARE, PROG, MailerError
+from ssmtp_mailer.errors import report as report_line
 
-PROG = "ssmtp-mailer"
 NEWALIASES_NOTE = (
     f"{PROG}: newaliases: there is no aliases database; aliases are the [mapping:] sections"
     " of the configuration (see `ssmtp-mailer config show`)"
@@ -16,7 +16,7 @@ NEWALIASES_NOTE = (
 
 def report(lines: list[str]) -> None:
     for line in lines:
-        print(f"{PROG}: {line}", file=sys.stderr)
+        report_line(line)
 
 
 def _verbose(args: list[str]) -> bool:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
+
+PROG = "ssmtp-mailer"
 
 EX_OK = 0
 EX_USAGE = 64
@@ -17,6 +20,11 @@ EX_TEMPFAIL = 75
 EX_PROTOCOL = 76
 EX_NOPERM = 77
 EX_CONFIG = 78
+
+
+def report(line: str) -> None:
+    """Print one line on stderr the way every error is shown: `ssmtp-mailer: <line>`."""
+    print(f"{PROG}: {line}", file=sys.stderr)
 
 
 class MailerError(Exception):

@@ -26,7 +26,6 @@ _ANY_NEWLINE_RE = re.compile(rb"\r?\n")
 _LONG_LINE_RE = re.compile(rb"[^\n]{%d}" % (MAX_LINE + 2))
 # Address headers whose bare local names are qualified (SPEC §4.1).
 QUALIFIED_HEADERS = frozenset({"from", "to", "cc", "resent-from", "resent-to", "resent-cc"})
-REWRITTEN_HEADERS = QUALIFIED_HEADERS
 # Checked on an ASCII image of the address (every non-ASCII character becomes "a", as
 # RFC 6531 allows UTF-8 wherever a letter may be): Unicode ranges make the regexes slow to
 # compile, and this module is imported on every sendmail run.
@@ -587,7 +586,7 @@ def apply_group_headers(
     for field in fields:
         if group.reply_to is not None and field.key == "reply-to":
             continue
-        if field.key in REWRITTEN_HEADERS:
+        if field.key in QUALIFIED_HEADERS:
             change = {0: group.header_from} if group.header_from and field.key == "from" else None
             if field.key == "from" and from_done:
                 change = None

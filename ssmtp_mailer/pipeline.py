@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ssmtp_mailer import rewrite
+from ssmtp_mailer import errors, rewrite
 from ssmtp_mailer.config.model import Config
 from ssmtp_mailer.errors import (
     EX_NOPERM,
@@ -25,14 +25,8 @@ from ssmtp_mailer.errors import (
 from ssmtp_mailer.message import PreparedMessage, apply_group_headers
 from ssmtp_mailer.relay import engine
 
-PROG = "ssmtp-mailer"
 # Temporary outcomes rank below permanent ones: the permanent one is what the caller must fix.
 _TEMPORARY_CODES = frozenset({EX_TEMPFAIL})
-
-
-def stderr_report(line: str) -> None:
-    """Print one problem line the way the entry point prints errors."""
-    print(f"{PROG}: {line}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -143,7 +137,7 @@ def submit(
     prepared: PreparedMessage,
     *,
     transcript: Callable[[str], None] | None = None,
-    report: Callable[[str], None] = stderr_report,
+    report: Callable[[str], None] = errors.report,
 ) -> SubmitResult:
     """Route, fix headers per group and deliver; each problem is reported as one line.
 

@@ -541,11 +541,3 @@ def plan_delivery(config: Config, sender: str, recipients: Sequence[str]) -> Pla
             "; ".join(f"{r.address}: {r.reason} ({r.rule})" for r in plan.refused),
         )
     return plan
-
-
-def header_rewrite(config: Config, address: str) -> str | None:
-    """What a header-only address (not in the envelope) becomes under the mappings, or None."""
-    hit = _rewrite(_index(config), address, config.global_.default_hostname)
-    if hit is None or not hit[0].rewrite_headers or hit[1] == address:
-        return None
-    return hit[1]

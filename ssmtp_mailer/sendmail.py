@@ -11,12 +11,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
 from ssmtp_mailer import __version__
-from ssmtp_mailer.errors import DataError, MailerError, UsageError
+from ssmtp_mailer.errors import PROG, DataError, MailerError, UsageError, report
 
 if TYPE_CHECKING:
     from ssmtp_mailer.config.model import Config
 
-PROG = "ssmtp-mailer"
 # Flags that take a value, attached (-fADDR) or as the next argument (-f ADDR).
 _WITH_VALUE = frozenset("fFrCXBOLhANRob")
 # Flags whose value, if any, can only be attached (-q1h, -d0.1).
@@ -502,10 +501,10 @@ class SMTPSession:
             )
             result = pipeline.submit(self.config, prepared, transcript=self.transcript)
         except MailerError as exc:
-            print(f"{PROG}: {exc.what}: {exc.why}", file=sys.stderr)
+            report(f"{exc.what}: {exc.why}")
             return reply_for(exc.exit_code, exc.why)
         except Exception as exc:  # a bug: the session goes on, the client may retry
-            print(f"{PROG}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            report(f"internal error: {type(exc).__name__}: {exc}")
             return reply_for(70, "internal error")
         if result.exit_code == 0:
             return f"250 2.0.0 OK {prepared.message_id}"

@@ -325,19 +325,6 @@ def test_duplicates_after_rewriting_are_delivered_once() -> None:
     assert plan.groups[0].recipients == ("real@x.example",)
 
 
-def test_header_rewrite_for_addresses_only_in_headers() -> None:
-    config = make_config(
-        [route("*")],
-        [
-            mapping("m", "a@x.example", "b@x.example"),
-            mapping("n", "c@x.example", "d@x.example", rewrite_headers=False),
-        ],
-    )
-    assert rewrite.header_rewrite(config, "a@x.example") == "b@x.example"
-    assert rewrite.header_rewrite(config, "c@x.example") is None
-    assert rewrite.header_rewrite(config, "z@x.example") is None
-
-
 def test_an_invalid_mapping_in_a_built_config_is_a_config_error() -> None:
     config = make_config([route("*")], [mapping("bad", "a@x.example", "b@y..example", 9)])
     with pytest.raises(ConfigError) as info:
