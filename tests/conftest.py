@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from relayconf import RunMain
+
+from ssmtp_mailer.entry import main
 
 pytest_plugins = ["smtpserver"]
 
@@ -28,3 +33,17 @@ def isolated_env(
     monkeypatch.setenv("SSMTP_MAILER_CACHE_DIR", str(home / "cache" / "ssmtp-mailer"))
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyrings.alt.file.PlaintextKeyring")
     yield home
+
+
+@pytest.fixture
+def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> RunMain:
+    """Run the console script in-process: `run_main(args, stdin=b"", prog="sendmail")`."""
+
+    def invoke(args: list[str], stdin: bytes = b"", prog: str = "sendmail") -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+        capsys.readouterr()
+        code = main(args, prog_name=prog)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke

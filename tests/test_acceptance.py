@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import re
 import socket
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from relayconf import write_relay_config
 from smtpserver import SMTPTestServer
-
-from ssmtp_mailer.entry import main
 
 HOST = "host.example"
 MESSAGE = b"From: app@host.example\nTo: a@dest.example, b@dest.example\nSubject: accept\n\nbody\n"
@@ -26,35 +23,12 @@ def closed_port() -> int:
 
 
 def write_config(path: Path, port: int, extra: str = "", spool: Path | None = None) -> Path:
-    path.write_text(
-        f"""[global]
-default_hostname = {HOST}
-spool_dir = {spool or path.parent / "spool"}
-max_retries = 0
-retry_backoff = 0
-connection_timeout = 5
-enable_rate_limiting = false
-{extra}
-[domain:*]
-smtp_server = 127.0.0.1
-smtp_port = {port}
-use_starttls = false
-auth_method = NONE
-"""
-    )
-    return path
+    return write_relay_config(path, port, extra, spool=spool)
 
 
 @pytest.fixture
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    def invoke(args: list[str], stdin: bytes = b"", prog: str = "sendmail") -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-        capsys.readouterr()
-        code = main(args, prog_name=prog)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
+def run(run_main: Run) -> Run:
+    return run_main
 
 
 def test_relay_down_queues_with_exit_0_and_queue_run_delivers_once(

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from relayconf import RunMain
 from smtpserver import SMTPTestServer
-
-from ssmtp_mailer.entry import main
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "ssmtp-mailer"
 ALIASES = [
@@ -53,19 +50,16 @@ def tree(tmp_path: Path, gmail: SMTPTestServer) -> Path:
     return main_conf
 
 
-def run(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    args: list[str],
-    stdin: bytes = b"",
-    prog: str = "sendmail",
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    capsys.readouterr()
-    code = main(args, prog_name=prog)
-    out, err = capsys.readouterr()
-    assert APP_PASSWORD not in out + err
-    return code, out, err
+@pytest.fixture
+def run(run_main: RunMain) -> RunMain:
+    """`run_main`, also checking that the relay password is never shown."""
+
+    def invoke(args: list[str], stdin: bytes = b"", prog: str = "sendmail") -> tuple[int, str, str]:
+        code, out, err = run_main(args, stdin, prog)
+        assert APP_PASSWORD not in out + err
+        return code, out, err
+
+    return invoke
 
 
 @pytest.mark.parametrize("alias", ALIASES)
@@ -73,14 +67,13 @@ def test_alias_is_forwarded_through_the_gmail_route(
     tree: Path,
     gmail: SMTPTestServer,
     alias: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    run: RunMain,
 ) -> None:
     message = (
         f"From: Visitor <visitor@outside.example>\nTo: {alias}@mailer.domain1.com\n"
         f"Subject: hello {alias}\n\nA question.\n"
     ).encode()
-    code, _, err = run(monkeypatch, capsys, ["-C", str(tree), "-t", "-i"], message)
+    code, _, err = run(["-C", str(tree), "-t", "-i"], message)
     assert code == 0, err
     (received,) = gmail.wait_for(1)
     assert received.rcpt_tos == [f"{alias}@domain1.com"]
@@ -96,13 +89,10 @@ def test_alias_is_forwarded_through_the_gmail_route(
 def test_all_five_aliases_in_one_message_make_one_transaction(
     tree: Path,
     gmail: SMTPTestServer,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    run: RunMain,
 ) -> None:
     to = ", ".join(f"{a}@mailer.domain1.com" for a in ALIASES)
     code, _, err = run(
-        monkeypatch,
-        capsys,
         ["-C", str(tree), "-t"],
         f"From: v@outside.example\nTo: {to}\nSubject: all\n\nx\n".encode(),
     )
@@ -114,12 +104,9 @@ def test_all_five_aliases_in_one_message_make_one_transaction(
 def test_send_command_of_the_seed_document(
     tree: Path,
     gmail: SMTPTestServer,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    run: RunMain,
 ) -> None:
     code, _, err = run(
-        monkeypatch,
-        capsys,
         [
             "--config",
             str(tree),
@@ -145,14 +132,11 @@ def test_send_command_of_the_seed_document(
 def test_wrong_password_is_exit_77_with_hint_and_message_kept(
     tree: Path,
     gmail: SMTPTestServer,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    run: RunMain,
 ) -> None:
     domain = tree.parent / "domains" / "domain1.com.conf"
     domain.write_text(domain.read_text().replace(APP_PASSWORD, "not the app password"))
     code, _, err = run(
-        monkeypatch,
-        capsys,
         ["-C", str(tree), "-t"],
         b"To: contact-sales@mailer.domain1.com\nSubject: x\n\nx\n",
     )
@@ -160,8 +144,6 @@ def test_wrong_password_is_exit_77_with_hint_and_message_kept(
     assert "535" in err and "hint:" in err
     assert "not the app password" not in err
     assert gmail.messages == []
-    code, out, _ = run(
-        monkeypatch, capsys, ["-C", str(tree), "queue", "list", "--failed"], prog="ssmtp-mailer"
-    )
+    code, out, _ = run(["-C", str(tree), "queue", "list", "--failed"], prog="ssmtp-mailer")
     assert code == 0
     assert "contact-sales@domain1.com" in out

@@ -11,32 +11,19 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from relayconf import HOST, write_relay_config
 from smtpserver import SMTPTestServer
 
 from ssmtp_mailer.cli import cli
 from ssmtp_mailer.errors import MailerError
 
-HOST = "host.example"
-
 
 @pytest.fixture
 def config(tmp_path: Path, smtp_server: SMTPTestServer, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "ssmtp-mailer.conf"
-    path.write_text(
-        f"""[global]
-default_hostname = {HOST}
-default_from = nobody@{HOST}
-spool_dir = {tmp_path}/spool
-max_retries = 0
-enable_rate_limiting = false
-on_temporary_failure = fail
-
-[domain:*]
-smtp_server = 127.0.0.1
-smtp_port = {smtp_server.port}
-use_starttls = false
-auth_method = NONE
-"""
+    path = write_relay_config(
+        tmp_path / "ssmtp-mailer.conf",
+        smtp_server.port,
+        f"default_from = nobody@{HOST}\non_temporary_failure = fail\n",
     )
     monkeypatch.setenv("SSMTP_MAILER_CONFIG", str(path))
     return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 import subprocess
 import sys
@@ -10,34 +9,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from relayconf import HOST, write_relay_config
 from smtpserver import Received, SMTPTestServer
 
 from ssmtp_mailer import __version__
-from ssmtp_mailer.entry import main
 from ssmtp_mailer.sendmail import parse_args
-
-HOST = "host.example"
 
 
 def write_config(tmp_path: Path, server: SMTPTestServer, extra: str = "") -> Path:
-    path = tmp_path / "ssmtp-mailer.conf"
-    path.write_text(
-        f"""[global]
-default_hostname = {HOST}
-default_from = nobody@{HOST}
-spool_dir = {tmp_path}/spool
-max_retries = 0
-enable_rate_limiting = false
-on_temporary_failure = fail
-{extra}
-[domain:*]
-smtp_server = 127.0.0.1
-smtp_port = {server.port}
-use_starttls = false
-auth_method = NONE
-"""
+    return write_relay_config(
+        tmp_path / "ssmtp-mailer.conf",
+        server.port,
+        f"default_from = nobody@{HOST}\non_temporary_failure = fail\n{extra}",
     )
-    return path
 
 
 @pytest.fixture
@@ -52,17 +36,9 @@ Run = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
-def sendmail(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
+def sendmail(run_main: Run) -> Run:
     """Run `sendmail ARGS` in-process with `stdin` as its binary standard input."""
-
-    def run(args: list[str], stdin: bytes = b"", prog: str = "sendmail") -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-        capsys.readouterr()
-        code = main(args, prog_name=prog)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return run_main
 
 
 def only(server: SMTPTestServer) -> Received:
