@@ -7,7 +7,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ssmtp_mailer.config.model import Config
 
@@ -17,8 +17,7 @@ _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*((?:.|\r\n[ \t])*)", re.I | re.M)
 _warned: set[str] = set()
 
 
-@dataclass(frozen=True)
-class DeliveryRecord:
+class DeliveryRecord(NamedTuple):
     """The fields of one message's log line."""
 
     message_id: str
@@ -35,7 +34,7 @@ class DeliveryRecord:
     refused: Sequence[str] = ()
 
 
-def message_id_of(data: bytes) -> str:
+def message_id_of(data: bytes | bytearray) -> str:
     """The Message-ID header's value from the message's header block, or ""."""
     end = data.find(b"\r\n\r\n")
     head = data[: end + 2] if end >= 0 else data[:65536]

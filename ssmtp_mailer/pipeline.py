@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ssmtp_mailer import errors, rewrite
 from ssmtp_mailer.config.model import Config
@@ -29,8 +28,7 @@ from ssmtp_mailer.relay import engine
 _TEMPORARY_CODES = frozenset({EX_TEMPFAIL})
 
 
-@dataclass(frozen=True)
-class GroupOutcome:
+class GroupOutcome(NamedTuple):
     """What happened to one route group: delivered, queued or failed."""
 
     group: rewrite.RouteGroup
@@ -39,15 +37,14 @@ class GroupOutcome:
     error: MailerError | None = None
 
 
-@dataclass(frozen=True)
-class SubmitResult:
+class SubmitResult(NamedTuple):
     """The outcome of a whole submission; `problems` are the lines already reported."""
 
     exit_code: int
     message_id: str
     plan: rewrite.Plan
     outcomes: tuple[GroupOutcome, ...] = ()
-    problems: tuple[str, ...] = field(default=())
+    problems: tuple[str, ...] = ()
 
     @property
     def delivered(self) -> tuple[str, ...]:
@@ -67,7 +64,7 @@ class SubmitResult:
 def handle_temporary_failure(
     config: Config,
     group: rewrite.RouteGroup,
-    data: bytes,
+    data: bytes | bytearray,
     prepared: PreparedMessage,
     error: TempFailError,
     report: Callable[[str], None],
@@ -95,7 +92,7 @@ def handle_temporary_failure(
 def handle_permanent_failure(
     config: Config,
     group: rewrite.RouteGroup,
-    data: bytes,
+    data: bytes | bytearray,
     prepared: PreparedMessage,
     error: MailerError,
 ) -> GroupOutcome:
@@ -141,7 +138,8 @@ def submit(
 ) -> SubmitResult:
     """Route, fix headers per group and deliver; each problem is reported as one line.
 
-    Errors about the whole message (sender refused by policy, no route) are raised.
+    Errors about the whole message (sender refused by policy, no route) are raised. The
+    prepared message's buffer is reused for the last group's headers: read it before, not after.
     """
     plan = rewrite.plan_delivery(config, prepared.sender, prepared.recipients)
     problems: list[str] = []
@@ -155,13 +153,14 @@ def submit(
         problem(f"{refusal.address}: refused by policy: {refusal.reason}{where}")
 
     outcomes: list[GroupOutcome] = []
-    for group in plan.groups:
-        data = apply_group_headers(prepared, plan, group)
+    last = len(plan.groups) - 1
+    for index, group in enumerate(plan.groups):
+        data = apply_group_headers(prepared, plan, group, in_place=index == last)
         # A mapping may have rewritten an address to a non-ASCII one (RFC 6531).
         addresses = (group.envelope_from, *group.recipients)
         this = prepared
         if not prepared.smtputf8 and not all(a.isascii() for a in addresses):
-            this = dataclasses.replace(prepared, smtputf8=True)
+            this = prepared._replace(smtputf8=True)
         try:
             result = engine.deliver(
                 config,
@@ -195,7 +194,7 @@ def submit(
 def _handle_refusals(
     config: Config,
     group: rewrite.RouteGroup,
-    data: bytes,
+    data: bytes | bytearray,
     prepared: PreparedMessage,
     result: engine.DeliveryResult,
     problem: Callable[[str], None],
@@ -210,7 +209,7 @@ def _handle_refusals(
     outcomes: list[GroupOutcome] = []
     if refused:
         why = "; ".join(f"{a}: {result.refused[a][0]} {result.refused[a][1]}" for a in refused)
-        failed = dataclasses.replace(group, recipients=tuple(refused))
+        failed = group._replace(recipients=tuple(refused))
         from ssmtp_mailer import spool
 
         spool.handle_permanent_failure(
@@ -223,7 +222,7 @@ def _handle_refusals(
         )
     if deferred:
         why = "; ".join(f"{a}: {result.refused[a][0]} {result.refused[a][1]}" for a in deferred)
-        pending = dataclasses.replace(group, recipients=deferred)
+        pending = group._replace(recipients=deferred)
         error = TempFailError(result.server, why)
         outcome = handle_temporary_failure(config, pending, data, prepared, error, report)
         if outcome.error is not None:

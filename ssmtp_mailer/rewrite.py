@@ -29,9 +29,9 @@ Decisions, in order (each one is recorded in `Plan.steps`):
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import NamedTuple
 
 from ssmtp_mailer import patterns as pat
 from ssmtp_mailer.config.model import Config, DomainConfig, MappingConfig, UserConfig
@@ -51,8 +51,7 @@ _OWN_FROM_RELAYS = (
 )
 
 
-@dataclass(frozen=True)
-class RouteGroup:
+class RouteGroup(NamedTuple):
     """One SMTP transaction: a route and the recipients it carries."""
 
     route: DomainConfig
@@ -62,8 +61,7 @@ class RouteGroup:
     reply_to: str | None = None
 
 
-@dataclass(frozen=True)
-class Refusal:
+class Refusal(NamedTuple):
     """A sender or recipient refused by policy; `rule` is the deciding section's file:line."""
 
     address: str
@@ -71,8 +69,7 @@ class Refusal:
     rule: str = ""
 
 
-@dataclass(frozen=True)
-class Rewrite:
+class Rewrite(NamedTuple):
     """One mapping applied to one address."""
 
     role: str
@@ -83,14 +80,14 @@ class Rewrite:
     headers: bool
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """Everything decided about one message before any connection is made."""
 
     sender: str
     groups: tuple[RouteGroup, ...]
     refused: tuple[Refusal, ...] = ()
-    address_rewrites: dict[str, str] = field(default_factory=dict)
+    # Read-only: every Plan built without rewrites shares this one empty mapping.
+    address_rewrites: Mapping[str, str] = MappingProxyType({})
     steps: tuple[str, ...] = ()
     original_sender: str = ""
     rewrites: tuple[Rewrite, ...] = ()
@@ -119,21 +116,21 @@ class _Index:
         self.allowed: dict[int, tuple[frozenset[str], pat.PatternIndex[None]]] = {}
 
 
-# Config holds a dict, so it is unhashable: cache by id, guarded by a weak reference.
-_INDEXES: dict[int, tuple[weakref.ref[Config], _Index]] = {}
-
-
-def _forget(key: int) -> None:
-    _INDEXES.pop(key, None)
+# Config holds a dict, so it is unhashable, and a tuple cannot be weakly referenced: cache by id.
+# Each entry keeps its Config alive, so no other object can take that id while it is cached;
+# only the most recent few are kept, so a process building many configs does not grow.
+_INDEX_ENTRIES = 8
+_INDEXES: dict[int, tuple[Config, _Index]] = {}
 
 
 def _index(config: Config) -> _Index:
-    key = id(config)
-    cached = _INDEXES.get(key)
-    if cached is not None and cached[0]() is config:
+    cached = _INDEXES.get(id(config))
+    if cached is not None and cached[0] is config:
         return cached[1]
     index = _build_index(config)
-    _INDEXES[key] = (weakref.ref(config, lambda _ref: _forget(key)), index)
+    if len(_INDEXES) >= _INDEX_ENTRIES:
+        del _INDEXES[next(iter(_INDEXES))]
+    _INDEXES[id(config)] = (config, index)
     return index
 
 

@@ -255,7 +255,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_temp(directory: Path, data: bytes) -> Path:
+def _write_temp(directory: Path, data: bytes | bytearray) -> Path:
     """Write `data` to a fresh temp file in `directory` and fsync it; return its path."""
     temp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _file_mode(directory))
@@ -274,7 +274,7 @@ def _write_temp(directory: Path, data: bytes) -> Path:
     return temp
 
 
-def _place(directory: Path, name: str, data: bytes) -> None:
+def _place(directory: Path, name: str, data: bytes | bytearray) -> None:
     """Atomically put `data` at directory/name (temp file, fsync, rename); no dir fsync."""
     temp = _write_temp(directory, data)
     try:
@@ -382,7 +382,7 @@ def _read_entry(directory: Path, entry_id: str, area: str) -> Entry:
 # -- writing entries -----------------------------------------------------------------
 
 
-def _write_entry(directory: Path, entry: Entry, data: bytes) -> None:
+def _write_entry(directory: Path, entry: Entry, data: bytes | bytearray) -> None:
     """Message, then envelope, each made durable before the next step depends on it."""
     _place(directory, f"{entry.id}{MESSAGE_SUFFIX}", data)
     # The message's rename must be on disk before the envelope that points at it can be.
@@ -402,7 +402,7 @@ def _store(
     config: Config,
     area: str,
     group: RouteGroup,
-    data: bytes,
+    data: bytes | bytearray,
     *,
     smtputf8: bool,
     eightbit: bool,
@@ -439,7 +439,7 @@ def _store(
 def enqueue(
     config: Config,
     group: RouteGroup,
-    data: bytes,
+    data: bytes | bytearray,
     *,
     smtputf8: bool,
     eightbit: bool,
@@ -452,7 +452,7 @@ def enqueue(
 def store_failed(
     config: Config,
     group: RouteGroup,
-    data: bytes,
+    data: bytes | bytearray,
     *,
     reason: str,
     smtputf8: bool = False,
@@ -469,7 +469,7 @@ def error_reason(error: MailerError) -> str:
 def handle_temporary_failure(
     config: Config,
     group: RouteGroup,
-    data: bytes,
+    data: bytes | bytearray,
     *,
     smtputf8: bool,
     eightbit: bool,
@@ -495,7 +495,7 @@ def queued_note(entry_id: str, error: MailerError) -> str:
 def handle_permanent_failure(
     config: Config,
     group: RouteGroup,
-    data: bytes,
+    data: bytes | bytearray,
     *,
     error: MailerError,
     smtputf8: bool = False,

@@ -478,6 +478,35 @@ def test_show_json(capsys: pytest.CaptureFixture[str], secret_conf: Path) -> Non
     assert "hunter2-secret" not in out
 
 
+def test_show_writes_host_ports_as_text(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    conf = write(
+        tmp_path / "m.conf",
+        "[global]\nlisten_address = [::1]:2525\n"
+        + RELAY
+        + "fallback_servers = b.example:2525, [2001:db8::1]:25, c.example\n",
+    )
+    code, out, _ = run(capsys, "config", "show", "--format", "json", "--config", str(conf))
+    assert code == 0
+    data = json.loads(out)
+    assert data["global"]["listen_address"] == "[::1]:2525"
+    assert data["domain"]["example.com"]["fallback_servers"] == [
+        "b.example:2525",
+        "[2001:db8::1]:25",
+        "c.example",
+    ]
+    code, out, _ = run(capsys, "config", "show", "--config", str(conf))
+    assert code == 0
+    assert "fallback_servers = b.example:2525, [2001:db8::1]:25, c.example\n" in out
+    assert "listen_address = [::1]:2525\n" in out
+
+
+def test_a_route_repr_hides_its_password(secret_conf: Path) -> None:
+    route = load_config(str(secret_conf)).domains["example.com"]
+    assert "hunter2-secret" not in repr(route)
+    assert "hunter2-secret" not in str(route)
+    assert "smtp_server='smtp.example.com'" in repr(route)
+
+
 def test_check_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     conf = write(tmp_path / "m.conf", "[domain:x]\nsmtp_port = abc\n")
     code, out, _ = run(capsys, "config", "check", "--json", "--config", str(conf))

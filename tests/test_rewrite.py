@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -337,6 +336,14 @@ def test_the_index_is_built_once_per_config() -> None:
     first = rewrite._index(config)
     assert rewrite._index(config) is first
     assert rewrite._index(seed_config()) is not first
+
+
+def test_the_index_cache_keeps_only_recent_configs() -> None:
+    configs = [make_config([route("*")]) for _ in range(3 * rewrite._INDEX_ENTRIES)]
+    indexes = [rewrite._index(config) for config in configs]
+    assert len(rewrite._INDEXES) == rewrite._INDEX_ENTRIES
+    assert rewrite._index(configs[-1]) is indexes[-1]
+    assert rewrite._index(configs[0]) is not indexes[0]
 
 
 # --- routes ---------------------------------------------------------------------------------
@@ -864,7 +871,7 @@ def test_plans_are_deterministic_complete_and_well_formed(
         return
     # Deterministic: again, and for an equal but separately built configuration.
     assert explain_delivery(config, sender, recipients) == plan
-    assert explain_delivery(replace(config), sender, recipients) == plan
+    assert explain_delivery(config._replace(), sender, recipients) == plan
     if plan.sender_refusal is not None:
         event("sender refused")
         assert plan.groups == ()

@@ -97,7 +97,7 @@ def plan_data(plan: Plan, recipients: list[str]) -> dict[str, Any]:
             }
             for r in plan.rewrites
         ],
-        "header_rewrites": plan.address_rewrites,
+        "header_rewrites": dict(plan.address_rewrites),
         "routes": [group_data(g) for g in plan.groups],
         "policy": {
             "verdict": verdict(plan),

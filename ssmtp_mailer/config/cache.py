@@ -208,7 +208,7 @@ def _location(value: Location | None) -> list[Any] | None:
 def _encode(sections: Sections) -> dict[str, Any]:
     domains = []
     for d in sections.domains.values():
-        row = dict(vars(d))
+        row = d._asdict()
         row["location"] = _location(d.location)
         row["password_location"] = _location(d.password_location)
         row["fallback_servers"] = [[h.host, h.port] for h in d.fallback_servers]
@@ -221,7 +221,7 @@ def _encode(sections: Sections) -> dict[str, Any]:
         domains.append(row)
     users = []
     for u in sections.users:
-        row = dict(vars(u))
+        row = u._asdict()
         row["location"] = _location(u.location)
         users.append(row)
     mappings = []

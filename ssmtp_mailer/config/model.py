@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 
 class AuthMethod(str, enum.Enum):
@@ -33,8 +33,7 @@ class DkimAlgorithm(str, enum.Enum):
     BOTH = "both"
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(NamedTuple):
     path: str
     line: int
 
@@ -42,8 +41,7 @@ class Location:
         return f"{self.path}:{self.line}"
 
 
-@dataclass(frozen=True)
-class HostPort:
+class HostPort(NamedTuple):
     host: str
     port: int | None = None
 
@@ -52,8 +50,7 @@ class HostPort:
         return host if self.port is None else f"{host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class GlobalConfig:
+class GlobalConfig(NamedTuple):
     default_hostname: str
     default_from: str
     config_dir: Path
@@ -85,8 +82,7 @@ class GlobalConfig:
     location: Location | None = None
 
 
-@dataclass(frozen=True)
-class DomainConfig:
+class DomainConfig(NamedTuple):
     """A relay route, `[domain:NAME]`."""
 
     name: str
@@ -97,7 +93,7 @@ class DomainConfig:
     fallback_servers: tuple[HostPort, ...] = ()
     auth_method: AuthMethod = AuthMethod.AUTO
     username: str | None = None
-    password: str | None = field(default=None, repr=False)
+    password: str | None = None
     password_location: Location | None = None
     password_command: str | None = None
     oauth2_token_command: str | None = None
@@ -117,9 +113,13 @@ class DomainConfig:
     dkim_algorithm: DkimAlgorithm = DkimAlgorithm.RSA
     rate_limit_per_minute: int = 100
 
+    def __repr__(self) -> str:
+        # Reprs reach tracebacks and debug output; the password must not.
+        shown = (f"{k}={v!r}" for k, v in self._asdict().items() if k != "password")
+        return f"DomainConfig({', '.join(shown)})"
 
-@dataclass(frozen=True)
-class UserConfig:
+
+class UserConfig(NamedTuple):
     """A sender's permissions, `[user:ADDRESS]`; ADDRESS is a pattern or a `{type}` template."""
 
     address: str
@@ -134,8 +134,7 @@ class UserConfig:
     allowed_domains: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class MappingConfig:
+class MappingConfig(NamedTuple):
     """An address rewrite, `[mapping:NAME]`."""
 
     name: str
@@ -148,8 +147,7 @@ class MappingConfig:
     rewrite_headers: bool = True
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     main_file: Path
     global_: GlobalConfig
     domains: dict[str, DomainConfig]

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
 from pathlib import Path
 from typing import Any
 
-from ssmtp_mailer.config.model import Config, HostPort, Location
+from ssmtp_mailer.config.model import (
+    Config,
+    DomainConfig,
+    GlobalConfig,
+    HostPort,
+    Location,
+    MappingConfig,
+    UserConfig,
+)
 
 REDACTED = "<redacted>"
 _HIDDEN = {"location", "password_location", "name", "address"}
@@ -17,6 +24,7 @@ _HIDDEN = {"location", "password_location", "name", "address"}
 def _plain(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
+    # Checked before tuple: HostPort and Location are NamedTuples but are written as text.
     if isinstance(value, (Path, HostPort, Location)):
         return str(value)
     if isinstance(value, tuple):
@@ -24,15 +32,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _section(obj: Any) -> dict[str, Any]:
+def _section(obj: GlobalConfig | DomainConfig | UserConfig | MappingConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        if f.name in _HIDDEN:
+    for name, value in obj._asdict().items():
+        if name in _HIDDEN or value is None:
             continue
-        value = getattr(obj, f.name)
-        if value is None:
-            continue
-        out[f.name] = REDACTED if f.name == "password" else _plain(value)
+        out[name] = REDACTED if name == "password" else _plain(value)
     return out
 
 

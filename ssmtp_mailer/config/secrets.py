@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import stat
-import subprocess
 import types
 from pathlib import Path
 
@@ -42,6 +41,8 @@ def _is_mail_group(gid: int) -> bool:
 
 def run_secret_command(command: str, what: str) -> str:
     """First line of a command's stdout; the command line comes from the configuration."""
+    import subprocess  # here: an inline or keyring password must not pay ~4 ms to import it
+
     try:
         done = subprocess.run(
             command,

@@ -147,7 +147,7 @@ def _peek_certificate(endpoint: Endpoint, transcript: Transcript | None) -> dict
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.minimum_version = endpoint.context.minimum_version
-    peek = dataclasses.replace(endpoint, context=context, fingerprint=None)
+    peek = endpoint._replace(context=context, fingerprint=None)
     conn = RelayConnection(peek, transcript)
     try:
         conn.open()

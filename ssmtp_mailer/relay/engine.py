@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ssmtp_mailer import log
 from ssmtp_mailer.config.model import AuthMethod, Config, DeliveryMode, DomainConfig, HostPort
@@ -26,12 +26,11 @@ from ssmtp_mailer.rewrite import RouteGroup
 Transcript = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class DeliveryResult:
+class DeliveryResult(NamedTuple):
     route: str
     server: str
     accepted: tuple[str, ...]
-    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+    refused: dict[str, tuple[int, str]]
     reply: str = ""
     tls: str | None = None
     auth_user: str | None = None
@@ -153,7 +152,7 @@ def _rate_limit(config: Config, route: DomainConfig) -> None:
 def deliver(
     config: Config,
     group: RouteGroup,
-    data: bytes,
+    data: bytes | bytearray,
     *,
     smtputf8: bool = False,
     eightbit: bool = False,
@@ -178,7 +177,7 @@ def deliver(
 def _deliver(
     config: Config,
     group: RouteGroup,
-    data: bytes,
+    data: bytes | bytearray,
     servers: list[HostPort],
     record: _Record,
     smtputf8: bool,
@@ -255,7 +254,7 @@ def _exhausted(
 def _attempt(
     endpoint: Endpoint,
     group: RouteGroup,
-    data: bytes,
+    data: bytes | bytearray,
     credentials: Credentials,
     smtputf8: bool,
     eightbit: bool,
@@ -291,7 +290,7 @@ def _attempt(
 class _Record:
     """Collects the fields of the message's log line while delivery goes on."""
 
-    def __init__(self, config: Config, group: RouteGroup, data: bytes) -> None:
+    def __init__(self, config: Config, group: RouteGroup, data: bytes | bytearray) -> None:
         self.config = config
         self.group = group
         self.size = len(data)

@@ -18,9 +18,8 @@ import smtplib
 import socket
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ssmtp_mailer.config.model import AuthMethod, DomainConfig
 from ssmtp_mailer.errors import (
@@ -71,8 +70,7 @@ class RelayFailure(Exception):
         self.next_server = next_server
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     """Where and how to connect: one server of a route, with its TLS and timeouts."""
 
     host: str
@@ -93,13 +91,15 @@ class Endpoint:
         return f"{host}:{self.port}"
 
 
-@dataclass
 class Transaction:
     """What one MAIL/RCPT/DATA exchange achieved."""
 
-    accepted: list[str] = field(default_factory=list)
-    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
-    reply: str = ""
+    __slots__ = ("accepted", "refused", "reply")
+
+    def __init__(self) -> None:
+        self.accepted: list[str] = []
+        self.refused: dict[str, tuple[int, str]] = {}
+        self.reply = ""
 
 
 def reply_text(message: bytes | str) -> str:
@@ -460,7 +460,7 @@ class RelayConnection(smtplib.SMTP):
         self,
         sender: str,
         recipients: Sequence[str],
-        data: bytes,
+        data: bytes | bytearray,
         *,
         smtputf8: bool,
         eightbit: bool,
@@ -511,7 +511,11 @@ class RelayConnection(smtplib.SMTP):
             raise self._transport_failure("DATA", exc) from None
 
     def _exchange(
-        self, sender: str, recipients: Sequence[str], data: bytes, options: list[str]
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes | bytearray,
+        options: list[str],
     ) -> Transaction:
         suffix = "".join(f" {o}" for o in options)
         # Addresses go out verbatim in <>: smtplib's quoteaddr() re-parses them and can
@@ -542,7 +546,7 @@ class RelayConnection(smtplib.SMTP):
         result.reply = f"{code} {reply_text(message)}"
         return result
 
-    def _stream(self, data: bytes) -> None:
+    def _stream(self, data: bytes | bytearray) -> None:
         """Send the message dot-stuffed (RFC 5321 4.5.2) and the final dot, without copying it."""
         sock = self.sock
         assert sock is not None
