@@ -648,6 +648,11 @@ def apply_group_headers(
     if not separated and body_start < len(data):
         separator = CRLF
     if in_place and isinstance(data, bytearray):
-        data[:body_start] = header + separator
-        return data
+        try:
+            data[:body_start] = header + separator
+            return data
+        except BufferError:
+            # A view of the buffer is still alive (an earlier group's failure keeps the
+            # frame that streamed it): the buffer cannot be resized, so copy after all.
+            pass
     return b"".join((header, separator, memoryview(data)[body_start:]))

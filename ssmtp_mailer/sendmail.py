@@ -203,7 +203,7 @@ def read_message(stream: BinaryIO, *, dot_ends: bool, limit: int) -> bytearray:
     """
     from ssmtp_mailer.message import crlf_lines, lone_dot_line
 
-    read = getattr(stream, "read1", stream.read)
+    read = getattr(stream, "read1", None) or stream.read
     data = bytearray()
     held = b""  # a piece's final CR, until the next piece says whether an LF follows
     while True:

@@ -327,6 +327,21 @@ def test_apply_group_headers_rewrites_only_address_headers() -> None:
     assert all(line in head.split(b"\r\n") for line in untouched)
 
 
+def test_apply_group_headers_in_place_reuses_the_buffer_unless_a_view_holds_it() -> None:
+    group = RouteGroup(ROUTE, "relay@x", ("b@x",), header_from="relay@x")
+    plan = Plan("relay@x", (group,))
+    p = prep(b"From: a@x\nTo: b@x\n\nbody\n", recipients=("b@x",))
+    out = apply_group_headers(p, plan, group, in_place=True)
+    assert out is p.data and b"From: relay@x\r\n" in out
+    # An earlier group's failed DATA can keep a view of the buffer alive: then a copy is made.
+    p = prep(b"From: a@x\nTo: b@x\n\nbody\n", recipients=("b@x",))
+    before = bytes(p.data)
+    with memoryview(p.data):
+        out = apply_group_headers(p, plan, group, in_place=True)
+    assert out is not p.data and bytes(p.data) == before
+    assert b"From: relay@x\r\n" in out and body_of(out) == b"body\r\n"
+
+
 # -- anything in: a prepared message or a clean error ------------------------------------------
 
 
