@@ -7,7 +7,15 @@ big:   a 25 MiB message through `sendmail -t` (and msmtp) to that sink: wall, pe
        of the sender against the message size, and whether it arrived intact.
 Senders run once unmeasured, then N times round-robin. It prints numbers; it asserts nothing.
 
+What users get is a regular install, so by default ours and the bare script both run on the
+interpreter of a virtual environment (--venv DIR, kept between runs) holding a regular,
+non-editable install of the working tree, reinstalled on every run. --installed measures the
+current interpreter's `ssmtp-mailer` instead (and runs the bare script on sys.executable); an
+editable install or a .pth in its site-packages then adds to every start of both.
+The bench itself imports aiosmtpd (for the sink) from the current interpreter.
+
 Usage: python bench/bench_sendmail.py [--runs N] [--only tls,plain,big] [--body-lines N]
+                                      [--venv DIR | --installed]
 """
 
 from __future__ import annotations
@@ -35,6 +43,10 @@ RECIPIENT = "bench@example.net"  # Postfix's relay accepts example.net recipient
 PLAIN_SENDER = "bench@client.example"
 SETTINGS = ("tls", "plain", "big")
 OURS, BARE, MSMTP = "ssmtp-mailer sendmail -t", "bare smtplib script", "msmtp -t"
+DEFAULT_VENV = Path(tempfile.gettempdir()) / "ssmtp-mailer-bench-venv"
+# What the snapshot of the working tree leaves out: caches, VCS data and earlier build output
+# (a stale build/lib would put modules deleted since into the wheel).
+SNAPSHOT_IGNORE = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__")
 
 # argv: host port sender recipient [cafile]; with a cafile: STARTTLS, then AUTH as the
 # sender with $BENCH_PASSWORD (kept out of argv, where ps would show it).
@@ -184,13 +196,13 @@ class Bench:
     """The senders' commands and environment, shared by the three settings."""
 
     def __init__(
-        self, work: Path, script: str, msmtp: str | None, options: argparse.Namespace
+        self, work: Path, script: str, python: str, msmtp: str | None, options: argparse.Namespace
     ) -> None:
         self.work, self.msmtp, self.options = work, msmtp, options
         self.send = [str(work / "sendmail"), "-t"]
         (work / "sendmail").symlink_to(script)
         (work / "bare.py").write_text(BARE_SCRIPT)
-        self.bare = [sys.executable, str(work / "bare.py")]
+        self.bare = [python, str(work / "bare.py")]
         # An installed package runs from byte-compiled files; with PYTHONDONTWRITEBYTECODE
         # every run would recompile our sources. The cache lives in the temporary folder.
         self.env = dict(os.environ, HOME=str(work), PYTHONPYCACHEPREFIX=str(work / "pycache"))
@@ -312,6 +324,59 @@ def editable_note() -> str:
     return "ssmtp-mailer is installed non-editable"
 
 
+def same_interpreter(python: Path) -> bool:
+    """Whether python runs and is a venv of the interpreter running this bench."""
+    probe = "import sys; print(sys.version, sys.base_prefix)"
+    try:
+        found = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
+    except OSError:
+        return False
+    return found.returncode == 0 and found.stdout.strip() == f"{sys.version} {sys.base_prefix}"
+
+
+def pip_run(argv: list[str], may_fail: bool = False) -> bool:
+    """Run pip, its output (warnings about the index setup, say) shown only when it fails."""
+    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0 and not may_fail:
+        sys.stderr.write(done.stdout)
+        sys.exit(f"{shlex.join(argv)} failed with exit status {done.returncode}")
+    return done.returncode == 0
+
+
+def bench_venv(venv: Path) -> tuple[str, str, str]:
+    """(script, python, note) of venv holding a regular install of the working tree.
+
+    A new venv gets a full install (dependencies included); a reused one gets the project
+    reinstalled without touching its dependencies, unless `pip check` finds one missing. pip
+    installs from a snapshot of the tree, so no build output lands in (or comes from) ROOT.
+    """
+    python = venv / "bin" / "python"
+    started = time.perf_counter()
+    reuse = same_interpreter(python)
+    if not reuse:
+        if venv.exists() and any(venv.iterdir()) and not (venv / "pyvenv.cfg").exists():
+            sys.exit(f"--venv {venv}: exists and is not a virtual environment; left alone")
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    pip = [str(python), "-m", "pip"]
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "ssmtp-mailer"
+        shutil.copytree(ROOT, source, ignore=SNAPSHOT_IGNORE)
+        if reuse:
+            pip_run([*pip, "install", "--quiet", "--force-reinstall", "--no-deps", str(source)])
+            reuse = pip_run([*pip, "check"], may_fail=True)
+        if not reuse:
+            pip_run([*pip, "install", "--quiet", str(source)])
+    script = venv / "bin" / "ssmtp-mailer"
+    if not script.exists():
+        sys.exit(f"{script}: missing after the install")
+    seconds = time.perf_counter() - started
+    how = "reinstalled" if reuse else "installed with its dependencies"
+    note = (f"measured: a regular (non-editable) install of the working tree of {ROOT}, {how} "
+            f"in {seconds:.1f} s into the venv {venv}; ours and the bare script run {python} "
+            f"(Python {sys.version.split()[0]}, the bench's own interpreter's venv)")  # fmt: skip
+    return str(script), str(python), note
+
+
 def ensure_msmtp() -> str | None:
     """The msmtp binary, installed from Debian's packages when missing and we are root."""
     found = shutil.which("msmtp")
@@ -330,22 +395,40 @@ def main() -> None:
         "--only", action="extend", type=lambda value: value.split(","), default=[],
         metavar="tls,plain,big", help="settings to run, repeatable or comma list; default all",
     )  # fmt: skip
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--venv", type=Path, default=DEFAULT_VENV, metavar="DIR",
+        help=f"venv for a regular install of the working tree, reinstalled every run; "
+             f"created when missing (default {DEFAULT_VENV})",
+    )  # fmt: skip
+    where.add_argument(
+        "--installed", action="store_true",
+        help="measure the current interpreter's ssmtp-mailer (and its python for the bare "
+             "script) instead, as installed, editable or not",
+    )  # fmt: skip
     options = parser.parse_args()
     only = set(options.only or SETTINGS)
     if only - set(SETTINGS):
         parser.error(f"--only: choose from {', '.join(SETTINGS)}")
 
-    # The script beside our interpreter: a pyenv shim on PATH would dispatch on the link's name.
-    beside = Path(sys.executable).parent / "ssmtp-mailer"
-    script = str(beside) if beside.exists() else shutil.which("ssmtp-mailer")
-    if script is None:
-        sys.exit("ssmtp-mailer is not installed (pip install -e .)")
+    if options.installed:
+        # The script beside our interpreter: a pyenv shim on PATH would dispatch on the link's
+        # name.
+        beside = Path(sys.executable).parent / "ssmtp-mailer"
+        found = str(beside) if beside.exists() else shutil.which("ssmtp-mailer")
+        if found is None:
+            sys.exit("ssmtp-mailer is not installed (pip install -e .)")
+        script, python = found, sys.executable
+        print(f"measured: the current interpreter's install, {script}; bare script on {python}")
+        print(editable_note())
+    else:
+        script, python, note = bench_venv(Path(options.venv).resolve())
+        print(note)
     msmtp = ensure_msmtp()
-    print(editable_note())
     if msmtp is None:
         print("msmtp not found and not installable (needs root and apt-get): its rows are skipped")
     with tempfile.TemporaryDirectory() as tmp:
-        runner = Bench(Path(tmp), script, msmtp, options)
+        runner = Bench(Path(tmp), script, python, msmtp, options)
         if "tls" in only:
             runner.tls()
         if only & {"plain", "big"}:
