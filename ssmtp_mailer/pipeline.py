@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from ssmtp_mailer import errors, rewrite
@@ -208,28 +208,23 @@ def _handle_refusals(
         problem(f"{address}: refused by {result.server}: {code} {text}")
     outcomes: list[GroupOutcome] = []
     if refused:
-        why = "; ".join(f"{a}: {result.refused[a][0]} {result.refused[a][1]}" for a in refused)
         failed = group._replace(recipients=tuple(refused))
-        from ssmtp_mailer import spool
-
-        spool.handle_permanent_failure(
-            config,
-            failed,
-            data,
-            error=NoUserError(result.server, why),
-            smtputf8=prepared.smtputf8,
-            eightbit=prepared.eightbit,
-        )
+        refusal = NoUserError(result.server, _replies(result, refused))
+        handle_permanent_failure(config, failed, data, prepared, refusal)
     if deferred:
-        why = "; ".join(f"{a}: {result.refused[a][0]} {result.refused[a][1]}" for a in deferred)
         pending = group._replace(recipients=deferred)
-        error = TempFailError(result.server, why)
+        error = TempFailError(result.server, _replies(result, deferred))
         outcome = handle_temporary_failure(config, pending, data, prepared, error, report)
         if outcome.error is not None:
             for line in outcome.error.lines():
                 problem(line)
         outcomes.append(outcome)
     return outcomes
+
+
+def _replies(result: engine.DeliveryResult, addresses: Sequence[str]) -> str:
+    """What the relay said to each of `addresses`, on one line."""
+    return "; ".join(f"{a}: {result.refused[a][0]} {result.refused[a][1]}" for a in addresses)
 
 
 def _exit_code(plan: rewrite.Plan, outcomes: list[GroupOutcome]) -> int:
