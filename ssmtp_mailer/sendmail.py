@@ -5,6 +5,7 @@ Kept free of click and of every heavy import: programs run this once per message
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, BinaryIO
@@ -265,6 +266,8 @@ def run_sendmail(args: list[str]) -> int:
         print(NEWALIASES_NOTE, file=sys.stderr)
         return 0
     config = _load(parsed)
+    if parsed.mode in ("queue", "smtp"):
+        gc.enable()  # these handle many messages in one process (see entry.script)
     if parsed.mode == "list":
         from ssmtp_mailer import spool
 
