@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
@@ -48,10 +49,8 @@ def script() -> None:
     except OSError:  # the reader went away: as in main(), no failure for a listing only
         listing = name == "mailq" or "-bp" in sys.argv[1:]
         code = code or (0 if listing else EX_IOERR)
-    try:
+    with contextlib.suppress(OSError):
         sys.stderr.flush()
-    except OSError:
-        pass
     os._exit(code)
 
 

@@ -6,9 +6,9 @@ import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from ssmtp_mailer.errors import DataError, UsageError
+from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from ssmtp_mailer.rewrite import Plan, RouteGroup
@@ -408,7 +408,8 @@ def _line_of(data: bytes | bytearray, offset: int, first_line: int) -> int:
     return first_line + data.count(b"\n", 0, offset)
 
 
-_Bytes = TypeVar("_Bytes", bytes, bytearray)
+if TYPE_CHECKING:
+    _Bytes = TypeVar("_Bytes", bytes, bytearray)
 
 
 def crlf_lines(chunk: _Bytes) -> _Bytes:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Generic, NamedTuple, TypeVar
+
+from ssmtp_mailer.typed import Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
 

@@ -6,7 +6,6 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 from ssmtp_mailer import errors, rewrite
 from ssmtp_mailer.config.model import Config
@@ -23,6 +22,7 @@ from ssmtp_mailer.errors import (
 )
 from ssmtp_mailer.message import PreparedMessage, apply_group_headers
 from ssmtp_mailer.relay import engine
+from ssmtp_mailer.typed import NamedTuple
 
 # Temporary outcomes rank below permanent ones: the permanent one is what the caller must fix.
 _TEMPORARY_CODES = frozenset({EX_TEMPFAIL})

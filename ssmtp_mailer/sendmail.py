@@ -8,12 +8,14 @@ from __future__ import annotations
 import gc
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, BinaryIO
 
 from ssmtp_mailer import __version__
 from ssmtp_mailer.errors import PROG, DataError, MailerError, UsageError, report
+from ssmtp_mailer.typed import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from typing import BinaryIO
+
     from ssmtp_mailer.config.model import Config
 
 # Flags that take a value, attached (-fADDR) or as the next argument (-f ADDR).

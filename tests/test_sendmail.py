@@ -15,7 +15,7 @@ from smtpserver import Received, SMTPTestServer
 
 from ssmtp_mailer import __version__
 from ssmtp_mailer.errors import DataError
-from ssmtp_mailer.sendmail import parse_args, read_message
+from ssmtp_mailer.sendmail import USAGE, parse_args, read_message
 
 
 def write_config(tmp_path: Path, server: SMTPTestServer, extra: str = "") -> Path:
@@ -299,7 +299,7 @@ def symlinks(tmp_path: Path) -> Path:
         pytest.skip("ssmtp-mailer is not installed on PATH")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("sendmail", "newaliases"):
+    for name in ("sendmail", "mailq", "newaliases"):
         (bin_dir / name).symlink_to(script)
     return bin_dir
 
@@ -326,6 +326,34 @@ def test_subprocess_cron_and_t(config: Path, smtp_server: SMTPTestServer, symlin
     assert done.stderr.splitlines()[0] == b"ssmtp-mailer: -Q: unknown flag"
     done = subprocess.run([str(symlinks / "newaliases")], capture_output=True, timeout=30)
     assert done.returncode == 0
+
+
+def test_links_flush_their_output_and_keep_exit_codes(
+    config: Path, smtp_server: SMTPTestServer, symlinks: Path
+) -> None:
+    # The links leave through os._exit once main() returns: nothing may be lost on the way.
+    mailq = str(symlinks / "mailq")
+    done = subprocess.run([mailq], capture_output=True, timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"Mail queue is empty\n", b"")
+    done = subprocess.run([str(symlinks / "sendmail"), "--help"], capture_output=True, timeout=30)
+    assert done.returncode == 0
+    assert done.stdout.decode() == USAGE
+    # `mailq | head -0`: a reader that is gone is no failure for a listing...
+    listing = subprocess.Popen([mailq], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert listing.stdout is not None
+    listing.stdout.close()
+    _, err = listing.communicate(timeout=30)
+    assert (listing.returncode, err) == (0, b"")
+    # ...and a message the relay refused keeps its code and its one line on stderr.
+    smtp_server.fault = "550-rcpt:bad@x.example"
+    done = subprocess.run(
+        [str(symlinks / "sendmail"), "-i", "bad@x.example"],
+        input=b"Subject: s\n\nb\n",
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == 67
+    assert done.stderr.startswith(b"ssmtp-mailer: ") and b"bad@x.example" in done.stderr
 
 
 def test_sendmail_path_imports_stay_lean(config: Path, smtp_server: SMTPTestServer) -> None:

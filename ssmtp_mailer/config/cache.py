@@ -15,7 +15,6 @@ import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from ssmtp_mailer import __version__, paths
 from ssmtp_mailer.config.model import (
@@ -29,6 +28,10 @@ from ssmtp_mailer.config.model import (
     UserConfig,
 )
 from ssmtp_mailer.patterns import Pattern, parse_mapping, remember_valid_mapping
+from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMAT = 1
 # Below this many bytes of configuration, parsing is cheaper than checking a cache.

@@ -7,7 +7,6 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from ssmtp_mailer import paths
 from ssmtp_mailer.config import cache
@@ -27,8 +26,12 @@ from ssmtp_mailer.config.model import (
 )
 from ssmtp_mailer.errors import ConfigError
 from ssmtp_mailer.patterns import domain_problem, parse_pattern, pattern_problem
+from ssmtp_mailer.typed import TYPE_CHECKING
 
-Parser = Callable[[str], Any]
+if TYPE_CHECKING:
+    from typing import Any
+
+    Parser = Callable[[str], Any]
 
 GLOBAL_KEYS: dict[str, Parser] = {
     "default_hostname": v.parse_hostname,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import NamedTuple
+
+from ssmtp_mailer.typed import NamedTuple
 
 
 class AuthMethod(str, enum.Enum):
