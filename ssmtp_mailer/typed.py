@@ -28,7 +28,9 @@ else:
         def __new__(mcs, name, bases, namespace):
             if not bases:  # NamedTuple itself
                 return super().__new__(mcs, name, bases, namespace)
-            fields = tuple(namespace.get("__annotations__", ()))
+            if "__annotations__" not in namespace:  # 3.14 defers them unless stringified
+                raise TypeError(f"{name}: fields need `from __future__ import annotations`")
+            fields = tuple(namespace["__annotations__"])
             defaults = []
             for field in fields:
                 if field in namespace:
