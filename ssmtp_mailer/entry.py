@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import sys
 
 from ssmtp_mailer.errors import EX_IOERR, EX_SOFTWARE, PROG, MailerError
 from ssmtp_mailer.errors import report as report_line
+from ssmtp_mailer.typed import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import TextIO
 
 NEWALIASES_NOTE = (
     f"{PROG}: newaliases: there is no aliases database; aliases are the [mapping:] sections"
@@ -44,14 +47,22 @@ def script() -> None:
         sys.exit(main())
     gc.disable()
     code = main()
-    try:
-        sys.stdout.flush()
-    except OSError:  # the reader went away: as in main(), no failure for a listing only
+    if not _flushed(sys.stdout):  # the reader went away: as in main(), fine for a listing
         listing = name == "mailq" or "-bp" in sys.argv[1:]
         code = code or (0 if listing else EX_IOERR)
-    with contextlib.suppress(OSError):
-        sys.stderr.flush()
+    _flushed(sys.stderr)
     os._exit(code)
+
+
+def _flushed(stream: TextIO | None) -> bool:
+    """Flush a standard stream: False if that failed. None is a stream closed at start."""
+    if stream is None:
+        return True
+    try:
+        stream.flush()
+    except (OSError, ValueError):  # ValueError: closed meanwhile
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> int:

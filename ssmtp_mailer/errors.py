@@ -74,6 +74,10 @@ class CantCreateError(MailerError):
     exit_code = EX_CANTCREAT
 
 
+class StreamError(MailerError):
+    exit_code = EX_IOERR
+
+
 class TempFailError(MailerError):
     exit_code = EX_TEMPFAIL
 

@@ -10,11 +10,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ssmtp_mailer import __version__
-from ssmtp_mailer.errors import PROG, DataError, MailerError, UsageError, report
+from ssmtp_mailer.errors import PROG, DataError, MailerError, StreamError, UsageError, report
 from ssmtp_mailer.typed import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from typing import BinaryIO
+    from typing import BinaryIO, TextIO
 
     from ssmtp_mailer.config.model import Config
 
@@ -257,10 +257,10 @@ def run_sendmail(args: list[str]) -> int:
     """The sendmail program: `args` are its arguments (without the program name)."""
     parsed = parse_args(args)
     if parsed.mode == "help":
-        sys.stdout.write(USAGE)
+        _standard(sys.stdout, "output").write(USAGE)
         return 0
     if parsed.mode == "version":
-        print(f"{PROG} {__version__} (sendmail interface)")
+        _standard(sys.stdout, "output").write(f"{PROG} {__version__} (sendmail interface)\n")
         return 0
     if parsed.mode == "newaliases":
         from ssmtp_mailer.entry import NEWALIASES_NOTE
@@ -273,16 +273,24 @@ def run_sendmail(args: list[str]) -> int:
     if parsed.mode == "list":
         from ssmtp_mailer import spool
 
-        sys.stdout.write(spool.listing_text(config).rstrip("\n") + "\n")
+        _standard(sys.stdout, "output").write(spool.listing_text(config).rstrip("\n") + "\n")
         return 0
     if parsed.mode == "queue":
         from ssmtp_mailer import spool
 
         return spool.run_queue(config, force=parsed.force_queue).exit_code
     if parsed.mode == "smtp":
-        session = SMTPSession(config, sys.stdin.buffer, sys.stdout.buffer, _transcript(parsed))
+        instream, outstream = _standard(sys.stdin, "input"), _standard(sys.stdout, "output")
+        session = SMTPSession(config, instream.buffer, outstream.buffer, _transcript(parsed))
         return session.run()
-    return deliver_stdin(parsed, config, sys.stdin.buffer)
+    return deliver_stdin(parsed, config, _standard(sys.stdin, "input").buffer)
+
+
+def _standard(stream: TextIO | None, which: str) -> TextIO:
+    """sys.stdin or sys.stdout; Python makes it None when the descriptor was not open."""
+    if stream is None:
+        raise StreamError(f"standard {which}", "not open (closed by the program that ran us)")
+    return stream
 
 
 # -- -bs: an SMTP session on stdin/stdout --------------------------------------------

@@ -358,6 +358,36 @@ def test_links_flush_their_output_and_keep_exit_codes(
     assert done.stderr.startswith(b"ssmtp-mailer: ") and b"bad@x.example" in done.stderr
 
 
+# Runs argv[2:] with descriptor argv[1] closed, as a careless parent (a daemon) leaves it.
+_WITHOUT_FD = "import os, sys; os.close(int(sys.argv[1])); os.execv(sys.argv[2], sys.argv[2:])"
+
+
+def test_closed_standard_descriptors(
+    config: Path, smtp_server: SMTPTestServer, symlinks: Path, tmp_path: Path
+) -> None:
+    sendmail = str(symlinks / "sendmail")
+
+    def without(fd: int, *args: str) -> subprocess.CompletedProcess[bytes]:
+        argv = [sys.executable, "-c", _WITHOUT_FD, str(fd), sendmail, *args]
+        with (tmp_path / "in.eml").open("rb") as stdin:
+            return subprocess.run(argv, stdin=stdin, capture_output=True, timeout=30)
+
+    (tmp_path / "in.eml").write_bytes(b"To: a@x.example\nSubject: s\n\nbody\n")
+    # No stdout: the message goes, and the exit status says so.
+    assert (without(1, "-t").returncode, len(smtp_server.messages)) == (0, 1)
+    # No stdin: nothing to send, one line and EX_IOERR, never a traceback.
+    done = without(0, "-t")
+    assert done.returncode == 74
+    assert (
+        done.stderr
+        == b"ssmtp-mailer: standard input: not open (closed by the program that ran us)\n"
+    )
+    # No stdout for a listing: the same.
+    done = without(1, "-bp")
+    assert (done.returncode, done.stderr.count(b"\n")) == (74, 1)
+    assert len(smtp_server.messages) == 1
+
+
 def test_sendmail_path_imports_stay_lean(config: Path, smtp_server: SMTPTestServer) -> None:
     code = (
         "import io, sys\n"
