@@ -30,7 +30,8 @@ else:
                 return super().__new__(mcs, name, bases, namespace)
             if "__annotations__" not in namespace:  # 3.14 defers them unless stringified
                 raise TypeError(f"{name}: fields need `from __future__ import annotations`")
-            fields = tuple(namespace["__annotations__"])
+            annotations = namespace["__annotations__"]
+            fields = tuple(annotations)
             defaults = []
             for field in fields:
                 if field in namespace:
@@ -42,7 +43,7 @@ else:
             module = namespace.get("__module__")
             cls = collections.namedtuple(name, fields, defaults=defaults, module=module)
             cls.__qualname__ = namespace.get("__qualname__", name)
-            cls.__annotations__ = dict(namespace.get("__annotations__", {}))
+            cls.__annotations__ = dict(annotations)
             for key, value in namespace.items():
                 if key not in _OWN and key not in fields:
                     setattr(cls, key, value)
