@@ -158,7 +158,9 @@ def _leaf_pem(
     """A server certificate and its key (PEM), issued by `ca` or, without one, self-signed.
 
     Built with cryptography rather than trustme: trustme >= 0.9 (our minimum) cannot
-    set validity dates, and it has no self-signed leaf.
+    set validity dates, and it has no self-signed leaf. The extensions are those of a
+    real relay's certificate; Python 3.13's default context (VERIFY_X509_STRICT) refuses
+    a chain without the key identifiers (RFC 5280 4.2.1.1, 4.2.1.2).
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -176,11 +178,16 @@ def _leaf_pem(
     signing_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
     if ca is None:
         issuer, signing_key = subject, key
+        authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
     else:
         ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
         ca_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), None)
         assert isinstance(ca_key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey))
         issuer, signing_key = ca_cert.subject, ca_key
+        ca_key_id = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+            ca_key_id.value
+        )
     now = datetime.datetime.now(datetime.timezone.utc)
     if expired:
         not_before, not_after = now - datetime.timedelta(days=30), now - datetime.timedelta(days=1)
@@ -197,8 +204,24 @@ def _leaf_pem(
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
             x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
         )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(authority_key_id, critical=False)
         .sign(signing_key, hashes.SHA256())
     )
     key_pem = key.private_bytes(

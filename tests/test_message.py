@@ -85,8 +85,13 @@ def test_email_package_agrees_on_simple_lists() -> None:
     from email.utils import getaddresses
 
     for text, _ in CORPUS[:4]:
+        parsed = getaddresses([text])
+        if parsed == [("", "")] and "(" in text:
+            # Since the CVE-2023-27043 fix (3.13, and 3.10-3.12 security releases) the
+            # strict parser counts commas outside quotes and gives up on one in a comment.
+            continue
         ours = [b.address for b in parse_addresses(text)]
-        theirs = [a for _, a in getaddresses([text]) if a]
+        theirs = [a for _, a in parsed if a]
         assert ours == theirs
 
 

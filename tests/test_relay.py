@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import stat
 import subprocess
 import sys
@@ -234,6 +235,19 @@ def test_implicit_tls(smtp_server_factory: Factory, tmp_path: Path, ca_file: Pat
     [got] = server.messages
     assert got.tls and got.auth_user == USER and got.data == MESSAGE
     assert result.tls is not None
+
+
+def test_verifying_context_keeps_the_interpreter_checks(tmp_path: Path, ca_file: Path) -> None:
+    """Python 3.13's VERIFY_X509_STRICT stays on: test certificates must meet it instead."""
+    from ssmtp_mailer.relay.smtp import tls_context
+
+    config = make_config(
+        tmp_path, smtp_server="127.0.0.1", smtp_port=25, use_starttls=True, ssl_ca_file=ca_file
+    )
+    context = tls_context(config.domains["example.com"])
+    defaults = ssl.create_default_context().verify_flags
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.verify_flags & defaults == defaults
 
 
 def test_oci_style_username_and_special_password(

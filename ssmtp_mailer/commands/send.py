@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,7 +131,8 @@ def _read_body(body: str | None, body_file: str | None) -> str:
             raise UsageError(f"--body-file {body_file}", exc.strerror or str(exc)) from None
         where = f"--body-file {body_file}"
     else:
-        stdin = click.get_binary_stream("stdin")
+        # Not click.get_binary_stream: deprecated since click 8.5 (8.1 is our minimum).
+        stdin = sys.stdin.buffer
         if stdin.isatty():
             click.echo("ssmtp-mailer: reading the body from stdin (end with Ctrl-D)", err=True)
         data = stdin.read()

@@ -145,9 +145,10 @@ CA_KEY="$RELAY_DIR/ca.key" CA_PEM="$RELAY_DIR/ca.pem"
 SRV_KEY="$RELAY_DIR/server.key" SRV_PEM="$RELAY_DIR/server.pem"
 certs_ok() {
     [ -s "$CA_PEM" ] && [ -s "$CA_KEY" ] && [ -s "$SRV_PEM" ] && [ -s "$SRV_KEY" ] || return 1
-    # still valid for at least a day, and chains to our CA
+    # still valid for at least a day, and chains to our CA under the strict checks
+    # Python 3.13 clients use (VERIFY_X509_STRICT: key identifiers, critical constraints)
     openssl x509 -checkend 86400 -noout -in "$SRV_PEM" >/dev/null 2>&1 || return 1
-    openssl verify -CAfile "$CA_PEM" "$SRV_PEM" >/dev/null 2>&1 || return 1
+    openssl verify -x509_strict -CAfile "$CA_PEM" "$SRV_PEM" >/dev/null 2>&1 || return 1
     # key matches certificate
     [ "$(openssl x509 -noout -pubkey -in "$SRV_PEM" 2>/dev/null | openssl sha256)" = \
       "$(openssl pkey -pubout -in "$SRV_KEY" 2>/dev/null | openssl sha256)" ] || return 1
@@ -175,7 +176,7 @@ EOF
     openssl x509 -req -sha256 -days 825 -in "$tmpd/server.csr" \
         -CA "$tmpd/ca.pem" -CAkey "$tmpd/ca.key" -CAcreateserial \
         -extfile "$tmpd/server.ext" -out "$tmpd/server.pem" 2>/dev/null
-    openssl verify -CAfile "$tmpd/ca.pem" "$tmpd/server.pem" >/dev/null \
+    openssl verify -x509_strict -CAfile "$tmpd/ca.pem" "$tmpd/server.pem" >/dev/null \
         || die "generated server certificate does not verify against the CA"
     mv -f "$tmpd/ca.key" "$CA_KEY"; mv -f "$tmpd/ca.pem" "$CA_PEM"
     mv -f "$tmpd/server.key" "$SRV_KEY"; mv -f "$tmpd/server.pem" "$SRV_PEM"
