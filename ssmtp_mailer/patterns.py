@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -17,15 +18,21 @@ _DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 # RFC 5322 §3.2.4 quoted-string without folding white space (RFC 5321 §4.1.2 has none).
 _QTEXT = r"[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\ud7ff\ue000-\U0010ffff]"
 _QUOTED = rf'"(?:{_QTEXT}|\\[\x20-\x7e])*"'
-_QUOTED_PAIR = re.compile(r"\\([\x20-\x7e])")
+_QUOTED_PAIR = r"\\([\x20-\x7e])"  # re's cache too: quoted local parts are rare
 # RFC 5321 §4.1.2 sub-domain: Let-dig [Ldh-str], at most 63 octets (RFC 1035).
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 # The common all-ASCII shapes, checked with one regex so 10,000 mappings index quickly.
 _ASCII_ATOM = r"[A-Za-z0-9!#$%&'+/=?^_`{|}~-]+"
 _ASCII_LOCAL = rf"{_ASCII_ATOM}(?:\.{_ASCII_ATOM})*"
-_SIMPLE_PATTERN = re.compile(rf"({_ASCII_LOCAL}|\*)@({_LABEL}(?:\.{_LABEL})*|\*)")
+_SIMPLE_PATTERN = rf"({_ASCII_LOCAL}|\*)@({_LABEL}(?:\.{_LABEL})*|\*)"
 _ASCII_DOT_ATOM = re.compile(_ASCII_LOCAL)
+
+
+@functools.cache
+def _simple_pattern() -> re.Pattern[str]:
+    """Compiled on first use: a configuration without mappings (or a cached one) needs none."""
+    return re.compile(_SIMPLE_PATTERN)
 
 
 class Pattern(NamedTuple):
@@ -63,7 +70,7 @@ def local_key(local: str) -> str:
     """
     if len(local) >= 2 and local[0] == '"' and local[-1] == '"':
         # RFC 5321 §4.1.2: "abc"@x and abc@x are the same mailbox.
-        local = _QUOTED_PAIR.sub(r"\1", local[1:-1])
+        local = re.sub(_QUOTED_PAIR, r"\1", local[1:-1])
     return local.lower()
 
 
@@ -137,7 +144,7 @@ def is_valid_address(address: str) -> bool:
 
 def parse_pattern(text: str) -> Pattern:
     """Parse a from_pattern / user address / allowed_recipients entry; ValueError says why."""
-    simple = _SIMPLE_PATTERN.fullmatch(text)
+    simple = _simple_pattern().fullmatch(text)
     if simple is not None and len(simple[1]) <= 64 and len(simple[2]) <= 253:
         local, domain = simple[1], simple[2]
         return Pattern(text, None if local == "*" else local, None if domain == "*" else domain)
@@ -191,7 +198,7 @@ def _parse_mapping(source: str, target: str) -> Pattern:
         src = parse_pattern(source)
     except ValueError as exc:
         raise ValueError(f"from_pattern: {exc}") from None
-    simple = _SIMPLE_PATTERN.fullmatch(target)
+    simple = _simple_pattern().fullmatch(target)
     if simple is not None and simple[2] != "*" and len(simple[1]) <= 64 and len(simple[2]) <= 253:
         if simple[1] == "*" and src.local is not None:
             raise ValueError(_KEEPS_LOCAL.format(target=target, source=source))

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 from ssmtp_mailer.config.model import Location
 
 SECTION_KINDS = ("global", "domain", "user", "mapping")
 
-# `#` or `;` after whitespace starts an inline comment.
-_INLINE_COMMENT = re.compile(r"[ \t][#;]")
+# `#` or `;` after whitespace starts an inline comment (the whitespace goes with it).
+_INLINE_COMMENT = (" #", "\t#", " ;", "\t;")
 
 
 class RawSection:
@@ -39,10 +37,8 @@ def _strip_inline_comment(value: str) -> str:
         end = _closing_quote(value)
         if end is not None:
             return value[: end + 1]
-    found = _INLINE_COMMENT.search(value)
-    if found is not None:
-        return value[: found.start() + 1].rstrip()
-    return value
+    starts = [i for i in map(value.find, _INLINE_COMMENT) if i >= 0]
+    return value[: min(starts)].rstrip() if starts else value
 
 
 def _closing_quote(value: str) -> int | None:

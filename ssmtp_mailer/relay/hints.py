@@ -31,10 +31,9 @@ PLAINTEXT_AUTH = (
 )
 SMTPUTF8 = "use an ASCII address, or a relay that offers SMTPUTF8 (RFC 6531)"
 
-_RELAY_DENIED = re.compile(
-    r"relay(ing)? (access )?(denied|not (allowed|permitted))|access denied", re.I
-)
-_SENDER_AUTH = re.compile(r"\b(spf|dkim|dmarc)\b", re.I)
+# Left to re's own cache: compiled on the first failure, not on every sendmail run.
+_RELAY_DENIED = r"relay(ing)? (access )?(denied|not (allowed|permitted))|access denied"
+_SENDER_AUTH = r"\b(spf|dkim|dmarc)\b"
 
 
 def for_reply(code: int, text: str, *, port: int | None = None) -> str | None:
@@ -43,9 +42,9 @@ def for_reply(code: int, text: str, *, port: int | None = None) -> str | None:
         return CREDENTIALS
     if code == 530 or (code == 550 and "authentication required" in text.lower()):
         return AUTH_REQUIRED
-    if code in (550, 551, 553, 554) and _RELAY_DENIED.search(text):
+    if code in (550, 551, 553, 554) and re.search(_RELAY_DENIED, text, re.I):
         return RELAY_DENIED
-    if code >= 500 and _SENDER_AUTH.search(text):
+    if code >= 500 and re.search(_SENDER_AUTH, text, re.I):
         return SENDER_AUTH
     if port == 25 and code == 554:
         return RELAY_DENIED

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,8 +21,11 @@ def state_dir_for(spool_dir: Path) -> Path:
     return spool_dir / "ratelimit"
 
 
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
 def _file_name(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", lambda m: f"%{ord(m.group()):02x}", key) + ".times"
+    return "".join(c if c in _NAME_CHARS else f"%{ord(c):02x}" for c in key) + ".times"
 
 
 @contextlib.contextmanager
