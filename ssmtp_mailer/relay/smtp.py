@@ -1,6 +1,6 @@
-"""The SMTP client: the only code that opens smarthost sockets (smtplib + ssl).
+"""The SMTP client: the only code that opens smarthost sockets (with relay.wire and ssl).
 
-`RelayConnection` is an `smtplib.SMTP` that records a redacted transcript, applies
+`RelayConnection` is a `wire.SMTPClient` that records a redacted transcript, applies
 separate connect/read/write timeouts, does TLS (implicit or STARTTLS) with
 verification, pinning or neither, authenticates, and streams one transaction.
 Every failure leaves as `RelayFailure`: the user-facing `MailerError` (SPEC §9) and
@@ -9,12 +9,8 @@ whether the engine may retry it.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
-import hashlib
-import hmac
-import smtplib
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -33,6 +29,12 @@ from ssmtp_mailer.errors import (
     UnavailableError,
 )
 from ssmtp_mailer.relay import hints
+from ssmtp_mailer.relay.wire import (
+    SMTPClient,
+    SMTPException,
+    SMTPResponseException,
+    SMTPServerDisconnected,
+)
 from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -123,6 +125,8 @@ def reply_text(message: bytes | str) -> str:
 
 def fingerprint_of(der: bytes) -> str:
     """SHA-256 of a DER certificate in the form `tls_fingerprint` accepts (lowercase hex)."""
+    import hashlib  # only with TLS: its OpenSSL start-up is a millisecond of every run
+
     return hashlib.sha256(der).hexdigest()
 
 
@@ -205,8 +209,8 @@ def endpoint_for(
     )
 
 
-class RelayConnection(smtplib.SMTP):
-    """An smtplib client with a redacted transcript, per-direction timeouts, TLS and AUTH."""
+class RelayConnection(SMTPClient):
+    """An SMTP client with a redacted transcript, per-direction timeouts, TLS and AUTH."""
 
     def __init__(self, endpoint: Endpoint, transcript: Transcript | None = None) -> None:
         self.endpoint = endpoint
@@ -220,8 +224,7 @@ class RelayConnection(smtplib.SMTP):
         self.features_before_tls: dict[str, str] = {}
         self.auth_user: str | None = None
         self.auth_mechanism: str | None = None
-        # local_hostname set: smtplib would otherwise call socket.getfqdn(), a DNS wait.
-        super().__init__(local_hostname=endpoint.helo or "localhost", timeout=endpoint.read_timeout)
+        super().__init__(local_hostname=endpoint.helo or "localhost")
 
     # -- transcript ------------------------------------------------------------
 
@@ -245,7 +248,7 @@ class RelayConnection(smtplib.SMTP):
                 self._in_auth = True
             self._transcript(f"C: {line}")
 
-    def send(self, s: str | bytes) -> None:  # type: ignore[override]
+    def send(self, s: str | bytes) -> None:
         self._client_lines(s)
         if self.sock is not None:
             self.sock.settimeout(self.endpoint.write_timeout)
@@ -268,7 +271,7 @@ class RelayConnection(smtplib.SMTP):
 
     # -- connection and TLS ----------------------------------------------------
 
-    def _get_socket(self, host: str, port: int, timeout: float | None) -> socket.socket:
+    def _get_socket(self, host: str, port: int) -> socket.socket:
         # The resolver takes bytes too (typeshed says str only).
         address = (_ascii_or_idn(host), port)
         sock = socket.create_connection(address, self.endpoint.connect_timeout)  # type: ignore[arg-type]
@@ -293,6 +296,8 @@ class RelayConnection(smtplib.SMTP):
         pin = self.endpoint.fingerprint
         if pin is not None:
             seen = fingerprint_of(self.peer_der or b"")
+            import hmac
+
             if not hmac.compare_digest(seen, pin):
                 tls.close()
                 raise _TLSPinMismatch(seen)
@@ -314,7 +319,6 @@ class RelayConnection(smtplib.SMTP):
             raise self._transport_failure("connect", exc) from None
         self.banner = f"{code} {reply_text(message)}"
         if code != 220:
-            # smtplib checks the greeting only in __init__, not in connect().
             self.close()
             raise self._reply_failure("connect", code, message)
 
@@ -437,10 +441,12 @@ class RelayConnection(smtplib.SMTP):
         raise self._reply_failure("AUTH", code, message)
 
     def _auth_exchange(self, mechanism: str, user: str, secret: str) -> tuple[int, bytes]:
+        import base64
+
         def b64(data: bytes) -> str:
             return base64.b64encode(data).decode("ascii")
 
-        # RFC 4954: credentials are UTF-8; smtplib's own auth() encodes ASCII only.
+        # RFC 4954: credentials are UTF-8 (smtplib's own auth() encodes ASCII only).
         u, s = user.encode("utf-8"), secret.encode("utf-8")
         if mechanism == "PLAIN":
             return self.docmd("AUTH", "PLAIN " + b64(b"\0" + u + b"\0" + s))
@@ -464,6 +470,8 @@ class RelayConnection(smtplib.SMTP):
             code, message = self.docmd("AUTH", "CRAM-MD5")
             if code != 334:
                 return code, message
+            import hmac
+
             challenge = base64.b64decode(message.strip())
             digest = hmac.new(s, challenge, "md5").hexdigest()
             return self.docmd(b64(u + b" " + digest.encode("ascii")))
@@ -602,7 +610,7 @@ class RelayConnection(smtplib.SMTP):
         sock.settimeout(self.endpoint.read_timeout)
 
     def _rset_quietly(self) -> None:
-        with contextlib.suppress(OSError, smtplib.SMTPException):
+        with contextlib.suppress(OSError, SMTPException):
             self.rset()
 
     def close_quietly(self) -> None:
@@ -610,7 +618,7 @@ class RelayConnection(smtplib.SMTP):
         try:
             if self.sock is not None:
                 self.quit()
-        except (OSError, smtplib.SMTPException):
+        except (OSError, SMTPException):
             pass
         finally:
             self.close()
@@ -675,7 +683,7 @@ class RelayConnection(smtplib.SMTP):
         return RelayFailure(error, temporary=False, stage=stage, code=code, reply=reply)
 
     def _transport_failure(self, stage: str, exc: BaseException) -> RelayFailure:
-        """Map a socket, TLS or smtplib exception to a RelayFailure."""
+        """Map a socket, TLS or wire exception to a RelayFailure."""
         label = self.endpoint.label
         port = self.endpoint.port
         if isinstance(exc, _TLSPinMismatch):
@@ -744,7 +752,7 @@ class RelayConnection(smtplib.SMTP):
                 temporary=True,
                 stage=stage,
             )
-        if isinstance(exc, smtplib.SMTPServerDisconnected):
+        if isinstance(exc, SMTPServerDisconnected):
             return RelayFailure(
                 TempFailError(label, f"{stage}: the relay closed the connection ({exc})"),
                 temporary=True,
@@ -762,9 +770,9 @@ class RelayConnection(smtplib.SMTP):
             return RelayFailure(
                 TempFailError(label, f"{stage}: {exc.strerror or exc}"), temporary=True, stage=stage
             )
-        if isinstance(exc, smtplib.SMTPResponseException):
+        if isinstance(exc, SMTPResponseException):
             return self._reply_failure(stage, exc.smtp_code, exc.smtp_error)
-        if isinstance(exc, smtplib.SMTPException):
+        if isinstance(exc, SMTPException):
             return RelayFailure(
                 TempFailError(label, f"{stage}: {exc}"), temporary=True, stage=stage
             )
