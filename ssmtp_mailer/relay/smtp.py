@@ -362,10 +362,7 @@ class RelayConnection(SMTPClient):
         assert self.sock is not None
         self.sock = self._handshake(self.sock)
         self.file = None
-        self.helo_resp = None
-        self.ehlo_resp = None
-        self.esmtp_features = {}
-        self.does_esmtp = False
+        self.forget_greeting()
 
     @property
     def encrypted(self) -> bool:

@@ -46,8 +46,6 @@ class SMTPClient:
         self.file: BinaryIO | None = None
         self.esmtp_features: dict[str, str] = {}
         self.does_esmtp = False
-        self.helo_resp: bytes | None = None
-        self.ehlo_resp: bytes | None = None
         self.command_encoding = "ascii"
 
     def _get_socket(self, host: str, port: int) -> socket.socket:
@@ -111,9 +109,7 @@ class SMTPClient:
         return self.getreply()
 
     def helo(self) -> tuple[int, bytes]:
-        code, message = self.docmd("helo", self.local_hostname)
-        self.helo_resp = message
-        return code, message
+        return self.docmd("helo", self.local_hostname)
 
     def ehlo(self) -> tuple[int, bytes]:
         """EHLO; on 250 the keywords go to esmtp_features (lower case -> parameters)."""
@@ -122,7 +118,6 @@ class SMTPClient:
         if code == -1 and not message:
             self.close()
             raise SMTPServerDisconnected("Server not connected")
-        self.ehlo_resp = message
         if code != 250:
             return code, message
         self.does_esmtp = True
@@ -151,11 +146,14 @@ class SMTPClient:
 
     def quit(self) -> tuple[int, bytes]:
         reply = self.docmd("quit")
-        self.ehlo_resp = self.helo_resp = None
-        self.esmtp_features = {}
-        self.does_esmtp = False
+        self.forget_greeting()
         self.close()
         return reply
+
+    def forget_greeting(self) -> None:
+        """Drop what EHLO said: after QUIT, or after STARTTLS (RFC 3207 §4.2)."""
+        self.esmtp_features = {}
+        self.does_esmtp = False
 
     def close(self) -> None:
         file, self.file = self.file, None
