@@ -90,9 +90,7 @@ def signer_for(route: DomainConfig) -> Signer | None:
             problem = f"dkim_algorithm = {wanted.value}, but {others[0].path} is {kind} key"
     elif wanted == DkimAlgorithm.BOTH and algorithms != {RSA, ED25519}:
         have = "RSA" if RSA in algorithms else "Ed25519"
-        problem = (
-            f"dkim_algorithm = both needs an RSA and an Ed25519 key, the keys are all {have}"
-        )
+        problem = f"dkim_algorithm = both needs an RSA and an Ed25519 key, the keys are all {have}"
     if problem:
         raise ConfigError(
             f"{route.location}: [domain:{route.name}]",
