@@ -58,7 +58,13 @@ class NoUserError(MailerError):
     exit_code = EX_NOUSER
 
 
-class NoHostError(MailerError):
+class TempFailError(MailerError):
+    exit_code = EX_TEMPFAIL
+
+
+class NoHostError(TempFailError):
+    """The relay's name does not resolve: temporary (queued), EX_NOHOST when not queued."""
+
     exit_code = EX_NOHOST
 
 
@@ -76,10 +82,6 @@ class CantCreateError(MailerError):
 
 class StreamError(MailerError):
     exit_code = EX_IOERR
-
-
-class TempFailError(MailerError):
-    exit_code = EX_TEMPFAIL
 
 
 class ProtocolError(MailerError):

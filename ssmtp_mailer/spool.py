@@ -27,6 +27,7 @@ from typing import Any
 
 from ssmtp_mailer.config.model import Config, TempFailurePolicy
 from ssmtp_mailer.errors import (
+    EX_OK,
     EX_TEMPFAIL,
     CantCreateError,
     ConfigError,
@@ -847,7 +848,7 @@ def _read_fd(fd: int) -> bytes:
 
 
 def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _Run) -> None:
-    from ssmtp_mailer.relay.engine import deliver
+    from ssmtp_mailer.relay.engine import DeliveryLog, deliver
 
     route = config.domains.get(entry.route)
     if route is None:
@@ -867,16 +868,22 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         header_from=entry.header_from,
         reply_to=entry.reply_to,
     )
+    record = DeliveryLog(config, group, data)
     try:
-        result = deliver(config, group, data, smtputf8=entry.smtputf8, eightbit=entry.eightbit)
+        result = deliver(
+            config, group, data, record=record, smtputf8=entry.smtputf8, eightbit=entry.eightbit
+        )
     except _TRANSIENT as exc:
         _defer(queue_dir, entry, entry.recipients, error_reason(exc), now)
+        record.not_sent(exc, "deferred", EX_OK, entry.id)
         run.deferred.append(entry.id)
         return
     except MailerError as exc:
         _fail_entry(config, queue_dir, entry, data, entry.recipients, error_reason(exc), {}, run)
+        record.not_sent(exc, "failed", EX_OK, entry.id)
         run.failed.append(entry.id)
         return
+    record.sent(result, EX_OK)
     permanent = {r: f"{c} {m}" for r, (c, m) in result.refused.items() if c >= 500}
     pending = tuple(r for r in entry.recipients if r in result.refused and r not in permanent)
     if permanent:
@@ -931,9 +938,12 @@ def _fail_entry(
     """Copy the entry (for `recipients`) into `failed/`, bounce it; drop it unless `keep`."""
     failed_dir = ensure_spool(config) / FAILED
     now = _now()
+    # SPEC §7: the id stays; only a second failed copy of one entry (some recipients
+    # failed earlier) needs an id of its own, and `origin` names the entry either way.
+    taken = (failed_dir / f"{entry.id}{ENVELOPE_SUFFIX}").exists()
     copy = replace(
         entry,
-        id=_fresh_id(failed_dir),
+        id=_fresh_id(failed_dir) if taken else entry.id,
         recipients=recipients,
         attempts=(*entry.attempts, Attempt(now, reason)),
         reason=reason,
@@ -958,7 +968,7 @@ def _bounce(config: Config, failed: Entry, data: bytes) -> bool:
     """Tell the sender, with a null envelope sender (never a bounce for a bounce)."""
     if not config.global_.bounce or not failed.sender:
         return False
-    from ssmtp_mailer.relay.engine import deliver
+    from ssmtp_mailer.relay.engine import DeliveryLog, deliver
     from ssmtp_mailer.rewrite import plan_delivery
 
     notice = build_bounce(config, failed, data)
@@ -968,10 +978,12 @@ def _bounce(config: Config, failed: Entry, data: bytes) -> bool:
         return False
     sent = False
     for group in plan.groups:
+        record = DeliveryLog(config, group, notice)
         try:
-            deliver(config, group, notice)
+            record.sent(deliver(config, group, notice, record=record), EX_OK)
             sent = True
         except TempFailError as exc:
+            record.not_sent(exc, "queued", EX_OK)
             # The notice must not be lost either; it is an ordinary entry from here on.
             with contextlib.suppress(CantCreateError):
                 enqueue(
@@ -984,6 +996,7 @@ def _bounce(config: Config, failed: Entry, data: bytes) -> bool:
                 )
                 sent = True
         except MailerError as exc:
+            record.not_sent(exc, "failed", EX_OK)
             with contextlib.suppress(CantCreateError):
                 store_failed(config, group, notice, reason=error_reason(exc))
     return sent

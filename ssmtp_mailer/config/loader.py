@@ -51,6 +51,7 @@ GLOBAL_KEYS: dict[str, Parser] = {
     "write_timeout": v.parse_positive,
     "enable_rate_limiting": v.parse_bool,
     "rate_limit_per_minute": v.parse_positive,
+    "rate_limit_wait": v.parse_seconds,
     "max_retries": v.parse_count,
     "retry_backoff": v.parse_seconds,
     "on_temporary_failure": v.enum_parser(TempFailurePolicy),

@@ -703,15 +703,15 @@ class RelayConnection(SMTPClient):
                     temporary=True,
                     stage="DNS",
                 )
+            # Temporary too: an offline laptop or a DNS blip must not cost the message.
             return RelayFailure(
                 NoHostError(
                     label,
                     f"relay host not found: {self.endpoint.host} ({exc.strerror})",
                     hint=f"check smtp_server in [domain:{self.endpoint.route}]",
                 ),
-                temporary=False,
+                temporary=True,
                 stage="DNS",
-                next_server=True,
             )
         if isinstance(exc, ssl.SSLCertVerificationError):
             return RelayFailure(
