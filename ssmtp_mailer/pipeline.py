@@ -91,6 +91,7 @@ def handle_temporary_failure(
             smtputf8=prepared.smtputf8,
             eightbit=prepared.eightbit,
             error=error,
+            dsn=prepared.dsn,
         )
     except CantCreateError as exc:
         return GroupOutcome(group, error=exc)
@@ -117,6 +118,7 @@ def handle_permanent_failure(
         error=error,
         smtputf8=prepared.smtputf8,
         eightbit=prepared.eightbit,
+        dsn=prepared.dsn,
     )
     return GroupOutcome(group, error=error)
 
@@ -181,6 +183,7 @@ def submit(
                 record=record,
                 smtputf8=this.smtputf8,
                 eightbit=this.eightbit,
+                dsn=this.dsn,
                 transcript=transcript,
                 rate_wait=config.global_.rate_limit_wait,
             )

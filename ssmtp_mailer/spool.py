@@ -39,6 +39,7 @@ from ssmtp_mailer.errors import (
     TempFailError,
     UsageError,
 )
+from ssmtp_mailer.message import Dsn
 from ssmtp_mailer.rewrite import RouteGroup
 
 if sys.version_info >= (3, 11):
@@ -101,6 +102,7 @@ class Entry:
     origin: str | None = None
     size: int = 0
     area: str = QUEUE
+    dsn: Dsn | None = None
 
     @property
     def last_error(self) -> str:
@@ -314,6 +316,8 @@ def _encode(entry: Entry) -> bytes:
     doc.update({k: v for k, v in optional.items() if v is not None})
     if entry.replies:
         doc["replies"] = dict(entry.replies)
+    if entry.dsn is not None:
+        doc["dsn"] = {k: v for k, v in entry.dsn._asdict().items() if v is not None}
     doc["attempts"] = [{"time": a.time, "reply": a.reply} for a in entry.attempts]
     return tomli_w.dumps(doc).encode("utf-8")
 
@@ -348,6 +352,7 @@ def _decode(text: bytes, *, area: str, size: int) -> Entry:
         origin=doc.get("origin"),
         size=size,
         area=area,
+        dsn=Dsn(**{k: str(v) for k, v in doc["dsn"].items()}) if "dsn" in doc else None,
     )
 
 
@@ -408,6 +413,7 @@ def _store(
     smtputf8: bool,
     eightbit: bool,
     reason: str,
+    dsn: Dsn | None = None,
 ) -> str:
     """Write a new entry for `group` into `area`, durably; CantCreateError (73) if impossible."""
     directory = ensure_spool(config) / area
@@ -421,6 +427,7 @@ def _store(
             route=group.route.name,
             smtputf8=smtputf8,
             eightbit=eightbit,
+            dsn=dsn,
             created=now,
             queued=now,
             next_attempt=now if failed else now + dt.timedelta(seconds=backoff(1)),
@@ -445,9 +452,12 @@ def enqueue(
     smtputf8: bool,
     eightbit: bool,
     reason: str,
+    dsn: Dsn | None = None,
 ) -> str:
     """Queue the message for `group`; durable on return. CantCreateError (73) if impossible."""
-    return _store(config, QUEUE, group, data, smtputf8=smtputf8, eightbit=eightbit, reason=reason)
+    return _store(
+        config, QUEUE, group, data, smtputf8=smtputf8, eightbit=eightbit, reason=reason, dsn=dsn
+    )
 
 
 def store_failed(
@@ -458,9 +468,12 @@ def store_failed(
     reason: str,
     smtputf8: bool = False,
     eightbit: bool = False,
+    dsn: Dsn | None = None,
 ) -> str:
     """Keep a copy of a message that failed permanently, with the reason, in `failed/`."""
-    return _store(config, FAILED, group, data, smtputf8=smtputf8, eightbit=eightbit, reason=reason)
+    return _store(
+        config, FAILED, group, data, smtputf8=smtputf8, eightbit=eightbit, reason=reason, dsn=dsn
+    )
 
 
 def error_reason(error: MailerError) -> str:
@@ -475,6 +488,7 @@ def handle_temporary_failure(
     smtputf8: bool,
     eightbit: bool,
     error: TempFailError,
+    dsn: Dsn | None = None,
 ) -> str | None:
     """SPEC §7 for a temporary failure: the queue id (exit 0), or None when the policy is `fail`.
 
@@ -484,7 +498,13 @@ def handle_temporary_failure(
     if config.global_.on_temporary_failure != TempFailurePolicy.QUEUE:
         return None
     return enqueue(
-        config, group, data, smtputf8=smtputf8, eightbit=eightbit, reason=error_reason(error)
+        config,
+        group,
+        data,
+        smtputf8=smtputf8,
+        eightbit=eightbit,
+        reason=error_reason(error),
+        dsn=dsn,
     )
 
 
@@ -501,6 +521,7 @@ def handle_permanent_failure(
     error: MailerError,
     smtputf8: bool = False,
     eightbit: bool = False,
+    dsn: Dsn | None = None,
 ) -> str | None:
     """SPEC §7 for a permanent failure: keep a copy in `failed/`; the caller still exits non-zero.
 
@@ -509,7 +530,13 @@ def handle_permanent_failure(
     """
     try:
         return store_failed(
-            config, group, data, reason=error_reason(error), smtputf8=smtputf8, eightbit=eightbit
+            config,
+            group,
+            data,
+            reason=error_reason(error),
+            smtputf8=smtputf8,
+            eightbit=eightbit,
+            dsn=dsn,
         )
     except CantCreateError:
         return None
@@ -871,7 +898,13 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
     record = DeliveryLog(config, group, data)
     try:
         result = deliver(
-            config, group, data, record=record, smtputf8=entry.smtputf8, eightbit=entry.eightbit
+            config,
+            group,
+            data,
+            record=record,
+            smtputf8=entry.smtputf8,
+            eightbit=entry.eightbit,
+            dsn=entry.dsn,
         )
     except _TRANSIENT as exc:
         _defer(queue_dir, entry, entry.recipients, error_reason(exc), now)

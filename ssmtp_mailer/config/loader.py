@@ -232,7 +232,9 @@ def _load_config_file(main_file: Path, strict: bool) -> Config:
     earlier_warnings = len(report.warnings)
     config = _build_sections(main_file, gconf, sections, files, report, strict)
     if report.errors:
-        raise ConfigError("configuration", "invalid", problems=report.errors)
+        raise ConfigError(
+            "configuration", "invalid", problems=report.errors, warnings=report.warnings
+        )
     if use_cache and len(read) == len(files):
         found_sections = cache.Sections(
             config.domains, config.users, config.mappings, config.warnings[earlier_warnings:]

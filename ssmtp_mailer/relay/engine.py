@@ -22,6 +22,7 @@ from ssmtp_mailer.relay.smtp import (
     Transaction,
     endpoint_for,
 )
+from ssmtp_mailer.message import Dsn
 from ssmtp_mailer.rewrite import RouteGroup
 from ssmtp_mailer.typed import NamedTuple
 
@@ -159,6 +160,7 @@ def deliver(
     record: DeliveryLog,
     smtputf8: bool = False,
     eightbit: bool = False,
+    dsn: Dsn | None = None,
     transcript: Callable[[str], None] | None = None,
     retries: int = 0,
     rate_wait: float | None = None,
@@ -175,9 +177,8 @@ def deliver(
     servers = servers_of(route)
     warn_unverified(config, route)
     _rate_limit(config, route, rate_wait)
-    return _deliver(
-        config, group, data, servers, record, smtputf8, eightbit, transcript, retries
-    )
+    flags = _Flags(smtputf8, eightbit, dsn)
+    return _deliver(config, group, data, servers, record, flags, transcript, retries)
 
 
 def _deliver(
@@ -186,8 +187,7 @@ def _deliver(
     data: bytes | bytearray,
     servers: list[HostPort],
     record: DeliveryLog,
-    smtputf8: bool,
-    eightbit: bool,
+    flags: _Flags,
     transcript: Transcript | None,
     retries: int,
 ) -> DeliveryResult:
@@ -208,9 +208,7 @@ def _deliver(
                 time.sleep(delay)
             attempts += 1
             try:
-                result = _attempt(
-                    endpoint, group, data, credentials, smtputf8, eightbit, transcript, record
-                )
+                result = _attempt(endpoint, group, data, credentials, flags, transcript, record)
             except RelayFailure as failure:
                 failures.append((endpoint.label, failure))
                 log.write(
@@ -234,6 +232,14 @@ def _deliver(
                 attempts=attempts,
             )
     raise _exhausted(route, failures, attempts)
+
+
+class _Flags(NamedTuple):
+    """What the message asks of every transaction that carries it."""
+
+    smtputf8: bool
+    eightbit: bool
+    dsn: Dsn | None
 
 
 def _exhausted(
@@ -269,8 +275,7 @@ def _attempt(
     group: RouteGroup,
     data: bytes | bytearray,
     credentials: Credentials,
-    smtputf8: bool,
-    eightbit: bool,
+    flags: _Flags,
     transcript: Transcript | None,
     record: DeliveryLog,
 ) -> tuple[Transaction, str | None, str | None]:
@@ -284,7 +289,12 @@ def _attempt(
             secret = credentials.secret_for(mechanism)
             conn.authenticate(route, mechanism, route.username, secret)
         tx = conn.transaction(
-            group.envelope_from, group.recipients, data, smtputf8=smtputf8, eightbit=eightbit
+            group.envelope_from,
+            group.recipients,
+            data,
+            smtputf8=flags.smtputf8,
+            eightbit=flags.eightbit,
+            dsn=flags.dsn,
         )
     except RelayFailure as failure:
         record.tls = conn.tls_version
