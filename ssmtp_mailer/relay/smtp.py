@@ -38,6 +38,7 @@ from ssmtp_mailer.relay.wire import (
 from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from ssmtp_mailer.message import Dsn
     from typing import Any
 
 Transcript = Callable[[str], None]
@@ -484,10 +485,18 @@ class RelayConnection(SMTPClient):
         *,
         smtputf8: bool,
         eightbit: bool,
+        dsn: Dsn | None = None,
     ) -> Transaction:
         """MAIL, every RCPT, DATA; partial refusals are returned, not raised."""
         label = self.endpoint.label
         options: list[str] = []
+        rcpt_options: list[str] = []
+        if dsn is not None:
+            if self.has_extn("dsn"):
+                options += dsn.mail_options()
+                rcpt_options += dsn.rcpt_options()
+            else:
+                self.note("relay does not offer DSN (RFC 3461); -N, -R and -V dropped")
         if smtputf8:
             if not self.has_extn("smtputf8"):
                 raise RelayFailure(
@@ -524,7 +533,7 @@ class RelayConnection(SMTPClient):
                 )
             options.append(f"SIZE={len(data)}")
         try:
-            return self._exchange(sender, recipients, data, options)
+            return self._exchange(sender, recipients, data, options, rcpt_options)
         except RelayFailure:
             raise
         except Exception as exc:
@@ -536,8 +545,10 @@ class RelayConnection(SMTPClient):
         recipients: Sequence[str],
         data: bytes | bytearray,
         options: list[str],
+        rcpt_options: list[str],
     ) -> Transaction:
         suffix = "".join(f" {o}" for o in options)
+        rcpt_suffix = "".join(f" {o}" for o in rcpt_options)
         # Addresses go out verbatim in <>: smtplib's quoteaddr() re-parses them and can
         # mangle quoted local parts.
         self.putcmd("mail", f"FROM:<{sender}>{suffix}")
@@ -546,7 +557,7 @@ class RelayConnection(SMTPClient):
             raise self._reply_failure("MAIL", code, message)
         result = Transaction()
         for rcpt in recipients:
-            self.putcmd("rcpt", f"TO:<{rcpt}>")
+            self.putcmd("rcpt", f"TO:<{rcpt}>{rcpt_suffix}")
             code, message = self.getreply()
             if code in (250, 251):
                 result.accepted.append(rcpt)
@@ -703,15 +714,15 @@ class RelayConnection(SMTPClient):
                     temporary=True,
                     stage="DNS",
                 )
+            # Temporary too: an offline laptop or a DNS blip must not cost the message.
             return RelayFailure(
                 NoHostError(
                     label,
                     f"relay host not found: {self.endpoint.host} ({exc.strerror})",
                     hint=f"check smtp_server in [domain:{self.endpoint.route}]",
                 ),
-                temporary=False,
+                temporary=True,
                 stage="DNS",
-                next_server=True,
             )
         if isinstance(exc, ssl.SSLCertVerificationError):
             return RelayFailure(
