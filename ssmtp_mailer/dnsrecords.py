@@ -72,3 +72,64 @@ def parse_tags(text: str) -> dict[str, str]:
 def joined_key(value: str) -> str:
     """A `p=` value without the folding whitespace zone editors leave in it."""
     return "".join(value.split())
+
+
+class Provider(NamedTuple):
+    """A relay service and the SPF domain it documents for its customers' records."""
+
+    name: str
+    spf_include: str
+    also: tuple[str, ...] = ()  # older names of the same include
+
+
+# Matched against the end of a route's smtp_server (SPEC §6 `dns check`).
+PROVIDERS: tuple[tuple[tuple[str, ...], Provider], ...] = (
+    (
+        ("smtp.gmail.com", "smtp-relay.gmail.com", "googlemail.com"),
+        Provider("Gmail", "_spf.google.com"),
+    ),
+    (
+        ("office365.com", "outlook.com", "protection.outlook.com"),
+        Provider("Microsoft 365", "spf.protection.outlook.com"),
+    ),
+    (("amazonaws.com",), Provider("Amazon SES", "amazonses.com")),
+    (("sendgrid.net",), Provider("SendGrid", "sendgrid.net")),
+    (("oraclecloud.com",), Provider("OCI Email Delivery", "rp.oracleemaildelivery.com")),
+    (
+        ("brevo.com", "sendinblue.com"),
+        Provider("Brevo", "spf.brevo.com", ("spf.sendinblue.com",)),
+    ),
+)
+
+
+def provider_for(server: str | None) -> Provider | None:
+    """The known relay service behind `server`, if any."""
+    if not server:
+        return None
+    host = server.lower().rstrip(".")
+    for suffixes, provider in PROVIDERS:
+        if any(host == s or host.endswith("." + s) for s in suffixes):
+            return provider
+    return None
+
+
+def spf_with(record: str, mechanism: str) -> str:
+    """`record` with `mechanism` added before its final `all` or `redirect=`."""
+    words = record.split()
+    for index, word in enumerate(words):
+        if index and (word.lstrip("+-~?").lower() == "all" or word.lower().startswith("redirect=")):
+            return " ".join([*words[:index], mechanism, *words[index:]])
+    return " ".join([*words, mechanism])
+
+
+def spf_merged(records: list[str]) -> str:
+    """One SPF record holding the mechanisms of several (RFC 7208 §4.5 allows only one)."""
+    terms: list[str] = []
+    ending = "~all"
+    for record in records:
+        for word in record.split()[1:]:
+            if word.lstrip("+-~?").lower() == "all":
+                ending = word
+            elif word not in terms:
+                terms.append(word)
+    return " ".join(["v=spf1", *terms, ending])
