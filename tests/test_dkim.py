@@ -436,3 +436,41 @@ def test_dkimpy_is_imported_only_when_a_route_signs(
     # Signing needs dkimpy (and PyNaCl for Ed25519), never the cryptography package.
     assert run("alice@example.com") == "0 ['dkim', 'nacl', 'ssmtp_mailer.relay.dkim']"
     assert len(smtp_server.messages) == 2
+
+
+def test_shipped_dkim_example_signs_with_both_keys(
+    tmp_path: Path,
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    example = Path(__file__).resolve().parent.parent / "etc" / "examples" / "dkim-signing.conf"
+    text = example.read_text().replace("mail.example.com  ", "127.0.0.1  ", 1)
+    text = text.replace("smtp_port = 587", f"smtp_port = {smtp_server.port}")
+    text = text.replace("use_starttls = true", "use_starttls = false\nauth_method = NONE")
+    text = text.replace(
+        "[global]", f"[global]\nspool_dir = {tmp_path / 'spool'}\nenable_rate_limiting = false"
+    )
+    config = tmp_path / "dkim-signing.conf"
+    config.write_text(text)
+    code, _, err = run_main(["-C", str(config), "config", "check"], prog="ssmtp-mailer")
+    assert code == 78 and "dkim-mana2026.example.com.pem: no such file" in err
+    records = {}
+    for selector, algorithm in (("mana2026", "ed25519"), ("rsa2026", "rsa")):
+        code, out, err = run_main(
+            ["-C", str(config), "dkim", "keygen", "--domain", DOMAIN, "--selector", selector,
+             "--algorithm", algorithm, "--json"],
+            prog="ssmtp-mailer",
+        )  # fmt: skip
+        assert code == 0, err
+        key = json.loads(out)
+        assert key["file"] == str(tmp_path / "ssl" / f"dkim-{selector}.example.com.pem")
+        records[key["name"]] = [("TXT", key["value"])]
+    code, out, err = run_main(["-C", str(config), "config", "check"], prog="ssmtp-mailer")
+    assert code == 0, err
+    assert run_main(["-C", str(config), "-t"], stdin=MESSAGE)[0] == 0
+    zone = dns_server(records)
+    assert verify_each(smtp_server.messages[0].data, zone) == [
+        ("mana2026", "ed25519-sha256", True),
+        ("rsa2026", "rsa-sha256", True),
+    ]

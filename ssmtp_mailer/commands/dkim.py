@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ssmtp_mailer.commands.common import common_options, json_option, load, print_json
+from ssmtp_mailer.commands.common import common_options, json_option, print_json, settings
 from ssmtp_mailer.dkimkey import ED25519, RSA
 from ssmtp_mailer.dnsrecords import dkim_record
 from ssmtp_mailer.errors import CantCreateError, UsageError
@@ -100,7 +100,10 @@ def keygen(
     except ValueError as exc:
         raise UsageError("--selector", str(exc)) from None
     if out is None:
-        out = load().global_.ssl_dir / f"dkim-{selector}.{domain}.pem"
+        from ssmtp_mailer.config.loader import load_global
+
+        # Only [global]: the tree may name this very key and not validate until it exists.
+        out = load_global(settings().config_path).ssl_dir / f"dkim-{selector}.{domain}.pem"
     elif not out.is_absolute():
         out = Path.cwd() / out
     if out.exists() and not force:

@@ -149,6 +149,20 @@ def load_config(explicit: str | None = None, *, strict: bool = False) -> Config:
     return load_config_file(find_config_file(explicit), strict=strict)
 
 
+def load_global(explicit: str | None = None) -> GlobalConfig:
+    """Only the main file's `[global]`: for `dkim keygen`, which makes the keys a tree names."""
+    main_file = Path(os.path.abspath(find_config_file(explicit)))
+    report = _Report()
+    sections = _read_file(main_file, report, [])
+    if sections is None:
+        raise ConfigError("configuration", "cannot be read", problems=report.errors)
+    found = [s for s in sections if s.kind == "global"]
+    gconf = _build_global(found[0] if found else None, main_file, report)
+    if report.errors:
+        raise ConfigError("configuration", "invalid", problems=report.errors)
+    return gconf
+
+
 def load_config_file(main_file: Path, *, strict: bool = False) -> Config:
     # A large tree makes ~10^5 objects, none in cycles: collecting would only rescan them.
     collecting = gc.isenabled()
