@@ -26,6 +26,7 @@ from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from ssmtp_mailer.relay.dkim import Signer
 
+
 class GroupOutcome(NamedTuple):
     """What happened to one route group: delivered, queued or failed."""
 

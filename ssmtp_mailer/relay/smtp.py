@@ -38,8 +38,9 @@ from ssmtp_mailer.relay.wire import (
 from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from ssmtp_mailer.message import Dsn
     from typing import Any
+
+    from ssmtp_mailer.message import Dsn
 
 Transcript = Callable[[str], None]
 
@@ -315,9 +316,16 @@ class RelayConnection(SMTPClient):
         ep = self.endpoint
         self.note(f"connecting to {ep.label}{' (implicit TLS)' if ep.implicit_tls else ''}")
         try:
-            code, message = self.connect(ep.host, ep.port)
+            self.sock = self._get_socket(ep.host, ep.port)
+            self.file = None
         except Exception as exc:
             raise self._transport_failure("connect", exc) from None
+        try:
+            code, message = self.getreply()
+        except Exception as exc:
+            # Connected, but no greeting: a tarpit, a firewall that accepts and drops, or
+            # a TLS port spoken to in plain text.
+            raise self._transport_failure("banner", exc) from None
         self.banner = f"{code} {reply_text(message)}"
         if code != 220:
             self.close()
@@ -754,9 +762,14 @@ class RelayConnection(SMTPClient):
                 next_server=True,
             )
         if isinstance(exc, TimeoutError) or "timed out" in str(exc):
-            what = "connect" if stage == "connect" else stage
+            why = f"{stage}: timed out"
+            if stage == "banner":
+                why = (
+                    f"banner: connected, but no greeting within {self.endpoint.read_timeout} s"
+                    " (read_timeout)"
+                )
             return RelayFailure(
-                TempFailError(label, f"{what}: timed out", hint=hints.for_timeout(port)),
+                TempFailError(label, why, hint=hints.for_timeout(port)),
                 temporary=True,
                 stage=stage,
             )
