@@ -188,6 +188,7 @@ def submit(
                 from ssmtp_mailer.relay import dkim
 
                 data = dkim.sign(signer, data)
+                record.size = len(data)
             result = engine.deliver(
                 config,
                 group,

@@ -1,15 +1,13 @@
 """DKIM through the real Postfix relay: signed on the way out, verified from its Maildir.
 
 The keys come from `dkim keygen` and are served by the test DNS server; dkimpy verifies
-each delivered message by querying that server, as a receiving MTA would. This module
-never starts the relay (tests/integration/relay-setup.sh does); it is skipped when the
-relay is not running.
+each delivered message by querying that server, as a receiving MTA would. The relay is
+the one tests/test_integration_postfix.py's `relay` fixture provides.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import uuid
 from collections.abc import Callable
@@ -17,27 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_integration_postfix as postfix_tier
 from dkimverify import signatures, verify_each
 from dnsserver import DNSServer
 from relayconf import RunMain
-from test_integration_postfix import SLOW_AUTH, _listening, _read_env, route_for, wait_in_maildir
+from test_integration_postfix import SLOW_AUTH, route_for, wait_in_maildir
 from test_relay import make_config
 
 pytestmark = pytest.mark.integration
+# The Postfix tier's own fixture: the running relay, held against restarts while in use.
+relay = postfix_tier.relay
 
 SELECTORS = {"rsa": ["rsa2026"], "ed25519": ["mana2026"], "both": ["mana2026", "rsa2026"]}
 ALGORITHMS = {"rsa2026": "rsa-sha256", "mana2026": "ed25519-sha256"}
-
-
-@pytest.fixture(scope="module")
-def relay() -> dict[str, str]:
-    env_file = Path(os.environ.get("RELAY_DIR", "/tmp/ssmtp-mailer-relay")) / "relay.env"
-    if not env_file.exists():
-        pytest.skip("the Postfix relay is not running (tests/integration/relay-setup.sh)")
-    env = _read_env(env_file)
-    if not _listening(int(env["RELAY_SUBMISSION_PORT"])):
-        pytest.skip("the Postfix relay is not running (tests/integration/relay-setup.sh)")
-    return env
 
 
 @pytest.fixture
