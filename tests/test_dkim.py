@@ -474,3 +474,23 @@ def test_shipped_dkim_example_signs_with_both_keys(
         ("mana2026", "ed25519-sha256", True),
         ("rsa2026", "rsa-sha256", True),
     ]
+
+
+def test_catch_all_route_signs_for_the_from_domain(
+    keys: dict[str, dict[str, str]],
+    tmp_path: Path,
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    config = write_config(tmp_path, smtp_server.port, [])
+    text = config.read_text().replace(
+        "[domain:*]\n", "[domain:*]\ndkim_selector = mana2026\ndkim_key_file = mana2026.pem\n"
+    )
+    config.write_text(text)
+    other = MESSAGE.replace(b"alice@example.com", b"alice@Other.Example")
+    assert run_main(["-C", str(config), "-t"], stdin=other)[0] == 0
+    (tags,) = signatures(smtp_server.messages[0].data)
+    assert tags[b"d"] == b"other.example"
+    zone = dns_server({"mana2026._domainkey.other.example": [("TXT", keys["mana2026"]["value"])]})
+    assert verify_each(smtp_server.messages[0].data, zone) == [("mana2026", "ed25519-sha256", True)]

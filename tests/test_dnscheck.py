@@ -435,3 +435,34 @@ def test_spf_syntax_errors(record: str, why: str) -> None:
     assert spf.parse(
         "v=spf1 a mx/24//64 ptr ip6:2001:db8::/32 exists:%{i}.x.example ~all exp=e.example"
     )
+
+
+def test_progress_only_on_a_terminal(tmp_path: Path, dns_server: Callable[..., DNSServer]) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    server = dns_server({"example.com": [("MX", "0 .")]})
+    config = tmp_path / "c.conf"
+    config.write_text(f"[global]\ndns_servers = {server.nameserver}\n")
+    argv = [sys.executable, "-m", "ssmtp_mailer", "-C", str(config), "dns", "check", "example.com"]
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=follower, timeout=60)
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(leader)
+    assert done.returncode == 1
+    assert b"checking MX..." in seen and b"checking DMARC..." in seen
+    assert b"checking" not in done.stdout
+    assert b"[FAIL] MX: null MX" in done.stdout
