@@ -6,6 +6,7 @@ answers mean is decided by the pure `spf` and `dnsrecords` modules.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -14,14 +15,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import dns.exception
-import dns.rdatatype
+import dns.name
 import dns.resolver
 import dns.reversename
 
 from ssmtp_mailer import dnsrecords, spf
 from ssmtp_mailer.config.model import DomainConfig, HostPort
 from ssmtp_mailer.dnsrecords import TxtRecord
-from ssmtp_mailer.typed import NamedTuple
+from ssmtp_mailer.errors import ConfigError
+from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Any
 
 OK, FAIL, WARN, SKIP = "ok", "fail", "warn", "skip"
 
@@ -89,7 +94,12 @@ class Resolver:
             self._resolver.nameserver_ports = {s.host: s.port or 53 for s in servers}
             self._resolver.nameservers = [s.host for s in servers]
         else:
-            self._resolver = dns.resolver.Resolver()
+            try:
+                self._resolver = dns.resolver.Resolver()
+            except dns.exception.DNSException as exc:
+                raise ConfigError(
+                    "dns_servers", f"not set, and no system resolver: {exc}"
+                ) from None
         self._resolver.lifetime = timeout
         self._resolver.timeout = timeout
 
@@ -98,7 +108,7 @@ class Resolver:
         ports = self._resolver.nameserver_ports
         return [str(HostPort(str(s), ports.get(str(s), 53))) for s in self._resolver.nameservers]
 
-    def _answer(self, name: str, rdtype: str) -> list[object]:
+    def _answer(self, name: str, rdtype: str) -> list[Any]:
         try:
             answer = self._resolver.resolve(name, rdtype, search=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
@@ -109,33 +119,18 @@ class Resolver:
             raise spf.TempError(f"{name} {rdtype}: {exc}") from None
         return list(answer)
 
-    def exists(self, name: str) -> bool:
-        """Whether `name` exists at all (NOERROR, with or without A records)."""
-        try:
-            self._resolver.resolve(name, "A", search=False)
-        except dns.resolver.NXDOMAIN:
-            return False
-        except dns.resolver.NoAnswer:
-            return True
-        except dns.exception.DNSException as exc:
-            raise spf.TempError(f"{name}: {exc}") from None
-        return True
-
     def txt(self, name: str) -> list[str]:
-        return [
-            b"".join(r.strings).decode("utf-8", "replace")  # type: ignore[attr-defined]
-            for r in self._answer(name, "TXT")
-        ]
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in self._answer(name, "TXT")]
 
     def addresses(self, name: str, version: int) -> list[str]:
-        return [r.address for r in self._answer(name, "A" if version == 4 else "AAAA")]  # type: ignore[attr-defined]
+        return [r.address for r in self._answer(name, "A" if version == 4 else "AAAA")]
 
     def all_addresses(self, name: str) -> list[str]:
         return self.addresses(name, 4) + self.addresses(name, 6)
 
     def mx_records(self, name: str) -> list[tuple[int, str]]:
         rows = [
-            (r.preference, r.exchange.to_text().rstrip(".").lower())  # type: ignore[attr-defined]
+            (r.preference, r.exchange.to_text().rstrip(".").lower())
             for r in self._answer(name, "MX")
         ]
         return sorted(rows)
@@ -145,7 +140,7 @@ class Resolver:
 
     def ptr(self, ip: str) -> list[str]:
         reverse = dns.reversename.from_address(ip).to_text()
-        return [r.target.to_text().rstrip(".").lower() for r in self._answer(reverse, "PTR")]  # type: ignore[attr-defined]
+        return [r.target.to_text().rstrip(".").lower() for r in self._answer(reverse, "PTR")]
 
 
 def _guard(name: str, run: Callable[[], list[Check]]) -> list[Check]:
@@ -580,7 +575,10 @@ def run(request: Request, progress: Callable[[str], None] = lambda _: None) -> R
     ]
     for selector, key_file in request.selectors:
         steps.append(
-            (f"DKIM {selector}", lambda s=selector, k=key_file: check_dkim(resolver, domain, s, k))  # type: ignore[misc]
+            (
+                f"DKIM {selector}",
+                functools.partial(check_dkim, resolver, domain, selector, key_file),
+            )
         )
     if not request.selectors:
         skipped = Check(
