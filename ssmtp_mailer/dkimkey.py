@@ -113,6 +113,8 @@ def parse_private_key(text: bytes) -> DkimKey:
     if label == "RSA PRIVATE KEY":
         return _rsa_key(der)
     if label != "PRIVATE KEY":
+        if "PRIVATE KEY" in label:
+            raise KeyFileError(f"{label}: DKIM signs with RSA or Ed25519 keys only")
         raise KeyFileError(f"{label}: not a private key (expected PKCS#8 'PRIVATE KEY')")
     fields = _sequence(der)
     if len(fields) < 3 or fields[0][0] != _INTEGER or fields[1][0] != _SEQUENCE:
