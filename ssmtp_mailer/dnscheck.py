@@ -109,15 +109,19 @@ class Resolver:
         return [str(HostPort(str(s), ports.get(str(s), 53))) for s in self._resolver.nameservers]
 
     def _answer(self, name: str, rdtype: str) -> list[Any]:
+        return self.answer_and_ttl(name, rdtype)[0]
+
+    def answer_and_ttl(self, name: str, rdtype: str) -> tuple[list[Any], int]:
+        """The records and their TTL in seconds (0 when there are none: nothing to cache)."""
         try:
             answer = self._resolver.resolve(name, rdtype, search=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return []
+            return [], 0
         except dns.name.EmptyLabel:
-            return []
+            return [], 0
         except dns.exception.DNSException as exc:
             raise spf.TempError(f"{name} {rdtype}: {exc}") from None
-        return list(answer)
+        return list(answer), answer.rrset.ttl if answer.rrset is not None else 0
 
     def txt(self, name: str) -> list[str]:
         return [b"".join(r.strings).decode("utf-8", "replace") for r in self._answer(name, "TXT")]
