@@ -311,14 +311,15 @@ def _mx_session(
     try:
         conn.open()
     except RelayFailure as failure:
+        conn.close_quietly()
         report.add(Step(f"{name} SMTP", False, failure.error.why, failure.error.hint))
         if failure.stage in ("TLS", "STARTTLS") and required:
             report.steps[-1].detail += f" (TLS is required: {required})"
         return False
-    finally:
-        conn.close_quietly()
+    encrypted = conn.encrypted
+    conn.close_quietly()
     report.add(Step(f"{name} banner", True, conn.banner))
-    if conn.encrypted:
+    if encrypted:
         cert = describe_certificate(conn.peer_der or b"", conn.peer_cert)
         how = f"certificate verified ({required})" if required else "certificate not checked"
         report.add(

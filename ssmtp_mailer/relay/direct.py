@@ -87,7 +87,7 @@ class Lookups:
     def __init__(self, config: Config) -> None:
         g = config.global_
         self.resolver = Resolver(g.dns_servers, float(min(g.connection_timeout, 30)))
-        self.cache = dnscache.Cache(dnscache.path_for(g.spool_dir))
+        self.cache = dnscache.Cache(dnscache.path_for(g.spool_dir), lambda: _ensure_spool(config))
         self.timeout = float(g.connection_timeout)
 
     def records(self, name: str, rdtype: str) -> list[str]:
@@ -167,6 +167,12 @@ class Lookups:
             return held
         self.cache.put(key, list(policy), policy.max_age, limit=dnscache.MAX_POLICY_AGE)
         return policy
+
+
+def _ensure_spool(config: Config) -> None:
+    from ssmtp_mailer import spool
+
+    spool.ensure_spool(config)
 
 
 def parse_policy(record_id: str, fields: dict[str, str]) -> StsPolicy | None:

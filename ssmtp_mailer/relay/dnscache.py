@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ MAX_TTL = 86400
 # RFC 8461 §3.2: max_age is at most 31557600 s (about a year).
 MAX_POLICY_AGE = 31557600
 
-_memory: dict[str, tuple[float, Any]] = {}
+# Per cache file: one process may serve several configurations (tests, the listener's reload).
+_memory: dict[Path | None, dict[str, tuple[float, Any]]] = {}
 
 
 def path_for(spool_dir: Path) -> Path:
@@ -32,9 +34,12 @@ def path_for(spool_dir: Path) -> Path:
 class Cache:
     """Values by key until they expire; `put` writes through to the shared file."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, make_dir: Callable[[], object] | None = None) -> None:
         self.path = path
+        # Creates the file's directory (the spool, with its permissions) on the first write.
+        self._make_dir = make_dir
         self._loaded = False
+        self._memory = _memory.setdefault(path, {})
 
     def _load(self) -> None:
         if self._loaded or self.path is None:
@@ -42,15 +47,15 @@ class Cache:
         self._loaded = True
         now = time.time()
         for key, (expires, value) in _read(self.path).items():
-            if expires > now and _memory.get(key, (0.0, None))[0] < expires:
-                _memory[key] = (expires, value)
+            if expires > now and self._memory.get(key, (0.0, None))[0] < expires:
+                self._memory[key] = (expires, value)
 
     def get(self, key: str) -> Any | None:
         """The live value for `key`, or None."""
-        found = _memory.get(key)
+        found = self._memory.get(key)
         if found is None or found[0] <= time.time():
             self._load()
-            found = _memory.get(key)
+            found = self._memory.get(key)
         if found is None or found[0] <= time.time():
             return None
         return found[1]
@@ -60,10 +65,12 @@ class Cache:
         if ttl <= 0:
             return
         entry = (time.time() + ttl, value)
-        _memory[key] = entry
+        self._memory[key] = entry
         if self.path is not None:
             # A failure to share the answer only costs other processes a lookup.
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(Exception):
+                if self._make_dir is not None and not self.path.parent.is_dir():
+                    self._make_dir()
                 _write(self.path, key, entry)
 
 
