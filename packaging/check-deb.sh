@@ -73,7 +73,7 @@ lintian --fail-on error --tag-display-limit 0 "$deb" 2>&1 | grep -v 'running wit
 lintian --fail-on error --tag-display-limit 0 "$deb" >/dev/null 2>&1 || fail "lintian reports errors"
 
 echo "-- install and send in a throwaway Debian 12 root"
-deps=python3-click,python3-keyring,python3-dnspython,python3-dkim,python3-platformdirs,python3-tomli-w,python3-aiosmtpd,ca-certificates,passwd
+deps=python3-click,python3-keyring,python3-dnspython,python3-dkim,python3-platformdirs,python3-tomli-w,python3-aiosmtpd,ca-certificates,logrotate,passwd
 sources=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
 key=$(printf '%s\n%s\n' "$deps" "$sources" | sha256sum | cut -c1-12)
 tarball="$cache/bookworm-$key.tar"
@@ -87,7 +87,7 @@ if [ ! -f "$tarball" ]; then
         cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null >"$list" || true
     fi
     mmdebstrap --quiet --variant=apt --skip=cleanup/apt/lists --include="$deps" \
-        bookworm "$tarball.tmp" "$list"
+        --format=tar bookworm "$tarball.tmp" "$list"
     rm -f "$list"
     mv "$tarball.tmp" "$tarball"
     find "$cache" -name 'bookworm-*.tar' ! -name "$(basename "$tarball")" -delete

@@ -63,7 +63,7 @@ def wait_for(server: SMTPTestServer, count: int) -> None:
 
 def main(root: Path, deb: Path) -> None:
     shutil.copy(deb, root / "tmp" / deb.name)
-    run(root, f"apt-get install -y -q --no-download /tmp/{deb.name} >/tmp/apt.log 2>&1"
+    run(root, f"apt-get install -y -q -o Dpkg::Use-Pty=0 /tmp/{deb.name} >/tmp/apt.log 2>&1"
               " || { cat /tmp/apt.log >&2; exit 1; }")
     check((root / "usr/sbin/sendmail").resolve() == root / "usr/bin/ssmtp-mailer",
           "/usr/sbin/sendmail is the package's program")
@@ -114,7 +114,7 @@ def main(root: Path, deb: Path) -> None:
         check(message.rcpt_tos == [f"root@{HOST}"], "an unprivileged user's sendmail relayed")
         check(message.mail_from == f"tester@{HOST}", "as the user's own address")
 
-    run(root, "apt-get purge -y -q ssmtp-mailer >/tmp/apt.log 2>&1"
+    run(root, "apt-get purge -y -q -o Dpkg::Use-Pty=0 ssmtp-mailer >/tmp/apt.log 2>&1"
               " || { cat /tmp/apt.log >&2; exit 1; }")
     left = [p for p in ("var/spool/ssmtp-mailer", "var/cache/ssmtp-mailer",
                         "etc/systemd/system/timers.target.wants/ssmtp-mailer-queue.timer",
@@ -129,9 +129,8 @@ def configure(root: Path, server: SMTPTestServer) -> None:
     etc = root / "etc/ssmtp-mailer"
     server.write_ca_pem(etc / "ca.pem")
     main = etc / "ssmtp-mailer.conf"
-    main.write_text(main.read_text().replace(
-        "#default_hostname = server.example.com", f"default_hostname = {HOST}"
-    ))
+    text = main.read_text().replace("#default_domain = relay", "default_domain = relay")
+    main.write_text(text.replace("#default_hostname = server.example.com", f"default_hostname = {HOST}"))
     relay = etc / "domains/relay.conf"
     before = os.stat(relay)
     with open(relay, "a") as handle:  # keeps the shipped 0640 root:mail
