@@ -19,6 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
+import trustme  # noqa: E402
 from smtpserver import SMTPTestServer  # noqa: E402
 
 USER, PASSWORD = "relay@example.com", "s3cret pass#1"
@@ -35,8 +36,17 @@ def run(root: Path, command: str, *, user: str | None = None, stdin: str = "") -
     spec = ["--userspec", f"{user}:{user}"] if user else []
     home = f"/home/{user}" if user else "/root"
     done = subprocess.run(
-        ["chroot", *spec, str(root), *ENV, f"HOME={home}", f"USER={user or 'root'}",
-         "sh", "-c", command],
+        [
+            "chroot",
+            *spec,
+            str(root),
+            *ENV,
+            f"HOME={home}",
+            f"USER={user or 'root'}",
+            "sh",
+            "-c",
+            command,
+        ],
         input=stdin.encode(),
         capture_output=True,
         check=False,
@@ -63,14 +73,21 @@ def wait_for(server: SMTPTestServer, count: int) -> None:
 
 def main(root: Path, deb: Path) -> None:
     shutil.copy(deb, root / "tmp" / deb.name)
-    run(root, f"apt-get install -y -q -o Dpkg::Use-Pty=0 /tmp/{deb.name} >/tmp/apt.log 2>&1"
-              " || { cat /tmp/apt.log >&2; exit 1; }")
-    check((root / "usr/sbin/sendmail").resolve() == root / "usr/bin/ssmtp-mailer",
-          "/usr/sbin/sendmail is the package's program")
+    run(
+        root,
+        f"apt-get install -y -q -o Dpkg::Use-Pty=0 /tmp/{deb.name} >/tmp/apt.log 2>&1"
+        " || { cat /tmp/apt.log >&2; exit 1; }",
+    )
+    check(
+        (root / "usr/sbin/sendmail").resolve() == root / "usr/bin/ssmtp-mailer",
+        "/usr/sbin/sendmail is the package's program",
+    )
     shebang = (root / "usr/bin/ssmtp-mailer").read_text().splitlines()[0]
     check(shebang == "#!/usr/bin/python3", f"runs on Debian's python3 ({shebang})")
-    check((root / "etc/systemd/system/timers.target.wants/ssmtp-mailer-queue.timer").is_symlink(),
-          "the queue-run timer is enabled")
+    check(
+        (root / "etc/systemd/system/timers.target.wants/ssmtp-mailer-queue.timer").is_symlink(),
+        "the queue-run timer is enabled",
+    )
     wants = root / "etc/systemd/system/multi-user.target.wants"
     enabled = sorted(p.name for p in wants.glob("ssmtp-mailer*")) if wants.is_dir() else []
     check(enabled == [], "no ssmtp-mailer service (the listener) is enabled by default")
@@ -78,7 +95,8 @@ def main(root: Path, deb: Path) -> None:
     check(spool.st_mode & 0o7777 == 0o1733, "maildrop/ is 1733")
     run(root, "ssmtp-mailer --version && newaliases && sendmail -bp >/dev/null")
 
-    with SMTPTestServer(starttls=True, auth={USER: PASSWORD}) as server:
+    ca = trustme.CA()
+    with SMTPTestServer(starttls=True, auth={USER: PASSWORD}, ca=ca) as server:
         configure(root, server)
         run(root, "ssmtp-mailer config check")
         # The issue's own words: root, then an unprivileged user.
@@ -97,9 +115,11 @@ def main(root: Path, deb: Path) -> None:
             check(len(server.messages) == 2, "the unprivileged user's mail was relayed")
             check(server.messages[1].auth_user == USER, "with the relay's credentials")
         else:
-            print("note: no local submission in this build; the unprivileged send below"
-                  " uses a route without secrets")
-    with SMTPTestServer(starttls=True) as open_server:
+            print(
+                "note: no local submission in this build; the unprivileged send below"
+                " uses a route without secrets"
+            )
+    with SMTPTestServer(starttls=True, ca=ca) as open_server:
         conf = root / "home/tester/.config/ssmtp-mailer/ssmtp-mailer.conf"
         conf.parent.mkdir(parents=True)
         conf.write_text(
@@ -114,11 +134,21 @@ def main(root: Path, deb: Path) -> None:
         check(message.rcpt_tos == [f"root@{HOST}"], "an unprivileged user's sendmail relayed")
         check(message.mail_from == f"tester@{HOST}", "as the user's own address")
 
-    run(root, "apt-get purge -y -q -o Dpkg::Use-Pty=0 ssmtp-mailer >/tmp/apt.log 2>&1"
-              " || { cat /tmp/apt.log >&2; exit 1; }")
-    left = [p for p in ("var/spool/ssmtp-mailer", "var/cache/ssmtp-mailer",
-                        "etc/systemd/system/timers.target.wants/ssmtp-mailer-queue.timer",
-                        "usr/sbin/sendmail") if os.path.lexists(root / p)]
+    run(
+        root,
+        "apt-get purge -y -q -o Dpkg::Use-Pty=0 ssmtp-mailer >/tmp/apt.log 2>&1"
+        " || { cat /tmp/apt.log >&2; exit 1; }",
+    )
+    left = [
+        p
+        for p in (
+            "var/spool/ssmtp-mailer",
+            "var/cache/ssmtp-mailer",
+            "etc/systemd/system/timers.target.wants/ssmtp-mailer-queue.timer",
+            "usr/sbin/sendmail",
+        )
+        if os.path.lexists(root / p)
+    ]
     check(left == [], f"purge leaves nothing behind ({left or 'clean'})")
     etc = sorted(p.name for p in (root / "etc/ssmtp-mailer").rglob("*") if p.is_file())
     check(etc == ["ca.pem"], f"purge keeps only the administrator's own file in /etc ({etc})")
@@ -130,7 +160,9 @@ def configure(root: Path, server: SMTPTestServer) -> None:
     server.write_ca_pem(etc / "ca.pem")
     main = etc / "ssmtp-mailer.conf"
     text = main.read_text().replace("#default_domain = relay", "default_domain = relay")
-    main.write_text(text.replace("#default_hostname = server.example.com", f"default_hostname = {HOST}"))
+    main.write_text(
+        text.replace("#default_hostname = server.example.com", f"default_hostname = {HOST}")
+    )
     relay = etc / "domains/relay.conf"
     before = os.stat(relay)
     with open(relay, "a") as handle:  # keeps the shipped 0640 root:mail
@@ -140,8 +172,10 @@ def configure(root: Path, server: SMTPTestServer) -> None:
             f'relay_account = {USER}\npassword = "{PASSWORD}"\n'
         )
     after = os.stat(relay)
-    check((after.st_mode & 0o777, after.st_gid) == (0o640, before.st_gid),
-          "the relay's password sits in a 0640 root:mail file")
+    check(
+        (after.st_mode & 0o777, after.st_gid) == (0o640, before.st_gid),
+        "the relay's password sits in a 0640 root:mail file",
+    )
     (etc / "mappings/local.conf").write_text(
         f"[mapping:local-accounts]\nfrom_pattern = *@{HOST}\nto_pattern = admin@example.com\n"
     )
