@@ -96,5 +96,5 @@ root=$(mktemp -d /var/tmp/ssmtp-mailer-root.XXXXXX)
 tar -x -C "$root" -f "$tarball"
 cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
 mount -t proc proc "$root/proc"
-python3 "$repo/packaging/debian/chroot_check.py" "$root" "$deb"
+"${PYTHON:-python3}" "$repo/packaging/debian/chroot_check.py" "$root" "$deb"
 echo "check-deb: OK"
