@@ -118,7 +118,7 @@ def test_queued_message_is_logged_as_queued_with_id_and_real_exit(
     tmp_path: Path, run_main: Run
 ) -> None:
     conf = config_for(tmp_path, closed_port())
-    code, _, err = run_main(["-C", str(conf), "-t"], MESSAGE)
+    code, _, _ = run_main(["-C", str(conf), "-t"], MESSAGE)
     assert code == 0
     [entry] = spool.list_entries(_load(conf))
     [line] = log_lines(tmp_path)
