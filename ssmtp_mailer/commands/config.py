@@ -182,7 +182,7 @@ def import_command(
             revaliases_source=revaliases or "revaliases",
             route=(account or "relay").lower(),
             inline_passwords=inline,
-            exists=os.path.isfile,
+            exists=_is_file,
         )
     else:
         imported = importers.import_msmtp(
@@ -191,7 +191,7 @@ def import_command(
             read_aliases=_read_optional,
             account=account,
             inline_passwords=inline,
-            exists=os.path.isfile,
+            exists=_is_file,
         )
     out = Path(out_dir)
     if not force:
@@ -300,3 +300,8 @@ def _mail_gid() -> int | None:
         return grp.getgrnam("mail").gr_gid
     except KeyError:
         return None
+
+
+def _is_file(path: str) -> bool:
+    """As the loader will see it: `~` is the home of whoever reads the configuration."""
+    return os.path.isfile(os.path.expanduser(path))
