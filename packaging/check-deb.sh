@@ -69,8 +69,11 @@ if grep -q 'site-packages\|/vendor/' <<<"$listing"; then fail "vendored or mispl
 echo "ok: fields, links, modes, conffiles, units, completion"
 
 echo "-- lintian"
-lintian --fail-on error --tag-display-limit 0 "$deb" 2>&1 | grep -v 'running with root privileges' || true
-lintian --fail-on error --tag-display-limit 0 "$deb" >/dev/null 2>&1 || fail "lintian reports errors"
+status=0
+report=$(lintian --fail-on error --tag-display-limit 0 "$deb" 2>&1) || status=$?
+grep -v 'running with root privileges' <<<"$report" || true
+[ "$status" = 0 ] || fail "lintian reports errors (exit $status)"
+echo "ok: lintian, no errors"
 
 echo "-- install and send in a throwaway Debian 12 root"
 deps=python3-click,python3-keyring,python3-dnspython,python3-dkim,python3-platformdirs,python3-tomli-w,python3-aiosmtpd,ca-certificates,logrotate,passwd
