@@ -94,6 +94,13 @@ def main(root: Path, deb: Path) -> None:
     spool = os.stat(root / "var/spool/ssmtp-mailer/maildrop")
     check(spool.st_mode & 0o7777 == 0o1733, "maildrop/ is 1733")
     run(root, "ssmtp-mailer --version && newaliases && sendmail -bp >/dev/null")
+    completion = run(
+        root,
+        "bash -c '. /usr/share/bash-completion/completions/ssmtp-mailer;"
+        " COMP_WORDS=(ssmtp-mailer config im); COMP_CWORD=2;"
+        ' _ssmtp_mailer_completion ssmtp-mailer; echo "${COMPREPLY[@]}"\'',
+    )
+    check(completion.split() == ["import"], "bash completes `ssmtp-mailer config im`")
 
     ca = trustme.CA()
     with SMTPTestServer(starttls=True, auth={USER: PASSWORD}, ca=ca) as server:
