@@ -438,3 +438,37 @@ def test_importers_are_pure_text_in_text_out() -> None:
     with pytest.raises(ConfigError):
         importers.import_msmtp("account x\n", "msmtprc")
     assert os.sep not in importers._file_name("a/b")
+
+
+@pytest.mark.parametrize(
+    "password",
+    ['p"q\\r', "x #y ;z", "  spaced  ", "[not a list]", "mot de passe é\u2028fin", "'quoted'"],
+)
+def test_any_password_reads_back_as_it_was(tmp_path: Path, password: str) -> None:
+    rc = f'account a\nhost smtp.example.com\nfrom a@example.com\nuser a\npassword "{password}"\n'
+    imported = importers.import_msmtp(rc, "msmtprc")
+    for item in imported.files:
+        path = tmp_path / item.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(item.text)
+        path.chmod(0o600)
+    route = load_config_file(tmp_path / "ssmtp-mailer.conf").domains["example.com"]
+    assert route.password == password
+
+
+def test_duplicates_and_quirks_are_reported_not_written(tmp_path: Path) -> None:
+    aliases = "root: a@example.com\nroot: b@example.com\n"
+    rc = (
+        "account a\nhost smtp.example.com\nfrom a@example.com\nremove_bcc_headers off\n"
+        "aliases /etc/aliases\n"
+    )
+    imported = importers.import_msmtp(rc, "msmtprc", read_aliases={"/etc/aliases": aliases}.get)
+    notes = "\n".join(imported.notes)
+    assert "root is listed twice, the first is kept" in notes
+    assert "remove_bcc_headers: Bcc headers are always removed" in notes
+    mappings = next(f.text for f in imported.files if f.path.startswith("mappings/"))
+    assert mappings.count("[mapping:") == 1 and "a@example.com" in mappings
+    with pytest.raises(ConfigError, match="expected a host name"):
+        importers.import_ssmtp(
+            "mailhub=smtp.example.com\nhostname=bad host\nrewriteDomain=example.com\n", "c"
+        )

@@ -180,7 +180,7 @@ def import_command(
             file,
             revaliases=_read_source(revaliases) if revaliases is not None else None,
             revaliases_source=revaliases or "revaliases",
-            route=(account or "relay").lower(),
+            route=account or "relay",
             inline_passwords=inline,
             exists=_is_file,
         )

@@ -67,9 +67,21 @@ def _ini_value(text: str) -> str:
         text
         and text == text.strip()
         and text[0] not in "\"'["
-        and not any(mark in text for mark in (" #", "\t#", " ;", "\t;", "\n", "\r"))
+        and text.splitlines() == [text]  # no line break of any kind (str.splitlines' list)
+        and not any(mark in text for mark in (" #", "\t#", " ;", "\t;"))
     )
-    return text if plain else json.dumps(text, ensure_ascii=False)
+    # ASCII escapes: the reader splits lines wherever str.splitlines does (U+2028 too).
+    return text if plain else json.dumps(text)
+
+
+def _lines(text: str) -> list[str]:
+    """Lines as ssmtp and msmtp read them: split at LF only (a U+2028 is just a character)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _route_name(name: str) -> str:
+    """A section name the INI reader takes back unchanged, and a keyring key."""
+    return re.sub(r"[^a-z0-9._-]", "-", name.lower())
 
 
 def _file_name(name: str) -> str:
@@ -110,7 +122,7 @@ class _Tree:
 
     def password(self, route: str, section: _Section, secret: str) -> None:
         if self.inline_passwords:
-            section.values["password"] = json.dumps(secret, ensure_ascii=False)
+            section.values["password"] = json.dumps(secret)
             section.secret = True
         else:
             self.passwords.append((route, secret))
@@ -119,6 +131,9 @@ class _Tree:
         problem = pattern_problem(source, target)
         if problem:
             self.note(f"{comment}: not carried over: {problem}")
+            return None
+        if any(m.header == f"mapping:{name}" for m in self.mappings):
+            self.note(f"{comment}: not carried over: {source} is listed twice, the first is kept")
             return None
         section = _Section(f"mapping:{name}", comment)
         section.set("from_pattern", source)
@@ -173,7 +188,7 @@ def parse_ssmtp(text: str, source: str) -> dict[str, tuple[int, str]]:
     """`Key=Value` lines (keys in any case) with the line of each; `#` starts a comment
     anywhere on a line, as ssmtp itself reads it."""
     out: dict[str, tuple[int, str]] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(_lines(text), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -187,7 +202,7 @@ def parse_ssmtp(text: str, source: str) -> dict[str, tuple[int, str]]:
 def parse_revaliases(text: str, source: str) -> list[tuple[int, str, str, str]]:
     """`local:address[:mailhub[:port]]` lines: (line, local, address, mailhub or "")."""
     out = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(_lines(text), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -212,6 +227,7 @@ def import_ssmtp(
 ) -> Imported:
     """An ssmtp.conf (and its revaliases) as one route that every sender uses."""
     conf = parse_ssmtp(text, source)
+    route = _route_name(route)
     tree = _Tree(source, inline_passwords, exists)
     where = {key: f"{source}:{line}" for key, (line, _) in conf.items()}
     val = {key: value for key, (_, value) in conf.items()}
@@ -246,7 +262,10 @@ def import_ssmtp(
     )
     _ssmtp_relay(tree, section, val, where, val["mailhub"], use_tls, starttls)
     if hostname and rewrite_domain and hostname.lower() != rewrite_domain.lower():
-        section.set("helo_name", hostname)
+        try:
+            section.set("helo_name", parse_hostname(hostname))
+        except ValueError as exc:
+            raise ConfigError(where["hostname"], str(exc)) from None
     user = val.get("authuser")
     if user:
         section.set("username", user)
@@ -258,7 +277,7 @@ def import_ssmtp(
         elif method and method != "login":
             tree.note(f"{where['authmethod']}: AuthMethod={method}: unknown, AUTO is used")
         password = val.get("authpass")
-        if password and "#" in text.splitlines()[conf["authpass"][0] - 1]:
+        if password and "#" in _lines(text)[conf["authpass"][0] - 1]:
             tree.note(
                 f"{where['authpass']}: AuthPass: ssmtp reads a line only up to '#', and so"
                 " does this import: if the password goes on, store it with `password set`"
@@ -361,6 +380,7 @@ def _ssmtp_revaliases(
 ) -> None:
     main_hub = _host_port(val["mailhub"], "mailhub")
     hubs: dict[tuple[str, int | None], str] = {main_hub: route}
+    mapped = 0
     for number, local, address, mailhub in parse_revaliases(text, source):
         at = f"{source}:{number}"
         target = route
@@ -402,7 +422,8 @@ def _ssmtp_revaliases(
         )
         if mapping is not None:
             mapping.set("domain", target)
-    if tree.mappings:
+            mapped += 1
+    if mapped:
         tree.note(
             f"{source}: a mapping rewrites its address as a recipient too: mail to a local"
             " account listed there now goes to its outgoing address"
@@ -411,8 +432,9 @@ def _ssmtp_revaliases(
 
 # ---------------------------------------------------------------------------- msmtp
 
-# msmtp keys with no counterpart; anything else unknown is reported the same way.
-_MSMTP_IGNORED_QUIETLY = frozenset({"remove_bcc_headers", "tls_starttls", "tls", "protocol"})
+# Keys read where the route's TLS and protocol are set up; every key that is neither
+# handled nor here is reported as not carried over.
+_MSMTP_IGNORED_QUIETLY = frozenset({"tls_starttls", "tls", "protocol"})
 _MSMTP_AUTH = {
     "on": "AUTO",
     "off": "NONE",
@@ -435,7 +457,7 @@ def parse_msmtprc(text: str, source: str) -> tuple[list[_Account], str | None]:
     accounts: dict[str, _Account] = {}
     current: dict[str, tuple[int, str]] | None = None
     default: str | None = None
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(_lines(text), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -475,7 +497,7 @@ def parse_msmtprc(text: str, source: str) -> tuple[list[_Account], str | None]:
 
 def _has_own_lines(text: str, number: int) -> bool:
     """Whether `account default : x` at line `number` is followed by settings of its own."""
-    for raw in text.splitlines()[number:]:
+    for raw in _lines(text)[number:]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -492,7 +514,7 @@ def _msmtp_value(value: str) -> str:
 def parse_aliases(text: str, source: str) -> list[tuple[int, str, list[str]]]:
     """msmtp's aliases file: `local: address, address` per line (`default:` for the rest)."""
     out = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(_lines(text), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -581,7 +603,7 @@ def _msmtp_account(tree: _Tree, acc: _Account, source: str, domains: dict[str, l
     named_by_domain = domain and not wildcard and len(domains.get(domain, [])) == 1
     if wildcard and domain and "*" not in domain and len(domains.get(domain, [])) == 1:
         named_by_domain = True
-    name = domain if named_by_domain else acc.name.lower()
+    name = _route_name(domain if named_by_domain else acc.name)
     while name in tree.routes:
         name += "-" + acc.name.lower()
     if not vals.get("host"):
@@ -681,6 +703,8 @@ def _msmtp_account(tree: _Tree, acc: _Account, source: str, domains: dict[str, l
     for key in sorted(vals):
         if key in _MSMTP_HANDLED or key in _MSMTP_IGNORED_QUIETLY:
             continue
+        if key == "remove_bcc_headers" and _yes(vals[key]):
+            continue  # what ssmtp-mailer always does
         tree.note(
             f"{at[key]}: {key}: {_MSMTP_UNSUPPORTED.get(key, 'no counterpart')}, not carried over"
         )
@@ -699,6 +723,7 @@ _MSMTP_UNSUPPORTED = {
     "auto_from": "the sender comes from -f or the From header",
     "maildomain": "the sender comes from -f or the From header",
     "undisclosed_recipients": "no counterpart",
+    "remove_bcc_headers": "Bcc headers are always removed",
     "tls_crl_file": "no counterpart",
     "tls_priorities": "TLS 1.2 or later with Python's defaults",
     "tls_min_dh_prime_bits": "TLS 1.2 or later with Python's defaults",
