@@ -389,7 +389,7 @@ def _ssmtp_revaliases(
             if hub[1] is None and main_hub[0] == hub[0]:
                 hub = main_hub
             if hub not in hubs:
-                name = f"{route}-{hub[0]}" + (f"-{hub[1]}" if hub[1] else "")
+                name = _route_name(f"{route}-{hub[0]}" + (f"-{hub[1]}" if hub[1] else ""))
                 hubs[hub] = name
                 section = tree.route(
                     name, f"The mailhub {mailhub} that {source} names for {local}."
