@@ -84,13 +84,13 @@ def main(root: Path, deb: Path) -> None:
     )
     shebang = (root / "usr/bin/ssmtp-mailer").read_text().splitlines()[0]
     check(shebang == "#!/usr/bin/python3", f"runs on Debian's python3 ({shebang})")
-    check(
-        (root / "etc/systemd/system/timers.target.wants/ssmtp-mailer-queue.timer").is_symlink(),
-        "the queue-run timer is enabled",
-    )
-    wants = root / "etc/systemd/system/multi-user.target.wants"
-    enabled = sorted(p.name for p in wants.glob("ssmtp-mailer*")) if wants.is_dir() else []
-    check(enabled == [], "no ssmtp-mailer service (the listener) is enabled by default")
+    units = sorted(p.name for p in (root / "lib/systemd/system").glob("ssmtp-mailer*"))
+    enabled = {p.name for p in (root / "etc/systemd/system").glob("*.wants/ssmtp-mailer*")}
+    for unit in units:
+        if unit.endswith((".timer", ".path")):
+            check(unit in enabled, f"{unit} is enabled")
+    services = sorted(u for u in enabled if u.endswith((".service", ".socket")))
+    check(services == [], "no service or socket (the listener) is enabled by default")
     spool = os.stat(root / "var/spool/ssmtp-mailer/maildrop")
     check(spool.st_mode & 0o7777 == 0o1733, "maildrop/ is 1733")
     run(root, "ssmtp-mailer --version && newaliases && sendmail -bp >/dev/null")
