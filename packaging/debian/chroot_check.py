@@ -112,6 +112,19 @@ def main(root: Path, deb: Path) -> None:
         [message] = server.messages
         check(message.rcpt_tos == ["admin@example.com"], "root's mail reached the mapped address")
         check(message.auth_user == USER and message.tls, "over STARTTLS, authenticated")
+        log = root / "var/log/ssmtp-mailer.log"
+        check("admin@example.com" in log.read_text(), "log_file got the message's line")
+        run(root, "logrotate -f /etc/logrotate.d/ssmtp-mailer")
+        rotated = root / "var/log/ssmtp-mailer.log.1"
+        check(
+            rotated.exists() and "admin@example.com" in rotated.read_text(), "logrotate rotated it"
+        )
+        fresh = os.stat(log)
+        check(
+            (fresh.st_mode & 0o777, run(root, "stat -c %U:%G /var/log/ssmtp-mailer.log").strip())
+            == (0o640, "mail:adm"),
+            "and made a new 0640 mail:adm log",
+        )
         run(root, "id tester >/dev/null 2>&1 || useradd -m tester")
         if (root / "usr/lib/python3/dist-packages/ssmtp_mailer/submit.py").exists():
             # The user cannot read the relay's secret: the message goes to the maildrop
@@ -156,6 +169,8 @@ def main(root: Path, deb: Path) -> None:
         )
         if os.path.lexists(root / p)
     ]
+    left += [str(p.relative_to(root)) for p in (root / "var/log").glob("ssmtp-mailer.log*")]
+    left += [str(p.relative_to(root)) for p in (root / "etc/systemd/system").rglob("ssmtp-mailer*")]
     check(left == [], f"purge leaves nothing behind ({left or 'clean'})")
     etc = sorted(p.name for p in (root / "etc/ssmtp-mailer").rglob("*") if p.is_file())
     check(etc == ["ca.pem"], f"purge keeps only the administrator's own file in /etc ({etc})")
@@ -167,6 +182,9 @@ def configure(root: Path, server: SMTPTestServer) -> None:
     server.write_ca_pem(etc / "ca.pem")
     main = etc / "ssmtp-mailer.conf"
     text = main.read_text().replace("#default_domain = relay", "default_domain = relay")
+    text = text.replace(
+        "#log_file = /var/log/ssmtp-mailer.log", "log_file = /var/log/ssmtp-mailer.log"
+    )
     main.write_text(
         text.replace("#default_hostname = server.example.com", f"default_hostname = {HOST}")
     )
