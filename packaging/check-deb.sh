@@ -89,10 +89,11 @@ if [ ! -f "$tarball" ]; then
         mv "$list" "${list%.sources}.list"; list=${list%.sources}.list
         cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null >"$list" || true
     fi
+    partial=$(mktemp -u "$cache/.bookworm-XXXXXX.tar")  # two runs at once never share one
     mmdebstrap --quiet --variant=apt --skip=cleanup/apt/lists --include="$deps" \
-        --format=tar bookworm "$tarball.tmp" "$list"
+        --format=tar bookworm "$partial" "$list"
     rm -f "$list"
-    mv "$tarball.tmp" "$tarball"
+    mv "$partial" "$tarball"
     find "$cache" -name 'bookworm-*.tar' ! -name "$(basename "$tarball")" -delete
 fi
 root=$(mktemp -d /var/tmp/ssmtp-mailer-root.XXXXXX)
