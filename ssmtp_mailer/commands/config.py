@@ -137,6 +137,7 @@ def show(fmt: str) -> None:
 )
 @click.option(
     "--account",
+    metavar="NAME",
     help="msmtp: import only this account (it becomes default_domain);"
     " ssmtp: the route's name [default: relay].",
 )
@@ -144,6 +145,7 @@ def show(fmt: str) -> None:
     "--out",
     "out_dir",
     required=True,
+    metavar="DIR",
     type=click.Path(file_okay=False),
     help="Folder to write the new tree into (ssmtp-mailer.conf, domains/, mappings/).",
 )
