@@ -2,7 +2,7 @@
 # Build the Debian package from the committed tree: `git archive` export, packaging/debian
 # copied to debian/, dpkg-buildpackage -us -uc -b. The .deb lands in OUTDIR (default dist/).
 # Debian 12 with: dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all
-# python3-setuptools python3-click (see .ci/run).
+# python3-setuptools python3-click (see .ci/run), and fakeroot when not run as root.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 out=$(realpath -m "${1:-$repo/dist}")
