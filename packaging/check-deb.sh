@@ -32,8 +32,8 @@ for f in Provides Conflicts Replaces; do
     [ "$(field "$f")" = mail-transport-agent ] || fail "$f: $(field "$f")"
 done
 depends=$(field Depends)
-for dep in python3-click python3-keyring python3-dnspython python3-dkim python3-platformdirs \
-           python3-tomli-w python3-aiosmtpd; do
+for dep in python3-click python3-keyring python3-dnspython python3-dkim python3-nacl \
+           python3-cryptography python3-platformdirs python3-tomli-w python3-aiosmtpd; do
     grep -qE "(^|, )$dep( |,|$)" <<<"$depends" || fail "Depends lacks $dep: $depends"
 done
 listing=$(dpkg-deb -c "$deb")
@@ -76,7 +76,7 @@ grep -v 'running with root privileges' <<<"$report" || true
 echo "ok: lintian, no errors"
 
 echo "-- install and send in a throwaway Debian 12 root"
-deps=python3-click,python3-keyring,python3-dnspython,python3-dkim,python3-platformdirs,python3-tomli-w,python3-aiosmtpd,ca-certificates,logrotate,passwd
+deps=python3-click,python3-keyring,python3-dnspython,python3-dkim,python3-nacl,python3-cryptography,python3-platformdirs,python3-tomli-w,python3-aiosmtpd,ca-certificates,logrotate,passwd
 sources=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
 key=$(printf '%s\n%s\n' "$deps" "$sources" | sha256sum | cut -c1-12)
 tarball="$cache/bookworm-$key.tar"
