@@ -10,6 +10,7 @@ installed on the host itself, where it would remove the Postfix the integration 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -112,6 +113,12 @@ def main(root: Path, deb: Path) -> None:
         [message] = server.messages
         check(message.rcpt_tos == ["admin@example.com"], "root's mail reached the mapped address")
         check(message.auth_user == USER and message.tls, "over STARTTLS, authenticated")
+        signatures = message.message().get_all("DKIM-Signature") or []
+        check(
+            sorted(re.search(r"a=([\w-]+)", str(sig)).group(1) for sig in signatures)  # type: ignore[union-attr]
+            == ["ed25519-sha256", "rsa-sha256"],
+            "signed with both DKIM keys",
+        )
         log = root / "var/log/ssmtp-mailer.log"
         check("admin@example.com" in log.read_text(), "log_file got the message's line")
         run(root, "logrotate -f /etc/logrotate.d/ssmtp-mailer")
@@ -173,7 +180,8 @@ def main(root: Path, deb: Path) -> None:
     left += [str(p.relative_to(root)) for p in (root / "etc/systemd/system").rglob("ssmtp-mailer*")]
     check(left == [], f"purge leaves nothing behind ({left or 'clean'})")
     etc = sorted(p.name for p in (root / "etc/ssmtp-mailer").rglob("*") if p.is_file())
-    check(etc == ["ca.pem"], f"purge keeps only the administrator's own file in /etc ({etc})")
+    own = ["ca.pem", "dkim-ed25519.pem", "dkim-rsa.pem"]
+    check(etc == own, f"purge keeps only the administrator's own files in /etc ({etc})")
 
 
 def configure(root: Path, server: SMTPTestServer) -> None:
@@ -188,6 +196,13 @@ def configure(root: Path, server: SMTPTestServer) -> None:
     main.write_text(
         text.replace("#default_hostname = server.example.com", f"default_hostname = {HOST}")
     )
+    # DKIM with Debian's own python3-dkim, -nacl and -cryptography: one key of each kind.
+    for algorithm in ("rsa", "ed25519"):
+        run(
+            root,
+            f"ssmtp-mailer dkim keygen --domain relay --selector {algorithm}1"
+            f" --algorithm {algorithm} --out /etc/ssmtp-mailer/dkim-{algorithm}.pem >/dev/null",
+        )
     relay = etc / "domains/relay.conf"
     before = os.stat(relay)
     with open(relay, "a") as handle:  # keeps the shipped 0640 root:mail
@@ -195,6 +210,8 @@ def configure(root: Path, server: SMTPTestServer) -> None:
             f"\n[domain:relay]\nsmtp_server = 127.0.0.1\nsmtp_port = {server.port}\n"
             f"use_starttls = true\nssl_ca_file = /etc/ssmtp-mailer/ca.pem\nusername = {USER}\n"
             f'relay_account = {USER}\npassword = "{PASSWORD}"\n'
+            "dkim_selector = rsa1, ed255191\n"
+            "dkim_key_file = /etc/ssmtp-mailer/dkim-rsa.pem, /etc/ssmtp-mailer/dkim-ed25519.pem\n"
         )
     after = os.stat(relay)
     check(
