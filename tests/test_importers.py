@@ -187,6 +187,7 @@ def test_ssmtp_with_revaliases(run_main: RunMain, tmp_path: Path) -> None:
         ),
         ("mailhub=mail.example.com\nport=587\nUseTLS=YES\nUseSTARTTLS=YES\n", (587, False, True)),
         ("mailhub=mail.example.com\n", (25, False, False)),
+        ("mailhub=mail.example.com:587\nUseSTARTTLS=YES\n", (587, False, True)),
     ],
 )
 def test_ssmtp_tls_and_port(lines: str, expected: tuple[int, bool, bool]) -> None:

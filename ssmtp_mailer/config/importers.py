@@ -237,8 +237,8 @@ def import_ssmtp(
     if not val.get("mailhub"):
         raise ConfigError(f"{source}: mailhub", "not set; there is no relay to import")
 
-    use_tls = _yes(val.get("usetls", "no"))
     starttls = _yes(val.get("usestarttls", "no"))
+    use_tls = _yes(val.get("usetls", "no")) or starttls  # ssmtp: UseSTARTTLS=YES implies TLS
     hostname = val.get("hostname") or None
     rewrite_domain = val.get("rewritedomain") or None
     default_hostname = rewrite_domain or hostname
