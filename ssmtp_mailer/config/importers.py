@@ -184,19 +184,32 @@ SSMTP_KEYS = (
 )  # fmt: skip
 
 
-def parse_ssmtp(text: str, source: str) -> dict[str, tuple[int, str]]:
-    """`Key=Value` lines (keys in any case) with the line of each; `#` starts a comment
-    anywhere on a line, as ssmtp itself reads it."""
+def parse_ssmtp(text: str, source: str) -> tuple[dict[str, tuple[int, str]], list[str]]:
+    """`Key=Value` settings (keys in any case) with the line of each, and notes.
+
+    Read as ssmtp reads them: `#` starts a comment anywhere on a line, a line without
+    `=` is skipped, and a value is the first word after the key (words end at a space,
+    a tab or `=`). A later line for the same key wins.
+    """
     out: dict[str, tuple[int, str]] = {}
+    notes: list[str] = []
     for number, raw in enumerate(_lines(text), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise ConfigError(f"{source}:{number}", f"expected Key=Value, got {line[:40]!r}")
-        out[key.strip().lower()] = (number, value.strip())
-    return out
+        words = [word for word in re.split(r"[= \t]+", line) if word]
+        if "=" not in line or len(words) < 2:
+            notes.append(f"{source}:{number}: not a Key=Value line, skipped (as ssmtp does)")
+            continue
+        key = words[0].lower()
+        out[key] = (number, words[1])
+        if key == "authpass" and raw.partition("=")[2].strip() != words[1]:
+            notes.append(
+                f"{source}:{number}: AuthPass: ssmtp reads a value only up to a space, tab,"
+                " '=' or '#', and so does this import: if the password goes on, store it"
+                " with `ssmtp-mailer password set`"
+            )
+    return out, notes
 
 
 def parse_revaliases(text: str, source: str) -> list[tuple[int, str, str, str]]:
@@ -226,9 +239,11 @@ def import_ssmtp(
     exists: Callable[[str], bool] = lambda _path: True,
 ) -> Imported:
     """An ssmtp.conf (and its revaliases) as one route that every sender uses."""
-    conf = parse_ssmtp(text, source)
+    conf, notes = parse_ssmtp(text, source)
     route = _route_name(route)
     tree = _Tree(source, inline_passwords, exists)
+    for note in notes:
+        tree.note(note)
     where = {key: f"{source}:{line}" for key, (line, _) in conf.items()}
     val = {key: value for key, (_, value) in conf.items()}
     for key in conf:
@@ -241,6 +256,8 @@ def import_ssmtp(
     use_tls = _yes(val.get("usetls", "no")) or starttls  # ssmtp: UseSTARTTLS=YES implies TLS
     hostname = val.get("hostname") or None
     rewrite_domain = val.get("rewritedomain") or None
+    if rewrite_domain and "@" in rewrite_domain:  # ssmtp keeps what follows the last @
+        rewrite_domain = rewrite_domain.rpartition("@")[2]
     default_hostname = rewrite_domain or hostname
     g = tree.global_
     if default_hostname:
@@ -277,11 +294,6 @@ def import_ssmtp(
         elif method and method != "login":
             tree.note(f"{where['authmethod']}: AuthMethod={method}: unknown, AUTO is used")
         password = val.get("authpass")
-        if password and "#" in _lines(text)[conf["authpass"][0] - 1]:
-            tree.note(
-                f"{where['authpass']}: AuthPass: ssmtp reads a line only up to '#', and so"
-                " does this import: if the password goes on, store it with `password set`"
-            )
         if password:
             tree.password(route, section, password)
         else:
