@@ -473,3 +473,16 @@ def test_duplicates_and_quirks_are_reported_not_written(tmp_path: Path) -> None:
         importers.import_ssmtp(
             "mailhub=smtp.example.com\nhostname=bad!host\nrewriteDomain=example.com\n", "c"
         )
+
+
+def test_msmtp_substitutions_in_from() -> None:
+    rc = (
+        "account users\nhost smtp.example.com\nfrom %U@example.com\n"
+        "account host\nhost smtp.example.net\nfrom %U@%H\nsyslog on\n"
+    )
+    imported = importers.import_msmtp(rc, "msmtprc")
+    paths = sorted(f.path for f in imported.files)
+    assert paths == ["domains/example.com.conf", "domains/host.conf", "ssmtp-mailer.conf"]
+    notes = "\n".join(imported.notes)
+    assert "from %U@%H: route named host" in notes
+    assert "syslog facility on: LOG_MAIL is used" in notes

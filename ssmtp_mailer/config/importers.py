@@ -612,9 +612,10 @@ def _msmtp_account(tree: _Tree, acc: _Account, source: str, domains: dict[str, l
     sender = vals.get("from", "")
     domain = sender.rpartition("@")[2].lower()
     wildcard = "*" in sender or "%" in sender
-    named_by_domain = domain and not wildcard and len(domains.get(domain, [])) == 1
-    if wildcard and domain and "*" not in domain and len(domains.get(domain, [])) == 1:
-        named_by_domain = True
+    # The only account sending from this domain (`a@`, `*@` or `%U@example.com`) names it.
+    named_by_domain = (
+        bool(domain) and not {"*", "%"} & set(domain) and len(domains.get(domain, [])) == 1
+    )
     name = _route_name(domain if named_by_domain else acc.name)
     while name in tree.routes:
         name += "-" + acc.name.lower()
@@ -732,6 +733,8 @@ _MSMTP_UNSUPPORTED = {
     "dsn_notify": "pass -N to sendmail instead",
     "dsn_return": "pass -R to sendmail instead",
     "set_from_header": "a From header is added when missing",
+    "set_date_header": "a Date header is added when missing",
+    "set_msgid_header": "a Message-ID header is added when missing",
     "auto_from": "the sender comes from -f or the From header",
     "maildomain": "the sender comes from -f or the From header",
     "undisclosed_recipients": "no counterpart",
@@ -771,7 +774,7 @@ def _msmtp_globals(tree: _Tree, accounts: Iterable[_Account], source: str) -> No
         tree.note(f"{seen['logfile'][0]}: logfile -: the log goes to a file or to syslog")
     if "syslog" in seen and seen["syslog"][1].lower() != "off":
         g.set("syslog", True)
-        if seen["syslog"][1].upper() not in ("ON", "LOG_MAIL"):
+        if seen["syslog"][1].upper() != "LOG_MAIL":
             tree.note(f"{seen['syslog'][0]}: syslog facility {seen['syslog'][1]}: LOG_MAIL is used")
     if "timeout" in seen:
         timeout = seen["timeout"][1]
