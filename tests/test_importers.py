@@ -446,7 +446,7 @@ def test_importers_are_pure_text_in_text_out() -> None:
     ['p"q\\r', "x #y ;z", "  spaced  ", "[not a list]", "mot de passe é\u2028fin", "'quoted'"],
 )
 def test_any_password_reads_back_as_it_was(tmp_path: Path, password: str) -> None:
-    rc = f'account a\nhost smtp.example.com\nfrom a@example.com\nuser a\npassword "{password}"\n'
+    rc = f'account a\nhost smtp.example.com\nfrom a@example.com\nauth on\nuser a\npassword "{password}"\n'
     imported = importers.import_msmtp(rc, "msmtprc")
     for item in imported.files:
         path = tmp_path / item.path
@@ -486,3 +486,13 @@ def test_msmtp_substitutions_in_from() -> None:
     notes = "\n".join(imported.notes)
     assert "from %U@%H: route named host" in notes
     assert "syslog facility on: LOG_MAIL is used" in notes
+
+
+def test_msmtp_user_without_auth_does_not_authenticate() -> None:
+    """As msmtp itself: `auth` defaults to off, a `user` alone does not turn it on."""
+    imported = importers.import_msmtp(
+        "account a\nhost smtp.example.com\nfrom a@example.com\nuser bob\n", "msmtprc"
+    )
+    route = next(f.text for f in imported.files if f.path == "domains/example.com.conf")
+    assert "auth_method = NONE\n" in route and "username" not in route
+    assert any("user bob but auth off" in note for note in imported.notes)

@@ -687,7 +687,12 @@ def _msmtp_account(tree: _Tree, acc: _Account, source: str, domains: dict[str, l
         except ValueError as exc:
             raise ConfigError(f"{at['domain']}: domain", str(exc)) from None
 
-    auth = vals.get("auth", "on" if vals.get("user") else "off").lower()
+    auth = vals.get("auth", "off").lower()  # msmtp's default, even with a user set
+    if auth == "off" and vals.get("user"):
+        tree.note(
+            f"{label}: user {vals['user']} but auth off: msmtp did not authenticate, and"
+            " neither does this route (set auth_method = AUTO to)"
+        )
     method = _MSMTP_AUTH.get(auth)
     if method is None:
         tree.note(f"{at['auth']}: auth {auth}: not supported, AUTO is used")
