@@ -496,3 +496,18 @@ def test_msmtp_user_without_auth_does_not_authenticate() -> None:
     route = next(f.text for f in imported.files if f.path == "domains/example.com.conf")
     assert "auth_method = NONE\n" in route and "username" not in route
     assert any("user bob but auth off" in note for note in imported.notes)
+
+
+def test_a_result_that_fails_check_replaces_nothing(run_main: RunMain, tmp_path: Path) -> None:
+    rc = tmp_path / "msmtprc"
+    rc.write_text("account a\nhost smtp.example.com\nfrom not an@address.example\n")
+    out = tmp_path / "etc"
+    out.mkdir()
+    (out / "ssmtp-mailer.conf").write_text("[global]\n# the working configuration\n")
+    code, stdout, err = run_import(
+        run_main, "--from", "msmtp", str(rc), "--out", str(out), "--force"
+    )
+    assert code == 78, stdout
+    assert f"{out}/domains/address.example.conf:" in err and "relay_account" in err
+    assert (out / "ssmtp-mailer.conf").read_text() == "[global]\n# the working configuration\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["etc", "msmtprc"]  # no stage left

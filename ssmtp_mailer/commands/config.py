@@ -5,13 +5,18 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ssmtp_mailer.commands.common import common_options, json_option, load, print_json, settings
 from ssmtp_mailer.config.model import AuthMethod, Config
 from ssmtp_mailer.errors import EX_CONFIG, CantCreateError, ConfigError, MailerError, UsageError
+
+if TYPE_CHECKING:
+    from ssmtp_mailer.config.importers import ImportedFile
 
 
 @click.group("config")
@@ -180,7 +185,6 @@ def import_command(
 ) -> int:
     """Write an equivalent tree from an ssmtp or msmtp configuration; say what differs."""
     from ssmtp_mailer.config import importers, secrets
-    from ssmtp_mailer.config.loader import load_config_file
 
     if revaliases is not None and kind != "ssmtp":
         raise UsageError("config import", "--revaliases is for --from ssmtp")
@@ -212,6 +216,13 @@ def import_command(
             raise UsageError(
                 f"config import: {out}", f"already holds {', '.join(taken)}", hint="pass --force"
             )
+    # The new tree is checked on its own before it replaces anything in --out, then again
+    # in place, with whatever else --out holds.
+    problems = _staged_problems(out, imported.files)
+    if problems:
+        raise ConfigError(
+            "config import", "the result does not pass config check", problems=problems
+        )
     modes = [
         _write_imported(out / item.path, item.text, secret=item.secret) for item in imported.files
     ]
@@ -224,11 +235,7 @@ def import_command(
             commands.append(f"ssmtp-mailer --config {main} password set {name}")
     for name in imported.keyring_routes:
         commands.append(f"ssmtp-mailer --config {main} password set {name}")
-    problems: list[str] = []
-    try:
-        load_config_file(main)
-    except ConfigError as exc:
-        problems = exc.problems or [f"{exc.what}: {exc.why}"]
+    problems = _check_problems(main)
     if as_json:
         print_json(
             {
@@ -255,6 +262,37 @@ def import_command(
         if not problems:
             click.echo(f"{main}: OK: passes `ssmtp-mailer config check`")
     return EX_CONFIG if problems else 0
+
+
+def _check_problems(main: Path) -> list[str]:
+    from ssmtp_mailer.config.loader import load_config_file
+
+    try:
+        load_config_file(main)
+    except ConfigError as exc:
+        return exc.problems or [f"{exc.what}: {exc.why}"]
+    return []
+
+
+def _staged_problems(out: Path, files: Sequence[ImportedFile]) -> list[str]:
+    """What `config check` says of the imported files alone, written next to --out."""
+    import shutil
+    import tempfile
+
+    from ssmtp_mailer.config.importers import MAIN_FILE
+
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}-import-"))
+    except OSError as exc:
+        raise CantCreateError(str(out), f"cannot write: {exc.strerror or exc}") from None
+    try:
+        for item in files:
+            _write_imported(stage / item.path, item.text, secret=item.secret)
+        return [line.replace(str(stage), str(out)) for line in _check_problems(stage / MAIN_FILE)]
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _read_source(path: str) -> str:
