@@ -6,7 +6,7 @@ import gc
 import os
 import sys
 
-from ssmtp_mailer.errors import EX_IOERR, EX_SOFTWARE, PROG, MailerError
+from ssmtp_mailer.errors import EX_IOERR, EX_SOFTWARE, MailerError
 from ssmtp_mailer.errors import report as report_line
 from ssmtp_mailer.typed import TYPE_CHECKING
 
