@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 from ssmtp_mailer.config.values import parse_fingerprint, parse_hostname, parse_port
 from ssmtp_mailer.errors import ConfigError
 from ssmtp_mailer.patterns import pattern_problem
-from ssmtp_mailer.typed import NamedTuple
 
 MAIN_FILE = "ssmtp-mailer.conf"
 SYSTEM_CA_BUNDLES = frozenset({"system", "/etc/ssl/certs/ca-certificates.crt"})
