@@ -8,10 +8,10 @@ from __future__ import annotations
 import gc
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from ssmtp_mailer import __version__
 from ssmtp_mailer.errors import PROG, DataError, MailerError, StreamError, UsageError, report
-from ssmtp_mailer.typed import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import BinaryIO, TextIO
@@ -24,6 +24,10 @@ _WITH_VALUE = frozenset("fFrCXBOLhANRVob")
 _OPTIONAL_ATTACHED = frozenset("qd")
 _NO_VALUE = frozenset("tivUGnm")
 _MODES = {"m": "deliver", "s": "smtp", "p": "list", "i": "newaliases", "V": "version"}
+NEWALIASES_NOTE = (
+    f"{PROG}: newaliases: there is no aliases database; aliases are the [mapping:] sections"
+    " of the configuration (see `ssmtp-mailer config show`)"
+)
 # Bytes asked of stdin per read while taking in a message.
 READ_SIZE = 256 * 1024
 
@@ -53,7 +57,7 @@ Accepted and ignored: -B TYPE, -o*, -O OPT, -L TAG, -h N, -n, -A X, -U, -G, -m, 
 class SendmailArgs:
     """The meaning of a sendmail command line, filled in flag by flag."""
 
-    # A plain class, not a dataclass: `dataclasses` costs milliseconds on every sendmail run.
+    # A plain class, not a dataclass: `dataclasses` stays off the sendmail path.
     __slots__ = (
         "config_path",
         "dsn_envid",
@@ -278,8 +282,6 @@ def run_sendmail(args: list[str]) -> int:
         _standard(sys.stdout, "output").write(f"{PROG} {__version__} (sendmail interface)\n")
         return 0
     if parsed.mode == "newaliases":
-        from ssmtp_mailer.entry import NEWALIASES_NOTE
-
         print(NEWALIASES_NOTE, file=sys.stderr)
         return 0
     config = _load(parsed)
