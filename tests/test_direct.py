@@ -650,3 +650,25 @@ def test_config_check_accepts_the_direct_keys_and_warns_on_a_relay_route(
     code, out, err = run_main(["-C", str(path), "config", "check"], prog="ssmtp-mailer")
     assert code == 78
     assert "direct_tls" in out + err and "opportunistic" in out + err
+
+
+def test_shipped_hybrid_example_passes_config_check(run_main: RunMain) -> None:
+    example = Path(__file__).resolve().parent.parent / "etc" / "examples" / "hybrid-delivery.conf"
+    code, out, err = run_main(["-C", str(example), "config", "check"], prog="ssmtp-mailer")
+    assert (code, err) == (0, ""), out
+
+
+def test_a_broken_tls_handshake_is_retried_in_clear_when_opportunistic(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    # The MX offers STARTTLS, says 220 and hangs up: its TLS is broken, its SMTP is not.
+    broken = mx_server(2, starttls=True, fault="drop-starttls", names=["mx1.a.example"])
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net)
+    code, _, err = sendmail(run_main, conf, "one@a.example")
+    assert (code, err) == (0, "")
+    assert broken.connections == 2
+    assert [m.tls for m in broken.messages] == [False]

@@ -20,6 +20,7 @@ import re
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from ssmtp_mailer import dnsrecords, spf
 from ssmtp_mailer.config.model import AuthMethod, Config, DeliveryMode, DirectTls, DomainConfig
@@ -28,7 +29,6 @@ from ssmtp_mailer.errors import MailerError, TempFailError, UnavailableError
 from ssmtp_mailer.relay import dnscache, engine, hints
 from ssmtp_mailer.relay.smtp import Endpoint, RelayFailure, tls_context
 from ssmtp_mailer.rewrite import RouteGroup
-from ssmtp_mailer.typed import NamedTuple
 
 Transcript = Callable[[str], None]
 RelayPath = Callable[[tuple[str, ...]], engine.DeliveryResult]
@@ -333,6 +333,9 @@ def _deliver_domain(
         return DomainOutcome(domain, rcpts, error=TempFailError(domain, why))
     required = tls_requirement(route, plan)
     failures: list[str] = []
+    # A problem of the message at one host (SMTPUTF8 not offered, say): final when no
+    # host does better.
+    refusal: MailerError | None = None
     for host in plan.hosts:
         if not host.addresses:
             failures.append(f"{host.name}: no address")
@@ -340,7 +343,7 @@ def _deliver_domain(
         for address in host.addresses:
             endpoint = endpoint_for(config, route, host, address, verify=required is not None)
             try:
-                result = send(endpoint, group, transcript)
+                result = _send_opportunistically(endpoint, group, send, required, transcript)
             except RelayFailure as failure:
                 error = failure.error
                 if failure.stage in ("TLS", "STARTTLS") and failure.code is None:
@@ -351,6 +354,9 @@ def _deliver_domain(
                     continue
                 if failure.temporary or failure.next_server:
                     failures.append(f"{endpoint.label}: {error.why}")
+                    if not failure.temporary:
+                        refusal = refusal or error
+                        break
                     # A 4xx from this host is its own trouble: the next host may do better;
                     # a connection failure may be this address only.
                     if failure.code is not None:
@@ -358,6 +364,8 @@ def _deliver_domain(
                     continue
                 return DomainOutcome(domain, rcpts, error=error)
             return DomainOutcome(domain, rcpts, result=result)
+    if refusal is not None and len(failures) == 1:
+        return DomainOutcome(domain, rcpts, error=refusal)
     hint = None
     if any("timed out" in f for f in failures) and route.direct_port == 25:
         hint = hints.DIRECT_PORT25_BLOCKED
@@ -366,6 +374,28 @@ def _deliver_domain(
         rcpts,
         error=TempFailError(domain, f"no MX host took the message: {'; '.join(failures)}", hint),
     )
+
+
+def _send_opportunistically(
+    endpoint: Endpoint,
+    group: RouteGroup,
+    send: Callable[[Endpoint, RouteGroup, Transcript | None], engine.DeliveryResult],
+    required: str | None,
+    transcript: Transcript | None,
+) -> engine.DeliveryResult:
+    """One attempt; when TLS is only opportunistic, a failed handshake is retried in clear.
+
+    As Postfix's `may` level does: an MX whose TLS is broken still gets the mail, which
+    is what it would have got from a sender without STARTTLS.
+    """
+    try:
+        return send(endpoint, group, transcript)
+    except RelayFailure as failure:
+        if required is not None or failure.stage not in ("TLS", "STARTTLS") or failure.code:
+            raise
+        if transcript is not None:
+            transcript(f"* {endpoint.label}: TLS failed ({failure.error.why}); again without")
+        return send(endpoint._replace(starttls=False), group, transcript)
 
 
 def _combine(
@@ -450,8 +480,11 @@ def preview(config: Config, route: DomainConfig, recipients: Sequence[str]) -> d
     """Per recipient domain, the MX hosts a delivery would try now (for `route`, --dry-run)."""
     if route.delivery_mode == DeliveryMode.RELAY:
         return {}
-    lookups = Lookups(config)
     shown: dict[str, str] = {}
+    try:
+        lookups = Lookups(config)
+    except MailerError as exc:
+        return {domain: exc.why for domain in by_domain(recipients)}
     for domain in by_domain(recipients):
         try:
             shown[domain] = hosts_text(plan_domain(lookups, route, domain))
