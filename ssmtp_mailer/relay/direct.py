@@ -138,11 +138,12 @@ class Lookups:
         held = None
         if isinstance(cached, list) and len(cached) == 4:
             held = StsPolicy(str(cached[0]), str(cached[1]), tuple(cached[2]), int(cached[3]))
-        records = [
-            t
-            for t in self.records(f"_mta-sts.{domain}", "TXT")
-            if t.replace(" ", "").startswith("v=STSv1")
-        ]
+        try:
+            texts = self.records(f"_mta-sts.{domain}", "TXT")
+        except spf.TempError:
+            # §3.3 and §5.1: a lookup that fails is no record; a cached policy still holds.
+            return held
+        records = [t for t in texts if t.replace(" ", "").startswith("v=STSv1")]
         if len(records) != 1:
             # §5.1: without a (valid) record, a policy still in the cache stays in force.
             return held
