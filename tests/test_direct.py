@@ -672,3 +672,85 @@ def test_a_broken_tls_handshake_is_retried_in_clear_when_opportunistic(
     assert (code, err) == (0, "")
     assert broken.connections == 2
     assert [m.tls for m in broken.messages] == [False]
+
+
+def test_an_address_literal_goes_to_that_address(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    host = mx_server(6)
+    dns = dns_server(zone_for(net))
+    conf = write_config(tmp_path, dns, net)
+    code, _, err = sendmail(run_main, conf, f"postmaster@[{net.ip(6)}]")
+    assert (code, err) == (0, "")
+    assert [m.rcpt_tos for m in host.messages] == [[f"postmaster@[{net.ip(6)}]"]]
+    assert sum(dns.queries.values()) == 0
+
+
+def test_a_null_mx_beside_a_real_one_is_ignored(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    mx1 = mx_server(2)
+    zone = zone_for(net)
+    zone["a.example"] = [("MX", "0 ."), ("MX", "10 mx1.a.example.")]
+    conf = write_config(tmp_path, dns_server(zone), net)
+    code, _, err = sendmail(run_main, conf, "one@a.example")
+    assert (code, err) == (0, "")
+    assert len(mx1.messages) == 1
+
+
+def test_hybrid_queues_when_the_relay_refuses_too(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    # Every MX is down and the relay refuses the message: the direct path's failure was
+    # temporary, so the message waits in the queue for the MX hosts to come back.
+    relay = smtp_server_factory(fault="554-data-end")
+    route = (
+        "delivery_mode = hybrid\n"
+        f"smtp_server = 127.0.0.1\nsmtp_port = {relay.port}\n"
+        "use_starttls = false\nauth_method = NONE\n"
+    )
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net, route)
+    code, _, err = sendmail(run_main, conf, "one@a.example")
+    assert code == 0 and "queued as" in err
+    assert "no MX host took the message" in err and "through the relay" in err
+    assert len(relay.rejected) == 1
+    [entry] = queue_list(run_main, conf)
+    assert entry["recipients"] == ["one@a.example"]
+
+
+def test_test_command_on_a_hybrid_route_checks_the_mx_and_the_relay(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+) -> None:
+    mx_server(4)
+    route = (
+        "delivery_mode = hybrid\n"
+        f"smtp_server = 127.0.0.1\nsmtp_port = {smtp_server.port}\n"
+        "use_starttls = false\nauth_method = NONE\n"
+    )
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net, route)
+    code, out, err = run_main(
+        ["-C", str(conf), "test", "--to", "x@b.example", "--json"], prog="ssmtp-mailer"
+    )
+    assert code == 0, out + err
+    [report] = json.loads(out)["routes"]
+    names = [s["name"] for s in report["steps"]]
+    assert "DNS" in names and f"mx.b.example[{net.ip(4)}]:{net.port} STARTTLS" in names
+    assert "relay TCP connect" in names and "relay AUTH" in names
+    assert names[-1] == "test message"

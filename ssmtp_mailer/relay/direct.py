@@ -15,6 +15,7 @@ that cannot be met defers the domain (RFC 8461 §5.1: never a permanent failure)
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import re
 import ssl
@@ -113,6 +114,9 @@ class Lookups:
 
     def mx_hosts(self, domain: str) -> DomainPlan:
         """RFC 5321 §5.1 (with RFC 7505's null MX) for one domain."""
+        literal = address_literal(domain)
+        if literal is not None:
+            return DomainPlan(domain, (MxHost(domain, 0, (literal,)),), implicit=True)
         rows = []
         for text in self.records(domain, "MX"):
             preference, _, host = text.partition(" ")
@@ -128,6 +132,8 @@ class Lookups:
                     domain, (), refusal=f"{domain} has no MX and no address: no mail server"
                 )
             return DomainPlan(domain, (MxHost(domain, 0, addresses),), implicit=True)
+        # A null MX beside real ones is no null MX (RFC 7505 §3): the real ones count.
+        rows = [(pref, host) for pref, host in rows if host]
         hosts = [MxHost(host, pref, self.addresses(host)) for pref, host in ordered(rows)]
         return DomainPlan(domain, tuple(hosts))
 
@@ -197,6 +203,19 @@ def ordered(rows: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
     return sorted(shuffled, key=lambda row: row[0])
 
 
+def address_literal(domain: str) -> str | None:
+    """The IP of an address literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`, RFC 5321 §4.1.3)."""
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    text = domain[1:-1]
+    if text.lower().startswith("ipv6:"):
+        text = text[5:]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2].rstrip(".").lower()
 
@@ -212,7 +231,7 @@ def by_domain(recipients: Sequence[str]) -> dict[str, tuple[str, ...]]:
 def plan_domain(lookups: Lookups, route: DomainConfig, domain: str) -> DomainPlan:
     """MX hosts, then the MTA-STS policy that may narrow them (raises spf.TempError)."""
     plan = lookups.mx_hosts(domain)
-    if plan.refusal is not None:
+    if plan.refusal is not None or address_literal(domain) is not None:
         return plan
     ca_file = None if route.ssl_ca_file is None else str(route.ssl_ca_file)
     policy = lookups.sts_policy(domain, ca_file)
