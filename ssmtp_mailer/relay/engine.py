@@ -13,11 +13,11 @@ from ssmtp_mailer import log
 from ssmtp_mailer.config.model import AuthMethod, Config, DeliveryMode, DomainConfig, HostPort
 from ssmtp_mailer.errors import ConfigError, MailerError, TempFailError
 from ssmtp_mailer.relay import ratelimit
+from ssmtp_mailer.relay.pool import ConnectionPool, Login, Sent, with_pool
 from ssmtp_mailer.relay.smtp import (
     Endpoint,
     RelayConnection,
     RelayFailure,
-    Transaction,
     endpoint_for,
 )
 from ssmtp_mailer.rewrite import RouteGroup
@@ -90,6 +90,30 @@ class Credentials:
             )
         return True
 
+    def login(self) -> Login | None:
+        """The AUTH step for a new connection, and what makes two logins the same one."""
+        if not self.needed:
+            return None
+        route = self.route
+        # The keyring holds the password under the route's name when nothing else does.
+        keyring = route.name if not (route.password or route.password_command) else None
+        identity = (
+            route.username,
+            route.auth_method,
+            route.password,
+            route.password_command,
+            route.oauth2_token_command,
+            route.allow_plaintext_auth,
+            keyring,
+        )
+
+        def step(conn: RelayConnection) -> None:
+            mechanism = conn.choose_mechanism(route)
+            assert route.username is not None
+            conn.authenticate(route, mechanism, route.username, self.secret_for(mechanism))
+
+        return Login(identity, step)
+
     def secret_for(self, mechanism: str) -> str:
         """The password, or for XOAUTH2 a fresh token from oauth2_token_command."""
         # Imported here: secrets brings subprocess, which a send without AUTH never needs.
@@ -157,8 +181,13 @@ def deliver(
     smtputf8: bool = False,
     eightbit: bool = False,
     transcript: Callable[[str], None] | None = None,
+    pool: ConnectionPool | None = None,
 ) -> DeliveryResult:
-    """One SMTP transaction for the group; raises a MailerError with the SPEC §9 code."""
+    """One SMTP transaction for the group; raises a MailerError with the SPEC §9 code.
+
+    With `pool`, the connection stays open for the caller's next message (SPEC §6
+    reuse) and QUIT comes with `pool.close()`; without, it ends before the return.
+    """
     route = group.route
     record = _Record(config, group, data)
     try:
@@ -166,7 +195,10 @@ def deliver(
         servers = servers_of(route)
         warn_unverified(config, route)
         _rate_limit(config, route)
-        result = _deliver(config, group, data, servers, record, smtputf8, eightbit, transcript)
+        with with_pool(pool, config.global_.connection_reuse_idle) as connections:
+            result = _deliver(
+                config, group, data, servers, record, smtputf8, eightbit, transcript, connections
+            )
     except MailerError as exc:
         record.finish_failed(exc)
         raise
@@ -183,10 +215,11 @@ def _deliver(
     smtputf8: bool,
     eightbit: bool,
     transcript: Transcript | None,
+    pool: ConnectionPool,
 ) -> DeliveryResult:
     route = group.route
     g = config.global_
-    credentials = Credentials(route)
+    login = Credentials(route).login()
     failures: list[tuple[str, RelayFailure]] = []
     attempts = 0
     for index, server in enumerate(servers):
@@ -205,8 +238,15 @@ def _deliver(
                 time.sleep(delay)
             attempts += 1
             try:
-                result = _attempt(
-                    endpoint, group, data, credentials, smtputf8, eightbit, transcript
+                sent = pool.send(
+                    endpoint,
+                    login,
+                    group.envelope_from,
+                    group.recipients,
+                    data,
+                    smtputf8=smtputf8,
+                    eightbit=eightbit,
+                    transcript=transcript,
                 )
             except RelayFailure as failure:
                 failures.append((endpoint.label, failure))
@@ -219,17 +259,7 @@ def _deliver(
                     break
                 record.reply = failure.reply
                 raise failure.error from None
-            tx, tls, auth_user = result
-            return DeliveryResult(
-                route=route.name,
-                server=endpoint.label,
-                accepted=tuple(tx.accepted),
-                refused=dict(tx.refused),
-                reply=tx.reply,
-                tls=tls,
-                auth_user=auth_user,
-                attempts=attempts,
-            )
+            return _result(route, endpoint, sent, attempts)
     raise _exhausted(route, failures, attempts)
 
 
@@ -251,40 +281,18 @@ def _exhausted(
     )
 
 
-def _attempt(
-    endpoint: Endpoint,
-    group: RouteGroup,
-    data: bytes | bytearray,
-    credentials: Credentials,
-    smtputf8: bool,
-    eightbit: bool,
-    transcript: Transcript | None,
-) -> tuple[Transaction, str | None, str | None]:
-    conn = RelayConnection(endpoint, transcript)
-    try:
-        conn.open()
-        if credentials.needed:
-            route = group.route
-            mechanism = conn.choose_mechanism(route)
-            assert route.username is not None
-            secret = credentials.secret_for(mechanism)
-            conn.authenticate(route, mechanism, route.username, secret)
-        tx = conn.transaction(
-            group.envelope_from, group.recipients, data, smtputf8=smtputf8, eightbit=eightbit
-        )
-    except RelayFailure as failure:
-        # After a reply the conversation is sane and QUIT is polite; after a socket error
-        # or timeout it would only wait read_timeout again.
-        if failure.code is not None:
-            conn.close_quietly()
-        else:
-            conn.close()
-        raise
-    except BaseException:
-        conn.close()
-        raise
-    conn.close_quietly()
-    return tx, conn.tls_version, conn.auth_user
+def _result(route: DomainConfig, endpoint: Endpoint, sent: Sent, attempts: int) -> DeliveryResult:
+    tx = sent.transaction
+    return DeliveryResult(
+        route=route.name,
+        server=endpoint.label,
+        accepted=tuple(tx.accepted),
+        refused=dict(tx.refused),
+        reply=tx.reply,
+        tls=sent.tls,
+        auth_user=sent.auth_user,
+        attempts=attempts,
+    )
 
 
 class _Record:
