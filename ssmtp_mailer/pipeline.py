@@ -22,6 +22,7 @@ from ssmtp_mailer.errors import (
 )
 from ssmtp_mailer.message import PreparedMessage, apply_group_headers
 from ssmtp_mailer.relay import engine
+from ssmtp_mailer.relay.pool import ConnectionPool
 from ssmtp_mailer.typed import NamedTuple
 
 # Temporary outcomes rank below permanent ones: the permanent one is what the caller must fix.
@@ -154,6 +155,8 @@ def submit(
 
     outcomes: list[GroupOutcome] = []
     last = len(plan.groups) - 1
+    # Groups that go to the same server share one connection (SPEC §6 reuse).
+    connections = ConnectionPool(config.global_.connection_reuse_idle)
     for index, group in enumerate(plan.groups):
         data = apply_group_headers(prepared, plan, group, in_place=index == last)
         # A mapping may have rewritten an address to a non-ASCII one (RFC 6531).
@@ -169,6 +172,7 @@ def submit(
                 smtputf8=this.smtputf8,
                 eightbit=this.eightbit,
                 transcript=transcript,
+                pool=connections,
             )
         except TempFailError as exc:
             outcome = handle_temporary_failure(config, group, data, this, exc, report)
@@ -185,6 +189,8 @@ def submit(
             for line in outcome.error.lines():
                 problem(line)
         outcomes.append(outcome)
+    # QUIT only now: every group's outcome is known (and logged) before it is sent.
+    connections.close()
     code = _exit_code(plan, outcomes)
     if any(o.result is not None and o.result.accepted for o in outcomes):
         start_queue_runner(config)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ssmtp_mailer.config.model import Config, TempFailurePolicy
 from ssmtp_mailer.errors import (
@@ -39,6 +39,9 @@ from ssmtp_mailer.errors import (
     UsageError,
 )
 from ssmtp_mailer.rewrite import RouteGroup
+
+if TYPE_CHECKING:
+    from ssmtp_mailer.relay.pool import ConnectionPool
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -756,6 +759,8 @@ class _Run:
     not_due: int = 0
     bounces: int = 0
     out_of_time: bool = False
+    # One connection per server for the whole run (SPEC §6 reuse); QUIT when the run ends.
+    connections: ConnectionPool | None = None
 
     def result(self) -> QueueRunResult:
         return QueueRunResult(
@@ -779,11 +784,34 @@ def run_queue(
     time_budget: float | None = None,
     progress: bool = False,
 ) -> QueueRunResult:
-    """Deliver due entries (all with `force`, or just `ids`); never one entry twice at once."""
+    """Deliver due entries (all with `force`, or just `ids`); never one entry twice at once.
+
+    Entries for one server share one connection; each is locked while it is sent and
+    leaves the queue on the relay's 250 to its final dot, before any QUIT.
+    """
+    from ssmtp_mailer.relay.pool import ConnectionPool
+
     queue_dir = area_dir(config, QUEUE)
-    run = _Run()
     if not queue_dir.is_dir():
-        return run.result()
+        return _Run().result()
+    with ConnectionPool(config.global_.connection_reuse_idle) as connections:
+        run = _Run(connections=connections)
+        _run_entries(
+            config, queue_dir, run, force=force, ids=ids, time_budget=time_budget, progress=progress
+        )
+    return run.result()
+
+
+def _run_entries(
+    config: Config,
+    queue_dir: Path,
+    run: _Run,
+    *,
+    force: bool,
+    ids: Sequence[str],
+    time_budget: float | None,
+    progress: bool,
+) -> None:
     deadline = None if time_budget is None else time.monotonic() + time_budget
     for directory in (queue_dir, area_dir(config, FAILED)):
         _clean_debris(directory, time.time())
@@ -801,7 +829,6 @@ def run_queue(
             except (OSError, ValueError, KeyError, tomllib.TOMLDecodeError) as exc:
                 # A damaged or unreadable entry must not stop the others.
                 run.problems.append(f"{entry_id}: {type(exc).__name__}: {exc}")
-    return run.result()
 
 
 @contextlib.contextmanager
@@ -868,7 +895,14 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         reply_to=entry.reply_to,
     )
     try:
-        result = deliver(config, group, data, smtputf8=entry.smtputf8, eightbit=entry.eightbit)
+        result = deliver(
+            config,
+            group,
+            data,
+            smtputf8=entry.smtputf8,
+            eightbit=entry.eightbit,
+            pool=run.connections,
+        )
     except _TRANSIENT as exc:
         _defer(queue_dir, entry, entry.recipients, error_reason(exc), now)
         run.deferred.append(entry.id)
@@ -947,14 +981,14 @@ def _fail_entry(
     _fsync_dir(failed_dir)
     if not keep:
         _remove_pair(queue_dir, entry.id)
-    if _bounce(config, copy, data):
+    if _bounce(config, copy, data, run.connections):
         run.bounces += 1
 
 
 # -- bounces (RFC 3464) --------------------------------------------------------------
 
 
-def _bounce(config: Config, failed: Entry, data: bytes) -> bool:
+def _bounce(config: Config, failed: Entry, data: bytes, pool: ConnectionPool | None = None) -> bool:
     """Tell the sender, with a null envelope sender (never a bounce for a bounce)."""
     if not config.global_.bounce or not failed.sender:
         return False
@@ -969,7 +1003,7 @@ def _bounce(config: Config, failed: Entry, data: bytes) -> bool:
     sent = False
     for group in plan.groups:
         try:
-            deliver(config, group, notice)
+            deliver(config, group, notice, pool=pool)
             sent = True
         except TempFailError as exc:
             # The notice must not be lost either; it is an ordinary entry from here on.
