@@ -82,6 +82,7 @@ FAULTS: Final = frozenset(
         "554-data",
         "drop-rcpt",
         "stall-quit",
+        "drop-rset",
     }
 )
 """Fault names accepted by `SMTPTestServer.fault`; plus ``"550-rcpt:ADDR"``, ``"451-rcpt:ADDR"``
@@ -507,6 +508,11 @@ class _SMTP(SMTP):
 
     async def smtp_RSET(self, arg: str) -> None:
         self._command("RSET")
+        if self.fault == "drop-rset":
+            # As if the server had timed the idle connection out just before.
+            assert self.transport is not None
+            self.transport.close()
+            return
         await super().smtp_RSET(arg)
 
     async def smtp_QUIT(self, arg: str) -> None:
