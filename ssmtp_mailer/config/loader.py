@@ -52,6 +52,7 @@ GLOBAL_KEYS: dict[str, Parser] = {
     "connection_reuse_idle": v.parse_seconds,
     "enable_rate_limiting": v.parse_bool,
     "rate_limit_per_minute": v.parse_positive,
+    "rate_limit_wait": v.parse_seconds,
     "max_retries": v.parse_count,
     "retry_backoff": v.parse_seconds,
     "on_temporary_failure": v.enum_parser(TempFailurePolicy),
@@ -232,7 +233,9 @@ def _load_config_file(main_file: Path, strict: bool) -> Config:
     earlier_warnings = len(report.warnings)
     config = _build_sections(main_file, gconf, sections, files, report, strict)
     if report.errors:
-        raise ConfigError("configuration", "invalid", problems=report.errors)
+        raise ConfigError(
+            "configuration", "invalid", problems=report.errors, warnings=report.warnings
+        )
     if use_cache and len(read) == len(files):
         found_sections = cache.Sections(
             config.domains, config.users, config.mappings, config.warnings[earlier_warnings:]

@@ -32,7 +32,10 @@ from ssmtp_mailer.relay.smtp import (
     Transaction,
     Transcript,
 )
-from ssmtp_mailer.typed import NamedTuple
+from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from ssmtp_mailer.message import Dsn
 
 # Authenticates a freshly opened connection (AUTH, or nothing for a route without login).
 LoginStep = Callable[[RelayConnection], None]
@@ -89,6 +92,7 @@ class ConnectionPool:
         *,
         smtputf8: bool,
         eightbit: bool,
+        dsn: Dsn | None = None,
         transcript: Transcript | None = None,
     ) -> Sent:
         """One transaction on a reused connection when there is a live one, else on a new one."""
@@ -97,9 +101,16 @@ class ConnectionPool:
         if conn is not None:
             try:
                 tx = conn.transaction(
-                    sender, recipients, data, smtputf8=smtputf8, eightbit=eightbit, reset=True
+                    sender,
+                    recipients,
+                    data,
+                    smtputf8=smtputf8,
+                    eightbit=eightbit,
+                    dsn=dsn,
+                    reset=True,
                 )
             except RelayFailure as failure:
+                failure.tls = conn.tls_version
                 if not failure.stale:
                     self._give_back(key, conn, failure)
                     raise
@@ -114,8 +125,11 @@ class ConnectionPool:
                 return Sent(tx, conn.tls_version, conn.auth_user, reused=True)
         conn = self._open(key, endpoint, login, transcript)
         try:
-            tx = conn.transaction(sender, recipients, data, smtputf8=smtputf8, eightbit=eightbit)
+            tx = conn.transaction(
+                sender, recipients, data, smtputf8=smtputf8, eightbit=eightbit, dsn=dsn
+            )
         except RelayFailure as failure:
+            failure.tls = conn.tls_version
             self._give_back(key, conn, failure)
             raise
         except BaseException:
@@ -188,6 +202,8 @@ class ConnectionPool:
             if login is not None:
                 login.step(conn)
         except RelayFailure as failure:
+            # The log names the TLS version in use when AUTH failed (SPEC §6 log).
+            failure.tls = conn.tls_version
             # After a reply the conversation is sane and QUIT is polite; after a socket
             # error or timeout it would only wait read_timeout again.
             if failure.code is not None:

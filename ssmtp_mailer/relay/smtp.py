@@ -40,6 +40,8 @@ from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from typing import Any
 
+    from ssmtp_mailer.message import Dsn
+
 Transcript = Callable[[str], None]
 
 # Bytes per sendall() while streaming DATA: bounds memory and makes write_timeout apply
@@ -84,6 +86,8 @@ class RelayFailure(Exception):
         # A reused connection that the server had closed while it was idle: nothing of
         # this transaction was accepted, so a new connection may simply try again.
         self.stale = stale
+        # The TLS version in use when it failed, for the log line (set by the pool).
+        self.tls: str | None = None
 
 
 def _ascii_or_idn(host: str) -> str | bytes:
@@ -343,9 +347,16 @@ class RelayConnection(SMTPClient):
         ep = self.endpoint
         self.note(f"connecting to {ep.label}{' (implicit TLS)' if ep.implicit_tls else ''}")
         try:
-            code, message = self.connect(ep.host, ep.port)
+            self.sock = self._get_socket(ep.host, ep.port)
+            self.file = None
         except Exception as exc:
             raise self._transport_failure("connect", exc) from None
+        try:
+            code, message = self.getreply()
+        except Exception as exc:
+            # Connected, but no greeting: a tarpit, a firewall that accepts and drops, or
+            # a TLS port spoken to in plain text.
+            raise self._transport_failure("banner", exc) from None
         self.banner = f"{code} {reply_text(message)}"
         if code != 220:
             self.close()
@@ -515,6 +526,7 @@ class RelayConnection(SMTPClient):
         smtputf8: bool,
         eightbit: bool,
         reset: bool = False,
+        dsn: Dsn | None = None,
     ) -> Transaction:
         """MAIL, every RCPT, DATA; partial refusals are returned, not raised.
 
@@ -523,6 +535,13 @@ class RelayConnection(SMTPClient):
         label = self.endpoint.label
         options: list[str] = []
         self.command_encoding = "ascii"
+        rcpt_options: list[str] = []
+        if dsn is not None:
+            if self.has_extn("dsn"):
+                options += dsn.mail_options()
+                rcpt_options += dsn.rcpt_options()
+            else:
+                self.note("relay does not offer DSN (RFC 3461); -N, -R and -V dropped")
         if smtputf8:
             if not self.has_extn("smtputf8"):
                 raise RelayFailure(
@@ -562,7 +581,8 @@ class RelayConnection(SMTPClient):
         # Addresses go out verbatim in <>: smtplib's quoteaddr() re-parses them and can
         # mangle quoted local parts.
         commands = [("mail", f"FROM:<{sender}>{suffix}")]
-        commands += [("rcpt", f"TO:<{rcpt}>") for rcpt in recipients]
+        rcpt_suffix = "".join(f" {o}" for o in rcpt_options)
+        commands += [("rcpt", f"TO:<{rcpt}>{rcpt_suffix}") for rcpt in recipients]
         commands.append(("data", ""))
         if reset:
             commands.insert(0, ("rset", ""))
@@ -795,15 +815,15 @@ class RelayConnection(SMTPClient):
                     temporary=True,
                     stage="DNS",
                 )
+            # Temporary too: an offline laptop or a DNS blip must not cost the message.
             return RelayFailure(
                 NoHostError(
                     label,
                     f"relay host not found: {self.endpoint.host} ({exc.strerror})",
                     hint=f"check smtp_server in [domain:{self.endpoint.route}]",
                 ),
-                temporary=False,
+                temporary=True,
                 stage="DNS",
-                next_server=True,
             )
         if isinstance(exc, ssl.SSLCertVerificationError):
             return RelayFailure(
@@ -835,9 +855,14 @@ class RelayConnection(SMTPClient):
                 next_server=True,
             )
         if isinstance(exc, TimeoutError) or "timed out" in str(exc):
-            what = "connect" if stage == "connect" else stage
+            why = f"{stage}: timed out"
+            if stage == "banner":
+                why = (
+                    f"banner: connected, but no greeting within {self.endpoint.read_timeout} s"
+                    " (read_timeout)"
+                )
             return RelayFailure(
-                TempFailError(label, f"{what}: timed out", hint=hints.for_timeout(port)),
+                TempFailError(label, why, hint=hints.for_timeout(port)),
                 temporary=True,
                 stage=stage,
             )
