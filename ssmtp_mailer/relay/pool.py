@@ -236,8 +236,11 @@ class ConnectionPool:
         if sock is None:
             return
         # Read once the session's tickets have arrived (TLS 1.3 sends them after the
-        # handshake): the next connection to this server offers it for resumption.
-        session = sock.session if isinstance(sock, ssl.SSLSocket) else None
+        # handshake), and once per connection (it costs a serialisation): the next
+        # connection to this server offers it for resumption.
+        session = None
+        if isinstance(sock, ssl.SSLSocket) and conn.transactions == 1:
+            session = sock.session
         conn.set_transcript(None)
         with self._lock:
             if session is not None:
