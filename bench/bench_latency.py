@@ -198,8 +198,11 @@ class LatencyBench:
             connections = proxy.connections
         left = len(list((self.work / f"spool-drain-{rtt:g}" / "queue").glob("*.toml")))
         got = settle(self.maildir, token.encode(), count)
+        # SPEC §10's drain target is for the local relay; at a distance each message still
+        # costs two round trips (its commands, then its data).
+        target = " (target >= 200)" if rtt == 0 else ""
         print(f"\nqueue drain, +{rtt:g} ms RTT: {count} entries in {wall:.2f} s:"
-              f" {count / wall:.0f} msg/s (target >= 200), CPU {cpu * 1000 / count:.2f} ms/msg,"
+              f" {count / wall:.0f} msg/s{target}, CPU {cpu * 1000 / count:.2f} ms/msg,"
               f" {connections} connection(s) (target 1), {left} left in the queue,"
               f" {got} delivered")  # fmt: skip
 

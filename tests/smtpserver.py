@@ -83,6 +83,7 @@ FAULTS: Final = frozenset(
         "drop-rcpt",
         "stall-quit",
         "drop-rset",
+        "421-rset",
     }
 )
 """Fault names accepted by `SMTPTestServer.fault`; plus ``"550-rcpt:ADDR"``, ``"451-rcpt:ADDR"``
@@ -508,12 +509,20 @@ class _SMTP(SMTP):
 
     async def smtp_RSET(self, arg: str) -> None:
         self._command("RSET")
-        if self.fault == "drop-rset":
+        if self.fault in ("drop-rset", "421-rset"):
             # As if the server had timed the idle connection out just before.
+            if self.fault == "421-rset":
+                await super().push(f"421 4.4.2 {SERVER_NAME} Error: timeout exceeded")
             assert self.transport is not None
             self.transport.close()
             return
         await super().smtp_RSET(arg)
+
+    def _timeout_cb(self) -> None:
+        # What Postfix says when a client has been idle too long, then it hangs up.
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(f"421 4.4.2 {SERVER_NAME} Error: timeout exceeded\r\n".encode())
+        super()._timeout_cb()
 
     async def smtp_QUIT(self, arg: str) -> None:
         self._command("QUIT")

@@ -183,15 +183,16 @@ def test_server_closing_an_idle_connection(smtp_server_factory: Factory, tmp_pat
 
 
 @pipelining
+@pytest.mark.parametrize("fault", ["drop-rset", "421-rset"])
 def test_connection_lost_at_rset_is_retried_on_a_new_one(
-    smtp_server_factory: Factory, tmp_path: Path, pipelining: bool
+    smtp_server_factory: Factory, tmp_path: Path, pipelining: bool, fault: str
 ) -> None:
     """The server closed it just as it was reused: nothing was accepted, so try again."""
     server = smtp_server_factory(pipelining=pipelining)
     config = make_config(tmp_path, server)
     with ConnectionPool(5) as pool:
         send(config, pool=pool)
-        server.fault = "drop-rset"
+        server.fault = fault
         result = send(config, pool=pool)
     assert result.accepted == (RCPT,)
     assert len(server.messages) == 2 and len(peers(server)) == 2
