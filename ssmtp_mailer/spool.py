@@ -789,6 +789,7 @@ class _Run:
     out_of_time: bool = False
     # One connection per server for the whole run (SPEC §6 reuse); QUIT when the run ends.
     connections: ConnectionPool | None = None
+    tidier: _Tidier | None = None
 
     def result(self) -> QueueRunResult:
         return QueueRunResult(
@@ -823,11 +824,83 @@ def run_queue(
     if not queue_dir.is_dir():
         return _Run().result()
     with ConnectionPool(config.global_.connection_reuse_idle) as connections:
-        run = _Run(connections=connections)
-        _run_entries(
-            config, queue_dir, run, force=force, ids=ids, time_budget=time_budget, progress=progress
-        )
+        tidier = _Tidier(queue_dir)
+        run = _Run(connections=connections, tidier=tidier)
+        try:
+            _run_entries(
+                config, queue_dir, run, force=force, ids=ids, time_budget=time_budget,
+                progress=progress,
+            )  # fmt: skip
+        finally:
+            tidier.close()
+            if tidier.error is not None:
+                run.problems.append(f"{queue_dir}: {tidier.error}")
     return run.result()
+
+
+class _Tidier:
+    """Removes delivered entries' message files and syncs the queue directory, in a thread.
+
+    A delivered entry's envelope is unlinked the moment the relay accepts the message:
+    that is the commit point, after which no runner sends the entry again, even if this
+    one is killed. What is left (freeing the message file, and making the removal
+    survive a power failure) runs while the next message is on the wire; the run waits
+    for it before it ends.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        import threading
+
+        self.directory = directory
+        self.error: OSError | None = None
+        self._pending: list[str] = []
+        self._closed = False
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name="spool-tidier", daemon=True)
+        self._started = False
+
+    def add(self, entry_id: str) -> None:
+        with self._wake:
+            self._pending.append(entry_id)
+            self._wake.notify()
+            if not self._started:
+                self._started = True
+                self._thread.start()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._started:
+            self._thread.join()
+
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending and not self._closed:
+                    self._wake.wait()
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, []
+            try:
+                for entry_id in batch:
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.directory / f"{entry_id}{MESSAGE_SUFFIX}").unlink()
+                # One sync for every removal since the last one.
+                _fsync_dir(self.directory)
+            except OSError as exc:
+                self.error = exc
+
+
+def _mark_delivered(queue_dir: Path, entry_id: str, run: _Run) -> None:
+    """The relay accepted the message: the entry leaves the queue now, before any QUIT."""
+    if run.tidier is None:
+        _remove_pair(queue_dir, entry_id)
+        return
+    # Envelope first: without it the message file is debris, never a half entry.
+    with contextlib.suppress(FileNotFoundError):
+        (queue_dir / f"{entry_id}{ENVELOPE_SUFFIX}").unlink()
+    run.tidier.add(entry_id)
 
 
 def _run_entries(
@@ -966,7 +1039,7 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         _defer(queue_dir, entry, pending, f"{result.server}: {replies}", now)
         run.deferred.append(entry.id)
     elif not permanent:
-        _remove_pair(queue_dir, entry.id)
+        _mark_delivered(queue_dir, entry.id, run)
         run.delivered.append(entry.id)
 
 

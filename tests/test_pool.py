@@ -58,6 +58,8 @@ def test_queue_run_sends_every_entry_over_one_connection(
     result = spool.run_queue(config, force=True)
     assert sorted(result.delivered) == sorted(ids)
     assert spool.list_entries(config) == []
+    # Message files go too, once the run is over: nothing is left behind.
+    assert list((config.global_.spool_dir / "queue").iterdir()) == []
     assert server.connections == 1
     assert len(server.messages) == 5 and len(peers(server)) == 1
     # RSET between transactions; pipelined, each RSET went out with its MAIL.

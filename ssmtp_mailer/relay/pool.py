@@ -70,7 +70,7 @@ class ConnectionPool:
         self._lock = threading.Lock()
         self._idle: dict[Hashable, list[_Idle]] = {}
         self._sessions: dict[Hashable, ssl.SSLSession] = {}
-        # Counted for `-v`, the tests and the benchmark.
+        # Connections opened and transactions on reused ones, for tests and benchmarks.
         self.opened = 0
         self.reused = 0
 
@@ -97,8 +97,8 @@ class ConnectionPool:
     ) -> Sent:
         """One transaction on a reused connection when there is a live one, else on a new one."""
         key = self.key(endpoint, login)
-        conn = self._borrow(key, transcript)
-        if conn is not None:
+
+        def transact(conn: RelayConnection, reused: bool) -> Sent:
             try:
                 tx = conn.transaction(
                     sender,
@@ -107,36 +107,31 @@ class ConnectionPool:
                     smtputf8=smtputf8,
                     eightbit=eightbit,
                     dsn=dsn,
-                    reset=True,
+                    reset=reused,
                 )
             except RelayFailure as failure:
                 failure.tls = conn.tls_version
-                if not failure.stale:
+                if failure.stale:
+                    conn.note("the relay closed the idle connection; opening a new one")
+                    conn.close()
+                else:
                     self._give_back(key, conn, failure)
-                    raise
-                # Nothing of this transaction was accepted: try again on a new connection.
-                conn.note("the relay closed the idle connection; opening a new one")
-                conn.close()
+                raise
             except BaseException:
                 conn.close()
                 raise
-            else:
-                self._give_back(key, conn, None)
-                return Sent(tx, conn.tls_version, conn.auth_user, reused=True)
-        conn = self._open(key, endpoint, login, transcript)
-        try:
-            tx = conn.transaction(
-                sender, recipients, data, smtputf8=smtputf8, eightbit=eightbit, dsn=dsn
-            )
-        except RelayFailure as failure:
-            failure.tls = conn.tls_version
-            self._give_back(key, conn, failure)
-            raise
-        except BaseException:
-            conn.close()
-            raise
-        self._give_back(key, conn, None)
-        return Sent(tx, conn.tls_version, conn.auth_user, reused=False)
+            self._give_back(key, conn, None)
+            return Sent(tx, conn.tls_version, conn.auth_user, reused=reused)
+
+        conn = self._borrow(key, transcript)
+        if conn is not None:
+            try:
+                return transact(conn, reused=True)
+            except RelayFailure as failure:
+                if not failure.stale:
+                    raise
+                # Nothing of this transaction was accepted: try again on a new connection.
+        return transact(self._open(key, endpoint, login, transcript), reused=False)
 
     def close(self) -> None:
         """QUIT every idle connection. The pool stays usable; new connections may follow."""
