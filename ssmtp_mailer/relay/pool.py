@@ -19,9 +19,9 @@ several idle connections to one server may wait side by side.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import ssl
-import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 
@@ -67,7 +67,9 @@ class ConnectionPool:
 
     def __init__(self, idle_seconds: float) -> None:
         self.idle_seconds = idle_seconds
-        self._lock = threading.Lock()
+        # _thread's lock is threading.Lock without importing threading, which a
+        # sendmail run (one caller, one thread) would pay a millisecond for.
+        self._lock = _thread.allocate_lock()
         self._idle: dict[Hashable, list[_Idle]] = {}
         self._sessions: dict[Hashable, ssl.SSLSession] = {}
         # Connections opened and transactions on reused ones, for tests and benchmarks.
