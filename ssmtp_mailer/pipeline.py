@@ -153,11 +153,14 @@ def submit(
     *,
     transcript: Callable[[str], None] | None = None,
     report: Callable[[str], None] = errors.report,
+    pool: ConnectionPool | None = None,
 ) -> SubmitResult:
     """Route, fix headers per group and deliver; each problem is reported as one line.
 
     Errors about the whole message (sender refused by policy, no route) are raised. The
     prepared message's buffer is reused for the last group's headers: read it before, not after.
+    A caller with many messages (`-bs`, the listener) passes its `pool` and closes it
+    itself; otherwise the message's groups share one of their own.
     """
     plan = rewrite.plan_delivery(config, prepared.sender, prepared.recipients)
     problems: list[str] = []
@@ -174,7 +177,7 @@ def submit(
     outcomes: list[GroupOutcome] = []
     last = len(plan.groups) - 1
     # Groups that go to the same server share one connection (SPEC §6 reuse).
-    connections = ConnectionPool(config.global_.connection_reuse_idle)
+    connections = pool or ConnectionPool(config.global_.connection_reuse_idle)
     for index, group in enumerate(plan.groups):
         data = apply_group_headers(prepared, plan, group, in_place=index == last)
         signer = signers.get(group.route.name)
@@ -223,8 +226,9 @@ def submit(
     code = _exit_code(plan, outcomes)
     for outcome in outcomes:
         outcome.log(code)
-    # QUIT only now: every group's outcome is known and logged before it is sent.
-    connections.close()
+    if pool is None:
+        # QUIT only now: every group's outcome is known and logged before it is sent.
+        connections.close()
     if any(o.result is not None and o.result.accepted for o in outcomes):
         start_queue_runner(config)
     return SubmitResult(code, prepared.message_id, plan, tuple(outcomes), tuple(problems))

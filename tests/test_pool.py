@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from relayconf import RunMain
+from relayconf import RunMain, write_relay_config
 from smtpserver import SMTPTestServer
 from test_relay import MESSAGE, PASSWORD, RCPT, SENDER, USER, make_config, send, tls_server
 
@@ -164,6 +164,26 @@ domain = b.example
     ]
     assert server.connections == 1 and len(peers(server)) == 1
     assert server.count("RSET") == 1
+
+
+def test_sendmail_bs_session_sends_its_messages_over_one_connection(
+    smtp_server_factory: Factory, tmp_path: Path, run_main: RunMain
+) -> None:
+    """Symfony Mailer's `sendmail -bs`: one relay connection for the whole session."""
+    server = smtp_server_factory(pipelining=True)
+    conf = write_relay_config(tmp_path / "ssmtp-mailer.conf", server.port)
+    dialogue = b"EHLO app.example\r\n"
+    for n in (1, 2, 3):
+        dialogue += (
+            f"MAIL FROM:<app@x.example>\r\nRCPT TO:<r{n}@x.example>\r\nDATA\r\n"
+            f"Subject: message {n}\r\n\r\nbody\r\n.\r\n"
+        ).encode()
+    code, out, err = run_main(["-C", str(conf), "-bs"], dialogue + b"QUIT\r\n")
+    assert code == 0, err
+    assert out.count("\r\n250 ") >= 3
+    got = server.wait_for(3)
+    assert [m.rcpt_tos for m in got] == [["r1@x.example"], ["r2@x.example"], ["r3@x.example"]]
+    assert server.connections == 1 and server.count("RSET") == 2
 
 
 # -- when a connection is not reused -----------------------------------------------
