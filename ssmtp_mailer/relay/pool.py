@@ -115,6 +115,7 @@ class ConnectionPool:
                 failure.tls = conn.tls_version
                 if failure.stale:
                     conn.note("the relay closed the idle connection; opening a new one")
+                    self._keep_session(key, conn)
                     conn.close()
                 else:
                     self._give_back(key, conn, failure)
@@ -154,24 +155,26 @@ class ConnectionPool:
     def _borrow(self, key: Hashable, transcript: Transcript | None) -> RelayConnection | None:
         """A live idle connection for `key`, now lent to the caller; expired ones are closed."""
         now = time.monotonic()
-        expired: list[RelayConnection] = []
+        expired: list[tuple[Hashable, RelayConnection]] = []
         found = None
         with self._lock:
             for other, entries in list(self._idle.items()):
                 keep = [e for e in entries if now - e.since < self.idle_seconds]
-                expired.extend(e.conn for e in entries if now - e.since >= self.idle_seconds)
+                expired += [(other, e.conn) for e in entries if now - e.since >= self.idle_seconds]
                 if other == key and keep:
                     found = keep.pop().conn
                 if keep:
                     self._idle[other] = keep
                 else:
                     del self._idle[other]
-        for conn in expired:
+        for other, conn in expired:
+            self._keep_session(other, conn)
             conn.close_quietly()
         if found is None:
             return None
         if found.peer_spoke_or_closed():
             # A 421 for idleness, or the server's EOF: this connection is over.
+            self._keep_session(key, found)
             found.close()
             return None
         found.set_transcript(transcript)
@@ -222,6 +225,7 @@ class ConnectionPool:
         behind the same name, and certainly no state left from a broken conversation.
         """
         if failure is not None:
+            self._keep_session(key, conn)
             # After a reply QUIT is polite; after a socket error or a timeout it would only
             # wait read_timeout again.
             if failure.code is not None and failure.code != 421:
@@ -229,20 +233,26 @@ class ConnectionPool:
             else:
                 conn.close()
             return
-        sock = conn.sock
-        if sock is None:
+        if conn.sock is None:
             return
-        # Read once the session's tickets have arrived (TLS 1.3 sends them after the
-        # handshake), and once per connection (it costs a serialisation): the next
-        # connection to this server offers it for resumption.
-        session = None
-        if isinstance(sock, ssl.SSLSocket) and conn.transactions == 1:
-            session = sock.session
         conn.set_transcript(None)
         with self._lock:
-            if session is not None:
-                self._sessions[key] = session
             self._idle.setdefault(key, []).append(_Idle(time.monotonic(), conn))
+
+    def _keep_session(self, key: Hashable, conn: RelayConnection) -> None:
+        """Keep the TLS session of a connection that ends while the pool goes on.
+
+        The next connection to the server offers it for resumption. Read only here, not
+        for every connection: it costs a serialisation, and a pool that is closed (a
+        sendmail run, the end of a queue run) opens nothing more.
+        """
+        sock = conn.sock
+        if isinstance(sock, ssl.SSLSocket):
+            with contextlib.suppress(OSError, ValueError):
+                session = sock.session
+                if session is not None:
+                    with self._lock:
+                        self._sessions[key] = session
 
 
 def with_pool(
