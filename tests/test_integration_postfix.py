@@ -332,3 +332,22 @@ def test_queue_run_drains_over_one_authenticated_connection(
     # One session: one STARTTLS, one AUTH, seven transactions with RSET between them.
     sessions = _postfix_sessions(relay, "auth=1 mail=7 rcpt=7 data=7 rset=6")
     assert sessions, "no single Postfix session carried the seven messages"
+
+
+def test_postfix_resumes_the_tls_session_of_an_idle_connection(
+    relay: dict[str, str], tmp_path: Path, secrets_checked: None
+) -> None:
+    from ssmtp_mailer.relay.pool import ConnectionPool
+
+    config = make_config(tmp_path, global_=SLOW_AUTH, **route_for(relay))
+    second: list[str] = []
+    with ConnectionPool(0.1) as pool:
+        token = uuid.uuid4().hex
+        send(config, ("inbox@example.net",), message(token), sender=relay["RELAY_USER"],
+             pool=pool)  # fmt: skip
+        time.sleep(0.3)  # longer than connection_reuse_idle: a new connection
+        send(config, ("inbox@example.net",), message(token + "-2"), sender=relay["RELAY_USER"],
+             pool=pool, transcript=second.append)  # fmt: skip
+    assert pool.opened == 2
+    assert any(line.startswith("* TLS: TLSv1.3") and "session resumed" in line for line in second)
+    wait_in_maildir(relay, token + "-2")
