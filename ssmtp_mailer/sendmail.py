@@ -25,6 +25,10 @@ _WITH_VALUE = frozenset("fFrCXBOLhANRVob")
 _OPTIONAL_ATTACHED = frozenset("qd")
 _NO_VALUE = frozenset("tivUGnm")
 _MODES = {"m": "deliver", "s": "smtp", "p": "list", "i": "newaliases", "V": "version"}
+NEWALIASES_NOTE = (
+    f"{PROG}: newaliases: there is no aliases database; aliases are the [mapping:] sections"
+    " of the configuration (see `ssmtp-mailer config show`)"
+)
 # Bytes asked of stdin per read while taking in a message.
 READ_SIZE = 256 * 1024
 
@@ -279,8 +283,6 @@ def run_sendmail(args: list[str]) -> int:
         _standard(sys.stdout, "output").write(f"{PROG} {__version__} (sendmail interface)\n")
         return 0
     if parsed.mode == "newaliases":
-        from ssmtp_mailer.entry import NEWALIASES_NOTE
-
         print(NEWALIASES_NOTE, file=sys.stderr)
         return 0
     config = _load(parsed)
