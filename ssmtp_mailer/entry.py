@@ -5,10 +5,10 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from ssmtp_mailer.errors import EX_IOERR, EX_SOFTWARE, PROG, MailerError
+from ssmtp_mailer.errors import EX_IOERR, EX_SOFTWARE, MailerError
 from ssmtp_mailer.errors import report as report_line
-from ssmtp_mailer.typed import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import TextIO

@@ -8,10 +8,10 @@ from __future__ import annotations
 import gc
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from ssmtp_mailer import __version__
 from ssmtp_mailer.errors import PROG, DataError, MailerError, StreamError, UsageError, report
-from ssmtp_mailer.typed import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import BinaryIO, TextIO
@@ -58,7 +58,7 @@ Accepted and ignored: -B TYPE, -o*, -O OPT, -L TAG, -h N, -n, -A X, -U, -G, -m, 
 class SendmailArgs:
     """The meaning of a sendmail command line, filled in flag by flag."""
 
-    # A plain class, not a dataclass: `dataclasses` costs milliseconds on every sendmail run.
+    # A plain class, not a dataclass: `dataclasses` stays off the sendmail path.
     __slots__ = (
         "config_path",
         "dsn_envid",

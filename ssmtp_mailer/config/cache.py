@@ -17,6 +17,7 @@ import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from ssmtp_mailer import __version__, paths
 from ssmtp_mailer.config.model import (
@@ -30,7 +31,6 @@ from ssmtp_mailer.config.model import (
     UserConfig,
 )
 from ssmtp_mailer.patterns import Pattern, parse_mapping, remember_valid_mapping
-from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from typing import Any

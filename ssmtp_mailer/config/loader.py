@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ssmtp_mailer import paths
 from ssmtp_mailer.config import cache
@@ -25,7 +26,6 @@ from ssmtp_mailer.config.model import (
 )
 from ssmtp_mailer.errors import ConfigError
 from ssmtp_mailer.patterns import domain_problem, parse_pattern, pattern_problem
-from ssmtp_mailer.typed import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import Any

@@ -24,6 +24,7 @@ import contextlib
 import ssl
 import time
 from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from ssmtp_mailer.relay.smtp import (
     Endpoint,
@@ -32,7 +33,6 @@ from ssmtp_mailer.relay.smtp import (
     Transaction,
     Transcript,
 )
-from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from ssmtp_mailer.message import Dsn
