@@ -234,6 +234,21 @@ def test_idle_longer_than_connection_reuse_idle(
     assert server.connections == 2 and server.count("RSET") == 0
 
 
+def test_prune_ends_expired_connections_without_a_new_message(
+    smtp_server_factory: Factory, tmp_path: Path
+) -> None:
+    """A long-running caller (the listener) lets go of connections it no longer uses."""
+    server = smtp_server_factory()
+    config = make_config(tmp_path, server)
+    with ConnectionPool(0.2) as pool:
+        send(config, pool=pool)
+        pool.prune()
+        assert server.count("QUIT") == 0  # still fresh: kept
+        time.sleep(0.3)
+        pool.prune()
+        assert server.count("QUIT") == 1
+
+
 def test_connection_reuse_idle_zero_means_a_connection_per_message(
     smtp_server_factory: Factory, tmp_path: Path
 ) -> None:

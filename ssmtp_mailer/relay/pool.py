@@ -14,7 +14,9 @@ the 250 to the final dot and the caller's bookkeeping: whoever delivered a messa
 mark it delivered before anything else can go wrong.
 
 Thread-safe: the listener's workers share one pool, each borrowing its own connection;
-several idle connections to one server may wait side by side.
+several idle connections to one server may wait side by side. A long-running caller
+calls `prune()` now and then to let go of connections nobody used for
+`connection_reuse_idle`, and `close()` when it stops.
 """
 
 from __future__ import annotations
@@ -152,24 +154,30 @@ class ConnectionPool:
 
     # -- inside ------------------------------------------------------------------
 
-    def _borrow(self, key: Hashable, transcript: Transcript | None) -> RelayConnection | None:
-        """A live idle connection for `key`, now lent to the caller; expired ones are closed."""
+    def prune(self) -> None:
+        """QUIT the idle connections unused for `idle_seconds` (a long-running caller's timer)."""
         now = time.monotonic()
         expired: list[tuple[Hashable, RelayConnection]] = []
-        found = None
         with self._lock:
-            for other, entries in list(self._idle.items()):
+            for key, entries in list(self._idle.items()):
                 keep = [e for e in entries if now - e.since < self.idle_seconds]
-                expired += [(other, e.conn) for e in entries if now - e.since >= self.idle_seconds]
-                if other == key and keep:
-                    found = keep.pop().conn
+                expired += [(key, e.conn) for e in entries if now - e.since >= self.idle_seconds]
                 if keep:
-                    self._idle[other] = keep
+                    self._idle[key] = keep
                 else:
-                    del self._idle[other]
-        for other, conn in expired:
-            self._keep_session(other, conn)
+                    del self._idle[key]
+        for key, conn in expired:
+            self._keep_session(key, conn)
             conn.close_quietly()
+
+    def _borrow(self, key: Hashable, transcript: Transcript | None) -> RelayConnection | None:
+        """A live idle connection for `key`, now lent to the caller; expired ones are closed."""
+        self.prune()
+        with self._lock:
+            entries = self._idle.get(key)
+            found = entries.pop().conn if entries else None
+            if entries == []:
+                del self._idle[key]
         if found is None:
             return None
         if found.peer_spoke_or_closed():
