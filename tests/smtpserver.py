@@ -79,6 +79,7 @@ FAULTS: Final = frozenset(
         "drop-starttls",
         "535-auth",
         "550-mail",
+        "421-mail",
         "554-data",
         "drop-rcpt",
         "stall-quit",
@@ -303,6 +304,12 @@ class _Handler:
             return "530 5.7.0 Authentication required"
         if _fault_of(server) == "550-mail":
             return f"550 5.7.1 <{address}>: Sender address rejected: Access denied"
+        if _fault_of(server) == "421-mail":
+            # Shutting down: the reply, then the connection closes (RFC 5321 §3.8).
+            await server.push(f"421 4.3.2 {SERVER_NAME} Service shutting down")
+            assert server.transport is not None
+            server.transport.close()
+            await _forever()
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"

@@ -119,6 +119,17 @@ def test_mail_refused(smtp_server_factory: Factory, tmp_path: Path, pipelining: 
 
 
 @pipelining
+def test_mail_refused_and_the_server_hangs_up(
+    smtp_server_factory: Factory, tmp_path: Path, pipelining: bool
+) -> None:
+    """A 421 to MAIL is what the sender hears, not the hang-up that follows it."""
+    server, result = outcome(smtp_server_factory, tmp_path, pipelining, THREE, fault="421-mail")
+    assert isinstance(result, TempFailError)
+    assert result.why.endswith("MAIL: 421 4.3.2 localhost Service shutting down")
+    assert server.messages == []
+
+
+@pipelining
 @pytest.mark.parametrize(
     ("fault", "error", "why"),
     [
@@ -154,7 +165,9 @@ def test_same_report_with_and_without_pipelining(
     smtp_server_factory: Factory, tmp_path: Path
 ) -> None:
     """The words a sender sees do not depend on whether the relay pipelines."""
-    faults = ("550-mail", "452-data", "554-data", "drop-rcpt", "550-rcpt:two@example.org")
+    faults = (
+        "550-mail", "421-mail", "452-data", "554-data", "drop-rcpt", "550-rcpt:two@example.org",
+    )  # fmt: skip
     for fault in faults:
         seen = []
         for flag in (True, False):

@@ -670,13 +670,20 @@ class RelayConnection(SMTPClient):
         return result
 
     def _drain(self, replies: Iterator[tuple[int, bytes]]) -> None:
-        """Read the replies still due after a refusal; end a DATA that was accepted anyway."""
-        for code, _ in replies:
-            if code == 354:
-                # RFC 2920 §3.1: DATA accepted although no recipient was; an empty body
-                # ends it, and the server refuses or drops that message.
-                self.send(".\r\n")
-                self.getreply()
+        """Read the replies still due after a refusal; end a DATA that was accepted anyway.
+
+        The refusal is what the caller hears: a server that hangs up after it (a 421)
+        only ends the connection here.
+        """
+        try:
+            for code, _ in replies:
+                if code == 354:
+                    # RFC 2920 §3.1: DATA accepted although no recipient was; an empty
+                    # body ends it, and the server refuses or drops that message.
+                    self.send(".\r\n")
+                    self.getreply()
+        except (OSError, SMTPException):
+            self.close()
 
     def _stream(self, data: bytes | bytearray) -> None:
         """Send the message dot-stuffed (RFC 5321 4.5.2) and the final dot, without copying it."""
