@@ -331,6 +331,23 @@ def test_tls_session_is_resumed_on_a_new_connection(
     assert any(line.startswith("* TLS: ") and "session resumed" in line for line in second)
 
 
+def test_pinned_certificate_is_checked_on_a_resumed_session(
+    smtp_server_factory: Factory, tmp_path: Path
+) -> None:
+    server = smtp_server_factory(starttls=True, cert="self-signed")
+    config = make_config(
+        tmp_path, server, use_starttls=True, tls_fingerprint=server.cert_fingerprint_sha256
+    )
+    second: list[str] = []
+    with ConnectionPool(0.1) as pool:
+        send(config, pool=pool)
+        time.sleep(0.2)
+        send(config, pool=pool, transcript=second.append)
+    assert len(server.messages) == 2 and server.connections == 2
+    assert any("session resumed" in line for line in second)
+    assert "* certificate matches tls_fingerprint" in second
+
+
 def test_one_pool_shared_by_threads(smtp_server_factory: Factory, tmp_path: Path) -> None:
     """The listener's workers share one pool; each borrows a connection of its own."""
     server = smtp_server_factory(pipelining=True)
