@@ -103,7 +103,8 @@ class Credentials:
         identity = (
             route.username,
             route.auth_method,
-            route.password,
+            # Only its (per-process, salted) hash: the identity may end up in a repr.
+            hash(route.password) if route.password else None,
             route.password_command,
             route.oauth2_token_command,
             route.allow_plaintext_auth,
