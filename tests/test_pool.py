@@ -118,6 +118,19 @@ def test_queue_run_killed_before_quit_never_sends_twice(
     assert entry_id not in {e.id for e in spool.list_entries(config, failed=True)}
 
 
+def test_sendmail_is_not_held_up_by_a_relay_that_never_answers_quit(
+    smtp_server_factory: Factory, tmp_path: Path, run_main: RunMain
+) -> None:
+    server = smtp_server_factory(fault="stall-quit")
+    conf = write_relay_config(tmp_path / "ssmtp-mailer.conf", server.port, "read_timeout = 60")
+    started = time.monotonic()
+    code, _, err = run_main(["-C", str(conf), "-i", "r@x.example"], b"Subject: s\n\nbody\n")
+    assert code == 0, err
+    assert len(server.messages) == 1 and server.count("QUIT") == 1
+    # Delivered before QUIT: the caller waits a moment for the goodbye, not read_timeout.
+    assert time.monotonic() - started < 20
+
+
 # -- one message, several route groups ---------------------------------------------
 
 

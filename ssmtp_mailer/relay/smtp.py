@@ -58,6 +58,8 @@ AUTO_ORDER_PLAINTEXT = ("CRAM-MD5", "PLAIN", "LOGIN")
 # other. 500 replies are about 20 KB.
 PIPELINE_BATCH = 500
 REDACTED = "<redacted>"
+# Seconds to wait for the reply to QUIT (RFC 5321 §4.1.1.10 asks the client to wait).
+QUIT_WAIT = 2.0
 
 
 class RelayFailure(Exception):
@@ -733,10 +735,16 @@ class RelayConnection(SMTPClient):
         """QUIT and close; after a delivered message nothing here may turn into a failure."""
         try:
             if self.sock is not None:
-                self.quit()
+                self.putcmd("quit")
+                # Everything sent is delivered by now: a relay slow to say goodbye must
+                # not hold the caller (cron, a PHP page) for read_timeout.
+                if self.sock is not None:
+                    self.sock.settimeout(min(self.endpoint.read_timeout, QUIT_WAIT))
+                self.getreply()
         except (OSError, SMTPException):
             pass
         finally:
+            self.forget_greeting()
             self.close()
 
     # -- failures --------------------------------------------------------------
