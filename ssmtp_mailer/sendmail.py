@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from typing import BinaryIO, TextIO
 
     from ssmtp_mailer.config.model import Config
+    from ssmtp_mailer.relay.pool import ConnectionPool
 
 # Flags that take a value, attached (-fADDR) or as the next argument (-f ADDR).
 _WITH_VALUE = frozenset("fFrCXBOLhANRVob")
@@ -375,6 +376,7 @@ class SMTPSession:
         self.hostname = config.global_.default_hostname
         self.sender: str | None = None
         self.recipients: list[str] = []
+        self.connections: ConnectionPool | None = None
 
     def reply(self, line: str) -> None:
         self.outstream.write(line.encode("utf-8", "replace") + b"\r\n")
@@ -386,6 +388,13 @@ class SMTPSession:
 
     def run(self) -> int:
         """Serve commands until QUIT or end of input; the exit code is always 0."""
+        from ssmtp_mailer.relay.pool import ConnectionPool
+
+        # The session's messages share their relay connections (SPEC §6 reuse).
+        with ConnectionPool(self.config.global_.connection_reuse_idle) as self.connections:
+            return self._serve()
+
+    def _serve(self) -> int:
         self.reply(f"220 {self.hostname} ESMTP {PROG} {__version__}")
         while True:
             raw = self.instream.readline(_MAX_COMMAND + 1)
@@ -552,7 +561,9 @@ class SMTPSession:
                 default_from=g.default_from,
                 max_size=g.max_message_size,
             )
-            result = pipeline.submit(self.config, prepared, transcript=self.transcript)
+            result = pipeline.submit(
+                self.config, prepared, transcript=self.transcript, pool=self.connections
+            )
         except MailerError as exc:
             report(f"{exc.what}: {exc.why}")
             return reply_for(exc.exit_code, exc.why)

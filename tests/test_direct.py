@@ -754,3 +754,24 @@ def test_test_command_on_a_hybrid_route_checks_the_mx_and_the_relay(
     assert "DNS" in names and f"mx.b.example[{net.ip(4)}]:{net.port} STARTTLS" in names
     assert "relay TCP connect" in names and "relay AUTH" in names
     assert names[-1] == "test message"
+
+
+def test_queue_run_shares_one_connection_per_mx(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net)
+    for n in range(3):
+        code, _, err = sendmail(run_main, conf, f"r{n}@a.example")
+        assert code == 0 and "queued as" in err
+    mx1 = mx_server(2, pipelining=True)
+    code, _, err = run_main(["-C", str(conf), "queue", "run", "--all"], prog="ssmtp-mailer")
+    assert code == 0, err
+    assert len(mx1.messages) == 3
+    # Three entries for one MX: one connection, RSET between transactions (SPEC §6 reuse),
+    # MAIL, RCPT and DATA pipelined.
+    assert mx1.connections == 1
+    assert any(waiting for verb, waiting in mx1.commands if verb == "RCPT")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ssmtp_mailer import dnsrecords, spf
-from ssmtp_mailer.config.model import AuthMethod, Config, DeliveryMode, DirectTls, DomainConfig
+from ssmtp_mailer.config.model import Config, DeliveryMode, DirectTls, DomainConfig
 from ssmtp_mailer.dnscheck import Resolver, fetch_sts_policy
 from ssmtp_mailer.errors import MailerError, TempFailError, UnavailableError
 from ssmtp_mailer.relay import dnscache, engine, hints
@@ -511,8 +511,3 @@ def preview(config: Config, route: DomainConfig, recipients: Sequence[str]) -> d
         except spf.TempError as exc:
             shown[domain] = f"DNS lookup failed: {exc}"
     return shown
-
-
-def without_login(route: DomainConfig) -> DomainConfig:
-    """The route as an MX sees it: never AUTH (a hybrid route's login is for its relay)."""
-    return route._replace(auth_method=AuthMethod.NONE)
