@@ -775,3 +775,47 @@ def test_queue_run_shares_one_connection_per_mx(
     # MAIL, RCPT and DATA pipelined.
     assert mx1.connections == 1
     assert any(waiting for verb, waiting in mx1.commands if verb == "RCPT")
+
+
+def test_hybrid_sends_a_greylisted_recipient_through_the_relay(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+) -> None:
+    mx1 = mx_server(2, fault="451-rcpt:grey@a.example")
+    route = (
+        "delivery_mode = hybrid\n"
+        f"smtp_server = 127.0.0.1\nsmtp_port = {smtp_server.port}\n"
+        "use_starttls = false\nauth_method = NONE\n"
+    )
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net, route)
+    code, _, err = sendmail(run_main, conf, "grey@a.example", "one@a.example")
+    assert (code, err) == (0, "")
+    assert [m.rcpt_tos for m in mx1.messages] == [["one@a.example"]]
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["grey@a.example"]]
+    assert queue_list(run_main, conf) == []
+    [line] = log_lines(tmp_path)
+    assert "path=direct+relay" in line and "outcome=sent" in line
+
+
+def test_direct_queues_a_greylisted_recipient_alone(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    mx1 = mx_server(2, fault="451-rcpt:grey@a.example")
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net)
+    code, _, err = sendmail(run_main, conf, "grey@a.example", "one@a.example")
+    assert code == 0 and "queued as" in err
+    assert [m.rcpt_tos for m in mx1.messages] == [["one@a.example"]]
+    [entry] = queue_list(run_main, conf)
+    assert entry["recipients"] == ["grey@a.example"]
+    mx1.fault = None
+    code, _, err = run_main(["-C", str(conf), "queue", "run", "--all"], prog="ssmtp-mailer")
+    assert code == 0, err
+    assert [m.rcpt_tos for m in mx1.messages] == [["one@a.example"], ["grey@a.example"]]

@@ -313,7 +313,10 @@ def deliver(
     record.path = "direct"
     relayed: engine.DeliveryResult | None = None
     relay_error: MailerError | None = None
-    deferred = tuple(r for o in outcomes if o.temporary for r in o.recipients)
+    # Whole domains deferred, and single recipients an MX answered with a 4xx (greylisting).
+    deferred = tuple(r for o in outcomes if o.temporary for r in o.recipients) + tuple(
+        r for o in outcomes if o.result is not None for r in o.result.deferred
+    )
     if relay is not None and deferred:
         if transcript is not None:
             transcript(f"* direct delivery deferred {len(deferred)} recipient(s): via the relay")
@@ -458,6 +461,9 @@ def _combine(
             raise _joined(route, errors, type(errors[0]))
     for result in results:
         refused.update(result.refused)
+    for address in accepted:
+        # Deferred by its MX, then taken by the relay.
+        refused.pop(address, None)
     return engine.DeliveryResult(
         route=route.name,
         server=servers or "-",
