@@ -819,3 +819,20 @@ def test_direct_queues_a_greylisted_recipient_alone(
     code, _, err = run_main(["-C", str(conf), "queue", "run", "--all"], prog="ssmtp-mailer")
     assert code == 0, err
     assert [m.rcpt_tos for m in mx1.messages] == [["one@a.example"], ["grey@a.example"]]
+
+
+def test_addresses_are_looked_up_only_as_far_as_the_attempts_get(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    mx_server(2)
+    dns = dns_server(zone_for(net))
+    conf = write_config(tmp_path, dns, net)
+    code, _, err = sendmail(run_main, conf, "one@a.example")
+    assert (code, err) == (0, "")
+    # mx1's A record worked: neither its AAAA nor the backup MX was asked for.
+    assert dns.count("mx1.a.example", "A") == 1
+    assert dns.count("mx1.a.example", "AAAA") == 0 and dns.count("mx2.a.example") == 0

@@ -289,7 +289,7 @@ def check_direct(
     required = direct.tls_requirement(route, plan)
     reachable = 0
     for host in plan.hosts:
-        for address in host.addresses[:1]:
+        for address in (host.addresses or ())[:1]:
             endpoint = direct.endpoint_for(config, route, host, address, required is not None)
             if _mx_session(report, endpoint, required, transcript):
                 reachable += 1

@@ -19,7 +19,7 @@ import ipaddress
 import random
 import re
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,7 +46,7 @@ class MxHost(NamedTuple):
 
     name: str
     preference: int
-    addresses: tuple[str, ...]
+    addresses: tuple[str, ...] | None  # None: not looked up yet (see Lookups.each_address)
 
 
 class StsPolicy(NamedTuple):
@@ -107,13 +107,21 @@ class Lookups:
         self.cache.put(key, rows, ttl)
         return rows
 
+    def each_address(self, host: MxHost) -> Iterator[str]:
+        """The host's addresses, looked up only as far as the attempts get (A, then AAAA)."""
+        if host.addresses is not None:
+            yield from host.addresses
+            return
+        yield from self.records(host.name, "A")
+        yield from self.records(host.name, "AAAA")
+
     def addresses(self, name: str) -> tuple[str, ...]:
         # IPv4 first: a host whose IPv6 route is broken would cost connection_timeout per
         # MX before the address that works.
         return tuple(self.records(name, "A") + self.records(name, "AAAA"))
 
-    def mx_hosts(self, domain: str) -> DomainPlan:
-        """RFC 5321 §5.1 (with RFC 7505's null MX) for one domain."""
+    def mx_hosts(self, domain: str, resolve: bool = True) -> DomainPlan:
+        """RFC 5321 §5.1 (with RFC 7505's null MX) for one domain; `resolve`: addresses too."""
         literal = address_literal(domain)
         if literal is not None:
             return DomainPlan(domain, (MxHost(domain, 0, (literal,)),), implicit=True)
@@ -134,7 +142,10 @@ class Lookups:
             return DomainPlan(domain, (MxHost(domain, 0, addresses),), implicit=True)
         # A null MX beside real ones is no null MX (RFC 7505 §3): the real ones count.
         rows = [(pref, host) for pref, host in rows if host]
-        hosts = [MxHost(host, pref, self.addresses(host)) for pref, host in ordered(rows)]
+        hosts = [
+            MxHost(host, pref, self.addresses(host) if resolve else None)
+            for pref, host in ordered(rows)
+        ]
         return DomainPlan(domain, tuple(hosts))
 
     def sts_policy(self, domain: str, ca_file: str | None) -> StsPolicy | None:
@@ -228,9 +239,11 @@ def by_domain(recipients: Sequence[str]) -> dict[str, tuple[str, ...]]:
     return {d: tuple(r) for d, r in groups.items()}
 
 
-def plan_domain(lookups: Lookups, route: DomainConfig, domain: str) -> DomainPlan:
+def plan_domain(
+    lookups: Lookups, route: DomainConfig, domain: str, resolve: bool = True
+) -> DomainPlan:
     """MX hosts, then the MTA-STS policy that may narrow them (raises spf.TempError)."""
-    plan = lookups.mx_hosts(domain)
+    plan = lookups.mx_hosts(domain, resolve)
     if plan.refusal is not None or address_literal(domain) is not None:
         return plan
     ca_file = None if route.ssl_ca_file is None else str(route.ssl_ca_file)
@@ -338,7 +351,7 @@ def _deliver_domain(
     route = group.route
     rcpts = group.recipients
     try:
-        plan = plan_domain(lookups, route, domain)
+        plan = plan_domain(lookups, route, domain, resolve=False)
     except spf.TempError as exc:
         return DomainOutcome(domain, rcpts, error=TempFailError(domain, f"MX lookup failed: {exc}"))
     if plan.refusal is not None:
@@ -360,33 +373,29 @@ def _deliver_domain(
     # host does better.
     refusal: MailerError | None = None
     for host in plan.hosts:
-        if not host.addresses:
-            failures.append(f"{host.name}: no address")
+        tried = False
+        try:
+            for address in lookups.each_address(host):
+                tried = True
+                endpoint = endpoint_for(config, route, host, address, verify=required is not None)
+                try:
+                    result = _send_opportunistically(endpoint, group, send, required, transcript)
+                except RelayFailure as failure:
+                    step, line = _next_step(failure, required, endpoint.label)
+                    if step == "final":
+                        return DomainOutcome(domain, rcpts, error=failure.error)
+                    failures.append(line)
+                    if step == "refusal":
+                        refusal = refusal or failure.error
+                    if step == "address":
+                        continue
+                    break
+                return DomainOutcome(domain, rcpts, result=result)
+        except spf.TempError as exc:
+            failures.append(f"{host.name}: address lookup failed ({exc})")
             continue
-        for address in host.addresses:
-            endpoint = endpoint_for(config, route, host, address, verify=required is not None)
-            try:
-                result = _send_opportunistically(endpoint, group, send, required, transcript)
-            except RelayFailure as failure:
-                error = failure.error
-                if failure.stage in ("TLS", "STARTTLS") and failure.code is None:
-                    why = error.why
-                    if required is not None and failure.stage == "STARTTLS":
-                        why = "does not offer STARTTLS"
-                    failures.append(f"{endpoint.label}: {why} ({required or 'TLS'})")
-                    continue
-                if failure.temporary or failure.next_server:
-                    failures.append(f"{endpoint.label}: {error.why}")
-                    if not failure.temporary:
-                        refusal = refusal or error
-                        break
-                    # A 4xx from this host is its own trouble: the next host may do better;
-                    # a connection failure may be this address only.
-                    if failure.code is not None:
-                        break
-                    continue
-                return DomainOutcome(domain, rcpts, error=error)
-            return DomainOutcome(domain, rcpts, result=result)
+        if not tried:
+            failures.append(f"{host.name}: no address")
     if refusal is not None and len(failures) == 1:
         return DomainOutcome(domain, rcpts, error=refusal)
     hint = None
@@ -397,6 +406,23 @@ def _deliver_domain(
         rcpts,
         error=TempFailError(domain, f"no MX host took the message: {'; '.join(failures)}", hint),
     )
+
+
+def _next_step(failure: RelayFailure, required: str | None, label: str) -> tuple[str, str]:
+    """After a failed attempt: try the next `address` or `host`, or stop (`final`,
+    `refusal`: the message's own problem at this host); and the line saying why."""
+    error = failure.error
+    if failure.stage in ("TLS", "STARTTLS") and failure.code is None:
+        why = error.why
+        if required is not None and failure.stage == "STARTTLS":
+            why = "does not offer STARTTLS"
+        return "address", f"{label}: {why} ({required or 'TLS'})"
+    line = f"{label}: {error.why}"
+    if not failure.temporary:
+        return ("refusal" if failure.next_server else "final"), line
+    # A 4xx is this host's trouble: the next host may do better; a connection failure
+    # may be this address's only.
+    return ("host" if failure.code is not None else "address"), line
 
 
 def _send_opportunistically(
@@ -491,7 +517,7 @@ def hosts_text(plan: DomainPlan) -> str:
         return plan.refusal
     parts = []
     for host in plan.hosts:
-        where = ", ".join(host.addresses) or "no address"
+        where = ", ".join(host.addresses or ()) or "no address"
         kind = "no MX, the domain's own address" if plan.implicit else f"MX {host.preference}"
         parts.append(f"{host.name} [{where}] ({kind})")
     text = "; ".join(parts) or "no usable MX"
