@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import dns.exception
 import dns.name
+import dns.rdatatype
 import dns.resolver
 import dns.reversename
 
@@ -115,8 +116,8 @@ class Resolver:
         """The records and their TTL in seconds (0 when there are none: nothing to cache)."""
         try:
             answer = self._resolver.resolve(name, rdtype, search=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return [], 0
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer) as exc:
+            return [], _negative_ttl(exc)
         except dns.name.EmptyLabel:
             return [], 0
         except dns.exception.DNSException as exc:
@@ -145,6 +146,22 @@ class Resolver:
     def ptr(self, ip: str) -> list[str]:
         reverse = dns.reversename.from_address(ip).to_text()
         return [r.target.to_text().rstrip(".").lower() for r in self._answer(reverse, "PTR")]
+
+
+def _negative_ttl(exc: dns.exception.DNSException) -> int:
+    """How long a "no such record" may be cached: the SOA's minimum (RFC 2308 §5), else 0."""
+    try:
+        if isinstance(exc, dns.resolver.NXDOMAIN):
+            responses = list(exc.responses().values())  # type: ignore[no-untyped-call]
+        else:
+            responses = [exc.response()]  # type: ignore[attr-defined]
+    except (AttributeError, KeyError, TypeError):
+        return 0
+    for response in responses:
+        for rrset in getattr(response, "authority", ()):
+            if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+                return int(min(rrset.ttl, rrset[0].minimum))
+    return 0
 
 
 def _guard(name: str, run: Callable[[], list[Check]]) -> list[Check]:

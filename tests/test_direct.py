@@ -836,3 +836,28 @@ def test_addresses_are_looked_up_only_as_far_as_the_attempts_get(
     # mx1's A record worked: neither its AAAA nor the backup MX was asked for.
     assert dns.count("mx1.a.example", "A") == 1
     assert dns.count("mx1.a.example", "AAAA") == 0 and dns.count("mx2.a.example") == 0
+
+
+def test_no_mta_sts_record_is_cached_for_the_soa_minimum(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    mx_server(2)
+    zone = zone_for(net)
+    # The zone's SOA comes with every negative answer (RFC 2308); its minimum is 600 s.
+    zone["a.example"].append(("SOA", "ns.a.example. admin.a.example. 1 3600 600 86400 600"))
+    dns = dns_server(zone)
+    conf = write_config(tmp_path, dns, net)
+    for _ in range(2):
+        code, _, err = sendmail(run_main, conf, "one@a.example")
+        assert (code, err) == (0, "")
+    assert dns.count("_mta-sts.a.example", "TXT") == 1
+    # Without an SOA (zone_for's b.example) the absence is asked again each time.
+    mx_server(4)
+    for _ in range(2):
+        code, _, err = sendmail(run_main, conf, "three@b.example")
+        assert (code, err) == (0, "")
+    assert dns.count("_mta-sts.b.example", "TXT") == 2
