@@ -288,7 +288,6 @@ class DNSServer:
             response.answer.append(_rrset(owner, cname))
             owner = next(iter(cname)).target  # type: ignore[attr-defined]
 
-
     def _negative(self, response: dns.message.Message, qname: dns.name.Name) -> None:
         """RFC 2308: a negative answer carries the SOA of the zone above the name, if any."""
         labels = _key(qname.to_text()).split(".")
