@@ -861,3 +861,14 @@ def test_no_mta_sts_record_is_cached_for_the_soa_minimum(
         code, _, err = sendmail(run_main, conf, "three@b.example")
         assert (code, err) == (0, "")
     assert dns.count("_mta-sts.b.example", "TXT") == 2
+
+
+def test_test_command_on_a_direct_catch_all_needs_a_recipient(
+    tmp_path: Path, net: Net, dns_server: Callable[..., DNSServer], run_main: RunMain
+) -> None:
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net)
+    conf.write_text(conf.read_text().replace("[domain:sender.example]", "[domain:*]"))
+    code, out, err = run_main(["-C", str(conf), "test"], prog="ssmtp-mailer")
+    assert code == 78
+    assert "FAIL  configuration: a direct route is checked against a recipient domain's MX" in out
+    assert "--to someone@example.com" in out
