@@ -868,7 +868,7 @@ def test_test_command_on_a_direct_catch_all_needs_a_recipient(
 ) -> None:
     conf = write_config(tmp_path, dns_server(zone_for(net)), net)
     conf.write_text(conf.read_text().replace("[domain:sender.example]", "[domain:*]"))
-    code, out, err = run_main(["-C", str(conf), "test"], prog="ssmtp-mailer")
+    code, out, _ = run_main(["-C", str(conf), "test"], prog="ssmtp-mailer")
     assert code == 78
     assert "FAIL  configuration: a direct route is checked against a recipient domain's MX" in out
     assert "--to someone@example.com" in out
