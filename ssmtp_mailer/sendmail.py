@@ -458,7 +458,7 @@ class SMTPSession:
         self.reply("502 5.5.1 EXPN not available")
 
     def smtp_MAIL(self, argument: str) -> None:
-        from ssmtp_mailer.message import address_problem, is_null_sender, qualify
+        from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify
 
         if self.sender is not None:
             self.reply("503 5.5.1 Nested MAIL command")
@@ -492,7 +492,7 @@ class SMTPSession:
 
     def smtp_RCPT(self, argument: str) -> None:
         from ssmtp_mailer import rewrite
-        from ssmtp_mailer.message import address_problem, qualify
+        from ssmtp_mailer.addresses import address_problem, qualify
 
         if self.sender is None:
             self.reply("503 5.5.1 Need MAIL before RCPT")
