@@ -289,9 +289,9 @@ def run_sendmail(args: list[str]) -> int:
     if parsed.mode in ("queue", "smtp"):
         gc.enable()  # these handle many messages in one process (see entry.script)
     if parsed.mode == "list":
-        from ssmtp_mailer import spool
+        from ssmtp_mailer.commands.queue import listing_text
 
-        _standard(sys.stdout, "output").write(spool.listing_text(config).rstrip("\n") + "\n")
+        _standard(sys.stdout, "output").write(listing_text(config).rstrip("\n") + "\n")
         return 0
     if parsed.mode == "queue":
         from ssmtp_mailer import spool
