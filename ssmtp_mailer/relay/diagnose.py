@@ -14,7 +14,7 @@ from email.utils import formatdate, make_msgid
 from typing import Any
 
 from ssmtp_mailer.config.model import Config, DomainConfig
-from ssmtp_mailer.errors import EX_UNAVAILABLE, MailerError
+from ssmtp_mailer.errors import EX_NOHOST, EX_TEMPFAIL, EX_UNAVAILABLE, MailerError
 from ssmtp_mailer.relay import engine, hints
 from ssmtp_mailer.relay.smtp import (
     Endpoint,
@@ -239,7 +239,7 @@ def _dns_and_tcp(report: RouteReport, endpoint: Endpoint) -> bool:
                 "check smtp_server" + ("" if not temporary else " and the resolver"),
             )
         )
-        report.exit_code = 75 if temporary else 68
+        report.exit_code = EX_TEMPFAIL if temporary else EX_NOHOST
         return False
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     took = time.monotonic() - started
@@ -255,7 +255,7 @@ def _dns_and_tcp(report: RouteReport, endpoint: Endpoint) -> bool:
         if isinstance(exc, ConnectionRefusedError):
             hint = "nothing listens there: check smtp_port (587 STARTTLS, 465 implicit TLS)"
         report.add(Step("TCP connect", False, f"{endpoint.label}: {why}", hint))
-        report.exit_code = 75
+        report.exit_code = EX_TEMPFAIL
         return False
     report.add(Step("TCP connect", True, f"{endpoint.label} ({_ms(took)})"))
     return True
