@@ -14,7 +14,14 @@ from email.utils import formatdate, make_msgid
 from typing import Any
 
 from ssmtp_mailer.config.model import Config, DeliveryMode, DomainConfig
-from ssmtp_mailer.errors import EX_UNAVAILABLE, ConfigError, MailerError, TempFailError
+from ssmtp_mailer.errors import (
+    EX_NOHOST,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    ConfigError,
+    MailerError,
+    TempFailError,
+)
 from ssmtp_mailer.relay import engine, hints
 from ssmtp_mailer.relay.smtp import (
     Endpoint,
@@ -294,7 +301,7 @@ def check_direct(
             if _mx_session(report, endpoint, required, transcript):
                 reachable += 1
     if not reachable and report.exit_code == 0:
-        report.exit_code = 75
+        report.exit_code = EX_TEMPFAIL
     return report
 
 
@@ -366,7 +373,7 @@ def _dns_and_tcp(report: RouteReport, endpoint: Endpoint) -> bool:
                 "check smtp_server" + ("" if not temporary else " and the resolver"),
             )
         )
-        report.exit_code = 75 if temporary else 68
+        report.exit_code = EX_TEMPFAIL if temporary else EX_NOHOST
         return False
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     took = time.monotonic() - started
@@ -382,7 +389,7 @@ def _dns_and_tcp(report: RouteReport, endpoint: Endpoint) -> bool:
         if isinstance(exc, ConnectionRefusedError):
             hint = "nothing listens there: check smtp_port (587 STARTTLS, 465 implicit TLS)"
         report.add(Step("TCP connect", False, f"{endpoint.label}: {why}", hint))
-        report.exit_code = 75
+        report.exit_code = EX_TEMPFAIL
         return False
     report.add(Step("TCP connect", True, f"{endpoint.label} ({_ms(took)})"))
     return True

@@ -188,9 +188,9 @@ class Lookups:
 
 
 def _ensure_spool(config: Config) -> None:
-    from ssmtp_mailer import spool
+    from ssmtp_mailer.spool.store import ensure_spool
 
-    spool.ensure_spool(config)
+    ensure_spool(config)
 
 
 def parse_policy(record_id: str, fields: dict[str, str]) -> StsPolicy | None:
