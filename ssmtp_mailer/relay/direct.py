@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ssmtp_mailer import dnsrecords, spf
+from ssmtp_mailer.addresses import domain_key, split_address
 from ssmtp_mailer.config.model import Config, DeliveryMode, DirectTls, DomainConfig
 from ssmtp_mailer.dnscheck import Resolver, fetch_sts_policy
 from ssmtp_mailer.errors import MailerError, TempFailError, UnavailableError
@@ -228,7 +229,8 @@ def address_literal(domain: str) -> str | None:
 
 
 def domain_of(address: str) -> str:
-    return address.rpartition("@")[2].rstrip(".").lower()
+    """The recipient's domain as DNS is asked for it (addresses.domain_key)."""
+    return domain_key(split_address(address)[1])
 
 
 def by_domain(recipients: Sequence[str]) -> dict[str, tuple[str, ...]]:
