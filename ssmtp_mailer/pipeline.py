@@ -135,6 +135,7 @@ def submit(
     *,
     transcript: Callable[[str], None] | None = None,
     report: Callable[[str], None] = errors.report,
+    run_queue: bool = True,
 ) -> SubmitResult:
     """Route, fix headers per group and deliver; each problem is reported as one line.
 
@@ -186,7 +187,8 @@ def submit(
                 problem(line)
         outcomes.append(outcome)
     code = _exit_code(plan, outcomes)
-    if any(o.result is not None and o.result.accepted for o in outcomes):
+    # The listener runs the queue itself (run_queue=False): one runner, not one per message.
+    if run_queue and any(o.result is not None and o.result.accepted for o in outcomes):
         start_queue_runner(config)
     return SubmitResult(code, prepared.message_id, plan, tuple(outcomes), tuple(problems))
 

@@ -9,7 +9,7 @@ import gc
 import sys
 from collections.abc import Callable, Sequence
 
-from ssmtp_mailer import __version__
+from ssmtp_mailer import __version__, dialect
 from ssmtp_mailer.errors import PROG, DataError, MailerError, StreamError, UsageError, report
 from ssmtp_mailer.typed import TYPE_CHECKING
 
@@ -295,28 +295,7 @@ def _standard(stream: TextIO | None, which: str) -> TextIO:
 
 # -- -bs: an SMTP session on stdin/stdout --------------------------------------------
 
-# SPEC §9 exit code -> reply to the final "." (or to MAIL/RCPT when decided early).
-_REPLIES: dict[int, tuple[int, str]] = {
-    64: (553, "5.1.3"),
-    65: (554, "5.6.0"),
-    67: (550, "5.1.1"),
-    68: (451, "4.4.0"),
-    69: (554, "5.0.0"),
-    70: (451, "4.3.0"),
-    73: (451, "4.3.0"),
-    75: (451, "4.4.1"),
-    76: (554, "5.7.0"),
-    77: (550, "5.7.1"),
-    78: (451, "4.3.5"),
-}
 _MAX_COMMAND = 4096
-
-
-def reply_for(code: int, text: str) -> str:
-    """The SMTP reply line for a sysexit code and a human reason."""
-    smtp, enhanced = _REPLIES.get(code, (451, "4.3.0"))
-    text = " ".join(text.split())[:400] or "failed"
-    return f"{smtp} {enhanced} {text}"
 
 
 def _path_argument(argument: str, keyword: str) -> tuple[str, list[str]] | None:
@@ -450,7 +429,7 @@ class SMTPSession:
                     self.reply("501 5.5.4 Bad SIZE parameter")
                     return
                 if int(value) > self.config.global_.max_message_size:
-                    self.reply("552 5.3.4 Message size exceeds fixed maximum message size")
+                    self.reply(dialect.TOO_BIG)
                     return
             elif key == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
                 continue
@@ -462,10 +441,9 @@ class SMTPSession:
             self.reply(f"553 5.1.7 Bad sender address syntax: {address}")
             return
         self.sender = sender
-        self.reply("250 2.1.0 OK")
+        self.reply(dialect.MAIL_OK)
 
     def smtp_RCPT(self, argument: str) -> None:
-        from ssmtp_mailer import rewrite
         from ssmtp_mailer.message import address_problem, qualify
 
         if self.sender is None:
@@ -479,18 +457,12 @@ class SMTPSession:
         if address_problem(recipient):
             self.reply(f"553 5.1.3 Bad recipient address syntax: {parsed[0]}")
             return
-        # Policy is decided per recipient here, so that DATA's reply concerns delivery only.
-        try:
-            plan = rewrite.plan_delivery(self.config, self.sender, [recipient])
-        except MailerError as exc:
-            self.reply(reply_for(exc.exit_code, exc.why))
-            return
-        if plan.refused:
-            refusal = plan.refused[0]
-            self.reply(reply_for(77, f"<{recipient}>: {refusal.reason}"))
+        refusal = dialect.recipient_reply(self.config, self.sender, recipient)
+        if refusal is not None:
+            self.reply(refusal)
             return
         self.recipients.append(recipient)
-        self.reply("250 2.1.5 OK")
+        self.reply(dialect.RCPT_OK)
 
     def smtp_DATA(self, argument: str) -> None:
         if self.sender is None:
@@ -518,7 +490,7 @@ class SMTPSession:
         sender, recipients = self.sender, self.recipients
         self.reset()
         if size > limit:
-            self.reply("552 5.3.4 Message size exceeds fixed maximum message size")
+            self.reply(dialect.TOO_BIG)
             return
         self.reply(self._deliver(b"".join(chunks), sender, recipients))
 
@@ -538,10 +510,8 @@ class SMTPSession:
             result = pipeline.submit(self.config, prepared, transcript=self.transcript)
         except MailerError as exc:
             report(f"{exc.what}: {exc.why}")
-            return reply_for(exc.exit_code, exc.why)
+            return dialect.error_reply(exc)
         except Exception as exc:  # a bug: the session goes on, the client may retry
             report(f"internal error: {type(exc).__name__}: {exc}")
-            return reply_for(70, "internal error")
-        if result.exit_code == 0:
-            return f"250 2.0.0 OK {prepared.message_id}"
-        return reply_for(result.exit_code, result.summary)
+            return dialect.reply_for(70, "internal error")
+        return dialect.outcome_reply(result)

@@ -59,8 +59,13 @@ GLOBAL_KEYS: dict[str, Parser] = {
     "dns_servers": v.parse_ip_list,
     "default_domain": v.parse_str,
     "users_required": v.parse_bool,
-    "listen_address": v.parse_hostport,
+    "listen_address": v.parse_hostport_list,
     "allowed_networks": v.parse_networks,
+    "listen_tls_cert_file": v.parse_str,
+    "listen_tls_key_file": v.parse_str,
+    "listen_timeout": v.parse_positive,
+    "listen_user": v.parse_str,
+    "spool_user": v.parse_str,
     "max_message_size": v.parse_positive,
 }
 
@@ -100,6 +105,7 @@ USER_KEYS: dict[str, Parser] = {
     "allowed_types": v.parse_list,
     "allowed_recipients": v.parse_list,
     "allowed_domains": v.parse_list,
+    "smtp_password_hash": v.parse_password_hash,
 }
 
 MAPPING_KEYS: dict[str, Parser] = {
@@ -360,6 +366,16 @@ def _build_global(section: RawSection | None, main_file: Path, report: _Report) 
         log_file = Path(log_text).expanduser()
         if not log_file.is_absolute():
             log_file = config_dir / log_file
+    # Resolved only: the key is root's, and a user's sendmail reading this file never needs it
+    # (the listener checks both when it starts).
+    for key in ("listen_tls_cert_file", "listen_tls_key_file"):
+        if key in vals:
+            path = Path(vals[key]).expanduser()
+            vals[key] = path if path.is_absolute() else ssl_dir / path
+    if ("listen_tls_cert_file" in vals) != ("listen_tls_key_file" in vals):
+        report.errors.append(
+            f"{raw.location}: listen_tls_cert_file and listen_tls_key_file: set both or neither"
+        )
     return GlobalConfig(
         default_hostname=hostname,
         default_from=default_from,
