@@ -6,10 +6,13 @@ aiosmtpd) own the I/O and ask here what to answer, so both say the same thing.
 
 from __future__ import annotations
 
+from ssmtp_mailer import errors
 from ssmtp_mailer.errors import MailerError
 from ssmtp_mailer.typed import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from ssmtp_mailer.config.model import Config
     from ssmtp_mailer.pipeline import SubmitResult
 
@@ -77,3 +80,38 @@ def outcome_reply(result: SubmitResult) -> str:
 
 def error_reply(exc: MailerError) -> str:
     return reply_for(exc.exit_code, exc.why)
+
+
+def deliver_data(
+    config: Config,
+    raw: bytes,
+    sender: str,
+    recipients: Sequence[str],
+    *,
+    transcript: Callable[[str], None] | None = None,
+    report: Callable[[str], None] = errors.report,
+    run_queue: bool = True,
+) -> str:
+    """A message received by DATA through the sendmail path; the reply to the final dot."""
+    from ssmtp_mailer import pipeline
+    from ssmtp_mailer.message import Intake, prepare
+
+    g = config.global_
+    try:
+        prepared = prepare(
+            raw,
+            Intake(recipients=tuple(recipients), envelope_from=sender or "<>"),
+            hostname=g.default_hostname,
+            default_from=g.default_from,
+            max_size=g.max_message_size,
+        )
+        result = pipeline.submit(
+            config, prepared, transcript=transcript, report=report, run_queue=run_queue
+        )
+    except MailerError as exc:
+        report(f"{exc.what}: {exc.why}")
+        return error_reply(exc)
+    except Exception as exc:  # a bug: the session goes on, the client may retry
+        report(f"internal error: {type(exc).__name__}: {exc}")
+        return reply_for(70, "internal error")
+    return outcome_reply(result)

@@ -6,17 +6,19 @@ Kept free of click and of every heavy import: programs run this once per message
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from ssmtp_mailer import __version__, dialect
-from ssmtp_mailer.errors import PROG, DataError, MailerError, StreamError, UsageError, report
+from ssmtp_mailer.errors import PROG, DataError, MailerError, StreamError, UsageError
 from ssmtp_mailer.typed import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import BinaryIO, TextIO
 
-    from ssmtp_mailer.config.model import Config
+    from ssmtp_mailer.config.model import Config, GlobalConfig
+    from ssmtp_mailer.message import PreparedMessage
 
 # Flags that take a value, attached (-fADDR) or as the next argument (-f ADDR).
 _WITH_VALUE = frozenset("fFrCXBOLhANRob")
@@ -230,11 +232,39 @@ def read_message(stream: BinaryIO, *, dot_ends: bool, limit: int) -> bytearray:
 
 def deliver_stdin(parsed: SendmailArgs, config: Config, stream: BinaryIO) -> int:
     """-bm: read, prepare, submit; returns the SPEC §9 exit code."""
-    from ssmtp_mailer import pipeline
+    from ssmtp_mailer import pipeline, submit
+
+    prepared = _prepare_stdin(parsed, config.global_, stream)
+    if submit.needs_submission(config):
+        # This user may not write the queue: the system takes the message (SPEC §8).
+        spool = config.global_.spool_dir
+        return submit.submit(config.global_, spool, prepared, bytes(prepared.data))
+    return pipeline.submit(config, prepared, transcript=_transcript(parsed)).exit_code
+
+
+def submit_stdin(parsed: SendmailArgs, g: GlobalConfig | None, stream: BinaryIO) -> int:
+    """-bm for a user who cannot read the configuration: local submission (SPEC §8)."""
+    from ssmtp_mailer import submit
+
+    prepared = _prepare_stdin(parsed, g, stream)
+    return submit.submit(g, submit.submission_spool(g), prepared, bytes(prepared.data))
+
+
+def _prepare_stdin(
+    parsed: SendmailArgs, g: GlobalConfig | None, stream: BinaryIO
+) -> PreparedMessage:
     from ssmtp_mailer.message import Intake, prepare
 
-    g = config.global_
-    raw = read_message(stream, dot_ends=not parsed.ignore_dots, limit=g.max_message_size)
+    if g is None:
+        from ssmtp_mailer.config.loader import _login_name, _system_hostname
+        from ssmtp_mailer.config.model import GlobalConfig as Defaults
+
+        hostname = _system_hostname()
+        limit: int = Defaults._field_defaults["max_message_size"]
+        default_from = f"{_login_name()}@{hostname}"
+    else:
+        hostname, default_from, limit = g.default_hostname, g.default_from, g.max_message_size
+    raw = read_message(stream, dot_ends=not parsed.ignore_dots, limit=limit)
     intake = Intake(
         recipients=tuple(parsed.recipients),
         envelope_from=parsed.sender,
@@ -242,15 +272,9 @@ def deliver_stdin(parsed: SendmailArgs, config: Config, stream: BinaryIO) -> int
         extract_recipients=parsed.extract_recipients,
         dot_ends_input=not parsed.ignore_dots,
     )
-    prepared = prepare(
-        raw,
-        intake,
-        hostname=g.default_hostname,
-        default_from=g.default_from,
-        max_size=g.max_message_size,
-    )
+    prepared = prepare(raw, intake, hostname=hostname, default_from=default_from, max_size=limit)
     del raw
-    return pipeline.submit(config, prepared, transcript=_transcript(parsed)).exit_code
+    return prepared
 
 
 def run_sendmail(args: list[str]) -> int:
@@ -267,7 +291,17 @@ def run_sendmail(args: list[str]) -> int:
 
         print(NEWALIASES_NOTE, file=sys.stderr)
         return 0
-    config = _load(parsed)
+    try:
+        config = _load(parsed)
+    except MailerError as exc:
+        from ssmtp_mailer.config.loader import UnreadableConfigError
+
+        # Only permission stood in the way: hand the message to the system (SPEC §8).
+        if not isinstance(exc, UnreadableConfigError) or parsed.mode != "deliver":
+            raise
+        if os.geteuid() == 0:
+            raise
+        return submit_stdin(parsed, exc.global_, _standard(sys.stdin, "input").buffer)
     if parsed.mode in ("queue", "smtp"):
         gc.enable()  # these handle many messages in one process (see entry.script)
     if parsed.mode == "list":
@@ -495,23 +529,6 @@ class SMTPSession:
         self.reply(self._deliver(b"".join(chunks), sender, recipients))
 
     def _deliver(self, raw: bytes, sender: str, recipients: list[str]) -> str:
-        from ssmtp_mailer import pipeline
-        from ssmtp_mailer.message import Intake, prepare
-
-        g = self.config.global_
-        try:
-            prepared = prepare(
-                raw,
-                Intake(recipients=tuple(recipients), envelope_from=sender or "<>"),
-                hostname=self.hostname,
-                default_from=g.default_from,
-                max_size=g.max_message_size,
-            )
-            result = pipeline.submit(self.config, prepared, transcript=self.transcript)
-        except MailerError as exc:
-            report(f"{exc.what}: {exc.why}")
-            return dialect.error_reply(exc)
-        except Exception as exc:  # a bug: the session goes on, the client may retry
-            report(f"internal error: {type(exc).__name__}: {exc}")
-            return dialect.reply_for(70, "internal error")
-        return dialect.outcome_reply(result)
+        return dialect.deliver_data(
+            self.config, raw, sender, recipients, transcript=self.transcript
+        )

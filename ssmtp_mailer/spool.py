@@ -514,6 +514,41 @@ def handle_permanent_failure(
         return None
 
 
+def refuse_local(
+    config: Config,
+    owner: str,
+    sender: str,
+    recipients: Sequence[str],
+    data: bytes,
+    reason: str,
+) -> str:
+    """A local submission whose sender its uid may not use (SPEC §8): kept in `failed/`
+    (route `maildrop`), and a bounce to `owner`, the user who submitted it."""
+    directory = ensure_spool(config) / FAILED
+    now = _now()
+    entry = Entry(
+        id=_fresh_id(directory),
+        sender=owner,
+        recipients=tuple(recipients),
+        route="maildrop",
+        smtputf8=not all(a.isascii() for a in (sender, *recipients)),
+        eightbit=False,
+        created=now,
+        queued=now,
+        next_attempt=now,
+        attempts=(Attempt(now, reason),),
+        reason=reason,
+        failed_at=now,
+        area=FAILED,
+    )
+    try:
+        _write_entry(directory, entry, data)
+    except OSError as exc:
+        raise _cant_create(directory, exc) from None
+    _bounce(config, entry, data)
+    return entry.id
+
+
 # -- reading the spool ---------------------------------------------------------------
 
 
@@ -778,8 +813,16 @@ def run_queue(
     ids: Sequence[str] = (),
     time_budget: float | None = None,
     progress: bool = False,
+    pick_up: bool = True,
 ) -> QueueRunResult:
-    """Deliver due entries (all with `force`, or just `ids`); never one entry twice at once."""
+    """Deliver due entries (all with `force`, or just `ids`); never one entry twice at once.
+
+    First the maildrop's files (SPEC §8) are taken, unless `pick_up` is False.
+    """
+    if pick_up and not ids:
+        from ssmtp_mailer import pickup
+
+        pickup.pick_up(config)
     queue_dir = area_dir(config, QUEUE)
     run = _Run()
     if not queue_dir.is_dir():

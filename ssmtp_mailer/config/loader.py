@@ -124,11 +124,28 @@ _SSL_FILE_KEYS = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
 class _Report:
     """Problems found while loading: errors stop the load, warnings are shown by `check`."""
 
-    __slots__ = ("errors", "warnings")
+    __slots__ = ("errors", "unreadable", "warnings")
 
     def __init__(self) -> None:
         self.errors: list[str] = []
         self.warnings: list[str] = []
+        self.unreadable: list[str] = []  # the errors that are "permission denied"
+
+
+class UnreadableConfigError(ConfigError):
+    """Only permission stood in the way: a local user's sendmail submits instead (SPEC §8).
+
+    `global_` is the main file's [global] when that much could be read, else None.
+    """
+
+    def __init__(self, problems: list[str], global_: GlobalConfig | None) -> None:
+        super().__init__("configuration", "cannot be read", problems=problems)
+        self.global_ = global_
+
+
+def _raise_unreadable(report: _Report, gconf: GlobalConfig | None) -> None:
+    if report.unreadable and report.errors == report.unreadable:
+        raise UnreadableConfigError(report.errors, gconf)
 
 
 def find_config_file(explicit: str | None = None) -> Path:
@@ -170,6 +187,7 @@ def _load_config_file(main_file: Path, strict: bool) -> Config:
     read: list[tuple[Path, os.stat_result, bytes]] = []
     main_sections = _read_file(main_file, report, read)
     if main_sections is None:
+        _raise_unreadable(report, None)
         raise ConfigError("configuration", "cannot be read", problems=report.errors)
     globals_raw = [s for s in main_sections if s.kind == "global"]
     for extra in globals_raw[1:]:
@@ -223,6 +241,7 @@ def _load_config_file(main_file: Path, strict: bool) -> Config:
 
     for found, listed in listings:
         report.errors.extend(listed.errors)
+        report.unreadable.extend(listed.unreadable)
         report.warnings.extend(listed.warnings)
         for path in found:
             files.append(path)
@@ -237,6 +256,7 @@ def _load_config_file(main_file: Path, strict: bool) -> Config:
     earlier_warnings = len(report.warnings)
     config = _build_sections(main_file, gconf, sections, files, report, strict)
     if report.errors:
+        _raise_unreadable(report, gconf)
         raise ConfigError("configuration", "invalid", problems=report.errors)
     if use_cache and len(read) == len(files):
         found_sections = cache.Sections(
@@ -259,6 +279,8 @@ def _read_file(
         return None
     except OSError as exc:
         report.errors.append(f"{path}: cannot read: {exc.strerror or exc}")
+        if isinstance(exc, PermissionError):
+            report.unreadable.append(report.errors[-1])
         return None
     if b"\0" in data:
         report.errors.append(f"{path}: not a text file (contains NUL bytes)")
@@ -299,6 +321,8 @@ def _dir_files(
         return [directory / name for name in names]
     except OSError as exc:
         report.errors.append(f"{where}: {key}: cannot list {directory}: {exc.strerror}")
+        if isinstance(exc, PermissionError):
+            report.unreadable.append(report.errors[-1])
         return []
 
 
