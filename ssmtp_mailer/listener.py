@@ -330,7 +330,7 @@ class ListenerHandler:
         peer = server.session.peer if server.session is not None else None
         log.write(config, "WARNING", f"listen: AUTH failed for {name!r} from {peer}")
         await asyncio.sleep(AUTH_FAILURE_DELAY)
-        return AuthResult(success=False, message=dialect.AUTH_FAILED)
+        return AuthResult(success=False, handled=False, message=dialect.AUTH_FAILED)
 
 
 def _deliver(

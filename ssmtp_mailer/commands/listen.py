@@ -17,7 +17,10 @@ def _addresses(values: tuple[str, ...], config: Config) -> tuple[HostPort, ...]:
     out = []
     for value in values:
         try:
-            out.append(parse_hostport(value))
+            if value.endswith(":0"):  # any free port; the one taken is printed
+                out.append(parse_hostport(value[:-2])._replace(port=0))
+            else:
+                out.append(parse_hostport(value))
         except ValueError as exc:
             raise UsageError(f"--address {value}", str(exc)) from None
     return tuple(out)
@@ -30,7 +33,7 @@ def _addresses(values: tuple[str, ...], config: Config) -> tuple[HostPort, ...]:
     "addresses",
     multiple=True,
     metavar="HOST:PORT",
-    help="Listen here instead of listen_address (repeatable; [::1]:25 for IPv6).",
+    help="Listen here instead of listen_address (repeatable; [::1]:25 for IPv6; port 0: any).",
 )
 def listen_command(addresses: tuple[str, ...]) -> int:
     """Accept mail over SMTP (and from local users on spool_dir/submit.sock) and relay it.
