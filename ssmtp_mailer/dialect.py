@@ -91,6 +91,7 @@ def deliver_data(
     transcript: Callable[[str], None] | None = None,
     report: Callable[[str], None] = errors.report,
     run_queue: bool = True,
+    retries: int = 0,
 ) -> str:
     """A message received by DATA through the sendmail path; the reply to the final dot."""
     from ssmtp_mailer import pipeline
@@ -106,7 +107,12 @@ def deliver_data(
             max_size=g.max_message_size,
         )
         result = pipeline.submit(
-            config, prepared, transcript=transcript, report=report, run_queue=run_queue
+            config,
+            prepared,
+            transcript=transcript,
+            report=report,
+            run_queue=run_queue,
+            retries=retries,
         )
     except MailerError as exc:
         report(f"{exc.what}: {exc.why}")

@@ -22,8 +22,24 @@ EX_NOPERM = 77
 EX_CONFIG = 78
 
 
+# A value quoted in an error is cut to this many characters: a 10 MB configuration value
+# must not become 10 MB on stderr.
+SHOWN_VALUE = 60
+# And no line is longer than this, whatever it quotes.
+SHOWN_LINE = 1000
+
+
+def shorten(value: str, limit: int = SHOWN_VALUE) -> str:
+    """`value` quoted for an error message, cut to a readable length."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
 def report(line: str) -> None:
     """Print one line on stderr the way every error is shown: `ssmtp-mailer: <line>`."""
+    if len(line) > SHOWN_LINE:
+        line = f"{line[:SHOWN_LINE]}... (cut, {len(line)} characters)"
     print(f"{PROG}: {line}", file=sys.stderr)
 
 
@@ -58,7 +74,13 @@ class NoUserError(MailerError):
     exit_code = EX_NOUSER
 
 
-class NoHostError(MailerError):
+class TempFailError(MailerError):
+    exit_code = EX_TEMPFAIL
+
+
+class NoHostError(TempFailError):
+    """The relay's name does not resolve: temporary (queued), EX_NOHOST when not queued."""
+
     exit_code = EX_NOHOST
 
 
@@ -76,10 +98,6 @@ class CantCreateError(MailerError):
 
 class StreamError(MailerError):
     exit_code = EX_IOERR
-
-
-class TempFailError(MailerError):
-    exit_code = EX_TEMPFAIL
 
 
 class ProtocolError(MailerError):
@@ -101,9 +119,12 @@ class ConfigError(MailerError):
         why: str,
         hint: str | None = None,
         problems: Sequence[str] = (),
+        warnings: Sequence[str] = (),
     ) -> None:
         super().__init__(what, why, hint)
         self.problems = list(problems)
+        # What `config check` shows beside the errors (unknown keys); others show errors only.
+        self.warnings = list(warnings)
 
     def lines(self) -> list[str]:
         if not self.problems:

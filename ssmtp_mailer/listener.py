@@ -341,7 +341,15 @@ def _deliver(
     report: Callable[[str], None],
 ) -> str:
     """In a worker: the message through the sendmail path; the reply to the final dot."""
-    return dialect.deliver_data(config, raw, sender, recipients, report=report, run_queue=False)
+    return dialect.deliver_data(
+        config,
+        raw,
+        sender,
+        recipients,
+        report=report,
+        run_queue=False,
+        retries=config.global_.max_retries,
+    )
 
 
 # -- binding, privileges and the lifecycle ---------------------------------------------

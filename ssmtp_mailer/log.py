@@ -29,9 +29,10 @@ class DeliveryRecord(NamedTuple):
     auth_user: str | None
     size: int
     reply: str
-    outcome: str  # sent, partial, deferred, failed
+    outcome: str  # sent, partial, queued, deferred, failed, refused
     exit_code: int
     refused: Sequence[str] = ()
+    queue_id: str | None = None
 
 
 def message_id_of(data: bytes | bytearray) -> str:
@@ -65,8 +66,10 @@ def format_record(record: DeliveryRecord) -> str:
         ("size", str(record.size)),
         ("reply", record.reply or "-"),
         ("outcome", record.outcome),
-        ("exit", str(record.exit_code)),
     ]
+    if record.queue_id:
+        fields.append(("queue_id", record.queue_id))
+    fields.append(("exit", str(record.exit_code)))
     if record.refused:
         fields.append(("refused", ",".join(f"<{r}>" for r in record.refused)))
     return " ".join(f"{key}={_value(value)}" for key, value in fields)
@@ -114,8 +117,19 @@ def write(config: Config, level: str, line: str) -> None:
 
 
 def log_delivery(config: Config, record: DeliveryRecord) -> None:
-    """The message's line: INFO when sent, WARNING when deferred or partial, ERROR when failed."""
-    level = {"sent": "INFO", "partial": "WARNING", "deferred": "WARNING"}.get(
+    """The message's line: INFO when sent, WARNING when queued or partial, ERROR when failed."""
+    level = {"sent": "INFO", "partial": "WARNING", "queued": "WARNING", "deferred": "WARNING"}.get(
         record.outcome, "ERROR"
     )
     write(config, level, format_record(record))
+
+
+def write_traceback(config: Config, exc: BaseException) -> None:
+    """An internal error's traceback, to the log at DEBUG (SPEC §9), never to the user."""
+    if not _enabled(config, "DEBUG"):
+        return
+    import traceback
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    for line in text.rstrip("\n").splitlines():
+        write(config, "DEBUG", line)

@@ -7,7 +7,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
-from ssmtp_mailer.errors import DataError, UsageError
+from ssmtp_mailer.errors import DataError, UsageError, shorten
 from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
@@ -363,6 +363,52 @@ class _AddressMapper:
 # -- preparation ---------------------------------------------------------------------
 
 
+class Dsn(NamedTuple):
+    """What a sender asked of delivery status notifications (RFC 3461): -N, -R, -V."""
+
+    notify: str | None = None  # "NEVER" or a comma list of SUCCESS, FAILURE, DELAY
+    ret: str | None = None  # FULL or HDRS
+    envid: str | None = None
+
+    def mail_options(self) -> list[str]:
+        options = [f"RET={self.ret}"] if self.ret else []
+        if self.envid:
+            options.append(f"ENVID={xtext(self.envid)}")
+        return options
+
+    def rcpt_options(self) -> list[str]:
+        return [f"NOTIFY={self.notify}"] if self.notify else []
+
+
+_NOTIFY_WORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+
+
+def xtext(text: str) -> str:
+    """RFC 3461 §4: `+XX` for '+', '=', controls and anything beyond printable ASCII."""
+    return "".join(c if "!" <= c <= "~" and c not in "+=" else f"+{ord(c):02X}" for c in text)
+
+
+def parse_dsn(notify: str | None, ret: str | None, envid: str | None) -> Dsn | None:
+    """The sendmail flags -N, -R and -V as a Dsn, or None; UsageError names a bad value."""
+    if notify is None and ret is None and envid is None:
+        return None
+    if notify is not None:
+        words = [w.strip().upper() for w in notify.split(",")]
+        if words != ["NEVER"] and not (words and set(words) <= _NOTIFY_WORDS):
+            raise UsageError(
+                f"-N {shorten(notify)}",
+                "expected never, or a comma list of success, failure and delay",
+            )
+        notify = ",".join(dict.fromkeys(words))
+    if ret is not None:
+        ret = ret.strip().upper()
+        if ret not in ("FULL", "HDRS"):
+            raise UsageError(f"-R {shorten(ret)}", "expected full or hdrs")
+    if envid is not None and not (envid.isascii() and envid.isprintable() and 0 < len(envid) <= 100):
+        raise UsageError(f"-V {shorten(envid)}", "expected 1 to 100 printable ASCII characters")
+    return Dsn(notify, ret, envid)
+
+
 class Intake(NamedTuple):
     """What the caller (sendmail flags, -bs envelope, `send` options) says about a message."""
 
@@ -371,6 +417,7 @@ class Intake(NamedTuple):
     full_name: str | None = None
     extract_recipients: bool = False
     dot_ends_input: bool = False
+    dsn: Dsn | None = None
 
 
 class PreparedMessage(NamedTuple):
@@ -382,6 +429,7 @@ class PreparedMessage(NamedTuple):
     eightbit: bool
     smtputf8: bool
     message_id: str
+    dsn: Dsn | None = None
 
 
 def _lone_dot(data: bytes | bytearray) -> int:
@@ -413,13 +461,16 @@ if TYPE_CHECKING:
 
 
 def crlf_lines(chunk: _Bytes) -> _Bytes:
-    """LF, CRLF or a mix of both become CRLF; a bare CR is content and stays.
+    """LF, CRLF, a bare CR or a mix of them become CRLF.
 
-    For input read in pieces, the caller keeps a piece's trailing CR for the next one.
+    RFC 5321 §2.3.8 forbids a bare CR on the wire, and a lone CR ended lines on old Macs:
+    it is a line end too. For input read in pieces, the caller keeps a piece's trailing
+    CR for the next one, so that a CRLF split between pieces stays one line end.
     """
-    if chunk.count(b"\n") == chunk.count(CRLF):
+    crlfs = chunk.count(CRLF)
+    if chunk.count(b"\n") == crlfs == chunk.count(b"\r"):
         return chunk
-    return chunk.replace(CRLF, b"\n").replace(b"\n", CRLF)
+    return chunk.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
 
 
 def lone_dot_line(data: bytes | bytearray, start: int = 0) -> int:
@@ -606,6 +657,7 @@ def prepare(
         eightbit=not data.isascii(),
         smtputf8=not all(a.isascii() for a in addresses),
         message_id=message_id,
+        dsn=intake.dsn,
     )
 
 
@@ -633,9 +685,9 @@ def apply_group_headers(
     mapper = _AddressMapper(plan.address_rewrites, None)
     out: list[HeaderField] = []
     from_done = False
+    # SPEC §4.5: the author's own Reply-To survives; ours goes in only when there is none.
+    add_reply_to = group.reply_to is not None and not any(f.key == "reply-to" for f in fields)
     for field in fields:
-        if group.reply_to is not None and field.key == "reply-to":
-            continue
         if field.key in QUALIFIED_HEADERS:
             change = {0: group.header_from} if group.header_from and field.key == "from" else None
             if field.key == "from" and from_done:
@@ -643,7 +695,8 @@ def apply_group_headers(
             field = _rewrite_addresses(field, change, mapper)
             from_done = from_done or field.key == "from"
         out.append(field)
-    if group.reply_to is not None:
+    if add_reply_to:
+        assert group.reply_to is not None
         out.append(_new_field("Reply-To", group.reply_to))
     header = b"".join(f.raw + CRLF for f in out)
     separator = CRLF if separated else b""

@@ -7,13 +7,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from ssmtp_mailer import errors, rewrite
+from ssmtp_mailer import errors, log, rewrite
 from ssmtp_mailer.config.model import Config
 from ssmtp_mailer.errors import (
     EX_NOPERM,
     EX_NOUSER,
     EX_OK,
-    EX_TEMPFAIL,
     CantCreateError,
     MailerError,
     NoUserError,
@@ -24,10 +23,6 @@ from ssmtp_mailer.message import PreparedMessage, apply_group_headers
 from ssmtp_mailer.relay import engine
 from ssmtp_mailer.typed import NamedTuple
 
-# Temporary outcomes rank below permanent ones: the permanent one is what the caller must fix.
-_TEMPORARY_CODES = frozenset({EX_TEMPFAIL})
-
-
 class GroupOutcome(NamedTuple):
     """What happened to one route group: delivered, queued or failed."""
 
@@ -35,6 +30,22 @@ class GroupOutcome(NamedTuple):
     result: engine.DeliveryResult | None = None
     queued_id: str | None = None
     error: MailerError | None = None
+    record: engine.DeliveryLog | None = None
+
+    def log(self, exit_code: int) -> None:
+        """Write this group's log line, now that the process's exit code is known."""
+        if self.record is None:
+            return
+        if self.result is not None:
+            self.record.sent(self.result, exit_code)
+        elif self.error is not None:
+            if self.queued_id is not None:
+                outcome = "queued"
+            elif isinstance(self.error, TempFailError):
+                outcome = "deferred"
+            else:
+                outcome = "failed"
+            self.record.not_sent(self.error, outcome, exit_code, self.queued_id)
 
 
 class SubmitResult(NamedTuple):
@@ -80,13 +91,14 @@ def handle_temporary_failure(
             smtputf8=prepared.smtputf8,
             eightbit=prepared.eightbit,
             error=error,
+            dsn=prepared.dsn,
         )
     except CantCreateError as exc:
         return GroupOutcome(group, error=exc)
     if entry_id is None:
         return GroupOutcome(group, error=error)
     report(spool.queued_note(entry_id, error))
-    return GroupOutcome(group, queued_id=entry_id)
+    return GroupOutcome(group, queued_id=entry_id, error=error)
 
 
 def handle_permanent_failure(
@@ -106,6 +118,7 @@ def handle_permanent_failure(
         error=error,
         smtputf8=prepared.smtputf8,
         eightbit=prepared.eightbit,
+        dsn=prepared.dsn,
     )
     return GroupOutcome(group, error=error)
 
@@ -136,8 +149,11 @@ def submit(
     transcript: Callable[[str], None] | None = None,
     report: Callable[[str], None] = errors.report,
     run_queue: bool = True,
+    retries: int = 0,
 ) -> SubmitResult:
     """Route, fix headers per group and deliver; each problem is reported as one line.
+
+    `retries`: the engine's quick retries, for the listener's workers only (SPEC §6).
 
     Errors about the whole message (sender refused by policy, no route) are raised. The
     prepared message's buffer is reused for the last group's headers: read it before, not after.
@@ -162,31 +178,39 @@ def submit(
         this = prepared
         if not prepared.smtputf8 and not all(a.isascii() for a in addresses):
             this = prepared._replace(smtputf8=True)
+        record = engine.DeliveryLog(config, group, data)
         try:
             result = engine.deliver(
                 config,
                 group,
                 data,
+                record=record,
                 smtputf8=this.smtputf8,
                 eightbit=this.eightbit,
+                dsn=this.dsn,
                 transcript=transcript,
+                rate_wait=config.global_.rate_limit_wait,
+                retries=retries,
             )
         except TempFailError as exc:
             outcome = handle_temporary_failure(config, group, data, this, exc, report)
         except MailerError as exc:
             outcome = handle_permanent_failure(config, group, data, this, exc)
         except Exception as exc:  # a bug must not cost the message: keep it in failed/
+            log.write_traceback(config, exc)
             error = SoftwareError(f"[domain:{group.route.name}]", f"{type(exc).__name__}: {exc}")
             outcome = handle_permanent_failure(config, group, data, this, error)
         else:
             outcome = GroupOutcome(group, result=result)
             refusals = _handle_refusals(config, group, data, this, result, problem, report)
             outcomes.extend(refusals)
-        if outcome.error is not None:
+        if outcome.error is not None and outcome.queued_id is None:
             for line in outcome.error.lines():
                 problem(line)
-        outcomes.append(outcome)
+        outcomes.append(outcome._replace(record=record))
     code = _exit_code(plan, outcomes)
+    for outcome in outcomes:
+        outcome.log(code)
     # The listener runs the queue itself (run_queue=False): one runner, not one per message.
     if run_queue and any(o.result is not None and o.result.accepted for o in outcomes):
         start_queue_runner(config)
@@ -217,7 +241,7 @@ def _handle_refusals(
         pending = group._replace(recipients=deferred)
         error = TempFailError(result.server, _replies(result, deferred))
         outcome = handle_temporary_failure(config, pending, data, prepared, error, report)
-        if outcome.error is not None:
+        if outcome.error is not None and outcome.queued_id is None:
             for line in outcome.error.lines():
                 problem(line)
         outcomes.append(outcome)
@@ -231,8 +255,9 @@ def _replies(result: engine.DeliveryResult, addresses: Sequence[str]) -> str:
 
 def _exit_code(plan: rewrite.Plan, outcomes: list[GroupOutcome]) -> int:
     """SPEC §9 for the whole message, given what happened to each group."""
-    errors = [o.error for o in outcomes if o.error is not None]
-    permanent = [e for e in errors if e.exit_code not in _TEMPORARY_CODES]
+    errors = [o.error for o in outcomes if o.error is not None and o.queued_id is None]
+    # Temporary outcomes rank below permanent ones: the permanent one is what to fix.
+    permanent = [e for e in errors if not isinstance(e, TempFailError)]
     if permanent:
         return permanent[0].exit_code
     if errors:

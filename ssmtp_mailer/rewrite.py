@@ -317,7 +317,8 @@ def _identity(
         account = recipient_mapping.smtp_account
         source = f"smtp_account of {_label(recipient_mapping)}"
     said = (
-        f"{sender} may not send through [domain:{route.name}]: envelope sender {account} ({source})"
+        f"envelope sender becomes {account} ({source}): [domain:{route.name}] sends as its"
+        f" own account, not as {sender}"
     )
     if demands_own_from(route):
         return (
@@ -325,8 +326,8 @@ def _identity(
             account,
             sender,
             (
-                f"{said}; From replaced by {account} and Reply-To set to {sender}"
-                f" ({route.smtp_server} refuses a foreign From)"
+                f"{said}; From replaced by {account} and Reply-To set to {sender} unless the"
+                f" message has one ({route.smtp_server} refuses a foreign From)"
             ),
         )
     return account, None, None, f"{said}; From kept (names the author), Reply-To untouched"

@@ -21,11 +21,11 @@ if TYPE_CHECKING:
     from ssmtp_mailer.message import PreparedMessage
 
 # Flags that take a value, attached (-fADDR) or as the next argument (-f ADDR).
-_WITH_VALUE = frozenset("fFrCXBOLhANRob")
+_WITH_VALUE = frozenset("fFrCXBOLhANRVob")
 # Flags whose value, if any, can only be attached (-q1h, -d0.1).
 _OPTIONAL_ATTACHED = frozenset("qd")
-_NO_VALUE = frozenset("tivVUGnm")
-_MODES = {"m": "deliver", "s": "smtp", "p": "list", "i": "newaliases"}
+_NO_VALUE = frozenset("tivUGnm")
+_MODES = {"m": "deliver", "s": "smtp", "p": "list", "i": "newaliases", "V": "version"}
 # Bytes asked of stdin per read while taking in a message.
 READ_SIZE = 256 * 1024
 
@@ -42,10 +42,13 @@ usage: sendmail [flags] [recipient ...]
   -bs           speak SMTP on stdin/stdout
   -bp           list the queue (as mailq)
   -bi           as newaliases: there is no aliases database (mappings live in the config)
+  -bV, --version  print the version
   -q            run the queue
-  -V            print the version
-Accepted and ignored: -B TYPE, -o*, -O OPT, -L TAG, -h N, -N DSN, -R RET, -n, -A X, -U, -G,
--m, -d*, --
+  -N DSN        delivery status notifications: never, or a list of success,failure,delay
+  -R RET        what a failure notice returns: full or hdrs
+  -V ENVID      the envelope id a notice quotes
+                (-N, -R and -V go to relays that offer DSN, RFC 3461; dropped otherwise)
+Accepted and ignored: -B TYPE, -o*, -O OPT, -L TAG, -h N, -n, -A X, -U, -G, -m, -d*, --
 """
 
 
@@ -55,6 +58,9 @@ class SendmailArgs:
     # A plain class, not a dataclass: `dataclasses` costs milliseconds on every sendmail run.
     __slots__ = (
         "config_path",
+        "dsn_envid",
+        "dsn_notify",
+        "dsn_ret",
         "extract_recipients",
         "force_queue",
         "full_name",
@@ -77,6 +83,9 @@ class SendmailArgs:
         self.transcript_file: str | None = None
         self.force_queue = False
         self.recipients: list[str] = []
+        self.dsn_notify: str | None = None
+        self.dsn_ret: str | None = None
+        self.dsn_envid: str | None = None
 
 
 def _apply(flag: str, value: str | None, parsed: SendmailArgs) -> None:
@@ -87,8 +96,12 @@ def _apply(flag: str, value: str | None, parsed: SendmailArgs) -> None:
         parsed.ignore_dots = True
     elif flag == "v":
         parsed.verbose = True
+    elif flag == "N":
+        parsed.dsn_notify = value
+    elif flag == "R":
+        parsed.dsn_ret = value
     elif flag == "V":
-        parsed.mode = "version"
+        parsed.dsn_envid = value
     elif flag in "fr":
         parsed.sender = value
     elif flag == "F":
@@ -115,7 +128,7 @@ def _apply(flag: str, value: str | None, parsed: SendmailArgs) -> None:
     elif flag == "q":
         parsed.mode = "queue"
         parsed.force_queue = value in ("", "f") or (value or "").startswith(("I", "R", "S"))
-    # B, L, h, A, N, R, n, U, G, m, d: accepted and ignored (SPEC §5).
+    # B, L, h, A, n, U, G, m, d: accepted and ignored (SPEC §5).
 
 
 def parse_args(args: Sequence[str]) -> SendmailArgs:
@@ -226,7 +239,7 @@ def read_message(stream: BinaryIO, *, dot_ends: bool, limit: int) -> bytearray:
                 return data
         if len(data) > limit:
             raise DataError("message", f"over max_message_size ({limit} octets)")
-    data += held
+    data += crlf_lines(held)
     return data
 
 
@@ -253,7 +266,7 @@ def submit_stdin(parsed: SendmailArgs, g: GlobalConfig | None, stream: BinaryIO)
 def _prepare_stdin(
     parsed: SendmailArgs, g: GlobalConfig | None, stream: BinaryIO
 ) -> PreparedMessage:
-    from ssmtp_mailer.message import Intake, prepare
+    from ssmtp_mailer.message import Intake, parse_dsn, prepare
 
     if g is None:
         from ssmtp_mailer.config.loader import _login_name, _system_hostname
@@ -264,6 +277,7 @@ def _prepare_stdin(
         default_from = f"{_login_name()}@{hostname}"
     else:
         hostname, default_from, limit = g.default_hostname, g.default_from, g.max_message_size
+    dsn = parse_dsn(parsed.dsn_notify, parsed.dsn_ret, parsed.dsn_envid)
     raw = read_message(stream, dot_ends=not parsed.ignore_dots, limit=limit)
     intake = Intake(
         recipients=tuple(parsed.recipients),
@@ -271,6 +285,7 @@ def _prepare_stdin(
         full_name=parsed.full_name,
         extract_recipients=parsed.extract_recipients,
         dot_ends_input=not parsed.ignore_dots,
+        dsn=dsn,
     )
     prepared = prepare(raw, intake, hostname=hostname, default_from=default_from, max_size=limit)
     del raw

@@ -27,6 +27,7 @@ from typing import Any
 
 from ssmtp_mailer.config.model import Config, TempFailurePolicy
 from ssmtp_mailer.errors import (
+    EX_OK,
     EX_TEMPFAIL,
     CantCreateError,
     ConfigError,
@@ -38,6 +39,7 @@ from ssmtp_mailer.errors import (
     TempFailError,
     UsageError,
 )
+from ssmtp_mailer.message import Dsn
 from ssmtp_mailer.rewrite import RouteGroup
 
 if sys.version_info >= (3, 11):
@@ -100,6 +102,7 @@ class Entry:
     origin: str | None = None
     size: int = 0
     area: str = QUEUE
+    dsn: Dsn | None = None
 
     @property
     def last_error(self) -> str:
@@ -313,6 +316,8 @@ def _encode(entry: Entry) -> bytes:
     doc.update({k: v for k, v in optional.items() if v is not None})
     if entry.replies:
         doc["replies"] = dict(entry.replies)
+    if entry.dsn is not None:
+        doc["dsn"] = {k: v for k, v in entry.dsn._asdict().items() if v is not None}
     doc["attempts"] = [{"time": a.time, "reply": a.reply} for a in entry.attempts]
     return tomli_w.dumps(doc).encode("utf-8")
 
@@ -347,6 +352,7 @@ def _decode(text: bytes, *, area: str, size: int) -> Entry:
         origin=doc.get("origin"),
         size=size,
         area=area,
+        dsn=Dsn(**{k: str(v) for k, v in doc["dsn"].items()}) if "dsn" in doc else None,
     )
 
 
@@ -407,6 +413,7 @@ def _store(
     smtputf8: bool,
     eightbit: bool,
     reason: str,
+    dsn: Dsn | None = None,
 ) -> str:
     """Write a new entry for `group` into `area`, durably; CantCreateError (73) if impossible."""
     directory = ensure_spool(config) / area
@@ -420,6 +427,7 @@ def _store(
             route=group.route.name,
             smtputf8=smtputf8,
             eightbit=eightbit,
+            dsn=dsn,
             created=now,
             queued=now,
             next_attempt=now if failed else now + dt.timedelta(seconds=backoff(1)),
@@ -444,9 +452,12 @@ def enqueue(
     smtputf8: bool,
     eightbit: bool,
     reason: str,
+    dsn: Dsn | None = None,
 ) -> str:
     """Queue the message for `group`; durable on return. CantCreateError (73) if impossible."""
-    return _store(config, QUEUE, group, data, smtputf8=smtputf8, eightbit=eightbit, reason=reason)
+    return _store(
+        config, QUEUE, group, data, smtputf8=smtputf8, eightbit=eightbit, reason=reason, dsn=dsn
+    )
 
 
 def store_failed(
@@ -457,9 +468,12 @@ def store_failed(
     reason: str,
     smtputf8: bool = False,
     eightbit: bool = False,
+    dsn: Dsn | None = None,
 ) -> str:
     """Keep a copy of a message that failed permanently, with the reason, in `failed/`."""
-    return _store(config, FAILED, group, data, smtputf8=smtputf8, eightbit=eightbit, reason=reason)
+    return _store(
+        config, FAILED, group, data, smtputf8=smtputf8, eightbit=eightbit, reason=reason, dsn=dsn
+    )
 
 
 def error_reason(error: MailerError) -> str:
@@ -474,6 +488,7 @@ def handle_temporary_failure(
     smtputf8: bool,
     eightbit: bool,
     error: TempFailError,
+    dsn: Dsn | None = None,
 ) -> str | None:
     """SPEC §7 for a temporary failure: the queue id (exit 0), or None when the policy is `fail`.
 
@@ -483,7 +498,13 @@ def handle_temporary_failure(
     if config.global_.on_temporary_failure != TempFailurePolicy.QUEUE:
         return None
     return enqueue(
-        config, group, data, smtputf8=smtputf8, eightbit=eightbit, reason=error_reason(error)
+        config,
+        group,
+        data,
+        smtputf8=smtputf8,
+        eightbit=eightbit,
+        reason=error_reason(error),
+        dsn=dsn,
     )
 
 
@@ -500,6 +521,7 @@ def handle_permanent_failure(
     error: MailerError,
     smtputf8: bool = False,
     eightbit: bool = False,
+    dsn: Dsn | None = None,
 ) -> str | None:
     """SPEC §7 for a permanent failure: keep a copy in `failed/`; the caller still exits non-zero.
 
@@ -508,7 +530,13 @@ def handle_permanent_failure(
     """
     try:
         return store_failed(
-            config, group, data, reason=error_reason(error), smtputf8=smtputf8, eightbit=eightbit
+            config,
+            group,
+            data,
+            reason=error_reason(error),
+            smtputf8=smtputf8,
+            eightbit=eightbit,
+            dsn=dsn,
         )
     except CantCreateError:
         return None
@@ -890,7 +918,7 @@ def _read_fd(fd: int) -> bytes:
 
 
 def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _Run) -> None:
-    from ssmtp_mailer.relay.engine import deliver
+    from ssmtp_mailer.relay.engine import DeliveryLog, deliver
 
     route = config.domains.get(entry.route)
     if route is None:
@@ -910,16 +938,28 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         header_from=entry.header_from,
         reply_to=entry.reply_to,
     )
+    record = DeliveryLog(config, group, data)
     try:
-        result = deliver(config, group, data, smtputf8=entry.smtputf8, eightbit=entry.eightbit)
+        result = deliver(
+            config,
+            group,
+            data,
+            record=record,
+            smtputf8=entry.smtputf8,
+            eightbit=entry.eightbit,
+            dsn=entry.dsn,
+        )
     except _TRANSIENT as exc:
         _defer(queue_dir, entry, entry.recipients, error_reason(exc), now)
+        record.not_sent(exc, "deferred", EX_OK, entry.id)
         run.deferred.append(entry.id)
         return
     except MailerError as exc:
         _fail_entry(config, queue_dir, entry, data, entry.recipients, error_reason(exc), {}, run)
+        record.not_sent(exc, "failed", EX_OK, entry.id)
         run.failed.append(entry.id)
         return
+    record.sent(result, EX_OK)
     permanent = {r: f"{c} {m}" for r, (c, m) in result.refused.items() if c >= 500}
     pending = tuple(r for r in entry.recipients if r in result.refused and r not in permanent)
     if permanent:
@@ -974,9 +1014,12 @@ def _fail_entry(
     """Copy the entry (for `recipients`) into `failed/`, bounce it; drop it unless `keep`."""
     failed_dir = ensure_spool(config) / FAILED
     now = _now()
+    # SPEC §7: the id stays; only a second failed copy of one entry (some recipients
+    # failed earlier) needs an id of its own, and `origin` names the entry either way.
+    taken = (failed_dir / f"{entry.id}{ENVELOPE_SUFFIX}").exists()
     copy = replace(
         entry,
-        id=_fresh_id(failed_dir),
+        id=_fresh_id(failed_dir) if taken else entry.id,
         recipients=recipients,
         attempts=(*entry.attempts, Attempt(now, reason)),
         reason=reason,
@@ -1001,7 +1044,7 @@ def _bounce(config: Config, failed: Entry, data: bytes) -> bool:
     """Tell the sender, with a null envelope sender (never a bounce for a bounce)."""
     if not config.global_.bounce or not failed.sender:
         return False
-    from ssmtp_mailer.relay.engine import deliver
+    from ssmtp_mailer.relay.engine import DeliveryLog, deliver
     from ssmtp_mailer.rewrite import plan_delivery
 
     notice = build_bounce(config, failed, data)
@@ -1011,10 +1054,12 @@ def _bounce(config: Config, failed: Entry, data: bytes) -> bool:
         return False
     sent = False
     for group in plan.groups:
+        record = DeliveryLog(config, group, notice)
         try:
-            deliver(config, group, notice)
+            record.sent(deliver(config, group, notice, record=record), EX_OK)
             sent = True
         except TempFailError as exc:
+            record.not_sent(exc, "queued", EX_OK)
             # The notice must not be lost either; it is an ordinary entry from here on.
             with contextlib.suppress(CantCreateError):
                 enqueue(
@@ -1027,6 +1072,7 @@ def _bounce(config: Config, failed: Entry, data: bytes) -> bool:
                 )
                 sent = True
         except MailerError as exc:
+            record.not_sent(exc, "failed", EX_OK)
             with contextlib.suppress(CantCreateError):
                 store_failed(config, group, notice, reason=error_reason(exc))
     return sent

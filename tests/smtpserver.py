@@ -760,10 +760,15 @@ class SMTPTestServer:
 
     async def _disconnect_all(self) -> None:
         for protocol in list(self._live):
-            if isinstance(protocol.transport, asyncio.Transport):
-                protocol.transport.abort()
-            elif protocol.transport is not None:
-                protocol.transport.close()
+            transport = protocol.transport
+            if transport is None or transport.is_closing():
+                # Already on its way out. Python 3.11.2 (Debian 12's) raises when a TLS
+                # transport that has already closed is aborted; 3.11.7 checks first.
+                continue
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()
+            else:
+                transport.close()
         deadline = time.monotonic() + 5
         while self._live and time.monotonic() < deadline:
             await asyncio.sleep(0.01)

@@ -1,13 +1,15 @@
 """The relay engine and `ssmtp-mailer test` against a real Postfix + Dovecot SASL relay.
 
 The relay comes from tests/integration/relay-setup.sh ($RELAY_DIR/relay.env). When it is
-not running, this module starts it itself as root, and is skipped otherwise.
+not running, this module starts it itself as root, and is skipped otherwise; under
+CI=true as root a relay that cannot start fails the run instead.
 Messages are sent with `engine.deliver` and with the installed `ssmtp-mailer test --to`
 (the `send`/`sendmail` pipeline is exercised by its own tests).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import socket
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).parent
 SETUP = HERE / "integration" / "relay-setup.sh"
+RELAY_LOCK = os.environ.get("RELAY_LOCK", "/tmp/ssmtp-mailer-relay.lock")
 # Dovecot delays every failed login (auth_failure_delay) and, after failures, every
 # login from the same address (auth penalty): the wrong-password tests slow the others.
 SLOW_AUTH = {"read_timeout": 30}
@@ -50,21 +53,45 @@ def _listening(port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def relay() -> dict[str, str]:
-    """relay.env of a running relay (started here when possible)."""
-    env_file = Path(os.environ.get("RELAY_DIR", "/tmp/ssmtp-mailer-relay")) / "relay.env"
+def _unavailable(why: str) -> None:
+    """Skip, except where the tier must run: under CI as root a missing relay fails the run."""
+    if os.environ.get("CI") == "true" and os.geteuid() == 0:
+        pytest.fail(f"integration tier cannot start under CI: {why}", pytrace=False)
+    pytest.skip(why)
+
+
+def _running_env(env_file: Path) -> dict[str, str] | None:
     if env_file.exists():
         env = _read_env(env_file)
         if _listening(int(env["RELAY_SUBMISSION_PORT"])):
             return env
-    if os.geteuid() != 0:
-        pytest.skip("the Postfix relay is not running and starting it needs root"
-                    " (run tests/integration/relay-setup.sh)")  # fmt: skip
-    done = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=600)
-    if done.returncode != 0 or not env_file.exists():
-        pytest.skip(f"relay-setup.sh failed ({done.returncode}): {done.stderr[-500:]}")
-    return _read_env(env_file)
+    return None
+
+
+@pytest.fixture(scope="module")
+def relay() -> Iterator[dict[str, str]]:
+    """relay.env of a running relay (started here when possible), held against restarts.
+
+    relay-setup.sh and relay-stop.sh take RELAY_LOCK exclusively; a module using the
+    relay holds it shared, so another run's set-up or stop waits until these tests end.
+    """
+    env_file = Path(os.environ.get("RELAY_DIR", "/tmp/ssmtp-mailer-relay")) / "relay.env"
+    if _running_env(env_file) is None:
+        if os.geteuid() != 0:
+            _unavailable(
+                "the Postfix relay is not running and starting it needs root"
+                " (run tests/integration/relay-setup.sh)"
+            )
+        done = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=600)
+        if done.returncode != 0 or not env_file.exists():
+            _unavailable(f"relay-setup.sh failed ({done.returncode}): {done.stderr[-500:]}")
+    with open(RELAY_LOCK, "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        env = _running_env(env_file)
+        if env is None:
+            _unavailable("the Postfix relay stopped while the tests were starting")
+        assert env is not None
+        yield env
 
 
 @pytest.fixture

@@ -20,13 +20,14 @@ from ssmtp_mailer.config.model import Config
 from ssmtp_mailer.errors import (
     ConfigError,
     DataError,
+    MailerError,
     NoPermError,
     NoUserError,
     ProtocolError,
     TempFailError,
 )
 from ssmtp_mailer.relay import ratelimit
-from ssmtp_mailer.relay.engine import DeliveryResult, deliver
+from ssmtp_mailer.relay.engine import DeliveryLog, DeliveryResult, deliver
 from ssmtp_mailer.rewrite import RouteGroup
 
 Factory = Callable[..., SMTPTestServer]
@@ -105,8 +106,16 @@ def send(
     name: str = "example.com",
     **kwargs: Any,
 ) -> DeliveryResult:
+    """Deliver one group as the pipeline does, log line included."""
     group = RouteGroup(route=config.domains[name], envelope_from=sender, recipients=recipients)
-    return deliver(config, group, data, **kwargs)
+    record = DeliveryLog(config, group, data)
+    try:
+        result = deliver(config, group, data, record=record, **kwargs)
+    except MailerError as exc:
+        record.not_sent(exc, "failed", exc.exit_code)
+        raise
+    record.sent(result, 0)
+    return result
 
 
 @pytest.fixture(autouse=True)

@@ -75,7 +75,7 @@ def test_temporary_failures_are_retried(smtp_server_factory: Factory, tmp_path: 
     config = make_config(tmp_path, server, global_={"max_retries": 2, "retry_backoff": 0})
     lines: list[str] = []
     with pytest.raises(TempFailError) as info:
-        send(config, transcript=lines.append)
+        send(config, transcript=lines.append, retries=2)  # as the listener's workers do
     assert server.connections == 3
     assert "3 attempts" in info.value.why and "451" in info.value.why
     assert sum(line.startswith("* retry") for line in lines) == 2
@@ -89,7 +89,7 @@ def test_retry_succeeds_when_the_fault_clears(smtp_server_factory: Factory, tmp_
         if line.startswith("* retry"):
             server.fault = None  # the relay recovers during the backoff
 
-    result = send(config, transcript=transcript)
+    result = send(config, transcript=transcript, retries=1)
     assert result.attempts == 2
     assert len(server.messages) == 1
 
@@ -182,7 +182,7 @@ def test_fallback_gets_the_message_when_the_primary_is_down(
         tmp_path, smtp_server="127.0.0.1", smtp_port=closed_port(),
         fallback_servers=[f"127.0.0.1:{smtp_server.port}"], global_={"max_retries": 1},
     )  # fmt: skip
-    result = send(config)
+    result = send(config, retries=1)
     assert result.server == f"127.0.0.1:{smtp_server.port}"
     assert result.attempts == 3
     assert len(smtp_server.messages) == 1

@@ -208,8 +208,9 @@ def test_data_errors_are_65(config: Path, smtp_server: SMTPTestServer, sendmail:
 
 
 def test_version(sendmail: Run) -> None:
-    code, out, _ = sendmail(["-V"])
-    assert code == 0 and __version__ in out
+    for args in (["-bV"], ["--version"]):
+        code, out, _ = sendmail(args)
+        assert code == 0 and __version__ in out
 
 
 def test_verbose_prints_transcript(
@@ -502,8 +503,8 @@ def _read(pieces: list[bytes], *, dot_ends: bool = True, limit: int = 1000) -> b
 def test_read_message_across_piece_boundaries() -> None:
     # CR and LF of one line ending in different pieces stay one CRLF.
     assert _read([b"a\r", b"\nb\n"]) == b"a\r\nb\r\n"
-    # A bare CR is content, also at the very end.
-    assert _read([b"a\rb\n", b"c\r"]) == b"a\rb\r\nc\r"
+    # A bare CR ends a line (RFC 5321 §2.3.8), also at the very end.
+    assert _read([b"a\rb\n", b"c\r"]) == b"a\r\nb\r\nc\r\n"
     # The lone dot split over pieces still ends the input, and nothing after it is read.
     assert _read([b"a\n", b".", b"\n", b"never\n"]) == b"a\r\n"
     assert _read([b"a\n.\r", b"\nnever\n"]) == b"a\r\n"

@@ -22,7 +22,7 @@ from ssmtp_mailer import spool
 from ssmtp_mailer.config.loader import load_config
 from ssmtp_mailer.config.model import Config, DomainConfig
 from ssmtp_mailer.errors import CantCreateError, TempFailError, UnavailableError
-from ssmtp_mailer.relay.engine import deliver
+from ssmtp_mailer.relay.engine import DeliveryLog, deliver
 from ssmtp_mailer.rewrite import RouteGroup, plan_delivery
 
 SENDER = "app@test.example"
@@ -133,7 +133,7 @@ def test_outage_queues_and_recovery_delivers_each_exactly_once(
     for n in range(5):
         group, data = group_for(down), message(n)
         with pytest.raises(TempFailError) as failure:
-            deliver(down, group, data)
+            deliver(down, group, data, record=DeliveryLog(down, group, data))
         entry_id = spool.handle_temporary_failure(
             down, group, data, smtputf8=False, eightbit=False, error=failure.value
         )

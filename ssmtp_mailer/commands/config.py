@@ -9,7 +9,7 @@ import click
 
 from ssmtp_mailer.commands.common import common_options, json_option, load, print_json, settings
 from ssmtp_mailer.config.model import AuthMethod, Config
-from ssmtp_mailer.errors import EX_CONFIG, ConfigError
+from ssmtp_mailer.errors import EX_CONFIG, ConfigError, MailerError
 
 
 @click.group("config")
@@ -31,7 +31,9 @@ def secret_problems(config: Config, *, resolve: bool) -> list[str]:
         if not resolve or not domain.enabled:
             continue
         try:
-            if domain.auth_method == AuthMethod.XOAUTH2:
+            if domain.auth_method == AuthMethod.XOAUTH2 or (
+                domain.auth_method == AuthMethod.AUTO and domain.oauth2_token_command
+            ):
                 secrets.resolve_oauth2_token(domain)
             elif (
                 domain.auth_method != AuthMethod.NONE
@@ -44,7 +46,7 @@ def secret_problems(config: Config, *, resolve: bool) -> list[str]:
                     f" {domain.username} (no password, password_command or keyring entry;"
                     f" run: ssmtp-mailer password set {domain.name})"
                 )
-        except ConfigError as exc:
+        except MailerError as exc:
             problems.append(f"{domain.location}: {exc.what}: {exc.why}")
     return problems
 
@@ -68,6 +70,7 @@ def check(as_json: bool, strict: bool, check_secrets: bool) -> int:
         config = load(strict=strict)
     except ConfigError as exc:
         errors = exc.problems or [f"{exc.what}: {exc.why}"]
+        warnings = exc.warnings
     if config is not None:
         warnings = list(config.warnings)
         errors = secret_problems(config, resolve=check_secrets)

@@ -52,8 +52,11 @@ def delete_password(name: str) -> int:
     """Remove NAME's password from the keyring."""
     key = _route_name(name)
     if not secrets.keyring_delete(key):
-        click.echo(f"ssmtp-mailer: [domain:{key}]: no password in the keyring", err=True)
-        return 1
+        raise UsageError(
+            f"password delete {key}",
+            "no password stored in the keyring under this name",
+            hint="the name is the route's, as in [domain:NAME]",
+        )
     click.echo(f"deleted the password for [domain:{key}] from the keyring")
     return 0
 

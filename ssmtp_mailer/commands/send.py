@@ -302,6 +302,8 @@ def send_command(
         *_check_addresses("--cc", cc, hostname),
         *_check_addresses("--bcc", bcc, hostname),
     ]
+    if not recipients:
+        raise UsageError("send", "no recipients", hint="give --to (or --cc, --bcc)")
     request = SendRequest(
         sender=sender,
         to=to,

@@ -21,14 +21,14 @@ class _RawArgsCommand(click.Command):
     context_settings={
         "ignore_unknown_options": True,
         "allow_extra_args": True,
-        # -h is sendmail's hop count, not help.
-        "help_option_names": ["--help"],
+        # -h is sendmail's hop count, and --help and -? print sendmail's own flags.
+        "help_option_names": [],
     },
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def sendmail_command(ctx: click.Context, args: tuple[str, ...]) -> int:
-    """Behave as sendmail (`ssmtp-mailer sendmail -t -i < message`); see `sendmail -?`."""
+    """Behave as sendmail (`ssmtp-mailer sendmail -t -i < message`); --help lists its flags."""
     from ssmtp_mailer.sendmail import run_sendmail
 
     raw: list[str] = ctx.meta.get("sendmail_args", list(args))

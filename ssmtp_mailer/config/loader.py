@@ -51,6 +51,7 @@ GLOBAL_KEYS: dict[str, Parser] = {
     "write_timeout": v.parse_positive,
     "enable_rate_limiting": v.parse_bool,
     "rate_limit_per_minute": v.parse_positive,
+    "rate_limit_wait": v.parse_seconds,
     "max_retries": v.parse_count,
     "retry_backoff": v.parse_seconds,
     "on_temporary_failure": v.enum_parser(TempFailurePolicy),
@@ -257,7 +258,9 @@ def _load_config_file(main_file: Path, strict: bool) -> Config:
     config = _build_sections(main_file, gconf, sections, files, report, strict)
     if report.errors:
         _raise_unreadable(report, gconf)
-        raise ConfigError("configuration", "invalid", problems=report.errors)
+        raise ConfigError(
+            "configuration", "invalid", problems=report.errors, warnings=report.warnings
+        )
     if use_cache and len(read) == len(files):
         found_sections = cache.Sections(
             config.domains, config.users, config.mappings, config.warnings[earlier_warnings:]

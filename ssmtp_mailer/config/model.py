@@ -74,6 +74,7 @@ class GlobalConfig(NamedTuple):
     write_timeout: int = 60
     enable_rate_limiting: bool = True
     rate_limit_per_minute: int = 100
+    rate_limit_wait: int = 2
     max_retries: int = 3
     retry_backoff: int = 2
     on_temporary_failure: TempFailurePolicy = TempFailurePolicy.QUEUE

@@ -7,10 +7,12 @@ import types
 from pathlib import Path
 
 from ssmtp_mailer.config.model import DomainConfig
-from ssmtp_mailer.errors import ConfigError
+from ssmtp_mailer.errors import ConfigError, TempFailError
 
 KEYRING_SERVICE = "ssmtp-mailer"
-COMMAND_TIMEOUT = 30
+# A secret command that has not answered by then (a vault that is down, a prompt with no
+# terminal) is a temporary failure: the message is queued, not held or failed.
+COMMAND_TIMEOUT = 10
 
 
 def secret_file_problem(path: Path) -> str | None:
@@ -53,7 +55,11 @@ def run_secret_command(command: str, what: str) -> str:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise ConfigError(what, f"command did not finish within {COMMAND_TIMEOUT} s") from None
+        raise TempFailError(
+            what,
+            f"command did not finish within {COMMAND_TIMEOUT} s",
+            hint="the message is kept for a later queue run; check the command by hand",
+        ) from None
     except OSError as exc:
         raise ConfigError(what, f"command could not run: {exc.strerror}") from None
     if done.returncode != 0:

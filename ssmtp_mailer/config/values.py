@@ -8,6 +8,7 @@ from enum import Enum
 
 from ssmtp_mailer.config.ini import unquote
 from ssmtp_mailer.config.model import HostPort
+from ssmtp_mailer.errors import shorten
 from ssmtp_mailer.typed import TypeVar
 
 E = TypeVar("E", bound=Enum)
@@ -33,7 +34,7 @@ def parse_bool(text: str) -> bool:
         return True
     if word in _FALSE:
         return False
-    raise ValueError(f"expected true/false, yes/no, on/off or 1/0, got {text!r}")
+    raise ValueError(f"expected true/false, yes/no, on/off or 1/0, got {shorten(text)}")
 
 
 def int_parser(
@@ -43,7 +44,7 @@ def int_parser(
         try:
             value = int(unquote(text), 10)
         except ValueError:
-            raise ValueError(f"expected {what}, got {text!r}") from None
+            raise ValueError(f"expected {what}, got {shorten(text)}") from None
         if value < low or (high is not None and value > high):
             limit = f"{low}-{high}" if high is not None else f">= {low}"
             raise ValueError(f"expected {what} ({limit}), got {value}")
@@ -67,9 +68,9 @@ def parse_list(text: str) -> tuple[str, ...]:
         try:
             items = json.loads(text)
         except ValueError:
-            raise ValueError(f'expected a list like ["a", "b"], got {text!r}') from None
+            raise ValueError(f'expected a list like ["a", "b"], got {shorten(text)}') from None
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise ValueError(f"expected a list of strings, got {text!r}")
+            raise ValueError(f"expected a list of strings, got {shorten(text)}")
         return tuple(i.strip() for i in items if i.strip())
     return tuple(unquote(part.strip()) for part in text.split(",") if part.strip())
 
@@ -84,7 +85,7 @@ def enum_parser(kind: type[E], *, upper: bool = False) -> Callable[[str], E]:
         if member is not None:
             return member
         allowed = ", ".join(str(m.value) for m in kind)
-        raise ValueError(f"expected one of {allowed}, got {text!r}")
+        raise ValueError(f"expected one of {allowed}, got {shorten(text)}")
 
     return parse
 
@@ -102,7 +103,7 @@ def parse_hostname(text: str) -> str:
         ipaddress.ip_address(host)
         return host
     except ValueError:
-        raise ValueError(f"expected a host name or IP address, got {text!r}") from None
+        raise ValueError(f"expected a host name or IP address, got {shorten(text)}") from None
 
 
 def parse_hostport(text: str) -> HostPort:
@@ -112,7 +113,7 @@ def parse_hostport(text: str) -> HostPort:
         host, _, rest = text[1:].partition("]")
         port_text = rest[1:] if rest.startswith(":") else ""
         if rest and not rest.startswith(":"):
-            raise ValueError(f"expected [address]:port, got {text!r}")
+            raise ValueError(f"expected [address]:port, got {shorten(text)}")
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
     else:
@@ -138,7 +139,7 @@ def parse_networks(text: str) -> tuple[str, ...]:
         try:
             out.append(str(ipaddress.ip_network(item, strict=False)))
         except ValueError:
-            raise ValueError(f"expected networks like 127.0.0.0/8, got {item!r}") from None
+            raise ValueError(f"expected networks like 127.0.0.0/8, got {shorten(item)}") from None
     return tuple(out)
 
 
@@ -150,7 +151,7 @@ def parse_ip_list(text: str) -> tuple[str, ...]:
         try:
             out.append(str(ipaddress.ip_address(item)))
         except ValueError:
-            raise ValueError(f"expected IP addresses, got {item!r}") from None
+            raise ValueError(f"expected IP addresses, got {shorten(item)}") from None
     return tuple(out)
 
 
@@ -159,7 +160,7 @@ def parse_log_level(text: str) -> str:
     if level == "WARN":
         level = "WARNING"
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-        raise ValueError(f"expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {text!r}")
+        raise ValueError(f"expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {shorten(text)}")
     return level
 
 
@@ -169,7 +170,7 @@ def parse_fingerprint(text: str) -> str:
     if digits.startswith("sha256/") or digits.startswith("sha256:"):
         digits = digits[7:]
     if not re.fullmatch(r"[0-9a-f]{64}", digits):
-        raise ValueError(f"expected a SHA-256 fingerprint (64 hex digits), got {text!r}")
+        raise ValueError(f"expected a SHA-256 fingerprint (64 hex digits), got {shorten(text)}")
     return digits
 
 
@@ -177,9 +178,9 @@ def parse_address(text: str) -> str:
     """A plain mailbox `local@domain` (or a bare local name), no display name."""
     value = unquote(text)
     if not _NOT_IN_ADDRESS.isdisjoint(value) or value.count("@") > 1 or value.endswith("@"):
-        raise ValueError(f"expected an address like user@example.com, got {text!r}")
+        raise ValueError(f"expected an address like user@example.com, got {shorten(text)}")
     if value.startswith("@"):
-        raise ValueError(f"expected an address like user@example.com, got {text!r}")
+        raise ValueError(f"expected an address like user@example.com, got {shorten(text)}")
     return value
 
 

@@ -348,11 +348,16 @@ def _send_test(
     data = sample_message(config, route, sender, to)
     group = RouteGroup(route=route, envelope_from=sender, recipients=(to,))
     smtputf8 = not (to.isascii() and sender.isascii())
+    record = engine.DeliveryLog(config, group, data)
     try:
-        result = engine.deliver(config, group, data, smtputf8=smtputf8, transcript=transcript)
+        result = engine.deliver(
+            config, group, data, record=record, smtputf8=smtputf8, transcript=transcript
+        )
     except MailerError as exc:
         report.fail("test message", exc)
+        record.not_sent(exc, "failed", report.exit_code)
         return
+    record.sent(result, EX_UNAVAILABLE if result.refused else 0)
     if result.refused:
         code, text = result.refused[to]
         report.add(Step("test message", False, f"<{to}> refused: {code} {text}"))

@@ -1,6 +1,8 @@
-"""Hand a routed message to its relay (SPEC §6): retries, fallbacks, rate limit, logging.
+"""Hand a routed message to its relay (SPEC §6): fallbacks, quick retries, rate limit.
 
-Used identically by `sendmail`, `send`, the queue runner and the listener.
+Used identically by `sendmail`, `send`, the queue runner and the listener. The caller
+knows the outcome (queued, failed, the process's exit code), so the caller writes the
+message's log line from the `DeliveryLog` the engine filled in.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Callable
 
 from ssmtp_mailer import log
 from ssmtp_mailer.config.model import AuthMethod, Config, DeliveryMode, DomainConfig, HostPort
-from ssmtp_mailer.errors import ConfigError, MailerError, TempFailError
+from ssmtp_mailer.errors import ConfigError, MailerError, NoHostError, TempFailError
 from ssmtp_mailer.relay import ratelimit
 from ssmtp_mailer.relay.smtp import (
     Endpoint,
@@ -20,6 +22,7 @@ from ssmtp_mailer.relay.smtp import (
     Transaction,
     endpoint_for,
 )
+from ssmtp_mailer.message import Dsn
 from ssmtp_mailer.rewrite import RouteGroup
 from ssmtp_mailer.typed import NamedTuple
 
@@ -134,7 +137,7 @@ def warn_unverified(config: Config, route: DomainConfig) -> None:
         log.write(config, "WARNING", text)
 
 
-def _rate_limit(config: Config, route: DomainConfig) -> None:
+def _rate_limit(config: Config, route: DomainConfig, max_wait: float | None) -> None:
     g = config.global_
     if not g.enable_rate_limiting:
         return
@@ -143,7 +146,7 @@ def _rate_limit(config: Config, route: DomainConfig) -> None:
         (f"route-{route.name}", route.rate_limit_per_minute),
     ]
     try:
-        ratelimit.acquire(ratelimit.state_dir_for(g.spool_dir), limits)
+        ratelimit.acquire(ratelimit.state_dir_for(g.spool_dir), limits, max_wait=max_wait)
     except OSError as exc:
         # The limit protects the relay account; it must never cost a message.
         log.write(config, "WARNING", f"rate limit state not usable ({exc}); sending unthrottled")
@@ -154,24 +157,28 @@ def deliver(
     group: RouteGroup,
     data: bytes | bytearray,
     *,
+    record: DeliveryLog,
     smtputf8: bool = False,
     eightbit: bool = False,
+    dsn: Dsn | None = None,
     transcript: Callable[[str], None] | None = None,
+    retries: int = 0,
+    rate_wait: float | None = None,
 ) -> DeliveryResult:
-    """One SMTP transaction for the group; raises a MailerError with the SPEC §9 code."""
+    """One SMTP transaction for the group; raises a MailerError with the SPEC §9 code.
+
+    Each server is tried once, `retries` more times on the primary with `retry_backoff`
+    doubling in between (the listener's workers); a sendmail caller passes none, so an
+    outage costs it at most connection_timeout per server (SPEC §6). `rate_wait` bounds
+    the wait for a rate-limit slot; None waits as long as the limit needs (the runner).
+    """
     route = group.route
-    record = _Record(config, group, data)
-    try:
-        check_mode(route)
-        servers = servers_of(route)
-        warn_unverified(config, route)
-        _rate_limit(config, route)
-        result = _deliver(config, group, data, servers, record, smtputf8, eightbit, transcript)
-    except MailerError as exc:
-        record.finish_failed(exc)
-        raise
-    record.finish(result)
-    return result
+    check_mode(route)
+    servers = servers_of(route)
+    warn_unverified(config, route)
+    _rate_limit(config, route, rate_wait)
+    flags = _Flags(smtputf8, eightbit, dsn)
+    return _deliver(config, group, data, servers, record, flags, transcript, retries)
 
 
 def _deliver(
@@ -179,10 +186,10 @@ def _deliver(
     group: RouteGroup,
     data: bytes | bytearray,
     servers: list[HostPort],
-    record: _Record,
-    smtputf8: bool,
-    eightbit: bool,
+    record: DeliveryLog,
+    flags: _Flags,
     transcript: Transcript | None,
+    retries: int,
 ) -> DeliveryResult:
     route = group.route
     g = config.global_
@@ -192,22 +199,16 @@ def _deliver(
     for index, server in enumerate(servers):
         endpoint = make_endpoint(config, route, server)
         record.relay = endpoint.label
-        # Retries with backoff on the primary; each fallback gets one attempt, so a dead
-        # primary costs the sender at most the backoff series before the fallbacks.
-        tries = 1 + g.max_retries if index == 0 else 1
+        tries = 1 + retries if index == 0 else 1
         for attempt in range(tries):
             if attempt:
                 delay = g.retry_backoff * 2 ** (attempt - 1)
                 if transcript is not None:
-                    transcript(
-                        f"* retry {attempt} of {g.max_retries} at {endpoint.label} in {delay} s"
-                    )
+                    transcript(f"* retry {attempt} of {retries} at {endpoint.label} in {delay} s")
                 time.sleep(delay)
             attempts += 1
             try:
-                result = _attempt(
-                    endpoint, group, data, credentials, smtputf8, eightbit, transcript
-                )
+                result = _attempt(endpoint, group, data, credentials, flags, transcript, record)
             except RelayFailure as failure:
                 failures.append((endpoint.label, failure))
                 log.write(
@@ -233,18 +234,36 @@ def _deliver(
     raise _exhausted(route, failures, attempts)
 
 
+class _Flags(NamedTuple):
+    """What the message asks of every transaction that carries it."""
+
+    smtputf8: bool
+    eightbit: bool
+    dsn: Dsn | None
+
+
 def _exhausted(
     route: DomainConfig, failures: list[tuple[str, RelayFailure]], attempts: int
 ) -> MailerError:
-    """The error once every server failed: temporary if any was, else the first one's."""
+    """The error once every server failed: temporary if any was, else the first one's.
+
+    When no server's name resolved, the error says so (EX_NOHOST under
+    `on_temporary_failure = fail`); it is still temporary: an offline laptop or a DNS
+    blip must not need a manual retry-failed.
+    """
     if not any(f.temporary for _, f in failures):
+        return failures[0][1].error
+    if len(failures) == 1:
         return failures[0][1].error
     last: dict[str, RelayFailure] = {}
     for label, failure in failures:
         last[label] = failure
     why = "; ".join(f"{label}: {f.error.why}" for label, f in last.items())
     hint = next((f.error.hint for f in reversed(list(last.values())) if f.error.hint), None)
-    return TempFailError(
+    kind = TempFailError
+    if all(isinstance(f.error, NoHostError) for f in last.values()):
+        kind = NoHostError
+    return kind(
         f"[domain:{route.name}]",
         f"temporary failure after {attempts} attempt{'s' if attempts != 1 else ''}: {why}",
         hint=hint,
@@ -256,9 +275,9 @@ def _attempt(
     group: RouteGroup,
     data: bytes | bytearray,
     credentials: Credentials,
-    smtputf8: bool,
-    eightbit: bool,
+    flags: _Flags,
     transcript: Transcript | None,
+    record: DeliveryLog,
 ) -> tuple[Transaction, str | None, str | None]:
     conn = RelayConnection(endpoint, transcript)
     try:
@@ -270,9 +289,15 @@ def _attempt(
             secret = credentials.secret_for(mechanism)
             conn.authenticate(route, mechanism, route.username, secret)
         tx = conn.transaction(
-            group.envelope_from, group.recipients, data, smtputf8=smtputf8, eightbit=eightbit
+            group.envelope_from,
+            group.recipients,
+            data,
+            smtputf8=flags.smtputf8,
+            eightbit=flags.eightbit,
+            dsn=flags.dsn,
         )
     except RelayFailure as failure:
+        record.tls = conn.tls_version
         # After a reply the conversation is sane and QUIT is polite; after a socket error
         # or timeout it would only wait read_timeout again.
         if failure.code is not None:
@@ -281,14 +306,19 @@ def _attempt(
             conn.close()
         raise
     except BaseException:
+        record.tls = conn.tls_version
         conn.close()
         raise
     conn.close_quietly()
     return tx, conn.tls_version, conn.auth_user
 
 
-class _Record:
-    """Collects the fields of the message's log line while delivery goes on."""
+class DeliveryLog:
+    """The fields of one message's log line (SPEC §6), collected while delivery goes on.
+
+    The engine fills in the relay, its reply and the TLS version; the caller, once it
+    knows what became of the message, calls `sent` or `not_sent` exactly once.
+    """
 
     def __init__(self, config: Config, group: RouteGroup, data: bytes | bytearray) -> None:
         self.config = config
@@ -297,6 +327,7 @@ class _Record:
         self.message_id = log.message_id_of(data)
         self.relay = ""
         self.reply = ""
+        self.tls: str | None = None
 
     def _write(self, **fields: object) -> None:
         group = self.group
@@ -306,7 +337,7 @@ class _Record:
             "recipients": group.recipients,
             "route": group.route.name,
             "relay": self.relay,
-            "tls": None,
+            "tls": self.tls,
             "auth_user": None,
             "size": self.size,
             "reply": self.reply,
@@ -314,17 +345,21 @@ class _Record:
         values.update(fields)
         log.log_delivery(self.config, log.DeliveryRecord(**values))  # type: ignore[arg-type]
 
-    def finish(self, result: DeliveryResult) -> None:
+    def sent(self, result: DeliveryResult, exit_code: int) -> None:
         self._write(
             relay=result.server,
             tls=result.tls,
             auth_user=result.auth_user,
             reply=result.reply,
             outcome="partial" if result.refused else "sent",
-            exit_code=0,
+            exit_code=exit_code,
             refused=tuple(f"{r} {c} {t}" for r, (c, t) in result.refused.items()),
         )
 
-    def finish_failed(self, error: MailerError) -> None:
-        outcome = "deferred" if isinstance(error, TempFailError) else "failed"
-        self._write(reply=self.reply or error.why, outcome=outcome, exit_code=error.exit_code)
+    def not_sent(
+        self, error: MailerError, outcome: str, exit_code: int, queue_id: str | None = None
+    ) -> None:
+        """`outcome`: queued (with `queue_id`), deferred (still queued), failed or refused."""
+        self._write(
+            reply=self.reply or error.why, outcome=outcome, exit_code=exit_code, queue_id=queue_id
+        )

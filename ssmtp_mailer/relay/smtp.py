@@ -38,6 +38,7 @@ from ssmtp_mailer.relay.wire import (
 from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from ssmtp_mailer.message import Dsn
     from typing import Any
 
 Transcript = Callable[[str], None]
@@ -314,9 +315,16 @@ class RelayConnection(SMTPClient):
         ep = self.endpoint
         self.note(f"connecting to {ep.label}{' (implicit TLS)' if ep.implicit_tls else ''}")
         try:
-            code, message = self.connect(ep.host, ep.port)
+            self.sock = self._get_socket(ep.host, ep.port)
+            self.file = None
         except Exception as exc:
             raise self._transport_failure("connect", exc) from None
+        try:
+            code, message = self.getreply()
+        except Exception as exc:
+            # Connected, but no greeting: a tarpit, a firewall that accepts and drops, or
+            # a TLS port spoken to in plain text.
+            raise self._transport_failure("banner", exc) from None
         self.banner = f"{code} {reply_text(message)}"
         if code != 220:
             self.close()
@@ -484,10 +492,18 @@ class RelayConnection(SMTPClient):
         *,
         smtputf8: bool,
         eightbit: bool,
+        dsn: Dsn | None = None,
     ) -> Transaction:
         """MAIL, every RCPT, DATA; partial refusals are returned, not raised."""
         label = self.endpoint.label
         options: list[str] = []
+        rcpt_options: list[str] = []
+        if dsn is not None:
+            if self.has_extn("dsn"):
+                options += dsn.mail_options()
+                rcpt_options += dsn.rcpt_options()
+            else:
+                self.note("relay does not offer DSN (RFC 3461); -N, -R and -V dropped")
         if smtputf8:
             if not self.has_extn("smtputf8"):
                 raise RelayFailure(
@@ -524,7 +540,7 @@ class RelayConnection(SMTPClient):
                 )
             options.append(f"SIZE={len(data)}")
         try:
-            return self._exchange(sender, recipients, data, options)
+            return self._exchange(sender, recipients, data, options, rcpt_options)
         except RelayFailure:
             raise
         except Exception as exc:
@@ -536,8 +552,10 @@ class RelayConnection(SMTPClient):
         recipients: Sequence[str],
         data: bytes | bytearray,
         options: list[str],
+        rcpt_options: list[str],
     ) -> Transaction:
         suffix = "".join(f" {o}" for o in options)
+        rcpt_suffix = "".join(f" {o}" for o in rcpt_options)
         # Addresses go out verbatim in <>: smtplib's quoteaddr() re-parses them and can
         # mangle quoted local parts.
         self.putcmd("mail", f"FROM:<{sender}>{suffix}")
@@ -546,7 +564,7 @@ class RelayConnection(SMTPClient):
             raise self._reply_failure("MAIL", code, message)
         result = Transaction()
         for rcpt in recipients:
-            self.putcmd("rcpt", f"TO:<{rcpt}>")
+            self.putcmd("rcpt", f"TO:<{rcpt}>{rcpt_suffix}")
             code, message = self.getreply()
             if code in (250, 251):
                 result.accepted.append(rcpt)
@@ -703,15 +721,15 @@ class RelayConnection(SMTPClient):
                     temporary=True,
                     stage="DNS",
                 )
+            # Temporary too: an offline laptop or a DNS blip must not cost the message.
             return RelayFailure(
                 NoHostError(
                     label,
                     f"relay host not found: {self.endpoint.host} ({exc.strerror})",
                     hint=f"check smtp_server in [domain:{self.endpoint.route}]",
                 ),
-                temporary=False,
+                temporary=True,
                 stage="DNS",
-                next_server=True,
             )
         if isinstance(exc, ssl.SSLCertVerificationError):
             return RelayFailure(
@@ -743,9 +761,14 @@ class RelayConnection(SMTPClient):
                 next_server=True,
             )
         if isinstance(exc, TimeoutError) or "timed out" in str(exc):
-            what = "connect" if stage == "connect" else stage
+            why = f"{stage}: timed out"
+            if stage == "banner":
+                why = (
+                    f"banner: connected, but no greeting within {self.endpoint.read_timeout} s"
+                    " (read_timeout)"
+                )
             return RelayFailure(
-                TempFailError(label, f"{what}: timed out", hint=hints.for_timeout(port)),
+                TempFailError(label, why, hint=hints.for_timeout(port)),
                 temporary=True,
                 stage=stage,
             )

@@ -40,6 +40,12 @@ log() { printf 'relay-setup: %s\n' "$*" >&2; }
 die() { printf 'relay-setup: ERROR: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (Postfix and Dovecot need it)"
+
+# One set-up or stop at a time, and none while a test module uses the relay (the tests
+# hold this lock shared): two runs at once would otherwise restart Postfix under each other.
+RELAY_LOCK="${RELAY_LOCK:-/tmp/ssmtp-mailer-relay.lock}"
+exec 9>>"$RELAY_LOCK"
+flock 9
 case "$RELAY_DIR" in
     /*) ;;
     *) die "RELAY_DIR must be an absolute path, got '$RELAY_DIR'" ;;
@@ -456,9 +462,9 @@ mv -f "$RELAY_DIR/msmtprc.tmp" "$RELAY_DIR/msmtprc"
 : > "$RELAY_DIR/postfix.log"
 # Daemons must not inherit our stdout/stderr: a caller reading them through a
 # pipe (subprocess.run(capture_output=True), "| tail") would wait forever.
-dovecot -c "$DC_DIR/dovecot.conf" </dev/null >>"$DC_DIR/dovecot.log" 2>&1 \
+dovecot -c "$DC_DIR/dovecot.conf" 9>&- </dev/null >>"$DC_DIR/dovecot.log" 2>&1 \
     || die "dovecot failed to start; see $DC_DIR/dovecot.log"
-postfix -c "$PF_CONF" start </dev/null >/dev/null 2>"$RELAY_DIR/postfix-start.err" \
+postfix -c "$PF_CONF" start 9>&- </dev/null >/dev/null 2>"$RELAY_DIR/postfix-start.err" \
     || die "postfix failed to start: $(cat "$RELAY_DIR/postfix-start.err"); see $RELAY_DIR/postfix.log"
 
 deadline=$((SECONDS + RELAY_START_TIMEOUT))

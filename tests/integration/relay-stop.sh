@@ -20,6 +20,12 @@ log() { [ "$QUIET" -eq 1 ] || printf 'relay-stop: %s\n' "$*" >&2; }
 die() { printf 'relay-stop: ERROR: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "must run as root"
 
+# One set-up or stop at a time, and none while a test module uses the relay (the tests
+# hold this lock shared): two runs at once would otherwise restart Postfix under each other.
+RELAY_LOCK="${RELAY_LOCK:-/tmp/ssmtp-mailer-relay.lock}"
+exec 9>>"$RELAY_LOCK"
+flock 9
+
 PF_CONF="$RELAY_DIR/postfix"
 PF_PIDFILE="$RELAY_DIR/spool/pid/master.pid"
 DC_CONF="$RELAY_DIR/dovecot/dovecot.conf"
