@@ -1,0 +1,254 @@
+"""Local submission by a user who cannot read the secrets (SPEC §8), as the real `nobody`.
+
+`nobody` runs Debian's /usr/bin/python3 (root's pyenv is not executable for other users)
+on a world-readable copy of the package, under `setpriv`. Skipped unless run as root.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from smtpserver import SMTPTestServer
+from test_listener import Listener
+
+from ssmtp_mailer.config.loader import load_config
+from ssmtp_mailer.spool import list_entries
+
+PACKAGE = Path(__file__).resolve().parent.parent / "ssmtp_mailer"
+SYSTEM_PYTHON = "/usr/bin/python3"
+NOBODY = "nobody"
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to become nobody"
+    if not shutil.which("setpriv") or not os.path.exists(SYSTEM_PYTHON):
+        return "needs setpriv and /usr/bin/python3"
+    try:
+        pwd.getpwnam(NOBODY)
+    except KeyError:
+        return "no user nobody"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+
+
+@pytest.fixture(scope="module")
+def shared_dir() -> Iterator[Path]:
+    """A directory `nobody` can reach, with a copy of the package in it."""
+    root = Path(tempfile.mkdtemp(prefix="ssmtp-mailer-submit-", dir="/tmp"))
+    root.chmod(0o755)
+    shutil.copytree(
+        PACKAGE, root / "code" / "ssmtp_mailer", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for path in (root / "code").rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    (root / "code").chmod(0o755)
+    probe = _as_nobody(root, ["-c", "import ssmtp_mailer.sendmail, ssmtp_mailer.submit"], b"", {})
+    if probe.returncode != 0:
+        shutil.rmtree(root)
+        pytest.skip(f"/usr/bin/python3 cannot run the package as nobody: {probe.stderr[-300:]!r}")
+    yield root
+    shutil.rmtree(root)
+
+
+def _as_nobody(
+    root: Path, args: list[str], stdin: bytes, env: dict[str, str]
+) -> subprocess.CompletedProcess[bytes]:
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/nonexistent",
+        "PYTHONPATH": str(root / "code"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **env,
+    }
+    return subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", SYSTEM_PYTHON, *args],
+        input=stdin,
+        capture_output=True,
+        env=environment,
+        cwd="/",
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def tree(shared_dir: Path, smtp_server: SMTPTestServer) -> Iterator[Path]:
+    """Main file 0644 with [global] only; the route (a relay password) in a 0600 root file."""
+    base = Path(tempfile.mkdtemp(prefix="tree-", dir=shared_dir))
+    base.chmod(0o755)
+    main = base / "ssmtp-mailer.conf"
+    main.write_text(
+        f"[global]\ndefault_hostname = host.example\nspool_dir = {base / 'spool'}\n"
+        "max_retries = 0\nenable_rate_limiting = false\nlisten_user = root\n"
+        "allowed_networks = 127.0.0.1/32\n"
+    )
+    main.chmod(0o644)
+    (base / "domains").mkdir(mode=0o700)
+    secret = base / "domains" / "relay.conf"
+    secret.write_text(
+        f"[domain:*]\nsmtp_server = 127.0.0.1\nsmtp_port = {smtp_server.port}\n"
+        "use_starttls = false\nauth_method = NONE\npassword = relay-secret-never-shown\n"
+        "\n[user:nobody@partner.example]\ncan_send_from = true\n"
+    )
+    secret.chmod(0o600)
+    yield main
+    shutil.rmtree(base)
+
+
+def nobody_sendmail(
+    shared_dir: Path, main: Path, args: list[str], message: bytes
+) -> subprocess.CompletedProcess[bytes]:
+    return _as_nobody(
+        shared_dir,
+        ["-m", "ssmtp_mailer", "sendmail", *args],
+        message,
+        {"SSMTP_MAILER_CONFIG": str(main)},
+    )
+
+
+def queue_run(main: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "ssmtp_mailer", "--config", str(main), "queue", "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+
+
+MESSAGE = b"Subject: from nobody\nTo: out@far.example\n\nhello from a cron job\n"
+
+
+@pytest.fixture
+def running_listener(tree: Path) -> Iterator[Listener]:
+    listener = Listener(tree)
+    yield listener
+    listener.stop(signal.SIGTERM)
+
+
+def test_nobody_cannot_read_the_secrets_yet_sends_through_the_socket(
+    shared_dir: Path, tree: Path, running_listener: Listener, smtp_server: SMTPTestServer
+) -> None:
+    sock = tree.parent / "spool" / "submit.sock"
+    assert sock.is_socket() and sock.stat().st_mode & 0o777 == 0o666
+    run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    assert b"relay-secret" not in run.stdout + run.stderr
+    got = smtp_server.wait_for(1)[0]
+    assert got.mail_from == "nobody@host.example"
+    assert got.rcpt_tos == ["out@far.example"]
+    received = str(got.message()["Received"])
+    assert "uid 65534 (nobody)" in received
+    assert "submit.sock" in received
+
+
+def test_nobody_cannot_claim_another_users_address_on_the_socket(
+    shared_dir: Path, tree: Path, running_listener: Listener, smtp_server: SMTPTestServer
+) -> None:
+    run = nobody_sendmail(
+        shared_dir, tree, ["-i", "-f", "root@host.example", "out@far.example"], MESSAGE
+    )
+    assert run.returncode == 77
+    assert b"root@host.example: sender address not owned by uid 65534 (nobody)" in run.stderr
+    # The listener checks what the submitter could not: this domain needs a [user:].
+    run = nobody_sendmail(
+        shared_dir, tree, ["-i", "-f", "nobody@other.example", "out@far.example"], MESSAGE
+    )
+    assert run.returncode == 77
+    assert b"553 5.7.1" in run.stderr
+    run = nobody_sendmail(
+        shared_dir, tree, ["-i", "-f", "nobody@partner.example", "out@far.example"], MESSAGE
+    )
+    assert run.returncode == 0, run.stderr
+    got = smtp_server.wait_for(1)
+    assert [m.mail_from for m in got] == ["nobody@partner.example"]
+
+
+def test_without_a_listener_nobody_sends_through_the_maildrop(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    queue_run(tree)  # root's first run opens the maildrop
+    drop = tree.parent / "spool" / "maildrop"
+    assert drop.stat().st_mode & 0o7777 == 0o1733
+    run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    files = list(drop.iterdir())
+    assert len(files) == 1 and files[0].stat().st_uid == pwd.getpwnam(NOBODY).pw_uid
+    assert files[0].stat().st_mode & 0o777 == 0o600
+    assert smtp_server.messages == []
+    queue_run(tree)
+    got = smtp_server.wait_for(1)[0]
+    assert got.mail_from == "nobody@host.example"
+    assert "uid 65534 (nobody)" in str(got.message()["Received"])
+    assert list(drop.iterdir()) == []
+    queue_run(tree)
+    time.sleep(0.2)
+    assert len(smtp_server.messages) == 1
+
+
+def test_a_maildrop_file_with_a_foreign_sender_is_refused_into_failed_with_a_bounce(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    queue_run(tree)
+    run = nobody_sendmail(
+        shared_dir, tree, ["-i", "-f", "nobody@other.example", "out@far.example"], MESSAGE
+    )
+    assert run.returncode == 0, run.stderr  # the submitter cannot tell; the pickup can
+    queue_run(tree)
+    config = load_config(str(tree))
+    failed = list_entries(config, failed=True)
+    assert len(failed) == 1
+    assert "not owned by uid 65534 (nobody)" in failed[0].reason
+    bounce = smtp_server.wait_for(1)[0]
+    assert bounce.mail_from in ("", "<>")  # the null sender
+    assert bounce.rcpt_tos == ["nobody@host.example"]
+    assert all(m.rcpt_tos != ["out@far.example"] for m in smtp_server.messages)
+
+
+def test_a_listener_picks_the_maildrop_up(
+    shared_dir: Path,
+    tree: Path,
+    smtp_server: SMTPTestServer,
+) -> None:
+    queue_run(tree)
+    run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    listener = Listener(tree)
+    try:
+        got = smtp_server.wait_for(1, timeout=15)[0]
+    finally:
+        assert listener.stop() == 0
+    assert "via maildrop" in str(got.message()["Received"])
+
+
+def test_root_still_delivers_directly(tree: Path, smtp_server: SMTPTestServer) -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ssmtp_mailer",
+            "--config",
+            str(tree),
+            "sendmail",
+            "-i",
+            "out@far.example",
+        ],
+        input=MESSAGE,
+        capture_output=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    got = smtp_server.wait_for(1)[0]
+    assert "Received" not in got.message()
