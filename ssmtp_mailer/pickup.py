@@ -59,8 +59,9 @@ def received_field(config: Config, uid: int, via: str) -> bytes:
 def pick_up(config: Config) -> int:
     """Take every complete maildrop file; the number handed on (delivered, queued or failed)."""
     directory = config.global_.spool_dir / MAILDROP
-    if os.geteuid() == 0 and not directory.is_dir():
-        # root's first `queue run` opens the maildrop for local users, listener or not.
+    if os.geteuid() == 0 and directory.parent.is_dir() and not directory.is_dir():
+        # root's first `queue run` opens the maildrop of an existing spool for local
+        # users, listener or not (looking never creates the spool itself).
         from ssmtp_mailer.errors import MailerError
         from ssmtp_mailer.submit import ensure_submission_dirs
 

@@ -29,9 +29,9 @@ def tree(tmp_path: Path, gmail: SMTPTestServer) -> Path:
     shutil.copytree(EXAMPLE, root)
     main_conf = root / "ssmtp-mailer.conf"
     text = main_conf.read_text()
-    text = text.replace(
-        "[global]\n", f"[global]\nspool_dir = {tmp_path}/spool\nlisten_user = root\n", 1
-    )
+    text = text.replace("[global]\n", f"[global]\nspool_dir = {tmp_path}/spool\n", 1)
+    assert "listen_user = mail\n" in text
+    text = text.replace("listen_user = mail\n", "listen_user = root\n")  # tmp_path is root's
     # 127.0.0.2 plays the internet: only the listener's own host is trusted.
     text = text.replace(
         "allowed_networks = 127.0.0.0/8, ::1/128", "allowed_networks = 127.0.0.1/32"

@@ -179,7 +179,8 @@ def test_nobody_cannot_claim_another_users_address_on_the_socket(
 def test_without_a_listener_nobody_sends_through_the_maildrop(
     shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
 ) -> None:
-    queue_run(tree)  # root's first run opens the maildrop
+    (tree.parent / "spool").mkdir()
+    queue_run(tree)  # root's first run opens the maildrop of an existing spool
     drop = tree.parent / "spool" / "maildrop"
     assert drop.stat().st_mode & 0o7777 == 0o1733
     run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
@@ -201,6 +202,7 @@ def test_without_a_listener_nobody_sends_through_the_maildrop(
 def test_a_maildrop_file_with_a_foreign_sender_is_refused_into_failed_with_a_bounce(
     shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
 ) -> None:
+    (tree.parent / "spool").mkdir()
     queue_run(tree)
     run = nobody_sendmail(
         shared_dir, tree, ["-i", "-f", "nobody@other.example", "out@far.example"], MESSAGE
@@ -222,6 +224,7 @@ def test_a_listener_picks_the_maildrop_up(
     tree: Path,
     smtp_server: SMTPTestServer,
 ) -> None:
+    (tree.parent / "spool").mkdir()
     queue_run(tree)
     run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
     assert run.returncode == 0, run.stderr
