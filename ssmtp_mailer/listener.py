@@ -229,6 +229,8 @@ class ListenerHandler:
 
     async def handle_DATA(self, server: ListenerSMTP, session: Session, envelope: Envelope) -> str:
         state = self.state
+        if state.draining:
+            return dialect.SHUTTING_DOWN  # too late to promise delivery before we exit
         data = envelope.original_content or b""
         received = self._received(server, session)
         loop = asyncio.get_running_loop()

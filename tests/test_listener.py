@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -585,3 +586,19 @@ def test_config_show_redacts_the_password_hash(tmp_path: Path, upstream: SMTPTes
     assert hashed not in run.stdout
     assert "smtp_password_hash = <redacted>" in run.stdout
     assert os.environ.get("SSMTP_MAILER_CONFIG") is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
+def test_started_as_root_it_binds_then_becomes_listen_user(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    conf = listener_config(tmp_path / "l.conf", upstream.port)
+    conf.write_text(conf.read_text().replace("listen_user = root", "listen_user = nobody"))
+    listener = start_listener(conf)
+    status = Path(f"/proc/{listener.process.pid}/status").read_text()
+    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    assert set(uids) == {str(pwd.getpwnam("nobody").pw_uid)}
+    with listener.client() as client:
+        assert client.sendmail("app@host.example", ["out@far.example"], message("dropped")) == {}
+    assert upstream.wait_for(1)[0].message()["Subject"] == "dropped"
+    assert listener.stop() == 0
