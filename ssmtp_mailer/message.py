@@ -381,6 +381,7 @@ class Dsn(NamedTuple):
 
 
 _NOTIFY_WORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+_ENVID = range(1, 101)  # RFC 3461 §4.4: at most 100 characters
 
 
 def xtext(text: str) -> str:
@@ -404,7 +405,7 @@ def parse_dsn(notify: str | None, ret: str | None, envid: str | None) -> Dsn | N
         ret = ret.strip().upper()
         if ret not in ("FULL", "HDRS"):
             raise UsageError(f"-R {shorten(ret)}", "expected full or hdrs")
-    if envid is not None and not (envid.isascii() and envid.isprintable() and 0 < len(envid) <= 100):
+    if envid is not None and not (envid.isascii() and envid.isprintable() and len(envid) in _ENVID):
         raise UsageError(f"-V {shorten(envid)}", "expected 1 to 100 printable ASCII characters")
     return Dsn(notify, ret, envid)
 

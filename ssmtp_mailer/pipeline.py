@@ -23,6 +23,7 @@ from ssmtp_mailer.message import PreparedMessage, apply_group_headers
 from ssmtp_mailer.relay import engine
 from ssmtp_mailer.typed import NamedTuple
 
+
 class GroupOutcome(NamedTuple):
     """What happened to one route group: delivered, queued or failed."""
 

@@ -22,7 +22,7 @@ def test_missing_relay_fails_under_ci_as_root(monkeypatch: pytest.MonkeyPatch) -
 
 def test_missing_relay_skips_outside_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CI", raising=False)
-    with pytest.raises(pytest.skip.Exception, match="relay-setup.sh failed"):
+    with pytest.raises(pytest.skip.Exception, match=r"relay-setup\.sh failed"):
         _unavailable("relay-setup.sh failed")
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from ssmtp_mailer import log
 from ssmtp_mailer.config.model import AuthMethod, Config, DeliveryMode, DomainConfig, HostPort
 from ssmtp_mailer.errors import ConfigError, MailerError, NoHostError, TempFailError
+from ssmtp_mailer.message import Dsn
 from ssmtp_mailer.relay import ratelimit
 from ssmtp_mailer.relay.smtp import (
     Endpoint,
@@ -22,7 +23,6 @@ from ssmtp_mailer.relay.smtp import (
     Transaction,
     endpoint_for,
 )
-from ssmtp_mailer.message import Dsn
 from ssmtp_mailer.rewrite import RouteGroup
 from ssmtp_mailer.typed import NamedTuple
 

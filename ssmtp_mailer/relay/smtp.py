@@ -38,8 +38,9 @@ from ssmtp_mailer.relay.wire import (
 from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from ssmtp_mailer.message import Dsn
     from typing import Any
+
+    from ssmtp_mailer.message import Dsn
 
 Transcript = Callable[[str], None]
 

@@ -1,0 +1,294 @@
+"""What a sendmail caller sees when the relay is down, slow or picky (SPEC §6, §7, §9).
+
+No caller is held up by an outage, temporary problems are queued, DSN flags reach a relay
+that offers DSN, and the log line tells what really happened.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from relayconf import write_relay_config
+from smtpserver import MisbehavingServer, SMTPTestServer
+from test_acceptance import closed_port
+
+from ssmtp_mailer import spool
+from ssmtp_mailer.config.loader import load_config
+from ssmtp_mailer.config.model import Config
+
+Run = Callable[..., tuple[int, str, str]]
+Factory = Callable[..., SMTPTestServer]
+MESSAGE = b"From: app@host.example\nTo: a@dest.example\nSubject: policy\n\nbody\n"
+
+
+def config_for(tmp_path: Path, port: int, extra: str = "", host: str = "127.0.0.1") -> Path:
+    path = write_relay_config(tmp_path / "m.conf", port, f"log_file = {tmp_path / 'mail.log'}\n{extra}")
+    if host != "127.0.0.1":
+        path.write_text(path.read_text().replace("smtp_server = 127.0.0.1", f"smtp_server = {host}"))
+    return path
+
+
+def log_lines(tmp_path: Path) -> list[str]:
+    return (tmp_path / "mail.log").read_text().splitlines()
+
+
+# -- no caller waits through an outage ------------------------------------------------
+
+
+def test_sendmail_tries_each_server_once_and_queues_with_retries_configured(
+    tmp_path: Path, run_main: Run, smtp_server_factory: Factory
+) -> None:
+    """With the default max_retries = 3 and retry_backoff = 2, a caller used to wait 14 s."""
+    primary = smtp_server_factory(fault="451-rcpt")
+    fallback = smtp_server_factory(fault="451-rcpt")
+    conf = config_for(tmp_path, primary.port)
+    text = conf.read_text().replace("max_retries = 0", "max_retries = 3")
+    text = text.replace("retry_backoff = 0", "retry_backoff = 2")
+    conf.write_text(text + f"fallback_servers = 127.0.0.1:{fallback.port}\n")
+    code, _, err = run_main(["-C", str(conf), "-v", "-t"], MESSAGE)
+    assert code == 0 and "queued as " in err
+    assert (primary.connections, fallback.connections) == (1, 1)
+    assert "* retry" not in err
+    assert len(spool.list_entries(_load(conf))) == 1
+
+
+def test_unresolvable_relay_host_is_queued_not_failed(tmp_path: Path, run_main: Run) -> None:
+    conf = config_for(tmp_path, 25, host="relay.invalid")
+    code, _, err = run_main(["-C", str(conf), "-t"], MESSAGE)
+    assert code == 0, err
+    assert "queued as " in err and "relay host not found: relay.invalid" in err
+    config = _load(conf)
+    assert len(spool.list_entries(config)) == 1
+    assert spool.list_entries(config, failed=True) == []
+
+
+def test_unresolvable_relay_host_with_fail_policy_is_exit_68(tmp_path: Path, run_main: Run) -> None:
+    conf = config_for(tmp_path, 25, "on_temporary_failure = fail", host="relay.invalid")
+    code, _, err = run_main(["-C", str(conf), "-t"], MESSAGE)
+    assert code == 68
+    assert "relay host not found" in err
+    assert spool.list_entries(_load(conf), failed=True) == []
+
+
+def test_hanging_password_command_is_queued(
+    tmp_path: Path, run_main: Run, smtp_server_factory: Factory, ca_file: Path
+) -> None:
+    from ssmtp_mailer.config import secrets
+
+    server = smtp_server_factory(starttls=True, auth={"user": "pw"})
+    conf = config_for(tmp_path, server.port)
+    conf.write_text(
+        conf.read_text()
+        .replace("use_starttls = false", f"use_starttls = true\nssl_ca_file = {ca_file}")
+        .replace("auth_method = NONE", "auth_method = AUTO\nusername = user\n"
+                 f"password_command = sleep {secrets.COMMAND_TIMEOUT + 20}")
+    )  # fmt: skip
+    code, _, err = run_main(["-C", str(conf), "-t"], MESSAGE)
+    assert code == 0, err
+    assert "queued as " in err and "did not finish" in err
+    assert server.messages == []
+    assert spool.list_entries(_load(conf), failed=True) == []
+
+
+def test_over_the_rate_limit_a_caller_waits_at_most_rate_limit_wait(
+    tmp_path: Path, run_main: Run, smtp_server: SMTPTestServer
+) -> None:
+    conf = config_for(tmp_path, smtp_server.port)
+    conf.write_text(
+        conf.read_text().replace(
+            "enable_rate_limiting = false",
+            "enable_rate_limiting = true\nrate_limit_per_minute = 1\nrate_limit_wait = 1",
+        )
+    )
+    assert run_main(["-C", str(conf), "-t"], MESSAGE)[0] == 0
+    code, _, err = run_main(["-C", str(conf), "-t"], MESSAGE)
+    assert code == 0
+    assert "queued as " in err and "no free slot within 1 s" in err
+    assert len(smtp_server.messages) == 1
+
+
+# -- the log line says what happened ----------------------------------------------------
+
+
+def test_queued_message_is_logged_as_queued_with_id_and_real_exit(
+    tmp_path: Path, run_main: Run
+) -> None:
+    conf = config_for(tmp_path, closed_port())
+    code, _, _ = run_main(["-C", str(conf), "-t"], MESSAGE)
+    assert code == 0
+    [entry] = spool.list_entries(_load(conf))
+    [line] = log_lines(tmp_path)
+    assert "outcome=queued" in line and f"queue_id={entry.id}" in line and "exit=0" in line
+    assert "deferred" not in line and "exit=75" not in line
+
+
+def test_auth_failure_after_starttls_logs_the_tls_version(
+    tmp_path: Path, run_main: Run, smtp_server_factory: Factory, ca_file: Path
+) -> None:
+    server = smtp_server_factory(starttls=True, auth={"user": "right"})
+    conf = config_for(tmp_path, server.port)
+    conf.write_text(
+        conf.read_text()
+        .replace("use_starttls = false", f"use_starttls = true\nssl_ca_file = {ca_file}")
+        .replace("auth_method = NONE", "auth_method = PLAIN\nusername = user\npassword = wrong")
+    )
+    conf.chmod(0o600)
+    code, _, _ = run_main(["-C", str(conf), "-t"], MESSAGE)
+    assert code == 77
+    [line] = log_lines(tmp_path)
+    assert "outcome=failed" in line and "exit=77" in line
+    assert "tls=TLSv1." in line and "tls=none" not in line
+
+
+# -- DSN: -N, -R and -V ----------------------------------------------------------------
+
+
+class DsnRelay:
+    """A scripted relay that offers DSN (aiosmtpd does not) and records every command."""
+
+    def __init__(self, offer_dsn: bool) -> None:
+        self.offer_dsn = offer_dsn
+        self.commands: list[str] = []
+        self.messages: list[bytes] = []
+        self.server = MisbehavingServer(self.serve)
+
+    def serve(self, conn: socket.socket) -> None:
+        conn.sendall(b"220 relay.example ESMTP\r\n")
+        reader = conn.makefile("rb")
+        try:
+            while line := reader.readline():
+                command = line.decode().rstrip("\r\n")
+                self.commands.append(command)
+                verb = command.split(" ", 1)[0].upper()
+                if verb == "EHLO":
+                    dsn = b"250-DSN\r\n" if self.offer_dsn else b""
+                    conn.sendall(b"250-relay.example\r\n" + dsn + b"250 8BITMIME\r\n")
+                elif verb == "DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    data = b""
+                    while (chunk := reader.readline()) not in (b".\r\n", b""):
+                        data += chunk
+                    self.messages.append(data)
+                    conn.sendall(b"250 2.0.0 queued as 1234\r\n")
+                elif verb == "QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 OK\r\n")
+        finally:
+            reader.close()
+
+
+@pytest.fixture
+def dsn_relay() -> Iterator[Callable[[bool], DsnRelay]]:
+    relays: list[DsnRelay] = []
+
+    def start(offer_dsn: bool) -> DsnRelay:
+        relay = DsnRelay(offer_dsn)
+        relay.server.start()
+        relays.append(relay)
+        return relay
+
+    yield start
+    for relay in relays:
+        relay.server.stop()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-N", "success,failure", "-R", "hdrs", "-V", "envid123"],
+        ["-Nsuccess,failure", "-Rhdrs", "-Venvid123"],
+    ],
+)
+def test_dsn_flags_reach_a_relay_that_offers_dsn(
+    tmp_path: Path, run_main: Run, dsn_relay: Callable[[bool], DsnRelay], args: list[str]
+) -> None:
+    relay = dsn_relay(True)
+    conf = config_for(tmp_path, relay.server.port)
+    code, out, err = run_main(["-C", str(conf), *args, "r@example.org"], MESSAGE)
+    assert (code, out) == (0, ""), err
+    assert len(relay.messages) == 1
+    mail = next(c for c in relay.commands if c.upper().startswith("MAIL"))
+    rcpt = next(c for c in relay.commands if c.upper().startswith("RCPT"))
+    assert "RET=HDRS" in mail and "ENVID=envid123" in mail
+    assert rcpt.endswith("NOTIFY=SUCCESS,FAILURE")
+
+
+def test_dsn_flags_are_dropped_with_a_note_when_not_offered(
+    tmp_path: Path, run_main: Run, dsn_relay: Callable[[bool], DsnRelay]
+) -> None:
+    relay = dsn_relay(False)
+    conf = config_for(tmp_path, relay.server.port)
+    code, _, err = run_main(["-C", str(conf), "-v", "-N", "never", "-V", "x+y=z", "r@example.org"], MESSAGE)
+    assert code == 0
+    assert len(relay.messages) == 1
+    assert "does not offer DSN" in err
+    assert not any("NOTIFY=" in c or "ENVID=" in c for c in relay.commands)
+
+
+def test_dsn_survives_the_queue(tmp_path: Path, run_main: Run, dsn_relay: Callable[[bool], DsnRelay]) -> None:
+    conf = config_for(tmp_path, closed_port())
+    code, _, _ = run_main(["-C", str(conf), "-N", "delay", "-V", "a+b", "r@example.org"], MESSAGE)
+    assert code == 0
+    relay = dsn_relay(True)
+    config_for(tmp_path, relay.server.port)  # the relay is back
+    assert run_main(["-C", str(conf), "-q"])[0] == 0
+    mail = next(c for c in relay.commands if c.upper().startswith("MAIL"))
+    rcpt = next(c for c in relay.commands if c.upper().startswith("RCPT"))
+    assert "ENVID=a+2Bb" in mail and rcpt.endswith("NOTIFY=DELAY")
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [(["-N", "sometimes"], "-N"), (["-R", "body"], "-R"), (["-V", "a" * 101], "-V")],
+)
+def test_bad_dsn_values_are_usage_errors(
+    tmp_path: Path, run_main: Run, args: list[str], named: str
+) -> None:
+    conf = config_for(tmp_path, closed_port())
+    code, _, err = run_main(["-C", str(conf), *args, "r@example.org"], MESSAGE)
+    assert code == 64
+    assert len(err.splitlines()) == 1 and named in err
+    assert spool.list_entries(_load(conf)) == []
+
+
+def test_version_flags_do_not_take_a_message(run_main: Run) -> None:
+    code, out, _ = run_main(["-bV"])
+    assert code == 0 and "ssmtp-mailer" in out
+
+
+# -- the queue -----------------------------------------------------------------------------
+
+
+def test_expired_entry_keeps_its_id_in_failed(tmp_path: Path, run_main: Run) -> None:
+    conf = config_for(tmp_path, closed_port(), "queue_lifetime = 1\nbounce = false")
+    assert run_main(["-C", str(conf), "-t"], MESSAGE)[0] == 0
+    [queued] = spool.list_entries(_load(conf))
+    threading.Event().wait(1.2)
+    assert run_main(["-C", str(conf), "-q"])[0] == 0
+    [failed] = spool.list_entries(_load(conf), failed=True)
+    assert failed.id == queued.id
+    assert "expired" in failed.reason
+
+
+# -- a banner that never comes ----------------------------------------------------------
+
+
+def test_banner_timeout_is_reported_as_the_banner(tmp_path: Path, run_main: Run) -> None:
+    server = MisbehavingServer(MisbehavingServer.silent).start()
+    try:
+        conf = config_for(tmp_path, server.port, "on_temporary_failure = fail\nread_timeout = 1")
+        code, _, err = run_main(["-C", str(conf), "-t"], MESSAGE)
+    finally:
+        server.stop()
+    assert code == 75
+    assert "no greeting" in err and "connect: timed out" not in err
+
+
+def _load(conf: Path) -> Config:
+    return load_config(str(conf))
