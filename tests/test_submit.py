@@ -10,11 +10,12 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,75 @@ def test_root_still_delivers_directly(tree: Path, smtp_server: SMTPTestServer) -
     assert run.returncode == 0, run.stderr
     got = smtp_server.wait_for(1)[0]
     assert "Received" not in got.message()
+
+
+def test_the_spool_belongs_to_spool_user_and_root_and_mail_share_entries(
+    shared_dir: Path, smtp_server_factory: Callable[..., SMTPTestServer]
+) -> None:
+    """Root queues while the relay is down; the runner as `mail` delivers and removes it."""
+    try:
+        mail = pwd.getpwnam("mail")
+    except KeyError:
+        pytest.skip("no user mail")
+    base = Path(tempfile.mkdtemp(prefix="shared-", dir=shared_dir))
+    base.chmod(0o755)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    main = base / "ssmtp-mailer.conf"
+    text = (
+        f"[global]\ndefault_hostname = host.example\nspool_dir = {base / 'spool'}\n"
+        "max_retries = 0\nenable_rate_limiting = false\n\n"
+        "[domain:*]\nsmtp_server = 127.0.0.1\nsmtp_port = {port}\n"
+        "use_starttls = false\nauth_method = NONE\n"
+    )
+    main.write_text(text.replace("{port}", str(dead)))
+    main.chmod(0o644)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ssmtp_mailer",
+            "--config",
+            str(main),
+            "sendmail",
+            "-i",
+            "a@far.example",
+        ],
+        input=MESSAGE,
+        capture_output=True,
+        timeout=60,
+    )
+    assert run.returncode == 0 and b"queued as" in run.stderr, run.stderr
+    queue = base / "spool" / "queue"
+    assert (queue.stat().st_uid, queue.stat().st_gid) == (mail.pw_uid, mail.pw_gid)
+    assert queue.stat().st_mode & 0o7777 == 0o2770
+    upstream = smtp_server_factory()
+    main.write_text(text.replace("{port}", str(upstream.port)))
+    as_mail = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=mail",
+            "--regid=mail",
+            "--clear-groups",
+            SYSTEM_PYTHON,
+            "-m",
+            "ssmtp_mailer",
+            "--config",
+            str(main),
+            "queue",
+            "run",
+            "--all",
+        ],
+        capture_output=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": "/nonexistent",
+            "PYTHONPATH": str(shared_dir / "code"),
+        },
+        cwd="/",
+        timeout=60,
+    )
+    assert as_mail.returncode == 0, as_mail.stderr
+    assert upstream.wait_for(1)[0].rcpt_tos == ["a@far.example"]
+    assert [p.name for p in queue.iterdir()] == []
