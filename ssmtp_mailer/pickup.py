@@ -94,6 +94,10 @@ def _take(config: Config, path: Path) -> bool:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return False  # another pickup took it
+    except PermissionError:
+        # The file is its submitter's alone (0600): a listener running as spool_user
+        # leaves it to root's runner (the path unit, the timer or cron).
+        return False
     with os.fdopen(fd, "rb") as handle:
         st = os.fstat(fd)
         # Only regular files, each with its one name: a hard link to another user's file

@@ -100,6 +100,10 @@ def ensure_submission_dirs(config: Config) -> None:
             os.chmod(root, mode | 0o055)
         if not drop.is_dir():
             drop.mkdir(mode=0o700)
+            # The spool's owner (spool_user) lists it: the listener runs as that user.
+            owner = os.stat(root)
+            if os.geteuid() == 0:
+                os.chown(drop, owner.st_uid, owner.st_gid)
         if os.stat(drop).st_mode & 0o7777 != 0o1733:
             os.chmod(drop, 0o1733)
     except OSError as exc:
