@@ -312,9 +312,16 @@ def run_sendmail(args: list[str]) -> int:
         from ssmtp_mailer.config.loader import UnreadableConfigError
 
         # Only permission stood in the way: hand the message to the system (SPEC §8).
-        if not isinstance(exc, UnreadableConfigError) or parsed.mode != "deliver":
+        if not isinstance(exc, UnreadableConfigError) or os.geteuid() == 0:
             raise
-        if os.geteuid() == 0:
+        if parsed.mode == "smtp":
+            from ssmtp_mailer import submit
+
+            spool_dir = submit.submission_spool(exc.global_)
+            instream, outstream = _standard(sys.stdin, "input"), _standard(sys.stdout, "output")
+            outstream.flush()
+            return submit.relay_session(spool_dir, instream.fileno(), outstream.fileno())
+        if parsed.mode != "deliver":
             raise
         return submit_stdin(parsed, exc.global_, _standard(sys.stdin, "input").buffer)
     if parsed.mode in ("queue", "smtp"):

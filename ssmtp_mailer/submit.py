@@ -268,3 +268,41 @@ def submission_spool(g: GlobalConfig | None) -> Path:
     if g is None or g.spool_dir == paths.default_spool_dir():
         return paths.ROOT_SPOOL
     return g.spool_dir
+
+
+def relay_session(spool_dir: Path, infd: int, outfd: int) -> int:
+    """`sendmail -bs` for a user who cannot read the configuration: the SMTP session is
+    the listener's, over submit.sock (it knows the uid); exit 0, or 75 with no listener."""
+    import selectors
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(spool_dir / SUBMIT_SOCKET))
+    except OSError as exc:
+        sock.close()
+        os.write(outfd, b"421 4.3.2 Local submission needs the listener; try again later\r\n")
+        report(f"{spool_dir / SUBMIT_SOCKET}: {exc.strerror or exc}")
+        report("hint: start `ssmtp-mailer listen`; plain `sendmail` (not -bs) uses the maildrop")
+        return 75
+    with sock, selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ, "listener")
+        selector.register(infd, selectors.EVENT_READ, "client")
+        while True:
+            for key, _ in selector.select():
+                if key.data == "client":
+                    data = os.read(infd, 65536)
+                    if not data:
+                        # End of input ends the session as QUIT would (a second QUIT after
+                        # the client's own is harmless), once every reply is out.
+                        selector.unregister(infd)
+                        with contextlib.suppress(OSError):
+                            sock.sendall(b"QUIT\r\n")
+                    else:
+                        sock.sendall(data)
+                    continue
+                data = sock.recv(65536)
+                if not data:
+                    return EX_OK
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(outfd, view) :]

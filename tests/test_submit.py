@@ -177,6 +177,32 @@ def test_nobody_cannot_claim_another_users_address_on_the_socket(
     assert [m.mail_from for m in got] == ["nobody@partner.example"]
 
 
+def test_nobody_speaks_smtp_with_sendmail_bs_through_the_listener(
+    shared_dir: Path, tree: Path, running_listener: Listener, smtp_server: SMTPTestServer
+) -> None:
+    session = (
+        b"EHLO app.example\r\nMAIL FROM:<nobody@host.example>\r\nRCPT TO:<out@far.example>\r\n"
+        b"DATA\r\nSubject: over -bs\r\n\r\nhi\r\n.\r\n"
+        b"MAIL FROM:<root@host.example>\r\nQUIT\r\n"
+    )
+    run = nobody_sendmail(shared_dir, tree, ["-bs"], session)
+    assert run.returncode == 0, run.stderr
+    replies = run.stdout.decode().splitlines()
+    assert replies[0].startswith("220 ")
+    assert any(r.startswith("250 2.0.0 OK") for r in replies), "\n".join(replies)
+    assert any(r.startswith("553 5.7.1 <root@host.example>") for r in replies), replies
+    got = smtp_server.wait_for(1)[0]
+    assert got.message()["Subject"] == "over -bs"
+    assert "uid 65534 (nobody)" in str(got.message()["Received"])
+
+
+def test_sendmail_bs_without_a_listener_says_421(shared_dir: Path, tree: Path) -> None:
+    run = nobody_sendmail(shared_dir, tree, ["-bs"], b"EHLO x\r\nQUIT\r\n")
+    assert run.returncode == 75
+    assert run.stdout.startswith(b"421 4.3.2")
+    assert b"hint: start `ssmtp-mailer listen`" in run.stderr
+
+
 def test_without_a_listener_nobody_sends_through_the_maildrop(
     shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
 ) -> None:
