@@ -10,6 +10,7 @@ the user is told by a bounce.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -97,6 +98,12 @@ def _take(config: Config, path: Path) -> bool:
     except PermissionError:
         # The file is its submitter's alone (0600): a listener running as spool_user
         # leaves it to root's runner (the path unit, the timer or cron).
+        return False
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        log.write(config, "ERROR", f"maildrop {path.name}: a symbolic link, removed")
+        path.unlink()
         return False
     with os.fdopen(fd, "rb") as handle:
         st = os.fstat(fd)

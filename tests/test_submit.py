@@ -354,3 +354,26 @@ def test_the_spool_belongs_to_spool_user_and_root_and_mail_share_entries(
     assert as_mail.returncode == 0, as_mail.stderr
     assert upstream.wait_for(1)[0].rcpt_tos == ["a@far.example"]
     assert [p.name for p in queue.iterdir()] == []
+
+
+def test_the_pickup_refuses_links_and_foreign_files(
+    tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    """A hard link or a symlink in the maildrop is never mailed out as its target's owner."""
+    (tree.parent / "spool").mkdir()
+    queue_run(tree)
+    drop = tree.parent / "spool" / "maildrop"
+    secret = tree.parent / "root-only"
+    secret.write_bytes(
+        b"ssmtp-mailer-maildrop 1\n"
+        + b'{"sender": "root@host.example", "recipients": ["out@far.example"]}\n'
+        + b"Subject: stolen\n\nx\n"
+    )
+    secret.chmod(0o600)
+    os.link(secret, drop / "hardlink")
+    (drop / "symlink").symlink_to(secret)
+    queue_run(tree)
+    time.sleep(0.2)
+    assert smtp_server.messages == []
+    assert sorted(p.name for p in drop.iterdir()) == []
+    assert secret.exists()
