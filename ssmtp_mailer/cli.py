@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "queue": ("ssmtp_mailer.commands.queue", "queue_group", "List, show, run and clean the spool."),
     "send": ("ssmtp_mailer.commands.send", "send_command", "Send a message built from options."),
     "sendmail": ("ssmtp_mailer.commands.sendmail_cmd", "sendmail_command", "Act as sendmail."),
+    "dkim": ("ssmtp_mailer.commands.dkim", "dkim_group", "Make DKIM signing keys."),
+    "dns": ("ssmtp_mailer.commands.dns", "dns_group", "Check a domain's mail DNS records."),
 }
 
 

@@ -21,7 +21,10 @@ from ssmtp_mailer.errors import (
 )
 from ssmtp_mailer.message import PreparedMessage, apply_group_headers
 from ssmtp_mailer.relay import engine
-from ssmtp_mailer.typed import NamedTuple
+from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from ssmtp_mailer.relay.dkim import Signer
 
 
 class GroupOutcome(NamedTuple):
@@ -170,10 +173,12 @@ def submit(
         where = f" ({refusal.rule})" if refusal.rule else ""
         problem(f"{refusal.address}: refused by policy: {refusal.reason}{where}")
 
+    signers = _signers(plan)
     outcomes: list[GroupOutcome] = []
     last = len(plan.groups) - 1
     for index, group in enumerate(plan.groups):
         data = apply_group_headers(prepared, plan, group, in_place=index == last)
+        signer = signers.get(group.route.name)
         # A mapping may have rewritten an address to a non-ASCII one (RFC 6531).
         addresses = (group.envelope_from, *group.recipients)
         this = prepared
@@ -181,6 +186,13 @@ def submit(
             this = prepared._replace(smtputf8=True)
         record = engine.DeliveryLog(config, group, data)
         try:
+            if signer is not None:
+                # After the last header change, before the first attempt: a queued entry
+                # keeps these signed bytes, so a retry sends them as they are.
+                from ssmtp_mailer.relay import dkim
+
+                data = dkim.sign(signer, data)
+                record.size = len(data)
             result = engine.deliver(
                 config,
                 group,
@@ -216,6 +228,17 @@ def submit(
     if run_queue and any(o.result is not None and o.result.accepted for o in outcomes):
         start_queue_runner(config)
     return SubmitResult(code, prepared.message_id, plan, tuple(outcomes), tuple(problems))
+
+
+def _signers(plan: rewrite.Plan) -> dict[str, Signer]:
+    """Each signing route's keys, read before any group is attempted (a bad key is EX_CONFIG)."""
+    signing = {g.route.name: g.route for g in plan.groups if g.route.dkim_key_file}
+    if not signing:
+        return {}
+    from ssmtp_mailer.relay import dkim
+
+    signers = {name: dkim.signer_for(route) for name, route in signing.items()}
+    return {name: signer for name, signer in signers.items() if signer is not None}
 
 
 def _handle_refusals(

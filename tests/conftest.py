@@ -12,7 +12,7 @@ from relayconf import RunMain
 
 from ssmtp_mailer.entry import main
 
-pytest_plugins = ["smtpserver"]
+pytest_plugins = ["smtpserver", "dnsserver"]
 
 
 @pytest.fixture(autouse=True)

@@ -51,6 +51,16 @@ def secret_problems(config: Config, *, resolve: bool) -> list[str]:
     return problems
 
 
+def dkim_problems(config: Config) -> list[str]:
+    """Every signing route's keys are read, checked and tried on a sample message."""
+    signing = [d for d in config.domains.values() if d.dkim_key_file]
+    if not signing:
+        return []
+    from ssmtp_mailer.relay import dkim
+
+    return [line for domain in signing for line in dkim.check_route(domain)]
+
+
 @config_group.command("check")
 @common_options
 @json_option
@@ -73,7 +83,7 @@ def check(as_json: bool, strict: bool, check_secrets: bool) -> int:
         warnings = exc.warnings
     if config is not None:
         warnings = list(config.warnings)
-        errors = secret_problems(config, resolve=check_secrets)
+        errors = secret_problems(config, resolve=check_secrets) + dkim_problems(config)
     ok = not errors
     if as_json:
         print_json(

@@ -33,7 +33,7 @@ from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 1
+FORMAT = 2
 # Below this many bytes of configuration, parsing is cheaper than checking a cache.
 MIN_BYTES = 64 * 1024
 # File systems with coarse timestamps can store a change within this window under the old mtime.
@@ -41,7 +41,7 @@ RACY_NS = 2_000_000_000
 # Cache files kept per user; the oldest are removed beyond this (one per configuration tree).
 MAX_ENTRIES = 16
 
-_DOMAIN_PATHS = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file", "dkim_key_file")
+_DOMAIN_PATHS = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
 
 
 class Source(NamedTuple):
@@ -221,6 +221,7 @@ def _encode(sections: Sections) -> dict[str, Any]:
         for key in _DOMAIN_PATHS:
             value = row[key]
             row[key] = None if value is None else str(value)
+        row["dkim_key_file"] = [str(p) for p in d.dkim_key_file]
         domains.append(row)
     users = []
     for u in sections.users:
@@ -268,6 +269,8 @@ def _decode(data: dict[str, Any]) -> Sections:
         for key in _DOMAIN_PATHS:
             if row[key] is not None:
                 row[key] = Path(row[key])
+        row["dkim_selector"] = tuple(row["dkim_selector"])
+        row["dkim_key_file"] = tuple(Path(p) for p in row["dkim_key_file"])
         domain = DomainConfig(**row)
         domains[domain.name] = domain
     users = []

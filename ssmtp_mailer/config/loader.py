@@ -57,7 +57,7 @@ GLOBAL_KEYS: dict[str, Parser] = {
     "on_temporary_failure": v.enum_parser(TempFailurePolicy),
     "queue_lifetime": v.parse_seconds,
     "bounce": v.parse_bool,
-    "dns_servers": v.parse_ip_list,
+    "dns_servers": v.parse_nameservers,
     "default_domain": v.parse_str,
     "users_required": v.parse_bool,
     "listen_address": v.parse_hostport_list,
@@ -91,8 +91,8 @@ DOMAIN_KEYS: dict[str, Parser] = {
     "allow_plaintext_auth": v.parse_bool,
     "helo_name": v.parse_hostname,
     "delivery_mode": v.enum_parser(DeliveryMode),
-    "dkim_selector": v.parse_str,
-    "dkim_key_file": v.parse_str,
+    "dkim_selector": v.parse_selectors,
+    "dkim_key_file": v.parse_list,
     "dkim_algorithm": v.enum_parser(DkimAlgorithm),
     "rate_limit_per_minute": v.parse_positive,
 }
@@ -170,6 +170,20 @@ def find_config_file(explicit: str | None = None) -> Path:
 def load_config(explicit: str | None = None, *, strict: bool = False) -> Config:
     """Read and validate the whole tree; raise ConfigError listing every problem."""
     return load_config_file(find_config_file(explicit), strict=strict)
+
+
+def load_global(explicit: str | None = None) -> GlobalConfig:
+    """Only the main file's `[global]`: for `dkim keygen`, which makes the keys a tree names."""
+    main_file = Path(os.path.abspath(find_config_file(explicit)))
+    report = _Report()
+    sections = _read_file(main_file, report, [])
+    if sections is None:
+        raise ConfigError("configuration", "cannot be read", problems=report.errors)
+    found = [s for s in sections if s.kind == "global"]
+    gconf = _build_global(found[0] if found else None, main_file, report)
+    if report.errors:
+        raise ConfigError("configuration", "invalid", problems=report.errors)
+    return gconf
 
 
 def load_config_file(main_file: Path, *, strict: bool = False) -> Config:
@@ -498,14 +512,21 @@ def _build_domain(section: RawSection, gconf: GlobalConfig, report: _Report) -> 
         report.errors.append(
             f"{where('auth_method')}: auth_method: XOAUTH2 needs oauth2_token_command"
         )
-    if ("dkim_selector" in vals) != ("dkim_key_file" in vals):
-        report.errors.append(f"{at}: dkim_selector and dkim_key_file: set both or neither")
+    selectors, key_files = vals.get("dkim_selector", ()), vals.get("dkim_key_file", ())
+    if len(selectors) != len(key_files):
+        report.errors.append(
+            f"{at}: dkim_selector and dkim_key_file: lists of equal length, one selector per key"
+            f" (got {len(selectors)} selectors and {len(key_files)} key files)"
+        )
+    elif len({s.lower() for s in selectors}) != len(selectors):
+        report.errors.append(f"{where('dkim_selector')}: dkim_selector: a selector is repeated")
     for key in _SSL_FILE_KEYS:
         if key in vals:
             vals[key] = _existing_file(vals[key], gconf.ssl_dir, key, where(key), report)
     if "dkim_key_file" in vals:
-        vals["dkim_key_file"] = _existing_file(
-            vals["dkim_key_file"], gconf.config_dir, "dkim_key_file", where("dkim_key_file"), report
+        vals["dkim_key_file"] = tuple(
+            _existing_file(text, gconf.ssl_dir, "dkim_key_file", where("dkim_key_file"), report)
+            for text in vals["dkim_key_file"]
         )
     if "password" in vals:
         vals["password_location"] = where("password")

@@ -34,6 +34,7 @@ class TempFailurePolicy(str, enum.Enum):
 
 
 class DkimAlgorithm(str, enum.Enum):
+    AUTO = "auto"
     RSA = "rsa-sha256"
     ED25519 = "ed25519-sha256"
     BOTH = "both"
@@ -80,7 +81,7 @@ class GlobalConfig(NamedTuple):
     on_temporary_failure: TempFailurePolicy = TempFailurePolicy.QUEUE
     queue_lifetime: int = 432000
     bounce: bool = True
-    dns_servers: tuple[str, ...] = ()
+    dns_servers: tuple[HostPort, ...] = ()
     default_domain: str | None = None
     users_required: bool = False
     listen_address: tuple[HostPort, ...] = (HostPort("127.0.0.1", 25),)
@@ -120,9 +121,9 @@ class DomainConfig(NamedTuple):
     allow_plaintext_auth: bool = False
     helo_name: str = ""
     delivery_mode: DeliveryMode = DeliveryMode.RELAY
-    dkim_selector: str | None = None
-    dkim_key_file: Path | None = None
-    dkim_algorithm: DkimAlgorithm = DkimAlgorithm.RSA
+    dkim_selector: tuple[str, ...] = ()
+    dkim_key_file: tuple[Path, ...] = ()
+    dkim_algorithm: DkimAlgorithm = DkimAlgorithm.AUTO
     rate_limit_per_minute: int = 100
 
     def __repr__(self) -> str:

@@ -143,16 +143,35 @@ def parse_networks(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def parse_ip_list(text: str) -> tuple[str, ...]:
+def parse_nameservers(text: str) -> tuple[HostPort, ...]:
+    """`dns_servers`: IP addresses, each with an optional port (`192.0.2.1:5353`, `[::1]:53`)."""
     import ipaddress
 
     out = []
     for item in parse_list(text):
+        server = parse_hostport(item)
         try:
-            out.append(str(ipaddress.ip_address(item)))
+            ipaddress.ip_address(server.host)
         except ValueError:
-            raise ValueError(f"expected IP addresses, got {shorten(item)}") from None
+            raise ValueError(
+                f"expected IP addresses with optional :port, got {shorten(item)}"
+            ) from None
+        out.append(server)
     return tuple(out)
+
+
+_SELECTOR_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*$")
+
+
+def parse_selectors(text: str) -> tuple[str, ...]:
+    """DKIM selectors (RFC 6376 §3.1: dot-separated DNS labels)."""
+    out = parse_list(text)
+    for item in out:
+        if not _SELECTOR_RE.match(item):
+            raise ValueError(
+                f"expected DKIM selectors (DNS labels like rsa2026), got {shorten(item)}"
+            )
+    return out
 
 
 def parse_log_level(text: str) -> str:

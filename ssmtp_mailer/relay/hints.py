@@ -23,7 +23,8 @@ CERTIFICATE = (
     " certificate pin it with tls_fingerprint (`ssmtp-mailer test` prints the value)"
 )
 SENDER_AUTH = (
-    "the relay's SPF/DKIM/DMARC checks on your domain failed: run `ssmtp-mailer dns check`"
+    "the receiver's SPF/DKIM/DMARC checks on your domain failed: run `ssmtp-mailer dns check"
+    " YOUR-DOMAIN --ip YOUR-PUBLIC-ADDRESS` and publish the records it prints"
 )
 PLAINTEXT_AUTH = (
     "enable use_starttls = true (port 587) or use_ssl = true (port 465); only on a trusted"
@@ -33,7 +34,8 @@ SMTPUTF8 = "use an ASCII address, or a relay that offers SMTPUTF8 (RFC 6531)"
 
 # Left to re's own cache: compiled on the first failure, not on every sendmail run.
 _RELAY_DENIED = r"relay(ing)? (access )?(denied|not (allowed|permitted))|access denied"
-_SENDER_AUTH = r"\b(spf|dkim|dmarc)\b"
+# RFC 7372 §3: 5.7.20-5.7.26 are DKIM, SPF, reverse DNS and DMARC failures, 5.7.27 a null MX.
+_SENDER_AUTH = r"\b(spf|dkim|dmarc)\b|\b5\.7\.2[0-7]\b"
 
 
 def for_reply(code: int, text: str, *, port: int | None = None) -> str | None:

@@ -1,0 +1,603 @@
+"""`dns check`: a domain's mail records (MX, SPF, DKIM, DMARC, PTR, MTA-STS, TLS-RPT) over DNS.
+
+The queries go through dnspython to `dns_servers` (or the system's resolvers); what the
+answers mean is decided by the pure `spf` and `dnsrecords` modules.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import dns.exception
+import dns.name
+import dns.resolver
+import dns.reversename
+
+from ssmtp_mailer import dnsrecords, spf
+from ssmtp_mailer.config.model import DomainConfig, HostPort
+from ssmtp_mailer.dnsrecords import TxtRecord
+from ssmtp_mailer.errors import ConfigError
+from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Any
+
+OK, FAIL, WARN, SKIP = "ok", "fail", "warn", "skip"
+
+
+class Check(NamedTuple):
+    """One line of the checklist; `publish` holds the zone-file lines that would fix it."""
+
+    name: str
+    status: str
+    summary: str
+    required: bool = True
+    details: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return self.required and self.status == FAIL
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "required": self.required,
+            "summary": self.summary,
+            "details": list(self.details),
+            "publish": list(self.publish),
+        }
+
+
+class Request(NamedTuple):
+    domain: str
+    selectors: tuple[tuple[str, Path | None], ...] = ()
+    ip: str | None = None
+    route: DomainConfig | None = None
+    servers: tuple[HostPort, ...] = ()
+    ca_file: Path | None = None
+    timeout: float = 5.0
+
+
+class Report(NamedTuple):
+    domain: str
+    checks: tuple[Check, ...]
+    servers: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not any(c.failed for c in self.checks)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "domain": self.domain,
+            "ok": self.ok,
+            "resolvers": list(self.servers),
+            "checks": [c.as_dict() for c in self.checks],
+        }
+
+
+class Resolver:
+    """`spf.Lookups` on dnspython: empty answers for NXDOMAIN/no data, spf.TempError else."""
+
+    def __init__(self, servers: Sequence[HostPort] = (), timeout: float = 5.0) -> None:
+        if servers:
+            self._resolver = dns.resolver.Resolver(configure=False)
+            # Ports first: dnspython >= 2.4 reads them when the nameservers are set.
+            self._resolver.nameserver_ports = {s.host: s.port or 53 for s in servers}
+            self._resolver.nameservers = [s.host for s in servers]
+        else:
+            try:
+                self._resolver = dns.resolver.Resolver()
+            except dns.exception.DNSException as exc:
+                raise ConfigError(
+                    "dns_servers", f"not set, and no system resolver: {exc}"
+                ) from None
+        self._resolver.lifetime = timeout
+        self._resolver.timeout = timeout
+
+    @property
+    def names(self) -> list[str]:
+        ports = self._resolver.nameserver_ports
+        return [str(HostPort(str(s), ports.get(str(s), 53))) for s in self._resolver.nameservers]
+
+    def _answer(self, name: str, rdtype: str) -> list[Any]:
+        try:
+            answer = self._resolver.resolve(name, rdtype, search=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except dns.name.EmptyLabel:
+            return []
+        except dns.exception.DNSException as exc:
+            raise spf.TempError(f"{name} {rdtype}: {exc}") from None
+        return list(answer)
+
+    def txt(self, name: str) -> list[str]:
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in self._answer(name, "TXT")]
+
+    def addresses(self, name: str, version: int) -> list[str]:
+        return [r.address for r in self._answer(name, "A" if version == 4 else "AAAA")]
+
+    def all_addresses(self, name: str) -> list[str]:
+        return self.addresses(name, 4) + self.addresses(name, 6)
+
+    def mx_records(self, name: str) -> list[tuple[int, str]]:
+        rows = [
+            (r.preference, r.exchange.to_text().rstrip(".").lower())
+            for r in self._answer(name, "MX")
+        ]
+        return sorted(rows)
+
+    def mx(self, name: str) -> list[str]:
+        return [host for _, host in self.mx_records(name) if host]
+
+    def ptr(self, ip: str) -> list[str]:
+        reverse = dns.reversename.from_address(ip).to_text()
+        return [r.target.to_text().rstrip(".").lower() for r in self._answer(reverse, "PTR")]
+
+
+def _guard(name: str, run: Callable[[], list[Check]]) -> list[Check]:
+    """A check whose lookups failed temporarily says so instead of guessing."""
+    try:
+        return run()
+    except spf.TempError as exc:
+        return [Check(name, FAIL, f"DNS lookup failed: {exc}", details=("try again later",))]
+
+
+def check_mx(dns: Resolver, domain: str) -> list[Check]:
+    rows = dns.mx_records(domain)
+    if rows == [(0, "")]:
+        return [
+            Check(
+                "MX",
+                FAIL,
+                "null MX (RFC 7505): the domain says it receives no mail",
+                details=(
+                    "receivers may refuse mail from a domain with a null MX (RFC 7505 §4.2,"
+                    " 550 5.7.27), and bounces cannot come back",
+                ),
+                publish=(f"{domain}. IN MX 10 mail.{domain}.",),
+            )
+        ]
+    if not rows:
+        addresses = dns.all_addresses(domain)
+        if addresses:
+            return [
+                Check(
+                    "MX",
+                    WARN,
+                    f"no MX; mail goes to the domain's own address {addresses[0]} (RFC 5321 §5.1)",
+                    publish=(f"{domain}. IN MX 10 mail.{domain}.",),
+                )
+            ]
+        return [
+            Check(
+                "MX",
+                FAIL,
+                "no MX record and no address: replies and bounces have nowhere to go",
+                publish=(f"{domain}. IN MX 10 mail.{domain}.",),
+            )
+        ]
+    details, unresolved = [], []
+    for preference, host in rows:
+        addresses = dns.all_addresses(host)
+        details.append(f"{preference} {host} -> {', '.join(addresses) or 'no address'}")
+        if not addresses:
+            unresolved.append(host)
+    if unresolved:
+        return [
+            Check(
+                "MX",
+                FAIL,
+                f"MX host {unresolved[0]} has no A or AAAA record",
+                details=tuple(details),
+                publish=tuple(f"{h}. IN A <address of {h}>" for h in unresolved),
+            )
+        ]
+    summary = ", ".join(f"{p} {h}" for p, h in rows)
+    return [Check("MX", OK, summary, details=tuple(details))]
+
+
+def _suggested_spf(domain: str, ip: str | None, provider: dnsrecords.Provider | None) -> str:
+    mechanisms = []
+    if ip:
+        mechanisms.append(_ip_mechanism(ip))
+    if provider:
+        mechanisms.append(f"include:{provider.spf_include}")
+    return dnsrecords.spf_record(domain, mechanisms or ["mx"]).zone_line()
+
+
+def _ip_mechanism(ip: str) -> str:
+    return f"ip{ipaddress.ip_address(ip).version}:{ip}"
+
+
+def check_spf(
+    dns: Resolver, domain: str, ip: str | None, provider: dnsrecords.Provider | None
+) -> list[Check]:
+    records = spf.spf_records(dns, domain)
+    if not records:
+        return [
+            Check(
+                "SPF",
+                FAIL,
+                "no SPF record: receivers cannot tell which servers may send for the domain",
+                publish=(_suggested_spf(domain, ip, provider),),
+            )
+        ]
+    if len(records) > 1:
+        merged = dnsrecords.TxtRecord(domain, dnsrecords.spf_merged(records)).zone_line()
+        return [
+            Check(
+                "SPF",
+                FAIL,
+                f"{len(records)} SPF records: that is a permanent error (RFC 7208 §4.5);"
+                " merge them into one and delete the others",
+                details=tuple(records),
+                publish=(merged,),
+            )
+        ]
+    record = records[0]
+    try:
+        spf.parse(record)
+    except spf.SpfError as exc:
+        return [
+            Check(
+                "SPF",
+                FAIL,
+                f"invalid SPF record: {exc}",
+                details=(record,),
+                publish=(_suggested_spf(domain, ip, provider),),
+            )
+        ]
+    checks = [Check("SPF", OK, record)]
+    walked = spf.walk(dns, domain)
+    if walked.lookups > spf.MAX_LOOKUPS or walked.problems:
+        why = (
+            f"{walked.lookups} DNS lookups, more than the {spf.MAX_LOOKUPS} RFC 7208 §4.6.4 allows"
+            if walked.lookups > spf.MAX_LOOKUPS
+            else walked.problems[0]
+        )
+        checks.append(
+            Check(
+                "SPF lookups",
+                FAIL,
+                why,
+                details=(
+                    "receivers stop counting at 10 and treat the record as broken (permerror);"
+                    " replace includes with ip4:/ip6: ranges or drop ones no longer used",
+                    *walked.problems,
+                ),
+            )
+        )
+    else:
+        checks.append(Check("SPF lookups", OK, f"{walked.lookups} of {spf.MAX_LOOKUPS}"))
+    if ip:
+        result = spf.check_host(dns, ip, domain)
+        if result.result == "pass":
+            checks.append(Check(f"SPF for {ip}", OK, f"pass ({result.term})"))
+        else:
+            why = f": {result.why}" if result.why else (f" ({result.term})" if result.term else "")
+            checks.append(
+                Check(
+                    f"SPF for {ip}",
+                    FAIL,
+                    f"{result.result}{why}: {ip} is not authorised to send for {domain}",
+                    publish=(
+                        TxtRecord(
+                            domain, dnsrecords.spf_with(record, _ip_mechanism(ip))
+                        ).zone_line(),
+                    ),
+                )
+            )
+    if provider:
+        reached = {d.lower() for d in walked.includes}
+        wanted = {provider.spf_include, *provider.also}
+        if reached & wanted:
+            checks.append(Check(f"SPF for {provider.name}", OK, f"includes {provider.spf_include}"))
+        else:
+            include = f"include:{provider.spf_include}"
+            checks.append(
+                Check(
+                    f"SPF for {provider.name}",
+                    FAIL,
+                    f"the route relays through {provider.name}, but the record does not"
+                    f" include {provider.spf_include}",
+                    publish=(TxtRecord(domain, dnsrecords.spf_with(record, include)).zone_line(),),
+                )
+            )
+    return checks
+
+
+def check_dkim(dns: Resolver, domain: str, selector: str, key_file: Path | None) -> list[Check]:
+    from ssmtp_mailer import keytool
+    from ssmtp_mailer.dkimkey import KeyFileError
+
+    name = f"DKIM {selector}"
+    record_name = dnsrecords.dkim_name(selector, domain)
+    expected: TxtRecord | None = None
+    pair = None
+    if key_file is not None:
+        try:
+            pair = keytool.public_of(key_file.read_bytes())
+        except (OSError, KeyFileError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            return [Check(name, FAIL, f"cannot read the configured key {key_file}: {why}")]
+        expected = dnsrecords.dkim_record(selector, domain, pair.key_type, pair.public_b64)
+    publish = (expected.zone_line(),) if expected else ()
+    keygen = f"ssmtp-mailer dkim keygen --domain {domain} --selector {selector}"
+    texts = [t for t in dns.txt(record_name) if "p=" in t or t.lower().startswith("v=dkim1")]
+    if not texts:
+        return [
+            Check(
+                name,
+                FAIL,
+                f"no key record at {record_name}",
+                details=() if expected else (f"make a key and its record with: {keygen}",),
+                publish=publish,
+            )
+        ]
+    if len(texts) > 1:
+        return [
+            Check(
+                name, FAIL, f"{len(texts)} key records at {record_name}; keep one", publish=publish
+            )
+        ]
+    try:
+        tags = dnsrecords.parse_tags(texts[0])
+    except ValueError as exc:
+        return [Check(name, FAIL, f"{record_name}: {exc}", publish=publish)]
+    key_type = tags.get("k", "rsa").lower()
+    public = dnsrecords.joined_key(tags.get("p", ""))
+    problem = None
+    if "v" in tags and tags["v"] != "DKIM1":
+        problem = f"v={tags['v']}, expected v=DKIM1 (RFC 6376 §3.6.1)"
+    elif "p" not in tags:
+        problem = "no p= tag (the public key)"
+    elif not public:
+        problem = "p= is empty: the key is revoked"
+    elif key_type not in ("rsa", "ed25519"):
+        problem = f"k={key_type}: verifiers know rsa and ed25519"
+    elif pair is not None and not keytool.same_public_key(key_type, public, pair):
+        problem = (
+            f"the published key is not the public half of {key_file}"
+            if key_type == pair.key_type
+            else f"published k={key_type}, the configured key is {pair.key_type}"
+        )
+    if problem:
+        return [Check(name, FAIL, f"{record_name}: {problem}", publish=publish)]
+    if pair is None:
+        return [
+            Check(
+                name,
+                OK,
+                f"{record_name}: k={key_type} key published (no key configured to compare)",
+            )
+        ]
+    return [Check(name, OK, f"{record_name}: k={key_type}, matches {key_file}")]
+
+
+def check_dmarc(dns: Resolver, domain: str) -> list[Check]:
+    labels = domain.split(".")
+    # RFC 7489 §6.6.3: the domain's own record, else its organizational domain's (here: each
+    # parent down to two labels, without a public-suffix list).
+    for index in range(len(labels) - 1):
+        at = ".".join(labels[index:])
+        records = [
+            t for t in dns.txt(f"_dmarc.{at}") if t.replace(" ", "").lower().startswith("v=dmarc1")
+        ]
+        if not records:
+            continue
+        where = f"_dmarc.{at}" + (" (the organizational domain's)" if index else "")
+        if len(records) > 1:
+            return [
+                Check("DMARC", FAIL, f"{where}: {len(records)} records; receivers ignore them all")
+            ]
+        try:
+            tags = dnsrecords.parse_tags(records[0])
+        except ValueError as exc:
+            return [
+                Check(
+                    "DMARC",
+                    FAIL,
+                    f"{where}: {exc}",
+                    publish=(dnsrecords.dmarc_record(domain).zone_line(),),
+                )
+            ]
+        policy = tags.get("sp", tags.get("p", "")) if index else tags.get("p", "")
+        policy = policy.lower()
+        if policy not in ("none", "quarantine", "reject"):
+            return [
+                Check(
+                    "DMARC",
+                    FAIL,
+                    f"{where}: p={policy or '(missing)'}, expected none, quarantine or reject",
+                    publish=(dnsrecords.dmarc_record(at).zone_line(),),
+                )
+            ]
+        summary = f"{where}: p={policy}" + (f", rua={tags['rua']}" if "rua" in tags else "")
+        if policy == "none":
+            return [
+                Check(
+                    "DMARC",
+                    WARN,
+                    summary,
+                    details=("p=none only monitors; move to quarantine once reports look clean",),
+                )
+            ]
+        return [Check("DMARC", OK, summary)]
+    return [
+        Check(
+            "DMARC",
+            FAIL,
+            f"no DMARC record at _dmarc.{domain}",
+            details=("Gmail and Yahoo require DMARC from bulk senders",),
+            publish=(dnsrecords.dmarc_record(domain).zone_line(),),
+        )
+    ]
+
+
+def check_ptr(dns: Resolver, domain: str, ip: str) -> list[Check]:
+    reverse = dns_reverse(ip)
+    names = dns.ptr(ip)
+    host = f"mail.{domain}"
+    if not names:
+        return [
+            Check(
+                "PTR",
+                FAIL,
+                f"{ip} has no PTR record (many receivers refuse mail from such addresses)",
+                details=("the PTR is set by whoever owns the address: your hosting provider",),
+                publish=(f"{reverse} IN PTR {host}.", f"{host}. IN A {ip}"),
+            )
+        ]
+    for name in names:
+        if ip in {str(ipaddress.ip_address(a)) for a in dns.all_addresses(name)}:
+            return [Check("PTR", OK, f"{ip} -> {name} -> {ip}")]
+    forward = ", ".join(dns.all_addresses(names[0])) or "no address"
+    return [
+        Check(
+            "PTR",
+            FAIL,
+            f"{ip} -> {names[0]}, but {names[0]} -> {forward} (not forward-confirmed)",
+            publish=(f"{names[0]}. IN {'A' if ':' not in ip else 'AAAA'} {ip}",),
+        )
+    ]
+
+
+def dns_reverse(ip: str) -> str:
+    return dns.reversename.from_address(ip).to_text()
+
+
+_STS_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
+
+
+def check_mta_sts(dns: Resolver, domain: str, ca_file: Path | None, timeout: float) -> list[Check]:
+    records = [t for t in dns.txt(f"_mta-sts.{domain}") if t.replace(" ", "").startswith("v=STSv1")]
+    if not records:
+        return [Check("MTA-STS", SKIP, "not published", required=False)]
+    try:
+        tags = dnsrecords.parse_tags(records[0])
+    except ValueError as exc:
+        return [Check("MTA-STS", FAIL, f"_mta-sts.{domain}: {exc}")]
+    if len(records) > 1 or not _STS_ID.match(tags.get("id", "")):
+        why = "more than one record" if len(records) > 1 else "id= must be 1-32 letters or digits"
+        return [Check("MTA-STS", FAIL, f"_mta-sts.{domain}: {why} (RFC 8461 §3.1)")]
+    host = f"mta-sts.{domain}"
+    try:
+        addresses = dns.all_addresses(host)
+        if not addresses:
+            raise OSError(f"{host} has no address")
+        policy = fetch_sts_policy(host, addresses[0], ca_file, timeout)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return [
+            Check(
+                "MTA-STS",
+                FAIL,
+                f"id={tags['id']} published, but the policy cannot be fetched from"
+                f" https://{host}/.well-known/mta-sts.txt: {exc}",
+            )
+        ]
+    mode = policy.get("mode", "")
+    if policy.get("version") != "STSv1" or mode not in ("enforce", "testing", "none"):
+        return [Check("MTA-STS", FAIL, f"policy at https://{host}/: bad version or mode {mode!r}")]
+    return [
+        Check("MTA-STS", OK, f"mode={mode}, mx={', '.join(policy.get('mx', '').split()) or '-'}")
+    ]
+
+
+def fetch_sts_policy(
+    host: str, address: str, ca_file: Path | None, timeout: float
+) -> dict[str, str]:
+    """RFC 8461 §3.3: the policy file over HTTPS, the certificate verified for `host`."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    request = f"GET /.well-known/mta-sts.txt HTTP/1.0\r\nHost: {host}\r\n\r\n"
+    data = b""
+    with (
+        socket.create_connection((address, 443), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        tls.sendall(request.encode("ascii"))
+        while len(data) < 65536:
+            chunk = tls.recv(8192)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split()
+    if len(status) < 2 or status[1] != b"200":
+        raise ValueError(f"HTTP {b' '.join(status[1:]).decode('latin-1') or 'no answer'}")
+    policy: dict[str, str] = {}
+    for line in body.decode("utf-8", "replace").splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            key = key.strip().lower()
+            policy[key] = (
+                policy[key] + " " if key == "mx" and key in policy else ""
+            ) + value.strip()
+    return policy
+
+
+def check_tlsrpt(dns: Resolver, domain: str) -> list[Check]:
+    name = f"_smtp._tls.{domain}"
+    records = [t for t in dns.txt(name) if t.replace(" ", "").startswith("v=TLSRPTv1")]
+    if not records:
+        return [Check("TLS-RPT", SKIP, "not published", required=False)]
+    try:
+        tags = dnsrecords.parse_tags(records[0])
+    except ValueError as exc:
+        return [Check("TLS-RPT", FAIL, f"{name}: {exc}")]
+    uris = [u.strip() for u in tags.get("rua", "").split(",") if u.strip()]
+    if len(records) > 1 or not uris or not all(u.startswith(("mailto:", "https:")) for u in uris):
+        return [
+            Check("TLS-RPT", FAIL, f"{name}: needs one record with rua=mailto:... (RFC 8460 §3)")
+        ]
+    return [Check("TLS-RPT", OK, f"rua={', '.join(uris)}")]
+
+
+def run(request: Request, progress: Callable[[str], None] = lambda _: None) -> Report:
+    """Every check for `request.domain`, in checklist order."""
+    domain = request.domain.rstrip(".").lower()
+    resolver = Resolver(request.servers, request.timeout)
+    route = request.route
+    provider = None
+    if route is not None and route.delivery_mode.value != "direct":
+        provider = dnsrecords.provider_for(route.smtp_server)
+    steps: list[tuple[str, Callable[[], list[Check]]]] = [
+        ("MX", lambda: check_mx(resolver, domain)),
+        ("SPF", lambda: check_spf(resolver, domain, request.ip, provider)),
+    ]
+    for selector, key_file in request.selectors:
+        steps.append(
+            (
+                f"DKIM {selector}",
+                functools.partial(check_dkim, resolver, domain, selector, key_file),
+            )
+        )
+    if not request.selectors:
+        skipped = Check(
+            "DKIM",
+            SKIP,
+            "no selector configured for the route or given with --selector",
+            required=False,
+        )
+        steps.append(("DKIM", lambda: [skipped]))
+    steps.append(("DMARC", lambda: check_dmarc(resolver, domain)))
+    if request.ip:
+        ip = request.ip
+        steps.append(("PTR", lambda: check_ptr(resolver, domain, ip)))
+    steps.append(
+        ("MTA-STS", lambda: check_mta_sts(resolver, domain, request.ca_file, request.timeout))
+    )
+    steps.append(("TLS-RPT", lambda: check_tlsrpt(resolver, domain)))
+    checks: list[Check] = []
+    for name, step in steps:
+        progress(name)
+        checks.extend(_guard(name, step))
+    return Report(domain, tuple(checks), tuple(resolver.names))

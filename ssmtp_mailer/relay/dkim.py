@@ -1,0 +1,175 @@
+"""DKIM signing (RFC 6376, RFC 8463) of a route's mail with dkimpy, one signature per key.
+
+Keys are loaded and checked before the first delivery attempt, so a bad key is EX_CONFIG
+for the whole message, never a failure half-way through its route groups. dkimpy itself
+is imported only when a message is signed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ssmtp_mailer.config.model import DkimAlgorithm, DomainConfig
+from ssmtp_mailer.dkimkey import ED25519, RSA, DkimKey, KeyFileError, parse_private_key
+from ssmtp_mailer.errors import ConfigError, SoftwareError
+from ssmtp_mailer.typed import NamedTuple
+
+# SPEC §6; From is signed once more than it occurs (over-signed), so no From can be added.
+SIGNED_HEADERS = (
+    "from",
+    "to",
+    "cc",
+    "subject",
+    "date",
+    "message-id",
+    "reply-to",
+    "in-reply-to",
+    "references",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+)
+
+
+class SigningKey(NamedTuple):
+    selector: str
+    path: Path
+    key: DkimKey
+
+
+class Signer(NamedTuple):
+    """A route's keys; `domain` is the d= tag (None: the From address's domain)."""
+
+    route: str
+    domain: str | None
+    keys: tuple[SigningKey, ...]
+
+
+# Keys already read, by (path, size, mtime): the listener and `queue run` sign many messages.
+_loaded: dict[tuple[str, int, int], DkimKey] = {}
+
+
+def _read_key(path: Path, where: str) -> DkimKey:
+    try:
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            ident = (str(path), st.st_size, st.st_mtime_ns)
+            cached = _loaded.get(ident)
+            if cached is not None:
+                return cached
+            text = handle.read(1 << 16)
+    except OSError as exc:
+        raise ConfigError(where, f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        key = parse_private_key(text)
+    except KeyFileError as exc:
+        raise ConfigError(
+            where, f"{path}: {exc}", hint="`ssmtp-mailer dkim keygen` writes a usable key"
+        ) from None
+    _loaded[ident] = key
+    return key
+
+
+def signer_for(route: DomainConfig) -> Signer | None:
+    """The route's signer, its keys read and checked; None when the route does not sign."""
+    if not route.dkim_key_file:
+        return None
+    where = f"{route.location}: [domain:{route.name}]: dkim_key_file"
+    keys = tuple(
+        SigningKey(selector, path, _read_key(path, where))
+        for selector, path in zip(route.dkim_selector, route.dkim_key_file, strict=True)
+    )
+    algorithms = {k.key.algorithm for k in keys}
+    wanted = route.dkim_algorithm
+    problem = None
+    if wanted in (DkimAlgorithm.RSA, DkimAlgorithm.ED25519):
+        others = [k for k in keys if k.key.algorithm != wanted.value]
+        if others:
+            kind = "an Ed25519" if others[0].key.algorithm == ED25519 else "an RSA"
+            problem = f"dkim_algorithm = {wanted.value}, but {others[0].path} is {kind} key"
+    elif wanted == DkimAlgorithm.BOTH and algorithms != {RSA, ED25519}:
+        have = "RSA" if RSA in algorithms else "Ed25519"
+        problem = f"dkim_algorithm = both needs an RSA and an Ed25519 key, the keys are all {have}"
+    if problem:
+        raise ConfigError(
+            f"{route.location}: [domain:{route.name}]",
+            problem,
+            hint="`ssmtp-mailer dkim keygen --algorithm rsa|ed25519` makes the missing key",
+        )
+    domain = None if route.name == "*" else route.name
+    return Signer(route.name, domain, keys)
+
+
+def header_list(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """The h= list: each SPEC header as often as it occurs, From once more."""
+    counts: dict[bytes, int] = {}
+    for field, _ in headers:
+        key = field.strip().lower()
+        counts[key] = counts.get(key, 0) + 1
+    out: list[bytes] = []
+    for name in SIGNED_HEADERS:
+        wanted = name.encode("ascii")
+        out += [wanted] * (counts.get(wanted, 0) + (1 if name == "from" else 0))
+    return out
+
+
+def _from_domain(headers: list[tuple[bytes, bytes]]) -> str | None:
+    from ssmtp_mailer.message import parse_addresses
+
+    for name, value in headers:
+        if name.strip().lower() == b"from":
+            found = parse_addresses(value.decode("utf-8", "replace"))
+            if found and "@" in found[0].address:
+                return found[0].address.rpartition("@")[2].lower()
+    return None
+
+
+def sign(signer: Signer, data: bytes | bytearray) -> bytes:
+    """`data` (CRLF, not dot-stuffed) with one DKIM-Signature per key in front."""
+    import dkim  # type: ignore[import-untyped, unused-ignore]
+
+    message = bytes(data)
+    state = dkim.DKIM(message, linesep=b"\r\n")
+    include = header_list(state.headers)
+    domain = signer.domain or _from_domain(state.headers)
+    if domain is None:
+        raise ConfigError(
+            f"[domain:{signer.route}]", "cannot sign: the message has no From address"
+        )
+    signatures = []
+    for item in signer.keys:
+        try:
+            signature = state.sign(
+                item.selector.encode("ascii"),
+                domain.encode("idna"),
+                item.key.signing_key,
+                signature_algorithm=item.key.algorithm.encode("ascii"),
+                canonicalize=(b"relaxed", b"relaxed"),
+                include_headers=include,
+            )
+        except dkim.NaClNotFoundError:
+            raise ConfigError(
+                f"[domain:{signer.route}]: {item.path}",
+                "Ed25519 signing needs PyNaCl (Debian: python3-nacl)",
+            ) from None
+        except dkim.DKIMException as exc:
+            raise SoftwareError(f"DKIM signing with {item.path}", str(exc)) from None
+        signatures.append(signature)
+    return b"".join(signatures) + message
+
+
+def check_route(route: DomainConfig) -> list[str]:
+    """`config check`: the route's keys load and sign a sample message; problems as lines."""
+    try:
+        signer = signer_for(route)
+        if signer is not None:
+            sample = b"From: check@%s\r\nSubject: check\r\n\r\nbody\r\n" % (
+                (signer.domain or "example.com").encode("idna")
+            )
+            sign(signer, sample)
+    except ConfigError as exc:
+        return exc.lines() if exc.problems else [f"{exc.what}: {exc.why}"]
+    except SoftwareError as exc:
+        return [f"{route.location}: [domain:{route.name}]: {exc.what}: {exc.why}"]
+    return []

@@ -1,0 +1,496 @@
+"""DKIM: keys from `dkim keygen`, signing on the way out, verification against real DNS."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from dkimverify import signatures, verify_each
+from dnsserver import DNSServer
+from relayconf import RunMain
+from smtpserver import SMTPTestServer
+
+DOMAIN = "example.com"
+
+
+def keygen(run_main: RunMain, ssl: Path, selector: str, algorithm: str) -> dict[str, str]:
+    code, out, err = run_main(
+        [
+            "dkim",
+            "keygen",
+            "--domain",
+            DOMAIN,
+            "--selector",
+            selector,
+            "--algorithm",
+            algorithm,
+            "--out",
+            str(ssl / f"{selector}.pem"),
+            "--json",
+        ],
+        prog="ssmtp-mailer",
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert isinstance(data, dict)
+    return data
+
+
+def write_config(
+    tmp_path: Path, port: int, selectors: list[str], extra: str = "", global_extra: str = ""
+) -> Path:
+    keys = ", ".join(f"{s}.pem" for s in selectors)
+    dkim = f"dkim_selector = {', '.join(selectors)}\ndkim_key_file = {keys}\n" if selectors else ""
+    path = tmp_path / "ssmtp-mailer.conf"
+    path.write_text(
+        f"""[global]
+default_hostname = host.example
+spool_dir = {tmp_path / "spool"}
+max_retries = 0
+connection_timeout = 5
+enable_rate_limiting = false
+{global_extra}
+[domain:{DOMAIN}]
+smtp_server = 127.0.0.1
+smtp_port = {port}
+use_starttls = false
+auth_method = NONE
+{dkim}{extra}
+[domain:*]
+smtp_server = 127.0.0.1
+smtp_port = {port}
+use_starttls = false
+auth_method = NONE
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def keys(run_main: RunMain, tmp_path: Path) -> dict[str, dict[str, str]]:
+    ssl = tmp_path / "ssl"
+    return {
+        "rsa2026": keygen(run_main, ssl, "rsa2026", "rsa"),
+        "mana2026": keygen(run_main, ssl, "mana2026", "ed25519"),
+    }
+
+
+@pytest.fixture
+def zone(keys: dict[str, dict[str, str]], dns_server: Callable[..., DNSServer]) -> DNSServer:
+    return dns_server({k["name"]: [("TXT", k["value"])] for k in keys.values()})
+
+
+MESSAGE = (
+    "From: Ålice <alice@example.com>\n"
+    "To: bob@x.example,\n"
+    "   carol@x.example\n"
+    "Subject: =?utf-8?q?gr=C3=BC=C3=9Fe?= and a subject long enough\n"
+    "\tto be folded onto a second line\n"
+    "Content-Type: text/plain; charset=utf-8\n"
+    "Content-Transfer-Encoding: 8bit\n"
+    "MIME-Version: 1.0\n"
+    "\n"
+    "Grüße aus Köln, 8-bit body.\n"
+    "trailing spaces   \n"
+).encode()
+
+
+@pytest.mark.parametrize(
+    "selectors",
+    [["rsa2026"], ["mana2026"], ["mana2026", "rsa2026"]],
+    ids=["rsa", "ed25519", "both"],
+)
+def test_signed_message_verifies_against_dns(
+    selectors: list[str],
+    keys: dict[str, dict[str, str]],
+    zone: DNSServer,
+    tmp_path: Path,
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+) -> None:
+    config = write_config(tmp_path, smtp_server.port, selectors)
+    code, _, err = run_main(["-C", str(config), "-t"], stdin=MESSAGE)
+    assert code == 0, err
+    (received,) = smtp_server.messages
+    results = verify_each(received.data, zone)
+    algorithms = {"rsa2026": "rsa-sha256", "mana2026": "ed25519-sha256"}
+    assert results == [(s, algorithms[s], True) for s in selectors]
+    for tags in signatures(received.data):
+        assert tags[b"d"] == b"example.com" and tags[b"c"] == b"relaxed/relaxed"
+        signed = tags[b"h"].lower().split(b":")
+        # From over-signed; every SPEC header present is signed, absent ones are not listed.
+        assert signed.count(b"from") == 2
+        assert set(signed) == {
+            b"from",
+            b"to",
+            b"subject",
+            b"date",
+            b"message-id",
+            b"mime-version",
+            b"content-type",
+            b"content-transfer-encoding",
+        }
+    assert "8BITMIME" in " ".join(received.mail_options).upper()
+
+
+def test_tampered_message_fails_verification(
+    keys: dict[str, dict[str, str]],
+    zone: DNSServer,
+    tmp_path: Path,
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+) -> None:
+    config = write_config(tmp_path, smtp_server.port, ["mana2026", "rsa2026"])
+    assert run_main(["-C", str(config), "-t"], stdin=MESSAGE)[0] == 0
+    data = smtp_server.messages[0].data
+    assert [ok for _, _, ok in verify_each(data, zone)] == [True, True]
+    body = data.replace("Köln".encode(), b"Bonn")
+    assert [ok for _, _, ok in verify_each(body, zone)] == [False, False]
+    header = data.replace(b"bob@x.example", b"eve@x.example")
+    assert [ok for _, _, ok in verify_each(header, zone)] == [False, False]
+    # A second From added after signing breaks it: From is over-signed.
+    added = b"From: mallory@evil.example\r\n" + data
+    assert [ok for _, _, ok in verify_each(added, zone)] == [False, False]
+    # Relaxed canonicalisation: refolding a header and trailing whitespace still verify.
+    refolded = data.replace(b"enough\r\n\tto", b"enough\r\n to").replace(b"   \r\n", b"\r\n")
+    assert refolded != data
+    assert [ok for _, _, ok in verify_each(refolded, zone)] == [True, True]
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_queued_entry_keeps_the_signature_and_is_not_signed_again(
+    keys: dict[str, dict[str, str]],
+    zone: DNSServer,
+    tmp_path: Path,
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+) -> None:
+    down = write_config(tmp_path, _closed_port(), ["mana2026", "rsa2026"])
+    code, _, err = run_main(["-C", str(down), "-t"], stdin=MESSAGE)
+    assert code == 0 and "queued as" in err, err
+    (queued,) = (tmp_path / "spool" / "queue").glob("*.msg")
+    stored = queued.read_bytes()
+    assert len(signatures(stored)) == 2
+    # The relay comes back; the runner sends the stored bytes as they are.
+    up = write_config(tmp_path, smtp_server.port, ["mana2026", "rsa2026"])
+    code, _, err = run_main(["-C", str(up), "queue", "run", "--all"], prog="ssmtp-mailer")
+    assert code == 0, err
+    (received,) = smtp_server.messages
+    assert received.data == stored
+    assert [ok for _, _, ok in verify_each(received.data, zone)] == [True, True]
+
+
+def test_unsigned_route_is_left_alone(
+    keys: dict[str, dict[str, str]], tmp_path: Path, smtp_server: SMTPTestServer, run_main: RunMain
+) -> None:
+    config = write_config(tmp_path, smtp_server.port, ["rsa2026"])
+    other = MESSAGE.replace(b"alice@example.com", b"alice@other.example")
+    assert run_main(["-C", str(config), "-t"], stdin=other)[0] == 0
+    assert signatures(smtp_server.messages[0].data) == []
+
+
+def test_pkcs1_rsa_key_signs_too(
+    tmp_path: Path,
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    from cryptography.hazmat.primitives import serialization as s
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "ssl").mkdir()
+    (tmp_path / "ssl" / "old.pem").write_bytes(
+        key.private_bytes(s.Encoding.PEM, s.PrivateFormat.TraditionalOpenSSL, s.NoEncryption())
+    )
+    public = key.public_key().public_bytes(s.Encoding.DER, s.PublicFormat.SubjectPublicKeyInfo)
+    import base64
+
+    zone = dns_server(
+        {
+            "old._domainkey.example.com": [
+                ("TXT", "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode())
+            ]
+        }
+    )
+    config = write_config(tmp_path, smtp_server.port, ["old"])
+    assert run_main(["-C", str(config), "-t"], stdin=MESSAGE)[0] == 0
+    assert verify_each(smtp_server.messages[0].data, zone) == [("old", "rsa-sha256", True)]
+
+
+def test_keygen_writes_0600_pkcs8_and_never_overwrites(run_main: RunMain, tmp_path: Path) -> None:
+    config = tmp_path / "ssmtp-mailer.conf"
+    config.write_text("[global]\nssl_dir = keys\n")
+    args = ["-C", str(config), "dkim", "keygen", "--domain", "Example.COM", "--selector", "rsa2026"]
+    code, out, err = run_main(args, prog="ssmtp-mailer")
+    assert code == 0, err
+    path = tmp_path / "keys" / "dkim-rsa2026.example.com.pem"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----\n")
+    # The record to paste: its name, its value, and the zone line in 255-octet strings.
+    assert "name:  rsa2026._domainkey.example.com\n" in out
+    value = out.split("value: ")[1].splitlines()[0]
+    assert value.startswith("v=DKIM1; k=rsa; p=MIIBIjAN")
+    line = next(
+        x for x in out.splitlines() if x.startswith("rsa2026._domainkey.example.com. IN TXT ")
+    )
+    strings = line.split(" IN TXT ")[1].strip('"').split('" "')
+    assert [len(s) for s in strings] == [255, len(value) - 255]
+    assert "".join(strings) == value
+    assert f"dkim_key_file = {path}" in out
+    before = path.read_bytes()
+    code, out, err = run_main(args, prog="ssmtp-mailer")
+    assert code == 73
+    assert err == f"ssmtp-mailer: {path}: exists\nssmtp-mailer: hint: pass --force to replace it\n"
+    assert path.read_bytes() == before
+    code, _, err = run_main([*args, "--force", "--algorithm", "ed25519"], prog="ssmtp-mailer")
+    assert code == 0, err
+    assert path.read_bytes() != before and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert list((tmp_path / "keys").iterdir()) == [path]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--domain", "bad domain", "--selector", "s"], "--domain: "),
+        (["--domain", "example.com", "--selector", "a_b"], "--selector: expected DKIM selectors"),
+        (
+            ["--domain", "example.com", "--selector", "s", "--bits", "512"],
+            "512 is not in the range",
+        ),
+    ],
+)
+def test_keygen_bad_arguments(
+    args: list[str], message: str, run_main: RunMain, tmp_path: Path
+) -> None:
+    code, _, err = run_main(
+        ["dkim", "keygen", "--out", str(tmp_path / "k.pem"), *args], prog="ssmtp-mailer"
+    )
+    assert code == 64
+    assert err.startswith("ssmtp-mailer: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "k.pem").exists()
+
+
+def _garbage(ssl: Path) -> None:
+    (ssl / "rsa2026.pem").write_text("not a key\n")
+
+
+def _encrypted(ssl: Path) -> None:
+    from cryptography.hazmat.primitives import serialization as s
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    pem = key.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.BestAvailableEncryption(b"pw"))
+    (ssl / "rsa2026.pem").write_bytes(pem)
+
+
+def _der_int(value: int) -> bytes:
+    body = value.to_bytes(value.bit_length() // 8 + 1, "big")
+    return (
+        b"\x02" + bytes([len(body)]) + body
+        if len(body) < 128
+        else b"\x02\x81" + bytes([len(body)]) + body
+    )
+
+
+def _small(ssl: Path) -> None:
+    import base64
+
+    # A PKCS#1 RSAPrivateKey shape with a 512-bit modulus (cryptography refuses to make one).
+    fields = b"".join(_der_int(v) for v in (0, 2**511 + 1, 65537, 3, 5, 7, 11, 13, 17))
+    der = b"\x30\x81" + bytes([len(fields)]) + fields
+    pem = base64.encodebytes(der).decode()
+    (ssl / "rsa2026.pem").write_text(
+        f"-----BEGIN RSA PRIVATE KEY-----\n{pem}-----END RSA PRIVATE KEY-----\n"
+    )
+
+
+def _truncated(ssl: Path) -> None:
+    pem = (ssl / "rsa2026.pem").read_text().splitlines()
+    (ssl / "rsa2026.pem").write_text("\n".join([*pem[:5], pem[-1]]) + "\n")
+
+
+def _cert(ssl: Path) -> None:
+    (ssl / "rsa2026.pem").write_text(
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("spoil", "why"),
+    [
+        (_garbage, "no PEM private key in the file"),
+        (_encrypted, "the key is encrypted"),
+        (_small, "RSA key of 512 bits; DKIM needs at least 1024"),
+        (_truncated, "truncated DER"),
+        (_cert, "CERTIFICATE: not a private key"),
+    ],
+    ids=["garbage", "encrypted", "small", "truncated", "certificate"],
+)
+def test_bad_key_is_ex_config_at_check_and_at_send(
+    spoil: Callable[[Path], None],
+    why: str,
+    keys: dict[str, dict[str, str]],
+    tmp_path: Path,
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+) -> None:
+    spoil(tmp_path / "ssl")
+    config = write_config(tmp_path, smtp_server.port, ["mana2026", "rsa2026"])
+    code, _, err = run_main(["-C", str(config), "config", "check"], prog="ssmtp-mailer")
+    assert code == 78
+    assert f"dkim_key_file: {tmp_path / 'ssl' / 'rsa2026.pem'}: {why}" in err
+    code, _, err = run_main(["-C", str(config), "-t"], stdin=MESSAGE)
+    assert code == 78 and why in err and "Traceback" not in err
+    assert smtp_server.messages == []
+    assert not list((tmp_path / "spool").glob("*/*.msg"))
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "selectors", "why"),
+    [
+        (
+            "rsa-sha256",
+            ["mana2026", "rsa2026"],
+            "dkim_algorithm = rsa-sha256, but {ssl}/mana2026.pem is an Ed25519 key",
+        ),
+        (
+            "ed25519-sha256",
+            ["rsa2026"],
+            "dkim_algorithm = ed25519-sha256, but {ssl}/rsa2026.pem is an RSA key",
+        ),
+        (
+            "both",
+            ["rsa2026"],
+            "dkim_algorithm = both needs an RSA and an Ed25519 key, the keys are all RSA",
+        ),
+    ],
+)
+def test_dkim_algorithm_insists(
+    algorithm: str,
+    selectors: list[str],
+    why: str,
+    keys: dict[str, dict[str, str]],
+    tmp_path: Path,
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+) -> None:
+    config = write_config(tmp_path, smtp_server.port, selectors, f"dkim_algorithm = {algorithm}\n")
+    code, _, err = run_main(["-C", str(config), "config", "check"], prog="ssmtp-mailer")
+    assert code == 78 and why.format(ssl=tmp_path / "ssl") in err, err
+
+
+def test_config_lists_must_pair_up(
+    tmp_path: Path, run_main: RunMain, keys: dict[str, dict[str, str]]
+) -> None:
+    config = write_config(tmp_path, 25, [], "dkim_selector = a, b\ndkim_key_file = rsa2026.pem\n")
+    code, _, err = run_main(["-C", str(config), "config", "check"], prog="ssmtp-mailer")
+    assert code == 78
+    assert "dkim_selector and dkim_key_file: lists of equal length" in err
+    config = write_config(tmp_path, 25, [], "dkim_selector = a\ndkim_key_file = missing.pem\n")
+    code, _, err = run_main(["-C", str(config), "config", "check"], prog="ssmtp-mailer")
+    assert code == 78 and f"dkim_key_file: {tmp_path / 'ssl' / 'missing.pem'}: no such file" in err
+    config = write_config(tmp_path, 25, ["mana2026", "rsa2026"])
+    code, out, err = run_main(["-C", str(config), "config", "check"], prog="ssmtp-mailer")
+    assert code == 0 and "OK" in out, err
+
+
+_IMPORTS = (
+    "import io, sys\n"
+    "from ssmtp_mailer.entry import main\n"
+    "sys.stdin = io.TextIOWrapper(io.BytesIO(sys.argv[2].encode()))\n"
+    "rc = main(['-C', sys.argv[1], '-t'], prog_name='sendmail')\n"
+    "print(rc, sorted(m for m in ('dkim', 'nacl', 'cryptography', 'ssmtp_mailer.relay.dkim') if m in sys.modules))\n"
+)
+
+
+def test_dkimpy_is_imported_only_when_a_route_signs(
+    keys: dict[str, dict[str, str]], tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    config = write_config(tmp_path, smtp_server.port, ["mana2026", "rsa2026"])
+
+    def run(sender: str) -> str:
+        message = f"From: {sender}\nTo: bob@x.example\nSubject: s\n\nbody\n"
+        done = subprocess.run(
+            [sys.executable, "-c", _IMPORTS, str(config), message],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=dict(os.environ),
+        )
+        return done.stdout.strip() or done.stderr
+
+    assert run("alice@other.example") == "0 []"
+    # Signing needs dkimpy (and PyNaCl for Ed25519), never the cryptography package.
+    assert run("alice@example.com") == "0 ['dkim', 'nacl', 'ssmtp_mailer.relay.dkim']"
+    assert len(smtp_server.messages) == 2
+
+
+def test_shipped_dkim_example_signs_with_both_keys(
+    tmp_path: Path,
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    example = Path(__file__).resolve().parent.parent / "etc" / "examples" / "dkim-signing.conf"
+    text = example.read_text().replace("mail.example.com  ", "127.0.0.1  ", 1)
+    text = text.replace("smtp_port = 587", f"smtp_port = {smtp_server.port}")
+    text = text.replace("use_starttls = true", "use_starttls = false\nauth_method = NONE")
+    text = text.replace(
+        "[global]", f"[global]\nspool_dir = {tmp_path / 'spool'}\nenable_rate_limiting = false"
+    )
+    config = tmp_path / "dkim-signing.conf"
+    config.write_text(text)
+    code, _, err = run_main(["-C", str(config), "config", "check"], prog="ssmtp-mailer")
+    assert code == 78 and "dkim-mana2026.example.com.pem: no such file" in err
+    records = {}
+    for selector, algorithm in (("mana2026", "ed25519"), ("rsa2026", "rsa")):
+        code, out, err = run_main(
+            ["-C", str(config), "dkim", "keygen", "--domain", DOMAIN, "--selector", selector,
+             "--algorithm", algorithm, "--json"],
+            prog="ssmtp-mailer",
+        )  # fmt: skip
+        assert code == 0, err
+        key = json.loads(out)
+        assert key["file"] == str(tmp_path / "ssl" / f"dkim-{selector}.example.com.pem")
+        records[key["name"]] = [("TXT", key["value"])]
+    code, out, err = run_main(["-C", str(config), "config", "check"], prog="ssmtp-mailer")
+    assert code == 0, err
+    assert run_main(["-C", str(config), "-t"], stdin=MESSAGE)[0] == 0
+    zone = dns_server(records)
+    assert verify_each(smtp_server.messages[0].data, zone) == [
+        ("mana2026", "ed25519-sha256", True),
+        ("rsa2026", "rsa-sha256", True),
+    ]
+
+
+def test_catch_all_route_signs_for_the_from_domain(
+    keys: dict[str, dict[str, str]],
+    tmp_path: Path,
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    config = write_config(tmp_path, smtp_server.port, [])
+    text = config.read_text().replace(
+        "[domain:*]\n", "[domain:*]\ndkim_selector = mana2026\ndkim_key_file = mana2026.pem\n"
+    )
+    config.write_text(text)
+    other = MESSAGE.replace(b"alice@example.com", b"alice@Other.Example")
+    assert run_main(["-C", str(config), "-t"], stdin=other)[0] == 0
+    (tags,) = signatures(smtp_server.messages[0].data)
+    assert tags[b"d"] == b"other.example"
+    zone = dns_server({"mana2026._domainkey.other.example": [("TXT", keys["mana2026"]["value"])]})
+    assert verify_each(smtp_server.messages[0].data, zone) == [("mana2026", "ed25519-sha256", True)]

@@ -1,0 +1,545 @@
+"""`dns check` against a real DNS server on loopback: a correct zone passes, each fault is named."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dnsserver import DNSServer, Zone
+from relayconf import RunMain
+
+from ssmtp_mailer import spf
+from ssmtp_mailer.config.model import HostPort
+from ssmtp_mailer.dnscheck import Resolver
+from ssmtp_mailer.relay import hints
+
+IP = "192.0.2.10"
+
+
+def keygen(run_main: RunMain, path: Path, selector: str, algorithm: str) -> dict[str, Any]:
+    code, out, err = run_main(
+        [
+            "dkim",
+            "keygen",
+            "--domain",
+            "example.com",
+            "--selector",
+            selector,
+            "--algorithm",
+            algorithm,
+            "--out",
+            str(path),
+            "--json",
+        ],
+        prog="ssmtp-mailer",
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture
+def keys(run_main: RunMain, tmp_path: Path) -> dict[str, dict[str, Any]]:
+    return {
+        "rsa2026": keygen(run_main, tmp_path / "ssl" / "rsa2026.pem", "rsa2026", "rsa"),
+        "mana2026": keygen(run_main, tmp_path / "ssl" / "mana2026.pem", "mana2026", "ed25519"),
+    }
+
+
+def good_zone(keys: dict[str, dict[str, Any]]) -> dict[str, list[Any]]:
+    return {
+        "example.com": [
+            ("MX", "10 mail.example.com."),
+            ("TXT", "v=spf1 a:mail.example.com include:_spf.relay.example ~all"),
+            ("TXT", "google-site-verification=abc"),
+        ],
+        "mail.example.com": [("A", IP)],
+        "_spf.relay.example": [("TXT", "v=spf1 ip4:198.51.100.0/24 ip6:2001:db8::/32 -all")],
+        "_dmarc.example.com": [
+            ("TXT", "v=DMARC1; p=quarantine; rua=mailto:postmaster@example.com")
+        ],
+        "10.2.0.192.in-addr.arpa": [("PTR", "mail.example.com.")],
+        "_smtp._tls.example.com": [("TXT", "v=TLSRPTv1; rua=mailto:tls@example.com")],
+        **{k["name"]: [("TXT", k["value"])] for k in keys.values()},
+    }
+
+
+def write_config(tmp_path: Path, server: DNSServer, route: str = "") -> Path:
+    path = tmp_path / "ssmtp-mailer.conf"
+    path.write_text(
+        f"""[global]
+default_hostname = host.example
+dns_servers = {server.nameserver}
+
+[domain:example.com]
+smtp_server = {route or "relay.internal.example"}
+dkim_selector = mana2026, rsa2026
+dkim_key_file = mana2026.pem, rsa2026.pem
+"""
+    )
+    return path
+
+
+def dns_check(run_main: RunMain, config: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+    code, out, err = run_main(
+        ["-C", str(config), "dns", "check", "example.com", "--json", *args], prog="ssmtp-mailer"
+    )
+    assert err == ""
+    return code, json.loads(out), out
+
+
+def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in report["checks"]}
+
+
+def test_correct_zone_passes(
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    server = dns_server(good_zone(keys))
+    config = write_config(tmp_path, server)
+    code, report, _ = dns_check(run_main, config, "--ip", IP)
+    checks = by_name(report)
+    assert code == 0 and report["ok"] is True, checks
+    assert {n: c["status"] for n, c in checks.items()} == {
+        "MX": "ok",
+        "SPF": "ok",
+        "SPF lookups": "ok",
+        f"SPF for {IP}": "ok",
+        "DKIM mana2026": "ok",
+        "DKIM rsa2026": "ok",
+        "DMARC": "ok",
+        "PTR": "ok",
+        "MTA-STS": "skip",
+        "TLS-RPT": "ok",
+    }
+    assert checks["SPF lookups"]["summary"] == "2 of 10"
+    assert checks[f"SPF for {IP}"]["summary"] == "pass (a:mail.example.com)"
+    assert (
+        checks["DMARC"]["summary"]
+        == "_dmarc.example.com: p=quarantine, rua=mailto:postmaster@example.com"
+    )
+    assert checks["PTR"]["summary"] == f"{IP} -> mail.example.com -> {IP}"
+    assert report["resolvers"] == [server.nameserver]
+    assert server.count("rsa2026._domainkey.example.com", "TXT") == 1
+    # The text form: a checklist, and the same verdict.
+    code, out, err = run_main(
+        ["-C", str(config), "dns", "check", "example.com", "--ip", IP], prog="ssmtp-mailer"
+    )
+    assert code == 0 and err == ""  # no progress when stderr is not a terminal
+    assert out.splitlines()[0] == f"DNS check for example.com (resolvers: {server.nameserver})"
+    assert "[ok  ] DKIM rsa2026: rsa2026._domainkey.example.com: k=rsa, matches" in out
+    assert "[ -- ] MTA-STS: not published" in out
+    assert out.endswith("all required checks passed\n")
+
+
+def _spf(zone: dict[str, list[Any]], *records: str) -> None:
+    zone["example.com"] = [r for r in zone["example.com"] if r[0] != "TXT"] + [
+        ("TXT", r) for r in records
+    ]
+
+
+def _no_spf(zone: dict[str, list[Any]]) -> None:
+    _spf(zone)
+
+
+def _two_spf(zone: dict[str, list[Any]]) -> None:
+    _spf(zone, "v=spf1 mx -all", "v=spf1 include:_spf.relay.example ~all")
+
+
+def _ip_not_covered(zone: dict[str, list[Any]]) -> None:
+    _spf(zone, "v=spf1 ip4:192.0.2.99 -all")
+
+
+def _eleven_lookups(zone: dict[str, list[Any]]) -> None:
+    _spf(
+        zone,
+        "v=spf1 " + " ".join(f"include:i{n}.example" for n in range(1, 12)) + f" ip4:{IP} -all",
+    )
+    for n in range(1, 12):
+        zone[f"i{n}.example"] = [("TXT", "v=spf1 ip4:198.51.100.1 -all")]
+
+
+def _dkim_mismatch(zone: dict[str, list[Any]]) -> None:
+    from cryptography.hazmat.primitives import serialization as s
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    spki = other.public_bytes(s.Encoding.DER, s.PublicFormat.SubjectPublicKeyInfo)
+    zone["rsa2026._domainkey.example.com"] = [
+        ("TXT", "v=DKIM1; k=rsa; p=" + base64.b64encode(spki).decode())
+    ]
+
+
+def _no_dmarc(zone: dict[str, list[Any]]) -> None:
+    del zone["_dmarc.example.com"]
+
+
+def _ptr_mismatch(zone: dict[str, list[Any]]) -> None:
+    zone["10.2.0.192.in-addr.arpa"] = [("PTR", "host-10.isp.example.")]
+    zone["host-10.isp.example"] = [("A", "203.0.113.7")]
+
+
+def _null_mx(zone: dict[str, list[Any]]) -> None:
+    zone["example.com"] = [r for r in zone["example.com"] if r[0] != "MX"] + [("MX", "0 .")]
+
+
+@pytest.mark.parametrize(
+    ("spoil", "check", "summary", "publish"),
+    [
+        (_no_spf, "SPF", "no SPF record", 'example.com. IN TXT "v=spf1 ip4:192.0.2.10 ~all"'),
+        (
+            _two_spf,
+            "SPF",
+            "2 SPF records: that is a permanent error (RFC 7208 §4.5)",
+            'example.com. IN TXT "v=spf1 ',  # one record: both records' mechanisms, merged
+        ),
+        (
+            _ip_not_covered,
+            f"SPF for {IP}",
+            f"fail (-all): {IP} is not authorised to send for example.com",
+            'example.com. IN TXT "v=spf1 ip4:192.0.2.99 ip4:192.0.2.10 -all"',
+        ),
+        (
+            _eleven_lookups,
+            "SPF lookups",
+            "11 DNS lookups, more than the 10 RFC 7208 §4.6.4 allows",
+            None,
+        ),
+        (
+            _dkim_mismatch,
+            "DKIM rsa2026",
+            "rsa2026._domainkey.example.com: the published key is not the public half of",
+            'rsa2026._domainkey.example.com. IN TXT "v=DKIM1; k=rsa; p=MIIB',
+        ),
+        (
+            _no_dmarc,
+            "DMARC",
+            "no DMARC record at _dmarc.example.com",
+            '_dmarc.example.com. IN TXT "v=DMARC1; p=quarantine; rua=mailto:postmaster@example.com"',
+        ),
+        (
+            _ptr_mismatch,
+            "PTR",
+            f"{IP} -> host-10.isp.example, but host-10.isp.example -> 203.0.113.7 (not forward-confirmed)",
+            f"host-10.isp.example. IN A {IP}",
+        ),
+        (
+            _null_mx,
+            "MX",
+            "null MX (RFC 7505): the domain says it receives no mail",
+            "example.com. IN MX 10 mail.example.com.",
+        ),
+    ],
+    ids=[
+        "no-spf",
+        "two-spf",
+        "ip-not-covered",
+        "11-lookups",
+        "dkim-mismatch",
+        "no-dmarc",
+        "ptr-mismatch",
+        "null-mx",
+    ],
+)
+def test_each_fault_is_named_with_the_record_to_publish(
+    spoil: Callable[[dict[str, list[Any]]], None],
+    check: str,
+    summary: str,
+    publish: str | None,
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    zone = good_zone(keys)
+    spoil(zone)
+    config = write_config(tmp_path, dns_server(zone))
+    code, report, _ = dns_check(run_main, config, "--ip", IP)
+    assert code == 1 and report["ok"] is False
+    failed = [c for c in report["checks"] if c["status"] == "fail"]
+    # Over 10 lookups, evaluating for the IP is a permanent error too, as receivers see it.
+    also = [f"SPF for {IP}"] if check == "SPF lookups" else []
+    assert [c["name"] for c in failed] == [check, *also], failed
+    assert failed[0]["summary"].startswith(summary)
+    if check == "SPF" and "2 SPF" in summary:
+        assert set(failed[0]["publish"][0].split()) >= {"mx", "include:_spf.relay.example"}
+    if publish is not None:
+        assert any(line.startswith(publish) for line in failed[0]["publish"]), failed[0]["publish"]
+    # The text checklist names the same fault and prints the record to publish.
+    code, out, _ = run_main(
+        ["-C", str(config), "dns", "check", "example.com", "--ip", IP], prog="ssmtp-mailer"
+    )
+    assert code == 1
+    assert f"[FAIL] {check}: {summary}" in out
+    if publish is not None:
+        assert f"       publish: {publish}" in out
+    assert out.endswith(f"{1 + len(also)} required check(s) failed: {', '.join([check, *also])}\n")
+
+
+@pytest.mark.parametrize(
+    ("server", "include", "ok"),
+    [
+        ("smtp.gmail.com", "_spf.google.com", True),
+        ("smtp.gmail.com", None, False),
+        ("smtp.email.eu-frankfurt-1.oci.oraclecloud.com", "rp.oracleemaildelivery.com", True),
+        ("smtp-relay.brevo.com", None, False),
+    ],
+)
+def test_relay_route_needs_its_providers_include(
+    server: str,
+    include: str | None,
+    ok: bool,
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    zone = good_zone(keys)
+    if include:
+        _spf(zone, f"v=spf1 include:{include} ~all")
+        zone[include] = [("TXT", "v=spf1 ip4:198.51.100.0/24 ~all")]
+    config = write_config(tmp_path, dns_server(zone), route=server)
+    code, report, _ = dns_check(run_main, config)
+    provider = next(c for c in report["checks"] if c["name"].startswith("SPF for "))
+    assert (code == 0, provider["status"]) == (ok, "ok" if ok else "fail"), report
+    if not ok:
+        expected = {"smtp.gmail.com": "_spf.google.com", "smtp-relay.brevo.com": "spf.brevo.com"}[
+            server
+        ]
+        assert f"does not include {expected}" in provider["summary"]
+        assert provider["publish"] == [
+            f'example.com. IN TXT "v=spf1 a:mail.example.com include:_spf.relay.example include:{expected} ~all"'
+        ]
+
+
+def test_selectors_without_keys_missing_record_and_mta_sts(
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    zone = good_zone(keys)
+    zone["_mta-sts.example.com"] = [("TXT", "v=STSv1; id=20260101")]
+    zone["mta-sts.example.com"] = [("A", "127.0.0.1")]
+    server = dns_server(zone)
+    config = tmp_path / "plain.conf"
+    config.write_text(f"[global]\ndns_servers = {server.nameserver}\n")
+    code, report, _ = dns_check(run_main, config, "--selector", "mana2026", "--selector", "gone")
+    checks = by_name(report)
+    assert checks["DKIM mana2026"]["status"] == "ok"
+    assert "no key configured to compare" in checks["DKIM mana2026"]["summary"]
+    assert checks["DKIM gone"]["status"] == "fail"
+    assert checks["DKIM gone"]["details"] == [
+        "make a key and its record with: ssmtp-mailer dkim keygen --domain example.com --selector gone"
+    ]
+    # MTA-STS is published, so its policy must be reachable: nothing listens on 127.0.0.1:443.
+    assert checks["MTA-STS"]["status"] == "fail"
+    assert (
+        "the policy cannot be fetched from https://mta-sts.example.com/.well-known/mta-sts.txt"
+        in checks["MTA-STS"]["summary"]
+    )
+    assert code == 1
+
+
+def test_dns_check_bad_input(
+    run_main: RunMain, tmp_path: Path, dns_server: Callable[..., DNSServer]
+) -> None:
+    code, _, err = run_main(
+        ["dns", "check", "example.com", "--ip", "300.1.1.1"], prog="ssmtp-mailer"
+    )
+    assert (code, err) == (64, "ssmtp-mailer: --ip: expected an IP address, got '300.1.1.1'\n")
+    config = tmp_path / "c.conf"
+    config.write_text("[global]\ndns_servers = resolver.example\n")
+    code, _, err = run_main(["-C", str(config), "dns", "check", "example.com"], prog="ssmtp-mailer")
+    assert code == 78 and "dns_servers: expected IP addresses with optional :port" in err
+    config.write_text(f"[global]\ndns_servers = {dns_server({}).nameserver}\n")
+    code, _, err = run_main(
+        ["-C", str(config), "dns", "check", "example.com", "--route", "nope"], prog="ssmtp-mailer"
+    )
+    assert (code, err) == (78, "ssmtp-mailer: --route nope: no such route (routes: none)\n")
+
+
+def test_sender_auth_hint_names_the_command() -> None:
+    hint = hints.for_reply(550, "5.7.26 This message does not pass authentication checks")
+    assert hint == hints.SENDER_AUTH
+    assert "ssmtp-mailer dns check YOUR-DOMAIN --ip" in hint
+
+
+# The SPF evaluator on its own, through the same real resolver.
+SPF_ZONE: Zone = {
+    "a.example": [("TXT", "v=spf1 a/24 mx:b.example -all"), ("A", "192.0.2.1")],
+    "b.example": [("MX", "10 mx.b.example."), ("TXT", "v=spf1 redirect=a.example")],
+    "mx.b.example": [("A", "198.51.100.5"), ("AAAA", "2001:db8::5")],
+    "c.example": [("TXT", "v=spf1 include:%{d2}.missing.example ip6:2001:db8::/48 ?all")],
+    "m.example": [("TXT", "v=spf1 exists:%{ir}.list.m.example -all")],
+    "5.100.51.198.list.m.example": [("A", "127.0.0.2")],
+    "bad.example": [("TXT", "v=spf1 ip4:1.2.3 -all")],
+}
+
+
+@pytest.mark.parametrize(
+    ("domain", "ip", "result"),
+    [
+        ("a.example", "192.0.2.200", "pass"),  # a/24
+        ("a.example", "198.51.100.5", "pass"),  # mx:b.example
+        ("a.example", "203.0.113.1", "fail"),
+        ("b.example", "192.0.2.77", "pass"),  # redirect= to a.example
+        ("b.example", "2001:db8::5", "pass"),  # mx, IPv6
+        (
+            "c.example",
+            "2001:db8:0:1::1",
+            "pass",
+        ),  # ip6 before the failing include is reached? no: in order
+        ("m.example", "198.51.100.5", "pass"),  # exists with a reversed-IP macro
+        ("m.example", "198.51.100.6", "fail"),
+        ("bad.example", "192.0.2.1", "permerror"),
+        ("none.example", "192.0.2.1", "none"),
+    ],
+)
+def test_spf_check_host(
+    domain: str, ip: str, result: str, dns_server: Callable[..., DNSServer]
+) -> None:
+    server = dns_server(SPF_ZONE)
+    resolver = Resolver((HostPort(server.host, server.port),))
+    got = spf.check_host(resolver, ip, domain)
+    if domain == "c.example":
+        # include: comes first and its target has no SPF record: a permanent error (§5.2).
+        assert got.result == "permerror" and "has no SPF record" in got.why
+        return
+    assert got.result == result, got
+
+
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        ("v=spf1 ip4:1.2.3 -all", "bad ip4 network"),
+        ("v=spf1 ip4:2001:db8::1 -all", "ip4 with an IPv6 network"),
+        ("v=spf1 foo:bar -all", "unknown mechanism"),
+        ("v=spf1 redirect=a.example redirect=b.example", "redirect= appears twice"),
+        ("v=spf1 a/33 -all", "bad IPv4 prefix length"),
+        ("v=spf1 include:%{z}.example -all", "bad macro"),
+        ("v=spf10 -all", "does not start with v=spf1"),
+    ],
+)
+def test_spf_syntax_errors(record: str, why: str) -> None:
+    with pytest.raises(spf.SpfError, match=why):
+        spf.parse(record)
+    assert spf.parse(
+        "v=spf1 a mx/24//64 ptr ip6:2001:db8::/32 exists:%{i}.x.example ~all exp=e.example"
+    )
+
+
+def test_progress_only_on_a_terminal(tmp_path: Path, dns_server: Callable[..., DNSServer]) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    server = dns_server({"example.com": [("MX", "0 .")]})
+    config = tmp_path / "c.conf"
+    config.write_text(f"[global]\ndns_servers = {server.nameserver}\n")
+    argv = [sys.executable, "-m", "ssmtp_mailer", "-C", str(config), "dns", "check", "example.com"]
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=follower, timeout=60)
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(leader)
+    assert done.returncode == 1
+    assert b"checking MX..." in seen and b"checking DMARC..." in seen
+    assert b"checking" not in done.stdout
+    assert b"[FAIL] MX: null MX" in done.stdout
+
+
+class _PolicyServer:
+    """HTTPS on ADDRESS:443 serving one MTA-STS policy (RFC 8461 §3.3), certificate from `ca`."""
+
+    def __init__(self, ca: Any, host: str, policy: str) -> None:
+        import http.server
+        import random
+        import ssl
+        import threading
+
+        body = policy.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                found = self.path == "/.well-known/mta-sts.txt" and self.headers["Host"] == host
+                self.send_response(200 if found else 404)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                if found:
+                    self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        # A loopback address of its own: port 443 is fixed by RFC 8461.
+        self.address = (
+            f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+        )
+        try:
+            self.httpd = http.server.HTTPServer((self.address, 443), Handler)
+        except OSError as exc:
+            pytest.skip(f"cannot listen on {self.address}:443: {exc}")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert(host).configure_cert(context)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def test_mta_sts_policy_is_fetched_and_verified(
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+    tls_ca: Any,
+    ca_file: Path,
+) -> None:
+    policy = _PolicyServer(
+        tls_ca,
+        "mta-sts.example.com",
+        "version: STSv1\nmode: enforce\nmx: mail.example.com\nmax_age: 86400\n",
+    )
+    try:
+        zone = good_zone(keys)
+        zone["_mta-sts.example.com"] = [("TXT", "v=STSv1; id=20260101T000000")]
+        zone["mta-sts.example.com"] = [("A", policy.address)]
+        config = write_config(tmp_path, dns_server(zone))
+        config.write_text(config.read_text() + f"ssl_ca_file = {ca_file}\n")
+        code, report, _ = dns_check(run_main, config)
+        mta_sts = by_name(report)["MTA-STS"]
+        assert (code, mta_sts["status"]) == (0, "ok"), mta_sts
+        assert mta_sts["summary"] == "mode=enforce, mx=mail.example.com"
+        # Without the CA the certificate is not trusted: a published policy that cannot be
+        # fetched over verified HTTPS is a failure.
+        config.write_text(config.read_text().replace(f"ssl_ca_file = {ca_file}\n", ""))
+        code, report, _ = dns_check(run_main, config)
+        mta_sts = by_name(report)["MTA-STS"]
+        assert (code, mta_sts["status"]) == (1, "fail")
+        assert "CERTIFICATE_VERIFY_FAILED" in mta_sts["summary"]
+    finally:
+        policy.stop()
