@@ -602,3 +602,37 @@ def test_started_as_root_it_binds_then_becomes_listen_user(
         assert client.sendmail("app@host.example", ["out@far.example"], message("dropped")) == {}
     assert upstream.wait_for(1)[0].message()["Subject"] == "dropped"
     assert listener.stop() == 0
+
+
+def test_sendmail_bs_and_the_listener_speak_one_dialect(
+    tmp_path: Path,
+    upstream: SMTPTestServer,
+    start_listener: Callable[[Path], Listener],
+    run_main: Callable[..., tuple[int, str, str]],
+) -> None:
+    """The same policy refusal at RCPT and the same kind of reply to the dot, both ways."""
+    conf = listener_config(
+        tmp_path / "l.conf",
+        upstream.port,
+        sections="\n[user:app@host.example]\nallowed_domains = far.example\n",
+    )
+    listener = start_listener(conf)
+    with listener.client() as client:
+        client.ehlo()
+        client.mail("app@host.example")
+        over_smtp = client.rcpt("x@elsewhere.example")
+        assert client.rcpt("ok@far.example")[0] == 250
+        code, text = client.data(message("one"))
+        assert code == 250 and text.startswith(b"2.0.0 OK ")
+    session = (
+        b"EHLO x\r\nMAIL FROM:<app@host.example>\r\nRCPT TO:<x@elsewhere.example>\r\n"
+        b"RCPT TO:<ok@far.example>\r\nDATA\r\n" + message("two").encode() + b".\r\nQUIT\r\n"
+    )
+    code, out, _ = run_main(["-C", str(conf), "-bs"], session)
+    assert code == 0
+    replies = out.splitlines()
+    refusal = next(r for r in replies if r.startswith("550"))
+    assert refusal == f"{over_smtp[0]} {over_smtp[1].decode()}"
+    assert "domain not in allowed_domains" in refusal
+    assert any(r.startswith("250 2.0.0 OK ") for r in replies)
+    assert sorted(str(m.message()["Subject"]) for m in upstream.wait_for(2)) == ["one", "two"]
