@@ -636,3 +636,48 @@ def test_sendmail_bs_and_the_listener_speak_one_dialect(
     assert "domain not in allowed_domains" in refusal
     assert any(r.startswith("250 2.0.0 OK ") for r in replies)
     assert sorted(str(m.message()["Subject"]) for m in upstream.wait_for(2)) == ["one", "two"]
+
+
+def test_the_workers_retry_quickly_where_sendmail_would_queue(
+    tmp_path: Path,
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    start_listener: Callable[[Path], Listener],
+) -> None:
+    flaky = smtp_server_factory(fault="421-connect")
+    conf = listener_config(tmp_path / "l.conf", flaky.port)
+    conf.write_text(
+        conf.read_text().replace(
+            "max_retries = 0\nretry_backoff = 0", "max_retries = 2\nretry_backoff = 1"
+        )
+    )
+    listener = start_listener(conf)
+    threading.Timer(0.5, setattr, (flaky, "fault", None)).start()
+    with listener.client() as client:
+        client.ehlo()
+        client.mail("app@host.example")
+        client.rcpt("out@far.example")
+        code, text = client.data(message("retried"))
+    assert code == 250 and b"delivered" in text  # the retry after 1 s got through
+    assert flaky.wait_for(1)[0].message()["Subject"] == "retried"
+    assert list_entries(load_config(str(conf))) == []
+
+
+def test_smtputf8_and_8bit_pass_through(
+    tmp_path: Path,
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    start_listener: Callable[[Path], Listener],
+) -> None:
+    upstream = smtp_server_factory(smtputf8=True)
+    listener = start_listener(listener_config(tmp_path / "l.conf", upstream.port))
+    body = "From: app@host.example\r\nSubject: caf\u00e9\r\n\r\nd\u00e9j\u00e0 vu\r\n".encode()
+    with listener.client() as client:
+        client.ehlo()
+        assert "smtputf8" in client.esmtp_features and "8bitmime" in client.esmtp_features
+        code, _ = client.mail("app@host.example", ["SMTPUTF8", "BODY=8BITMIME"])
+        assert code == 250
+        assert client.rcpt("j\u00fcrgen@m\u00fcller.example")[0] == 250
+        assert client.data(body)[0] == 250
+    got = upstream.wait_for(1)[0]
+    assert got.rcpt_tos == ["j\u00fcrgen@m\u00fcller.example"]
+    assert got.smtputf8
+    assert "d\u00e9j\u00e0 vu".encode() in got.data

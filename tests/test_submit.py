@@ -377,3 +377,27 @@ def test_the_pickup_refuses_links_and_foreign_files(
     assert smtp_server.messages == []
     assert sorted(p.name for p in drop.iterdir()) == []
     assert secret.exists()
+
+
+def test_a_user_who_may_not_write_the_queue_submits_too(
+    shared_dir: Path, smtp_server: SMTPTestServer
+) -> None:
+    base = Path(tempfile.mkdtemp(prefix="readable-", dir=shared_dir))
+    base.chmod(0o755)
+    main = base / "ssmtp-mailer.conf"
+    main.write_text(
+        f"[global]\ndefault_hostname = host.example\nspool_dir = {base / 'spool'}\n"
+        "max_retries = 0\nenable_rate_limiting = false\n\n"
+        f"[domain:*]\nsmtp_server = 127.0.0.1\nsmtp_port = {smtp_server.port}\n"
+        "use_starttls = false\nauth_method = NONE\n"
+    )
+    main.chmod(0o644)  # everything readable: only the queue is out of reach
+    (base / "spool").mkdir()
+    queue_run(main)
+    assert (base / "spool" / "queue").stat().st_mode & 0o007 == 0  # not nobody's
+    run = nobody_sendmail(shared_dir, main, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    assert smtp_server.messages == []  # handed over, not sent by nobody itself
+    queue_run(main)
+    got = smtp_server.wait_for(1)[0]
+    assert "uid 65534 (nobody)" in str(got.message()["Received"])
