@@ -35,6 +35,7 @@ AUTH_FAILURE_DELAY = 2.0
 PICKUP_INTERVAL = 5.0
 QUEUE_INTERVAL = 60.0
 SUBMIT_SOCKET = "submit.sock"
+VERDICTS_KEPT = 4096
 
 
 class _DropLoginDataNotice(logging.Filter):
@@ -62,12 +63,28 @@ class ListenerState:
         self.inflight: set[asyncio.Future[str]] = set()
         self.draining = False
         self.networks = _networks(config)
+        # (sender, recipient) -> the RCPT verdict under this configuration: the same app
+        # writes to the same addresses all day, and planning is the loop's biggest cost.
+        self.verdicts: dict[tuple[str, str], str | None] = {}
 
     def use(self, config: Config) -> None:
         """Switch to a newly loaded configuration (SIGHUP)."""
         self.networks = _networks(config)
         rewrite.accepts_from_anywhere(config, "postmaster")  # build its index here, once
+        self.verdicts = {}
         self.config = config
+
+    def recipient_reply(self, sender: str, recipient: str) -> str | None:
+        """dialect.recipient_reply, remembered per configuration."""
+        key = (sender, recipient)
+        verdicts = self.verdicts
+        if key in verdicts:
+            return verdicts[key]
+        verdict = dialect.recipient_reply(self.config, sender, recipient)
+        if len(verdicts) >= VERDICTS_KEPT:
+            verdicts.clear()
+        verdicts[key] = verdict
+        return verdict
 
     def report(self, line: str) -> None:
         log.write(self.config, "WARNING", line)
@@ -220,7 +237,7 @@ class ListenerHandler:
             config, recipient
         ):
             return dialect.RELAY_DENIED.format(recipient)
-        refusal = dialect.recipient_reply(config, envelope.mail_from or "", recipient)
+        refusal = self.state.recipient_reply(envelope.mail_from or "", recipient)
         if refusal is not None:
             return refusal
         envelope.rcpt_tos.append(recipient)
