@@ -681,3 +681,16 @@ def test_smtputf8_and_8bit_pass_through(
     assert got.rcpt_tos == ["j\u00fcrgen@m\u00fcller.example"]
     assert got.smtputf8
     assert "d\u00e9j\u00e0 vu".encode() in got.data
+
+
+def test_an_idle_client_is_dropped_after_listen_timeout(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    listener = start_listener(
+        listener_config(tmp_path / "l.conf", upstream.port, "listen_timeout = 1")
+    )
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as sock:
+        assert sock.recv(1024).startswith(b"220 ")
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the listener, not by us
+        assert 0.5 < time.monotonic() - started < 5
