@@ -6,6 +6,7 @@ on a world-readable copy of the package, under `setpriv`. Skipped unless run as 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -53,6 +54,13 @@ def shared_dir() -> Iterator[Path]:
     shutil.copytree(
         PACKAGE, root / "code" / "ssmtp_mailer", ignore=shutil.ignore_patterns("__pycache__")
     )
+    # The pure-Python dependencies, from this interpreter's environment: a CI machine's
+    # /usr/bin/python3 need not have Debian's python3-click and friends installed.
+    for name in ("click", "platformdirs", "tomli_w"):
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.submodule_search_locations
+        source = Path(next(iter(spec.submodule_search_locations)))
+        shutil.copytree(source, root / "code" / name, ignore=shutil.ignore_patterns("__pycache__"))
     for path in (root / "code").rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     (root / "code").chmod(0o755)
