@@ -523,14 +523,25 @@ class Listener:
 
     async def _reload(self) -> None:
         loop = asyncio.get_running_loop()
+
+        def load() -> tuple[Config, ssl.SSLContext | None]:
+            config = self.reload_config()
+            return config, tls_context(config)  # renewed certificates are taken too
+
         try:
-            config = await loop.run_in_executor(None, self.reload_config)
+            config, tls = await loop.run_in_executor(None, load)
         except MailerError as exc:
             say("SIGHUP: the new configuration is broken, keeping the old one:")
             for line in exc.lines():
                 say(f"  {line}")
             log.write(self.state.config, "ERROR", f"listen: reload refused: {exc.what}: {exc.why}")
             return
+        before = self.state.config.global_
+        if config.global_.listen_address != before.listen_address:
+            say("SIGHUP: listen_address changed; the new addresses need a restart")
+        if config.global_.max_connections != before.max_connections:
+            say("SIGHUP: max_connections changed; the delivery pool keeps its size until a restart")
+        self.state.tls = tls
         self.state.use(config)
         say(f"SIGHUP: reloaded {config.main_file}")
 
