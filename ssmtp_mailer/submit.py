@@ -14,6 +14,7 @@ import os
 import socket
 
 from ssmtp_mailer.errors import (
+    EX_DATAERR,
     EX_NOPERM,
     EX_NOUSER,
     EX_OK,
@@ -165,7 +166,8 @@ def _over_socket(path: Path, prepared: PreparedMessage, data: bytes) -> int | No
         client.putcmd("MAIL", f"FROM:<{prepared.sender}>{suffix}")
         code, text = client.getreply()
         if code != 250:
-            return _refused(code, text, "sender")
+            # 4xx (a listener shutting down): the maildrop takes it instead.
+            return None if code < 500 else _refused(code, text, "sender")
         accepted = 0
         for recipient in prepared.recipients:
             client.putcmd("RCPT", f"TO:<{recipient}>")
@@ -197,13 +199,15 @@ def _over_socket(path: Path, prepared: PreparedMessage, data: bytes) -> int | No
     return _refused(code, text, "message")
 
 
+# The listener's 5xx, by enhanced status class (RFC 3463), back to SPEC §9 exit codes.
+_EXITS = {"5.7.": EX_NOPERM, "5.6.": EX_DATAERR, "5.3.": EX_DATAERR, "5.1.": EX_NOUSER}
+
+
 def _refused(code: int, text: bytes, what: str) -> int:
+    """A permanent refusal by the listener: one line, and the exit code sendmail gives it."""
     said = text.decode("utf-8", "replace").replace("\n", " ")
-    if 400 <= code < 500:
-        report(f"{what}: the listener deferred it: {code} {said}")
-        return EX_UNAVAILABLE
     report(f"{what}: refused by the listener: {code} {said}")
-    return EX_NOPERM if " 5.7." in f" {said}" else EX_UNAVAILABLE
+    return next((v for k, v in _EXITS.items() if said.startswith(k)), EX_UNAVAILABLE)
 
 
 def _dot_stuffed(data: bytes) -> bytes:
