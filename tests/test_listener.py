@@ -694,3 +694,43 @@ def test_an_idle_client_is_dropped_after_listen_timeout(
         started = time.monotonic()
         assert sock.recv(1024) == b""  # closed by the listener, not by us
         assert 0.5 < time.monotonic() - started < 5
+
+
+def test_a_message_that_cannot_even_be_queued_gets_451(
+    tmp_path: Path, start_listener: Callable[[Path], Listener]
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    (tmp_path / "not-a-dir").write_text("")
+    conf = listener_config(tmp_path / "l.conf", dead_port)
+    conf.write_text(
+        conf.read_text().replace(
+            f"spool_dir = {tmp_path / 'spool'}", f"spool_dir = {tmp_path / 'not-a-dir' / 'spool'}"
+        )
+    )
+    listener = start_listener(conf)
+    with listener.client() as client:
+        client.ehlo()
+        client.mail("app@host.example")
+        client.rcpt("out@far.example")
+        code, text = client.data(message())
+    assert code == 451
+    assert text.startswith(b"4.")
+
+
+def test_a_permanent_refusal_is_passed_on_with_the_relays_reason(
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    tmp_path: Path,
+    start_listener: Callable[[Path], Listener],
+) -> None:
+    refusing = smtp_server_factory(fault="554-data-end")
+    listener = start_listener(listener_config(tmp_path / "l.conf", refusing.port))
+    with listener.client() as client:
+        client.ehlo()
+        client.mail("app@host.example")
+        client.rcpt("out@far.example")
+        code, text = client.data(message())
+    assert code in (550, 554)
+    assert text.startswith(b"5.")
+    assert b"content policy" in text  # the relay's own reason is in ours
