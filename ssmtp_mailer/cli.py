@@ -13,7 +13,7 @@ from ssmtp_mailer.errors import UsageError
 
 # name -> (module, attribute, one-line help); loaded only when the command runs.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "config": ("ssmtp_mailer.commands.config", "config_group", "Check or show the configuration."),
+    "config": ("ssmtp_mailer.commands.config", "config_group", "Check, show, import the config."),
     "password": (
         "ssmtp_mailer.commands.password",
         "password_group",

@@ -6,9 +6,10 @@ aiosmtpd) own the I/O and ask here what to answer, so both say the same thing.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ssmtp_mailer import errors
 from ssmtp_mailer.errors import MailerError
-from ssmtp_mailer.typed import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-
-from ssmtp_mailer.typed import NamedTuple
+from typing import NamedTuple
 
 RSA = "rsa-sha256"
 ED25519 = "ed25519-sha256"

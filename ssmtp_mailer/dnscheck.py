@@ -13,6 +13,7 @@ import socket
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import dns.exception
 import dns.name
@@ -23,7 +24,6 @@ from ssmtp_mailer import dnsrecords, spf
 from ssmtp_mailer.config.model import DomainConfig, HostPort
 from ssmtp_mailer.dnsrecords import TxtRecord
 from ssmtp_mailer.errors import ConfigError
-from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from typing import Any

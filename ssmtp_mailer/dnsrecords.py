@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ssmtp_mailer.typed import NamedTuple
+from typing import NamedTuple
 
 # RFC 1035 §3.3.14: a TXT record is a sequence of strings of at most 255 octets each.
 TXT_STRING_MAX = 255

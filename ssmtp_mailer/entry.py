@@ -5,19 +5,13 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from ssmtp_mailer.errors import EX_IOERR, EX_SOFTWARE, PROG, MailerError
+from ssmtp_mailer.errors import EX_IOERR, EX_SOFTWARE, MailerError
 from ssmtp_mailer.errors import report as report_line
-from ssmtp_mailer.typed import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import TextIO
-
-NEWALIASES_NOTE = (
-    f"{PROG}: newaliases: there is no aliases database; aliases are the [mapping:] sections"
-    " of the configuration (see `ssmtp-mailer config show`)"
-)
-
 
 def report(lines: list[str]) -> None:
     for line in lines:
@@ -69,17 +63,12 @@ def main(argv: list[str] | None = None, prog_name: str | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     name = os.path.basename(prog_name or sys.argv[0])
     try:
-        if _sendmail_name(name):
+        # mailq is `sendmail -bp`, newaliases `sendmail -bi`, as in sendmail itself.
+        mode = {"mailq": ["-bp"], "newaliases": ["-bi"]}.get(name)
+        if mode is not None or _sendmail_name(name):
             from ssmtp_mailer.sendmail import run_sendmail
 
-            return run_sendmail(args)
-        if name == "mailq":
-            from ssmtp_mailer.sendmail import run_sendmail
-
-            return run_sendmail(["-bp", *args])
-        if name == "newaliases":
-            print(NEWALIASES_NOTE, file=sys.stderr)
-            return 0
+            return run_sendmail([*(mode or []), *args])
         from ssmtp_mailer.cli import run_cli
 
         return run_cli(args)

@@ -7,9 +7,9 @@ reads keys with `dkimkey`, which needs no crypto library.
 from __future__ import annotations
 
 import base64
+from typing import NamedTuple
 
 from ssmtp_mailer.dkimkey import ED25519, RSA, KeyFileError
-from ssmtp_mailer.typed import NamedTuple
 
 
 class KeyPair(NamedTuple):

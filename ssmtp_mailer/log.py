@@ -7,9 +7,9 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from ssmtp_mailer.config.model import Config
-from ssmtp_mailer.typed import NamedTuple
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _SAFE = re.compile(r"[^\s\"\\=]+")

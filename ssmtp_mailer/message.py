@@ -6,9 +6,9 @@ import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from ssmtp_mailer.errors import DataError, UsageError, shorten
-from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from ssmtp_mailer.rewrite import Plan, RouteGroup
@@ -20,8 +20,8 @@ MAX_LINE = 998
 # A header field name is printable ASCII without the colon; obsolete syntax allows WSP before it.
 _FIELD_RE = re.compile(rb"([!-9;-~]+)[ \t]*:")
 # A body line over 998 octets: 999 octets plus its CR is 1000 characters that are not LF.
-# Anchored on the LF before it, so the regex engine jumps from line to line (25 MB in ~30 ms,
-# where an unanchored pattern takes ~0.8 s); the body's first line is checked apart.
+# Anchored on the LF before it, so the regex engine jumps from line to line instead of
+# trying every offset; the body's first line is checked apart.
 _LONG_LINE_RE = re.compile(rb"\n[^\n]{%d}" % (MAX_LINE + 2))
 # Address headers whose bare local names are qualified (SPEC §4.1).
 QUALIFIED_HEADERS = frozenset({"from", "to", "cc", "resent-from", "resent-to", "resent-cc"})

@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from ssmtp_mailer import errors, log, rewrite
 from ssmtp_mailer.config.model import Config
@@ -21,7 +22,6 @@ from ssmtp_mailer.errors import (
 )
 from ssmtp_mailer.message import PreparedMessage, apply_group_headers
 from ssmtp_mailer.relay import engine
-from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from ssmtp_mailer.relay.dkim import Signer

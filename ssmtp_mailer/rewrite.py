@@ -31,11 +31,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
+from typing import NamedTuple
 
 from ssmtp_mailer import patterns as pat
 from ssmtp_mailer.config.model import Config, DomainConfig, MappingConfig, UserConfig
 from ssmtp_mailer.errors import ConfigError, NoPermError
-from ssmtp_mailer.typed import NamedTuple
 
 NULL_SENDER_NAME = "MAILER-DAEMON"
 

@@ -9,10 +9,10 @@ import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from ssmtp_mailer import __version__, dialect
+from ssmtp_mailer import __version__
 from ssmtp_mailer.errors import PROG, DataError, MailerError, StreamError, UsageError
-from ssmtp_mailer.typed import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import BinaryIO, TextIO
@@ -26,6 +26,10 @@ _WITH_VALUE = frozenset("fFrCXBOLhANRVob")
 _OPTIONAL_ATTACHED = frozenset("qd")
 _NO_VALUE = frozenset("tivUGnm")
 _MODES = {"m": "deliver", "s": "smtp", "p": "list", "i": "newaliases", "V": "version"}
+NEWALIASES_NOTE = (
+    f"{PROG}: newaliases: there is no aliases database; aliases are the [mapping:] sections"
+    " of the configuration (see `ssmtp-mailer config show`)"
+)
 # Bytes asked of stdin per read while taking in a message.
 READ_SIZE = 256 * 1024
 
@@ -55,7 +59,7 @@ Accepted and ignored: -B TYPE, -o*, -O OPT, -L TAG, -h N, -n, -A X, -U, -G, -m, 
 class SendmailArgs:
     """The meaning of a sendmail command line, filled in flag by flag."""
 
-    # A plain class, not a dataclass: `dataclasses` costs milliseconds on every sendmail run.
+    # A plain class, not a dataclass: `dataclasses` stays off the sendmail path.
     __slots__ = (
         "config_path",
         "dsn_envid",
@@ -245,14 +249,22 @@ def read_message(stream: BinaryIO, *, dot_ends: bool, limit: int) -> bytearray:
 
 def deliver_stdin(parsed: SendmailArgs, config: Config, stream: BinaryIO) -> int:
     """-bm: read, prepare, submit; returns the SPEC §9 exit code."""
-    from ssmtp_mailer import pipeline, submit
+    from ssmtp_mailer import pipeline
 
     prepared = _prepare_stdin(parsed, config.global_, stream)
-    if submit.needs_submission(config):
+    if os.geteuid() != 0 and _needs_submission(config):
+        from ssmtp_mailer import submit
+
         # This user may not write the queue: the system takes the message (SPEC §8).
         spool = config.global_.spool_dir
         return submit.submit(config.global_, spool, prepared, bytes(prepared.data))
     return pipeline.submit(config, prepared, transcript=_transcript(parsed)).exit_code
+
+
+def _needs_submission(config: Config) -> bool:
+    from ssmtp_mailer import submit
+
+    return submit.needs_submission(config)
 
 
 def submit_stdin(parsed: SendmailArgs, g: GlobalConfig | None, stream: BinaryIO) -> int:
@@ -302,8 +314,6 @@ def run_sendmail(args: list[str]) -> int:
         _standard(sys.stdout, "output").write(f"{PROG} {__version__} (sendmail interface)\n")
         return 0
     if parsed.mode == "newaliases":
-        from ssmtp_mailer.entry import NEWALIASES_NOTE
-
         print(NEWALIASES_NOTE, file=sys.stderr)
         return 0
     try:
@@ -467,6 +477,7 @@ class SMTPSession:
         self.reply("502 5.5.1 EXPN not available")
 
     def smtp_MAIL(self, argument: str) -> None:
+        from ssmtp_mailer import dialect
         from ssmtp_mailer.message import address_problem, is_null_sender, qualify
 
         if self.sender is not None:
@@ -500,6 +511,7 @@ class SMTPSession:
         self.reply(dialect.MAIL_OK)
 
     def smtp_RCPT(self, argument: str) -> None:
+        from ssmtp_mailer import dialect
         from ssmtp_mailer.message import address_problem, qualify
 
         if self.sender is None:
@@ -521,6 +533,8 @@ class SMTPSession:
         self.reply(dialect.RCPT_OK)
 
     def smtp_DATA(self, argument: str) -> None:
+        from ssmtp_mailer import dialect
+
         if self.sender is None:
             self.reply("503 5.5.1 Need MAIL command")
             return
@@ -551,6 +565,8 @@ class SMTPSession:
         self.reply(self._deliver(b"".join(chunks), sender, recipients))
 
     def _deliver(self, raw: bytes, sender: str, recipients: list[str]) -> str:
+        from ssmtp_mailer import dialect
+
         return dialect.deliver_data(
             self.config, raw, sender, recipients, transcript=self.transcript
         )

@@ -9,8 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
-
-from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from typing import Protocol

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from typing import TYPE_CHECKING
 
 from ssmtp_mailer.errors import (
     EX_DATAERR,
@@ -23,7 +24,6 @@ from ssmtp_mailer.errors import (
     NoPermError,
     report,
 )
-from ssmtp_mailer.typed import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pathlib import Path

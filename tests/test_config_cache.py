@@ -200,3 +200,33 @@ def test_a_tree_with_an_inline_password_is_never_cached(tmp_path: Path, cache_di
     conf.write_text("[domain:x]\nsmtp_server = s.example\nusername = u\n")
     load_config_file(conf)
     assert any(p.is_file() for p in cache_dir.rglob("*")), "the same tree without it is cached"
+
+
+def test_in_place_edit_keeping_the_mtime_is_seen(tmp_path: Path, cache_dir: Path) -> None:
+    """`rsync -t --inplace` or `cp -p`: same size, same old mtime, only the ctime moves."""
+    main = make_tree(tmp_path)
+    age(*all_files(main))
+    load_config_file(main)
+    mapping = tmp_path / "mappings" / "a.conf"
+    before = mapping.stat()
+    with open(mapping, "r+b") as handle:
+        text = handle.read().replace(b"user2@", b"resu2@")
+        handle.seek(0)
+        handle.write(text)
+    os.utime(mapping, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert mapping.stat().st_ino == before.st_ino and mapping.stat().st_size == before.st_size
+    assert load_config_file(main).mappings[2].to_pattern == "resu2@relay.example"
+
+
+def test_new_loader_code_makes_the_cache_stale(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    main = make_tree(tmp_path)
+    age(*all_files(main))
+    load_config_file(main)
+    (entry,) = cache_files(cache_dir)
+    # What an older release might have cached for the same files: read it only if the
+    # loader that wrote it is the one running now.
+    entry.write_bytes(entry.read_bytes().replace(b"user0@relay.example", b"stale@relay.example"))
+    monkeypatch.setattr(cache, "_code", ["a digest of other loader code"])
+    assert load_config_file(main).mappings[0].to_pattern == "user0@relay.example"

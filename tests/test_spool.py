@@ -184,9 +184,12 @@ RUNNER = textwrap.dedent(
     from ssmtp_mailer.config.loader import load_config
     from ssmtp_mailer.spool import run_queue
     config = load_config(sys.argv[1])
+    print("ready", flush=True)
     while not os.path.exists(sys.argv[2]):
         time.sleep(0.001)
-    print(len(run_queue(config, force=True).delivered))
+    started = time.monotonic()
+    delivered = len(run_queue(config, force=True).delivered)
+    print(delivered, started, time.monotonic())
     """
 )
 
@@ -206,10 +209,14 @@ def test_two_concurrent_runners_deliver_fifty_entries_once(
         )
         for _ in range(2)
     ]
-    time.sleep(0.5)  # both imported and waiting, so they start at the same moment
+    for runner in runners:  # a barrier: both imported and waiting for the same moment
+        assert runner.stdout is not None and runner.stdout.readline() == "ready\n"
     go.touch()
-    counts = [int(r.communicate(timeout=60)[0]) for r in runners]
+    reports = [r.communicate(timeout=60)[0].split() for r in runners]
     assert all(r.returncode == 0 for r in runners)
+    counts = [int(report[0]) for report in reports]
+    (start_a, end_a), (start_b, end_b) = ((float(r[1]), float(r[2])) for r in reports)
+    assert start_a < end_b and start_b < end_a, "the two runs did not overlap"
     assert sum(counts) == 50, counts
     ids = message_ids(smtp_server)
     assert len(ids) == 50 and len(set(ids)) == 50

@@ -65,6 +65,10 @@ def test_printed_fingerprint_is_accepted_by_the_config(
     assert "FAIL  TLS: TLS certificate not accepted" in out
     assert "hint: if the relay uses a private CA set ssl_ca_file" in out
     assert "NOT trusted" in out
+    # The untrusted certificate is still described, so the user can check it out of band.
+    trusted_line = next(line for line in out.splitlines() if "NOT trusted" in line)
+    assert "subject CN=" in trusted_line and "expires 20" in trusted_line
+    assert "names 127.0.0.1" in trusted_line or "names localhost" in trusted_line
     pin_line = next(line for line in out.splitlines() if "tls_fingerprint = " in line)
     pin = pin_line.split("tls_fingerprint = ")[1].strip()
     assert pin == server.cert_fingerprint_sha256

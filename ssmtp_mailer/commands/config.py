@@ -1,15 +1,22 @@
-"""`ssmtp-mailer config check|show`."""
+"""`ssmtp-mailer config check|show|import`."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ssmtp_mailer.commands.common import common_options, json_option, load, print_json, settings
 from ssmtp_mailer.config.model import AuthMethod, Config
-from ssmtp_mailer.errors import EX_CONFIG, ConfigError, MailerError
+from ssmtp_mailer.errors import EX_CONFIG, CantCreateError, ConfigError, MailerError, UsageError
+
+if TYPE_CHECKING:
+    from ssmtp_mailer.config.importers import ImportedFile
 
 
 @click.group("config")
@@ -125,3 +132,226 @@ def show(fmt: str) -> None:
     config = load()
     text = {"ini": render.to_ini, "toml": render.to_toml, "json": render.to_json}[fmt](config)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@config_group.command("import")
+@common_options
+@json_option
+@click.option(
+    "--from",
+    "kind",
+    type=click.Choice(["ssmtp", "msmtp"]),
+    required=True,
+    help="What FILE is: an ssmtp.conf or an msmtprc.",
+)
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--revaliases",
+    type=click.Path(dir_okay=False),
+    help="ssmtp's revaliases file; its entries become sender mappings.",
+)
+@click.option(
+    "--account",
+    metavar="NAME",
+    help="msmtp: import only this account (it becomes default_domain);"
+    " ssmtp: the route's name [default: relay].",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Folder to write the new tree into (ssmtp-mailer.conf, domains/, mappings/).",
+)
+@click.option(
+    "--passwords",
+    type=click.Choice(["file", "keyring", "omit"]),
+    default="file",
+    show_default=True,
+    help="Where passwords found inline go: the route's file (mode 0600, or 0640 root:mail"
+    " as root), the keyring, or nowhere (the `password set` commands to run are printed).",
+)
+@click.option("--force", is_flag=True, help="Overwrite files that already exist in --out.")
+def import_command(
+    as_json: bool,
+    kind: str,
+    file: str,
+    revaliases: str | None,
+    account: str | None,
+    out_dir: str,
+    passwords: str,
+    force: bool,
+) -> int:
+    """Write an equivalent tree from an ssmtp or msmtp configuration; say what differs."""
+    from ssmtp_mailer.config import importers, secrets
+
+    if revaliases is not None and kind != "ssmtp":
+        raise UsageError("config import", "--revaliases is for --from ssmtp")
+    inline = passwords == "file"
+    text = _read_source(file)
+    if kind == "ssmtp":
+        imported = importers.import_ssmtp(
+            text,
+            file,
+            revaliases=_read_source(revaliases) if revaliases is not None else None,
+            revaliases_source=revaliases or "revaliases",
+            route=account or "relay",
+            inline_passwords=inline,
+            exists=_is_file,
+        )
+    else:
+        imported = importers.import_msmtp(
+            text,
+            file,
+            read_aliases=_read_optional,
+            account=account,
+            inline_passwords=inline,
+            exists=_is_file,
+        )
+    out = Path(out_dir)
+    if not force:
+        taken = [f.path for f in imported.files if (out / f.path).exists()]
+        if taken:
+            raise UsageError(
+                f"config import: {out}", f"already holds {', '.join(taken)}", hint="pass --force"
+            )
+    # The new tree is checked on its own before it replaces anything in --out, then again
+    # in place, with whatever else --out holds.
+    problems = _staged_problems(out, imported.files)
+    if problems:
+        raise ConfigError(
+            "config import", "the result does not pass config check", problems=problems
+        )
+    modes = [
+        _write_imported(out / item.path, item.text, secret=item.secret) for item in imported.files
+    ]
+    main = out / importers.MAIN_FILE
+    commands: list[str] = []
+    for name, secret in imported.passwords:
+        if passwords == "keyring":
+            secrets.keyring_set(name, secret)
+        else:
+            commands.append(f"ssmtp-mailer --config {main} password set {name}")
+    for name in imported.keyring_routes:
+        commands.append(f"ssmtp-mailer --config {main} password set {name}")
+    problems = _check_problems(main)
+    if as_json:
+        print_json(
+            {
+                "ok": not problems,
+                "files": [str(out / f.path) for f in imported.files],
+                "notes": list(imported.notes),
+                "stored_in_keyring": [n for n, _ in imported.passwords if passwords == "keyring"],
+                "commands": commands,
+                "errors": problems,
+            }
+        )
+    else:
+        for item, mode in zip(imported.files, modes, strict=True):
+            click.echo(f"wrote {out / item.path} ({mode})")
+        if passwords == "keyring":
+            for name, _ in imported.passwords:
+                click.echo(f"stored the password for [domain:{name}] in the keyring")
+        for note in imported.notes:
+            click.echo(f"not carried over or different: {note}")
+        for command in commands:
+            click.echo(f"to do: {command}")
+        for line in problems:
+            click.echo(f"ssmtp-mailer: {line}", err=True)
+        if not problems:
+            click.echo(f"{main}: OK: passes `ssmtp-mailer config check`")
+    return EX_CONFIG if problems else 0
+
+
+def _check_problems(main: Path) -> list[str]:
+    from ssmtp_mailer.config.loader import load_config_file
+
+    try:
+        load_config_file(main)
+    except ConfigError as exc:
+        return exc.problems or [f"{exc.what}: {exc.why}"]
+    return []
+
+
+def _staged_problems(out: Path, files: Sequence[ImportedFile]) -> list[str]:
+    """What `config check` says of the imported files alone, written next to --out."""
+    import shutil
+    import tempfile
+
+    from ssmtp_mailer.config.importers import MAIN_FILE
+
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}-import-"))
+    except OSError as exc:
+        raise CantCreateError(str(out), f"cannot write: {exc.strerror or exc}") from None
+    try:
+        for item in files:
+            _write_imported(stage / item.path, item.text, secret=item.secret)
+        return [line.replace(str(stage), str(out)) for line in _check_problems(stage / MAIN_FILE)]
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _read_source(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except UnicodeDecodeError:
+        raise ConfigError(path, "not valid UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def _read_optional(path: str) -> str | None:
+    try:
+        return _read_source(os.path.expanduser(path))
+    except ConfigError:
+        return None
+
+
+def _write_imported(path: Path, text: str, *, secret: bool) -> str:
+    """Written whole or not at all; a password file never exists, even briefly, wider open
+    than 0600 (0640 root:mail as root, which the listener running as mail may read)."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+                mode = "mode 0600, holds a password"
+                if not secret:
+                    os.fchmod(handle.fileno(), 0o644)
+                    mode = "mode 0644, no secret"
+                elif os.geteuid() == 0 and (gid := _mail_gid()) is not None:
+                    os.fchown(handle.fileno(), 0, gid)
+                    os.fchmod(handle.fileno(), 0o640)
+                    mode = "mode 0640 root:mail, holds a password"
+            os.replace(temp, path)
+            return mode
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+    except OSError as exc:
+        raise CantCreateError(str(path), f"cannot write: {exc.strerror or exc}") from None
+
+
+def _mail_gid() -> int | None:
+    import grp
+
+    try:
+        return grp.getgrnam("mail").gr_gid
+    except KeyError:
+        return None
+
+
+def _is_file(path: str) -> bool:
+    """As the loader will see it: `~` is the home of whoever reads the configuration."""
+    return os.path.isfile(os.path.expanduser(path))

@@ -2,8 +2,10 @@
 
 Safe by construction: it is JSON (loading it runs no code), lives in a folder only the invoking
 user can write, is replaced atomically, and is used only when every source file still has the
-size, mtime and inode it had, with the same list of files. A file modified within `RACY_NS` of
-the cache being written is also compared by content, since its mtime alone may not have moved.
+size, mtime, ctime and inode it had, with the same list of files, and was written by the same
+loader code. The ctime catches an in-place edit that kept the mtime (`rsync -t --inplace`,
+`cp -p`); the code digest, an upgrade. A file modified within `RACY_NS` of the cache being
+written is also compared by content, since its times alone may not have moved.
 Anything unexpected means "no cache": the tree is then read as if the cache did not exist.
 A tree with errors is never cached; warnings are cached and reported as before.
 """
@@ -15,6 +17,7 @@ import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from ssmtp_mailer import __version__, paths
 from ssmtp_mailer.config.model import (
@@ -28,12 +31,11 @@ from ssmtp_mailer.config.model import (
     UserConfig,
 )
 from ssmtp_mailer.patterns import Pattern, parse_mapping, remember_valid_mapping
-from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 2
+FORMAT = 3
 # Below this many bytes of configuration, parsing is cheaper than checking a cache.
 MIN_BYTES = 64 * 1024
 # File systems with coarse timestamps can store a change within this window under the old mtime.
@@ -50,6 +52,7 @@ class Source(NamedTuple):
     path: str
     size: int
     mtime_ns: int
+    ctime_ns: int
     inode: int
     digest: str
 
@@ -72,7 +75,23 @@ def digest(data: bytes) -> str:
 def source_of(read: tuple[Path, os.stat_result, bytes]) -> Source:
     """The Source of a file the loader read: (path, fstat of the open file, its bytes)."""
     path, st, data = read
-    return Source(str(path), st.st_size, st.st_mtime_ns, st.st_ino, digest(data))
+    return Source(str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, digest(data))
+
+
+# The modules whose code decides what a cached tree means: a change to any of them (an
+# upgrade, a local patch) makes every cache stale.
+_LOADER_MODULES = ("loader", "model", "values", "ini", "cache")
+_code: list[str] = []
+
+
+def code_digest() -> str:
+    """A digest of the loader's own source files, computed once per process."""
+    if not _code:
+        here = Path(__file__).parent
+        parts = [(here / f"{name}.py").read_bytes() for name in _LOADER_MODULES]
+        parts.append((here.parent / "patterns.py").read_bytes())
+        _code.append(digest(b"\0".join(parts)))
+    return _code[0]
 
 
 def worth_caching(main_size: int, files: Sequence[Path]) -> bool:
@@ -131,6 +150,7 @@ def _unchanged(
     if (
         record["format"] != FORMAT
         or record["version"] != __version__
+        or record["code"] != code_digest()
         or record["main_file"] != str(main_file)
         or record["context"] != context
     ):
@@ -142,10 +162,11 @@ def _unchanged(
     for path, entry in zip(files, stored[1:], strict=True):
         old = Source(*entry)
         st = os.stat(path)
-        if (old.path, old.size, old.mtime_ns, old.inode) != (
+        if (old.path, old.size, old.mtime_ns, old.ctime_ns, old.inode) != (
             str(path),
             st.st_size,
             st.st_mtime_ns,
+            st.st_ctime_ns,
             st.st_ino,
         ):
             return False
@@ -178,6 +199,7 @@ def store(main_file: Path, context: str, sources: Sequence[Source], sections: Se
         record = {
             "format": FORMAT,
             "version": __version__,
+            "code": code_digest(),
             "main_file": str(main_file),
             "context": context,
             "written_ns": time.time_ns(),

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ssmtp_mailer import paths
 from ssmtp_mailer.config import cache
@@ -26,7 +26,6 @@ from ssmtp_mailer.config.model import (
 )
 from ssmtp_mailer.errors import ConfigError
 from ssmtp_mailer.patterns import domain_problem, parse_pattern, pattern_problem
-from ssmtp_mailer.typed import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import Any
@@ -187,14 +186,9 @@ def load_global(explicit: str | None = None) -> GlobalConfig:
 
 
 def load_config_file(main_file: Path, *, strict: bool = False) -> Config:
-    # A large tree makes ~10^5 objects, none in cycles: collecting would only rescan them.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        return _load_config_file(Path(os.path.abspath(main_file)), strict)
-    finally:
-        if collecting:
-            gc.enable()
+    # The collector is left alone: the listener reloads on SIGHUP while its workers run,
+    # and a sendmail run has it off already (entry.script).
+    return _load_config_file(Path(os.path.abspath(main_file)), strict)
 
 
 def _load_config_file(main_file: Path, strict: bool) -> Config:

@@ -1,16 +1,15 @@
 """The typed, immutable configuration: what the loader produces and everything else reads.
 
 NamedTuples, not frozen dataclasses: this module is imported on every sendmail run, and
-making a dataclass (plus importing `dataclasses` itself) costs several times as much. They
-come from `ssmtp_mailer.typed`, which spares the run the import of `typing`.
+making a dataclass (plus importing `dataclasses` itself) costs several times as much
+(bench/bench_sendmail.py measures the path).
 """
 
 from __future__ import annotations
 
 import enum
 from pathlib import Path
-
-from ssmtp_mailer.typed import NamedTuple
+from typing import NamedTuple
 
 
 class AuthMethod(str, enum.Enum):

@@ -43,7 +43,7 @@ def _is_mail_group(gid: int) -> bool:
 
 def run_secret_command(command: str, what: str) -> str:
     """First line of a command's stdout; the command line comes from the configuration."""
-    import subprocess  # here: an inline or keyring password must not pay ~4 ms to import it
+    import subprocess  # here: an inline or keyring password never needs it
 
     try:
         done = subprocess.run(

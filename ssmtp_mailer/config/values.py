@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from enum import Enum
+from typing import TypeVar
 
 from ssmtp_mailer.config.ini import unquote
 from ssmtp_mailer.config.model import HostPort
 from ssmtp_mailer.errors import shorten
-from ssmtp_mailer.typed import TypeVar
 
 E = TypeVar("E", bound=Enum)
 

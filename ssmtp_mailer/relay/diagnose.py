@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import os
 import socket
 import ssl
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,22 +82,30 @@ def _names(rdns: Any) -> str:
 
 
 def _decode_unverified(der: bytes) -> dict[str, Any]:
-    # getpeercert() says nothing about an unverified certificate; the ssl module's
-    # decoder (the one its own tests use) reads a PEM file. Best effort only.
-    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
-    if decode is None:
-        return {}
-    fd, path = tempfile.mkstemp(suffix=".pem")
+    """What getpeercert() gives, for a certificate it says nothing about (not verified)."""
+    from cryptography import x509
+
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(ssl.DER_cert_to_PEM_cert(der))
-        result = decode(path)
-        return dict(result) if isinstance(result, dict) else {}
-    except (OSError, ValueError, ssl.SSLError):
+        cert = x509.load_der_x509_certificate(der)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        alt = [("DNS", n) for n in names.get_values_for_type(x509.DNSName)]
+        alt += [("IP Address", str(a)) for a in names.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        alt = []
+    except ValueError:
         return {}
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+    # not_valid_after_utc is cryptography 42's name; Debian 12 ships 38.
+    after = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after
+
+    def rdns(name: x509.Name) -> tuple[tuple[tuple[str, str], ...], ...]:
+        return tuple(((a.rfc4514_attribute_name, str(a.value)),) for a in name)
+
+    return {
+        "subject": rdns(cert.subject),
+        "issuer": rdns(cert.issuer),
+        "notAfter": after.strftime("%b %d %H:%M:%S %Y GMT"),
+        "subjectAltName": tuple(alt),
+    }
 
 
 def describe_certificate(der: bytes, info: dict[str, Any]) -> dict[str, Any]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from ssmtp_mailer.config.model import DkimAlgorithm, DomainConfig
 from ssmtp_mailer.dkimkey import ED25519, RSA, DkimKey, KeyFileError, parse_private_key
 from ssmtp_mailer.errors import ConfigError, SoftwareError
-from ssmtp_mailer.typed import NamedTuple
 
 # SPEC §6; From is signed once more than it occurs (over-signed), so no From can be added.
 SIGNED_HEADERS = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from ssmtp_mailer import log
 from ssmtp_mailer.config.model import AuthMethod, Config, DeliveryMode, DomainConfig, HostPort
@@ -24,7 +25,6 @@ from ssmtp_mailer.relay.smtp import (
     endpoint_for,
 )
 from ssmtp_mailer.rewrite import RouteGroup
-from ssmtp_mailer.typed import NamedTuple
 
 Transcript = Callable[[str], None]
 

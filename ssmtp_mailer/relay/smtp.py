@@ -15,6 +15,7 @@ import socket
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from ssmtp_mailer.config.model import AuthMethod, DomainConfig
 from ssmtp_mailer.errors import (
@@ -35,7 +36,6 @@ from ssmtp_mailer.relay.wire import (
     SMTPResponseException,
     SMTPServerDisconnected,
 )
-from ssmtp_mailer.typed import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from typing import Any

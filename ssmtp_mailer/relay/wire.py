@@ -1,16 +1,15 @@
 """The SMTP client's wire layer: commands out, replies in (RFC 5321 §4.2), EHLO keywords.
 
-Ours rather than smtplib's: `RelayConnection` already speaks every command itself (AUTH,
-MAIL, RCPT, DATA, STARTTLS), and importing smtplib brings the email package, datetime,
-random and hashlib along, about 15 ms of CPU on every sendmail run. The behaviour is
-smtplib's: the same reply parsing, line limit, EHLO keyword table and exceptions.
+Ours rather than smtplib's: smtplib cannot pipeline (RFC 2920), `RelayConnection` already
+speaks every command itself (AUTH, MAIL, RCPT, DATA, STARTTLS), and importing smtplib
+brings the email package, datetime, random and hashlib onto every sendmail run. The
+behaviour is smtplib's: the same reply parsing, line limit, EHLO keyword table and exceptions.
 """
 
 from __future__ import annotations
 
 import socket
-
-from ssmtp_mailer.typed import TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import BinaryIO

@@ -1,0 +1,104 @@
+#!/bin/bash
+# Build the Debian package and check it (called by .ci/run, as root, on Debian 12):
+#  1. packaging/debian/build.sh: git archive export + dpkg-buildpackage -us -uc -b;
+#  2. its fields and contents with dpkg-deb; lintian, errors fail;
+#  3. installed in a throwaway bookworm root (mmdebstrap from this machine's apt sources,
+#     cached as a tarball in $SSMTP_MAILER_CI_CACHE), sendmail as root and as a user
+#     to a test relay on 127.0.0.1 outside it, then purged.
+# Never installs the package on this machine: it would remove the integration tier's Postfix.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${SSMTP_MAILER_CI_CACHE:-/var/cache/ssmtp-mailer-ci}
+out=$(mktemp -d)
+root=
+cleanup() {
+    if [ -n "$root" ]; then
+        umount "$root/proc" 2>/dev/null || true
+        rm -rf --one-file-system "$root"
+    fi
+    rm -rf "$out"
+}
+trap cleanup EXIT
+fail() { echo "check-deb: $*" >&2; exit 1; }
+
+echo "-- build"
+deb=$("$repo/packaging/debian/build.sh" "$out" | tail -n1)
+[ -f "$deb" ] || fail "no .deb built"
+
+echo "-- fields and contents (dpkg-deb)"
+field() { dpkg-deb -f "$deb" "$1"; }
+[ "$(field Architecture)" = all ] || fail "Architecture is not all"
+for f in Provides Conflicts Replaces; do
+    [ "$(field "$f")" = mail-transport-agent ] || fail "$f: $(field "$f")"
+done
+depends=$(field Depends)
+for dep in python3-click python3-keyring python3-dnspython python3-dkim python3-nacl \
+           python3-cryptography python3-platformdirs python3-tomli-w python3-aiosmtpd; do
+    grep -qE "(^|, )$dep( |,|$)" <<<"$depends" || fail "Depends lacks $dep: $depends"
+done
+listing=$(dpkg-deb -c "$deb")
+has() { grep -qE "$1" <<<"$listing" || fail "not in the package: $1"; }
+has '^-rwxr-xr-x root/root .* \./usr/bin/ssmtp-mailer$'
+has ' \./usr/sbin/sendmail -> \.\./bin/ssmtp-mailer$'
+has ' \./usr/lib/sendmail -> \.\./bin/ssmtp-mailer$'
+has ' \./usr/bin/mailq -> ssmtp-mailer$'
+has ' \./usr/bin/newaliases -> ssmtp-mailer$'
+has ' \./usr/share/man/man8/ssmtp-mailer\.8\.gz$'
+has ' \./usr/share/man/man5/ssmtp-mailer\.conf\.5\.gz$'
+has ' \./usr/share/man/man8/sendmail\.8\.gz -> ssmtp-mailer\.8\.gz$'
+has ' \./usr/share/man/man1/mailq\.1\.gz -> \.\./man8/ssmtp-mailer\.8\.gz$'
+has '^-rw-r----- root/mail .* \./etc/ssmtp-mailer/domains/relay\.conf$'
+has '^-rw-r--r-- root/root .* \./etc/ssmtp-mailer/ssmtp-mailer\.conf$'
+has '^drwxr-xr-x mail/mail .* \./var/spool/ssmtp-mailer/$'
+has '^drwx-wx-wt mail/mail .* \./var/spool/ssmtp-mailer/maildrop/$'
+has '^drwxrws--- mail/mail .* \./var/spool/ssmtp-mailer/queue/$'
+has ' \./etc/logrotate\.d/ssmtp-mailer$'
+has ' \./usr/share/bash-completion/completions/ssmtp-mailer$'
+has ' \./usr/share/zsh/vendor-completions/_ssmtp-mailer$'
+has ' \./usr/share/fish/vendor_completions\.d/ssmtp-mailer\.fish$'
+for unit in "$repo"/packaging/systemd/*.{service,socket,timer,path}; do
+    [ -e "$unit" ] || continue
+    has " \./lib/systemd/system/$(basename "$unit")\$"
+done
+conffiles=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)
+for f in /etc/ssmtp-mailer/ssmtp-mailer.conf /etc/ssmtp-mailer/domains/relay.conf \
+         /etc/logrotate.d/ssmtp-mailer; do
+    grep -qx "$f" <<<"$conffiles" || fail "not a conffile: $f"
+done
+if grep -q 'site-packages\|/vendor/' <<<"$listing"; then fail "vendored or misplaced modules"; fi
+echo "ok: fields, links, modes, conffiles, units, completion"
+
+echo "-- lintian"
+status=0
+report=$(lintian --fail-on error --tag-display-limit 0 "$deb" 2>&1) || status=$?
+grep -v 'running with root privileges' <<<"$report" || true
+[ "$status" = 0 ] || fail "lintian reports errors (exit $status)"
+echo "ok: lintian, no errors"
+
+echo "-- install and send in a throwaway Debian 12 root"
+deps=python3-click,python3-keyring,python3-dnspython,python3-dkim,python3-nacl,python3-cryptography,python3-platformdirs,python3-tomli-w,python3-aiosmtpd,ca-certificates,logrotate,passwd
+sources=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+key=$(printf '%s\n%s\n' "$deps" "$sources" | sha256sum | cut -c1-12)
+tarball="$cache/bookworm-$key.tar"
+if [ ! -f "$tarball" ]; then
+    mkdir -p "$cache"
+    list=$(mktemp --suffix=.sources)
+    # The machine's own sources, deb822 or one-line, as mmdebstrap takes them from a file.
+    for f in /etc/apt/sources.list.d/*.sources; do [ -f "$f" ] && { cat "$f"; echo; }; done >"$list"
+    if [ ! -s "$list" ]; then
+        mv "$list" "${list%.sources}.list"; list=${list%.sources}.list
+        cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null >"$list" || true
+    fi
+    partial=$(mktemp -u "$cache/.bookworm-XXXXXX.tar")  # two runs at once never share one
+    mmdebstrap --quiet --variant=apt --skip=cleanup/apt/lists --include="$deps" \
+        --format=tar bookworm "$partial" "$list"
+    rm -f "$list"
+    mv "$partial" "$tarball"
+    find "$cache" -name 'bookworm-*.tar' ! -name "$(basename "$tarball")" -delete
+fi
+root=$(mktemp -d /var/tmp/ssmtp-mailer-root.XXXXXX)
+tar -x -C "$root" -f "$tarball"
+cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+mount -t proc proc "$root/proc"
+"${PYTHON:-python3}" "$repo/packaging/debian/chroot_check.py" "$root" "$deb"
+echo "check-deb: OK"

@@ -1,0 +1,231 @@
+"""Install the .deb in a throwaway Debian 12 root and send through its /usr/sbin/sendmail.
+
+Run as root by packaging/check-deb.sh: `python3 chroot_check.py ROOT DEB`. ROOT is an
+unpacked minimal bookworm (mmdebstrap) that already holds the package's dependencies.
+The relay is a real aiosmtpd server with STARTTLS and AUTH (tests/smtpserver.py) on
+127.0.0.1 outside the root: a chroot shares the host's loopback. The package is never
+installed on the host itself, where it would remove the Postfix the integration tier uses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+
+import trustme  # noqa: E402
+from smtpserver import SMTPTestServer  # noqa: E402
+
+USER, PASSWORD = "relay@example.com", "s3cret pass#1"
+HOST = "host.example"
+ENV = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def run(root: Path, command: str, *, user: str | None = None, stdin: str = "") -> str:
+    """A shell command inside the root, as root or as `user`; its stdout; fail on non-zero."""
+    spec = ["--userspec", f"{user}:{user}"] if user else []
+    home = f"/home/{user}" if user else "/root"
+    done = subprocess.run(
+        [
+            "chroot",
+            *spec,
+            str(root),
+            *ENV,
+            f"HOME={home}",
+            f"USER={user or 'root'}",
+            "sh",
+            "-c",
+            command,
+        ],
+        input=stdin.encode(),
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise CheckFailed(
+            f"{command!r} as {user or 'root'}: exit {done.returncode}:"
+            f" {done.stderr.decode(errors='replace').strip()}"
+        )
+    return done.stdout.decode(errors="replace")
+
+
+def check(condition: bool, what: str) -> None:
+    if not condition:
+        raise CheckFailed(what)
+    print(f"ok: {what}")
+
+
+def wait_for(server: SMTPTestServer, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(server.messages) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def main(root: Path, deb: Path) -> None:
+    shutil.copy(deb, root / "tmp" / deb.name)
+    run(
+        root,
+        f"apt-get install -y -q -o Dpkg::Use-Pty=0 /tmp/{deb.name} >/tmp/apt.log 2>&1"
+        " || { cat /tmp/apt.log >&2; exit 1; }",
+    )
+    check(
+        (root / "usr/sbin/sendmail").resolve() == root / "usr/bin/ssmtp-mailer",
+        "/usr/sbin/sendmail is the package's program",
+    )
+    shebang = (root / "usr/bin/ssmtp-mailer").read_text().splitlines()[0]
+    check(shebang == "#!/usr/bin/python3", f"runs on Debian's python3 ({shebang})")
+    units = sorted(p.name for p in (root / "lib/systemd/system").glob("ssmtp-mailer*"))
+    enabled = {p.name for p in (root / "etc/systemd/system").glob("*.wants/ssmtp-mailer*")}
+    for unit in units:
+        if unit.endswith((".timer", ".path")):
+            check(unit in enabled, f"{unit} is enabled")
+    services = sorted(u for u in enabled if u.endswith((".service", ".socket")))
+    check(services == [], "no service or socket (the listener) is enabled by default")
+    spool = os.stat(root / "var/spool/ssmtp-mailer/maildrop")
+    check(spool.st_mode & 0o7777 == 0o1733, "maildrop/ is 1733")
+    run(root, "ssmtp-mailer --version && newaliases && sendmail -bp >/dev/null")
+    completion = run(
+        root,
+        "bash -c '. /usr/share/bash-completion/completions/ssmtp-mailer;"
+        " COMP_WORDS=(ssmtp-mailer config im); COMP_CWORD=2;"
+        ' _ssmtp_mailer_completion ssmtp-mailer; echo "${COMPREPLY[@]}"\'',
+    )
+    check(completion.split() == ["import"], "bash completes `ssmtp-mailer config im`")
+
+    ca = trustme.CA()
+    with SMTPTestServer(starttls=True, auth={USER: PASSWORD}, ca=ca) as server:
+        configure(root, server)
+        run(root, "ssmtp-mailer config check")
+        # The issue's own words: root, then an unprivileged user.
+        run(root, "sendmail -t root", stdin="Subject: hi\n\nfrom root\n")
+        wait_for(server, 1)
+        [message] = server.messages
+        check(message.rcpt_tos == ["admin@example.com"], "root's mail reached the mapped address")
+        check(message.auth_user == USER and message.tls, "over STARTTLS, authenticated")
+        signatures = message.message().get_all("DKIM-Signature") or []
+        check(
+            sorted(re.search(r"a=([\w-]+)", str(sig)).group(1) for sig in signatures)  # type: ignore[union-attr]
+            == ["ed25519-sha256", "rsa-sha256"],
+            "signed with both DKIM keys",
+        )
+        log = root / "var/log/ssmtp-mailer.log"
+        check("admin@example.com" in log.read_text(), "log_file got the message's line")
+        run(root, "logrotate -f /etc/logrotate.d/ssmtp-mailer")
+        rotated = root / "var/log/ssmtp-mailer.log.1"
+        check(
+            rotated.exists() and "admin@example.com" in rotated.read_text(), "logrotate rotated it"
+        )
+        fresh = os.stat(log)
+        check(
+            (fresh.st_mode & 0o777, run(root, "stat -c %U:%G /var/log/ssmtp-mailer.log").strip())
+            == (0o640, "mail:adm"),
+            "and made a new 0640 mail:adm log",
+        )
+        run(root, "id tester >/dev/null 2>&1 || useradd -m tester")
+        if (root / "usr/lib/python3/dist-packages/ssmtp_mailer/submit.py").exists():
+            # The user cannot read the relay's secret: the message goes to the maildrop
+            # and the root-run queue (the path unit does this under systemd) sends it.
+            run(root, "sendmail -t root", user="tester", stdin="Subject: hi\n\nfrom tester\n")
+            run(root, "ssmtp-mailer queue run")
+            wait_for(server, 2)
+            check(len(server.messages) == 2, "the unprivileged user's mail was relayed")
+            check(server.messages[1].auth_user == USER, "with the relay's credentials")
+        else:
+            print(
+                "note: no local submission in this build; the unprivileged send below"
+                " uses a route without secrets"
+            )
+    with SMTPTestServer(starttls=True, ca=ca) as open_server:
+        conf = root / "home/tester/.config/ssmtp-mailer/ssmtp-mailer.conf"
+        conf.parent.mkdir(parents=True)
+        conf.write_text(
+            f"[global]\ndefault_hostname = {HOST}\n\n[domain:*]\nsmtp_server = 127.0.0.1\n"
+            f"smtp_port = {open_server.port}\nuse_starttls = true\nauth_method = NONE\n"
+            "ssl_ca_file = /etc/ssmtp-mailer/ca.pem\n"
+        )
+        run(root, "chown -R tester:tester /home/tester/.config")
+        run(root, "sendmail -t root", user="tester", stdin="Subject: hi\n\nfrom tester\n")
+        wait_for(open_server, 1)
+        [message] = open_server.messages
+        check(message.rcpt_tos == [f"root@{HOST}"], "an unprivileged user's sendmail relayed")
+        check(message.mail_from == f"tester@{HOST}", "as the user's own address")
+
+    run(
+        root,
+        "apt-get purge -y -q -o Dpkg::Use-Pty=0 ssmtp-mailer >/tmp/apt.log 2>&1"
+        " || { cat /tmp/apt.log >&2; exit 1; }",
+    )
+    left = [
+        p
+        for p in (
+            "var/spool/ssmtp-mailer",
+            "var/cache/ssmtp-mailer",
+            "etc/systemd/system/timers.target.wants/ssmtp-mailer-queue.timer",
+            "usr/sbin/sendmail",
+        )
+        if os.path.lexists(root / p)
+    ]
+    left += [str(p.relative_to(root)) for p in (root / "var/log").glob("ssmtp-mailer.log*")]
+    left += [str(p.relative_to(root)) for p in (root / "etc/systemd/system").rglob("ssmtp-mailer*")]
+    check(left == [], f"purge leaves nothing behind ({left or 'clean'})")
+    etc = sorted(p.name for p in (root / "etc/ssmtp-mailer").rglob("*") if p.is_file())
+    own = ["ca.pem", "dkim-ed25519.pem", "dkim-rsa.pem"]
+    check(etc == own, f"purge keeps only the administrator's own files in /etc ({etc})")
+
+
+def configure(root: Path, server: SMTPTestServer) -> None:
+    """What an administrator does after installing: the relay, its password, a mapping."""
+    etc = root / "etc/ssmtp-mailer"
+    server.write_ca_pem(etc / "ca.pem")
+    main = etc / "ssmtp-mailer.conf"
+    text = main.read_text().replace("#default_domain = relay", "default_domain = relay")
+    text = text.replace(
+        "#log_file = /var/log/ssmtp-mailer.log", "log_file = /var/log/ssmtp-mailer.log"
+    )
+    main.write_text(
+        text.replace("#default_hostname = server.example.com", f"default_hostname = {HOST}")
+    )
+    # DKIM with Debian's own python3-dkim, -nacl and -cryptography: one key of each kind.
+    for algorithm in ("rsa", "ed25519"):
+        run(
+            root,
+            f"ssmtp-mailer dkim keygen --domain relay --selector {algorithm}1"
+            f" --algorithm {algorithm} --out /etc/ssmtp-mailer/dkim-{algorithm}.pem >/dev/null",
+        )
+    relay = etc / "domains/relay.conf"
+    before = os.stat(relay)
+    with open(relay, "a") as handle:  # keeps the shipped 0640 root:mail
+        handle.write(
+            f"\n[domain:relay]\nsmtp_server = 127.0.0.1\nsmtp_port = {server.port}\n"
+            f"use_starttls = true\nssl_ca_file = /etc/ssmtp-mailer/ca.pem\nusername = {USER}\n"
+            f'relay_account = {USER}\npassword = "{PASSWORD}"\n'
+            "dkim_selector = rsa1, ed255191\n"
+            "dkim_key_file = /etc/ssmtp-mailer/dkim-rsa.pem, /etc/ssmtp-mailer/dkim-ed25519.pem\n"
+        )
+    after = os.stat(relay)
+    check(
+        (after.st_mode & 0o777, after.st_gid) == (0o640, before.st_gid),
+        "the relay's password sits in a 0640 root:mail file",
+    )
+    (etc / "mappings/local.conf").write_text(
+        f"[mapping:local-accounts]\nfrom_pattern = *@{HOST}\nto_pattern = admin@example.com\n"
+    )
+
+
+if __name__ == "__main__":
+    try:
+        main(Path(sys.argv[1]), Path(sys.argv[2]))
+    except CheckFailed as exc:
+        print(f"chroot check FAILED: {exc}", file=sys.stderr)
+        sys.exit(1)
