@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from ssmtp_mailer.config.model import Config
     from ssmtp_mailer.pipeline import SubmitResult
+    from ssmtp_mailer.relay.pool import ConnectionPool
 
 # SPEC §9 exit code -> reply to the final "." (or to MAIL/RCPT when decided early).
 _REPLIES: dict[int, tuple[int, str]] = {
@@ -93,6 +94,7 @@ def deliver_data(
     report: Callable[[str], None] = errors.report,
     run_queue: bool = True,
     retries: int = 0,
+    pool: ConnectionPool | None = None,
 ) -> str:
     """A message received by DATA through the sendmail path; the reply to the final dot."""
     from ssmtp_mailer import pipeline
@@ -114,6 +116,7 @@ def deliver_data(
             report=report,
             run_queue=run_queue,
             retries=retries,
+            pool=pool,
         )
     except MailerError as exc:
         report(f"{exc.what}: {exc.why}")

@@ -10,6 +10,7 @@ import base64
 from typing import NamedTuple
 
 from ssmtp_mailer.dkimkey import ED25519, RSA, KeyFileError
+from ssmtp_mailer.errors import UnavailableError
 
 
 class KeyPair(NamedTuple):
@@ -23,8 +24,21 @@ class KeyPair(NamedTuple):
         return "ed25519" if self.algorithm == ED25519 else "rsa"
 
 
+def _require_cryptography() -> None:
+    """One clear line where `cryptography` is missing (the zipapp, a minimal venv)."""
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        raise UnavailableError(
+            "cryptography",
+            "not installed: dkim keygen and the DKIM key check of dns check need it",
+            hint="apt-get install python3-cryptography, or pip install cryptography",
+        ) from None
+
+
 def generate(algorithm: str, bits: int = 2048) -> KeyPair:
     """A new key: PKCS#8 PEM and the DKIM `p=` value (SPKI for RSA, raw 32 bytes for Ed25519)."""
+    _require_cryptography()
     from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
     if algorithm == RSA:
@@ -34,6 +48,7 @@ def generate(algorithm: str, bits: int = 2048) -> KeyPair:
 
 def public_of(pem: bytes) -> KeyPair:
     """The pair for an existing private key file's contents."""
+    _require_cryptography()
     from cryptography.hazmat.primitives import serialization
 
     try:

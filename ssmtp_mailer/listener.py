@@ -29,11 +29,13 @@ from ssmtp_mailer import __version__, dialect, log, rewrite
 from ssmtp_mailer.config.model import Config, HostPort, UserConfig
 from ssmtp_mailer.errors import PROG, ConfigError, MailerError, UsageError
 from ssmtp_mailer.message import address_problem, is_null_sender, qualify
+from ssmtp_mailer.relay.pool import ConnectionPool
 
 # A failed AUTH costs the client this long before it hears 535 (RFC 4954 §4 allows it).
 AUTH_FAILURE_DELAY = 2.0
 PICKUP_INTERVAL = 5.0
 QUEUE_INTERVAL = 60.0
+PRUNE_INTERVAL = 1.0  # upstream connections idle for connection_reuse_idle get QUIT
 SUBMIT_SOCKET = "submit.sock"
 VERDICTS_KEPT = 4096
 
@@ -59,6 +61,8 @@ class ListenerState:
         self.pool = ThreadPoolExecutor(
             max_workers=config.global_.max_connections, thread_name_prefix="deliver"
         )
+        # Upstream connections every worker shares: reused, pipelined (SPEC §6 reuse).
+        self.connections = ConnectionPool(config.global_.connection_reuse_idle)
         self.sessions: set[ListenerSMTP] = set()
         self.inflight: set[asyncio.Future[str]] = set()
         self.draining = False
@@ -259,6 +263,7 @@ class ListenerHandler:
             envelope.mail_from or "",
             list(envelope.rcpt_tos),
             state.report,
+            state.connections,
         )
         state.inflight.add(future)
         try:
@@ -358,6 +363,7 @@ def _deliver(
     sender: str,
     recipients: list[str],
     report: Callable[[str], None],
+    connections: ConnectionPool,
 ) -> str:
     """In a worker: the message through the sendmail path; the reply to the final dot."""
     return dialect.deliver_data(
@@ -368,6 +374,7 @@ def _deliver(
         report=report,
         run_queue=False,
         retries=config.global_.max_retries,
+        pool=connections,
     )
 
 
@@ -492,6 +499,7 @@ class Listener:
         background = [
             loop.create_task(self._every(PICKUP_INTERVAL, self._pickup)),
             loop.create_task(self._every(QUEUE_INTERVAL, self._run_queue)),
+            loop.create_task(self._every(PRUNE_INTERVAL, self.state.connections.prune)),
         ]
         await self.stopping.wait()
         await self._drain(background)
@@ -516,6 +524,8 @@ class Listener:
                 transport.close()
         await asyncio.sleep(0)
         await asyncio.get_running_loop().run_in_executor(None, state.pool.shutdown, True)
+        # QUIT to the relays only now: every message's outcome is known and answered.
+        state.connections.close()
         if self.submit_socket is not None:
             with contextlib.suppress(OSError):
                 (state.config.global_.spool_dir / SUBMIT_SOCKET).unlink()

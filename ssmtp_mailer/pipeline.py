@@ -22,6 +22,7 @@ from ssmtp_mailer.errors import (
 )
 from ssmtp_mailer.message import PreparedMessage, apply_group_headers
 from ssmtp_mailer.relay import engine
+from ssmtp_mailer.relay.pool import ConnectionPool
 
 if TYPE_CHECKING:
     from ssmtp_mailer.relay.dkim import Signer
@@ -154,6 +155,7 @@ def submit(
     report: Callable[[str], None] = errors.report,
     run_queue: bool = True,
     retries: int = 0,
+    pool: ConnectionPool | None = None,
 ) -> SubmitResult:
     """Route, fix headers per group and deliver; each problem is reported as one line.
 
@@ -161,6 +163,8 @@ def submit(
 
     Errors about the whole message (sender refused by policy, no route) are raised. The
     prepared message's buffer is reused for the last group's headers: read it before, not after.
+    A caller with many messages (`-bs`, the listener) passes its `pool` and closes it
+    itself; otherwise the message's groups share one of their own.
     """
     plan = rewrite.plan_delivery(config, prepared.sender, prepared.recipients)
     problems: list[str] = []
@@ -176,6 +180,8 @@ def submit(
     signers = _signers(plan)
     outcomes: list[GroupOutcome] = []
     last = len(plan.groups) - 1
+    # Groups that go to the same server share one connection (SPEC §6 reuse).
+    connections = pool or ConnectionPool(config.global_.connection_reuse_idle)
     for index, group in enumerate(plan.groups):
         data = apply_group_headers(prepared, plan, group, in_place=index == last)
         signer = signers.get(group.route.name)
@@ -204,6 +210,7 @@ def submit(
                 transcript=transcript,
                 rate_wait=config.global_.rate_limit_wait,
                 retries=retries,
+                pool=connections,
             )
         except TempFailError as exc:
             outcome = handle_temporary_failure(config, group, data, this, exc, report)
@@ -224,6 +231,9 @@ def submit(
     code = _exit_code(plan, outcomes)
     for outcome in outcomes:
         outcome.log(code)
+    if pool is None:
+        # QUIT only now: every group's outcome is known and logged before it is sent.
+        connections.close()
     # The listener runs the queue itself (run_queue=False): one runner, not one per message.
     if run_queue and any(o.result is not None and o.result.accepted for o in outcomes):
         start_queue_runner(config)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from ssmtp_mailer.config.model import Config, GlobalConfig
     from ssmtp_mailer.message import PreparedMessage
+    from ssmtp_mailer.relay.pool import ConnectionPool
 
 # Flags that take a value, attached (-fADDR) or as the next argument (-f ADDR).
 _WITH_VALUE = frozenset("fFrCXBOLhANRVob")
@@ -403,6 +404,7 @@ class SMTPSession:
         self.hostname = config.global_.default_hostname
         self.sender: str | None = None
         self.recipients: list[str] = []
+        self.connections: ConnectionPool | None = None
 
     def reply(self, line: str) -> None:
         self.outstream.write(line.encode("utf-8", "replace") + b"\r\n")
@@ -414,6 +416,13 @@ class SMTPSession:
 
     def run(self) -> int:
         """Serve commands until QUIT or end of input; the exit code is always 0."""
+        from ssmtp_mailer.relay.pool import ConnectionPool
+
+        # The session's messages share their relay connections (SPEC §6 reuse).
+        with ConnectionPool(self.config.global_.connection_reuse_idle) as self.connections:
+            return self._serve()
+
+    def _serve(self) -> int:
         self.reply(f"220 {self.hostname} ESMTP {PROG} {__version__}")
         while True:
             raw = self.instream.readline(_MAX_COMMAND + 1)
@@ -568,5 +577,5 @@ class SMTPSession:
         from ssmtp_mailer import dialect
 
         return dialect.deliver_data(
-            self.config, raw, sender, recipients, transcript=self.transcript
+            self.config, raw, sender, recipients, transcript=self.transcript, pool=self.connections
         )

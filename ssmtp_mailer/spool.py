@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ssmtp_mailer.config.model import Config, TempFailurePolicy
 from ssmtp_mailer.errors import (
@@ -41,6 +41,9 @@ from ssmtp_mailer.errors import (
 )
 from ssmtp_mailer.message import Dsn
 from ssmtp_mailer.rewrite import RouteGroup
+
+if TYPE_CHECKING:
+    from ssmtp_mailer.relay.pool import ConnectionPool
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -839,6 +842,9 @@ class _Run:
     not_due: int = 0
     bounces: int = 0
     out_of_time: bool = False
+    # One connection per server for the whole run (SPEC §6 reuse); QUIT when the run ends.
+    connections: ConnectionPool | None = None
+    tidier: _Tidier | None = None
 
     def result(self) -> QueueRunResult:
         return QueueRunResult(
@@ -866,15 +872,108 @@ def run_queue(
     """Deliver due entries (all with `force`, or just `ids`); never one entry twice at once.
 
     First the maildrop's files (SPEC §8) are taken, unless `pick_up` is False.
+    Entries for one server share one connection; each is locked while it is sent and
+    leaves the queue on the relay's 250 to its final dot, before any QUIT.
     """
+    from ssmtp_mailer.relay.pool import ConnectionPool
+
     if pick_up and not ids:
         from ssmtp_mailer import pickup
 
         pickup.pick_up(config)
     queue_dir = area_dir(config, QUEUE)
-    run = _Run()
     if not queue_dir.is_dir():
-        return run.result()
+        return _Run().result()
+    with ConnectionPool(config.global_.connection_reuse_idle) as connections:
+        tidier = _Tidier(queue_dir)
+        run = _Run(connections=connections, tidier=tidier)
+        try:
+            _run_entries(
+                config, queue_dir, run, force=force, ids=ids, time_budget=time_budget,
+                progress=progress,
+            )  # fmt: skip
+        finally:
+            tidier.close()
+            if tidier.error is not None:
+                run.problems.append(f"{queue_dir}: {tidier.error}")
+    return run.result()
+
+
+class _Tidier:
+    """Removes delivered entries' message files and syncs the queue directory, in a thread.
+
+    A delivered entry's envelope is unlinked the moment the relay accepts the message:
+    that is the commit point, after which no runner sends the entry again, even if this
+    one is killed. What is left (freeing the message file, and making the removal
+    survive a power failure) runs while the next message is on the wire; the run waits
+    for it before it ends.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        import threading
+
+        self.directory = directory
+        self.error: OSError | None = None
+        self._pending: list[str] = []
+        self._closed = False
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name="spool-tidier", daemon=True)
+        self._started = False
+
+    def add(self, entry_id: str) -> None:
+        with self._wake:
+            self._pending.append(entry_id)
+            self._wake.notify()
+            if not self._started:
+                self._started = True
+                self._thread.start()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._started:
+            self._thread.join()
+
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending and not self._closed:
+                    self._wake.wait()
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, []
+            try:
+                for entry_id in batch:
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.directory / f"{entry_id}{MESSAGE_SUFFIX}").unlink()
+                # One sync for every removal since the last one.
+                _fsync_dir(self.directory)
+            except OSError as exc:
+                self.error = exc
+
+
+def _mark_delivered(queue_dir: Path, entry_id: str, run: _Run) -> None:
+    """The relay accepted the message: the entry leaves the queue now, before any QUIT."""
+    if run.tidier is None:
+        _remove_pair(queue_dir, entry_id)
+        return
+    # Envelope first: without it the message file is debris, never a half entry.
+    with contextlib.suppress(FileNotFoundError):
+        (queue_dir / f"{entry_id}{ENVELOPE_SUFFIX}").unlink()
+    run.tidier.add(entry_id)
+
+
+def _run_entries(
+    config: Config,
+    queue_dir: Path,
+    run: _Run,
+    *,
+    force: bool,
+    ids: Sequence[str],
+    time_budget: float | None,
+    progress: bool,
+) -> None:
     deadline = None if time_budget is None else time.monotonic() + time_budget
     for directory in (queue_dir, area_dir(config, FAILED)):
         _clean_debris(directory, time.time())
@@ -892,7 +991,6 @@ def run_queue(
             except (OSError, ValueError, KeyError, tomllib.TOMLDecodeError) as exc:
                 # A damaged or unreadable entry must not stop the others.
                 run.problems.append(f"{entry_id}: {type(exc).__name__}: {exc}")
-    return run.result()
 
 
 @contextlib.contextmanager
@@ -968,6 +1066,7 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
             smtputf8=entry.smtputf8,
             eightbit=entry.eightbit,
             dsn=entry.dsn,
+            pool=run.connections,
         )
     except _TRANSIENT as exc:
         _defer(queue_dir, entry, entry.recipients, error_reason(exc), now)
@@ -1001,7 +1100,7 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         _defer(queue_dir, entry, pending, f"{result.server}: {replies}", now)
         run.deferred.append(entry.id)
     elif not permanent:
-        _remove_pair(queue_dir, entry.id)
+        _mark_delivered(queue_dir, entry.id, run)
         run.delivered.append(entry.id)
 
 
@@ -1053,14 +1152,14 @@ def _fail_entry(
     _fsync_dir(failed_dir)
     if not keep:
         _remove_pair(queue_dir, entry.id)
-    if _bounce(config, copy, data):
+    if _bounce(config, copy, data, run.connections):
         run.bounces += 1
 
 
 # -- bounces (RFC 3464) --------------------------------------------------------------
 
 
-def _bounce(config: Config, failed: Entry, data: bytes) -> bool:
+def _bounce(config: Config, failed: Entry, data: bytes, pool: ConnectionPool | None = None) -> bool:
     """Tell the sender, with a null envelope sender (never a bounce for a bounce)."""
     if not config.global_.bounce or not failed.sender:
         return False
@@ -1076,7 +1175,7 @@ def _bounce(config: Config, failed: Entry, data: bytes) -> bool:
     for group in plan.groups:
         record = DeliveryLog(config, group, notice)
         try:
-            record.sent(deliver(config, group, notice, record=record), EX_OK)
+            record.sent(deliver(config, group, notice, record=record, pool=pool), EX_OK)
             sent = True
         except TempFailError as exc:
             record.not_sent(exc, "queued", EX_OK)

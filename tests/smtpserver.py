@@ -78,9 +78,17 @@ FAULTS: Final = frozenset(
         "stall-data-end",
         "drop-starttls",
         "535-auth",
+        "550-mail",
+        "421-mail",
+        "554-data",
+        "drop-rcpt",
+        "stall-quit",
+        "drop-rset",
+        "421-rset",
     }
 )
-"""Fault names accepted by `SMTPTestServer.fault`; plus ``"550-rcpt:ADDR"``, ``"451-rcpt:ADDR"``."""
+"""Fault names accepted by `SMTPTestServer.fault`; plus ``"550-rcpt:ADDR"``, ``"451-rcpt:ADDR"``
+and ``"452-rcpt-after:N"`` (452 to every RCPT once N recipients were accepted)."""
 CERT_FAULTS: Final = frozenset({"wrong-host", "expired", "self-signed"})
 DEFAULT_SIZE_LIMIT: Final = 33_554_432  # aiosmtpd's own default
 
@@ -127,9 +135,11 @@ def _validate_fault(fault: str | None) -> str | None:
         return fault
     if fault.startswith(("550-rcpt:", "451-rcpt:")) and "@" in fault:
         return fault
+    if fault.startswith("452-rcpt-after:") and fault.partition(":")[2].isdigit():
+        return fault
     raise ValueError(
         f"unknown fault {fault!r}; expected one of {sorted(FAULTS)},"
-        " '550-rcpt:ADDR' or '451-rcpt:ADDR'"
+        " '550-rcpt:ADDR', '451-rcpt:ADDR' or '452-rcpt-after:N'"
     )
 
 
@@ -267,6 +277,9 @@ class _Handler:
             await _forever()
         if not self.owner.auth_enabled:
             responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
+        if self.owner.pipelining:
+            # aiosmtpd reads one command at a time, so pipelined commands simply queue up.
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
 
     async def handle_HELO(
@@ -289,6 +302,14 @@ class _Handler:
         # auth_require_tls is off (and it must be off for implicit TLS, see _smtp_kwargs).
         if self.owner.auth_required and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        if _fault_of(server) == "550-mail":
+            return f"550 5.7.1 <{address}>: Sender address rejected: Access denied"
+        if _fault_of(server) == "421-mail":
+            # Shutting down: the reply, then the connection closes (RFC 5321 §3.8).
+            await server.push(f"421 4.3.2 {SERVER_NAME} Service shutting down")
+            assert server.transport is not None
+            server.transport.close()
+            await _forever()
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -304,8 +325,15 @@ class _Handler:
         fault = _fault_of(server)
         if fault == "451-rcpt":
             return "451 4.3.0 Temporary local problem, try again later"
+        if fault == "drop-rcpt" and envelope.rcpt_tos:
+            # Hang up on the second RCPT, with its reply (and DATA's) still pending.
+            assert server.transport is not None
+            server.transport.close()
+            await _forever()
         kind, _, target = (fault or "").partition(":")
-        if target and address.lower() == target.lower():
+        if kind == "452-rcpt-after" and len(envelope.rcpt_tos) >= int(target):
+            return "452 4.5.3 Error: too many recipients"
+        if "@" in target and address.lower() == target.lower():
             if kind == "451-rcpt":
                 return f"451 4.2.0 <{address}>: Recipient address rejected: Mailbox busy"
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
@@ -471,7 +499,46 @@ class _SMTP(SMTP):
             return
         await super().smtp_STARTTLS(arg)
 
+    def _command(self, verb: str) -> None:
+        """Record the command, and whether more input was already waiting (a pipelined one)."""
+        if not self._probe:
+            # What the client sent beyond this line, in asyncio's read buffer.
+            waiting = bool(self._reader._buffer)
+            self._owner._record_command(verb, waiting)
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        self._command("MAIL")
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        self._command("RCPT")
+        await super().smtp_RCPT(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        self._command("RSET")
+        if self.fault in ("drop-rset", "421-rset"):
+            # As if the server had timed the idle connection out just before.
+            if self.fault == "421-rset":
+                await super().push(f"421 4.4.2 {SERVER_NAME} Error: timeout exceeded")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super().smtp_RSET(arg)
+
+    def _timeout_cb(self) -> None:
+        # What Postfix says when a client has been idle too long, then it hangs up.
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(f"421 4.4.2 {SERVER_NAME} Error: timeout exceeded\r\n".encode())
+        super()._timeout_cb()
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        self._command("QUIT")
+        if self.fault == "stall-quit":
+            await _forever()
+        await super().smtp_QUIT(arg)
+
     async def smtp_DATA(self, arg: str) -> None:
+        self._command("DATA")
         fault = self.fault
         ready = (
             self.session is not None
@@ -482,6 +549,9 @@ class _SMTP(SMTP):
         )
         if ready and fault == "452-data":
             await self.push("452 4.3.1 Insufficient system storage")
+            return
+        if ready and fault == "554-data":
+            await self.push("554 5.7.1 Error: DATA refused by policy")
             return
         if ready and fault == "drop-mid-data":
             await self.push("354 End data with <CR><LF>.<CR><LF>")
@@ -529,6 +599,8 @@ class SMTPTestServer:
         auth_required: refuse MAIL before AUTH (default: True when AUTH is enabled).
         smtputf8: advertise and accept SMTPUTF8.
         size_limit: the SIZE limit in octets; None for no limit and no SIZE keyword.
+        pipelining: advertise PIPELINING (RFC 2920).
+        idle_timeout: seconds of client silence after which the server hangs up.
         fault: a name from `FAULTS` or ``"550-rcpt:ADDR"``; can be changed at any time.
         cert: None, or a fault from `CERT_FAULTS` for the certificate served.
         ca: the CA issuing the certificate (default: a new one).
@@ -547,6 +619,8 @@ class SMTPTestServer:
         auth_required: bool | None = None,
         smtputf8: bool = False,
         size_limit: int | None = DEFAULT_SIZE_LIMIT,
+        pipelining: bool = False,
+        idle_timeout: float | None = None,
         fault: str | None = None,
         cert: str | None = None,
         ca: trustme.CA | None = None,
@@ -570,6 +644,8 @@ class SMTPTestServer:
         self.auth_enabled = bool(offered)
         self.auth_required = self.auth_enabled if auth_required is None else auth_required
         self.tls = starttls or implicit_tls
+        self.pipelining = pipelining
+        self._commands: list[tuple[str, bool]] = []
         self._fault = _validate_fault(fault)
         self._ca = ca
         self._cert = cert
@@ -595,6 +671,8 @@ class SMTPTestServer:
             # STARTTLS as TLS for AUTH; off is then correct, not a weakening.
             "auth_require_tls": auth_require_tls and not implicit_tls,
         }
+        if idle_timeout is not None:
+            smtp_kwargs["timeout"] = idle_timeout
         if starttls:
             smtp_kwargs.update(tls_context=context, require_starttls=require_starttls)
         self._controller_kwargs: dict[str, Any] = {
@@ -686,6 +764,20 @@ class SMTPTestServer:
             return list(self._errors)
 
     @property
+    def commands(self) -> list[tuple[str, bool]]:
+        """(MAIL|RCPT|DATA|RSET|QUIT, whether more input was already waiting), oldest first.
+
+        True for a command the client sent before reading the replies to the ones before
+        it: RFC 2920 pipelining.
+        """
+        with self._lock:
+            return list(self._commands)
+
+    def count(self, verb: str) -> int:
+        """How many times the clients sent `verb`."""
+        return sum(1 for seen, _ in self.commands if seen == verb)
+
+    @property
     def connections(self) -> int:
         """Client connections accepted so far."""
         with self._lock:
@@ -698,6 +790,7 @@ class SMTPTestServer:
             self._rejected.clear()
             self._auth_attempts.clear()
             self._errors.clear()
+            self._commands.clear()
             self._connections = 0
 
     def wait_for(self, count: int = 1, timeout: float = 5.0) -> list[Received]:
@@ -719,6 +812,17 @@ class SMTPTestServer:
     def _record_error(self, error: Exception) -> None:
         with self._lock:
             self._errors.append(error)
+
+    def _record_command(self, verb: str, waiting: bool) -> None:
+        with self._lock:
+            self._commands.append((verb, waiting))
+            self._lock.notify_all()
+
+    def wait_for_command(self, verb: str, timeout: float = 5.0) -> None:
+        """Block until a client has sent `verb`."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: any(v == verb for v, _ in self._commands), timeout):
+                raise TimeoutError(f"no {verb} within {timeout} s")
 
     def _connection_made(self) -> None:
         with self._lock:

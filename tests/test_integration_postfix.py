@@ -269,3 +269,85 @@ def test_cli_test_pins_the_relay_certificate(relay: dict[str, str], tmp_path: Pa
     done = run_cli(tmp_path / "ssmtp-mailer.conf")
     assert done.returncode == 0, done.stdout
     assert "matches tls_fingerprint" in done.stdout
+
+
+# -- PIPELINING and connection reuse against Postfix (SPEC §6 round trips) -------------
+
+
+def test_postfix_gets_mail_rcpt_and_data_in_one_flight(
+    relay: dict[str, str], tmp_path: Path, secrets_checked: None
+) -> None:
+    config = make_config(tmp_path, global_=SLOW_AUTH, **route_for(relay))
+    token = uuid.uuid4().hex
+    recipients = tuple(f"pipe{i}-{token[:8]}@example.net" for i in range(3))
+    lines: list[str] = []
+    result = send(
+        config, recipients, message(token), sender=relay["RELAY_USER"], transcript=lines.append
+    )
+    assert result.accepted == recipients
+    start = next(i for i, line in enumerate(lines) if line.upper().startswith("C: MAIL FROM:"))
+    # Every command of the transaction was written before the first reply was read.
+    assert [line[3:7].upper() for line in lines[start : start + 5]] == [
+        "MAIL", "RCPT", "RCPT", "RCPT", "DATA",
+    ]  # fmt: skip
+    assert lines[start + 5].startswith("S: 250")
+    wait_in_maildir(relay, token)
+
+
+def _postfix_sessions(relay: dict[str, str], needle: str, timeout: float = 10) -> list[str]:
+    """Postfix's end-of-session lines (command counts per connection) that contain needle."""
+    log = Path(relay["RELAY_POSTFIX_LOG"])
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [
+            line
+            for line in log.read_text(errors="replace").splitlines()
+            if "disconnect from" in line and needle in line
+        ]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_queue_run_drains_over_one_authenticated_connection(
+    relay: dict[str, str], tmp_path: Path, secrets_checked: None
+) -> None:
+    from ssmtp_mailer import spool
+    from ssmtp_mailer.rewrite import RouteGroup
+
+    config = make_config(tmp_path, global_=SLOW_AUTH, **route_for(relay))
+    token = uuid.uuid4().hex
+    group = RouteGroup(
+        route=config.domains["example.com"],
+        envelope_from=relay["RELAY_USER"],
+        recipients=("inbox@example.net",),
+    )
+    for n in range(7):
+        data = message(f"{token}-{n}")
+        spool.enqueue(config, group, data, smtputf8=False, eightbit=True, reason="test")
+    result = spool.run_queue(config, force=True)
+    assert len(result.delivered) == 7 and spool.list_entries(config) == []
+    for n in range(7):
+        wait_in_maildir(relay, f"{token}-{n}")
+    # One session: one STARTTLS, one AUTH, seven transactions with RSET between them.
+    sessions = _postfix_sessions(relay, "auth=1 mail=7 rcpt=7 data=7 rset=6")
+    assert sessions, "no single Postfix session carried the seven messages"
+
+
+def test_postfix_resumes_the_tls_session_of_an_idle_connection(
+    relay: dict[str, str], tmp_path: Path, secrets_checked: None
+) -> None:
+    from ssmtp_mailer.relay.pool import ConnectionPool
+
+    config = make_config(tmp_path, global_=SLOW_AUTH, **route_for(relay))
+    second: list[str] = []
+    with ConnectionPool(0.1) as pool:
+        token = uuid.uuid4().hex
+        send(config, ("inbox@example.net",), message(token), sender=relay["RELAY_USER"],
+             pool=pool)  # fmt: skip
+        time.sleep(0.3)  # longer than connection_reuse_idle: a new connection
+        send(config, ("inbox@example.net",), message(token + "-2"), sender=relay["RELAY_USER"],
+             pool=pool, transcript=second.append)  # fmt: skip
+    assert pool.opened == 2
+    assert any(line.startswith("* TLS: TLSv1.3") and "session resumed" in line for line in second)
+    wait_in_maildir(relay, token + "-2")

@@ -192,6 +192,7 @@ def test_one_transaction_for_many_recipients(smtp_server: SMTPTestServer, tmp_pa
 # -- TLS and authentication ------------------------------------------------------
 
 
+# An explicit auth_method is honoured even where AUTO would pick another.
 @pytest.mark.parametrize("method", ["PLAIN", "LOGIN", "CRAM-MD5"])
 def test_starttls_and_auth(
     smtp_server_factory: Factory, tmp_path: Path, ca_file: Path, method: str
@@ -217,12 +218,13 @@ def test_starttls_and_auth(
 @pytest.mark.parametrize(
     ("offered", "chosen"),
     [
-        (["PLAIN", "LOGIN", "CRAM-MD5"], "CRAM-MD5"),
-        (["LOGIN", "PLAIN"], "PLAIN"),
+        # Over TLS, fewest round trips first: PLAIN (1), CRAM-MD5 (2), LOGIN (3).
+        (["PLAIN", "LOGIN", "CRAM-MD5"], "PLAIN"),
+        (["LOGIN", "CRAM-MD5"], "CRAM-MD5"),
         (["LOGIN"], "LOGIN"),
     ],
 )
-def test_auto_picks_the_strongest_offered(
+def test_auto_over_tls_picks_the_fewest_round_trips(
     smtp_server_factory: Factory, tmp_path: Path, ca_file: Path, offered: list[str], chosen: str
 ) -> None:
     server = tls_server(smtp_server_factory, auth_mechanisms=offered)
@@ -363,6 +365,47 @@ def test_plaintext_auth_when_explicitly_allowed(
     )  # fmt: skip
     send(config)
     assert server.messages[0].auth_user == USER
+
+
+@pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [(["PLAIN", "LOGIN", "CRAM-MD5"], "CRAM-MD5"), (["LOGIN", "PLAIN"], "PLAIN")],
+)
+def test_auto_without_tls_prefers_cram_md5(
+    smtp_server_factory: Factory, tmp_path: Path, offered: list[str], chosen: str
+) -> None:
+    server = smtp_server_factory(
+        auth={USER: PASSWORD}, auth_require_tls=False, auth_mechanisms=offered
+    )
+    config = make_config(
+        tmp_path, server, auth_method="AUTO", username=USER, password=PASSWORD,
+        allow_plaintext_auth=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    send(config, transcript=lines.append)
+    assert [(a.mechanism, a.success, a.tls) for a in server.auth_attempts] == [
+        (chosen, True, False)
+    ]
+    # CRAM-MD5 sends a digest, never the password, not even base64-encoded.
+    auth_lines = [line for line in lines if line.startswith("C: AUTH")]
+    assert auth_lines == [
+        f"C: AUTH {chosen}" if chosen == "CRAM-MD5" else "C: AUTH PLAIN <redacted>"
+    ]
+
+
+def test_plain_is_one_round_trip_with_an_initial_response(
+    smtp_server_factory: Factory, tmp_path: Path, ca_file: Path
+) -> None:
+    server = tls_server(smtp_server_factory)
+    config = make_config(
+        tmp_path, server, use_starttls=True, ssl_ca_file=ca_file, auth_method="AUTO",
+        username=USER, password=PASSWORD,
+    )  # fmt: skip
+    lines: list[str] = []
+    send(config, transcript=lines.append)
+    start = next(i for i, line in enumerate(lines) if line.startswith("C: AUTH"))
+    assert lines[start] == "C: AUTH PLAIN <redacted>"
+    assert lines[start + 1].startswith("S: 235")
 
 
 def test_starttls_not_offered_is_a_protocol_error(

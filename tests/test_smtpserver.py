@@ -411,9 +411,66 @@ def test_fault_changes_between_sends(smtp_server: SMTPTestServer) -> None:
     assert len(smtp_server.wait_for(1)) == 1
 
 
+def test_pipelining_is_offered_only_when_asked(smtp_server_factory: Factory) -> None:
+    plain, pipelining = smtp_server_factory(), smtp_server_factory(pipelining=True)
+    for server, offered in ((plain, False), (pipelining, True)):
+        with connect(server) as client:
+            client.ehlo()
+            assert client.has_extn("pipelining") is offered
+
+
+def test_command_log_tells_pipelined_from_one_by_one(smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(pipelining=True)
+    with socket.create_connection((server.host, server.port), 5) as sock:
+        replies = sock.makefile("rb")
+        replies.readline()
+        sock.sendall(b"EHLO c\r\n")
+        while replies.readline()[3:4] == b"-":
+            pass
+        sock.sendall(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@x.example>\r\nRSET\r\n")
+        assert [replies.readline()[:3] for _ in range(3)] == [b"250"] * 3
+        sock.sendall(b"QUIT\r\n")
+        replies.readline()
+    assert server.commands == [("MAIL", True), ("RCPT", True), ("RSET", False), ("QUIT", False)]
+    assert server.count("RSET") == 1
+
+
+def test_fault_452_after_n_recipients(smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(fault="452-rcpt-after:2")
+    with connect(server) as client:
+        client.ehlo()
+        assert client.mail(SENDER)[0] == 250
+        codes = [client.rcpt(f"r{i}@example.net")[0] for i in range(4)]
+    assert codes == [250, 250, 452, 452]
+
+
+def test_fault_550_mail_and_554_data(smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(fault="550-mail")
+    with connect(server) as client:
+        client.ehlo()
+        assert client.mail(SENDER)[0] == 550
+        server.fault = "554-data"
+        client.rset()
+        client.mail(SENDER)
+        client.rcpt(RCPT)
+        assert client.docmd("DATA")[0] == 554
+    assert server.messages == []
+
+
+def test_idle_timeout_says_421_and_hangs_up(smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(idle_timeout=0.2)
+    with socket.create_connection((server.host, server.port), 5) as sock:
+        replies = sock.makefile("rb")
+        assert replies.readline().startswith(b"220 ")
+        assert replies.readline().startswith(b"421 4.4.2 ")
+        assert replies.readline() == b""
+
+
 def test_unknown_fault_is_refused(smtp_server: SMTPTestServer) -> None:
     with pytest.raises(ValueError, match="unknown fault"):
         smtp_server.fault = "999-everything"
+    with pytest.raises(ValueError, match="unknown fault"):
+        smtp_server.fault = "452-rcpt-after:two"
     with pytest.raises(ValueError, match="unknown cert"):
         SMTPTestServer(starttls=True, cert="revoked")
 

@@ -46,7 +46,7 @@ def test_every_step_passes(
         "certificate:",
     ):
         assert f"ok    {step}" in out
-    assert f"AUTH: CRAM-MD5 as {USER}: accepted" in out
+    assert f"AUTH: PLAIN as {USER}: accepted" in out
     assert "verified against" in out and "expires" in out
     assert f"tls_fingerprint = {server.cert_fingerprint_sha256}" in out
     assert "=> passed" in out

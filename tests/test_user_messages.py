@@ -101,3 +101,29 @@ def test_route_says_what_happens_to_a_rewritten_sender(run_main: Run) -> None:
     assert code == 0, err
     assert "envelope sender becomes" in out
     assert "may not send through" not in out
+
+
+def test_dkim_keygen_without_cryptography_is_one_line(tmp_path: Path) -> None:
+    """As in the zipapp, which carries no native parts: a clear error, not an internal one."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class NoCrypto:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'cryptography':\n"
+        "            raise ImportError('no cryptography here')\n"
+        "sys.meta_path.insert(0, NoCrypto())\n"
+        "from ssmtp_mailer.entry import main\n"
+        "sys.exit(main(sys.argv[1:], prog_name='ssmtp-mailer'))\n"
+    )
+    out = tmp_path / "k.pem"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "dkim", "keygen", "--domain", "example.com",
+         "--selector", "s1", "--out", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 69, done.stderr
+    assert done.stderr.startswith("ssmtp-mailer: cryptography: not installed")
+    assert "internal error" not in done.stderr and not out.exists()

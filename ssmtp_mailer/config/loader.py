@@ -48,6 +48,7 @@ GLOBAL_KEYS: dict[str, Parser] = {
     "connection_timeout": v.parse_positive,
     "read_timeout": v.parse_positive,
     "write_timeout": v.parse_positive,
+    "connection_reuse_idle": v.parse_seconds,
     "enable_rate_limiting": v.parse_bool,
     "rate_limit_per_minute": v.parse_positive,
     "rate_limit_wait": v.parse_seconds,

@@ -72,6 +72,7 @@ class GlobalConfig(NamedTuple):
     connection_timeout: int = 30
     read_timeout: int = 60
     write_timeout: int = 60
+    connection_reuse_idle: int = 5
     enable_rate_limiting: bool = True
     rate_limit_per_minute: int = 100
     rate_limit_wait: int = 2

@@ -83,7 +83,10 @@ def _names(rdns: Any) -> str:
 
 def _decode_unverified(der: bytes) -> dict[str, Any]:
     """What getpeercert() gives, for a certificate it says nothing about (not verified)."""
-    from cryptography import x509
+    try:
+        from cryptography import x509
+    except ImportError:  # the zipapp without native parts: the fingerprint still shows
+        return {}
 
     try:
         cert = x509.load_der_x509_certificate(der)

@@ -17,11 +17,11 @@ from ssmtp_mailer.config.model import AuthMethod, Config, DeliveryMode, DomainCo
 from ssmtp_mailer.errors import ConfigError, MailerError, NoHostError, TempFailError
 from ssmtp_mailer.message import Dsn
 from ssmtp_mailer.relay import ratelimit
+from ssmtp_mailer.relay.pool import ConnectionPool, Login, Sent, with_pool
 from ssmtp_mailer.relay.smtp import (
     Endpoint,
     RelayConnection,
     RelayFailure,
-    Transaction,
     endpoint_for,
 )
 from ssmtp_mailer.rewrite import RouteGroup
@@ -92,6 +92,31 @@ class Credentials:
                 f"auth_method = {route.auth_method.value} needs a username",
             )
         return True
+
+    def login(self) -> Login | None:
+        """The AUTH step for a new connection, and what makes two logins the same one."""
+        if not self.needed:
+            return None
+        route = self.route
+        # The keyring holds the password under the route's name when nothing else does.
+        keyring = route.name if not (route.password or route.password_command) else None
+        identity = (
+            route.username,
+            route.auth_method,
+            # Only its (per-process, salted) hash: the identity may end up in a repr.
+            hash(route.password) if route.password else None,
+            route.password_command,
+            route.oauth2_token_command,
+            route.allow_plaintext_auth,
+            keyring,
+        )
+
+        def step(conn: RelayConnection) -> None:
+            mechanism = conn.choose_mechanism(route)
+            assert route.username is not None
+            conn.authenticate(route, mechanism, route.username, self.secret_for(mechanism))
+
+        return Login(identity, step)
 
     def secret_for(self, mechanism: str) -> str:
         """The password, or for XOAUTH2 a fresh token from oauth2_token_command."""
@@ -164,8 +189,12 @@ def deliver(
     transcript: Callable[[str], None] | None = None,
     retries: int = 0,
     rate_wait: float | None = None,
+    pool: ConnectionPool | None = None,
 ) -> DeliveryResult:
     """One SMTP transaction for the group; raises a MailerError with the SPEC §9 code.
+
+    With `pool`, the connection stays open for the caller's next message (SPEC §6
+    reuse) and QUIT comes with `pool.close()`; without, it ends before the return.
 
     Each server is tried once, `retries` more times on the primary with `retry_backoff`
     doubling in between (the listener's workers); a sendmail caller passes none, so an
@@ -178,7 +207,10 @@ def deliver(
     warn_unverified(config, route)
     _rate_limit(config, route, rate_wait)
     flags = _Flags(smtputf8, eightbit, dsn)
-    return _deliver(config, group, data, servers, record, flags, transcript, retries)
+    with with_pool(pool, config.global_.connection_reuse_idle) as connections:
+        return _deliver(
+            config, group, data, servers, record, flags, transcript, retries, connections
+        )
 
 
 def _deliver(
@@ -190,10 +222,11 @@ def _deliver(
     flags: _Flags,
     transcript: Transcript | None,
     retries: int,
+    pool: ConnectionPool,
 ) -> DeliveryResult:
     route = group.route
     g = config.global_
-    credentials = Credentials(route)
+    login = Credentials(route).login()
     failures: list[tuple[str, RelayFailure]] = []
     attempts = 0
     for index, server in enumerate(servers):
@@ -208,8 +241,19 @@ def _deliver(
                 time.sleep(delay)
             attempts += 1
             try:
-                result = _attempt(endpoint, group, data, credentials, flags, transcript, record)
+                sent = pool.send(
+                    endpoint,
+                    login,
+                    group.envelope_from,
+                    group.recipients,
+                    data,
+                    smtputf8=flags.smtputf8,
+                    eightbit=flags.eightbit,
+                    dsn=flags.dsn,
+                    transcript=transcript,
+                )
             except RelayFailure as failure:
+                record.tls = failure.tls
                 failures.append((endpoint.label, failure))
                 log.write(
                     config, "DEBUG", f"attempt {attempts} at {endpoint.label}: {failure.error}"
@@ -220,17 +264,7 @@ def _deliver(
                     break
                 record.reply = failure.reply
                 raise failure.error from None
-            tx, tls, auth_user = result
-            return DeliveryResult(
-                route=route.name,
-                server=endpoint.label,
-                accepted=tuple(tx.accepted),
-                refused=dict(tx.refused),
-                reply=tx.reply,
-                tls=tls,
-                auth_user=auth_user,
-                attempts=attempts,
-            )
+            return _result(route, endpoint, sent, attempts)
     raise _exhausted(route, failures, attempts)
 
 
@@ -270,47 +304,18 @@ def _exhausted(
     )
 
 
-def _attempt(
-    endpoint: Endpoint,
-    group: RouteGroup,
-    data: bytes | bytearray,
-    credentials: Credentials,
-    flags: _Flags,
-    transcript: Transcript | None,
-    record: DeliveryLog,
-) -> tuple[Transaction, str | None, str | None]:
-    conn = RelayConnection(endpoint, transcript)
-    try:
-        conn.open()
-        if credentials.needed:
-            route = group.route
-            mechanism = conn.choose_mechanism(route)
-            assert route.username is not None
-            secret = credentials.secret_for(mechanism)
-            conn.authenticate(route, mechanism, route.username, secret)
-        tx = conn.transaction(
-            group.envelope_from,
-            group.recipients,
-            data,
-            smtputf8=flags.smtputf8,
-            eightbit=flags.eightbit,
-            dsn=flags.dsn,
-        )
-    except RelayFailure as failure:
-        record.tls = conn.tls_version
-        # After a reply the conversation is sane and QUIT is polite; after a socket error
-        # or timeout it would only wait read_timeout again.
-        if failure.code is not None:
-            conn.close_quietly()
-        else:
-            conn.close()
-        raise
-    except BaseException:
-        record.tls = conn.tls_version
-        conn.close()
-        raise
-    conn.close_quietly()
-    return tx, conn.tls_version, conn.auth_user
+def _result(route: DomainConfig, endpoint: Endpoint, sent: Sent, attempts: int) -> DeliveryResult:
+    tx = sent.transaction
+    return DeliveryResult(
+        route=route.name,
+        server=endpoint.label,
+        accepted=tuple(tx.accepted),
+        refused=dict(tx.refused),
+        reply=tx.reply,
+        tls=sent.tls,
+        auth_user=sent.auth_user,
+        attempts=attempts,
+    )
 
 
 class DeliveryLog:

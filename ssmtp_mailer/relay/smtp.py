@@ -13,7 +13,7 @@ import contextlib
 import functools
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -47,10 +47,19 @@ Transcript = Callable[[str], None]
 # Bytes per sendall() while streaming DATA: bounds memory and makes write_timeout apply
 # per chunk (since Python 3.5 a socket timeout covers a whole sendall call).
 CHUNK = 1 << 20
-# AUTO picks the first offered, strongest first. CRAM-MD5 never shows the password;
-# PLAIN beats LOGIN because it is one round trip and standardised (RFC 4616).
-AUTO_ORDER = ("CRAM-MD5", "PLAIN", "LOGIN")
+# AUTO picks the first offered. Over TLS the password is protected by the channel, so
+# round trips decide: PLAIN with its initial response is one (RFC 4954 §4), CRAM-MD5
+# two, LOGIN three. Without TLS (allow_plaintext_auth) CRAM-MD5 first: it never shows
+# the password.
+AUTO_ORDER_TLS = ("PLAIN", "CRAM-MD5", "LOGIN")
+AUTO_ORDER_PLAINTEXT = ("CRAM-MD5", "PLAIN", "LOGIN")
+# Commands per write when pipelining (RFC 2920 §3.1 and §4): the replies to a batch
+# must fit the socket buffers while we are still writing, or both ends wait for each
+# other. 500 replies are about 20 KB.
+PIPELINE_BATCH = 500
 REDACTED = "<redacted>"
+# Seconds to wait for the reply to QUIT (RFC 5321 §4.1.1.10 asks the client to wait).
+QUIT_WAIT = 2.0
 
 
 class RelayFailure(Exception):
@@ -65,6 +74,7 @@ class RelayFailure(Exception):
         code: int | None = None,
         reply: str = "",
         next_server: bool = False,
+        stale: bool = False,
     ) -> None:
         super().__init__(str(error))
         self.error = error
@@ -75,6 +85,11 @@ class RelayFailure(Exception):
         # A permanent problem of this server only (name not found, bad certificate):
         # not worth retrying here, but a fallback server may do better.
         self.next_server = next_server
+        # A reused connection that the server had closed while it was idle: nothing of
+        # this transaction was accepted, so a new connection may simply try again.
+        self.stale = stale
+        # The TLS version in use when it failed, for the log line (set by the pool).
+        self.tls: str | None = None
 
 
 def _ascii_or_idn(host: str) -> str | bytes:
@@ -214,11 +229,21 @@ def endpoint_for(
 class RelayConnection(SMTPClient):
     """An SMTP client with a redacted transcript, per-direction timeouts, TLS and AUTH."""
 
-    def __init__(self, endpoint: Endpoint, transcript: Transcript | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        transcript: Transcript | None = None,
+        *,
+        tls_session: ssl.SSLSession | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self._transcript = transcript
         self._in_auth = False
         self.banner = ""
+        # A session of an earlier connection to the same server, offered for resumption.
+        self.tls_session = tls_session
+        self.tls_resumed = False
+        self.transactions = 0
         self.tls_version: str | None = None
         self.cipher: str | None = None
         self.peer_der: bytes | None = None
@@ -229,6 +254,10 @@ class RelayConnection(SMTPClient):
         super().__init__(local_hostname=endpoint.helo or "localhost")
 
     # -- transcript ------------------------------------------------------------
+
+    def set_transcript(self, transcript: Transcript | None) -> None:
+        """Where the lines go from now on: a reused connection serves another caller."""
+        self._transcript = transcript
 
     def note(self, line: str) -> None:
         """Add a line of our own (not protocol) to the transcript."""
@@ -287,14 +316,18 @@ class RelayConnection(SMTPClient):
     def _handshake(self, sock: socket.socket) -> ssl.SSLSocket:
         context = self.endpoint.context
         assert context is not None
-        tls = context.wrap_socket(sock, server_hostname=_ascii_or_idn(self.endpoint.host))
+        tls = context.wrap_socket(
+            sock, server_hostname=_ascii_or_idn(self.endpoint.host), session=self.tls_session
+        )
         self.tls_version = tls.version()
         cipher = tls.cipher()
         self.cipher = cipher[0] if cipher else None
+        self.tls_resumed = bool(tls.session_reused)
         self.peer_der = tls.getpeercert(binary_form=True)
         # Empty unless the chain was verified (CERT_REQUIRED); `test` decodes it otherwise.
         self.peer_cert = dict(tls.getpeercert() or {})
-        self.note(f"TLS: {self.tls_version}, {self.cipher}")
+        resumed = ", session resumed" if self.tls_resumed else ""
+        self.note(f"TLS: {self.tls_version}, {self.cipher}{resumed}")
         pin = self.endpoint.fingerprint
         if pin is not None:
             seen = fingerprint_of(self.peer_der or b"")
@@ -402,10 +435,11 @@ class RelayConnection(SMTPClient):
         if method == AuthMethod.AUTO:
             if route.oauth2_token_command and "XOAUTH2" in offered:
                 return "XOAUTH2"
-            for mechanism in AUTO_ORDER:
+            order = AUTO_ORDER_TLS if self.encrypted else AUTO_ORDER_PLAINTEXT
+            for mechanism in order:
                 if mechanism in offered:
                     return mechanism
-            wanted = ", ".join(AUTO_ORDER)
+            wanted = ", ".join(order)
         else:
             wanted = str(method.value)
             if wanted in offered:
@@ -493,11 +527,16 @@ class RelayConnection(SMTPClient):
         *,
         smtputf8: bool,
         eightbit: bool,
+        reset: bool = False,
         dsn: Dsn | None = None,
     ) -> Transaction:
-        """MAIL, every RCPT, DATA; partial refusals are returned, not raised."""
+        """MAIL, every RCPT, DATA; partial refusals are returned, not raised.
+
+        `reset` starts with RSET: the connection carried a transaction before.
+        """
         label = self.endpoint.label
         options: list[str] = []
+        self.command_encoding = "ascii"
         rcpt_options: list[str] = []
         if dsn is not None:
             if self.has_extn("dsn"):
@@ -540,42 +579,89 @@ class RelayConnection(SMTPClient):
                     code=552,
                 )
             options.append(f"SIZE={len(data)}")
+        suffix = "".join(f" {o}" for o in options)
+        # Addresses go out verbatim in <>: smtplib's quoteaddr() re-parses them and can
+        # mangle quoted local parts.
+        commands = [("mail", f"FROM:<{sender}>{suffix}")]
+        rcpt_suffix = "".join(f" {o}" for o in rcpt_options)
+        commands += [("rcpt", f"TO:<{rcpt}>{rcpt_suffix}") for rcpt in recipients]
+        commands.append(("data", ""))
+        if reset:
+            commands.insert(0, ("rset", ""))
+        self.transactions += 1
         try:
-            return self._exchange(sender, recipients, data, options, rcpt_options)
+            if self.has_extn("pipelining"):
+                replies = self._pipelined(commands)
+            else:
+                replies = self._one_by_one(commands)
+            if reset:
+                self._check_reset(replies)
+            return self._exchange(replies, recipients, data)
         except RelayFailure:
             raise
         except Exception as exc:
             raise self._transport_failure("DATA", exc) from None
 
+    def _one_by_one(self, commands: list[tuple[str, str]]) -> Iterator[tuple[int, bytes]]:
+        """Each reply before the next command; no DATA after a refused MAIL or all RCPTs refused."""
+        accepted = False
+        for verb, args in commands:
+            if verb == "data" and not accepted:
+                return
+            reply = self.docmd(verb, args)
+            yield reply
+            if verb == "mail" and reply[0] != 250:
+                return
+            accepted = accepted or (verb == "rcpt" and reply[0] in (250, 251))
+
+    def _pipelined(self, commands: list[tuple[str, str]]) -> Iterator[tuple[int, bytes]]:
+        """RFC 2920: every command of a batch in one write, then their replies in order."""
+        for start in range(0, len(commands), PIPELINE_BATCH):
+            batch = commands[start : start + PIPELINE_BATCH]
+            self.putcmds(batch)
+            for _ in batch:
+                yield self.getreply()
+
+    def _check_reset(self, replies: Iterator[tuple[int, bytes]]) -> None:
+        """The RSET that opens a transaction on a reused connection."""
+        try:
+            code, message = next(replies)
+        except (OSError, SMTPException) as exc:
+            raise RelayFailure(
+                TempFailError(self.endpoint.label, f"RSET: the idle connection was lost ({exc})"),
+                temporary=True,
+                stage="RSET",
+                stale=True,
+            ) from None
+        if code != 250:
+            # 421: the server timed the idle connection out.
+            failure = self._reply_failure("RSET", code, message)
+            failure.stale = code == 421
+            raise failure
+
     def _exchange(
         self,
-        sender: str,
+        replies: Iterator[tuple[int, bytes]],
         recipients: Sequence[str],
         data: bytes | bytearray,
-        options: list[str],
-        rcpt_options: list[str],
     ) -> Transaction:
-        suffix = "".join(f" {o}" for o in options)
-        rcpt_suffix = "".join(f" {o}" for o in rcpt_options)
-        # Addresses go out verbatim in <>: smtplib's quoteaddr() re-parses them and can
-        # mangle quoted local parts.
-        self.putcmd("mail", f"FROM:<{sender}>{suffix}")
-        code, message = self.getreply()
+        """Match the replies to MAIL, each RCPT and DATA; stream the message after a 354."""
+        code, message = next(replies)
         if code != 250:
+            self._drain(replies)
             raise self._reply_failure("MAIL", code, message)
         result = Transaction()
         for rcpt in recipients:
-            self.putcmd("rcpt", f"TO:<{rcpt}>{rcpt_suffix}")
-            code, message = self.getreply()
+            code, message = next(replies)
             if code in (250, 251):
                 result.accepted.append(rcpt)
             else:
                 result.refused[rcpt] = (code, reply_text(message))
         if not result.accepted:
+            self._drain(replies)
             self._rset_quietly()
             raise self._all_refused(result.refused)
-        self.putcmd("data")
-        code, message = self.getreply()
+        code, message = next(replies)
         if code != 354:
             raise self._reply_failure("DATA", code, message)
         self._stream(data)
@@ -584,6 +670,22 @@ class RelayConnection(SMTPClient):
             raise self._reply_failure("end of DATA", code, message)
         result.reply = f"{code} {reply_text(message)}"
         return result
+
+    def _drain(self, replies: Iterator[tuple[int, bytes]]) -> None:
+        """Read the replies still due after a refusal; end a DATA that was accepted anyway.
+
+        The refusal is what the caller hears: a server that hangs up after it (a 421)
+        only ends the connection here.
+        """
+        try:
+            for code, _ in replies:
+                if code == 354:
+                    # RFC 2920 §3.1: DATA accepted although no recipient was; an empty
+                    # body ends it, and the server refuses or drops that message.
+                    self.send(".\r\n")
+                    self.getreply()
+        except (OSError, SMTPException):
+            self.close()
 
     def _stream(self, data: bytes | bytearray) -> None:
         """Send the message dot-stuffed (RFC 5321 4.5.2) and the final dot, without copying it."""
@@ -633,10 +735,16 @@ class RelayConnection(SMTPClient):
         """QUIT and close; after a delivered message nothing here may turn into a failure."""
         try:
             if self.sock is not None:
-                self.quit()
+                self.putcmd("quit")
+                # Everything sent is delivered by now: a relay slow to say goodbye must
+                # not hold the caller (cron, a PHP page) for read_timeout.
+                if self.sock is not None:
+                    self.sock.settimeout(min(self.endpoint.read_timeout, QUIT_WAIT))
+                self.getreply()
         except (OSError, SMTPException):
             pass
         finally:
+            self.forget_greeting()
             self.close()
 
     # -- failures --------------------------------------------------------------

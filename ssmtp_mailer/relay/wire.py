@@ -8,10 +8,13 @@ behaviour is smtplib's: the same reply parsing, line limit, EHLO keyword table a
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import ssl
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import BinaryIO
 
 CRLF = "\r\n"
@@ -68,11 +71,11 @@ class SMTPClient:
             raise SMTPServerDisconnected("Server not connected") from None
 
     def putcmd(self, command: str, args: str = "") -> None:
-        line = f"{command} {args}" if args else command
-        if "\r" in line or "\n" in line:
-            shown = line.replace("\n", "\\n").replace("\r", "\\r")
-            raise ValueError(f"command contains a line break: {shown}")
-        self.send(line + CRLF)
+        self.send(_command_line(command, args))
+
+    def putcmds(self, commands: Sequence[tuple[str, str]]) -> None:
+        """Several commands in one write (RFC 2920 pipelining); read their replies in order."""
+        self.send("".join(_command_line(command, args) for command, args in commands))
 
     def getreply(self) -> tuple[int, bytes]:
         """(code, text lines joined by LF); code -1 when the reply has no valid code."""
@@ -154,6 +157,41 @@ class SMTPClient:
         self.esmtp_features = {}
         self.does_esmtp = False
 
+    def peer_spoke_or_closed(self) -> bool:
+        """Whether an idle connection has something unasked waiting: a 421, or the server's EOF.
+
+        Checked before a connection is reused; a TLS record without data (a session ticket)
+        does not count.
+        """
+        import select
+
+        sock = self.sock
+        if sock is None:
+            return True
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        if not readable:
+            return False
+        timeout = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            if isinstance(sock, ssl.SSLSocket):
+                sock.recv(1)
+            else:
+                sock.recv(1, socket.MSG_PEEK)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return False
+        except OSError:
+            return True
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(timeout)
+        return True
+
     def close(self) -> None:
         file, self.file = self.file, None
         sock, self.sock = self.sock, None
@@ -163,6 +201,14 @@ class SMTPClient:
         finally:
             if sock is not None:
                 sock.close()
+
+
+def _command_line(command: str, args: str) -> str:
+    line = f"{command} {args}" if args else command
+    if "\r" in line or "\n" in line:
+        shown = line.replace("\n", "\\n").replace("\r", "\\r")
+        raise ValueError(f"command contains a line break: {shown}")
+    return line + CRLF
 
 
 def _keyword(line: str) -> str:

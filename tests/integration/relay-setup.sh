@@ -121,7 +121,7 @@ SENDMAIL_OWNER="${SENDMAIL_OWNER:-none}"
 
 # -------------------------------------------------- stop a previous instance
 if [ -f "$HERE/relay-stop.sh" ]; then
-    RELAY_DIR="$RELAY_DIR" bash "$HERE/relay-stop.sh" --quiet || die "could not stop the previous relay instance"
+    RELAY_DIR="$RELAY_DIR" RELAY_LOCK_HELD=1 bash "$HERE/relay-stop.sh" --quiet 9>&- || die "could not stop the previous relay instance"
 fi
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

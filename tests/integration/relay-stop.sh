@@ -22,9 +22,12 @@ die() { printf 'relay-stop: ERROR: %s\n' "$*" >&2; exit 1; }
 
 # One set-up or stop at a time, and none while a test module uses the relay (the tests
 # hold this lock shared): two runs at once would otherwise restart Postfix under each other.
+# relay-setup.sh calls this script while it holds the lock (RELAY_LOCK_HELD=1).
 RELAY_LOCK="${RELAY_LOCK:-/tmp/ssmtp-mailer-relay.lock}"
-exec 9>>"$RELAY_LOCK"
-flock 9
+if [ "${RELAY_LOCK_HELD:-0}" != 1 ]; then
+    exec 9>>"$RELAY_LOCK"
+    flock 9
+fi
 
 PF_CONF="$RELAY_DIR/postfix"
 PF_PIDFILE="$RELAY_DIR/spool/pid/master.pid"
