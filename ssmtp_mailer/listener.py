@@ -3,7 +3,8 @@
 The event loop only speaks SMTP. Each message that reaches the final dot goes to a pool of
 `max_connections` threads, through the same prepare → plan → engine → spool path as
 `sendmail` (dialect.deliver_data); the reply to the dot waits for its outcome. The
-engine's quick retries (max_retries, retry_backoff) sleep in those threads, never here.
+workers share one upstream connection pool, and the engine's quick retries (max_retries,
+retry_backoff) sleep in those threads, never here.
 """
 
 from __future__ import annotations

@@ -734,3 +734,13 @@ def test_a_permanent_refusal_is_passed_on_with_the_relays_reason(
     assert code in (550, 554)
     assert text.startswith(b"5.")
     assert b"content policy" in text  # the relay's own reason is in ours
+
+
+def test_the_workers_reuse_upstream_connections(
+    listener: Listener, upstream: SMTPTestServer
+) -> None:
+    with listener.client() as client:
+        for i in range(10):
+            assert client.sendmail("app@host.example", ["out@far.example"], message(f"r{i}")) == {}
+    assert len(upstream.wait_for(10)) == 10
+    assert upstream.connections == 1  # one upstream session carried all ten (SPEC §6 reuse)
