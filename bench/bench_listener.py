@@ -80,10 +80,82 @@ def sink(port_file: str) -> None:
     print(count, flush=True)
 
 
-def start_sink(tmp: Path) -> tuple[subprocess.Popen[str], int]:
+def bare_sink(port_file: str) -> None:
+    """A minimal upstream that says 250 to everything (run in its own process): the
+    listener's cost alone, without aiosmtpd's on the other side. Understands what our
+    relay client sends: EHLO, pipelined RSET/MAIL/RCPT/DATA, the data, QUIT."""
+    import asyncio
+
+    count = 0
+
+    class Sink(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.buffer = b""
+            self.in_data = False
+            transport.write(b"220 sink ESMTP\r\n")
+
+        def data_received(self, data: bytes) -> None:
+            nonlocal count
+            self.buffer += data
+            out = []
+            while True:
+                if self.in_data:
+                    end = self.buffer.find(b"\r\n.\r\n")
+                    if end < 0:
+                        break
+                    self.buffer = self.buffer[end + 5 :]
+                    self.in_data = False
+                    count += 1
+                    out.append(b"250 2.0.0 Ok: queued\r\n")
+                    continue
+                line, sep, rest = self.buffer.partition(b"\r\n")
+                if not sep:
+                    break
+                self.buffer = rest
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    out.append(
+                        b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 99999999\r\n"
+                    )
+                elif verb == b"DATA":
+                    self.in_data = True
+                    self.buffer = b"\r\n" + self.buffer  # the dot may end the first line
+                    out.append(b"354 go ahead\r\n")
+                elif verb == b"QUIT":
+                    out.append(b"221 bye\r\n")
+                    self.transport.write(b"".join(out))
+                    self.transport.close()
+                    return
+                else:
+                    out.append(b"250 2.0.0 Ok\r\n")
+            if out:
+                self.transport.write(b"".join(out))
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Sink, "127.0.0.1", 0)
+        Path(port_file).write_text(str(server.sockets[0].getsockname()[1]))
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        server.close()
+
+    asyncio.run(serve())
+    print(count, flush=True)
+
+
+def start_sink(tmp: Path, kind: str) -> tuple[subprocess.Popen[str], int]:
     port_file = tmp / "sink.port"
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--sink", str(port_file)], stdout=subprocess.PIPE, text=True
+        [
+            sys.executable,
+            __file__,
+            "--sink" if kind == "aiosmtpd" else "--bare-sink",
+            str(port_file),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     for _ in range(200):
         if port_file.exists() and port_file.read_text():
@@ -192,16 +264,29 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--messages", type=int, default=100, help="per client")
     parser.add_argument("--msmtp-messages", type=int, default=200)
+    parser.add_argument(
+        "--upstream",
+        choices=("aiosmtpd", "bare"),
+        default="aiosmtpd",
+        help="aiosmtpd (default), or a bare 250-to-everything sink: the listener's cost alone",
+    )
     parser.add_argument("--sink", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-sink", help=argparse.SUPPRESS)
     parser.add_argument("--profile", metavar="FILE", help="py-spy the listener into FILE")
     args = parser.parse_args()
     if args.sink:
         sink(args.sink)
         return
-    print(f"cpus: {os.cpu_count()}  clients: {args.clients}  message: {len(message(0))} bytes")
+    if args.bare_sink:
+        bare_sink(args.bare_sink)
+        return
+    print(
+        f"cpus: {os.cpu_count()}  clients: {args.clients}  message: {len(message(0))} bytes"
+        f"  upstream: {args.upstream}"
+    )
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        upstream, port = start_sink(tmp)
+        upstream, port = start_sink(tmp, args.upstream)
         listener, listen_port = start_listener(tmp, port, args.clients)
         try:
             run_clients(listen_port, args.clients, 5)  # warm-up: imports, first connections
