@@ -17,11 +17,10 @@ from ssmtp_mailer.errors import (
     CantCreateError,
     MailerError,
     NoUserError,
-    SoftwareError,
     TempFailError,
 )
 from ssmtp_mailer.message import PreparedMessage, apply_group_headers
-from ssmtp_mailer.relay import engine
+from ssmtp_mailer.relay import engine, failures
 from ssmtp_mailer.relay.pool import ConnectionPool
 
 if TYPE_CHECKING:
@@ -46,7 +45,7 @@ class GroupOutcome(NamedTuple):
         elif self.error is not None:
             if self.queued_id is not None:
                 outcome = "queued"
-            elif isinstance(self.error, TempFailError):
+            elif failures.is_temporary(self.error):
                 outcome = "deferred"
             else:
                 outcome = "failed"
@@ -82,7 +81,7 @@ def handle_temporary_failure(
     group: rewrite.RouteGroup,
     data: bytes | bytearray,
     prepared: PreparedMessage,
-    error: TempFailError,
+    error: MailerError,
     report: Callable[[str], None],
 ) -> GroupOutcome:
     """SPEC §7: queue the group (exit 0) or, with `on_temporary_failure = fail`, exit 75."""
@@ -212,14 +211,12 @@ def submit(
                 retries=retries,
                 pool=connections,
             )
-        except TempFailError as exc:
-            outcome = handle_temporary_failure(config, group, data, this, exc, report)
         except MailerError as exc:
-            outcome = handle_permanent_failure(config, group, data, this, exc)
-        except Exception as exc:  # a bug must not cost the message: keep it in failed/
+            outcome = _handle_failure(config, group, data, this, exc, report)
+        except Exception as exc:  # a bug must not cost the message
             log.write_traceback(config, exc)
-            error = SoftwareError(f"[domain:{group.route.name}]", f"{type(exc).__name__}: {exc}")
-            outcome = handle_permanent_failure(config, group, data, this, error)
+            error = failures.unexpected(exc, f"[domain:{group.route.name}]")
+            outcome = _handle_failure(config, group, data, this, error, report)
         else:
             outcome = GroupOutcome(group, result=result)
             refusals = _handle_refusals(config, group, data, this, result, problem, report)
@@ -287,15 +284,26 @@ def _replies(result: engine.DeliveryResult, addresses: Sequence[str]) -> str:
     return "; ".join(f"{a}: {result.refused[a][0]} {result.refused[a][1]}" for a in addresses)
 
 
+def _handle_failure(
+    config: Config,
+    group: rewrite.RouteGroup,
+    data: bytes | bytearray,
+    prepared: PreparedMessage,
+    error: MailerError,
+    report: Callable[[str], None],
+) -> GroupOutcome:
+    """The failure policy (relay/failures.py) for a message just submitted."""
+    if failures.fate(error, queued=False) is failures.Fate.QUEUE:
+        return handle_temporary_failure(config, group, data, prepared, error, report)
+    return handle_permanent_failure(config, group, data, prepared, error)
+
+
 def _exit_code(plan: rewrite.Plan, outcomes: list[GroupOutcome]) -> int:
     """SPEC §9 for the whole message, given what happened to each group."""
     errors = [o.error for o in outcomes if o.error is not None and o.queued_id is None]
-    # Temporary outcomes rank below permanent ones: the permanent one is what to fix.
-    permanent = [e for e in errors if not isinstance(e, TempFailError)]
-    if permanent:
-        return permanent[0].exit_code
-    if errors:
-        return errors[0].exit_code
+    code = failures.exit_code_of(errors)
+    if code is not None:
+        return code
     delivered = any(o.result is not None and o.result.accepted for o in outcomes)
     queued = any(o.queued_id is not None for o in outcomes)
     if plan.refused:

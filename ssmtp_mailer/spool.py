@@ -25,21 +25,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ssmtp_mailer import log
 from ssmtp_mailer.config.model import Config, TempFailurePolicy
 from ssmtp_mailer.errors import (
     EX_OK,
     EX_TEMPFAIL,
     CantCreateError,
-    ConfigError,
     MailerError,
-    NoHostError,
     NoPermError,
-    ProtocolError,
-    SoftwareError,
     TempFailError,
     UsageError,
 )
 from ssmtp_mailer.message import Dsn
+from ssmtp_mailer.relay import failures
 from ssmtp_mailer.rewrite import RouteGroup
 
 if TYPE_CHECKING:
@@ -62,17 +60,6 @@ BACKOFF_START = 60
 BACKOFF_CAP = 3600
 ENVELOPE_VERSION = 1
 _ID_RE = re.compile(r"^[0-9A-F]{17}$")
-# Errors that say nothing final about the message: the relay or our own set-up is at
-# fault (auth refused, TLS, DNS, configuration), so the entry waits for a fix and is
-# bounced only when its lifetime ends, as Postfix defers on SASL failures.
-_TRANSIENT: tuple[type[MailerError], ...] = (
-    TempFailError,
-    ConfigError,
-    NoPermError,
-    NoHostError,
-    ProtocolError,
-    SoftwareError,
-)
 
 
 @dataclass(frozen=True)
@@ -510,7 +497,7 @@ def handle_temporary_failure(
     *,
     smtputf8: bool,
     eightbit: bool,
-    error: TempFailError,
+    error: MailerError,
     dsn: Dsn | None = None,
 ) -> str | None:
     """SPEC §7 for a temporary failure: the queue id (exit 0), or None when the policy is `fail`.
@@ -1068,15 +1055,21 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
             dsn=entry.dsn,
             pool=run.connections,
         )
-    except _TRANSIENT as exc:
-        _defer(queue_dir, entry, entry.recipients, error_reason(exc), now)
-        record.not_sent(exc, "deferred", EX_OK, entry.id)
-        run.deferred.append(entry.id)
-        return
-    except MailerError as exc:
-        _fail_entry(config, queue_dir, entry, data, entry.recipients, error_reason(exc), {}, run)
-        record.not_sent(exc, "failed", EX_OK, entry.id)
-        run.failed.append(entry.id)
+    except Exception as exc:
+        if isinstance(exc, MailerError):
+            error = exc
+        else:  # a bug: the entry waits for the fix, and the traceback goes to the log
+            log.write_traceback(config, exc)
+            error = failures.unexpected(exc, f"[domain:{route.name}]")
+        if failures.fate(error, queued=True) is failures.Fate.QUEUE:
+            _defer(queue_dir, entry, entry.recipients, error_reason(error), now)
+            record.not_sent(error, "deferred", EX_OK, entry.id)
+            run.deferred.append(entry.id)
+        else:
+            reason = error_reason(error)
+            _fail_entry(config, queue_dir, entry, data, entry.recipients, reason, {}, run)
+            record.not_sent(error, "failed", EX_OK, entry.id)
+            run.failed.append(entry.id)
         return
     record.sent(result, EX_OK)
     permanent = {r: f"{c} {m}" for r, (c, m) in result.refused.items() if c >= 500}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Callable
@@ -277,3 +278,45 @@ def test_hints() -> None:
     assert hints.for_reply(250, "ok") is None
     assert hints.for_timeout(25) == hints.PORT25_BLOCKED
     assert hints.for_timeout(587) is None
+
+
+def endless_reply(conn: socket.socket) -> None:
+    """Greet, then answer EHLO with continuation lines that never end."""
+    conn.sendall(b"220 relay.example ESMTP\r\n")
+    conn.recv(4096)
+    with contextlib.suppress(OSError):
+        while True:
+            conn.sendall(b"250-more\r\n" * 100)
+
+
+def slow_reply(conn: socket.socket) -> None:
+    """Greet, then leave every command unanswered (a reply that never comes)."""
+    conn.sendall(b"220 relay.example ESMTP\r\n")
+    with contextlib.suppress(OSError):
+        while conn.recv(4096):
+            pass
+
+
+def test_endless_reply_is_a_protocol_failure_not_a_memory_hog(tmp_path: Path) -> None:
+    server = MisbehavingServer(endless_reply).start()
+    try:
+        config = make_config(tmp_path, smtp_server="127.0.0.1", smtp_port=server.port)
+        with pytest.raises(MailerError) as info:
+            send(config)
+    finally:
+        server.stop()
+    assert info.value.exit_code == 76
+    assert "unreadable reply: Reply too long." in info.value.why
+
+
+def test_a_reply_that_never_comes_is_a_typed_timeout(tmp_path: Path) -> None:
+    server = MisbehavingServer(slow_reply).start()
+    try:
+        config = make_config(
+            tmp_path, smtp_server="127.0.0.1", smtp_port=server.port, global_={"read_timeout": 1}
+        )
+        with pytest.raises(TempFailError) as info:
+            send(config)
+    finally:
+        server.stop()
+    assert info.value.why == "EHLO: timed out"

@@ -414,7 +414,7 @@ SENDMAIL_PATH_MODULES = frozenset(
         "ssmtp_mailer.config.values", "ssmtp_mailer.entry", "ssmtp_mailer.errors",
         "ssmtp_mailer.log", "ssmtp_mailer.message", "ssmtp_mailer.paths",
         "ssmtp_mailer.patterns", "ssmtp_mailer.pipeline", "ssmtp_mailer.relay",
-        "ssmtp_mailer.relay.engine", "ssmtp_mailer.relay.hints", "ssmtp_mailer.relay.pool",
+        "ssmtp_mailer.relay.engine", "ssmtp_mailer.relay.failures", "ssmtp_mailer.relay.hints", "ssmtp_mailer.relay.pool",
         "ssmtp_mailer.relay.ratelimit", "ssmtp_mailer.relay.smtp",
         "ssmtp_mailer.relay.wire", "ssmtp_mailer.rewrite", "ssmtp_mailer.sendmail",
         # A user who is not root checks whether the queue is theirs to write (SPEC §8).

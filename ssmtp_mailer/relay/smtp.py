@@ -869,7 +869,17 @@ class RelayConnection(SMTPClient):
                 stage="TLS",
                 next_server=True,
             )
-        if isinstance(exc, TimeoutError) or "timed out" in str(exc):
+        # The wire's exceptions are OSErrors too: the specific ones first, OSError last.
+        if isinstance(exc, SMTPResponseException):
+            # The wire's own verdict on a reply it could not read (a line over 8192
+            # octets, endless continuation lines): the server is broken, not refusing.
+            return RelayFailure(
+                ProtocolError(label, f"{stage}: unreadable reply: {reply_text(exc.smtp_error)}"),
+                temporary=False,
+                stage=stage,
+                next_server=True,
+            )
+        if isinstance(exc, TimeoutError):
             why = f"{stage}: timed out"
             if stage == "banner":
                 why = (
@@ -898,12 +908,6 @@ class RelayConnection(SMTPClient):
         if isinstance(exc, OSError):
             return RelayFailure(
                 TempFailError(label, f"{stage}: {exc.strerror or exc}"), temporary=True, stage=stage
-            )
-        if isinstance(exc, SMTPResponseException):
-            return self._reply_failure(stage, exc.smtp_code, exc.smtp_error)
-        if isinstance(exc, SMTPException):
-            return RelayFailure(
-                TempFailError(label, f"{stage}: {exc}"), temporary=True, stage=stage
             )
         raise exc
 

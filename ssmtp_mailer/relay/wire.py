@@ -20,14 +20,21 @@ if TYPE_CHECKING:
 CRLF = "\r\n"
 # The longest reply line we read (smtplib's limit; RFC 5321 §4.5.3.1.5 says 512).
 MAX_LINE = 8192
+# The most lines one reply may have: a server streaming continuation lines forever must not
+# fill our memory (an EHLO reply has about a dozen).
+MAX_REPLY_LINES = 200
 
 
 class SMTPException(OSError):
-    """A protocol-level failure of the connection."""
+    """A protocol-level failure of the connection (an OSError, as smtplib's are)."""
 
 
-class SMTPServerDisconnected(SMTPException):
+class SMTPServerDisconnected(SMTPException, ConnectionError):
     """The server closed the connection, or it was never open."""
+
+
+class SMTPTimeout(SMTPException, TimeoutError):
+    """No reply, or no room to send, within the socket's timeout."""
 
 
 class SMTPResponseException(SMTPException):
@@ -66,6 +73,9 @@ class SMTPClient:
             data = data.encode(self.command_encoding)
         try:
             self.sock.sendall(data)
+        except TimeoutError:
+            self.close()
+            raise SMTPTimeout("timed out sending to the server") from None
         except OSError:
             self.close()
             raise SMTPServerDisconnected("Server not connected") from None
@@ -83,10 +93,13 @@ class SMTPClient:
             raise SMTPServerDisconnected("please run connect() first")
         if self.file is None:
             self.file = self.sock.makefile("rb")
-        lines = []
+        lines: list[bytes] = []
         while True:
             try:
                 line = self.file.readline(MAX_LINE + 1)
+            except TimeoutError:
+                self.close()
+                raise SMTPTimeout("timed out waiting for the server's reply") from None
             except OSError as exc:
                 self.close()
                 raise SMTPServerDisconnected(f"Connection unexpectedly closed: {exc}") from None
@@ -96,6 +109,9 @@ class SMTPClient:
             if len(line) > MAX_LINE:
                 self.close()
                 raise SMTPResponseException(500, b"Line too long.")
+            if len(lines) >= MAX_REPLY_LINES:
+                self.close()
+                raise SMTPResponseException(500, b"Reply too long.")
             lines.append(line[4:].strip(b" \t\r\n"))
             try:
                 code = int(line[:3])
