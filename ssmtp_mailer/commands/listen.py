@@ -26,6 +26,16 @@ def _addresses(values: tuple[str, ...], config: Config) -> tuple[HostPort, ...]:
     return tuple(out)
 
 
+def _system_spool(config: Config) -> Config:
+    """The listener is the system's: without spool_dir it uses the system spool, also once
+    it runs as listen_user (whose own default would be a spool in its home)."""
+    from ssmtp_mailer.submit import submission_spool
+
+    g = config.global_
+    spool = submission_spool(g)
+    return config if spool == g.spool_dir else config._replace(global_=g._replace(spool_dir=spool))
+
+
 @click.command("listen")
 @common_options
 @click.option(
@@ -43,10 +53,10 @@ def listen_command(addresses: tuple[str, ...]) -> int:
     from ssmtp_mailer.config.loader import load_config_file
     from ssmtp_mailer.listener import run_listener
 
-    config = load()
+    config = _system_spool(load())
     main_file = config.main_file
 
     def reload() -> Config:
-        return load_config_file(main_file)
+        return _system_spool(load_config_file(main_file))
 
     return run_listener(config, _addresses(addresses, config), reload)
