@@ -27,9 +27,9 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from ssmtp_mailer import __version__, dialect, log, rewrite
+from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify
 from ssmtp_mailer.config.model import Config, HostPort, UserConfig
 from ssmtp_mailer.errors import PROG, ConfigError, MailerError, UsageError
-from ssmtp_mailer.message import address_problem, is_null_sender, qualify
 from ssmtp_mailer.relay.pool import ConnectionPool
 
 # A failed AUTH costs the client this long before it hears 535 (RFC 4954 §4 allows it).

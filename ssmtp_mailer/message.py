@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
+from ssmtp_mailer.addresses import address_problem, has_domain, is_null_sender, qualify
 from ssmtp_mailer.errors import DataError, UsageError, shorten
 
 if TYPE_CHECKING:
@@ -25,13 +26,6 @@ _FIELD_RE = re.compile(rb"([!-9;-~]+)[ \t]*:")
 _LONG_LINE_RE = re.compile(rb"\n[^\n]{%d}" % (MAX_LINE + 2))
 # Address headers whose bare local names are qualified (SPEC §4.1).
 QUALIFIED_HEADERS = frozenset({"from", "to", "cc", "resent-from", "resent-to", "resent-cc"})
-# Checked on an ASCII image of the address (every non-ASCII character becomes "a", as
-# RFC 6531 allows UTF-8 wherever a letter may be): Unicode ranges make the regexes slow to
-# compile, and this module is imported on every sendmail run.
-_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
-_LOCAL_RE = re.compile(rf'(?:[{_ATEXT}]+(?:\.[{_ATEXT}]+)*|"(?:[^"\\\r\n]|\\.)*")\Z')
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
-_DOMAIN_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[!-Z^-~]*\])\Z")
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -178,39 +172,6 @@ def parse_addresses(text: str) -> list[Mailbox]:
     if box is not None:
         found.append(box)
     return found
-
-
-def has_domain(address: str) -> bool:
-    """Whether the address has an @domain part (an @ inside a quoted local part does not count)."""
-    unquoted = re.sub(r'"(?:[^"\\]|\\.)*"', '""', address)
-    return "@" in unquoted
-
-
-def qualify(address: str, hostname: str) -> str:
-    """A bare local name gets `@hostname` (SPEC §4.1); the null sender stays empty."""
-    if not address or has_domain(address):
-        return address
-    return f"{address}@{hostname}"
-
-
-def is_null_sender(address: str) -> bool:
-    """`<>`, an empty address or MAILER-DAEMON mean the null sender (SPEC §4.0)."""
-    return address.strip() in ("", "<>") or address.strip().lower() == "mailer-daemon"
-
-
-def address_problem(address: str) -> str | None:
-    """Why `address` (already qualified) cannot be used in an SMTP envelope, or None."""
-    if any("\udc80" <= c <= "\udcff" for c in address):
-        return "is not valid UTF-8"
-    image = address if address.isascii() else "".join(c if c.isascii() else "a" for c in address)
-    local, at, domain = image.rpartition("@")
-    if not at or not local:
-        return "is not an address like user@example.com"
-    if not _LOCAL_RE.match(local) or not _DOMAIN_RE.match(domain):
-        return "is not a valid address"
-    if len(address.encode("utf-8")) > 254:
-        return "is longer than 254 octets"
-    return None
 
 
 def split_recipients(values: Iterable[str]) -> list[str]:

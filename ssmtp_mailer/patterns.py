@@ -1,4 +1,4 @@
-"""Address patterns of SPEC §4 (exact, `*@domain`, `local@*`, bare names), address syntax; pure."""
+"""Address patterns of SPEC §4 (exact, `*@domain`, `local@*`, bare names); pure."""
 
 from __future__ import annotations
 
@@ -7,25 +7,21 @@ import re
 from collections.abc import Iterable
 from typing import Generic, NamedTuple, TypeVar
 
+from ssmtp_mailer.addresses import (
+    ASCII_LOCAL,
+    LABEL,
+    address_key,
+    domain_key,
+    domain_problem,
+    local_key,
+    local_problem,
+    split_address,
+)
+
 T = TypeVar("T")
 
-# RFC 5322 §3.2.3 atext, widened by RFC 6531 to any non-ASCII character. These two are left
-# to re's own cache: Unicode ranges take milliseconds to compile, and the ASCII shapes below
-# settle nearly every address without them.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\ud7ff\ue000-\U0010ffff]"
-_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
-# RFC 5322 §3.2.4 quoted-string without folding white space (RFC 5321 §4.1.2 has none).
-_QTEXT = r"[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\ud7ff\ue000-\U0010ffff]"
-_QUOTED = rf'"(?:{_QTEXT}|\\[\x20-\x7e])*"'
-_QUOTED_PAIR = r"\\([\x20-\x7e])"  # re's cache too: quoted local parts are rare
-# RFC 5321 §4.1.2 sub-domain: Let-dig [Ldh-str], at most 63 octets (RFC 1035).
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 # The common all-ASCII shapes, checked with one regex so 10,000 mappings index quickly.
-_ASCII_ATOM = r"[A-Za-z0-9!#$%&'+/=?^_`{|}~-]+"
-_ASCII_LOCAL = rf"{_ASCII_ATOM}(?:\.{_ASCII_ATOM})*"
-_SIMPLE_PATTERN = rf"({_ASCII_LOCAL}|\*)@({_LABEL}(?:\.{_LABEL})*|\*)"
-_ASCII_DOT_ATOM = re.compile(_ASCII_LOCAL)
+_SIMPLE_PATTERN = rf"({ASCII_LOCAL}|\*)@({LABEL}(?:\.{LABEL})*|\*)"
 
 
 @functools.cache
@@ -41,104 +37,6 @@ class Pattern(NamedTuple):
     local: str | None
     domain: str | None
     bare: bool = False
-
-
-def split_address(address: str) -> tuple[str, str]:
-    """(local part, domain); the domain is "" for a bare name. A quoted local part may hold '@'."""
-    local, at, domain = address.rpartition("@")
-    return (local, domain) if at else (address, "")
-
-
-def domain_key(domain: str) -> str:
-    """The form domains are compared in: lowercase ASCII, IDNA A-labels for non-ASCII names."""
-    if domain.isascii():
-        return domain.lower()
-    try:
-        # The stdlib codec is IDNA 2003 (nameprep case-folds), enough to compare names.
-        return domain.encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        return domain.casefold()
-
-
-def local_key(local: str) -> str:
-    """The form local parts are compared in: case-folded, quoting removed.
-
-    RFC 5321 §2.4 lets a server treat case as significant, but every relay and mailbox
-    provider folds it, as Postfix's lookup tables do; comparing case-sensitively here
-    would let `Alice@` slip past a rule written for `alice@`.
-    """
-    if len(local) >= 2 and local[0] == '"' and local[-1] == '"':
-        # RFC 5321 §4.1.2: "abc"@x and abc@x are the same mailbox.
-        local = re.sub(_QUOTED_PAIR, r"\1", local[1:-1])
-    return local.lower()
-
-
-def address_key(address: str) -> tuple[str, str]:
-    """The key two addresses are equal under."""
-    local, domain = split_address(address)
-    return local_key(local), domain_key(domain)
-
-
-def qualify(address: str, hostname: str) -> str:
-    """A bare name gets `@hostname` (SPEC §4.1); anything else is returned as is."""
-    return address if not address or "@" in address else f"{address}@{hostname}"
-
-
-def local_problem(local: str) -> str | None:
-    """Why `local` is not an RFC 5321 local part, or None."""
-    if not local:
-        return "the local part is empty"
-    if len(local.encode("utf-8")) > 64:
-        return "the local part is longer than 64 octets (RFC 5321 §4.5.3.1.1)"
-    if (
-        _ASCII_DOT_ATOM.fullmatch(local)
-        or re.fullmatch(_DOT_ATOM, local)
-        or re.fullmatch(_QUOTED, local)
-    ):
-        return None
-    return f"{local!r} is not a valid local part (RFC 5322 dot-atom or quoted string)"
-
-
-def domain_problem(domain: str) -> str | None:
-    """Why `domain` is not a mail domain (host name, IDNA name or address literal), or None."""
-    if not domain:
-        return "the domain is empty"
-    if domain.startswith("[") and domain.endswith("]"):
-        literal = domain[1:-1]
-        import ipaddress
-
-        try:
-            if literal[:5].lower() == "ipv6:":
-                ipaddress.IPv6Address(literal[5:])
-            else:
-                ipaddress.IPv4Address(literal)
-        except ValueError:
-            return f"{domain!r} is not a valid address literal"
-        return None
-    ascii_name = domain
-    if not domain.isascii():
-        try:
-            ascii_name = domain.encode("idna").decode("ascii")
-        except UnicodeError:
-            return f"{domain!r} is not a valid internationalized domain name"
-    if len(ascii_name) > 253:
-        return f"the domain {domain!r} is longer than 253 octets"
-    if not _HOSTNAME.fullmatch(ascii_name):
-        return f"{domain!r} is not a valid domain name"
-    return None
-
-
-def address_problem(address: str) -> str | None:
-    """Why `address` is not a well-formed `local@domain` mailbox, or None."""
-    local, domain = split_address(address)
-    if "@" not in address:
-        return f"{address!r} has no domain"
-    return local_problem(local) or domain_problem(domain)
-
-
-def is_valid_address(address: str) -> bool:
-    """True when `address` is a well-formed `local@domain` mailbox."""
-    return address_problem(address) is None
 
 
 def parse_pattern(text: str) -> Pattern:

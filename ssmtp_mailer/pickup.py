@@ -138,9 +138,9 @@ def _hand_on(config: Config, dropped: Dropped) -> str | None:
     if why is not None:
         reason = f"sender {dropped.sender or '<>'} not owned by {why}"
         owner = f"{login_of(dropped.uid)}@{config.global_.default_hostname}"
-        from ssmtp_mailer import spool
+        from ssmtp_mailer.spool.bounce import refuse_local
 
-        entry = spool.refuse_local(
+        entry = refuse_local(
             config, owner, dropped.sender, dropped.recipients, received + dropped.data, reason
         )
         return f"refused ({reason}), kept in failed/ as {entry}"

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import NamedTuple
 
+from ssmtp_mailer import addresses as addr
 from ssmtp_mailer import patterns as pat
 from ssmtp_mailer.config.model import Config, DomainConfig, MappingConfig, UserConfig
 from ssmtp_mailer.errors import ConfigError, NoPermError
@@ -151,7 +152,7 @@ def _build_index(config: Config) -> _Index:
             problems.append(f"{user.location}: [user:{user.address}]: {exc}")
     if problems:
         raise ConfigError("configuration", "invalid patterns", problems=problems)
-    routes = {pat.domain_key(name): route for name, route in config.domains.items()}
+    routes = {addr.domain_key(name): route for name, route in config.domains.items()}
     accounts: dict[str, DomainConfig] = {}
     for route in config.domains.values():
         for account in (route.relay_account, route.username):
@@ -181,7 +182,7 @@ def _allowed(
             raise ConfigError(
                 str(section.location), f"allowed_recipients: {exc}", problems=()
             ) from None
-    result = (frozenset(pat.domain_key(d) for d in domains), pat.PatternIndex(items, hostname))
+    result = (frozenset(addr.domain_key(d) for d in domains), pat.PatternIndex(items, hostname))
     index.allowed[id(section)] = result
     return result
 
@@ -196,7 +197,7 @@ def _label(section: UserConfig | MappingConfig | DomainConfig) -> str:
 
 def _rewrite(index: _Index, address: str, hostname: str) -> tuple[MappingConfig, str] | None:
     # Only well-formed mailboxes are rewritten, so a `*` local part never carries junk along.
-    if not address or not pat.is_valid_address(address):
+    if not address or not addr.is_valid_address(address):
         return None
     found = index.mappings.match(address)
     if found is None:
@@ -217,7 +218,7 @@ def _mapping_route(index: _Index, mapping: MappingConfig, steps: list[str]) -> D
     """The enabled route a mapping names through `domain` or `smtp_account`, else None."""
     route: DomainConfig | None = None
     if mapping.domain:
-        route = index.routes.get(pat.domain_key(mapping.domain))
+        route = index.routes.get(addr.domain_key(mapping.domain))
     elif mapping.smtp_account:
         route = index.accounts.get(mapping.smtp_account.lower())
     if route is None:
@@ -235,13 +236,13 @@ def _fallback_route(
     tried: list[str] = []
     candidates: list[tuple[str, str]] = []
     if sender:
-        domain = pat.split_address(sender)[1]
+        domain = addr.split_address(sender)[1]
         candidates.append((domain, f"named after the sender's domain {domain}"))
     if config.global_.default_domain:
         candidates.append((config.global_.default_domain, "default_domain"))
     candidates.append(("*", "the catch-all"))
     for name, why in candidates:
-        route = index.routes.get(pat.domain_key(name))
+        route = index.routes.get(addr.domain_key(name))
         if route is None:
             tried.append(f"no [domain:{name}]" if name != "*" else "no [domain:*]")
             continue
@@ -283,14 +284,14 @@ def _may_send_as(
     if (
         sender_user
         and sender_user.domain
-        and (pat.domain_key(sender_user.domain) == pat.domain_key(route.name))
+        and (addr.domain_key(sender_user.domain) == addr.domain_key(route.name))
     ):
         return f"{_label(sender_user)} names this route"
     if not demands_own_from(route):
-        own = {pat.domain_key(route.name)} | {
-            pat.domain_key(pat.split_address(a)[1]) for a in _route_accounts(route) if "@" in a
+        own = {addr.domain_key(route.name)} | {
+            addr.domain_key(addr.split_address(a)[1]) for a in _route_accounts(route) if "@" in a
         }
-        if pat.domain_key(pat.split_address(sender)[1]) in own:
+        if addr.domain_key(addr.split_address(sender)[1]) in own:
             return "its domain is the route's"
     return None
 
@@ -345,7 +346,7 @@ def _recipient_refusal(
     if sender_user is not None:
         domains, recipients = _allowed(index, sender_user, hostname)
         if domains and not any(
-            pat.domain_key(pat.split_address(c)[1]) in domains for c in candidates
+            addr.domain_key(addr.split_address(c)[1]) in domains for c in candidates
         ):
             return Refusal(
                 given,
@@ -470,7 +471,7 @@ def explain_delivery(config: Config, sender: str, recipients: Sequence[str]) -> 
                 refused.append(denial)
                 steps.append(f"policy: recipient {given} refused: {denial.reason} ({denial.rule})")
             continue
-        key = pat.address_key(final)
+        key = addr.address_key(final)
         if key in delivered:
             steps.append(f"recipient {given}: {final} is already a recipient")
             continue
@@ -545,7 +546,7 @@ def accepts_from_anywhere(config: Config, recipient: str) -> bool:
     """SPEC §8: a recipient any client may write to (a mapping's from_pattern, a [user:] that
     may receive), so the listener relays for it without being an open relay."""
     index = _index(config)
-    if pat.is_valid_address(recipient) and index.mappings.match(recipient) is not None:
+    if addr.is_valid_address(recipient) and index.mappings.match(recipient) is not None:
         return True
     user = _user_for(index, recipient)
     return user is not None and user.enabled and user.can_send_to

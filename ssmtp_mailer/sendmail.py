@@ -338,9 +338,9 @@ def run_sendmail(args: list[str]) -> int:
     if parsed.mode in ("queue", "smtp"):
         gc.enable()  # these handle many messages in one process (see entry.script)
     if parsed.mode == "list":
-        from ssmtp_mailer import spool
+        from ssmtp_mailer.commands.queue import listing_text
 
-        _standard(sys.stdout, "output").write(spool.listing_text(config).rstrip("\n") + "\n")
+        _standard(sys.stdout, "output").write(listing_text(config).rstrip("\n") + "\n")
         return 0
     if parsed.mode == "queue":
         from ssmtp_mailer import spool
@@ -487,7 +487,7 @@ class SMTPSession:
 
     def smtp_MAIL(self, argument: str) -> None:
         from ssmtp_mailer import dialect
-        from ssmtp_mailer.message import address_problem, is_null_sender, qualify
+        from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify
 
         if self.sender is not None:
             self.reply("503 5.5.1 Nested MAIL command")
@@ -521,7 +521,7 @@ class SMTPSession:
 
     def smtp_RCPT(self, argument: str) -> None:
         from ssmtp_mailer import dialect
-        from ssmtp_mailer.message import address_problem, qualify
+        from ssmtp_mailer.addresses import address_problem, qualify
 
         if self.sender is None:
             self.reply("503 5.5.1 Need MAIL before RCPT")

@@ -91,9 +91,9 @@ def needs_submission(config: Config) -> bool:
 
 def ensure_submission_dirs(config: Config) -> None:
     """As the spool's owner: spool 0755 (others reach maildrop/ and the socket), maildrop 1733."""
-    from ssmtp_mailer import spool
+    from ssmtp_mailer.spool.store import ensure_spool
 
-    root = spool.ensure_spool(config)
+    root = ensure_spool(config)
     drop = root / MAILDROP
     try:
         mode = os.stat(root).st_mode & 0o7777

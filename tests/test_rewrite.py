@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from ssmtp_mailer import addresses as addr
 from ssmtp_mailer import patterns as pat
 from ssmtp_mailer import rewrite
 from ssmtp_mailer.config.loader import load_config
@@ -190,13 +191,13 @@ def test_pattern_problem(source: str, target: str, problem: str | None) -> None:
     ],
 )
 def test_address_validity(address: str, valid: bool) -> None:
-    assert pat.is_valid_address(address) is valid
+    assert addr.is_valid_address(address) is valid
 
 
 def test_qualify() -> None:
-    assert pat.qualify("root", HOST) == f"root@{HOST}"
-    assert pat.qualify("a@b.example", HOST) == "a@b.example"
-    assert pat.qualify("", HOST) == ""
+    assert addr.qualify("root", HOST) == f"root@{HOST}"
+    assert addr.qualify("a@b.example", HOST) == "a@b.example"
+    assert addr.qualify("", HOST) == ""
 
 
 # --- rewriting ------------------------------------------------------------------------------
@@ -879,18 +880,18 @@ def test_plans_are_deterministic_complete_and_well_formed(
     event(f"planned: {len(plan.groups)} groups, {len(plan.refused)} refused")
     finals = {r.original: r.final for r in plan.rewrites if r.role == "recipient"}
     refused = {r.address for r in plan.refused}
-    carried = [pat.address_key(a) for g in plan.groups for a in g.recipients]
+    carried = [addr.address_key(a) for g in plan.groups for a in g.recipients]
     assert len(carried) == len(set(carried)), "an address is in two transactions"
     for recipient in recipients:
         if recipient in refused:
             continue
-        assert pat.address_key(finals.get(recipient, recipient)) in carried
+        assert addr.address_key(finals.get(recipient, recipient)) in carried
     for group in plan.groups:
         assert group.route.enabled
         assert group.recipients
         for address in (*group.recipients, group.header_from, group.reply_to):
-            assert address is None or pat.is_valid_address(address)
-        assert group.envelope_from == "" or pat.is_valid_address(group.envelope_from)
+            assert address is None or addr.is_valid_address(address)
+        assert group.envelope_from == "" or addr.is_valid_address(group.envelope_from)
     for new in plan.address_rewrites.values():
-        assert pat.is_valid_address(new)
-    assert plan.sender == "" or pat.is_valid_address(plan.sender)
+        assert addr.is_valid_address(new)
+    assert plan.sender == "" or addr.is_valid_address(plan.sender)

@@ -19,6 +19,7 @@ import pytest
 from smtpserver import SMTPTestServer
 
 from ssmtp_mailer import spool
+from ssmtp_mailer.commands.queue import listing_text
 from ssmtp_mailer.config.loader import load_config
 from ssmtp_mailer.config.model import Config, DomainConfig
 from ssmtp_mailer.errors import CantCreateError, TempFailError, UnavailableError
@@ -107,13 +108,13 @@ def test_enqueue_writes_message_and_envelope(tmp_path: Path) -> None:
     assert [a.reply for a in entry.attempts] == ["relay down"]
     assert (entry.next_attempt - entry.created).total_seconds() == spool.BACKOFF_START
     assert entry.size == len(message(1))
-    text = spool.listing_text(config)
+    text = listing_text(config)
     assert entry_id in text and "a@dest.example" in text and "(relay down)" in text
 
 
 def test_empty_queue_listing(tmp_path: Path) -> None:
     config = write_config(tmp_path, closed_port())
-    assert spool.listing_text(config) == "Mail queue is empty"
+    assert listing_text(config) == "Mail queue is empty"
     assert spool.run_queue(config) == spool.QueueRunResult()
     assert not (tmp_path / "spool").exists()  # looking never creates the spool
 
@@ -306,7 +307,7 @@ def test_unwritable_spool_is_cantcreat_and_claims_nothing(tmp_path: Path) -> Non
         spool.store_failed(config, group, data, reason="550")
     assert spool.handle_permanent_failure(config, group, data, error=error) is None
     assert spool.list_entries(config) == []
-    assert spool.listing_text(config) == "Mail queue is empty"
+    assert listing_text(config) == "Mail queue is empty"
 
 
 def test_damaged_envelope_does_not_stop_the_run(
@@ -319,6 +320,26 @@ def test_damaged_envelope_does_not_stop_the_run(
     assert result.delivered == (good,)
     assert len(result.problems) == 1 and damaged in result.problems[0]
     assert result.exit_code == 75
+
+
+def test_damaged_entry_is_listed_and_moved_aside_with_the_reason(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    config = write_config(tmp_path, closed_port())
+    damaged, kept = enqueue(config, 1), enqueue(config, 2)
+    (tmp_path / "spool" / "queue" / f"{damaged}.toml").write_text("not = [toml")
+    listing = listing_text(config)
+    assert damaged in listing and "unreadable envelope" in listing and kept in listing
+    result = spool.run_queue(config, force=True)
+    assert "moved to damaged/" in result.problems[0]
+    aside = tmp_path / "spool" / "damaged"
+    assert (aside / f"{damaged}.msg").exists() and (aside / f"{damaged}.toml").exists()
+    assert "TOMLDecodeError" in (aside / f"{damaged}.reason").read_text()
+    assert not (tmp_path / "spool" / "queue" / f"{damaged}.msg").exists()
+    # mailq still names it, with the reason, and the next run no longer trips over it.
+    listing = listing_text(config)
+    assert damaged in listing and "TOMLDecodeError" in listing
+    assert spool.run_queue(config, force=True).problems == ()
 
 
 # -- policies: fail vs queue, permanent failures --------------------------------------

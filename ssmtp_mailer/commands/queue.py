@@ -3,11 +3,63 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import click
 
 from ssmtp_mailer.commands.common import common_options, json_option, load, print_json
+from ssmtp_mailer.config.model import Config
 from ssmtp_mailer.errors import MailerError
+from ssmtp_mailer.spool.store import DAMAGED, Entry, list_damaged, list_entries, short_age
+
+_LISTING_HEADER = (
+    "-Queue ID-------- --Size-- ----Arrival Time---- -Age- -Tries- -Sender/Recipient-------"
+)
+_LISTING_INDENT = _LISTING_HEADER.index("-Sender")
+
+
+def listing_text(config: Config, *, failed: bool = False) -> str:
+    """The mailq-style listing: id, size, arrival, age, attempts, sender, last error, recipients;
+    then the damaged entries, each with its reason."""
+    entries = list_entries(config, failed=failed)
+    damaged = [] if failed else list_damaged(config)
+    if not entries and not damaged:
+        return "Failed area is empty" if failed else "Mail queue is empty"
+    lines = _entry_lines(entries) if entries else []
+    if damaged:
+        lines.append(f"-- {len(damaged)} damaged (kept in {DAMAGED}/ with the reason):")
+        lines.extend(f"{entry_id} {reason}" for entry_id, reason in damaged)
+    return "\n".join(lines)
+
+
+def _entry_lines(entries: list[Entry]) -> list[str]:
+    lines = [_LISTING_HEADER]
+    total = 0
+    for entry in entries:
+        total += entry.size
+        arrival = entry.created.astimezone().strftime("%a %b %d %H:%M:%S")
+        lines.append(
+            f"{entry.id} {entry.size:>8} {arrival:>20} {short_age(entry.age()):>5}"
+            f" {len(entry.attempts):>7} {entry.sender or 'MAILER-DAEMON'}"
+        )
+        if entry.last_error:
+            lines.append(f"{'':>{_LISTING_INDENT}}({entry.last_error})")
+        lines.extend(f"{'':>{_LISTING_INDENT}}{rcpt}" for rcpt in entry.recipients)
+        lines.append("")
+    count = len(entries)
+    lines.append(
+        f"-- {(total + 1023) // 1024} Kbytes in {count} Request{'s' if count != 1 else ''}."
+    )
+    return lines
+
+
+def header_block(data: bytes) -> str:
+    """The message's header section, for `queue show`."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        end = data.find(b"\n\n")
+    head = data if end < 0 else data[:end]
+    return head.decode("utf-8", "replace").replace("\r\n", "\n")
 
 
 @click.group("queue")
@@ -26,9 +78,14 @@ def list_cmd(as_json: bool, failed: bool) -> None:
 
     config = load()
     if as_json:
-        print_json([e.as_dict() for e in spool.list_entries(config, failed=failed)])
+        listed: list[dict[str, Any]] = [
+            e.as_dict() for e in spool.list_entries(config, failed=failed)
+        ]
+        if not failed:
+            listed += [{"id": i, "damaged": why} for i, why in list_damaged(config)]
+        print_json(listed)
     else:
-        click.echo(spool.listing_text(config, failed=failed))
+        click.echo(listing_text(config, failed=failed))
 
 
 @queue_group.command("show")
@@ -41,7 +98,7 @@ def show_cmd(as_json: bool, entry_id: str) -> None:
 
     entry, data = spool.find_entry(load(), entry_id)
     if as_json:
-        print_json({**entry.as_dict(), "headers": spool.header_block(data)})
+        print_json({**entry.as_dict(), "headers": header_block(data)})
         return
     rows = [
         ("ID", entry.id + ("  (failed/)" if entry.area == spool.FAILED else "")),
@@ -73,7 +130,7 @@ def show_cmd(as_json: bool, entry_id: str) -> None:
     for attempt in entry.attempts:
         click.echo(f"  {attempt.time.astimezone().isoformat(sep=' ')}  {attempt.reply}")
     click.echo("\nHeaders:")
-    click.echo(spool.header_block(data))
+    click.echo(header_block(data))
 
 
 @queue_group.command("run")

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-from email.utils import parseaddr
 from typing import Any
 
 import click
 
+from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify
 from ssmtp_mailer.commands.common import common_options, json_option, load, print_json
 from ssmtp_mailer.config.model import AuthMethod, Config, DeliveryMode, DomainConfig
 from ssmtp_mailer.errors import NoPermError, UsageError
-from ssmtp_mailer.patterns import qualify
+from ssmtp_mailer.message import parse_addresses
 from ssmtp_mailer.rewrite import NULL_SENDER_NAME, Plan, RouteGroup, explain_delivery
 
 
-def envelope_address(text: str, hostname: str) -> str:
-    """An address as the intake takes it: display names dropped, bare names qualified."""
+def envelope_address(text: str, hostname: str, option: str = "--to") -> str:
+    """An address as the intake takes it: display names dropped, bare names qualified, and
+    refused (exit 64) where the intake would refuse it."""
     text = text.strip()
-    if text in ("<>", "") or text.upper() == NULL_SENDER_NAME:
+    if is_null_sender(text) or text.upper() == NULL_SENDER_NAME:
         return ""
-    address = parseaddr(text)[1] or text
-    return qualify(address, hostname)
+    boxes = [box.address for box in parse_addresses(text) if box.address]
+    if len(boxes) != 1:
+        raise UsageError(f"{option} {text!r}", "give exactly one address")
+    address = qualify(boxes[0], hostname)
+    problem = address_problem(address)
+    if problem:
+        raise UsageError(f"{option} {text!r}", problem)
+    return address
 
 
 def tls_mode(route: DomainConfig) -> str:
@@ -177,7 +184,7 @@ def route_plan(config: Config, sender: str | None, recipients: list[str]) -> tup
     """Qualify the envelope as the intake does, then plan it."""
     hostname = config.global_.default_hostname
     envelope_from = envelope_address(
-        config.global_.default_from if sender is None else sender, hostname
+        config.global_.default_from if sender is None else sender, hostname, "--from"
     )
     to = [envelope_address(r, hostname) for r in recipients]
     if any(not r for r in to):

@@ -10,16 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ssmtp_mailer.addresses import address_problem, qualify
 from ssmtp_mailer.commands.common import common_options, json_option, load, print_json, settings
 from ssmtp_mailer.errors import DataError, UsageError
-from ssmtp_mailer.message import (
-    Intake,
-    PreparedMessage,
-    address_problem,
-    parse_addresses,
-    prepare,
-    qualify,
-)
+from ssmtp_mailer.message import Intake, PreparedMessage, parse_addresses, prepare
 
 if TYPE_CHECKING:
     from email.message import EmailMessage

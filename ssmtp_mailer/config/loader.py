@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ssmtp_mailer import paths
+from ssmtp_mailer.addresses import domain_problem
 from ssmtp_mailer.config import cache
 from ssmtp_mailer.config import values as v
 from ssmtp_mailer.config.ini import RawSection, parse_ini
@@ -25,7 +26,7 @@ from ssmtp_mailer.config.model import (
     UserConfig,
 )
 from ssmtp_mailer.errors import ConfigError
-from ssmtp_mailer.patterns import domain_problem, parse_pattern, pattern_problem
+from ssmtp_mailer.patterns import parse_pattern, pattern_problem
 
 if TYPE_CHECKING:
     from typing import Any

@@ -1,4 +1,4 @@
-"""The durable spool (SPEC §7): queue entries, failed copies, locking and the retry schedule.
+"""The durable spool (SPEC §7): entries, their TOML envelopes, durable writes and locking.
 
 Layout under `spool_dir`: `queue/ID.msg` (the message bytes exactly as handed to the
 engine) plus `queue/ID.toml` (envelope and history); `failed/` holds the same pair for
@@ -20,28 +20,23 @@ import secrets
 import stat
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ssmtp_mailer import log
 from ssmtp_mailer.config.model import Config, TempFailurePolicy
 from ssmtp_mailer.errors import (
-    EX_OK,
-    EX_TEMPFAIL,
     CantCreateError,
     MailerError,
     NoPermError,
-    TempFailError,
     UsageError,
 )
 from ssmtp_mailer.message import Dsn
-from ssmtp_mailer.relay import failures
 from ssmtp_mailer.rewrite import RouteGroup
 
 if TYPE_CHECKING:
-    from ssmtp_mailer.relay.pool import ConnectionPool
+    pass
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,6 +45,9 @@ else:  # pragma: no cover - Python 3.10
 
 QUEUE = "queue"
 FAILED = "failed"
+# Entries whose envelope cannot be read, moved aside by the runner with the reason beside them.
+DAMAGED = "damaged"
+REASON_SUFFIX = ".reason"
 MESSAGE_SUFFIX = ".msg"
 ENVELOPE_SUFFIX = ".toml"
 TEMP_PREFIX = ".tmp-"
@@ -127,43 +125,6 @@ class Entry:
                 origin=self.origin,
             )
         return out
-
-
-@dataclass(frozen=True)
-class QueueRunResult:
-    """What one `run_queue` did, entry ids per outcome."""
-
-    delivered: tuple[str, ...] = ()
-    deferred: tuple[str, ...] = ()
-    failed: tuple[str, ...] = ()
-    expired: tuple[str, ...] = ()
-    busy: tuple[str, ...] = ()
-    not_due: int = 0
-    bounces: int = 0
-    out_of_time: bool = False
-    problems: tuple[str, ...] = ()
-
-    @property
-    def exit_code(self) -> int:
-        """0, or EX_TEMPFAIL when some entry could not be read (deferrals are normal)."""
-        return EX_TEMPFAIL if self.problems else 0
-
-    def summary(self) -> str:
-        parts = [
-            f"{len(self.delivered)} delivered",
-            f"{len(self.deferred)} deferred",
-            f"{len(self.failed)} failed",
-            f"{len(self.expired)} expired",
-        ]
-        if self.busy:
-            parts.append(f"{len(self.busy)} busy in another runner")
-        if self.not_due:
-            parts.append(f"{self.not_due} not yet due")
-        if self.bounces:
-            parts.append(f"{self.bounces} bounce(s) sent")
-        if self.out_of_time:
-            parts.append("stopped at the time budget")
-        return ", ".join(parts)
 
 
 # -- locations and low-level durable writes ------------------------------------------
@@ -552,39 +513,12 @@ def handle_permanent_failure(
         return None
 
 
-def refuse_local(
-    config: Config,
-    owner: str,
-    sender: str,
-    recipients: Sequence[str],
-    data: bytes,
-    reason: str,
-) -> str:
-    """A local submission whose sender its uid may not use (SPEC §8): kept in `failed/`
-    (route `maildrop`), and a bounce to `owner`, the user who submitted it."""
-    directory = ensure_spool(config) / FAILED
-    now = _now()
-    entry = Entry(
-        id=_fresh_id(directory),
-        sender=owner,
-        recipients=tuple(recipients),
-        route="maildrop",
-        smtputf8=not all(a.isascii() for a in (sender, *recipients)),
-        eightbit=False,
-        created=now,
-        queued=now,
-        next_attempt=now,
-        attempts=(Attempt(now, reason),),
-        reason=reason,
-        failed_at=now,
-        area=FAILED,
-    )
-    try:
-        _write_entry(directory, entry, data)
-    except OSError as exc:
-        raise _cant_create(directory, exc) from None
-    _bounce(config, entry, data)
-    return entry.id
+# -- the retry schedule
+
+
+def backoff(attempts: int) -> int:
+    """Seconds to wait after `attempts` failed attempts: 60 s doubling, capped at an hour."""
+    return int(min(BACKOFF_START * 2 ** max(attempts - 1, 0), BACKOFF_CAP))
 
 
 # -- reading the spool ---------------------------------------------------------------
@@ -606,6 +540,48 @@ def _entry_ids(directory: Path) -> list[str]:
     )
 
 
+# What reading a damaged envelope raises (a missing file is a race, not damage).
+DAMAGE = (ValueError, KeyError, TypeError, tomllib.TOMLDecodeError)
+
+
+def damage_reason(exc: Exception) -> str:
+    return f"unreadable envelope: {type(exc).__name__}: {exc}"
+
+
+def list_damaged(config: Config) -> list[tuple[str, str]]:
+    """(id, reason) of every damaged entry: moved aside already, or still in the queue."""
+    found: list[tuple[str, str]] = []
+    damaged_dir = area_dir(config, DAMAGED)
+    for entry_id in _entry_ids(damaged_dir):
+        try:
+            reason = (damaged_dir / f"{entry_id}{REASON_SUFFIX}").read_text("utf-8").strip()
+        except OSError:
+            reason = "no reason recorded"
+        found.append((entry_id, reason))
+    queue_dir = area_dir(config, QUEUE)
+    for entry_id in _entry_ids(queue_dir):
+        try:
+            _read_entry(queue_dir, entry_id, QUEUE)
+        except DAMAGE as exc:
+            found.append((entry_id, f"{damage_reason(exc)} (the next queue run moves it aside)"))
+        except OSError:
+            continue
+    return found
+
+
+def move_aside(config: Config, entry_id: str, reason: str) -> None:
+    """Move a damaged queue entry into `damaged/`, with the reason in ID.reason beside it."""
+    queue_dir = area_dir(config, QUEUE)
+    damaged_dir = ensure_spool(config) / DAMAGED
+    _make_dir(damaged_dir)
+    _place(damaged_dir, f"{entry_id}{REASON_SUFFIX}", (reason + "\n").encode("utf-8"))
+    for suffix in (MESSAGE_SUFFIX, ENVELOPE_SUFFIX):
+        with contextlib.suppress(FileNotFoundError):  # another runner moved it first
+            os.replace(queue_dir / f"{entry_id}{suffix}", damaged_dir / f"{entry_id}{suffix}")
+    _fsync_dir(damaged_dir)
+    _fsync_dir(queue_dir)
+
+
 def list_entries(config: Config, *, failed: bool = False) -> list[Entry]:
     """Every readable entry of the queue (or `failed/`), oldest first."""
     area = FAILED if failed else QUEUE
@@ -614,7 +590,8 @@ def list_entries(config: Config, *, failed: bool = False) -> list[Entry]:
     for entry_id in _entry_ids(directory):
         # Another runner may remove an entry, or a file may be damaged, between listing
         # and reading; neither should hide the rest of the queue.
-        with contextlib.suppress(OSError, ValueError, KeyError, tomllib.TOMLDecodeError):
+        # Damaged ones are listed by list_damaged.
+        with contextlib.suppress(OSError, *DAMAGE):
             entries.append(_read_entry(directory, entry_id, area))
     return entries
 
@@ -641,43 +618,12 @@ def find_entry(config: Config, entry_id: str) -> tuple[Entry, bytes]:
     raise UsageError(normal, "no such entry in the queue or failed/")
 
 
-def _short_age(seconds: float) -> str:
+def short_age(seconds: float) -> str:
     seconds = max(0, int(seconds))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
-
-
-_LISTING_HEADER = (
-    "-Queue ID-------- --Size-- ----Arrival Time---- -Age- -Tries- -Sender/Recipient-------"
-)
-_LISTING_INDENT = _LISTING_HEADER.index("-Sender")
-
-
-def listing_text(config: Config, *, failed: bool = False) -> str:
-    """The mailq-style listing: id, size, arrival, age, attempts, sender, last error, recipients."""
-    entries = list_entries(config, failed=failed)
-    if not entries:
-        return "Failed area is empty" if failed else "Mail queue is empty"
-    lines = [_LISTING_HEADER]
-    total = 0
-    for entry in entries:
-        total += entry.size
-        arrival = entry.created.astimezone().strftime("%a %b %d %H:%M:%S")
-        lines.append(
-            f"{entry.id} {entry.size:>8} {arrival:>20} {_short_age(entry.age()):>5}"
-            f" {len(entry.attempts):>7} {entry.sender or 'MAILER-DAEMON'}"
-        )
-        if entry.last_error:
-            lines.append(f"{'':>{_LISTING_INDENT}}({entry.last_error})")
-        lines.extend(f"{'':>{_LISTING_INDENT}}{rcpt}" for rcpt in entry.recipients)
-        lines.append("")
-    count = len(entries)
-    lines.append(
-        f"-- {(total + 1023) // 1024} Kbytes in {count} Request{'s' if count != 1 else ''}."
-    )
-    return "\n".join(lines)
 
 
 # -- locking -------------------------------------------------------------------------
@@ -789,485 +735,3 @@ def _link_or_copy(source: Path, directory: Path, entry_id: str) -> None:
     _fsync_dir(directory)
 
 
-# -- the runner ----------------------------------------------------------------------
-
-
-def backoff(attempts: int) -> int:
-    """Seconds to wait after `attempts` failed attempts: 60 s doubling, capped at an hour."""
-    return int(min(BACKOFF_START * 2 ** max(attempts - 1, 0), BACKOFF_CAP))
-
-
-def _clean_debris(directory: Path, now: float) -> None:
-    """Remove temp files and envelope-less message files left by a crash, once stale."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return
-    envelopes = {n[: -len(ENVELOPE_SUFFIX)] for n in names if n.endswith(ENVELOPE_SUFFIX)}
-    for name in names:
-        debris = name.startswith(TEMP_PREFIX) or (
-            name.endswith(MESSAGE_SUFFIX) and name[: -len(MESSAGE_SUFFIX)] not in envelopes
-        )
-        if not debris:
-            continue
-        path = directory / name
-        with contextlib.suppress(OSError):
-            if now - path.stat().st_mtime > STALE_SECONDS:
-                path.unlink()
-
-
-@dataclass
-class _Run:
-    """Mutable tallies while a run goes; frozen into a QueueRunResult at the end."""
-
-    delivered: list[str] = field(default_factory=list)
-    deferred: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    expired: list[str] = field(default_factory=list)
-    busy: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    not_due: int = 0
-    bounces: int = 0
-    out_of_time: bool = False
-    # One connection per server for the whole run (SPEC §6 reuse); QUIT when the run ends.
-    connections: ConnectionPool | None = None
-    tidier: _Tidier | None = None
-
-    def result(self) -> QueueRunResult:
-        return QueueRunResult(
-            delivered=tuple(self.delivered),
-            deferred=tuple(self.deferred),
-            failed=tuple(self.failed),
-            expired=tuple(self.expired),
-            busy=tuple(self.busy),
-            not_due=self.not_due,
-            bounces=self.bounces,
-            out_of_time=self.out_of_time,
-            problems=tuple(self.problems),
-        )
-
-
-def run_queue(
-    config: Config,
-    *,
-    force: bool = False,
-    ids: Sequence[str] = (),
-    time_budget: float | None = None,
-    progress: bool = False,
-    pick_up: bool = True,
-) -> QueueRunResult:
-    """Deliver due entries (all with `force`, or just `ids`); never one entry twice at once.
-
-    First the maildrop's files (SPEC §8) are taken, unless `pick_up` is False.
-    Entries for one server share one connection; each is locked while it is sent and
-    leaves the queue on the relay's 250 to its final dot, before any QUIT.
-    """
-    from ssmtp_mailer.relay.pool import ConnectionPool
-
-    if pick_up and not ids:
-        from ssmtp_mailer import pickup
-
-        pickup.pick_up(config)
-    queue_dir = area_dir(config, QUEUE)
-    if not queue_dir.is_dir():
-        return _Run().result()
-    with ConnectionPool(config.global_.connection_reuse_idle) as connections:
-        tidier = _Tidier(queue_dir)
-        run = _Run(connections=connections, tidier=tidier)
-        try:
-            _run_entries(
-                config, queue_dir, run, force=force, ids=ids, time_budget=time_budget,
-                progress=progress,
-            )  # fmt: skip
-        finally:
-            tidier.close()
-            if tidier.error is not None:
-                run.problems.append(f"{queue_dir}: {tidier.error}")
-    return run.result()
-
-
-class _Tidier:
-    """Removes delivered entries' message files and syncs the queue directory, in a thread.
-
-    A delivered entry's envelope is unlinked the moment the relay accepts the message:
-    that is the commit point, after which no runner sends the entry again, even if this
-    one is killed. What is left (freeing the message file, and making the removal
-    survive a power failure) runs while the next message is on the wire; the run waits
-    for it before it ends.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        import threading
-
-        self.directory = directory
-        self.error: OSError | None = None
-        self._pending: list[str] = []
-        self._closed = False
-        self._wake = threading.Condition()
-        self._thread = threading.Thread(target=self._work, name="spool-tidier", daemon=True)
-        self._started = False
-
-    def add(self, entry_id: str) -> None:
-        with self._wake:
-            self._pending.append(entry_id)
-            self._wake.notify()
-            if not self._started:
-                self._started = True
-                self._thread.start()
-
-    def close(self) -> None:
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-        if self._started:
-            self._thread.join()
-
-    def _work(self) -> None:
-        while True:
-            with self._wake:
-                while not self._pending and not self._closed:
-                    self._wake.wait()
-                if not self._pending:
-                    return
-                batch, self._pending = self._pending, []
-            try:
-                for entry_id in batch:
-                    with contextlib.suppress(FileNotFoundError):
-                        (self.directory / f"{entry_id}{MESSAGE_SUFFIX}").unlink()
-                # One sync for every removal since the last one.
-                _fsync_dir(self.directory)
-            except OSError as exc:
-                self.error = exc
-
-
-def _mark_delivered(queue_dir: Path, entry_id: str, run: _Run) -> None:
-    """The relay accepted the message: the entry leaves the queue now, before any QUIT."""
-    if run.tidier is None:
-        _remove_pair(queue_dir, entry_id)
-        return
-    # Envelope first: without it the message file is debris, never a half entry.
-    with contextlib.suppress(FileNotFoundError):
-        (queue_dir / f"{entry_id}{ENVELOPE_SUFFIX}").unlink()
-    run.tidier.add(entry_id)
-
-
-def _run_entries(
-    config: Config,
-    queue_dir: Path,
-    run: _Run,
-    *,
-    force: bool,
-    ids: Sequence[str],
-    time_budget: float | None,
-    progress: bool,
-) -> None:
-    deadline = None if time_budget is None else time.monotonic() + time_budget
-    for directory in (queue_dir, area_dir(config, FAILED)):
-        _clean_debris(directory, time.time())
-    wanted = [check_id(i) for i in ids]
-    todo = wanted or _entry_ids(queue_dir)
-    if wanted:
-        force = True
-    with _progress(todo, enabled=progress) as entries:
-        for entry_id in entries:
-            if deadline is not None and time.monotonic() >= deadline:
-                run.out_of_time = True
-                break
-            try:
-                _run_one(config, queue_dir, entry_id, force=force, run=run)
-            except (OSError, ValueError, KeyError, tomllib.TOMLDecodeError) as exc:
-                # A damaged or unreadable entry must not stop the others.
-                run.problems.append(f"{entry_id}: {type(exc).__name__}: {exc}")
-
-
-@contextlib.contextmanager
-def _progress(items: list[str], *, enabled: bool) -> Iterator[Any]:
-    if not enabled or not sys.stderr.isatty():
-        yield items
-        return
-    import click
-
-    with click.progressbar(items, label="Running the queue", file=sys.stderr) as bar:
-        yield bar
-
-
-def _run_one(config: Config, queue_dir: Path, entry_id: str, *, force: bool, run: _Run) -> None:
-    with _locked(queue_dir, entry_id) as held:
-        if held is None:
-            if (queue_dir / f"{entry_id}{ENVELOPE_SUFFIX}").exists():
-                run.busy.append(entry_id)
-            return
-        fd, entry = held
-        now = _now()
-        lifetime = dt.timedelta(seconds=config.global_.queue_lifetime)
-        if now >= entry.queued + lifetime:
-            data = _read_fd(fd)
-            reason = f"expired after {_short_age(lifetime.total_seconds())} in the queue"
-            if entry.attempts:
-                reason += f"; last error: {entry.attempts[-1].reply}"
-            _fail_entry(config, queue_dir, entry, data, entry.recipients, reason, {}, run)
-            run.expired.append(entry.id)
-            return
-        if not force and now < entry.next_attempt:
-            run.not_due += 1
-            return
-        _attempt(config, queue_dir, entry, _read_fd(fd), run)
-
-
-def _read_fd(fd: int) -> bytes:
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _Run) -> None:
-    from ssmtp_mailer.relay.engine import DeliveryLog, deliver
-
-    route = config.domains.get(entry.route)
-    if route is None:
-        reason = f"route [domain:{entry.route}] is no longer in the configuration"
-        _fail_entry(config, queue_dir, entry, data, entry.recipients, reason, {}, run)
-        run.failed.append(entry.id)
-        return
-    now = _now()
-    if not route.enabled:
-        _defer(queue_dir, entry, entry.recipients, f"route [domain:{route.name}] is disabled", now)
-        run.deferred.append(entry.id)
-        return
-    group = RouteGroup(
-        route=route,
-        envelope_from=entry.sender,
-        recipients=entry.recipients,
-        header_from=entry.header_from,
-        reply_to=entry.reply_to,
-    )
-    record = DeliveryLog(config, group, data)
-    try:
-        result = deliver(
-            config,
-            group,
-            data,
-            record=record,
-            smtputf8=entry.smtputf8,
-            eightbit=entry.eightbit,
-            dsn=entry.dsn,
-            pool=run.connections,
-        )
-    except Exception as exc:
-        if isinstance(exc, MailerError):
-            error = exc
-        else:  # a bug: the entry waits for the fix, and the traceback goes to the log
-            log.write_traceback(config, exc)
-            error = failures.unexpected(exc, f"[domain:{route.name}]")
-        if failures.fate(error, queued=True) is failures.Fate.QUEUE:
-            _defer(queue_dir, entry, entry.recipients, error_reason(error), now)
-            record.not_sent(error, "deferred", EX_OK, entry.id)
-            run.deferred.append(entry.id)
-        else:
-            reason = error_reason(error)
-            _fail_entry(config, queue_dir, entry, data, entry.recipients, reason, {}, run)
-            record.not_sent(error, "failed", EX_OK, entry.id)
-            run.failed.append(entry.id)
-        return
-    record.sent(result, EX_OK)
-    permanent = {r: f"{c} {m}" for r, (c, m) in result.refused.items() if c >= 500}
-    pending = tuple(r for r in entry.recipients if r in result.refused and r not in permanent)
-    if permanent:
-        reason = f"{result.server}: " + "; ".join(f"{r}: {m}" for r, m in permanent.items())
-        _fail_entry(
-            config,
-            queue_dir,
-            entry,
-            data,
-            tuple(permanent),
-            reason,
-            permanent,
-            run,
-            keep=bool(pending),
-        )
-        run.failed.append(entry.id)
-    if pending:
-        replies = "; ".join(f"{r}: {c} {m}" for r, (c, m) in result.refused.items() if c < 500)
-        _defer(queue_dir, entry, pending, f"{result.server}: {replies}", now)
-        run.deferred.append(entry.id)
-    elif not permanent:
-        _mark_delivered(queue_dir, entry.id, run)
-        run.delivered.append(entry.id)
-
-
-def _defer(
-    queue_dir: Path, entry: Entry, pending: tuple[str, ...], reply: str, now: dt.datetime
-) -> None:
-    attempts = (*entry.attempts, Attempt(now, reply))
-    updated = replace(
-        entry,
-        recipients=pending,
-        attempts=attempts,
-        next_attempt=now + dt.timedelta(seconds=backoff(len(attempts))),
-    )
-    _place(queue_dir, f"{entry.id}{ENVELOPE_SUFFIX}", _encode(updated))
-    _fsync_dir(queue_dir)
-
-
-def _fail_entry(
-    config: Config,
-    queue_dir: Path,
-    entry: Entry,
-    data: bytes,
-    recipients: tuple[str, ...],
-    reason: str,
-    replies: dict[str, str],
-    run: _Run,
-    *,
-    keep: bool = False,
-) -> None:
-    """Copy the entry (for `recipients`) into `failed/`, bounce it; drop it unless `keep`."""
-    failed_dir = ensure_spool(config) / FAILED
-    now = _now()
-    # SPEC §7: the id stays; only a second failed copy of one entry (some recipients
-    # failed earlier) needs an id of its own, and `origin` names the entry either way.
-    taken = (failed_dir / f"{entry.id}{ENVELOPE_SUFFIX}").exists()
-    copy = replace(
-        entry,
-        id=_fresh_id(failed_dir) if taken else entry.id,
-        recipients=recipients,
-        attempts=(*entry.attempts, Attempt(now, reason)),
-        reason=reason,
-        failed_at=now,
-        replies=dict(replies),
-        origin=entry.id,
-        area=FAILED,
-    )
-    _link_or_copy(queue_dir / f"{entry.id}{MESSAGE_SUFFIX}", failed_dir, copy.id)
-    _place(failed_dir, f"{copy.id}{ENVELOPE_SUFFIX}", _encode(copy))
-    _fsync_dir(failed_dir)
-    if not keep:
-        _remove_pair(queue_dir, entry.id)
-    if _bounce(config, copy, data, run.connections):
-        run.bounces += 1
-
-
-# -- bounces (RFC 3464) --------------------------------------------------------------
-
-
-def _bounce(config: Config, failed: Entry, data: bytes, pool: ConnectionPool | None = None) -> bool:
-    """Tell the sender, with a null envelope sender (never a bounce for a bounce)."""
-    if not config.global_.bounce or not failed.sender:
-        return False
-    from ssmtp_mailer.relay.engine import DeliveryLog, deliver
-    from ssmtp_mailer.rewrite import plan_delivery
-
-    notice = build_bounce(config, failed, data)
-    try:
-        plan = plan_delivery(config, "", [failed.sender])
-    except MailerError:
-        return False
-    sent = False
-    for group in plan.groups:
-        record = DeliveryLog(config, group, notice)
-        try:
-            record.sent(deliver(config, group, notice, record=record, pool=pool), EX_OK)
-            sent = True
-        except TempFailError as exc:
-            record.not_sent(exc, "queued", EX_OK)
-            # The notice must not be lost either; it is an ordinary entry from here on.
-            with contextlib.suppress(CantCreateError):
-                enqueue(
-                    config,
-                    group,
-                    notice,
-                    smtputf8=False,
-                    eightbit=False,
-                    reason=error_reason(exc),
-                )
-                sent = True
-        except MailerError as exc:
-            record.not_sent(exc, "failed", EX_OK)
-            with contextlib.suppress(CantCreateError):
-                store_failed(config, group, notice, reason=error_reason(exc))
-    return sent
-
-
-def _status_for(reply: str, default: str) -> str:
-    """The enhanced status code (RFC 3463) in a reply, else `default`."""
-    match = re.search(r"\b([245]\.\d{1,3}\.\d{1,3})\b", reply)
-    return match.group(1) if match else default
-
-
-def build_bounce(config: Config, failed: Entry, data: bytes) -> bytes:
-    """A multipart/report delivery-status notice (RFC 3464) for `failed`, CRLF bytes."""
-    import email.policy
-    import email.utils
-    from email.message import Message
-    from email.mime.base import MIMEBase
-    from email.mime.multipart import MIMEMultipart
-    from email.mime.text import MIMEText
-    from email.parser import BytesHeaderParser
-
-    hostname = config.global_.default_hostname
-    expired = failed.reason.startswith("expired")
-    lines = [
-        f"This is the mail system at host {hostname}.",
-        "",
-        "Your message could not be delivered to one or more recipients."
-        " It is attached below (headers only).",
-        "",
-    ]
-    for rcpt in failed.recipients:
-        lines.append(f"<{rcpt}>: {failed.replies.get(rcpt, failed.reason)}")
-    report = MIMEMultipart("report", report_type="delivery-status")
-    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
-    report["To"] = failed.sender
-    report["Subject"] = "Undelivered Mail Returned to Sender"
-    report["Date"] = email.utils.formatdate(localtime=True)
-    report["Message-ID"] = email.utils.make_msgid(domain=hostname)
-    report["Auto-Submitted"] = "auto-replied"  # RFC 3834: automatic, not to be answered
-    text = "\n".join(lines) + "\n"
-    explanation = MIMEText(text, "plain", "us-ascii" if text.isascii() else "utf-8")
-    del explanation["MIME-Version"]
-    report.attach(explanation)
-
-    per_message = Message()
-    per_message["Reporting-MTA"] = f"dns; {hostname}"
-    per_message["X-Queue-ID"] = failed.origin or failed.id
-    per_message["Arrival-Date"] = email.utils.format_datetime(failed.created)
-    blocks: list[Message | str] = [per_message]
-    for rcpt in failed.recipients:
-        reply = failed.replies.get(rcpt, failed.attempts[-1].reply if failed.attempts else "")
-        block = Message()
-        block["Final-Recipient"] = f"rfc822; {rcpt}"
-        block["Action"] = "failed"
-        block["Status"] = _status_for(reply, "4.4.7" if expired else "5.0.0")
-        if re.match(r"^[245]\d\d\b", reply):
-            block["Diagnostic-Code"] = f"smtp; {reply}"
-        else:
-            block["Diagnostic-Code"] = f"X-ssmtp-mailer; {failed.reason}"
-        if failed.failed_at is not None:
-            block["Last-Attempt-Date"] = email.utils.format_datetime(failed.failed_at)
-        blocks.append(block)
-    status = MIMEBase("message", "delivery-status")
-    status.set_payload(blocks)
-    del status["MIME-Version"]
-    report.attach(status)
-
-    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(data)
-    original = MIMEBase("text", "rfc822-headers")
-    original.set_payload(
-        "".join(f"{k}: {v}\n" for k, v in headers.items())
-        .encode("ascii", "replace")
-        .decode("ascii")
-    )
-    del original["MIME-Version"]
-    report.attach(original)
-    return report.as_bytes(policy=email.policy.SMTP)
-
-
-def header_block(data: bytes) -> str:
-    """The message's header section, for `queue show`."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        end = data.find(b"\n\n")
-    head = data if end < 0 else data[:end]
-    return head.decode("utf-8", "replace").replace("\r\n", "\n")

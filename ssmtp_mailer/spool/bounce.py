@@ -1,0 +1,188 @@
+"""Delivery status notifications (RFC 3464) for entries that failed, sent with a null sender."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ssmtp_mailer.config.model import Config
+from ssmtp_mailer.errors import (
+    EX_OK,
+    CantCreateError,
+    MailerError,
+    TempFailError,
+)
+
+if TYPE_CHECKING:
+    from ssmtp_mailer.relay.pool import ConnectionPool
+
+if sys.version_info >= (3, 11):
+    pass
+else:  # pragma: no cover - Python 3.10
+    pass  # type: ignore[import-not-found, unused-ignore]
+
+from ssmtp_mailer.spool.store import (
+    FAILED,
+    Attempt,
+    Entry,
+    _cant_create,
+    _fresh_id,
+    _now,
+    _write_entry,
+    enqueue,
+    ensure_spool,
+    error_reason,
+    store_failed,
+)
+
+# -- bounces (RFC 3464) --------------------------------------------------------------
+
+
+def _bounce(config: Config, failed: Entry, data: bytes, pool: ConnectionPool | None = None) -> bool:
+    """Tell the sender, with a null envelope sender (never a bounce for a bounce)."""
+    if not config.global_.bounce or not failed.sender:
+        return False
+    from ssmtp_mailer.relay.engine import DeliveryLog, deliver
+    from ssmtp_mailer.rewrite import plan_delivery
+
+    notice = build_bounce(config, failed, data)
+    try:
+        plan = plan_delivery(config, "", [failed.sender])
+    except MailerError:
+        return False
+    sent = False
+    for group in plan.groups:
+        record = DeliveryLog(config, group, notice)
+        try:
+            record.sent(deliver(config, group, notice, record=record, pool=pool), EX_OK)
+            sent = True
+        except TempFailError as exc:
+            record.not_sent(exc, "queued", EX_OK)
+            # The notice must not be lost either; it is an ordinary entry from here on.
+            with contextlib.suppress(CantCreateError):
+                enqueue(
+                    config,
+                    group,
+                    notice,
+                    smtputf8=False,
+                    eightbit=False,
+                    reason=error_reason(exc),
+                )
+                sent = True
+        except MailerError as exc:
+            record.not_sent(exc, "failed", EX_OK)
+            with contextlib.suppress(CantCreateError):
+                store_failed(config, group, notice, reason=error_reason(exc))
+    return sent
+
+
+def _status_for(reply: str, default: str) -> str:
+    """The enhanced status code (RFC 3463) in a reply, else `default`."""
+    match = re.search(r"\b([245]\.\d{1,3}\.\d{1,3})\b", reply)
+    return match.group(1) if match else default
+
+
+def build_bounce(config: Config, failed: Entry, data: bytes) -> bytes:
+    """A multipart/report delivery-status notice (RFC 3464) for `failed`, CRLF bytes."""
+    import email.policy
+    import email.utils
+    from email.message import Message
+    from email.mime.base import MIMEBase
+    from email.mime.multipart import MIMEMultipart
+    from email.mime.text import MIMEText
+    from email.parser import BytesHeaderParser
+
+    hostname = config.global_.default_hostname
+    expired = failed.reason.startswith("expired")
+    lines = [
+        f"This is the mail system at host {hostname}.",
+        "",
+        "Your message could not be delivered to one or more recipients."
+        " It is attached below (headers only).",
+        "",
+    ]
+    for rcpt in failed.recipients:
+        lines.append(f"<{rcpt}>: {failed.replies.get(rcpt, failed.reason)}")
+    report = MIMEMultipart("report", report_type="delivery-status")
+    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
+    report["To"] = failed.sender
+    report["Subject"] = "Undelivered Mail Returned to Sender"
+    report["Date"] = email.utils.formatdate(localtime=True)
+    report["Message-ID"] = email.utils.make_msgid(domain=hostname)
+    report["Auto-Submitted"] = "auto-replied"  # RFC 3834: automatic, not to be answered
+    text = "\n".join(lines) + "\n"
+    explanation = MIMEText(text, "plain", "us-ascii" if text.isascii() else "utf-8")
+    del explanation["MIME-Version"]
+    report.attach(explanation)
+
+    per_message = Message()
+    per_message["Reporting-MTA"] = f"dns; {hostname}"
+    per_message["X-Queue-ID"] = failed.origin or failed.id
+    per_message["Arrival-Date"] = email.utils.format_datetime(failed.created)
+    blocks: list[Message | str] = [per_message]
+    for rcpt in failed.recipients:
+        reply = failed.replies.get(rcpt, failed.attempts[-1].reply if failed.attempts else "")
+        block = Message()
+        block["Final-Recipient"] = f"rfc822; {rcpt}"
+        block["Action"] = "failed"
+        block["Status"] = _status_for(reply, "4.4.7" if expired else "5.0.0")
+        if re.match(r"^[245]\d\d\b", reply):
+            block["Diagnostic-Code"] = f"smtp; {reply}"
+        else:
+            block["Diagnostic-Code"] = f"X-ssmtp-mailer; {failed.reason}"
+        if failed.failed_at is not None:
+            block["Last-Attempt-Date"] = email.utils.format_datetime(failed.failed_at)
+        blocks.append(block)
+    status = MIMEBase("message", "delivery-status")
+    status.set_payload(blocks)
+    del status["MIME-Version"]
+    report.attach(status)
+
+    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(data)
+    original = MIMEBase("text", "rfc822-headers")
+    original.set_payload(
+        "".join(f"{k}: {v}\n" for k, v in headers.items())
+        .encode("ascii", "replace")
+        .decode("ascii")
+    )
+    del original["MIME-Version"]
+    report.attach(original)
+    return report.as_bytes(policy=email.policy.SMTP)
+
+
+def refuse_local(
+    config: Config,
+    owner: str,
+    sender: str,
+    recipients: Sequence[str],
+    data: bytes,
+    reason: str,
+) -> str:
+    """A local submission whose sender its uid may not use (SPEC §8): kept in `failed/`
+    (route `maildrop`), and a bounce to `owner`, the user who submitted it."""
+    directory = ensure_spool(config) / FAILED
+    now = _now()
+    entry = Entry(
+        id=_fresh_id(directory),
+        sender=owner,
+        recipients=tuple(recipients),
+        route="maildrop",
+        smtputf8=not all(a.isascii() for a in (sender, *recipients)),
+        eightbit=False,
+        created=now,
+        queued=now,
+        next_attempt=now,
+        attempts=(Attempt(now, reason),),
+        reason=reason,
+        failed_at=now,
+        area=FAILED,
+    )
+    try:
+        _write_entry(directory, entry, data)
+    except OSError as exc:
+        raise _cant_create(directory, exc) from None
+    _bounce(config, entry, data)
+    return entry.id

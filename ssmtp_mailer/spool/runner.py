@@ -1,0 +1,467 @@
+"""`queue run` (SPEC §7): due entries retried with backoff, one connection per server,
+never one entry twice (the store's lock), expired entries failed and bounced."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ssmtp_mailer import log
+from ssmtp_mailer.config.model import Config
+from ssmtp_mailer.errors import (
+    EX_OK,
+    EX_TEMPFAIL,
+    MailerError,
+)
+from ssmtp_mailer.relay import failures
+from ssmtp_mailer.rewrite import RouteGroup
+
+if TYPE_CHECKING:
+    from ssmtp_mailer.relay.pool import ConnectionPool
+
+if sys.version_info >= (3, 11):
+    pass
+else:  # pragma: no cover - Python 3.10
+    pass  # type: ignore[import-not-found, unused-ignore]
+
+from ssmtp_mailer.spool.bounce import _bounce
+from ssmtp_mailer.spool.store import (
+    DAMAGE,
+    DAMAGED,
+    ENVELOPE_SUFFIX,
+    FAILED,
+    MESSAGE_SUFFIX,
+    QUEUE,
+    STALE_SECONDS,
+    TEMP_PREFIX,
+    Attempt,
+    Entry,
+    _encode,
+    _entry_ids,
+    _fresh_id,
+    _fsync_dir,
+    _link_or_copy,
+    _locked,
+    _now,
+    _place,
+    _remove_pair,
+    area_dir,
+    backoff,
+    check_id,
+    damage_reason,
+    ensure_spool,
+    error_reason,
+    move_aside,
+    short_age,
+)
+
+
+@dataclass(frozen=True)
+class QueueRunResult:
+    """What one `run_queue` did, entry ids per outcome."""
+
+    delivered: tuple[str, ...] = ()
+    deferred: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    expired: tuple[str, ...] = ()
+    busy: tuple[str, ...] = ()
+    not_due: int = 0
+    bounces: int = 0
+    out_of_time: bool = False
+    problems: tuple[str, ...] = ()
+
+    @property
+    def exit_code(self) -> int:
+        """0, or EX_TEMPFAIL when some entry could not be read (deferrals are normal)."""
+        return EX_TEMPFAIL if self.problems else 0
+
+    def summary(self) -> str:
+        parts = [
+            f"{len(self.delivered)} delivered",
+            f"{len(self.deferred)} deferred",
+            f"{len(self.failed)} failed",
+            f"{len(self.expired)} expired",
+        ]
+        if self.busy:
+            parts.append(f"{len(self.busy)} busy in another runner")
+        if self.not_due:
+            parts.append(f"{self.not_due} not yet due")
+        if self.bounces:
+            parts.append(f"{self.bounces} bounce(s) sent")
+        if self.out_of_time:
+            parts.append("stopped at the time budget")
+        return ", ".join(parts)
+
+
+# -- the runner ----------------------------------------------------------------------
+
+
+def _clean_debris(directory: Path, now: float) -> None:
+    """Remove temp files and envelope-less message files left by a crash, once stale."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    envelopes = {n[: -len(ENVELOPE_SUFFIX)] for n in names if n.endswith(ENVELOPE_SUFFIX)}
+    for name in names:
+        debris = name.startswith(TEMP_PREFIX) or (
+            name.endswith(MESSAGE_SUFFIX) and name[: -len(MESSAGE_SUFFIX)] not in envelopes
+        )
+        if not debris:
+            continue
+        path = directory / name
+        with contextlib.suppress(OSError):
+            if now - path.stat().st_mtime > STALE_SECONDS:
+                path.unlink()
+
+
+@dataclass
+class _Run:
+    """Mutable tallies while a run goes; frozen into a QueueRunResult at the end."""
+
+    delivered: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    not_due: int = 0
+    bounces: int = 0
+    out_of_time: bool = False
+    # One connection per server for the whole run (SPEC §6 reuse); QUIT when the run ends.
+    connections: ConnectionPool | None = None
+    tidier: _Tidier | None = None
+
+    def result(self) -> QueueRunResult:
+        return QueueRunResult(
+            delivered=tuple(self.delivered),
+            deferred=tuple(self.deferred),
+            failed=tuple(self.failed),
+            expired=tuple(self.expired),
+            busy=tuple(self.busy),
+            not_due=self.not_due,
+            bounces=self.bounces,
+            out_of_time=self.out_of_time,
+            problems=tuple(self.problems),
+        )
+
+
+def run_queue(
+    config: Config,
+    *,
+    force: bool = False,
+    ids: Sequence[str] = (),
+    time_budget: float | None = None,
+    progress: bool = False,
+    pick_up: bool = True,
+) -> QueueRunResult:
+    """Deliver due entries (all with `force`, or just `ids`); never one entry twice at once.
+
+    First the maildrop's files (SPEC §8) are taken, unless `pick_up` is False.
+    Entries for one server share one connection; each is locked while it is sent and
+    leaves the queue on the relay's 250 to its final dot, before any QUIT.
+    """
+    from ssmtp_mailer.relay.pool import ConnectionPool
+
+    if pick_up and not ids:
+        from ssmtp_mailer import pickup
+
+        pickup.pick_up(config)
+
+    queue_dir = area_dir(config, QUEUE)
+    if not queue_dir.is_dir():
+        return _Run().result()
+    with ConnectionPool(config.global_.connection_reuse_idle) as connections:
+        tidier = _Tidier(queue_dir)
+        run = _Run(connections=connections, tidier=tidier)
+        try:
+            _run_entries(
+                config, queue_dir, run, force=force, ids=ids, time_budget=time_budget,
+                progress=progress,
+            )  # fmt: skip
+        finally:
+            tidier.close()
+            if tidier.error is not None:
+                run.problems.append(f"{queue_dir}: {tidier.error}")
+    return run.result()
+
+
+class _Tidier:
+    """Removes delivered entries' message files and syncs the queue directory, in a thread.
+
+    A delivered entry's envelope is unlinked the moment the relay accepts the message:
+    that is the commit point, after which no runner sends the entry again, even if this
+    one is killed. What is left (freeing the message file, and making the removal
+    survive a power failure) runs while the next message is on the wire; the run waits
+    for it before it ends.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        import threading
+
+        self.directory = directory
+        self.error: OSError | None = None
+        self._pending: list[str] = []
+        self._closed = False
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name="spool-tidier", daemon=True)
+        self._started = False
+
+    def add(self, entry_id: str) -> None:
+        with self._wake:
+            self._pending.append(entry_id)
+            self._wake.notify()
+            if not self._started:
+                self._started = True
+                self._thread.start()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._started:
+            self._thread.join()
+
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending and not self._closed:
+                    self._wake.wait()
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, []
+            try:
+                for entry_id in batch:
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.directory / f"{entry_id}{MESSAGE_SUFFIX}").unlink()
+                # One sync for every removal since the last one.
+                _fsync_dir(self.directory)
+            except OSError as exc:
+                self.error = exc
+
+
+def _mark_delivered(queue_dir: Path, entry_id: str, run: _Run) -> None:
+    """The relay accepted the message: the entry leaves the queue now, before any QUIT."""
+    if run.tidier is None:
+        _remove_pair(queue_dir, entry_id)
+        return
+    # Envelope first: without it the message file is debris, never a half entry.
+    with contextlib.suppress(FileNotFoundError):
+        (queue_dir / f"{entry_id}{ENVELOPE_SUFFIX}").unlink()
+    run.tidier.add(entry_id)
+
+
+def _run_entries(
+    config: Config,
+    queue_dir: Path,
+    run: _Run,
+    *,
+    force: bool,
+    ids: Sequence[str],
+    time_budget: float | None,
+    progress: bool,
+) -> None:
+    deadline = None if time_budget is None else time.monotonic() + time_budget
+    for directory in (queue_dir, area_dir(config, FAILED)):
+        _clean_debris(directory, time.time())
+    wanted = [check_id(i) for i in ids]
+    todo = wanted or _entry_ids(queue_dir)
+    if wanted:
+        force = True
+    with _progress(todo, enabled=progress) as entries:
+        for entry_id in entries:
+            if deadline is not None and time.monotonic() >= deadline:
+                run.out_of_time = True
+                break
+            try:
+                _run_one(config, queue_dir, entry_id, force=force, run=run)
+            except DAMAGE as exc:
+                # Moved aside with the reason, so that mailq names it and it stops
+                # costing every run; the others go on.
+                reason = damage_reason(exc)
+                try:
+                    move_aside(config, entry_id, reason)
+                except (OSError, MailerError) as move_exc:
+                    reason += f"; could not move it aside: {move_exc}"
+                run.problems.append(f"{entry_id}: damaged, moved to {DAMAGED}/: {reason}")
+            except OSError as exc:
+                # An unreadable entry must not stop the others either.
+                run.problems.append(f"{entry_id}: {type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def _progress(items: list[str], *, enabled: bool) -> Iterator[Any]:
+    if not enabled or not sys.stderr.isatty():
+        yield items
+        return
+    import click
+
+    with click.progressbar(items, label="Running the queue", file=sys.stderr) as bar:
+        yield bar
+
+
+def _run_one(config: Config, queue_dir: Path, entry_id: str, *, force: bool, run: _Run) -> None:
+    with _locked(queue_dir, entry_id) as held:
+        if held is None:
+            if (queue_dir / f"{entry_id}{ENVELOPE_SUFFIX}").exists():
+                run.busy.append(entry_id)
+            return
+        fd, entry = held
+        now = _now()
+        lifetime = dt.timedelta(seconds=config.global_.queue_lifetime)
+        if now >= entry.queued + lifetime:
+            data = _read_fd(fd)
+            reason = f"expired after {short_age(lifetime.total_seconds())} in the queue"
+            if entry.attempts:
+                reason += f"; last error: {entry.attempts[-1].reply}"
+            _fail_entry(config, queue_dir, entry, data, entry.recipients, reason, {}, run)
+            run.expired.append(entry.id)
+            return
+        if not force and now < entry.next_attempt:
+            run.not_due += 1
+            return
+        _attempt(config, queue_dir, entry, _read_fd(fd), run)
+
+
+def _read_fd(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _Run) -> None:
+    from ssmtp_mailer.relay.engine import DeliveryLog, deliver
+
+    route = config.domains.get(entry.route)
+    if route is None:
+        reason = f"route [domain:{entry.route}] is no longer in the configuration"
+        _fail_entry(config, queue_dir, entry, data, entry.recipients, reason, {}, run)
+        run.failed.append(entry.id)
+        return
+    now = _now()
+    if not route.enabled:
+        _defer(queue_dir, entry, entry.recipients, f"route [domain:{route.name}] is disabled", now)
+        run.deferred.append(entry.id)
+        return
+    group = RouteGroup(
+        route=route,
+        envelope_from=entry.sender,
+        recipients=entry.recipients,
+        header_from=entry.header_from,
+        reply_to=entry.reply_to,
+    )
+    record = DeliveryLog(config, group, data)
+    try:
+        result = deliver(
+            config,
+            group,
+            data,
+            record=record,
+            smtputf8=entry.smtputf8,
+            eightbit=entry.eightbit,
+            dsn=entry.dsn,
+            pool=run.connections,
+        )
+    except Exception as exc:
+        if isinstance(exc, MailerError):
+            error = exc
+        else:  # a bug: the entry waits for the fix, and the traceback goes to the log
+            log.write_traceback(config, exc)
+            error = failures.unexpected(exc, f"[domain:{route.name}]")
+        if failures.fate(error, queued=True) is failures.Fate.QUEUE:
+            _defer(queue_dir, entry, entry.recipients, error_reason(error), now)
+            record.not_sent(error, "deferred", EX_OK, entry.id)
+            run.deferred.append(entry.id)
+        else:
+            reason = error_reason(error)
+            _fail_entry(config, queue_dir, entry, data, entry.recipients, reason, {}, run)
+            record.not_sent(error, "failed", EX_OK, entry.id)
+            run.failed.append(entry.id)
+        return
+    record.sent(result, EX_OK)
+    permanent = {r: f"{c} {m}" for r, (c, m) in result.refused.items() if c >= 500}
+    pending = tuple(r for r in entry.recipients if r in result.refused and r not in permanent)
+    if permanent:
+        reason = f"{result.server}: " + "; ".join(f"{r}: {m}" for r, m in permanent.items())
+        _fail_entry(
+            config,
+            queue_dir,
+            entry,
+            data,
+            tuple(permanent),
+            reason,
+            permanent,
+            run,
+            keep=bool(pending),
+        )
+        run.failed.append(entry.id)
+    if pending:
+        replies = "; ".join(f"{r}: {c} {m}" for r, (c, m) in result.refused.items() if c < 500)
+        _defer(queue_dir, entry, pending, f"{result.server}: {replies}", now)
+        run.deferred.append(entry.id)
+    elif not permanent:
+        _mark_delivered(queue_dir, entry.id, run)
+        run.delivered.append(entry.id)
+
+
+def _defer(
+    queue_dir: Path, entry: Entry, pending: tuple[str, ...], reply: str, now: dt.datetime
+) -> None:
+    attempts = (*entry.attempts, Attempt(now, reply))
+    updated = replace(
+        entry,
+        recipients=pending,
+        attempts=attempts,
+        next_attempt=now + dt.timedelta(seconds=backoff(len(attempts))),
+    )
+    _place(queue_dir, f"{entry.id}{ENVELOPE_SUFFIX}", _encode(updated))
+    _fsync_dir(queue_dir)
+
+
+def _fail_entry(
+    config: Config,
+    queue_dir: Path,
+    entry: Entry,
+    data: bytes,
+    recipients: tuple[str, ...],
+    reason: str,
+    replies: dict[str, str],
+    run: _Run,
+    *,
+    keep: bool = False,
+) -> None:
+    """Copy the entry (for `recipients`) into `failed/`, bounce it; drop it unless `keep`."""
+    failed_dir = ensure_spool(config) / FAILED
+    now = _now()
+    # SPEC §7: the id stays; only a second failed copy of one entry (some recipients
+    # failed earlier) needs an id of its own, and `origin` names the entry either way.
+    taken = (failed_dir / f"{entry.id}{ENVELOPE_SUFFIX}").exists()
+    copy = replace(
+        entry,
+        id=_fresh_id(failed_dir) if taken else entry.id,
+        recipients=recipients,
+        attempts=(*entry.attempts, Attempt(now, reason)),
+        reason=reason,
+        failed_at=now,
+        replies=dict(replies),
+        origin=entry.id,
+        area=FAILED,
+    )
+    _link_or_copy(queue_dir / f"{entry.id}{MESSAGE_SUFFIX}", failed_dir, copy.id)
+    _place(failed_dir, f"{copy.id}{ENVELOPE_SUFFIX}", _encode(copy))
+    _fsync_dir(failed_dir)
+    if not keep:
+        _remove_pair(queue_dir, entry.id)
+    if _bounce(config, copy, data, run.connections):
+        run.bounces += 1
+
+
