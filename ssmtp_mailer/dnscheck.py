@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import dns.exception
 import dns.name
+import dns.rdatatype
 import dns.resolver
 import dns.reversename
 
@@ -109,15 +110,19 @@ class Resolver:
         return [str(HostPort(str(s), ports.get(str(s), 53))) for s in self._resolver.nameservers]
 
     def _answer(self, name: str, rdtype: str) -> list[Any]:
+        return self.answer_and_ttl(name, rdtype)[0]
+
+    def answer_and_ttl(self, name: str, rdtype: str) -> tuple[list[Any], int]:
+        """The records and their TTL in seconds (0 when there are none: nothing to cache)."""
         try:
             answer = self._resolver.resolve(name, rdtype, search=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return []
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer) as exc:
+            return [], _negative_ttl(exc)
         except dns.name.EmptyLabel:
-            return []
+            return [], 0
         except dns.exception.DNSException as exc:
             raise spf.TempError(f"{name} {rdtype}: {exc}") from None
-        return list(answer)
+        return list(answer), answer.rrset.ttl if answer.rrset is not None else 0
 
     def txt(self, name: str) -> list[str]:
         return [b"".join(r.strings).decode("utf-8", "replace") for r in self._answer(name, "TXT")]
@@ -141,6 +146,22 @@ class Resolver:
     def ptr(self, ip: str) -> list[str]:
         reverse = dns.reversename.from_address(ip).to_text()
         return [r.target.to_text().rstrip(".").lower() for r in self._answer(reverse, "PTR")]
+
+
+def _negative_ttl(exc: dns.exception.DNSException) -> int:
+    """How long a "no such record" may be cached: the SOA's minimum (RFC 2308 §5), else 0."""
+    try:
+        if isinstance(exc, dns.resolver.NXDOMAIN):
+            responses = list(exc.responses().values())  # type: ignore[no-untyped-call]
+        else:
+            responses = [exc.response()]  # type: ignore[attr-defined]
+    except (AttributeError, KeyError, TypeError):
+        return 0
+    for response in responses:
+        for rrset in getattr(response, "authority", ()):
+            if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+                return int(min(rrset.ttl, rrset[0].minimum))
+    return 0
 
 
 def _guard(name: str, run: Callable[[], list[Check]]) -> list[Check]:

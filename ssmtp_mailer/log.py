@@ -33,6 +33,7 @@ class DeliveryRecord(NamedTuple):
     exit_code: int
     refused: Sequence[str] = ()
     queue_id: str | None = None
+    path: str = "relay"  # relay, direct, or direct+relay for a hybrid route that used both
 
 
 def message_id_of(data: bytes | bytearray) -> str:
@@ -60,6 +61,7 @@ def format_record(record: DeliveryRecord) -> str:
         ("from", f"<{record.sender}>"),
         ("to", ",".join(f"<{r}>" for r in record.recipients)),
         ("route", record.route),
+        ("path", record.path),
         ("relay", record.relay or "-"),
         ("tls", record.tls or "none"),
         ("auth", record.auth_user or "-"),

@@ -11,6 +11,7 @@ as it would to the system's, and reads real answers.
         "25.2.0.192.in-addr.arpa": [("PTR", "mx.example.com.")],
         "k._domainkey.example.com": [("TXT", ("v=DKIM1; k=rsa; p=MIIB...", "...rest"))],
         "cached.example": [("MX", "10 a.example.", 30)],         # a TTL of 30 s
+        "soa.example": [("SOA", "ns.soa.example. admin.soa.example. 1 3600 600 86400 60")],
     }
     with DNSServer(zone) as dns:
         dns.nameserver          # "127.0.0.1:PORT", what `dns_servers` takes
@@ -23,7 +24,9 @@ strings, a `tuple` of `str` gives the strings explicitly. Names are case-insensi
 absolute, written without the final dot. A name with a CNAME answers every other type
 with the CNAME plus the target's records when the target is in the zone. A name that
 is not in the zone (and has no names below it) is NXDOMAIN; a name without the asked
-type is NOERROR with no answer. Every answer is authoritative (AA). A UDP answer larger
+type is NOERROR with no answer. Either negative answer carries the SOA of the nearest
+name above (or at) the name that has one, as a real server does (RFC 2308), so a
+resolver may cache it for the SOA's minimum. Every answer is authoritative (AA). A UDP answer larger
 than the client's limit (512 octets, or its EDNS payload size) is sent truncated (TC)
 so the client retries over TCP, as with a real server.
 
@@ -252,6 +255,8 @@ class DNSServer:
             self.queries[(name, dns.rdatatype.to_text(rdtype))] += 1
             self.log.append((name, dns.rdatatype.to_text(rdtype), transport))
             self._answer(response, question.name, rdtype)
+            if not response.answer:
+                self._negative(response, question.name)
         limit = 65535
         if transport == "udp":
             limit = max(512, query.payload) if query.edns >= 0 else 512
@@ -282,6 +287,16 @@ class DNSServer:
                 return
             response.answer.append(_rrset(owner, cname))
             owner = next(iter(cname)).target  # type: ignore[attr-defined]
+
+    def _negative(self, response: dns.message.Message, qname: dns.name.Name) -> None:
+        """RFC 2308: a negative answer carries the SOA of the zone above the name, if any."""
+        labels = _key(qname.to_text()).split(".")
+        for index in range(len(labels)):
+            owner = ".".join(labels[index:])
+            soa = self._records.by_name.get(owner, {}).get(dns.rdatatype.SOA)
+            if soa is not None:
+                response.authority.append(_rrset(dns.name.from_text(owner), soa))
+                return
 
 
 def _rrset(owner: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:

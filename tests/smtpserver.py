@@ -570,8 +570,16 @@ class _Controller(Controller):
     is read from the bound socket first (race-free, unlike probing for a free port).
     """
 
-    def __init__(self, handler: _Handler, *, smtp_kwargs: dict[str, Any], **kwargs: Any) -> None:
-        super().__init__(handler, hostname=HOST, port=0, **kwargs)
+    def __init__(
+        self,
+        handler: _Handler,
+        *,
+        smtp_kwargs: dict[str, Any],
+        host: str = HOST,
+        port: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, hostname=host, port=port, **kwargs)
         self._smtp_kwargs = smtp_kwargs
         self.probing = True
 
@@ -604,6 +612,9 @@ class SMTPTestServer:
         fault: a name from `FAULTS` or ``"550-rcpt:ADDR"``; can be changed at any time.
         cert: None, or a fault from `CERT_FAULTS` for the certificate served.
         ca: the CA issuing the certificate (default: a new one).
+        host, port: where to listen (default 127.0.0.1 and a free port); any 127.0.0.x
+            with one fixed port models several MX hosts.
+        names: the certificate's names (default localhost and the host address).
     """
 
     def __init__(
@@ -624,7 +635,12 @@ class SMTPTestServer:
         fault: str | None = None,
         cert: str | None = None,
         ca: trustme.CA | None = None,
+        host: str = HOST,
+        port: int = 0,
+        names: Sequence[str] | None = None,
     ) -> None:
+        self._host = host
+        self._names = list(names) if names else [SERVER_NAME, host]
         if starttls and implicit_tls:
             raise ValueError("starttls and implicit_tls are exclusive")
         if require_starttls and not starttls:
@@ -677,6 +693,8 @@ class SMTPTestServer:
             smtp_kwargs.update(tls_context=context, require_starttls=require_starttls)
         self._controller_kwargs: dict[str, Any] = {
             "smtp_kwargs": smtp_kwargs,
+            "host": host,
+            "port": port,
             "ssl_context": context if implicit_tls else None,
         }
 
@@ -684,13 +702,11 @@ class SMTPTestServer:
 
     def _make_tls_context(self) -> ssl.SSLContext:
         if self._cert == "self-signed":
-            cert_pem, key_pem = _leaf_pem([SERVER_NAME, HOST], None)
+            cert_pem, key_pem = _leaf_pem(self._names, None)
         elif self._cert == "wrong-host":
             cert_pem, key_pem = _leaf_pem(["other.example"], self.ca)
         else:
-            cert_pem, key_pem = _leaf_pem(
-                [SERVER_NAME, HOST], self.ca, expired=self._cert == "expired"
-            )
+            cert_pem, key_pem = _leaf_pem(self._names, self.ca, expired=self._cert == "expired")
         self._cert_pem = cert_pem
         return _server_context(cert_pem, key_pem)
 
@@ -731,7 +747,7 @@ class SMTPTestServer:
 
     @property
     def host(self) -> str:
-        return HOST
+        return self._host
 
     @property
     def port(self) -> int:
@@ -890,7 +906,7 @@ class SMTPTestServer:
 
     def __repr__(self) -> str:
         port = self._controller.port if self._controller else None
-        return f"<SMTPTestServer {HOST}:{port} tls={self.tls} fault={self._fault!r}>"
+        return f"<SMTPTestServer {self._host}:{port} tls={self.tls} fault={self._fault!r}>"
 
 
 class MisbehavingServer:

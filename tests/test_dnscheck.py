@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from dnsserver import DNSServer, Zone
 from relayconf import RunMain
+from stsserver import PolicyServer
 
 from ssmtp_mailer import spf
 from ssmtp_mailer.config.model import HostPort
@@ -468,49 +469,6 @@ def test_progress_only_on_a_terminal(tmp_path: Path, dns_server: Callable[..., D
     assert b"[FAIL] MX: null MX" in done.stdout
 
 
-class _PolicyServer:
-    """HTTPS on ADDRESS:443 serving one MTA-STS policy (RFC 8461 §3.3), certificate from `ca`."""
-
-    def __init__(self, ca: Any, host: str, policy: str) -> None:
-        import http.server
-        import random
-        import ssl
-        import threading
-
-        body = policy.encode()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                found = self.path == "/.well-known/mta-sts.txt" and self.headers["Host"] == host
-                self.send_response(200 if found else 404)
-                self.send_header("Content-Type", "text/plain")
-                self.end_headers()
-                if found:
-                    self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        # A loopback address of its own: port 443 is fixed by RFC 8461.
-        self.address = (
-            f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
-        )
-        try:
-            self.httpd = http.server.HTTPServer((self.address, 443), Handler)
-        except OSError as exc:
-            pytest.skip(f"cannot listen on {self.address}:443: {exc}")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ca.issue_cert(host).configure_cert(context)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
-
 def test_mta_sts_policy_is_fetched_and_verified(
     keys: dict[str, dict[str, Any]],
     tmp_path: Path,
@@ -519,7 +477,7 @@ def test_mta_sts_policy_is_fetched_and_verified(
     tls_ca: Any,
     ca_file: Path,
 ) -> None:
-    policy = _PolicyServer(
+    policy = PolicyServer(
         tls_ca,
         "mta-sts.example.com",
         "version: STSv1\nmode: enforce\nmx: mail.example.com\nmax_age: 86400\n",

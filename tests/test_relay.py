@@ -508,13 +508,6 @@ def test_size_over_the_relay_limit(smtp_server_factory: Factory, tmp_path: Path)
     assert server.messages == []
 
 
-def test_direct_mode_is_refused_naming_the_key(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
-    config = make_config(tmp_path, smtp_server, delivery_mode="direct")
-    with pytest.raises(ConfigError) as info:
-        send(config)
-    assert info.value.exit_code == 78 and "delivery_mode" in info.value.what
-
-
 # -- logging -----------------------------------------------------------------------
 
 

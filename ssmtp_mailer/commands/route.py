@@ -54,17 +54,40 @@ def auth_text(route: DomainConfig) -> str:
 
 
 def server_text(route: DomainConfig) -> str:
+    direct = f"MX of each recipient domain, port {route.direct_port}"
     if route.delivery_mode == DeliveryMode.DIRECT:
-        return "MX of each recipient domain (direct delivery)"
+        return f"{direct} (direct delivery)"
     server = f"{route.smtp_server}:{route.smtp_port}"
     if route.delivery_mode == DeliveryMode.HYBRID:
-        server = f"MX of each recipient domain, then {server}"
+        server = f"{direct}; the relay {server} when they defer (hybrid)"
     return server
 
 
-def group_data(group: RouteGroup) -> dict[str, Any]:
+def direct_tls_text(route: DomainConfig) -> str:
+    if route.direct_tls.value == "verify":
+        return "STARTTLS with a verified certificate required (direct_tls = verify)"
+    return (
+        "STARTTLS when offered; certificate verified only under an MTA-STS enforce policy"
+        " (direct_tls = opportunistic)"
+    )
+
+
+def mx_preview(config: Config, plan: Plan) -> list[dict[str, str]]:
+    """Per group, the MX hosts a direct or hybrid route would try now (DNS lookups)."""
+    if all(g.route.delivery_mode == DeliveryMode.RELAY for g in plan.groups):
+        return [{} for _ in plan.groups]
+    from ssmtp_mailer.relay import direct
+
+    return [direct.preview(config, g.route, g.recipients) for g in plan.groups]
+
+
+def group_data(group: RouteGroup, mx: dict[str, str] | None = None) -> dict[str, Any]:
     route = group.route
+    direct = route.delivery_mode != DeliveryMode.RELAY
     return {
+        "mx": mx or {},
+        "direct_port": route.direct_port if direct else None,
+        "direct_tls": direct_tls_text(route) if direct else None,
         "route": route.name,
         "section": str(route.location),
         "server": route.smtp_server,
@@ -89,7 +112,10 @@ def verdict(plan: Plan) -> str:
     return "allowed"
 
 
-def plan_data(plan: Plan, recipients: list[str]) -> dict[str, Any]:
+def plan_data(
+    plan: Plan, recipients: list[str], mx: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    mx = mx or [{} for _ in plan.groups]
     return {
         "sender": {"given": plan.original_sender, "final": plan.sender},
         "recipients": recipients,
@@ -105,7 +131,7 @@ def plan_data(plan: Plan, recipients: list[str]) -> dict[str, Any]:
             for r in plan.rewrites
         ],
         "header_rewrites": dict(plan.address_rewrites),
-        "routes": [group_data(g) for g in plan.groups],
+        "routes": [group_data(g, m) for g, m in zip(plan.groups, mx, strict=True)],
         "policy": {
             "verdict": verdict(plan),
             "sender_rule": plan.sender_rule,
@@ -122,7 +148,8 @@ def plan_data(plan: Plan, recipients: list[str]) -> dict[str, Any]:
     }
 
 
-def plan_text(plan: Plan) -> list[str]:
+def plan_text(plan: Plan, mx: list[dict[str, str]] | None = None) -> list[str]:
+    mx = mx or [{} for _ in plan.groups]
     lines = [f"sender: {plan.original_sender or '<>'}"]
     if plan.sender != plan.original_sender:
         lines[0] += f" -> {plan.sender}"
@@ -144,10 +171,13 @@ def plan_text(plan: Plan) -> list[str]:
     if len(lines) and lines[-1] == "header changes:":
         lines.append("  none")
     lines.append("routes:")
-    for group in plan.groups:
+    for group, hosts in zip(plan.groups, mx, strict=True):
         route = group.route
         lines.append(f"  [domain:{route.name}] {route.location}")
         lines.append(f"    server: {server_text(route)}")
+        lines.extend(f"    MX {domain}: {text}" for domain, text in hosts.items())
+        if route.delivery_mode != DeliveryMode.RELAY:
+            lines.append(f"    direct tls: {direct_tls_text(route)}")
         if route.fallback_servers:
             lines.append(f"    fallback: {', '.join(str(f) for f in route.fallback_servers)}")
         lines.append(f"    tls: {tls_mode(route)}")
@@ -216,10 +246,11 @@ def route_command(as_json: bool, sender: str | None, recipients: tuple[str, ...]
     config = load()
     wanted = [part for item in recipients for part in item.split(",") if part.strip()]
     plan, to = route_plan(config, sender, wanted)
+    mx = mx_preview(config, plan)
     if as_json:
-        print_json(plan_data(plan, to))
+        print_json(plan_data(plan, to, mx))
     else:
-        click.echo("\n".join(plan_text(plan)))
+        click.echo("\n".join(plan_text(plan, mx)))
     error = refusal_error(plan)
     if error is not None:
         raise error

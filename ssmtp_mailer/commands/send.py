@@ -155,20 +155,23 @@ def _parse_headers(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 def _render_dry_run(config: Config, prepared: PreparedMessage, as_json: bool) -> None:
     """What would be sent: each transaction's route, envelope and final message (SPEC §4)."""
     from ssmtp_mailer import rewrite
+    from ssmtp_mailer.commands.route import mx_preview, server_text
     from ssmtp_mailer.message import apply_group_headers
 
     plan = rewrite.plan_delivery(config, prepared.sender, prepared.recipients)
+    mx = mx_preview(config, plan)
     transactions = [
         {
             "route": group.route.name,
-            "server": f"{group.route.smtp_server}:{group.route.smtp_port}",
+            "server": server_text(group.route),
+            "mx": mx[index],
             "envelope_from": group.envelope_from,
             "recipients": list(group.recipients),
             "message": apply_group_headers(prepared, plan, group)
             .decode("utf-8", "replace")
             .replace("\r\n", "\n"),
         }
-        for group in plan.groups
+        for index, group in enumerate(plan.groups)
     ]
     refused = [{"address": r.address, "reason": r.reason} for r in plan.refused]
     if as_json:
@@ -193,6 +196,9 @@ def _render_dry_run(config: Config, prepared: PreparedMessage, as_json: bool) ->
         for recipient in transaction["recipients"]:
             click.echo(f"Envelope-To: <{recipient}>")
         click.echo(f"Route: [domain:{transaction['route']}] {transaction['server']}")
+        hosts: dict[str, str] = transaction["mx"]  # type: ignore[assignment]
+        for domain, text in hosts.items():
+            click.echo(f"MX {domain}: {text}")
         click.echo("")
         click.echo(transaction["message"], nl=False)
 

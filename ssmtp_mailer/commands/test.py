@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ssmtp_mailer.commands.common import common_options, json_option, load, print_json, settings
+from ssmtp_mailer.commands.route import server_text
 from ssmtp_mailer.config.model import Config, DomainConfig
 from ssmtp_mailer.errors import ConfigError, UsageError
 
@@ -49,7 +50,7 @@ def test_command(domain: str | None, to: str | None, as_json: bool) -> int:
     reports = []
     for route in _routes(config, domain):
         if not as_json:
-            click.echo(f"[domain:{route.name}] {route.smtp_server}:{route.smtp_port}")
+            click.echo(f"[domain:{route.name}] {server_text(route)}")
         report = diagnose.check_route(config, route, to=to, transcript=record if verbose else None)
         reports.append(report)
         if not as_json:

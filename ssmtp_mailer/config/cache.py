@@ -23,6 +23,7 @@ from ssmtp_mailer import __version__, paths
 from ssmtp_mailer.config.model import (
     AuthMethod,
     DeliveryMode,
+    DirectTls,
     DkimAlgorithm,
     DomainConfig,
     HostPort,
@@ -239,6 +240,7 @@ def _encode(sections: Sections) -> dict[str, Any]:
         row["fallback_servers"] = [[h.host, h.port] for h in d.fallback_servers]
         row["auth_method"] = d.auth_method.value
         row["delivery_mode"] = d.delivery_mode.value
+        row["direct_tls"] = d.direct_tls.value
         row["dkim_algorithm"] = d.dkim_algorithm.value
         for key in _DOMAIN_PATHS:
             value = row[key]
@@ -287,6 +289,7 @@ def _decode(data: dict[str, Any]) -> Sections:
         row["fallback_servers"] = tuple(HostPort(*h) for h in row["fallback_servers"])
         row["auth_method"] = AuthMethod(row["auth_method"])
         row["delivery_mode"] = DeliveryMode(row["delivery_mode"])
+        row["direct_tls"] = DirectTls(row.get("direct_tls", DirectTls.OPPORTUNISTIC.value))
         row["dkim_algorithm"] = DkimAlgorithm(row["dkim_algorithm"])
         for key in _DOMAIN_PATHS:
             if row[key] is not None:

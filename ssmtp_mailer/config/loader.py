@@ -17,6 +17,7 @@ from ssmtp_mailer.config.model import (
     AuthMethod,
     Config,
     DeliveryMode,
+    DirectTls,
     DkimAlgorithm,
     DomainConfig,
     GlobalConfig,
@@ -92,6 +93,8 @@ DOMAIN_KEYS: dict[str, Parser] = {
     "allow_plaintext_auth": v.parse_bool,
     "helo_name": v.parse_hostname,
     "delivery_mode": v.enum_parser(DeliveryMode),
+    "direct_port": v.parse_port,
+    "direct_tls": v.enum_parser(DirectTls),
     "dkim_selector": v.parse_selectors,
     "dkim_key_file": v.parse_list,
     "dkim_algorithm": v.enum_parser(DkimAlgorithm),
@@ -499,6 +502,11 @@ def _build_domain(section: RawSection, gconf: GlobalConfig, report: _Report) -> 
     mode = vals.get("delivery_mode", DeliveryMode.RELAY)
     if vals.get("enabled", True) and mode != DeliveryMode.DIRECT and "smtp_server" not in vals:
         report.errors.append(f"{at}: smtp_server: required for a relay route, not set")
+    for key in ("direct_port", "direct_tls"):
+        if key in vals and mode == DeliveryMode.RELAY:
+            report.warnings.append(
+                f"{where(key)}: {key}: used only with delivery_mode = direct or hybrid"
+            )
     if "password" in vals and "password_command" in vals:
         report.errors.append(
             f"{where('password_command')}: password_command: set together with password"

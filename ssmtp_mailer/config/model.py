@@ -27,6 +27,11 @@ class DeliveryMode(str, enum.Enum):
     HYBRID = "hybrid"
 
 
+class DirectTls(str, enum.Enum):
+    OPPORTUNISTIC = "opportunistic"
+    VERIFY = "verify"
+
+
 class TempFailurePolicy(str, enum.Enum):
     QUEUE = "queue"
     FAIL = "fail"
@@ -121,6 +126,8 @@ class DomainConfig(NamedTuple):
     allow_plaintext_auth: bool = False
     helo_name: str = ""
     delivery_mode: DeliveryMode = DeliveryMode.RELAY
+    direct_port: int = 25
+    direct_tls: DirectTls = DirectTls.OPPORTUNISTIC
     dkim_selector: tuple[str, ...] = ()
     dkim_key_file: tuple[Path, ...] = ()
     dkim_algorithm: DkimAlgorithm = DkimAlgorithm.AUTO

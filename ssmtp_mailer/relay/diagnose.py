@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 from email.utils import formatdate, make_msgid
 from typing import Any
 
-from ssmtp_mailer.config.model import Config, DomainConfig
-from ssmtp_mailer.errors import EX_UNAVAILABLE, MailerError
+from ssmtp_mailer.config.model import Config, DeliveryMode, DomainConfig
+from ssmtp_mailer.errors import (
+    EX_NOHOST,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    ConfigError,
+    MailerError,
+    TempFailError,
+)
 from ssmtp_mailer.relay import engine, hints
 from ssmtp_mailer.relay.smtp import (
     Endpoint,
@@ -170,6 +177,8 @@ def _peek_certificate(endpoint: Endpoint, transcript: Transcript | None) -> dict
 def sample_message(config: Config, route: DomainConfig, sender: str, to: str) -> bytes:
     """A small plain-text test message with CRLF line ends."""
     server = f"{route.smtp_server}:{route.smtp_port}"
+    if route.delivery_mode == DeliveryMode.DIRECT:
+        server = f"direct to the MX on port {route.direct_port}"
     lines = [
         f"From: ssmtp-mailer test <{sender}>",
         f"To: <{to}>",
@@ -204,8 +213,22 @@ def check_route(
     transcript: Transcript | None = None,
 ) -> RouteReport:
     """Run every check for one route and return the report (never raises a MailerError)."""
+    if route.delivery_mode != DeliveryMode.RELAY:
+        report = check_direct(config, route, to=to, transcript=transcript)
+        if route.delivery_mode == DeliveryMode.DIRECT or not report.ok:
+            if to is not None and report.ok:
+                _send_test(config, route, to, report, transcript)
+            return report
+        relay = check_route(
+            config, route._replace(delivery_mode=DeliveryMode.RELAY), transcript=transcript
+        )
+        report.steps += [dataclasses.replace(s, name=f"relay {s.name}") for s in relay.steps]
+        report.exit_code = relay.exit_code
+        report.fingerprint = relay.fingerprint
+        if to is not None and report.ok:
+            _send_test(config, route, to, report, transcript)
+        return report
     try:
-        engine.check_mode(route)
         server = engine.servers_of(route)[0]
         endpoint = engine.make_endpoint(config, route, server)
     except MailerError as exc:
@@ -225,6 +248,117 @@ def check_route(
     return report
 
 
+def check_direct(
+    config: Config,
+    route: DomainConfig,
+    *,
+    to: str | None = None,
+    transcript: Transcript | None = None,
+) -> RouteReport:
+    """A direct route: the MX lookup, then port reachability and STARTTLS of each MX host.
+
+    The domain is that of `to`, else the route's own name (a sender domain receives mail
+    too: its MX is a fair sample of the path out).
+    """
+    from ssmtp_mailer import spf
+    from ssmtp_mailer.relay import direct
+
+    domain = direct.domain_of(to) if to else route.name
+    report = RouteReport(route.name, f"MX of {domain}:{route.direct_port}")
+    if "." not in domain or "*" in domain:
+        report.fail(
+            "configuration",
+            ConfigError(
+                f"[domain:{route.name}]",
+                "a direct route is checked against a recipient domain's MX",
+                hint="name one: ssmtp-mailer test --domain NAME --to someone@example.com",
+            ),
+        )
+        return report
+    try:
+        lookups = direct.Lookups(config)
+        plan = direct.plan_domain(lookups, route, domain)
+    except spf.TempError as exc:
+        report.fail("DNS", TempFailError(domain, f"MX lookup failed: {exc}"))
+        return report
+    except MailerError as exc:
+        report.fail("configuration", exc)
+        return report
+    resolvers = ", ".join(lookups.resolver.names)
+    if plan.refusal is not None:
+        report.add(Step("DNS", False, f"{plan.refusal} (asked {resolvers})"))
+        report.exit_code = EX_UNAVAILABLE
+        return report
+    report.add(Step("DNS", True, f"{domain}: {direct.hosts_text(plan)} (asked {resolvers})"))
+    if not plan.hosts:
+        report.fail("MX", TempFailError(domain, "no MX host to try"))
+        return report
+    required = direct.tls_requirement(route, plan)
+    reachable = 0
+    for host in plan.hosts:
+        for address in (host.addresses or ())[:1]:
+            endpoint = direct.endpoint_for(config, route, host, address, required is not None)
+            if _mx_session(report, endpoint, required, transcript):
+                reachable += 1
+    if not reachable and report.exit_code == 0:
+        report.exit_code = EX_TEMPFAIL
+    return report
+
+
+def _mx_session(
+    report: RouteReport, endpoint: Endpoint, required: str | None, transcript: Transcript | None
+) -> bool:
+    """TCP, banner, EHLO and STARTTLS at one MX address; True when it would take mail."""
+    started = time.monotonic()
+    name = endpoint.label
+    try:
+        with socket.create_connection(
+            (endpoint.address or endpoint.host, endpoint.port), endpoint.connect_timeout
+        ):
+            took = time.monotonic() - started
+    except OSError as exc:
+        timed_out = isinstance(exc, TimeoutError)
+        why = "timed out" if timed_out else (exc.strerror or str(exc))
+        hint = hints.DIRECT_PORT25_BLOCKED if timed_out and endpoint.port == 25 else None
+        report.add(Step(f"{name} TCP", False, why, hint))
+        return False
+    report.add(Step(f"{name} TCP", True, f"connected ({_ms(took)})"))
+    conn = RelayConnection(endpoint, transcript)
+    try:
+        conn.open()
+    except RelayFailure as failure:
+        conn.close_quietly()
+        report.add(Step(f"{name} SMTP", False, failure.error.why, failure.error.hint))
+        if failure.stage in ("TLS", "STARTTLS") and required:
+            report.steps[-1].detail += f" (TLS is required: {required})"
+        return False
+    encrypted = conn.encrypted
+    conn.close_quietly()
+    report.add(Step(f"{name} banner", True, conn.banner))
+    if encrypted:
+        cert = describe_certificate(conn.peer_der or b"", conn.peer_cert)
+        how = f"certificate verified ({required})" if required else "certificate not checked"
+        report.add(
+            Step(
+                f"{name} STARTTLS",
+                True,
+                f"{conn.tls_version}, {conn.cipher}; {how}; subject {cert['subject'] or '?'};"
+                f" issuer {cert['issuer'] or '?'}",
+                data=cert,
+            )
+        )
+    else:
+        report.add(
+            Step(
+                f"{name} STARTTLS",
+                True,
+                "not offered: mail to this host goes unencrypted",
+                "nothing to fix on your side; direct_tls = verify would refuse such hosts",
+            )
+        )
+    return True
+
+
 def _dns_and_tcp(report: RouteReport, endpoint: Endpoint) -> bool:
     started = time.monotonic()
     try:
@@ -239,7 +373,7 @@ def _dns_and_tcp(report: RouteReport, endpoint: Endpoint) -> bool:
                 "check smtp_server" + ("" if not temporary else " and the resolver"),
             )
         )
-        report.exit_code = 75 if temporary else 68
+        report.exit_code = EX_TEMPFAIL if temporary else EX_NOHOST
         return False
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     took = time.monotonic() - started
@@ -255,7 +389,7 @@ def _dns_and_tcp(report: RouteReport, endpoint: Endpoint) -> bool:
         if isinstance(exc, ConnectionRefusedError):
             hint = "nothing listens there: check smtp_port (587 STARTTLS, 465 implicit TLS)"
         report.add(Step("TCP connect", False, f"{endpoint.label}: {why}", hint))
-        report.exit_code = 75
+        report.exit_code = EX_TEMPFAIL
         return False
     report.add(Step("TCP connect", True, f"{endpoint.label} ({_ms(took)})"))
     return True

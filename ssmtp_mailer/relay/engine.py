@@ -38,6 +38,7 @@ class DeliveryResult(NamedTuple):
     tls: str | None = None
     auth_user: str | None = None
     attempts: int = 1
+    path: str = "relay"  # or "direct", or "direct+relay" (hybrid, SPEC §6 log)
 
     @property
     def deferred(self) -> tuple[str, ...]:
@@ -140,17 +141,6 @@ class Credentials:
         return self._password
 
 
-def check_mode(route: DomainConfig) -> None:
-    """Refuse MX delivery modes: this version sends only through smtp_server (SPEC §6 relay)."""
-    if route.delivery_mode != DeliveryMode.RELAY:
-        raise ConfigError(
-            f"{route.location}: [domain:{route.name}] delivery_mode",
-            f"{route.delivery_mode.value}: this version delivers only through a relay"
-            " (smtp_server), not to MX hosts",
-            hint="set delivery_mode = relay and smtp_server to your relay",
-        )
-
-
 def warn_unverified(config: Config, route: DomainConfig) -> None:
     """tls_verify = false is allowed, but never silently."""
     if (route.use_ssl or route.use_starttls) and not route.tls_verify and not route.tls_fingerprint:
@@ -202,15 +192,65 @@ def deliver(
     the wait for a rate-limit slot; None waits as long as the limit needs (the runner).
     """
     route = group.route
-    check_mode(route)
+    flags = _Flags(smtputf8, eightbit, dsn)
+    if route.delivery_mode != DeliveryMode.RELAY:
+        with with_pool(pool, config.global_.connection_reuse_idle) as connections:
+            return _deliver_direct(
+                config, group, data, record, flags, transcript, rate_wait, connections
+            )
     servers = servers_of(route)
     warn_unverified(config, route)
     _rate_limit(config, route, rate_wait)
-    flags = _Flags(smtputf8, eightbit, dsn)
     with with_pool(pool, config.global_.connection_reuse_idle) as connections:
         return _deliver(
             config, group, data, servers, record, flags, transcript, retries, connections
         )
+
+
+def _deliver_direct(
+    config: Config,
+    group: RouteGroup,
+    data: bytes | bytearray,
+    record: DeliveryLog,
+    flags: _Flags,
+    transcript: Transcript | None,
+    rate_wait: float | None,
+    pool: ConnectionPool,
+) -> DeliveryResult:
+    """SPEC §6 direct delivery; a hybrid route's relay takes what the MX hosts deferred.
+
+    MX connections come from `pool` too: the queue runner's entries for one MX share one.
+    """
+    from ssmtp_mailer.relay import direct
+
+    route = group.route
+    _rate_limit(config, route, rate_wait)
+
+    def send(endpoint: Endpoint, part: RouteGroup, notes: Transcript | None) -> DeliveryResult:
+        # No login: a hybrid route's credentials are for its relay, never for an MX.
+        try:
+            sent = pool.send(
+                endpoint, None, part.envelope_from, part.recipients, data,
+                smtputf8=flags.smtputf8, eightbit=flags.eightbit, dsn=flags.dsn,
+                transcript=notes,
+            )  # fmt: skip
+        except RelayFailure as failure:
+            record.tls = failure.tls
+            raise
+        return _result(route, endpoint, sent, 1)._replace(path="direct")
+
+    relay = None
+    if route.delivery_mode == DeliveryMode.HYBRID:
+        servers = servers_of(route)
+
+        def relay(recipients: tuple[str, ...]) -> DeliveryResult:
+            warn_unverified(config, route)
+            part = group._replace(recipients=recipients)
+            return _deliver(config, part, data, servers, record, flags, transcript, 0, pool)
+
+    return direct.deliver(
+        config, group, data, record=record, send=send, relay=relay, transcript=transcript
+    )
 
 
 def _deliver(
@@ -333,6 +373,7 @@ class DeliveryLog:
         self.relay = ""
         self.reply = ""
         self.tls: str | None = None
+        self.path = "relay"
 
     def _write(self, **fields: object) -> None:
         group = self.group
@@ -341,6 +382,7 @@ class DeliveryLog:
             "sender": group.envelope_from,
             "recipients": group.recipients,
             "route": group.route.name,
+            "path": self.path,
             "relay": self.relay,
             "tls": self.tls,
             "auth_user": None,
@@ -352,6 +394,7 @@ class DeliveryLog:
 
     def sent(self, result: DeliveryResult, exit_code: int) -> None:
         self._write(
+            path=result.path,
             relay=result.server,
             tls=result.tls,
             auth_user=result.auth_user,

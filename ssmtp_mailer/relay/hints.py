@@ -18,6 +18,11 @@ PORT25_BLOCKED = (
     "many cloud providers (OCI, AWS, GCP, Azure) block outbound port 25: use the submission"
     " port 587 (STARTTLS) or 465 (use_ssl = true)"
 )
+DIRECT_PORT25_BLOCKED = (
+    "outbound port 25 looks blocked: many cloud providers (OCI, AWS, GCP, Azure) block it;"
+    " ask the provider to open it, or send through a relay on port 587 (delivery_mode ="
+    " relay, or hybrid to fall back to it)"
+)
 CERTIFICATE = (
     "if the relay uses a private CA set ssl_ca_file = /path/to/ca.pem; for a self-signed"
     " certificate pin it with tls_fingerprint (`ssmtp-mailer test` prints the value)"

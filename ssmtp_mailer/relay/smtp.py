@@ -116,10 +116,16 @@ class Endpoint(NamedTuple):
     connect_timeout: float
     read_timeout: float
     write_timeout: float
+    # Direct delivery (relay/direct.py): the MX host's address from our own lookup, so
+    # `host` is only the name TLS checks; and STARTTLS only when the MX offers it.
+    address: str | None = None
+    starttls_optional: bool = False
 
     @property
     def label(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.address is not None:
+            host += f"[{self.address}]"
         return f"{host}:{self.port}"
 
 
@@ -304,7 +310,7 @@ class RelayConnection(SMTPClient):
 
     def _get_socket(self, host: str, port: int) -> socket.socket:
         # The resolver takes bytes too (typeshed says str only).
-        address = (_ascii_or_idn(host), port)
+        address = (self.endpoint.address or _ascii_or_idn(host), port)
         sock = socket.create_connection(address, self.endpoint.connect_timeout)  # type: ignore[arg-type]
         # Without it, Nagle holds the final ".\r\n" until the peer's delayed ACK (~40 ms).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -370,7 +376,7 @@ class RelayConnection(SMTPClient):
         try:
             self._greet()
             self.features_before_tls = dict(self.esmtp_features)
-            if ep.starttls:
+            if ep.starttls and (self.has_extn("starttls") or not ep.starttls_optional):
                 self._starttls()
                 self._greet()
         except RelayFailure:
