@@ -14,7 +14,12 @@ from ssmtp_mailer.errors import UsageError
 # name -> (module, attribute, one-line help); loaded only when the command runs.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "config": ("ssmtp_mailer.commands.config", "config_group", "Check, show, import the config."),
-    "password": ("ssmtp_mailer.commands.password", "password_group", "Keyring passwords."),
+    "password": (
+        "ssmtp_mailer.commands.password",
+        "password_group",
+        "Keyring passwords; hashes for the listener's AUTH.",
+    ),
+    "listen": ("ssmtp_mailer.commands.listen", "listen_command", "Run the SMTP listener."),
     "test": ("ssmtp_mailer.commands.test", "test_command", "Check the relay routes step by step."),
     "route": ("ssmtp_mailer.commands.route", "route_command", "Explain how mail is routed."),
     "queue": ("ssmtp_mailer.commands.queue", "queue_group", "List, show, run and clean the spool."),

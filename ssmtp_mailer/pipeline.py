@@ -152,9 +152,13 @@ def submit(
     *,
     transcript: Callable[[str], None] | None = None,
     report: Callable[[str], None] = errors.report,
+    run_queue: bool = True,
+    retries: int = 0,
     pool: ConnectionPool | None = None,
 ) -> SubmitResult:
     """Route, fix headers per group and deliver; each problem is reported as one line.
+
+    `retries`: the engine's quick retries, for the listener's workers only (SPEC §6).
 
     Errors about the whole message (sender refused by policy, no route) are raised. The
     prepared message's buffer is reused for the last group's headers: read it before, not after.
@@ -204,6 +208,7 @@ def submit(
                 dsn=this.dsn,
                 transcript=transcript,
                 rate_wait=config.global_.rate_limit_wait,
+                retries=retries,
                 pool=connections,
             )
         except MailerError as exc:
@@ -226,7 +231,8 @@ def submit(
     if pool is None:
         # QUIT only now: every group's outcome is known and logged before it is sent.
         connections.close()
-    if any(o.result is not None and o.result.accepted for o in outcomes):
+    # The listener runs the queue itself (run_queue=False): one runner, not one per message.
+    if run_queue and any(o.result is not None and o.result.accepted for o in outcomes):
         start_queue_runner(config)
     return SubmitResult(code, prepared.message_id, plan, tuple(outcomes), tuple(problems))
 

@@ -540,3 +540,33 @@ def plan_delivery(config: Config, sender: str, recipients: Sequence[str]) -> Pla
             "; ".join(f"{r.address}: {r.reason} ({r.rule})" for r in plan.refused),
         )
     return plan
+
+
+def accepts_from_anywhere(config: Config, recipient: str) -> bool:
+    """SPEC §8: a recipient any client may write to (a mapping's from_pattern, a [user:] that
+    may receive), so the listener relays for it without being an open relay."""
+    index = _index(config)
+    if addr.is_valid_address(recipient) and index.mappings.match(recipient) is not None:
+        return True
+    user = _user_for(index, recipient)
+    return user is not None and user.enabled and user.can_send_to
+
+
+def user_of(config: Config, address: str) -> UserConfig | None:
+    """The first `[user:]` whose pattern matches `address`."""
+    return _user_for(_index(config), address)
+
+
+def user_for_login(config: Config, login: str) -> UserConfig | None:
+    """The enabled `[user:]` with an `smtp_password_hash` whose address is `login` exactly."""
+    wanted = login.lower()
+    for user in config.users:
+        if user.smtp_password_hash and user.enabled and user.address.lower() == wanted:
+            return user
+    return None
+
+
+def user_allows_sender(config: Config, user: UserConfig, sender: str) -> bool:
+    """True when `sender` is the `[user:]`'s own address or one its pattern covers."""
+    items = [(pat.parse_pattern(user.address), None)]
+    return pat.PatternIndex(items, config.global_.default_hostname).match(sender) is not None

@@ -6,17 +6,19 @@ Kept free of click and of every heavy import: programs run this once per message
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ssmtp_mailer import __version__
-from ssmtp_mailer.errors import PROG, DataError, MailerError, StreamError, UsageError, report
+from ssmtp_mailer.errors import PROG, DataError, MailerError, StreamError, UsageError
 
 if TYPE_CHECKING:
     from typing import BinaryIO, TextIO
 
-    from ssmtp_mailer.config.model import Config
+    from ssmtp_mailer.config.model import Config, GlobalConfig
+    from ssmtp_mailer.message import PreparedMessage
     from ssmtp_mailer.relay.pool import ConnectionPool
 
 # Flags that take a value, attached (-fADDR) or as the next argument (-f ADDR).
@@ -249,11 +251,47 @@ def read_message(stream: BinaryIO, *, dot_ends: bool, limit: int) -> bytearray:
 def deliver_stdin(parsed: SendmailArgs, config: Config, stream: BinaryIO) -> int:
     """-bm: read, prepare, submit; returns the SPEC §9 exit code."""
     from ssmtp_mailer import pipeline
+
+    prepared = _prepare_stdin(parsed, config.global_, stream)
+    if os.geteuid() != 0 and _needs_submission(config):
+        from ssmtp_mailer import submit
+
+        # This user may not write the queue: the system takes the message (SPEC §8).
+        spool = config.global_.spool_dir
+        return submit.submit(config.global_, spool, prepared, bytes(prepared.data))
+    return pipeline.submit(config, prepared, transcript=_transcript(parsed)).exit_code
+
+
+def _needs_submission(config: Config) -> bool:
+    from ssmtp_mailer import submit
+
+    return submit.needs_submission(config)
+
+
+def submit_stdin(parsed: SendmailArgs, g: GlobalConfig | None, stream: BinaryIO) -> int:
+    """-bm for a user who cannot read the configuration: local submission (SPEC §8)."""
+    from ssmtp_mailer import submit
+
+    prepared = _prepare_stdin(parsed, g, stream)
+    return submit.submit(g, submit.submission_spool(g), prepared, bytes(prepared.data))
+
+
+def _prepare_stdin(
+    parsed: SendmailArgs, g: GlobalConfig | None, stream: BinaryIO
+) -> PreparedMessage:
     from ssmtp_mailer.message import Intake, parse_dsn, prepare
 
-    g = config.global_
+    if g is None:
+        from ssmtp_mailer.config.loader import _login_name, _system_hostname
+        from ssmtp_mailer.config.model import GlobalConfig as Defaults
+
+        hostname = _system_hostname()
+        limit: int = Defaults._field_defaults["max_message_size"]
+        default_from = f"{_login_name()}@{hostname}"
+    else:
+        hostname, default_from, limit = g.default_hostname, g.default_from, g.max_message_size
     dsn = parse_dsn(parsed.dsn_notify, parsed.dsn_ret, parsed.dsn_envid)
-    raw = read_message(stream, dot_ends=not parsed.ignore_dots, limit=g.max_message_size)
+    raw = read_message(stream, dot_ends=not parsed.ignore_dots, limit=limit)
     intake = Intake(
         recipients=tuple(parsed.recipients),
         envelope_from=parsed.sender,
@@ -262,15 +300,9 @@ def deliver_stdin(parsed: SendmailArgs, config: Config, stream: BinaryIO) -> int
         dot_ends_input=not parsed.ignore_dots,
         dsn=dsn,
     )
-    prepared = prepare(
-        raw,
-        intake,
-        hostname=g.default_hostname,
-        default_from=g.default_from,
-        max_size=g.max_message_size,
-    )
+    prepared = prepare(raw, intake, hostname=hostname, default_from=default_from, max_size=limit)
     del raw
-    return pipeline.submit(config, prepared, transcript=_transcript(parsed)).exit_code
+    return prepared
 
 
 def run_sendmail(args: list[str]) -> int:
@@ -285,7 +317,24 @@ def run_sendmail(args: list[str]) -> int:
     if parsed.mode == "newaliases":
         print(NEWALIASES_NOTE, file=sys.stderr)
         return 0
-    config = _load(parsed)
+    try:
+        config = _load(parsed)
+    except MailerError as exc:
+        from ssmtp_mailer.config.loader import UnreadableConfigError
+
+        # Only permission stood in the way: hand the message to the system (SPEC §8).
+        if not isinstance(exc, UnreadableConfigError) or os.geteuid() == 0:
+            raise
+        if parsed.mode == "smtp":
+            from ssmtp_mailer import submit
+
+            spool_dir = submit.submission_spool(exc.global_)
+            instream, outstream = _standard(sys.stdin, "input"), _standard(sys.stdout, "output")
+            outstream.flush()
+            return submit.relay_session(spool_dir, instream.fileno(), outstream.fileno())
+        if parsed.mode != "deliver":
+            raise
+        return submit_stdin(parsed, exc.global_, _standard(sys.stdin, "input").buffer)
     if parsed.mode in ("queue", "smtp"):
         gc.enable()  # these handle many messages in one process (see entry.script)
     if parsed.mode == "list":
@@ -313,28 +362,7 @@ def _standard(stream: TextIO | None, which: str) -> TextIO:
 
 # -- -bs: an SMTP session on stdin/stdout --------------------------------------------
 
-# SPEC §9 exit code -> reply to the final "." (or to MAIL/RCPT when decided early).
-_REPLIES: dict[int, tuple[int, str]] = {
-    64: (553, "5.1.3"),
-    65: (554, "5.6.0"),
-    67: (550, "5.1.1"),
-    68: (451, "4.4.0"),
-    69: (554, "5.0.0"),
-    70: (451, "4.3.0"),
-    73: (451, "4.3.0"),
-    75: (451, "4.4.1"),
-    76: (554, "5.7.0"),
-    77: (550, "5.7.1"),
-    78: (451, "4.3.5"),
-}
 _MAX_COMMAND = 4096
-
-
-def reply_for(code: int, text: str) -> str:
-    """The SMTP reply line for a sysexit code and a human reason."""
-    smtp, enhanced = _REPLIES.get(code, (451, "4.3.0"))
-    text = " ".join(text.split())[:400] or "failed"
-    return f"{smtp} {enhanced} {text}"
 
 
 def _path_argument(argument: str, keyword: str) -> tuple[str, list[str]] | None:
@@ -458,6 +486,7 @@ class SMTPSession:
         self.reply("502 5.5.1 EXPN not available")
 
     def smtp_MAIL(self, argument: str) -> None:
+        from ssmtp_mailer import dialect
         from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify
 
         if self.sender is not None:
@@ -476,7 +505,7 @@ class SMTPSession:
                     self.reply("501 5.5.4 Bad SIZE parameter")
                     return
                 if int(value) > self.config.global_.max_message_size:
-                    self.reply("552 5.3.4 Message size exceeds fixed maximum message size")
+                    self.reply(dialect.TOO_BIG)
                     return
             elif key == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
                 continue
@@ -488,10 +517,10 @@ class SMTPSession:
             self.reply(f"553 5.1.7 Bad sender address syntax: {address}")
             return
         self.sender = sender
-        self.reply("250 2.1.0 OK")
+        self.reply(dialect.MAIL_OK)
 
     def smtp_RCPT(self, argument: str) -> None:
-        from ssmtp_mailer import rewrite
+        from ssmtp_mailer import dialect
         from ssmtp_mailer.addresses import address_problem, qualify
 
         if self.sender is None:
@@ -505,20 +534,16 @@ class SMTPSession:
         if address_problem(recipient):
             self.reply(f"553 5.1.3 Bad recipient address syntax: {parsed[0]}")
             return
-        # Policy is decided per recipient here, so that DATA's reply concerns delivery only.
-        try:
-            plan = rewrite.plan_delivery(self.config, self.sender, [recipient])
-        except MailerError as exc:
-            self.reply(reply_for(exc.exit_code, exc.why))
-            return
-        if plan.refused:
-            refusal = plan.refused[0]
-            self.reply(reply_for(77, f"<{recipient}>: {refusal.reason}"))
+        refusal = dialect.recipient_reply(self.config, self.sender, recipient)
+        if refusal is not None:
+            self.reply(refusal)
             return
         self.recipients.append(recipient)
-        self.reply("250 2.1.5 OK")
+        self.reply(dialect.RCPT_OK)
 
     def smtp_DATA(self, argument: str) -> None:
+        from ssmtp_mailer import dialect
+
         if self.sender is None:
             self.reply("503 5.5.1 Need MAIL command")
             return
@@ -544,32 +569,13 @@ class SMTPSession:
         sender, recipients = self.sender, self.recipients
         self.reset()
         if size > limit:
-            self.reply("552 5.3.4 Message size exceeds fixed maximum message size")
+            self.reply(dialect.TOO_BIG)
             return
         self.reply(self._deliver(b"".join(chunks), sender, recipients))
 
     def _deliver(self, raw: bytes, sender: str, recipients: list[str]) -> str:
-        from ssmtp_mailer import pipeline
-        from ssmtp_mailer.message import Intake, prepare
+        from ssmtp_mailer import dialect
 
-        g = self.config.global_
-        try:
-            prepared = prepare(
-                raw,
-                Intake(recipients=tuple(recipients), envelope_from=sender or "<>"),
-                hostname=self.hostname,
-                default_from=g.default_from,
-                max_size=g.max_message_size,
-            )
-            result = pipeline.submit(
-                self.config, prepared, transcript=self.transcript, pool=self.connections
-            )
-        except MailerError as exc:
-            report(f"{exc.what}: {exc.why}")
-            return reply_for(exc.exit_code, exc.why)
-        except Exception as exc:  # a bug: the session goes on, the client may retry
-            report(f"internal error: {type(exc).__name__}: {exc}")
-            return reply_for(70, "internal error")
-        if result.exit_code == 0:
-            return f"250 2.0.0 OK {prepared.message_id}"
-        return reply_for(result.exit_code, result.summary)
+        return dialect.deliver_data(
+            self.config, raw, sender, recipients, transcript=self.transcript, pool=self.connections
+        )

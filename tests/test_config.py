@@ -96,7 +96,7 @@ def test_defaults_are_filled_in(tmp_path: Path) -> None:
         3,
     )
     assert g.on_temporary_failure is TempFailurePolicy.QUEUE
-    assert g.listen_address == HostPort("127.0.0.1", 25)
+    assert g.listen_address == (HostPort("127.0.0.1", 25),)
     assert g.allowed_networks == ("127.0.0.0/8", "::1/128")
     d = config.domains["example.com"]
     assert (d.smtp_port, d.use_starttls, d.tls_verify, d.helo_name) == (
@@ -488,7 +488,7 @@ def test_show_writes_host_ports_as_text(capsys: pytest.CaptureFixture[str], tmp_
     code, out, _ = run(capsys, "config", "show", "--format", "json", "--config", str(conf))
     assert code == 0
     data = json.loads(out)
-    assert data["global"]["listen_address"] == "[::1]:2525"
+    assert data["global"]["listen_address"] == ["[::1]:2525"]
     assert data["domain"]["example.com"]["fallback_servers"] == [
         "b.example:2525",
         "[2001:db8::1]:25",

@@ -418,6 +418,8 @@ SENDMAIL_PATH_MODULES = frozenset(
         "ssmtp_mailer.relay.engine", "ssmtp_mailer.relay.failures", "ssmtp_mailer.relay.hints", "ssmtp_mailer.relay.pool",
         "ssmtp_mailer.relay.ratelimit", "ssmtp_mailer.relay.smtp",
         "ssmtp_mailer.relay.wire", "ssmtp_mailer.rewrite", "ssmtp_mailer.sendmail",
+        # A user who is not root checks whether the queue is theirs to write (SPEC §8).
+        "ssmtp_mailer.submit",
     }
 )  # fmt: skip
 

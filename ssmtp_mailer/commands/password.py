@@ -1,4 +1,5 @@
-"""`ssmtp-mailer password set|delete NAME`: route passwords in the system keyring."""
+"""`ssmtp-mailer password set|delete NAME`: route passwords in the system keyring;
+`password hash`: an `smtp_password_hash` for AUTH to the listener."""
 
 from __future__ import annotations
 
@@ -58,3 +59,19 @@ def delete_password(name: str) -> int:
         )
     click.echo(f"deleted the password for [domain:{key}] from the keyring")
     return 0
+
+
+@password_group.command("hash")
+@common_options
+def hash_password() -> None:
+    """Prompt for a password without echo (or read one line from stdin) and print its
+    scrypt hash, for `smtp_password_hash` in a [user:] section."""
+    from ssmtp_mailer import passhash
+
+    if sys.stdin.isatty():
+        secret = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret:
+        raise UsageError("password hash", "empty password, nothing to hash")
+    click.echo(passhash.hash_password(secret))

@@ -62,8 +62,13 @@ GLOBAL_KEYS: dict[str, Parser] = {
     "dns_servers": v.parse_nameservers,
     "default_domain": v.parse_str,
     "users_required": v.parse_bool,
-    "listen_address": v.parse_hostport,
+    "listen_address": v.parse_hostport_list,
     "allowed_networks": v.parse_networks,
+    "listen_tls_cert_file": v.parse_str,
+    "listen_tls_key_file": v.parse_str,
+    "listen_timeout": v.parse_positive,
+    "listen_user": v.parse_str,
+    "spool_user": v.parse_str,
     "max_message_size": v.parse_positive,
 }
 
@@ -105,6 +110,7 @@ USER_KEYS: dict[str, Parser] = {
     "allowed_types": v.parse_list,
     "allowed_recipients": v.parse_list,
     "allowed_domains": v.parse_list,
+    "smtp_password_hash": v.parse_password_hash,
 }
 
 MAPPING_KEYS: dict[str, Parser] = {
@@ -123,11 +129,28 @@ _SSL_FILE_KEYS = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
 class _Report:
     """Problems found while loading: errors stop the load, warnings are shown by `check`."""
 
-    __slots__ = ("errors", "warnings")
+    __slots__ = ("errors", "unreadable", "warnings")
 
     def __init__(self) -> None:
         self.errors: list[str] = []
         self.warnings: list[str] = []
+        self.unreadable: list[str] = []  # the errors that are "permission denied"
+
+
+class UnreadableConfigError(ConfigError):
+    """Only permission stood in the way: a local user's sendmail submits instead (SPEC §8).
+
+    `global_` is the main file's [global] when that much could be read, else None.
+    """
+
+    def __init__(self, problems: list[str], global_: GlobalConfig | None) -> None:
+        super().__init__("configuration", "cannot be read", problems=problems)
+        self.global_ = global_
+
+
+def _raise_unreadable(report: _Report, gconf: GlobalConfig | None) -> None:
+    if report.unreadable and report.errors == report.unreadable:
+        raise UnreadableConfigError(report.errors, gconf)
 
 
 def find_config_file(explicit: str | None = None) -> Path:
@@ -178,6 +201,7 @@ def _load_config_file(main_file: Path, strict: bool) -> Config:
     read: list[tuple[Path, os.stat_result, bytes]] = []
     main_sections = _read_file(main_file, report, read)
     if main_sections is None:
+        _raise_unreadable(report, None)
         raise ConfigError("configuration", "cannot be read", problems=report.errors)
     globals_raw = [s for s in main_sections if s.kind == "global"]
     for extra in globals_raw[1:]:
@@ -231,6 +255,7 @@ def _load_config_file(main_file: Path, strict: bool) -> Config:
 
     for found, listed in listings:
         report.errors.extend(listed.errors)
+        report.unreadable.extend(listed.unreadable)
         report.warnings.extend(listed.warnings)
         for path in found:
             files.append(path)
@@ -245,6 +270,7 @@ def _load_config_file(main_file: Path, strict: bool) -> Config:
     earlier_warnings = len(report.warnings)
     config = _build_sections(main_file, gconf, sections, files, report, strict)
     if report.errors:
+        _raise_unreadable(report, gconf)
         raise ConfigError(
             "configuration", "invalid", problems=report.errors, warnings=report.warnings
         )
@@ -269,6 +295,8 @@ def _read_file(
         return None
     except OSError as exc:
         report.errors.append(f"{path}: cannot read: {exc.strerror or exc}")
+        if isinstance(exc, PermissionError):
+            report.unreadable.append(report.errors[-1])
         return None
     if b"\0" in data:
         report.errors.append(f"{path}: not a text file (contains NUL bytes)")
@@ -309,6 +337,8 @@ def _dir_files(
         return [directory / name for name in names]
     except OSError as exc:
         report.errors.append(f"{where}: {key}: cannot list {directory}: {exc.strerror}")
+        if isinstance(exc, PermissionError):
+            report.unreadable.append(report.errors[-1])
         return []
 
 
@@ -376,6 +406,16 @@ def _build_global(section: RawSection | None, main_file: Path, report: _Report) 
         log_file = Path(log_text).expanduser()
         if not log_file.is_absolute():
             log_file = config_dir / log_file
+    # Resolved only: the key is root's, and a user's sendmail reading this file never needs it
+    # (the listener checks both when it starts).
+    for key in ("listen_tls_cert_file", "listen_tls_key_file"):
+        if key in vals:
+            path = Path(vals[key]).expanduser()
+            vals[key] = path if path.is_absolute() else ssl_dir / path
+    if ("listen_tls_cert_file" in vals) != ("listen_tls_key_file" in vals):
+        report.errors.append(
+            f"{raw.location}: listen_tls_cert_file and listen_tls_key_file: set both or neither"
+        )
     return GlobalConfig(
         default_hostname=hostname,
         default_from=default_from,

@@ -89,8 +89,13 @@ class GlobalConfig(NamedTuple):
     dns_servers: tuple[HostPort, ...] = ()
     default_domain: str | None = None
     users_required: bool = False
-    listen_address: HostPort = HostPort("127.0.0.1", 25)
+    listen_address: tuple[HostPort, ...] = (HostPort("127.0.0.1", 25),)
     allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    listen_tls_cert_file: Path | None = None
+    listen_tls_key_file: Path | None = None
+    listen_timeout: int = 300
+    listen_user: str = "mail"
+    spool_user: str = "mail"
     max_message_size: int = 52428800
     location: Location | None = None
 
@@ -147,6 +152,11 @@ class UserConfig(NamedTuple):
     allowed_types: tuple[str, ...] = ()
     allowed_recipients: tuple[str, ...] = ()
     allowed_domains: tuple[str, ...] = ()
+    smtp_password_hash: str | None = None
+
+    def __repr__(self) -> str:
+        shown = (f"{k}={v!r}" for k, v in self._asdict().items() if k != "smtp_password_hash")
+        return f"UserConfig({', '.join(shown)})"
 
 
 class MappingConfig(NamedTuple):

@@ -19,6 +19,7 @@ from ssmtp_mailer.config.model import (
 
 REDACTED = "<redacted>"
 _HIDDEN = {"location", "password_location", "name", "address"}
+_SECRET = {"password", "smtp_password_hash"}
 
 
 def _plain(value: Any) -> Any:
@@ -37,7 +38,7 @@ def _section(obj: GlobalConfig | DomainConfig | UserConfig | MappingConfig) -> d
     for name, value in obj._asdict().items():
         if name in _HIDDEN or value is None:
             continue
-        out[name] = REDACTED if name == "password" else _plain(value)
+        out[name] = REDACTED if name in _SECRET else _plain(value)
     return out
 
 

@@ -122,7 +122,13 @@ def parse_hostport(text: str) -> HostPort:
 
 
 def parse_hostport_list(text: str) -> tuple[HostPort, ...]:
-    return tuple(parse_hostport(item) for item in parse_list(text))
+    stripped = text.strip()
+    if stripped.startswith("[") and not stripped.startswith(('["', "[ ", "[]")):
+        # `[::1]:25, ...`: an IPv6 literal, not a JSON list.
+        items: tuple[str, ...] = tuple(p.strip() for p in stripped.split(",") if p.strip())
+    else:
+        items = parse_list(text)
+    return tuple(parse_hostport(item) for item in items)
 
 
 def parse_networks(text: str) -> tuple[str, ...]:
@@ -194,4 +200,16 @@ def parse_address(text: str) -> str:
         raise ValueError(f"expected an address like user@example.com, got {shorten(text)}")
     if value.startswith("@"):
         raise ValueError(f"expected an address like user@example.com, got {shorten(text)}")
+    return value
+
+
+def parse_password_hash(text: str) -> str:
+    """An `smtp_password_hash` as `ssmtp-mailer password hash` prints it."""
+    from ssmtp_mailer import passhash
+
+    value = unquote(text)
+    try:
+        passhash.parse(value)
+    except passhash.HashFormatError as exc:
+        raise ValueError(str(exc)) from None
     return value

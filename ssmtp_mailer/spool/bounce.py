@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ssmtp_mailer.config.model import Config
@@ -24,8 +25,15 @@ else:  # pragma: no cover - Python 3.10
     pass  # type: ignore[import-not-found, unused-ignore]
 
 from ssmtp_mailer.spool.store import (
+    FAILED,
+    Attempt,
     Entry,
+    _cant_create,
+    _fresh_id,
+    _now,
+    _write_entry,
     enqueue,
+    ensure_spool,
     error_reason,
     store_failed,
 )
@@ -143,3 +151,38 @@ def build_bounce(config: Config, failed: Entry, data: bytes) -> bytes:
     del original["MIME-Version"]
     report.attach(original)
     return report.as_bytes(policy=email.policy.SMTP)
+
+
+def refuse_local(
+    config: Config,
+    owner: str,
+    sender: str,
+    recipients: Sequence[str],
+    data: bytes,
+    reason: str,
+) -> str:
+    """A local submission whose sender its uid may not use (SPEC §8): kept in `failed/`
+    (route `maildrop`), and a bounce to `owner`, the user who submitted it."""
+    directory = ensure_spool(config) / FAILED
+    now = _now()
+    entry = Entry(
+        id=_fresh_id(directory),
+        sender=owner,
+        recipients=tuple(recipients),
+        route="maildrop",
+        smtputf8=not all(a.isascii() for a in (sender, *recipients)),
+        eightbit=False,
+        created=now,
+        queued=now,
+        next_attempt=now,
+        attempts=(Attempt(now, reason),),
+        reason=reason,
+        failed_at=now,
+        area=FAILED,
+    )
+    try:
+        _write_entry(directory, entry, data)
+    except OSError as exc:
+        raise _cant_create(directory, exc) from None
+    _bounce(config, entry, data)
+    return entry.id

@@ -160,13 +160,20 @@ def run_queue(
     ids: Sequence[str] = (),
     time_budget: float | None = None,
     progress: bool = False,
+    pick_up: bool = True,
 ) -> QueueRunResult:
     """Deliver due entries (all with `force`, or just `ids`); never one entry twice at once.
 
+    First the maildrop's files (SPEC §8) are taken, unless `pick_up` is False.
     Entries for one server share one connection; each is locked while it is sent and
     leaves the queue on the relay's 250 to its final dot, before any QUIT.
     """
     from ssmtp_mailer.relay.pool import ConnectionPool
+
+    if pick_up and not ids:
+        from ssmtp_mailer import pickup
+
+        pickup.pick_up(config)
 
     queue_dir = area_dir(config, QUEUE)
     if not queue_dir.is_dir():

@@ -177,13 +177,26 @@ def _file_mode(directory: Path) -> int:
     return 0o660 if shared else 0o600
 
 
-def _make_dir(path: Path) -> None:
+def _spool_owner(config: Config) -> tuple[int, int] | None:
+    """As root: `spool_user` and its group, who own the spool (SPEC §8), when that user exists."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(config.global_.spool_user)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _make_dir(path: Path, owner: tuple[int, int] | None = None) -> None:
     if path.is_dir():
         return
-    gid = _group_mail()
+    gid = _group_mail() if owner is None else owner[1]
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if gid is not None:
-        os.chown(path, 0, gid)
+        os.chown(path, 0 if owner is None else owner[0], gid)
         # setgid so entries inherit the group; explicit chmod because mkdir obeys umask.
         os.chmod(path, 0o2770)
     else:
@@ -191,11 +204,16 @@ def _make_dir(path: Path) -> None:
 
 
 def ensure_spool(config: Config) -> Path:
-    """Create the spool and its areas with safe permissions; CantCreateError if impossible."""
+    """Create the spool and its areas with safe permissions; CantCreateError if impossible.
+
+    Made by root, they belong to `spool_user` (group-shared, setgid), so that root's
+    sendmail, the listener and the runner can each read, update and remove the entries.
+    """
     root = spool_root(config)
+    owner = _spool_owner(config)
     try:
         for path in (root, root / QUEUE, root / FAILED):
-            _make_dir(path)
+            _make_dir(path, owner)
     except OSError as exc:
         raise _cant_create(root, exc) from None
     return root
@@ -315,7 +333,9 @@ def _open_regular(path: Path) -> int:
     """
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()):
+    # Ours, root's, or the spool_user's who owns the area (entries the listener wrote).
+    owners = {0, os.geteuid(), path.parent.stat().st_uid}
+    if not stat.S_ISREG(st.st_mode) or st.st_uid not in owners:
         os.close(fd)
         raise FileNotFoundError(errno.ENOENT, "not a regular spool file of ours", str(path))
     return fd

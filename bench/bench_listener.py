@@ -1,0 +1,343 @@
+"""Listener throughput (SPEC §10): 10 SMTP clients relayed to a loopback upstream, vs msmtp.
+
+Run: python bench/bench_listener.py [--clients 10] [--messages 100] [--msmtp-messages 200].
+Prints numbers, asserts nothing.
+
+- ours: `ssmtp-mailer listen` in its own process, relaying on reused upstream connections; --clients threads each keep one SMTP
+  session and send --messages messages through it. Every 250 from the listener means the
+  upstream already said 250 (the listener replies to the dot after delivery), so the rate
+  is end-to-end. The upstream is an aiosmtpd sink in a third process that offers
+  PIPELINING, as Postfix and the big relays do.
+- msmtp: the same messages, one `msmtp` process each, --clients at a time, to the same
+  upstream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import smtplib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+BODY = "".join(f"line {i} of a typical application notice, nothing special\r\n" for i in range(30))
+
+
+def message(n: int) -> str:
+    return (
+        f"From: app@bench.example\r\nTo: admin@dest.example\r\nSubject: notice {n}\r\n"
+        f"Message-ID: <{n}.bench@bench.example>\r\n\r\n{BODY}"
+    )
+
+
+def sink(port_file: str) -> None:
+    """The upstream: an aiosmtpd server that accepts and counts (run in its own process)."""
+    from aiosmtpd.controller import Controller
+
+    count = 0
+    lock = threading.Lock()
+
+    class Handler:
+        async def handle_EHLO(
+            self,
+            server: object,
+            session: Any,
+            envelope: object,
+            hostname: str,
+            responses: list[str],
+        ) -> list[str]:
+            # Like Postfix and the big relays; aiosmtpd serves pipelined commands in order.
+            session.host_name = hostname
+            return [responses[0], "250-PIPELINING", *responses[1:]]
+
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            nonlocal count
+            with lock:
+                count += 1
+            return "250 2.0.0 Ok: queued"
+
+    import socket
+
+    with socket.socket() as probe:  # aiosmtpd 1.4's Controller cannot take port 0
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    Path(port_file).write_text(str(port))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    controller.stop()
+    print(count, flush=True)
+
+
+def bare_sink(port_file: str) -> None:
+    """A minimal upstream that says 250 to everything (run in its own process): the
+    listener's cost alone, without aiosmtpd's on the other side. Understands what our
+    relay client sends: EHLO, pipelined RSET/MAIL/RCPT/DATA, the data, QUIT."""
+    import asyncio
+
+    count = 0
+
+    class Sink(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.buffer = b""
+            self.in_data = False
+            transport.write(b"220 sink ESMTP\r\n")
+
+        def data_received(self, data: bytes) -> None:
+            nonlocal count
+            self.buffer += data
+            out = []
+            while True:
+                if self.in_data:
+                    end = self.buffer.find(b"\r\n.\r\n")
+                    if end < 0:
+                        break
+                    self.buffer = self.buffer[end + 5 :]
+                    self.in_data = False
+                    count += 1
+                    out.append(b"250 2.0.0 Ok: queued\r\n")
+                    continue
+                line, sep, rest = self.buffer.partition(b"\r\n")
+                if not sep:
+                    break
+                self.buffer = rest
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    out.append(
+                        b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 99999999\r\n"
+                    )
+                elif verb == b"DATA":
+                    self.in_data = True
+                    self.buffer = b"\r\n" + self.buffer  # the dot may end the first line
+                    out.append(b"354 go ahead\r\n")
+                elif verb == b"QUIT":
+                    out.append(b"221 bye\r\n")
+                    self.transport.write(b"".join(out))
+                    self.transport.close()
+                    return
+                else:
+                    out.append(b"250 2.0.0 Ok\r\n")
+            if out:
+                self.transport.write(b"".join(out))
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Sink, "127.0.0.1", 0)
+        Path(port_file).write_text(str(server.sockets[0].getsockname()[1]))
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        server.close()
+
+    asyncio.run(serve())
+    print(count, flush=True)
+
+
+def start_sink(tmp: Path, kind: str) -> tuple[subprocess.Popen[str], int]:
+    port_file = tmp / "sink.port"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--sink" if kind == "aiosmtpd" else "--bare-sink",
+            str(port_file),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    for _ in range(200):
+        if port_file.exists() and port_file.read_text():
+            return proc, int(port_file.read_text())
+        time.sleep(0.05)
+    raise SystemExit("the upstream sink did not start")
+
+
+def stop_sink(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(30)
+    return int(out.strip() or 0)
+
+
+def start_listener(tmp: Path, upstream: int, workers: int) -> tuple[subprocess.Popen[str], int]:
+    conf = tmp / "listen.conf"
+    conf.write_text(
+        f"[global]\ndefault_hostname = bench.example\nspool_dir = {tmp / 'spool'}\n"
+        f"max_retries = 0\nenable_rate_limiting = false\nlisten_user = root\n"
+        f"max_connections = {workers}\nallowed_networks = 127.0.0.1/32\n\n"
+        f"[domain:*]\nsmtp_server = 127.0.0.1\nsmtp_port = {upstream}\n"
+        "use_starttls = false\nauth_method = NONE\n"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ssmtp_mailer",
+            "--config",
+            str(conf),
+            "listen",
+            "--address",
+            "127.0.0.1:0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+    if not match:
+        raise SystemExit(f"the listener did not start: {line}")
+    threading.Thread(target=proc.stderr.read, daemon=True).start()
+    return proc, int(match.group(1))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_clients(port: int, clients: int, per_client: int) -> tuple[float, int]:
+    errors: list[str] = []
+    barrier = threading.Barrier(clients + 1)
+
+    def client(n: int) -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+            smtp.ehlo()
+            barrier.wait()
+            for i in range(per_client):
+                try:
+                    smtp.sendmail(
+                        "app@bench.example", ["admin@dest.example"], message(n * 100000 + i)
+                    )
+                except smtplib.SMTPException as exc:
+                    errors.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        print(f"  {len(errors)} errors, first: {errors[0]}")
+    return elapsed, clients * per_client - len(errors)
+
+
+def run_msmtp(msmtp: str, tmp: Path, upstream: int, clients: int, count: int) -> float:
+    rc = tmp / "msmtprc"
+    rc.write_text(
+        f"account bench\nhost 127.0.0.1\nport {upstream}\nauth off\ntls off\n"
+        "from app@bench.example\nlogfile\naccount default : bench\n"
+    )
+    rc.chmod(0o600)
+
+    def one(n: int) -> None:
+        subprocess.run(
+            [msmtp, "-C", str(rc), "admin@dest.example"],
+            input=message(n).encode(),
+            check=True,
+            capture_output=True,
+        )
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(count)))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--messages", type=int, default=100, help="per client")
+    parser.add_argument("--msmtp-messages", type=int, default=200)
+    parser.add_argument(
+        "--upstream",
+        choices=("aiosmtpd", "bare"),
+        default="aiosmtpd",
+        help="aiosmtpd (default), or a bare 250-to-everything sink: the listener's cost alone",
+    )
+    parser.add_argument("--sink", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-sink", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", metavar="FILE", help="py-spy the listener into FILE")
+    args = parser.parse_args()
+    if args.sink:
+        sink(args.sink)
+        return
+    if args.bare_sink:
+        bare_sink(args.bare_sink)
+        return
+    print(
+        f"cpus: {os.cpu_count()}  clients: {args.clients}  message: {len(message(0))} bytes"
+        f"  upstream: {args.upstream}"
+    )
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        upstream, port = start_sink(tmp, args.upstream)
+        listener, listen_port = start_listener(tmp, port, args.clients)
+        try:
+            run_clients(listen_port, args.clients, 5)  # warm-up: imports, first connections
+            spy = None
+            if args.profile:
+                spy = subprocess.Popen(
+                    [
+                        "py-spy",
+                        "record",
+                        "-p",
+                        str(listener.pid),
+                        "-o",
+                        args.profile,
+                        "-f",
+                        "raw",
+                        "-r",
+                        "200",
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                time.sleep(1)
+            cpu = cpu_seconds(listener.pid), cpu_seconds(upstream.pid), time.process_time()
+            elapsed, sent = run_clients(listen_port, args.clients, args.messages)
+            used = (
+                cpu_seconds(listener.pid) - cpu[0],
+                cpu_seconds(upstream.pid) - cpu[1],
+                time.process_time() - cpu[2],
+            )
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
+        finally:
+            listener.send_signal(signal.SIGTERM)
+            listener.wait(60)
+        ours = sent / elapsed
+        print(f"ours:  {sent} messages in {elapsed:.2f} s = {ours:7.1f} msg/s")
+        per = [f"{1000 * u / max(sent, 1):.2f}" for u in used]
+        print(f"  CPU ms/msg: listener {per[0]}, upstream {per[1]}, clients {per[2]}")
+        msmtp = shutil.which("msmtp")
+        if msmtp:
+            took = run_msmtp(msmtp, tmp, port, args.clients, args.msmtp_messages)
+            theirs = args.msmtp_messages / took
+            print(f"msmtp: {args.msmtp_messages} messages in {took:.2f} s = {theirs:7.1f} msg/s")
+            print(f"ours/msmtp: {ours / theirs:.1f}x  (targets: >= 1000 msg/s and >= 20x)")
+        else:
+            print("msmtp not installed: no comparison")
+        received = stop_sink(upstream)
+        print(f"upstream received: {received}")
+
+
+if __name__ == "__main__":
+    main()

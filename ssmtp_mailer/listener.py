@@ -1,0 +1,607 @@
+"""`ssmtp-mailer listen` (SPEC §8): aiosmtpd sessions, policy at RCPT, delivery on a worker pool.
+
+The event loop only speaks SMTP. Each message that reaches the final dot goes to a pool of
+`max_connections` threads, through the same prepare → plan → engine → spool path as
+`sendmail` (dialect.deliver_data); the reply to the dot waits for its outcome. The
+workers share one upstream connection pool, and the engine's quick retries (max_retries,
+retry_backoff) sleep in those threads, never here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import ssl
+import struct
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
+
+from ssmtp_mailer import __version__, dialect, log, rewrite
+from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify
+from ssmtp_mailer.config.model import Config, HostPort, UserConfig
+from ssmtp_mailer.errors import PROG, ConfigError, MailerError, UsageError
+from ssmtp_mailer.relay.pool import ConnectionPool
+
+# A failed AUTH costs the client this long before it hears 535 (RFC 4954 §4 allows it).
+AUTH_FAILURE_DELAY = 2.0
+PICKUP_INTERVAL = 5.0
+QUEUE_INTERVAL = 60.0
+PRUNE_INTERVAL = 1.0  # upstream connections idle for connection_reuse_idle get QUIT
+SUBMIT_SOCKET = "submit.sock"
+VERDICTS_KEPT = 4096
+
+
+class _DropLoginDataNotice(logging.Filter):
+    """aiosmtpd logs a deprecation WARNING for its own code on every successful AUTH."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Session.login_data is deprecated")
+
+
+def say(line: str) -> None:
+    """One line on stderr (the journal under systemd)."""
+    print(f"{PROG}: listen: {line}", file=sys.stderr, flush=True)
+
+
+class ListenerState:
+    """What every session shares: the current configuration, the pool, the live sessions."""
+
+    def __init__(self, config: Config, *, tls: ssl.SSLContext | None) -> None:
+        self.config = config
+        self.tls = tls
+        self.pool = ThreadPoolExecutor(
+            max_workers=config.global_.max_connections, thread_name_prefix="deliver"
+        )
+        # Upstream connections every worker shares: reused, pipelined (SPEC §6 reuse).
+        self.connections = ConnectionPool(config.global_.connection_reuse_idle)
+        self.sessions: set[ListenerSMTP] = set()
+        self.inflight: set[asyncio.Future[str]] = set()
+        self.draining = False
+        self.networks = _networks(config)
+        # (sender, recipient) -> the RCPT verdict under this configuration: the same app
+        # writes to the same addresses all day, and planning is the loop's biggest cost.
+        self.verdicts: dict[tuple[str, str], str | None] = {}
+
+    def use(self, config: Config) -> None:
+        """Switch to a newly loaded configuration (SIGHUP)."""
+        self.networks = _networks(config)
+        rewrite.accepts_from_anywhere(config, "postmaster")  # build its index here, once
+        self.verdicts = {}
+        self.config = config
+
+    def recipient_reply(self, sender: str, recipient: str) -> str | None:
+        """dialect.recipient_reply, remembered per configuration."""
+        key = (sender, recipient)
+        verdicts = self.verdicts
+        if key in verdicts:
+            return verdicts[key]
+        verdict = dialect.recipient_reply(self.config, sender, recipient)
+        if len(verdicts) >= VERDICTS_KEPT:
+            verdicts.clear()
+        verdicts[key] = verdict
+        return verdict
+
+    def report(self, line: str) -> None:
+        log.write(self.config, "WARNING", line)
+        say(line)
+
+
+def _networks(config: Config) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(n) for n in config.global_.allowed_networks)
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server context for STARTTLS, or None when no certificate is configured."""
+    g = config.global_
+    if g.listen_tls_cert_file is None or g.listen_tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(g.listen_tls_cert_file, g.listen_tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"listen_tls_cert_file {g.listen_tls_cert_file}",
+            f"cannot load with listen_tls_key_file {g.listen_tls_key_file}: {exc}",
+        ) from None
+    return context
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a UNIX socket (SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+class ListenerSMTP(SMTP):
+    """aiosmtpd's server with the connection limit (421 beyond max_connections)."""
+
+    def __init__(self, handler: ListenerHandler, state: ListenerState, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.state = state
+        self.refused = False
+        self.counted = False
+        self.uid: int | None = None  # set for the local submission socket
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        state = self.state
+        if not self.counted:
+            if state.draining or len(state.sessions) >= state.config.global_.max_connections:
+                self.refused = True
+                assert isinstance(transport, asyncio.WriteTransport)
+                reply = dialect.SHUTTING_DOWN if state.draining else dialect.TOO_MANY
+                transport.write(reply.encode() + b"\r\n")
+                transport.close()
+                return
+            self.counted = True
+            state.sessions.add(self)
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family == socket.AF_UNIX:
+                self.uid = peer_uid(sock)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.refused:
+            return
+        self.state.sessions.discard(self)
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if self.refused:
+            return None
+        return super().eof_received()
+
+
+class ListenerHandler:
+    """aiosmtpd hooks: who may send what (SPEC §8), and the reply to DATA."""
+
+    def __init__(self, state: ListenerState) -> None:
+        self.state = state
+
+    # -- who the client is ------------------------------------------------------------
+
+    def _trusted(self, server: ListenerSMTP, session: Session) -> bool:
+        """In allowed_networks, authenticated, or a local user on the submission socket."""
+        if session.authenticated or server.uid is not None:
+            return True
+        peer = session.peer
+        if not isinstance(peer, tuple):
+            return False
+        try:
+            address = ipaddress.ip_address(str(peer[0]).partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.state.networks)
+
+    async def handle_EHLO(
+        self,
+        server: ListenerSMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        # aiosmtpd reads commands one by one from a buffer, so pipelined ones are served.
+        return [responses[0], "250-PIPELINING", *responses[1:]]
+
+    async def handle_MAIL(
+        self,
+        server: ListenerSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        state = self.state
+        if state.draining:
+            return dialect.SHUTTING_DOWN
+        config = state.config
+        hostname = config.global_.default_hostname
+        sender = "" if is_null_sender(address) else qualify(address, hostname)
+        if sender and address_problem(sender):
+            return f"553 5.1.7 Bad sender address syntax: {address}"
+        user = session.auth_data if session.authenticated else None
+        if isinstance(user, UserConfig) and not rewrite.user_allows_sender(config, user, sender):
+            return dialect.SENDER_NOT_OWNED.format(sender, f"[user:{user.address}]")
+        if server.uid is not None:
+            from ssmtp_mailer import submit
+
+            why = submit.sender_refusal(config, server.uid, sender)
+            if why is not None:
+                return dialect.SENDER_NOT_OWNED.format(sender, why)
+        envelope.mail_from = sender
+        envelope.mail_options.extend(mail_options)
+        return dialect.MAIL_OK
+
+    async def handle_RCPT(
+        self,
+        server: ListenerSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        config = self.state.config
+        recipient = qualify(address, config.global_.default_hostname)
+        if address_problem(recipient):
+            return f"553 5.1.3 Bad recipient address syntax: {address}"
+        if not self._trusted(server, session) and not rewrite.accepts_from_anywhere(
+            config, recipient
+        ):
+            return dialect.RELAY_DENIED.format(recipient)
+        refusal = self.state.recipient_reply(envelope.mail_from or "", recipient)
+        if refusal is not None:
+            return refusal
+        envelope.rcpt_tos.append(recipient)
+        envelope.rcpt_options.extend(rcpt_options)
+        return dialect.RCPT_OK
+
+    async def handle_DATA(self, server: ListenerSMTP, session: Session, envelope: Envelope) -> str:
+        state = self.state
+        if state.draining:
+            return dialect.SHUTTING_DOWN  # too late to promise delivery before we exit
+        data = envelope.original_content or b""
+        received = self._received(server, session)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            state.pool,
+            _deliver,
+            state.config,
+            received + data,
+            envelope.mail_from or "",
+            list(envelope.rcpt_tos),
+            state.report,
+            state.connections,
+        )
+        state.inflight.add(future)
+        try:
+            # Shielded: a client hanging up must not cancel a delivery under way.
+            return await asyncio.shield(future)
+        finally:
+            state.inflight.discard(future)
+
+    def _received(self, server: ListenerSMTP, session: Session) -> bytes:
+        """Our Received: field (RFC 5321 §4.4), naming the uid for local submission."""
+        from ssmtp_mailer.message import format_date
+
+        hostname = self.state.config.global_.default_hostname
+        if server.uid is not None:
+            from ssmtp_mailer.submit import uid_label
+
+            origin = f"from {uid_label(server.uid)}"
+            protocol = "with ESMTP (submit.sock)"
+        else:
+            peer = session.peer
+            ip = peer[0] if isinstance(peer, tuple) else "unknown"
+            origin = f"from {session.host_name or 'unknown'} ([{ip}])"
+            protocol = "with ESMTP"
+            if session.ssl is not None:
+                protocol += "S"
+            if session.authenticated:
+                protocol += "A"
+        line = f"Received: {origin}\r\n\tby {hostname} ({PROG} {__version__}) {protocol};"
+        return f"{line}\r\n\t{format_date(time.time())}\r\n".encode("utf-8", "replace")
+
+    # -- AUTH PLAIN and LOGIN (only after STARTTLS: aiosmtpd's auth_require_tls) --------
+
+    async def auth_PLAIN(self, server: ListenerSMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            import base64
+            import binascii
+
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                await server.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        assert isinstance(blob, bytes)
+        parts = blob.split(b"\0")
+        if len(parts) != 3:
+            await server.push("501 5.5.2 Cannot split the PLAIN response")
+            return AuthResult(success=False, handled=True)
+        return await self._check(server, parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: ListenerSMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await server.challenge_auth("Username:")
+        else:
+            import base64
+            import binascii
+
+            try:
+                login = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                await server.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        if login is MISSING:
+            return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth("Password:")
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        assert isinstance(login, bytes) and isinstance(password, bytes)
+        return await self._check(server, login, password)
+
+    async def _check(self, server: ListenerSMTP, login: bytes, password: bytes) -> AuthResult:
+        """scrypt in a thread (it takes ~50 ms); a failure waits before its 535."""
+        from ssmtp_mailer import passhash
+
+        config = self.state.config
+        name = login.decode("utf-8", "replace")
+        user = rewrite.user_for_login(config, name)
+        stored = user.smtp_password_hash if user is not None else None
+        loop = asyncio.get_running_loop()
+        # Unknown users cost the same scrypt as known ones: timing says nothing.
+        candidate = stored or passhash.hash_password("")
+        ok = await loop.run_in_executor(None, passhash.verify_password, password, candidate)
+        if ok and user is not None and stored:
+            return AuthResult(success=True, auth_data=user, message=dialect.AUTH_OK)
+        peer = server.session.peer if server.session is not None else None
+        log.write(config, "WARNING", f"listen: AUTH failed for {name!r} from {peer}")
+        await asyncio.sleep(AUTH_FAILURE_DELAY)
+        return AuthResult(success=False, handled=False, message=dialect.AUTH_FAILED)
+
+
+def _deliver(
+    config: Config,
+    raw: bytes,
+    sender: str,
+    recipients: list[str],
+    report: Callable[[str], None],
+    connections: ConnectionPool,
+) -> str:
+    """In a worker: the message through the sendmail path; the reply to the final dot."""
+    return dialect.deliver_data(
+        config,
+        raw,
+        sender,
+        recipients,
+        report=report,
+        run_queue=False,
+        retries=config.global_.max_retries,
+        pool=connections,
+    )
+
+
+# -- binding, privileges and the lifecycle ---------------------------------------------
+
+
+def bind(addresses: Sequence[HostPort]) -> list[socket.socket]:
+    """Listening sockets for every address (before privileges are dropped)."""
+    sockets: list[socket.socket] = []
+    try:
+        for hp in addresses:
+            port = 25 if hp.port is None else hp.port
+            family = socket.AF_INET6 if ":" in hp.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((hp.host, port))
+            sock.listen(128)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise UsageError(f"listen {hp}", exc.strerror or str(exc)) from None
+    return sockets
+
+
+def bind_submit_socket(config: Config) -> socket.socket | None:
+    """spool_dir/submit.sock, mode 0666: any local user may submit (SPEC §8)."""
+    from ssmtp_mailer import submit
+
+    try:
+        submit.ensure_submission_dirs(config)
+    except MailerError as exc:
+        say(f"no local submission socket: {exc.what}: {exc.why}")
+        return None
+    path = config.global_.spool_dir / SUBMIT_SOCKET
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_socket():
+                path.unlink()
+        sock.bind(str(path))
+        os.chmod(path, 0o666)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        say(f"no local submission socket {path}: {exc.strerror or exc}")
+        return None
+    return sock
+
+
+def drop_privileges(user: str) -> None:
+    """As root: become `user`, keeping group `mail` for the secrets (root:mail 0640)."""
+    if os.geteuid() != 0:
+        return
+    import grp
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError("listen_user", f"no such user: {user}") from None
+    if entry.pw_uid == 0:
+        return
+    groups = {entry.pw_gid}
+    with contextlib.suppress(KeyError):
+        groups.add(grp.getgrnam("mail").gr_gid)
+    os.setgroups(sorted(groups))
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+
+
+class Listener:
+    """The running service: servers, signal handlers, the periodic pickup and queue run."""
+
+    def __init__(
+        self,
+        state: ListenerState,
+        sockets: list[socket.socket],
+        submit_socket: socket.socket | None,
+        reload: Callable[[], Config],
+    ) -> None:
+        self.state = state
+        self.sockets = sockets
+        self.submit_socket = submit_socket
+        self.reload_config = reload
+        self.stopping: asyncio.Event | None = None
+        self.servers: list[asyncio.base_events.Server] = []
+
+    def _factory(self) -> ListenerSMTP:
+        state = self.state
+        g = state.config.global_
+        return ListenerSMTP(
+            ListenerHandler(state),
+            state,
+            data_size_limit=g.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=g.default_hostname,
+            ident=f"ESMTP {PROG} {__version__}",
+            tls_context=state.tls,
+            timeout=g.listen_timeout,
+            auth_require_tls=True,
+        )
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        for sock in self.sockets:
+            self.servers.append(await loop.create_server(self._factory, sock=sock))
+        if self.submit_socket is not None:
+            unix = await loop.create_unix_server(self._factory, sock=self.submit_socket)
+            self.servers.append(unix)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
+        names = ", ".join(_sockname(s) for s in self.sockets)
+        say(f"listening on {names} (pid {os.getpid()})")
+        background = [
+            loop.create_task(self._every(PICKUP_INTERVAL, self._pickup)),
+            loop.create_task(self._every(QUEUE_INTERVAL, self._run_queue)),
+            loop.create_task(self._every(PRUNE_INTERVAL, self.state.connections.prune)),
+        ]
+        await self.stopping.wait()
+        await self._drain(background)
+        return 0
+
+    async def _drain(self, background: list[asyncio.Task[None]]) -> None:
+        """Stop accepting, let every message past its final dot finish, then close."""
+        state = self.state
+        state.draining = True
+        say("stopping: finishing messages in flight")
+        for server in self.servers:
+            server.close()
+        for task in background:
+            task.cancel()
+        while state.inflight:
+            await asyncio.wait(list(state.inflight))
+        for session in list(state.sessions):
+            transport = session.transport
+            if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+                with contextlib.suppress(Exception):
+                    transport.write(dialect.SHUTTING_DOWN.encode() + b"\r\n")
+                transport.close()
+        await asyncio.sleep(0)
+        await asyncio.get_running_loop().run_in_executor(None, state.pool.shutdown, True)
+        # QUIT to the relays only now: every message's outcome is known and answered.
+        state.connections.close()
+        if self.submit_socket is not None:
+            with contextlib.suppress(OSError):
+                (state.config.global_.spool_dir / SUBMIT_SOCKET).unlink()
+        say("stopped")
+
+    async def _reload(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def load() -> tuple[Config, ssl.SSLContext | None]:
+            config = self.reload_config()
+            return config, tls_context(config)  # renewed certificates are taken too
+
+        try:
+            config, tls = await loop.run_in_executor(None, load)
+        except MailerError as exc:
+            say("SIGHUP: the new configuration is broken, keeping the old one:")
+            for line in exc.lines():
+                say(f"  {line}")
+            log.write(self.state.config, "ERROR", f"listen: reload refused: {exc.what}: {exc.why}")
+            return
+        before = self.state.config.global_
+        if config.global_.listen_address != before.listen_address:
+            say("SIGHUP: listen_address changed; the new addresses need a restart")
+        if config.global_.max_connections != before.max_connections:
+            say("SIGHUP: max_connections changed; the delivery pool keeps its size until a restart")
+        self.state.tls = tls
+        self.state.use(config)
+        say(f"SIGHUP: reloaded {config.main_file}")
+
+    async def _every(self, interval: float, job: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(self.state.pool, job)
+            except Exception as exc:  # a background job must never stop the service
+                say(f"{job.__name__.strip('_')}: {type(exc).__name__}: {exc}")
+            await asyncio.sleep(interval)
+
+    def _pickup(self) -> None:
+        from ssmtp_mailer import pickup
+
+        pickup.pick_up(self.state.config)
+
+    def _run_queue(self) -> None:
+        from ssmtp_mailer import spool
+
+        spool.run_queue(self.state.config, pick_up=False)
+
+
+def _sockname(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def run_listener(
+    config: Config, addresses: Sequence[HostPort], reload: Callable[[], Config]
+) -> int:
+    """Bind, drop privileges, serve until SIGTERM/SIGINT; the exit code."""
+    logging.getLogger("mail.log").addFilter(_DropLoginDataNotice())
+    tls = tls_context(config)
+    sockets = bind(addresses)
+    submit_socket = bind_submit_socket(config)
+    if submit_socket is not None and os.geteuid() == 0:
+        _hand_over(config, config.global_.listen_user)
+    drop_privileges(config.global_.listen_user)
+    state = ListenerState(config, tls=tls)
+    state.use(config)
+    listener = Listener(state, sockets, submit_socket, reload)
+    return asyncio.run(listener.serve())
+
+
+def _hand_over(config: Config, user: str) -> None:
+    """The socket file belongs to the listener's user, so it can remove it on the way out."""
+    import pwd
+
+    with contextlib.suppress(KeyError, OSError):
+        entry = pwd.getpwnam(user)
+        os.chown(config.global_.spool_dir / SUBMIT_SOCKET, entry.pw_uid, entry.pw_gid)

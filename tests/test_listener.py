@@ -1,0 +1,746 @@
+"""`ssmtp-mailer listen` as a real process, driven by real SMTP clients (smtplib, swaks)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from smtpserver import SMTPTestServer
+
+from ssmtp_mailer import passhash
+from ssmtp_mailer.config.loader import load_config
+from ssmtp_mailer.spool import list_entries
+
+PASSWORD = "correct horse battery staple"
+
+
+def listener_config(path: Path, upstream_port: int, extra: str = "", *, sections: str = "") -> Path:
+    """A listener that relays everything to `upstream_port`, trusting only 127.0.0.1."""
+    path.write_text(
+        f"""[global]
+default_hostname = host.example
+spool_dir = {path.parent / "spool"}
+max_retries = 0
+retry_backoff = 0
+connection_timeout = 5
+enable_rate_limiting = false
+listen_user = root
+allowed_networks = 127.0.0.1/32
+{extra}
+[domain:*]
+smtp_server = 127.0.0.1
+smtp_port = {upstream_port}
+use_starttls = false
+auth_method = NONE
+
+[mapping:contact]
+from_pattern = *@mailer.domain1.com
+to_pattern = *@domain1.com
+{sections}"""
+    )
+    return path
+
+
+class Listener:
+    """A `ssmtp-mailer listen` subprocess on a free port of 127.0.0.1."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ssmtp_mailer",
+                "--config",
+                str(config),
+                "listen",
+                "--address",
+                "127.0.0.1:0",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._seen = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        line = self.wait_for("listening on")
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        self.port = int(match.group(1))
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        with self.process.stderr:
+            for line in self.process.stderr:
+                with self._seen:
+                    self.lines.append(line.rstrip("\n"))
+                    self._seen.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        with self._seen:
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.process.poll() is not None and not self.reader.is_alive()):
+                    raise AssertionError(f"no {text!r} from the listener: {self.lines}")
+                self._seen.wait(min(left, 0.2))
+
+    def client(self, source: str = "127.0.0.1") -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", self.port, source_address=(source, 0), timeout=30)
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        code = self.process.wait(30)
+        self.reader.join(10)
+        return code
+
+
+@pytest.fixture
+def start_listener() -> Iterator[Callable[[Path], Listener]]:
+    started: list[Listener] = []
+
+    def start(config: Path) -> Listener:
+        listener = Listener(config)
+        started.append(listener)
+        return listener
+
+    yield start
+    for listener in started:
+        if listener.process.poll() is None:
+            listener.process.kill()
+            listener.process.wait()
+        listener.reader.join(10)
+
+
+@pytest.fixture
+def upstream(smtp_server: SMTPTestServer) -> SMTPTestServer:
+    return smtp_server
+
+
+@pytest.fixture
+def listener(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> Listener:
+    return start_listener(listener_config(tmp_path / "listen.conf", upstream.port))
+
+
+def message(subject: str = "hello", sender: str = "app@host.example", body: str = "hi") -> str:
+    return f"From: {sender}\r\nTo: someone\r\nSubject: {subject}\r\n\r\n{body}\r\n"
+
+
+def test_a_local_client_relays_to_an_outside_recipient(
+    listener: Listener, upstream: SMTPTestServer
+) -> None:
+    with listener.client() as client:
+        refused = client.sendmail("app@host.example", ["out@far.example"], message("outside"))
+        assert refused == {}
+    got = upstream.wait_for(1)[0]
+    assert got.mail_from == "app@host.example"
+    assert got.rcpt_tos == ["out@far.example"]
+    msg = got.message()
+    assert msg["Subject"] == "outside"
+    assert "by host.example (ssmtp-mailer" in str(msg["Received"])
+    assert "[127.0.0.1]" in str(msg["Received"])
+
+
+def test_the_reply_to_the_dot_carries_the_relays_answer(
+    listener: Listener, upstream: SMTPTestServer
+) -> None:
+    with listener.client() as client:
+        client.ehlo()
+        client.mail("app@host.example")
+        client.rcpt("out@far.example")
+        code, text = client.data(message())
+    assert code == 250
+    assert b"delivered" in text
+
+
+def test_an_outside_client_is_no_open_relay_but_reaches_mapped_aliases(
+    listener: Listener, upstream: SMTPTestServer
+) -> None:
+    with listener.client("127.0.0.2") as client:
+        client.ehlo()
+        client.mail("someone@internet.example")
+        code, text = client.rcpt("out@far.example")
+        assert (code, text[:5]) == (554, b"5.7.1")
+        assert b"Relay access denied" in text
+        code, _ = client.rcpt("contact-sales@mailer.domain1.com")
+        assert code == 250
+        code, _ = client.data(message("inbound", "someone@internet.example"))
+        assert code == 250
+    got = upstream.wait_for(1)[0]
+    assert got.rcpt_tos == ["contact-sales@domain1.com"]
+    assert got.message()["Subject"] == "inbound"
+    assert len(upstream.messages) == 1
+
+
+def test_a_user_that_may_receive_is_reachable_from_outside(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    conf = listener_config(
+        tmp_path / "l.conf",
+        upstream.port,
+        sections="\n[user:help@host.example]\ncan_send_to = true\n"
+        "\n[user:closed@host.example]\ncan_send_to = false\n",
+    )
+    listener = start_listener(conf)
+    with listener.client("127.0.0.2") as client:
+        client.ehlo()
+        client.mail("x@internet.example")
+        assert client.rcpt("help@host.example")[0] == 250
+        assert client.rcpt("closed@host.example")[0] == 554
+        assert client.data(message())[0] == 250
+    assert upstream.wait_for(1)[0].rcpt_tos == ["help@host.example"]
+
+
+def test_upstream_down_queues_with_250_then_delivers_once(
+    tmp_path: Path,
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    start_listener: Callable[[Path], Listener],
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    conf = listener_config(tmp_path / "l.conf", dead_port)
+    listener = start_listener(conf)
+    with listener.client() as client:
+        client.ehlo()
+        client.mail("app@host.example")
+        client.rcpt("out@far.example")
+        code, text = client.data(message("later"))
+    assert code == 250
+    assert b"queued as" in text
+    config = load_config(str(conf))
+    assert [e.recipients for e in list_entries(config)] == [("out@far.example",)]
+
+    upstream = smtp_server_factory()
+    conf.write_text(
+        conf.read_text().replace(f"smtp_port = {dead_port}", f"smtp_port = {upstream.port}")
+    )
+    for _ in range(2):  # a second run must not send it again
+        run = subprocess.run(
+            [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "queue", "run", "--all"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stderr
+    assert len(upstream.wait_for(1)) == 1
+    time.sleep(0.2)
+    assert len(upstream.messages) == 1
+    assert upstream.messages[0].message()["Subject"] == "later"
+    assert list_entries(load_config(str(conf))) == []
+
+
+def test_size_is_advertised_and_enforced(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    listener = start_listener(
+        listener_config(tmp_path / "l.conf", upstream.port, "max_message_size = 4000")
+    )
+    with listener.client() as client:
+        client.ehlo()
+        assert client.esmtp_features["size"] == "4000"
+        code, _ = client.mail("app@host.example", ["SIZE=5000"])
+        assert code == 552
+        client.rset()
+        client.mail("app@host.example")
+        client.rcpt("out@far.example")
+        code, _ = client.data(message(body="x" * 70 + "\r\n") * 80)
+        assert code == 552
+        # The session goes on: a message within the limit still goes through.
+        client.mail("app@host.example")
+        client.rcpt("out@far.example")
+        assert client.data(message("small"))[0] == 250
+    assert [m.message()["Subject"] for m in upstream.wait_for(1)] == ["small"]
+
+
+def test_commands_and_bad_order(listener: Listener, upstream: SMTPTestServer) -> None:
+    with listener.client() as client:
+        assert client.docmd("MAIL FROM:<a@host.example>")[0] == 503  # before HELO
+        assert client.helo("client.example")[0] == 250
+        code, _ = client.ehlo("client.example")
+        assert code == 250
+        for keyword in ("pipelining", "size", "8bitmime", "smtputf8"):
+            assert keyword in client.esmtp_features
+        assert "auth" not in client.esmtp_features  # not before STARTTLS, and no TLS here
+        assert client.noop()[0] == 250
+        assert client.docmd("RCPT TO:<x@far.example>")[0] == 503  # before MAIL
+        assert client.docmd("DATA")[0] == 503
+        assert client.verify("someone@host.example")[0] == 252
+        assert client.docmd("BOGUS")[0] == 500
+        assert client.mail("a@host.example")[0] == 250
+        assert client.docmd("MAIL FROM:<b@host.example>")[0] == 503  # nested
+        assert client.rset()[0] == 250
+        assert client.docmd("DATA")[0] == 503  # RSET forgot the sender
+        assert client.quit()[0] == 221
+    assert upstream.messages == []
+
+
+def test_swaks_with_pipelining(listener: Listener, upstream: SMTPTestServer) -> None:
+    if not shutil.which("swaks"):
+        pytest.skip("swaks is not installed")
+    run = subprocess.run(
+        [
+            "swaks",
+            "--server",
+            f"127.0.0.1:{listener.port}",
+            "--pipeline",
+            "--from",
+            "app@host.example",
+            "--to",
+            "a@far.example,b@far.example",
+            "--header",
+            "Subject: swaks",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = upstream.wait_for(1)[0]
+    assert sorted(got.rcpt_tos) == ["a@far.example", "b@far.example"]
+    assert got.message()["Subject"] == "swaks"
+
+
+def test_connections_beyond_max_connections_get_421(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    listener = start_listener(
+        listener_config(tmp_path / "l.conf", upstream.port, "max_connections = 2")
+    )
+    first, second = listener.client(), listener.client()
+    try:
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            listener.client()
+        assert refused.value.smtp_code == 421
+    finally:
+        first.quit()
+        second.quit()
+    time.sleep(0.2)
+    with listener.client() as again:  # the slots are free again
+        assert again.noop()[0] == 250
+
+
+def test_ten_clients_thirty_messages_each_delivered_exactly_once(
+    listener: Listener, upstream: SMTPTestServer
+) -> None:
+    failures: list[str] = []
+
+    def client_run(n: int) -> None:
+        try:
+            with listener.client() as client:
+                for i in range(30):
+                    client.sendmail("app@host.example", ["out@far.example"], message(f"c{n}-m{i}"))
+        except Exception as exc:
+            failures.append(f"{n}: {exc!r}")
+
+    threads = [threading.Thread(target=client_run, args=(n,)) for n in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert failures == []
+    got = upstream.wait_for(300, timeout=30)
+    subjects = sorted(str(m.message()["Subject"]) for m in got)
+    assert subjects == sorted(f"c{n}-m{i}" for n in range(10) for i in range(30))
+
+
+def test_sigterm_during_a_burst_keeps_every_accepted_message(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    conf = listener_config(tmp_path / "l.conf", upstream.port)
+    listener = start_listener(conf)
+    accepted: list[str] = []
+    lock = threading.Lock()
+    started = threading.Event()
+
+    def burst(n: int) -> None:
+        try:
+            with listener.client() as client:
+                for i in range(1000):
+                    subject = f"b{n}-{i}"
+                    client.sendmail("app@host.example", ["out@far.example"], message(subject))
+                    with lock:
+                        accepted.append(subject)
+                    started.set()
+        except (smtplib.SMTPException, OSError):
+            pass  # the listener went away: what it did not answer 250 is the client's
+
+    threads = [threading.Thread(target=burst, args=(n,)) for n in range(5)]
+    for thread in threads:
+        thread.start()
+    assert started.wait(30)
+    time.sleep(0.3)
+    assert listener.stop(signal.SIGTERM) == 0
+    for thread in threads:
+        thread.join(60)
+    listener.wait_for("stopped")
+    assert accepted
+    time.sleep(0.3)
+    delivered = {str(m.message()["Subject"]) for m in upstream.messages}
+    queued = {e.id for e in list_entries(load_config(str(conf)))}
+    assert queued == set()
+    assert set(accepted) <= delivered
+    assert len(upstream.messages) == len(delivered)  # none twice
+
+
+def test_sighup_with_a_broken_config_keeps_serving(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    conf = listener_config(tmp_path / "l.conf", upstream.port)
+    listener = start_listener(conf)
+    good = conf.read_text()
+    conf.write_text(good + "\n[domain:broken]\nsmtp_port = many\n")
+    listener.process.send_signal(signal.SIGHUP)
+    listener.wait_for("keeping the old one")
+    assert "smtp_port: expected a port number" in listener.wait_for("smtp_port")
+    with listener.client() as client:
+        assert client.sendmail("app@host.example", ["out@far.example"], message("still")) == {}
+    assert upstream.wait_for(1)[0].message()["Subject"] == "still"
+    # A good configuration is taken: now 127.0.0.2 may relay too.
+    conf.write_text(
+        good.replace("allowed_networks = 127.0.0.1/32", "allowed_networks = 127.0.0.0/8")
+    )
+    listener.process.send_signal(signal.SIGHUP)
+    listener.wait_for("reloaded")
+    with listener.client("127.0.0.2") as client:
+        assert client.sendmail("app@host.example", ["out@far.example"], message("wider")) == {}
+    assert listener.stop() == 0
+
+
+# -- STARTTLS and AUTH ---------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_listener(
+    tmp_path: Path,
+    upstream: SMTPTestServer,
+    tls_ca: trustme.CA,
+    start_listener: Callable[[Path], Listener],
+) -> Listener:
+    cert = tls_ca.issue_cert("127.0.0.1", "localhost")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "listen.pem"))
+    conf = listener_config(
+        tmp_path / "l.conf",
+        upstream.port,
+        f"listen_tls_cert_file = {tmp_path / 'listen.pem'}\n"
+        f"listen_tls_key_file = {tmp_path / 'listen.pem'}\n",
+        sections=f"\n[user:app@partner.example]\nsmtp_password_hash = {passhash.hash_password(PASSWORD)}\n",
+    )
+    return start_listener(conf)
+
+
+def tls_client(listener: Listener, tls_ca: trustme.CA, source: str = "127.0.0.2") -> smtplib.SMTP:
+    client = listener.client(source)
+    context = ssl.create_default_context()
+    tls_ca.configure_trust(context)
+    client.starttls(context=context)
+    return client
+
+
+def test_auth_before_starttls_is_refused(tls_listener: Listener) -> None:
+    with tls_listener.client("127.0.0.2") as client:
+        client.ehlo()
+        assert "starttls" in client.esmtp_features
+        assert "auth" not in client.esmtp_features
+        code, text = client.docmd("AUTH", "PLAIN AGFwcEBwYXJ0bmVyLmV4YW1wbGUAeA==")
+        assert code == 538
+        assert b"Encryption required" in text
+
+
+def test_wrong_password_gets_535_after_a_delay(tls_listener: Listener, tls_ca: trustme.CA) -> None:
+    with tls_client(tls_listener, tls_ca) as client:
+        client.ehlo()
+        assert "PLAIN" in client.esmtp_features["auth"]
+        started = time.monotonic()
+        with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
+            client.login("app@partner.example", "wrong")
+        assert failed.value.smtp_code == 535
+        assert time.monotonic() - started >= 1.5
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_an_authenticated_client_relays_as_its_user(
+    tls_listener: Listener, tls_ca: trustme.CA, upstream: SMTPTestServer, mechanism: str
+) -> None:
+    with tls_client(tls_listener, tls_ca) as client:
+        client.ehlo()
+        client.user, client.password = "app@partner.example", PASSWORD
+        code, _ = client.auth(mechanism, getattr(client, f"auth_{mechanism.lower()}"))
+        assert code == 235
+        # Another sender is not theirs to use.
+        assert client.docmd("MAIL FROM:<ceo@partner.example>")[0] == 553
+        refused = client.sendmail("app@partner.example", ["out@far.example"], message("authed"))
+        assert refused == {}
+    got = upstream.wait_for(1)[0]
+    assert got.mail_from == "app@partner.example"
+    assert "with ESMTPSA" in str(got.message()["Received"])
+
+
+def test_password_hash_reads_stdin_and_prints_a_hash_that_verifies(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "ssmtp_mailer", "password", "hash"],
+        input=f"{PASSWORD}\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    hashed = run.stdout.strip()
+    assert PASSWORD not in hashed
+    assert passhash.verify_password(PASSWORD.encode(), hashed)
+    assert not passhash.verify_password(b"other", hashed)
+    empty = subprocess.run(
+        [sys.executable, "-m", "ssmtp_mailer", "password", "hash"],
+        input="\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert empty.returncode == 64
+    assert empty.stderr.startswith("ssmtp-mailer: password hash: empty password")
+
+
+def test_a_bad_hash_in_the_config_is_a_config_error(
+    tmp_path: Path, upstream: SMTPTestServer
+) -> None:
+    conf = listener_config(
+        tmp_path / "l.conf",
+        upstream.port,
+        sections="\n[user:a@host.example]\nsmtp_password_hash = hunter2\n",
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "listen"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 78
+    assert "smtp_password_hash: expected scrypt$N$r$p$salt$key" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_an_address_in_use_is_one_line(tmp_path: Path, upstream: SMTPTestServer) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        conf = listener_config(tmp_path / "l.conf", upstream.port)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ssmtp_mailer",
+                "--config",
+                str(conf),
+                "listen",
+                "--address",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert run.returncode == 64
+    assert run.stderr.strip().splitlines() == [
+        f"ssmtp-mailer: listen 127.0.0.1:{port}: Address already in use"
+    ]
+
+
+def test_config_show_redacts_the_password_hash(tmp_path: Path, upstream: SMTPTestServer) -> None:
+    hashed = passhash.hash_password(PASSWORD)
+    conf = listener_config(
+        tmp_path / "l.conf",
+        upstream.port,
+        sections=f"\n[user:a@host.example]\nsmtp_password_hash = {hashed}\n",
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "config", "show"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert hashed not in run.stdout
+    assert "smtp_password_hash = <redacted>" in run.stdout
+    assert os.environ.get("SSMTP_MAILER_CONFIG") is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
+def test_started_as_root_it_binds_then_becomes_listen_user(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    conf = listener_config(tmp_path / "l.conf", upstream.port)
+    conf.write_text(conf.read_text().replace("listen_user = root", "listen_user = nobody"))
+    listener = start_listener(conf)
+    status = Path(f"/proc/{listener.process.pid}/status").read_text()
+    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    assert set(uids) == {str(pwd.getpwnam("nobody").pw_uid)}
+    with listener.client() as client:
+        assert client.sendmail("app@host.example", ["out@far.example"], message("dropped")) == {}
+    assert upstream.wait_for(1)[0].message()["Subject"] == "dropped"
+    assert listener.stop() == 0
+
+
+def test_sendmail_bs_and_the_listener_speak_one_dialect(
+    tmp_path: Path,
+    upstream: SMTPTestServer,
+    start_listener: Callable[[Path], Listener],
+    run_main: Callable[..., tuple[int, str, str]],
+) -> None:
+    """The same policy refusal at RCPT and the same kind of reply to the dot, both ways."""
+    conf = listener_config(
+        tmp_path / "l.conf",
+        upstream.port,
+        sections="\n[user:app@host.example]\nallowed_domains = far.example\n",
+    )
+    listener = start_listener(conf)
+    with listener.client() as client:
+        client.ehlo()
+        client.mail("app@host.example")
+        over_smtp = client.rcpt("x@elsewhere.example")
+        assert client.rcpt("ok@far.example")[0] == 250
+        code, text = client.data(message("one"))
+        assert code == 250 and text.startswith(b"2.0.0 OK ")
+    session = (
+        b"EHLO x\r\nMAIL FROM:<app@host.example>\r\nRCPT TO:<x@elsewhere.example>\r\n"
+        b"RCPT TO:<ok@far.example>\r\nDATA\r\n" + message("two").encode() + b".\r\nQUIT\r\n"
+    )
+    code, out, _ = run_main(["-C", str(conf), "-bs"], session)
+    assert code == 0
+    replies = out.splitlines()
+    refusal = next(r for r in replies if r.startswith("550"))
+    assert refusal == f"{over_smtp[0]} {over_smtp[1].decode()}"
+    assert "domain not in allowed_domains" in refusal
+    assert any(r.startswith("250 2.0.0 OK ") for r in replies)
+    assert sorted(str(m.message()["Subject"]) for m in upstream.wait_for(2)) == ["one", "two"]
+
+
+def test_the_workers_retry_quickly_where_sendmail_would_queue(
+    tmp_path: Path,
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    start_listener: Callable[[Path], Listener],
+) -> None:
+    flaky = smtp_server_factory(fault="421-connect")
+    conf = listener_config(tmp_path / "l.conf", flaky.port)
+    conf.write_text(
+        conf.read_text().replace(
+            "max_retries = 0\nretry_backoff = 0", "max_retries = 2\nretry_backoff = 1"
+        )
+    )
+    listener = start_listener(conf)
+    threading.Timer(0.5, setattr, (flaky, "fault", None)).start()
+    with listener.client() as client:
+        client.ehlo()
+        client.mail("app@host.example")
+        client.rcpt("out@far.example")
+        code, text = client.data(message("retried"))
+    assert code == 250 and b"delivered" in text  # the retry after 1 s got through
+    assert flaky.wait_for(1)[0].message()["Subject"] == "retried"
+    assert list_entries(load_config(str(conf))) == []
+
+
+def test_smtputf8_and_8bit_pass_through(
+    tmp_path: Path,
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    start_listener: Callable[[Path], Listener],
+) -> None:
+    upstream = smtp_server_factory(smtputf8=True)
+    listener = start_listener(listener_config(tmp_path / "l.conf", upstream.port))
+    body = "From: app@host.example\r\nSubject: caf\u00e9\r\n\r\nd\u00e9j\u00e0 vu\r\n".encode()
+    with listener.client() as client:
+        client.ehlo()
+        assert "smtputf8" in client.esmtp_features and "8bitmime" in client.esmtp_features
+        code, _ = client.mail("app@host.example", ["SMTPUTF8", "BODY=8BITMIME"])
+        assert code == 250
+        assert client.rcpt("j\u00fcrgen@m\u00fcller.example")[0] == 250
+        assert client.data(body)[0] == 250
+    got = upstream.wait_for(1)[0]
+    assert got.rcpt_tos == ["j\u00fcrgen@m\u00fcller.example"]
+    assert got.smtputf8
+    assert "d\u00e9j\u00e0 vu".encode() in got.data
+
+
+def test_an_idle_client_is_dropped_after_listen_timeout(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    listener = start_listener(
+        listener_config(tmp_path / "l.conf", upstream.port, "listen_timeout = 1")
+    )
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as sock:
+        assert sock.recv(1024).startswith(b"220 ")
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the listener, not by us
+        assert 0.5 < time.monotonic() - started < 5
+
+
+def test_a_message_that_cannot_even_be_queued_gets_451(
+    tmp_path: Path, start_listener: Callable[[Path], Listener]
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    (tmp_path / "not-a-dir").write_text("")
+    conf = listener_config(tmp_path / "l.conf", dead_port)
+    conf.write_text(
+        conf.read_text().replace(
+            f"spool_dir = {tmp_path / 'spool'}", f"spool_dir = {tmp_path / 'not-a-dir' / 'spool'}"
+        )
+    )
+    listener = start_listener(conf)
+    with listener.client() as client:
+        client.ehlo()
+        client.mail("app@host.example")
+        client.rcpt("out@far.example")
+        code, text = client.data(message())
+    assert code == 451
+    assert text.startswith(b"4.")
+
+
+def test_a_permanent_refusal_is_passed_on_with_the_relays_reason(
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    tmp_path: Path,
+    start_listener: Callable[[Path], Listener],
+) -> None:
+    refusing = smtp_server_factory(fault="554-data-end")
+    listener = start_listener(listener_config(tmp_path / "l.conf", refusing.port))
+    with listener.client() as client:
+        client.ehlo()
+        client.mail("app@host.example")
+        client.rcpt("out@far.example")
+        code, text = client.data(message())
+    assert code in (550, 554)
+    assert text.startswith(b"5.")
+    assert b"content policy" in text  # the relay's own reason is in ours
+
+
+def test_the_workers_reuse_upstream_connections(
+    listener: Listener, upstream: SMTPTestServer
+) -> None:
+    with listener.client() as client:
+        for i in range(10):
+            assert client.sendmail("app@host.example", ["out@far.example"], message(f"r{i}")) == {}
+    assert len(upstream.wait_for(10)) == 10
+    assert upstream.connections == 1  # one upstream session carried all ten (SPEC §6 reuse)

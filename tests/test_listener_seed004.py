@@ -1,0 +1,90 @@
+"""Seed 004's inbound half: the shipped tree behind `ssmtp-mailer listen`, mail from the internet."""
+
+from __future__ import annotations
+
+import shutil
+import smtplib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from smtpserver import SMTPTestServer
+from test_listener import Listener, start_listener  # noqa: F401 (the fixture)
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "ssmtp-mailer"
+APP_PASSWORD = "gmail app pass: 16 chars"
+
+
+@pytest.fixture
+def gmail(smtp_server_factory: Callable[..., SMTPTestServer]) -> SMTPTestServer:
+    return smtp_server_factory(
+        starttls=True, require_starttls=True, auth={"mail-relay@domain1.com": APP_PASSWORD}
+    )
+
+
+@pytest.fixture
+def tree(tmp_path: Path, gmail: SMTPTestServer) -> Path:
+    """The shipped tree; the Gmail route points at the stand-in, the listener stays root."""
+    root = tmp_path / "ssmtp-mailer"
+    shutil.copytree(EXAMPLE, root)
+    main_conf = root / "ssmtp-mailer.conf"
+    text = main_conf.read_text()
+    text = text.replace("[global]\n", f"[global]\nspool_dir = {tmp_path}/spool\n", 1)
+    assert "listen_user = mail\n" in text
+    text = text.replace("listen_user = mail\n", "listen_user = root\n")  # tmp_path is root's
+    # 127.0.0.2 plays the internet: only the listener's own host is trusted.
+    text = text.replace(
+        "allowed_networks = 127.0.0.0/8, ::1/128", "allowed_networks = 127.0.0.1/32"
+    )
+    main_conf.write_text(text)
+    domain = root / "domains" / "domain1.com.conf"
+    text = domain.read_text()
+    text = text.replace("smtp_server = smtp.gmail.com\n", "smtp_server = 127.0.0.1\n")
+    text = text.replace("smtp_port = 587\n", f"smtp_port = {gmail.port}\n")
+    gmail.write_ca_pem(tmp_path / "ca.pem")
+    text += f'ssl_ca_file = {tmp_path / "ca.pem"}\npassword = "{APP_PASSWORD}"\n'
+    domain.write_text(text)
+    domain.chmod(0o600)
+    return main_conf
+
+
+def test_the_internet_reaches_the_contact_aliases_and_nothing_else(
+    tree: Path,
+    gmail: SMTPTestServer,
+    start_listener: Callable[[Path], Listener],  # noqa: F811
+) -> None:
+    listener = start_listener(tree)
+    with listener.client("127.0.0.2") as client:
+        client.ehlo("mx.visitor.example")
+        client.mail("visitor@outside.example")
+        assert client.rcpt("contact-general@mailer.domain1.com")[0] == 250
+        assert client.rcpt("contact-legal@mailer.domain1.com")[0] == 250
+        code, text = client.rcpt("anyone@gmail.com")
+        assert code == 554 and b"5.7.1" in text
+        code, _ = client.data(
+            "From: Visitor <visitor@outside.example>\r\nTo: contact-general@mailer.domain1.com,"
+            " contact-legal@mailer.domain1.com\r\nSubject: Test Email\r\n\r\nhello\r\n"
+        )
+        assert code == 250
+    got = gmail.wait_for(1)[0]
+    assert got.auth_user == "mail-relay@domain1.com" and got.tls
+    assert sorted(got.rcpt_tos) == ["contact-general@domain1.com", "contact-legal@domain1.com"]
+    msg = got.message()
+    assert "contact-general@domain1.com" in str(msg["To"])
+    assert "visitor@outside.example" in str(msg["Reply-To"]) + str(msg["From"])
+    assert APP_PASSWORD not in "\n".join(listener.lines)
+
+
+def test_an_unmapped_local_part_of_the_mailer_domain_is_refused(
+    tree: Path,
+    gmail: SMTPTestServer,
+    start_listener: Callable[[Path], Listener],  # noqa: F811
+) -> None:
+    listener = start_listener(tree)
+    with listener.client("127.0.0.2") as client:
+        client.ehlo("mx.visitor.example")
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            client.sendmail(
+                "visitor@outside.example", ["postmaster@domain1.com"], "Subject: x\r\n\r\nx\r\n"
+            )
+    assert gmail.messages == []

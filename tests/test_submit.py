@@ -1,0 +1,411 @@
+"""Local submission by a user who cannot read the secrets (SPEC §8), as the real `nobody`.
+
+`nobody` runs Debian's /usr/bin/python3 (root's pyenv is not executable for other users)
+on a world-readable copy of the package, under `setpriv`. Skipped unless run as root.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from smtpserver import SMTPTestServer
+from test_listener import Listener
+
+from ssmtp_mailer.config.loader import load_config
+from ssmtp_mailer.spool import list_entries
+
+PACKAGE = Path(__file__).resolve().parent.parent / "ssmtp_mailer"
+SYSTEM_PYTHON = "/usr/bin/python3"
+NOBODY = "nobody"
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to become nobody"
+    if not shutil.which("setpriv") or not os.path.exists(SYSTEM_PYTHON):
+        return "needs setpriv and /usr/bin/python3"
+    try:
+        pwd.getpwnam(NOBODY)
+    except KeyError:
+        return "no user nobody"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+
+
+@pytest.fixture(scope="module")
+def shared_dir() -> Iterator[Path]:
+    """A directory `nobody` can reach, with a copy of the package in it."""
+    root = Path(tempfile.mkdtemp(prefix="ssmtp-mailer-submit-", dir="/tmp"))
+    root.chmod(0o755)
+    shutil.copytree(
+        PACKAGE, root / "code" / "ssmtp_mailer", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    # The pure-Python dependencies, from this interpreter's environment: a CI machine's
+    # /usr/bin/python3 need not have Debian's python3-click and friends installed.
+    for name in ("click", "platformdirs", "tomli_w"):
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.submodule_search_locations
+        source = Path(next(iter(spec.submodule_search_locations)))
+        shutil.copytree(source, root / "code" / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in (root / "code").rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    (root / "code").chmod(0o755)
+    probe = _as_nobody(root, ["-c", "import ssmtp_mailer.sendmail, ssmtp_mailer.submit"], b"", {})
+    if probe.returncode != 0:
+        shutil.rmtree(root)
+        pytest.skip(f"/usr/bin/python3 cannot run the package as nobody: {probe.stderr[-300:]!r}")
+    yield root
+    shutil.rmtree(root)
+
+
+def _as_nobody(
+    root: Path, args: list[str], stdin: bytes, env: dict[str, str]
+) -> subprocess.CompletedProcess[bytes]:
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/nonexistent",
+        "PYTHONPATH": str(root / "code"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **env,
+    }
+    return subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", SYSTEM_PYTHON, *args],
+        input=stdin,
+        capture_output=True,
+        env=environment,
+        cwd="/",
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def tree(shared_dir: Path, smtp_server: SMTPTestServer) -> Iterator[Path]:
+    """Main file 0644 with [global] only; the route (a relay password) in a 0600 root file."""
+    base = Path(tempfile.mkdtemp(prefix="tree-", dir=shared_dir))
+    base.chmod(0o755)
+    main = base / "ssmtp-mailer.conf"
+    main.write_text(
+        f"[global]\ndefault_hostname = host.example\nspool_dir = {base / 'spool'}\n"
+        "max_retries = 0\nenable_rate_limiting = false\nlisten_user = root\n"
+        "allowed_networks = 127.0.0.1/32\n"
+    )
+    main.chmod(0o644)
+    (base / "domains").mkdir(mode=0o700)
+    secret = base / "domains" / "relay.conf"
+    secret.write_text(
+        f"[domain:*]\nsmtp_server = 127.0.0.1\nsmtp_port = {smtp_server.port}\n"
+        "use_starttls = false\nauth_method = NONE\npassword = relay-secret-never-shown\n"
+        "\n[user:nobody@partner.example]\ncan_send_from = true\n"
+    )
+    secret.chmod(0o600)
+    yield main
+    shutil.rmtree(base)
+
+
+def nobody_sendmail(
+    shared_dir: Path, main: Path, args: list[str], message: bytes
+) -> subprocess.CompletedProcess[bytes]:
+    return _as_nobody(
+        shared_dir,
+        ["-m", "ssmtp_mailer", "sendmail", *args],
+        message,
+        {"SSMTP_MAILER_CONFIG": str(main)},
+    )
+
+
+def queue_run(main: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "ssmtp_mailer", "--config", str(main), "queue", "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+
+
+MESSAGE = b"Subject: from nobody\nTo: out@far.example\n\nhello from a cron job\n"
+
+
+@pytest.fixture
+def running_listener(tree: Path) -> Iterator[Listener]:
+    listener = Listener(tree)
+    yield listener
+    listener.stop(signal.SIGTERM)
+
+
+def test_nobody_cannot_read_the_secrets_yet_sends_through_the_socket(
+    shared_dir: Path, tree: Path, running_listener: Listener, smtp_server: SMTPTestServer
+) -> None:
+    sock = tree.parent / "spool" / "submit.sock"
+    assert sock.is_socket() and sock.stat().st_mode & 0o777 == 0o666
+    run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    assert b"relay-secret" not in run.stdout + run.stderr
+    got = smtp_server.wait_for(1)[0]
+    assert got.mail_from == "nobody@host.example"
+    assert got.rcpt_tos == ["out@far.example"]
+    received = str(got.message()["Received"])
+    assert "uid 65534 (nobody)" in received
+    assert "submit.sock" in received
+
+
+def test_nobody_cannot_claim_another_users_address_on_the_socket(
+    shared_dir: Path, tree: Path, running_listener: Listener, smtp_server: SMTPTestServer
+) -> None:
+    run = nobody_sendmail(
+        shared_dir, tree, ["-i", "-f", "root@host.example", "out@far.example"], MESSAGE
+    )
+    assert run.returncode == 77
+    assert b"root@host.example: sender address not owned by uid 65534 (nobody)" in run.stderr
+    # The listener checks what the submitter could not: this domain needs a [user:].
+    run = nobody_sendmail(
+        shared_dir, tree, ["-i", "-f", "nobody@other.example", "out@far.example"], MESSAGE
+    )
+    assert run.returncode == 77
+    assert b"553 5.7.1" in run.stderr
+    run = nobody_sendmail(
+        shared_dir, tree, ["-i", "-f", "nobody@partner.example", "out@far.example"], MESSAGE
+    )
+    assert run.returncode == 0, run.stderr
+    got = smtp_server.wait_for(1)
+    assert [m.mail_from for m in got] == ["nobody@partner.example"]
+
+
+def test_nobody_speaks_smtp_with_sendmail_bs_through_the_listener(
+    shared_dir: Path, tree: Path, running_listener: Listener, smtp_server: SMTPTestServer
+) -> None:
+    session = (
+        b"EHLO app.example\r\nMAIL FROM:<nobody@host.example>\r\nRCPT TO:<out@far.example>\r\n"
+        b"DATA\r\nSubject: over -bs\r\n\r\nhi\r\n.\r\n"
+        b"MAIL FROM:<root@host.example>\r\nQUIT\r\n"
+    )
+    run = nobody_sendmail(shared_dir, tree, ["-bs"], session)
+    assert run.returncode == 0, run.stderr
+    replies = run.stdout.decode().splitlines()
+    assert replies[0].startswith("220 ")
+    assert any(r.startswith("250 2.0.0 OK") for r in replies), "\n".join(replies)
+    assert any(r.startswith("553 5.7.1 <root@host.example>") for r in replies), replies
+    got = smtp_server.wait_for(1)[0]
+    assert got.message()["Subject"] == "over -bs"
+    assert "uid 65534 (nobody)" in str(got.message()["Received"])
+
+
+def test_sendmail_bs_without_a_listener_says_421(shared_dir: Path, tree: Path) -> None:
+    run = nobody_sendmail(shared_dir, tree, ["-bs"], b"EHLO x\r\nQUIT\r\n")
+    assert run.returncode == 75
+    assert run.stdout.startswith(b"421 4.3.2")
+    assert b"hint: start `ssmtp-mailer listen`" in run.stderr
+
+
+def test_without_a_listener_nobody_sends_through_the_maildrop(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    (tree.parent / "spool").mkdir()
+    queue_run(tree)  # root's first run opens the maildrop of an existing spool
+    drop = tree.parent / "spool" / "maildrop"
+    assert drop.stat().st_mode & 0o7777 == 0o1733
+    run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    files = list(drop.iterdir())
+    assert len(files) == 1 and files[0].stat().st_uid == pwd.getpwnam(NOBODY).pw_uid
+    assert files[0].stat().st_mode & 0o777 == 0o600
+    assert smtp_server.messages == []
+    queue_run(tree)
+    got = smtp_server.wait_for(1)[0]
+    assert got.mail_from == "nobody@host.example"
+    assert "uid 65534 (nobody)" in str(got.message()["Received"])
+    assert list(drop.iterdir()) == []
+    queue_run(tree)
+    time.sleep(0.2)
+    assert len(smtp_server.messages) == 1
+
+
+def test_a_maildrop_file_with_a_foreign_sender_is_refused_into_failed_with_a_bounce(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    (tree.parent / "spool").mkdir()
+    queue_run(tree)
+    run = nobody_sendmail(
+        shared_dir, tree, ["-i", "-f", "nobody@other.example", "out@far.example"], MESSAGE
+    )
+    assert run.returncode == 0, run.stderr  # the submitter cannot tell; the pickup can
+    queue_run(tree)
+    config = load_config(str(tree))
+    failed = list_entries(config, failed=True)
+    assert len(failed) == 1
+    assert "not owned by uid 65534 (nobody)" in failed[0].reason
+    bounce = smtp_server.wait_for(1)[0]
+    assert bounce.mail_from in ("", "<>")  # the null sender
+    assert bounce.rcpt_tos == ["nobody@host.example"]
+    assert all(m.rcpt_tos != ["out@far.example"] for m in smtp_server.messages)
+
+
+def test_a_listener_picks_the_maildrop_up(
+    shared_dir: Path,
+    tree: Path,
+    smtp_server: SMTPTestServer,
+) -> None:
+    (tree.parent / "spool").mkdir()
+    queue_run(tree)
+    run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    listener = Listener(tree)
+    try:
+        got = smtp_server.wait_for(1, timeout=15)[0]
+    finally:
+        assert listener.stop() == 0
+    assert "via maildrop" in str(got.message()["Received"])
+
+
+def test_root_still_delivers_directly(tree: Path, smtp_server: SMTPTestServer) -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ssmtp_mailer",
+            "--config",
+            str(tree),
+            "sendmail",
+            "-i",
+            "out@far.example",
+        ],
+        input=MESSAGE,
+        capture_output=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    got = smtp_server.wait_for(1)[0]
+    assert "Received" not in got.message()
+
+
+def test_the_spool_belongs_to_spool_user_and_root_and_mail_share_entries(
+    shared_dir: Path, smtp_server_factory: Callable[..., SMTPTestServer]
+) -> None:
+    """Root queues while the relay is down; the runner as `mail` delivers and removes it."""
+    try:
+        mail = pwd.getpwnam("mail")
+    except KeyError:
+        pytest.skip("no user mail")
+    base = Path(tempfile.mkdtemp(prefix="shared-", dir=shared_dir))
+    base.chmod(0o755)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    main = base / "ssmtp-mailer.conf"
+    text = (
+        f"[global]\ndefault_hostname = host.example\nspool_dir = {base / 'spool'}\n"
+        "max_retries = 0\nenable_rate_limiting = false\n\n"
+        "[domain:*]\nsmtp_server = 127.0.0.1\nsmtp_port = {port}\n"
+        "use_starttls = false\nauth_method = NONE\n"
+    )
+    main.write_text(text.replace("{port}", str(dead)))
+    main.chmod(0o644)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ssmtp_mailer",
+            "--config",
+            str(main),
+            "sendmail",
+            "-i",
+            "a@far.example",
+        ],
+        input=MESSAGE,
+        capture_output=True,
+        timeout=60,
+    )
+    assert run.returncode == 0 and b"queued as" in run.stderr, run.stderr
+    queue = base / "spool" / "queue"
+    assert (queue.stat().st_uid, queue.stat().st_gid) == (mail.pw_uid, mail.pw_gid)
+    assert queue.stat().st_mode & 0o7777 == 0o2770
+    upstream = smtp_server_factory()
+    main.write_text(text.replace("{port}", str(upstream.port)))
+    as_mail = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=mail",
+            "--regid=mail",
+            "--clear-groups",
+            SYSTEM_PYTHON,
+            "-m",
+            "ssmtp_mailer",
+            "--config",
+            str(main),
+            "queue",
+            "run",
+            "--all",
+        ],
+        capture_output=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": "/nonexistent",
+            "PYTHONPATH": str(shared_dir / "code"),
+        },
+        cwd="/",
+        timeout=60,
+    )
+    assert as_mail.returncode == 0, as_mail.stderr
+    assert upstream.wait_for(1)[0].rcpt_tos == ["a@far.example"]
+    assert [p.name for p in queue.iterdir()] == []
+
+
+def test_the_pickup_refuses_links_and_foreign_files(
+    tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    """A hard link or a symlink in the maildrop is never mailed out as its target's owner."""
+    (tree.parent / "spool").mkdir()
+    queue_run(tree)
+    drop = tree.parent / "spool" / "maildrop"
+    secret = tree.parent / "root-only"
+    secret.write_bytes(
+        b"ssmtp-mailer-maildrop 1\n"
+        + b'{"sender": "root@host.example", "recipients": ["out@far.example"]}\n'
+        + b"Subject: stolen\n\nx\n"
+    )
+    secret.chmod(0o600)
+    os.link(secret, drop / "hardlink")
+    (drop / "symlink").symlink_to(secret)
+    queue_run(tree)
+    time.sleep(0.2)
+    assert smtp_server.messages == []
+    assert sorted(p.name for p in drop.iterdir()) == []
+    assert secret.exists()
+
+
+def test_a_user_who_may_not_write_the_queue_submits_too(
+    shared_dir: Path, smtp_server: SMTPTestServer
+) -> None:
+    base = Path(tempfile.mkdtemp(prefix="readable-", dir=shared_dir))
+    base.chmod(0o755)
+    main = base / "ssmtp-mailer.conf"
+    main.write_text(
+        f"[global]\ndefault_hostname = host.example\nspool_dir = {base / 'spool'}\n"
+        "max_retries = 0\nenable_rate_limiting = false\n\n"
+        f"[domain:*]\nsmtp_server = 127.0.0.1\nsmtp_port = {smtp_server.port}\n"
+        "use_starttls = false\nauth_method = NONE\n"
+    )
+    main.chmod(0o644)  # everything readable: only the queue is out of reach
+    (base / "spool").mkdir()
+    queue_run(main)
+    assert (base / "spool" / "queue").stat().st_mode & 0o007 == 0  # not nobody's
+    run = nobody_sendmail(shared_dir, main, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    assert smtp_server.messages == []  # handed over, not sent by nobody itself
+    queue_run(main)
+    got = smtp_server.wait_for(1)[0]
+    assert "uid 65534 (nobody)" in str(got.message()["Received"])
