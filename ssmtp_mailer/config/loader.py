@@ -268,6 +268,10 @@ def _load_config_file(main_file: Path, strict: bool) -> Config:
                     sections.append(section)
 
     earlier_warnings = len(report.warnings)
+    # A file this user may not read (the route holding the relay's password) is a reason
+    # to hand the message to the system, even if what it defines is then missing
+    # (default_domain naming that route): decide before building the sections.
+    _raise_unreadable(report, gconf)
     config = _build_sections(main_file, gconf, sections, files, report, strict)
     if report.errors:
         _raise_unreadable(report, gconf)
