@@ -9,7 +9,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ssmtp_mailer import errors
-from ssmtp_mailer.errors import MailerError
+from ssmtp_mailer.errors import (
+    EX_CANTCREAT,
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_NOHOST,
+    EX_NOPERM,
+    EX_NOUSER,
+    EX_PROTOCOL,
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    MailerError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -20,17 +33,17 @@ if TYPE_CHECKING:
 
 # SPEC §9 exit code -> reply to the final "." (or to MAIL/RCPT when decided early).
 _REPLIES: dict[int, tuple[int, str]] = {
-    64: (553, "5.1.3"),
-    65: (554, "5.6.0"),
-    67: (550, "5.1.1"),
-    68: (451, "4.4.0"),
-    69: (554, "5.0.0"),
-    70: (451, "4.3.0"),
-    73: (451, "4.3.0"),
-    75: (451, "4.4.1"),
-    76: (554, "5.7.0"),
-    77: (550, "5.7.1"),
-    78: (451, "4.3.5"),
+    EX_USAGE: (553, "5.1.3"),
+    EX_DATAERR: (554, "5.6.0"),
+    EX_NOUSER: (550, "5.1.1"),
+    EX_NOHOST: (451, "4.4.0"),
+    EX_UNAVAILABLE: (554, "5.0.0"),
+    EX_SOFTWARE: (451, "4.3.0"),
+    EX_CANTCREAT: (451, "4.3.0"),
+    EX_TEMPFAIL: (451, "4.4.1"),
+    EX_PROTOCOL: (554, "5.7.0"),
+    EX_NOPERM: (550, "5.7.1"),
+    EX_CONFIG: (451, "4.3.5"),
 }
 
 OK = "250 2.0.0 OK"
@@ -64,7 +77,7 @@ def recipient_reply(config: Config, sender: str, recipient: str) -> str | None:
     except MailerError as exc:
         return reply_for(exc.exit_code, exc.why)
     if plan.refused:
-        return reply_for(77, f"<{recipient}>: {plan.refused[0].reason}")
+        return reply_for(EX_NOPERM, f"<{recipient}>: {plan.refused[0].reason}")
     return None
 
 
@@ -123,5 +136,5 @@ def deliver_data(
         return error_reply(exc)
     except Exception as exc:  # a bug: the session goes on, the client may retry
         report(f"internal error: {type(exc).__name__}: {exc}")
-        return reply_for(70, "internal error")
+        return reply_for(EX_SOFTWARE, "internal error")
     return outcome_reply(result)
