@@ -148,7 +148,7 @@ def reply_text(message: bytes | str) -> str:
 
 def fingerprint_of(der: bytes) -> str:
     """SHA-256 of a DER certificate in the form `tls_fingerprint` accepts (lowercase hex)."""
-    import hashlib  # only with TLS: its OpenSSL start-up is a millisecond of every run
+    import hashlib  # here: its OpenSSL start-up is for pinned or inspected certificates only
 
     return hashlib.sha256(der).hexdigest()
 
