@@ -624,7 +624,7 @@ def prepare(
 
 
 def apply_group_headers(
-    prepared_or_bytes: PreparedMessage | bytes,
+    prepared_or_bytes: PreparedMessage | bytes | bytearray,
     plan: Plan,
     group: RouteGroup,
     *,

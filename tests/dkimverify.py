@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import dkim
+import dkim  # type: ignore[import-untyped, unused-ignore]
 import dns.exception
 import dns.resolver
 from dnsserver import DNSServer

@@ -90,7 +90,7 @@ class _Records:
         sets: dict[int, dns.rdataset.Rdataset] = {}
         for record in records:
             rtype, value = record[0].upper(), record[1]
-            ttl = record[2] if len(record) > 2 else DEFAULT_TTL  # type: ignore[misc]
+            ttl = record[2] if len(record) > 2 else DEFAULT_TTL  # type: ignore[misc, unused-ignore]
             rdtype = dns.rdatatype.from_text(rtype)
             if rdtype == dns.rdatatype.TXT:
                 strings = txt_strings(value) if isinstance(value, str) else tuple(value)
@@ -286,7 +286,7 @@ class DNSServer:
                         response.answer.append(_rrset(owner, rdataset))
                 return
             response.answer.append(_rrset(owner, cname))
-            owner = next(iter(cname)).target  # type: ignore[attr-defined]
+            owner = next(iter(cname)).target  # type: ignore[attr-defined, unused-ignore]
 
     def _negative(self, response: dns.message.Message, qname: dns.name.Name) -> None:
         """RFC 2308: a negative answer carries the SOA of the zone above the name, if any."""
@@ -301,7 +301,7 @@ class DNSServer:
 
 def _rrset(owner: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:
     rrset = dns.rrset.RRset(owner, rdataset.rdclass, rdataset.rdtype)
-    rrset.update(rdataset)
+    rrset.update(rdataset)  # type: ignore[no-untyped-call, unused-ignore]
     return rrset
 
 

@@ -503,7 +503,7 @@ class _SMTP(SMTP):
         """Record the command, and whether more input was already waiting (a pipelined one)."""
         if not self._probe:
             # What the client sent beyond this line, in asyncio's read buffer.
-            waiting = bool(self._reader._buffer)
+            waiting = bool(getattr(self._reader, "_buffer", b""))
             self._owner._record_command(verb, waiting)
 
     async def smtp_MAIL(self, arg: str) -> None:
@@ -527,9 +527,10 @@ class _SMTP(SMTP):
 
     def _timeout_cb(self) -> None:
         # What Postfix says when a client has been idle too long, then it hangs up.
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(f"421 4.4.2 {SERVER_NAME} Error: timeout exceeded\r\n".encode())
-        super()._timeout_cb()
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(f"421 4.4.2 {SERVER_NAME} Error: timeout exceeded\r\n".encode())
+        super()._timeout_cb()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def smtp_QUIT(self, arg: str) -> None:
         self._command("QUIT")

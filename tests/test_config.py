@@ -16,7 +16,7 @@ from ssmtp_mailer.entry import main
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "etc" / "ssmtp-mailer" / "ssmtp-mailer.conf"
@@ -226,7 +226,7 @@ def test_no_configuration_anywhere_is_exit_78(
 
 # --- bad input: one clear line with file:line, exit 78, never a traceback --------------------
 
-BAD = {
+BAD: dict[str, tuple[str | bytes, str]] = {
     "key-outside-section": ("smtp_port = 25\n[global]\n", ":1: smtp_port: key outside any section"),
     "section-without-name": ("[domain:]\nsmtp_server = x\n", ":1: section [domain:] has no name"),
     "not-ini": ("this is { not an ini file }\n", ":1: expected 'key = value'"),

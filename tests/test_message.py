@@ -39,12 +39,12 @@ def prep(raw: bytes, **intake: object) -> PreparedMessage:
     )
 
 
-def header_block(data: bytes) -> bytes:
-    return data.split(b"\r\n\r\n", 1)[0]
+def header_block(data: bytes | bytearray) -> bytes:
+    return bytes(data).split(b"\r\n\r\n", 1)[0]
 
 
-def body_of(data: bytes) -> bytes:
-    return data.split(b"\r\n\r\n", 1)[1]
+def body_of(data: bytes | bytearray) -> bytes:
+    return bytes(data).split(b"\r\n\r\n", 1)[1]
 
 
 # -- address lists ---------------------------------------------------------------------
@@ -372,7 +372,10 @@ def test_any_bytes_prepare_or_clean_error(raw: bytes, extract: bool, dots: bool)
 @given(
     lines=st.lists(
         st.text(
-            alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x00"),
+            alphabet=st.characters(
+                blacklist_categories=("Cs",),  # type: ignore[arg-type, unused-ignore]
+                blacklist_characters="\r\n\x00",
+            ),
             max_size=60,
         ),
         max_size=20,

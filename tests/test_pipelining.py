@@ -169,7 +169,7 @@ def test_same_report_with_and_without_pipelining(
         "550-mail", "421-mail", "452-data", "554-data", "drop-rcpt", "550-rcpt:two@example.org",
     )  # fmt: skip
     for fault in faults:
-        seen = []
+        seen: list[tuple[object, ...]] = []
         for flag in (True, False):
             server, result = outcome(
                 smtp_server_factory, where(tmp_path / f"{fault}-{flag}"), flag, THREE, fault=fault
