@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from ssmtp_mailer import errors, log, rewrite
@@ -19,7 +19,7 @@ from ssmtp_mailer.errors import (
     NoUserError,
     TempFailError,
 )
-from ssmtp_mailer.message import PreparedMessage, apply_group_headers
+from ssmtp_mailer.message import Dsn, PreparedMessage, apply_group_headers
 from ssmtp_mailer.relay import engine, failures
 from ssmtp_mailer.relay.pool import ConnectionPool
 
@@ -189,38 +189,38 @@ def submit(
         this = prepared
         if not prepared.smtputf8 and not all(a.isascii() for a in addresses):
             this = prepared._replace(smtputf8=True)
-        record = engine.DeliveryLog(config, group, data)
-        try:
-            if signer is not None:
-                # After the last header change, before the first attempt: a queued entry
-                # keeps these signed bytes, so a retry sends them as they are.
-                from ssmtp_mailer.relay import dkim
+        attempted: Attempted | None = None
+        if signer is not None:
+            # After the last header change, before the first attempt: a queued entry
+            # keeps these signed bytes, so a retry sends them as they are.
+            from ssmtp_mailer.relay import dkim
 
+            try:
                 data = dkim.sign(signer, data)
-                record.size = len(data)
-            result = engine.deliver(
-                config,
-                group,
-                data,
-                record=record,
-                smtputf8=this.smtputf8,
-                eightbit=this.eightbit,
-                dsn=this.dsn,
-                transcript=transcript,
-                rate_wait=config.global_.rate_limit_wait,
-                retries=retries,
-                pool=connections,
-            )
-        except MailerError as exc:
-            outcome = _handle_failure(config, group, data, this, exc, report)
-        except Exception as exc:  # a bug must not cost the message
-            log.write_traceback(config, exc)
-            error = failures.unexpected(exc, f"[domain:{group.route.name}]")
-            outcome = _handle_failure(config, group, data, this, error, report)
+            except Exception as exc:  # the message is kept, unsigned, by the policy
+                attempted = _not_attempted(config, group, exc)
+        record = engine.DeliveryLog(config, group, data)
+        attempted = attempted or attempt(
+            config,
+            group,
+            data,
+            record=record,
+            smtputf8=this.smtputf8,
+            eightbit=this.eightbit,
+            dsn=this.dsn,
+            pool=connections,
+            queued=False,
+            transcript=transcript,
+            retries=retries,
+        )
+        if attempted.result is None:
+            assert attempted.error is not None
+            outcome = _handle_failure(config, group, data, this, attempted, report)
         else:
-            outcome = GroupOutcome(group, result=result)
-            refusals = _handle_refusals(config, group, data, this, result, problem, report)
-            outcomes.extend(refusals)
+            outcome = GroupOutcome(group, result=attempted.result)
+            outcomes.extend(
+                _handle_refusals(config, group, data, this, attempted.result, problem, report)
+            )
         if outcome.error is not None and outcome.queued_id is None:
             for line in outcome.error.lines():
                 problem(line)
@@ -258,19 +258,18 @@ def _handle_refusals(
     report: Callable[[str], None],
 ) -> list[GroupOutcome]:
     """After a partial delivery: queue the 4xx-refused recipients, keep the 5xx ones in failed/."""
-    deferred = result.deferred
-    refused = [a for a in result.refused if a not in deferred]
+    deferred, refused = result.deferred, result.rejected
     for address in refused:
         code, text = result.refused[address]
         problem(f"{address}: refused by {result.server}: {code} {text}")
     outcomes: list[GroupOutcome] = []
     if refused:
         failed = group._replace(recipients=tuple(refused))
-        refusal = NoUserError(result.server, _replies(result, refused))
+        refusal = NoUserError(result.server, result.replies(refused))
         handle_permanent_failure(config, failed, data, prepared, refusal)
     if deferred:
         pending = group._replace(recipients=deferred)
-        error = TempFailError(result.server, _replies(result, deferred))
+        error = TempFailError(result.server, result.replies(deferred))
         outcome = handle_temporary_failure(config, pending, data, prepared, error, report)
         if outcome.error is not None and outcome.queued_id is None:
             for line in outcome.error.lines():
@@ -279,9 +278,63 @@ def _handle_refusals(
     return outcomes
 
 
-def _replies(result: engine.DeliveryResult, addresses: Sequence[str]) -> str:
-    """What the relay said to each of `addresses`, on one line."""
-    return "; ".join(f"{a}: {result.refused[a][0]} {result.refused[a][1]}" for a in addresses)
+class Attempted(NamedTuple):
+    """One group's delivery attempt: the relay's result, or the error and its fate."""
+
+    result: engine.DeliveryResult | None = None
+    error: MailerError | None = None
+    fate: failures.Fate | None = None
+
+
+def attempt(
+    config: Config,
+    group: rewrite.RouteGroup,
+    data: bytes | bytearray,
+    *,
+    record: engine.DeliveryLog,
+    smtputf8: bool,
+    eightbit: bool,
+    dsn: Dsn | None,
+    pool: ConnectionPool | None,
+    queued: bool,
+    transcript: Callable[[str], None] | None = None,
+    retries: int = 0,
+) -> Attempted:
+    """The delivery step every path takes, a new message (`queued` False) or a queue entry:
+    the engine, then the failure policy (relay/failures.py) on whatever it raised.
+
+    A caller waits at most `rate_limit_wait` for a rate-limit slot; the runner as long as
+    the limit needs, since it sends at the allowed pace.
+    """
+    try:
+        result = engine.deliver(
+            config,
+            group,
+            data,
+            record=record,
+            smtputf8=smtputf8,
+            eightbit=eightbit,
+            dsn=dsn,
+            transcript=transcript,
+            rate_wait=None if queued else config.global_.rate_limit_wait,
+            retries=retries,
+            pool=pool,
+        )
+    except Exception as exc:
+        return _not_attempted(config, group, exc, queued=queued)
+    return Attempted(result=result)
+
+
+def _not_attempted(
+    config: Config, group: rewrite.RouteGroup, exc: Exception, *, queued: bool = False
+) -> Attempted:
+    """An error on the way to the relay, with its fate; a bug must not cost the message."""
+    if isinstance(exc, MailerError):
+        error = exc
+    else:
+        log.write_traceback(config, exc)
+        error = failures.unexpected(exc, f"[domain:{group.route.name}]")
+    return Attempted(error=error, fate=failures.fate(error, queued=queued))
 
 
 def _handle_failure(
@@ -289,13 +342,14 @@ def _handle_failure(
     group: rewrite.RouteGroup,
     data: bytes | bytearray,
     prepared: PreparedMessage,
-    error: MailerError,
+    attempted: Attempted,
     report: Callable[[str], None],
 ) -> GroupOutcome:
-    """The failure policy (relay/failures.py) for a message just submitted."""
-    if failures.fate(error, queued=False) is failures.Fate.QUEUE:
-        return handle_temporary_failure(config, group, data, prepared, error, report)
-    return handle_permanent_failure(config, group, data, prepared, error)
+    """Queue the group or keep it in failed/, as the failure policy decided."""
+    assert attempted.error is not None
+    if attempted.fate is failures.Fate.QUEUE:
+        return handle_temporary_failure(config, group, data, prepared, attempted.error, report)
+    return handle_permanent_failure(config, group, data, prepared, attempted.error)
 
 
 def _exit_code(plan: rewrite.Plan, outcomes: list[GroupOutcome]) -> int:

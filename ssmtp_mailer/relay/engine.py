@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from ssmtp_mailer import log
@@ -44,6 +44,15 @@ class DeliveryResult(NamedTuple):
     def deferred(self) -> tuple[str, ...]:
         """Refused recipients whose reply was temporary (4xx): worth queueing for them alone."""
         return tuple(r for r, (code, _) in self.refused.items() if 400 <= code < 500)
+
+    @property
+    def rejected(self) -> tuple[str, ...]:
+        """Refused recipients whose reply was not temporary: failed for good."""
+        return tuple(r for r, (code, _) in self.refused.items() if not 400 <= code < 500)
+
+    def replies(self, addresses: Sequence[str]) -> str:
+        """What the relay said to each of `addresses`, on one line."""
+        return "; ".join(f"{a}: {self.refused[a][0]} {self.refused[a][1]}" for a in addresses)
 
 
 def servers_of(route: DomainConfig) -> list[HostPort]:

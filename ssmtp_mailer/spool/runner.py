@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ssmtp_mailer import log
 from ssmtp_mailer.config.model import Config
 from ssmtp_mailer.errors import (
     EX_OK,
@@ -339,7 +338,8 @@ def _read_fd(fd: int) -> bytes:
 
 
 def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _Run) -> None:
-    from ssmtp_mailer.relay.engine import DeliveryLog, deliver
+    from ssmtp_mailer.pipeline import attempt
+    from ssmtp_mailer.relay.engine import DeliveryLog
 
     route = config.domains.get(entry.route)
     if route is None:
@@ -360,24 +360,22 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         reply_to=entry.reply_to,
     )
     record = DeliveryLog(config, group, data)
-    try:
-        result = deliver(
-            config,
-            group,
-            data,
-            record=record,
-            smtputf8=entry.smtputf8,
-            eightbit=entry.eightbit,
-            dsn=entry.dsn,
-            pool=run.connections,
-        )
-    except Exception as exc:
-        if isinstance(exc, MailerError):
-            error = exc
-        else:  # a bug: the entry waits for the fix, and the traceback goes to the log
-            log.write_traceback(config, exc)
-            error = failures.unexpected(exc, f"[domain:{route.name}]")
-        if failures.fate(error, queued=True) is failures.Fate.QUEUE:
+    # The same step as a new message's (pipeline.attempt), as a queue entry.
+    attempted = attempt(
+        config,
+        group,
+        data,
+        record=record,
+        smtputf8=entry.smtputf8,
+        eightbit=entry.eightbit,
+        dsn=entry.dsn,
+        pool=run.connections,
+        queued=True,
+    )
+    result, error = attempted.result, attempted.error
+    if result is None:
+        assert error is not None
+        if attempted.fate is failures.Fate.QUEUE:
             _defer(queue_dir, entry, entry.recipients, error_reason(error), now)
             record.not_sent(error, "deferred", EX_OK, entry.id)
             run.deferred.append(entry.id)
@@ -388,8 +386,8 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
             run.failed.append(entry.id)
         return
     record.sent(result, EX_OK)
-    permanent = {r: f"{c} {m}" for r, (c, m) in result.refused.items() if c >= 500}
-    pending = tuple(r for r in entry.recipients if r in result.refused and r not in permanent)
+    permanent = {r: f"{result.refused[r][0]} {result.refused[r][1]}" for r in result.rejected}
+    pending = result.deferred
     if permanent:
         reason = f"{result.server}: " + "; ".join(f"{r}: {m}" for r, m in permanent.items())
         _fail_entry(
@@ -405,8 +403,7 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         )
         run.failed.append(entry.id)
     if pending:
-        replies = "; ".join(f"{r}: {c} {m}" for r, (c, m) in result.refused.items() if c < 500)
-        _defer(queue_dir, entry, pending, f"{result.server}: {replies}", now)
+        _defer(queue_dir, entry, pending, f"{result.server}: {result.replies(pending)}", now)
         run.deferred.append(entry.id)
     elif not permanent:
         _mark_delivered(queue_dir, entry.id, run)
