@@ -5,8 +5,6 @@ making a dataclass (plus importing `dataclasses` itself) costs several times as 
 (bench/bench_sendmail.py measures the path).
 """
 
-from __future__ import annotations
-
 import enum
 from pathlib import Path
 from typing import NamedTuple
