@@ -337,6 +337,18 @@ def run_sendmail(args: list[str]) -> int:
         return submit_stdin(parsed, exc.global_, _standard(sys.stdin, "input").buffer)
     if parsed.mode in ("queue", "smtp"):
         gc.enable()  # these handle many messages in one process (see entry.script)
+    try:
+        return _run_mode(parsed, config)
+    except MailerError:
+        raise
+    except Exception as exc:  # a bug: the user gets one line (entry), the log the traceback
+        from ssmtp_mailer import log
+
+        log.write_traceback(config, exc)
+        raise
+
+
+def _run_mode(parsed: SendmailArgs, config: Config) -> int:
     if parsed.mode == "list":
         from ssmtp_mailer.commands.queue import listing_text
 

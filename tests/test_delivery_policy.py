@@ -292,3 +292,20 @@ def test_banner_timeout_is_reported_as_the_banner(tmp_path: Path, run_main: Run)
 
 def _load(conf: Path) -> Config:
     return load_config(str(conf))
+
+
+def test_a_bug_is_one_line_for_the_user_and_a_traceback_in_the_debug_log(
+    tmp_path: Path, run_main: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssmtp_mailer.message
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(ssmtp_mailer.message, "prepare", broken)
+    conf = config_for(tmp_path, closed_port(), "log_level = DEBUG")
+    code, _, err = run_main(["-C", str(conf), "-t"], MESSAGE)
+    assert code == 70
+    assert err.startswith("ssmtp-mailer: internal error: KeyError") and "Traceback" not in err
+    logged = (tmp_path / "mail.log").read_text()
+    assert "Traceback (most recent call last)" in logged and "KeyError: 'a bug'" in logged
