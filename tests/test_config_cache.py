@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ssmtp_mailer import paths
-from ssmtp_mailer.config import cache
+from ssmtp_mailer.config import cache, loader
 from ssmtp_mailer.config.loader import load_config_file
 from ssmtp_mailer.errors import ConfigError
 
@@ -19,7 +19,7 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every tree is cached (no size threshold), in a folder of the test's own."""
     where = tmp_path / "cache" / "ssmtp-mailer"
     monkeypatch.setattr(paths, "config_cache_dir", lambda: where)
-    monkeypatch.setattr(cache, "MIN_BYTES", 0)
+    monkeypatch.setattr(loader, "CACHE_MIN_BYTES", 0)
     return where
 
 
@@ -148,7 +148,7 @@ def test_unwritable_cache_location_is_harmless(
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     monkeypatch.setattr(paths, "config_cache_dir", lambda: blocker / "ssmtp-mailer")
-    monkeypatch.setattr(cache, "MIN_BYTES", 0)
+    monkeypatch.setattr(loader, "CACHE_MIN_BYTES", 0)
     main = make_tree(tmp_path)
     first = load_config_file(main)
     assert load_config_file(main) == first

@@ -409,7 +409,6 @@ SENDMAIL_PATH_MODULES = frozenset(
         "types", "typing", "typing.io", "typing.re", "urllib", "urllib.parse", "warnings",
         "weakref",
         "ssmtp_mailer", "ssmtp_mailer.addresses", "ssmtp_mailer.config",
-        "ssmtp_mailer.config.cache",
         "ssmtp_mailer.config.ini",
         "ssmtp_mailer.config.loader", "ssmtp_mailer.config.model",
         "ssmtp_mailer.config.values", "ssmtp_mailer.entry", "ssmtp_mailer.errors",

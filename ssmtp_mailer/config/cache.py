@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 FORMAT = 3
-# Below this many bytes of configuration, parsing is cheaper than checking a cache.
-MIN_BYTES = 64 * 1024
 # File systems with coarse timestamps can store a change within this window under the old mtime.
 RACY_NS = 2_000_000_000
 # Cache files kept per user; the oldest are removed beyond this (one per configuration tree).
@@ -94,18 +92,6 @@ def code_digest() -> str:
         _code.append(digest(b"\0".join(parts)))
     return _code[0]
 
-
-def worth_caching(main_size: int, files: Sequence[Path]) -> bool:
-    """True when the tree is large enough for the cache to pay (stat sizes, no reading)."""
-    total = main_size
-    for path in files:
-        if total >= MIN_BYTES:
-            return True
-        try:
-            total += os.stat(path).st_size
-        except OSError:
-            return False
-    return total >= MIN_BYTES
 
 
 def _cache_file(main_file: Path) -> Path:

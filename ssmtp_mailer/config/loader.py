@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ssmtp_mailer import paths
 from ssmtp_mailer.addresses import domain_problem
-from ssmtp_mailer.config import cache
 from ssmtp_mailer.config import values as v
 from ssmtp_mailer.config.ini import RawSection, parse_ini
 from ssmtp_mailer.config.model import (
@@ -235,10 +234,13 @@ def _load_config_file(main_file: Path, strict: bool) -> Config:
         not strict
         and not report.errors
         and not any(listed.errors for _, listed in listings)
-        and cache.worth_caching(read[0][1].st_size, dir_files)
+        and _worth_caching(read[0][1].st_size, dir_files)
     )
     context = repr((gconf, os.environ.get("HOME"), os.geteuid()))
     if use_cache:
+        # Imported only for a tree big enough: a small one never pays for the module.
+        from ssmtp_mailer.config import cache
+
         hit = cache.lookup(main_file, context, cache.source_of(read[0]), dir_files)
         if hit is not None:
             for _, listed in listings:
@@ -279,11 +281,30 @@ def _load_config_file(main_file: Path, strict: bool) -> Config:
             "configuration", "invalid", problems=report.errors, warnings=report.warnings
         )
     if use_cache and len(read) == len(files):
+        from ssmtp_mailer.config import cache
+
         found_sections = cache.Sections(
             config.domains, config.users, config.mappings, config.warnings[earlier_warnings:]
         )
         cache.store(main_file, context, [cache.source_of(r) for r in read], found_sections)
     return config
+
+
+# Below this many bytes of configuration, parsing is cheaper than checking a cache.
+CACHE_MIN_BYTES = 64 * 1024
+
+
+def _worth_caching(main_size: int, files: Sequence[Path]) -> bool:
+    """True when the tree is large enough for the cache to pay (stat sizes, no reading)."""
+    total = main_size
+    for path in files:
+        if total >= CACHE_MIN_BYTES:
+            return True
+        try:
+            total += os.stat(path).st_size
+        except OSError:
+            return False
+    return total >= CACHE_MIN_BYTES
 
 
 def _read_file(
