@@ -1,6 +1,7 @@
 """The sendmail interface (SPEC §2, §5): hand-parsed flags, -bm intake, -bs, -bp, -q.
 
-Kept free of click and of every heavy import: programs run this once per message.
+Kept free of click and of every heavy import on the way of a message: programs run this
+once per message. Only -bp (mailq) loads the queue command's renderer, click with it.
 """
 
 from __future__ import annotations

@@ -138,3 +138,22 @@ def test_help_lists_queue(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for sub in ("list", "show", "run", "delete", "retry-failed"):
         assert sub in out
+
+
+def test_a_damaged_entry_is_shown_as_damaged_and_can_be_deleted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, closed_port())
+    damaged, moved = enqueue(config, 1), enqueue(config, 2)
+    for entry_id in (damaged, moved):
+        (tmp_path / "spool" / "queue" / f"{entry_id}.toml").write_text("not = [toml")
+    code, _, err = run(capsys, config.main_file, "show", damaged)
+    assert code == 65 and "unreadable envelope" in err and "internal error" not in err
+    assert run(capsys, config.main_file, "delete", damaged)[0] == 0
+    assert not (tmp_path / "spool" / "queue" / f"{damaged}.msg").exists()
+    spool.run_queue(config, force=True)  # moves the other one aside
+    code, out, _ = run(capsys, config.main_file, "list")
+    assert moved in out and damaged not in out
+    assert run(capsys, config.main_file, "delete", moved)[0] == 0
+    assert list((tmp_path / "spool" / "damaged").iterdir()) == []
+    assert run(capsys, config.main_file, "list")[1] == "Mail queue is empty\n"

@@ -486,3 +486,37 @@ def test_locked_entry_is_skipped_and_cannot_be_deleted(
             spool.delete_entry(config, entry_id)
     assert smtp_server.messages == []
     assert spool.run_queue(config, force=True).delivered == (entry_id,)
+
+
+def test_no_failure_notice_when_the_sender_asked_for_none(
+    tmp_path: Path, smtp_server_factory: Callable[..., SMTPTestServer]
+) -> None:
+    """RFC 3461 §4.1: `-N never` (or `success`) means no failure notice, even on expiry."""
+    from ssmtp_mailer.message import Dsn
+
+    server = smtp_server_factory()
+    config = write_config(tmp_path, server.port, queue_lifetime=1)
+    for notify in ("NEVER", "SUCCESS"):
+        spool.enqueue(
+            config, group_for(config), message(1), smtputf8=False, eightbit=False,
+            reason="relay down", dsn=Dsn(notify=notify),
+        )  # fmt: skip
+    time.sleep(1.2)
+    result = spool.run_queue(config, force=True)
+    assert len(result.expired) == 2 and result.bounces == 0
+    assert server.messages == []
+
+
+def test_a_message_being_linked_into_failed_is_not_debris(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Between the hard link and its envelope, another runner must not take the old file."""
+    config = write_config(tmp_path, smtp_server.port)
+    entry_id = enqueue(config, 1)
+    queue_msg = tmp_path / "spool" / "queue" / f"{entry_id}.msg"
+    old = time.time() - spool.STALE_SECONDS - 60
+    os.utime(queue_msg, (old, old))
+    failed_msg = tmp_path / "spool" / "failed" / f"{entry_id}.msg"
+    os.link(queue_msg, failed_msg)  # a runner failing the entry, its envelope not yet placed
+    spool.run_queue(config, ids=[entry_id])
+    assert failed_msg.exists()

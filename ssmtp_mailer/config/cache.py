@@ -161,8 +161,8 @@ def _unchanged(
             return False
     # The loader checks these files exist; they are outside the tree, so check them again.
     for domain in record["sections"]["domains"]:
-        for key in _DOMAIN_PATHS:
-            name = domain.get(key)
+        names = [domain.get(key) for key in _DOMAIN_PATHS] + list(domain.get("dkim_key_file", ()))
+        for name in names:
             if name is not None and not (os.path.isfile(name) and os.access(name, os.R_OK)):
                 return False
     return True

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ssmtp_mailer import log
 from ssmtp_mailer.config.model import Config
 from ssmtp_mailer.errors import (
     EX_OK,
@@ -19,10 +19,6 @@ from ssmtp_mailer.errors import (
 if TYPE_CHECKING:
     from ssmtp_mailer.relay.pool import ConnectionPool
 
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - Python 3.10
-    pass  # type: ignore[import-not-found, unused-ignore]
 
 from ssmtp_mailer.spool.store import (
     FAILED,
@@ -45,10 +41,17 @@ def _bounce(config: Config, failed: Entry, data: bytes, pool: ConnectionPool | N
     """Tell the sender, with a null envelope sender (never a bounce for a bounce)."""
     if not config.global_.bounce or not failed.sender:
         return False
+    dsn = failed.dsn
+    if dsn is not None and dsn.notify and "FAILURE" not in dsn.notify.split(","):
+        return False  # RFC 3461 §4.1: the sender asked for no failure notice (-N)
     from ssmtp_mailer.relay.engine import DeliveryLog, deliver
     from ssmtp_mailer.rewrite import plan_delivery
 
-    notice = build_bounce(config, failed, data)
+    try:
+        notice = build_bounce(config, failed, data)
+    except Exception as exc:  # a bug in the notice must not undo the entry's move to failed/
+        log.write_traceback(config, exc)
+        return False
     try:
         plan = plan_delivery(config, "", [failed.sender])
     except MailerError:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ssmtp_mailer import log
 from ssmtp_mailer.config.model import Config
 from ssmtp_mailer.errors import (
     EX_OK,
@@ -25,14 +26,9 @@ from ssmtp_mailer.rewrite import RouteGroup
 if TYPE_CHECKING:
     from ssmtp_mailer.relay.pool import ConnectionPool
 
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - Python 3.10
-    pass  # type: ignore[import-not-found, unused-ignore]
 
 from ssmtp_mailer.spool.bounce import _bounce
 from ssmtp_mailer.spool.store import (
-    DAMAGE,
     DAMAGED,
     ENVELOPE_SUFFIX,
     FAILED,
@@ -41,6 +37,7 @@ from ssmtp_mailer.spool.store import (
     STALE_SECONDS,
     TEMP_PREFIX,
     Attempt,
+    DamagedEntryError,
     Entry,
     _encode,
     _entry_ids,
@@ -54,7 +51,6 @@ from ssmtp_mailer.spool.store import (
     area_dir,
     backoff,
     check_id,
-    damage_reason,
     ensure_spool,
     error_reason,
     move_aside,
@@ -117,7 +113,11 @@ def _clean_debris(directory: Path, now: float) -> None:
             continue
         path = directory / name
         with contextlib.suppress(OSError):
-            if now - path.stat().st_mtime > STALE_SECONDS:
+            st = path.stat()
+            # A message being hard-linked into place (failed/, retry-failed) keeps its old
+            # mtime, and its envelope follows in a moment: while the other name still
+            # exists it is not debris.
+            if st.st_nlink == 1 and now - st.st_mtime > STALE_SECONDS:
                 path.unlink()
 
 
@@ -281,10 +281,10 @@ def _run_entries(
                 break
             try:
                 _run_one(config, queue_dir, entry_id, force=force, run=run)
-            except DAMAGE as exc:
+            except DamagedEntryError as exc:
                 # Moved aside with the reason, so that mailq names it and it stops
                 # costing every run; the others go on.
-                reason = damage_reason(exc)
+                reason = exc.why
                 try:
                     move_aside(config, entry_id, reason)
                 except (OSError, MailerError) as move_exc:
@@ -293,6 +293,9 @@ def _run_entries(
             except OSError as exc:
                 # An unreadable entry must not stop the others either.
                 run.problems.append(f"{entry_id}: {type(exc).__name__}: {exc}")
+            except Exception as exc:  # a bug: this entry stays where it is, the run goes on
+                log.write_traceback(config, exc)
+                run.problems.append(f"{entry_id}: internal error: {type(exc).__name__}: {exc}")
 
 
 @contextlib.contextmanager

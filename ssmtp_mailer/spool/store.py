@@ -23,20 +23,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ssmtp_mailer.config.model import Config, TempFailurePolicy
 from ssmtp_mailer.errors import (
     CantCreateError,
+    DataError,
     MailerError,
     NoPermError,
     UsageError,
 )
 from ssmtp_mailer.message import Dsn
 from ssmtp_mailer.rewrite import RouteGroup
-
-if TYPE_CHECKING:
-    pass
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -347,13 +345,24 @@ def _read_regular(path: Path) -> bytes:
         return handle.read()
 
 
+class DamagedEntryError(DataError):
+    """An envelope that cannot be read: listed with its reason, moved aside by the runner."""
+
+
 def _read_entry(directory: Path, entry_id: str, area: str) -> Entry:
     raw = _read_regular(directory / f"{entry_id}{ENVELOPE_SUFFIX}")
     try:
         size = (directory / f"{entry_id}{MESSAGE_SUFFIX}").stat().st_size
     except FileNotFoundError:
         size = 0
-    return _decode(raw, area=area, size=size)
+    try:
+        return _decode(raw, area=area, size=size)
+    except (ValueError, KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
+        raise DamagedEntryError(
+            entry_id,
+            f"unreadable envelope: {type(exc).__name__}: {exc}",
+            hint="`queue run` moves it into damaged/; `queue delete ID` removes it",
+        ) from None
 
 
 # -- writing entries -----------------------------------------------------------------
@@ -540,14 +549,6 @@ def _entry_ids(directory: Path) -> list[str]:
     )
 
 
-# What reading a damaged envelope raises (a missing file is a race, not damage).
-DAMAGE = (ValueError, KeyError, TypeError, tomllib.TOMLDecodeError)
-
-
-def damage_reason(exc: Exception) -> str:
-    return f"unreadable envelope: {type(exc).__name__}: {exc}"
-
-
 def list_damaged(config: Config) -> list[tuple[str, str]]:
     """(id, reason) of every damaged entry: moved aside already, or still in the queue."""
     found: list[tuple[str, str]] = []
@@ -562,8 +563,8 @@ def list_damaged(config: Config) -> list[tuple[str, str]]:
     for entry_id in _entry_ids(queue_dir):
         try:
             _read_entry(queue_dir, entry_id, QUEUE)
-        except DAMAGE as exc:
-            found.append((entry_id, f"{damage_reason(exc)} (the next queue run moves it aside)"))
+        except DamagedEntryError as exc:
+            found.append((entry_id, f"{exc.why} (the next queue run moves it aside)"))
         except OSError:
             continue
     return found
@@ -573,7 +574,7 @@ def move_aside(config: Config, entry_id: str, reason: str) -> None:
     """Move a damaged queue entry into `damaged/`, with the reason in ID.reason beside it."""
     queue_dir = area_dir(config, QUEUE)
     damaged_dir = ensure_spool(config) / DAMAGED
-    _make_dir(damaged_dir)
+    _make_dir(damaged_dir, _spool_owner(config))
     _place(damaged_dir, f"{entry_id}{REASON_SUFFIX}", (reason + "\n").encode("utf-8"))
     for suffix in (MESSAGE_SUFFIX, ENVELOPE_SUFFIX):
         with contextlib.suppress(FileNotFoundError):  # another runner moved it first
@@ -591,7 +592,7 @@ def list_entries(config: Config, *, failed: bool = False) -> list[Entry]:
         # Another runner may remove an entry, or a file may be damaged, between listing
         # and reading; neither should hide the rest of the queue.
         # Damaged ones are listed by list_damaged.
-        with contextlib.suppress(OSError, *DAMAGE):
+        with contextlib.suppress(OSError, DamagedEntryError):
             entries.append(_read_entry(directory, entry_id, area))
     return entries
 
@@ -635,7 +636,9 @@ def _locked(directory: Path, entry_id: str) -> Iterator[tuple[int, Entry] | None
     path = directory / f"{entry_id}{MESSAGE_SUFFIX}"
     try:
         fd = _open_regular(path)
-    except (FileNotFoundError, OSError):
+    except FileNotFoundError:
+        # Gone (delivered by another runner), or not a regular file of ours; anything
+        # else (permissions) is a problem the run reports, not a busy entry.
         yield None
         return
     try:
@@ -674,18 +677,25 @@ def delete_entry(config: Config, entry_id: str) -> str:
     normal = check_id(entry_id)
     queue_dir = area_dir(config, QUEUE)
     if (queue_dir / f"{normal}{ENVELOPE_SUFFIX}").exists():
-        with _locked(queue_dir, normal) as held:
-            if held is None:
-                if (queue_dir / f"{normal}{ENVELOPE_SUFFIX}").exists():
-                    raise EntryBusyError(normal, "being delivered right now; try again")
-            else:
-                _remove_pair(queue_dir, normal)
-                return QUEUE
-    failed_dir = area_dir(config, FAILED)
-    if (failed_dir / f"{normal}{ENVELOPE_SUFFIX}").exists():
-        _remove_pair(failed_dir, normal)
-        return FAILED
-    raise UsageError(normal, "no such entry in the queue or failed/")
+        try:
+            with _locked(queue_dir, normal) as held:
+                if held is None:
+                    if (queue_dir / f"{normal}{ENVELOPE_SUFFIX}").exists():
+                        raise EntryBusyError(normal, "being delivered right now; try again")
+                else:
+                    _remove_pair(queue_dir, normal)
+                    return QUEUE
+        except DamagedEntryError:
+            _remove_pair(queue_dir, normal)  # nothing can deliver it
+            return QUEUE
+    for area in (FAILED, DAMAGED):
+        directory = area_dir(config, area)
+        if (directory / f"{normal}{ENVELOPE_SUFFIX}").exists():
+            with contextlib.suppress(FileNotFoundError):
+                (directory / f"{normal}{REASON_SUFFIX}").unlink()
+            _remove_pair(directory, normal)
+            return area
+    raise UsageError(normal, "no such entry in the queue, failed/ or damaged/")
 
 
 def retry_failed(config: Config, entry_id: str) -> str:
