@@ -520,3 +520,23 @@ def test_a_message_being_linked_into_failed_is_not_debris(
     os.link(queue_msg, failed_msg)  # a runner failing the entry, its envelope not yet placed
     spool.run_queue(config, ids=[entry_id])
     assert failed_msg.exists()
+
+
+def test_an_smtputf8_recipient_gets_its_sender_a_notice(
+    tmp_path: Path, smtp_server_factory: Callable[..., SMTPTestServer]
+) -> None:
+    from ssmtp_mailer.message import Dsn
+
+    server = smtp_server_factory()
+    config = write_config(tmp_path, server.port, queue_lifetime=1)
+    spool.enqueue(
+        config, group_for(config, SENDER, "jörg@exämple.org"), message(1), smtputf8=True,
+        eightbit=False, reason="relay down", dsn=Dsn(envid="env-42"),
+    )  # fmt: skip
+    time.sleep(1.2)
+    result = spool.run_queue(config, force=True)
+    assert result.bounces == 1 and result.problems == ()
+    [notice] = server.messages
+    assert notice.rcpt_tos == [SENDER]
+    assert b"Final-Recipient: utf-8; j\\x{F6}rg@ex\\x{E4}mple.org" in notice.data
+    assert b"Original-Envelope-Id: env-42" in notice.data

@@ -125,11 +125,13 @@ def build_bounce(config: Config, failed: Entry, data: bytes) -> bytes:
     per_message["Reporting-MTA"] = f"dns; {hostname}"
     per_message["X-Queue-ID"] = failed.origin or failed.id
     per_message["Arrival-Date"] = email.utils.format_datetime(failed.created)
+    if failed.dsn is not None and failed.dsn.envid:
+        per_message["Original-Envelope-Id"] = failed.dsn.envid  # RFC 3464 §2.2.1
     blocks: list[Message | str] = [per_message]
     for rcpt in failed.recipients:
         reply = failed.replies.get(rcpt, failed.attempts[-1].reply if failed.attempts else "")
         block = Message()
-        block["Final-Recipient"] = f"rfc822; {rcpt}"
+        block["Final-Recipient"] = final_recipient(rcpt)
         block["Action"] = "failed"
         block["Status"] = _status_for(reply, "4.4.7" if expired else "5.0.0")
         if re.match(r"^[245]\d\d\b", reply):
@@ -154,6 +156,17 @@ def build_bounce(config: Config, failed: Entry, data: bytes) -> bytes:
     del original["MIME-Version"]
     report.attach(original)
     return report.as_bytes(policy=email.policy.SMTP)
+
+
+def final_recipient(address: str) -> str:
+    """The Final-Recipient field's value: rfc822, or utf-8 with RFC 6533 \\x{HEX} escapes,
+    so that an SMTPUTF8 recipient's notice stays an ASCII header."""
+    if address.isascii():
+        return f"rfc822; {address}"
+    escaped = "".join(
+        c if "!" <= c <= "~" and c not in "\\+=" else f"\\x{{{ord(c):X}}}" for c in address
+    )
+    return f"utf-8; {escaped}"
 
 
 def refuse_local(
