@@ -76,7 +76,7 @@ class SubmitResult(NamedTuple):
         return f"delivered to {len(self.delivered)} recipient(s) {self.message_id}"
 
 
-def handle_temporary_failure(
+def _queue_group(
     config: Config,
     group: rewrite.RouteGroup,
     data: bytes | bytearray,
@@ -105,7 +105,7 @@ def handle_temporary_failure(
     return GroupOutcome(group, queued_id=entry_id, error=error)
 
 
-def handle_permanent_failure(
+def _keep_failed(
     config: Config,
     group: rewrite.RouteGroup,
     data: bytes | bytearray,
@@ -266,11 +266,11 @@ def _handle_refusals(
     if refused:
         failed = group._replace(recipients=tuple(refused))
         refusal = NoUserError(result.server, result.replies(refused))
-        handle_permanent_failure(config, failed, data, prepared, refusal)
+        _keep_failed(config, failed, data, prepared, refusal)
     if deferred:
         pending = group._replace(recipients=deferred)
         error = TempFailError(result.server, result.replies(deferred))
-        outcome = handle_temporary_failure(config, pending, data, prepared, error, report)
+        outcome = _queue_group(config, pending, data, prepared, error, report)
         if outcome.error is not None and outcome.queued_id is None:
             for line in outcome.error.lines():
                 problem(line)
@@ -348,8 +348,8 @@ def _handle_failure(
     """Queue the group or keep it in failed/, as the failure policy decided."""
     assert attempted.error is not None
     if attempted.fate is failures.Fate.QUEUE:
-        return handle_temporary_failure(config, group, data, prepared, attempted.error, report)
-    return handle_permanent_failure(config, group, data, prepared, attempted.error)
+        return _queue_group(config, group, data, prepared, attempted.error, report)
+    return _keep_failed(config, group, data, prepared, attempted.error)
 
 
 def _exit_code(plan: rewrite.Plan, outcomes: list[GroupOutcome]) -> int:

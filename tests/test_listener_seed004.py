@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import smtplib
 from collections.abc import Callable
 from pathlib import Path
@@ -10,26 +9,14 @@ from pathlib import Path
 import pytest
 from smtpserver import SMTPTestServer
 from test_listener import Listener, start_listener  # noqa: F401 (the fixture)
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "ssmtp-mailer"
-APP_PASSWORD = "gmail app pass: 16 chars"
+from test_seed004 import APP_PASSWORD, gmail, shipped_tree  # noqa: F401 (gmail: the fixture)
 
 
 @pytest.fixture
-def gmail(smtp_server_factory: Callable[..., SMTPTestServer]) -> SMTPTestServer:
-    return smtp_server_factory(
-        starttls=True, require_starttls=True, auth={"mail-relay@domain1.com": APP_PASSWORD}
-    )
-
-
-@pytest.fixture
-def tree(tmp_path: Path, gmail: SMTPTestServer) -> Path:
+def tree(tmp_path: Path, gmail: SMTPTestServer) -> Path:  # noqa: F811
     """The shipped tree; the Gmail route points at the stand-in, the listener stays root."""
-    root = tmp_path / "ssmtp-mailer"
-    shutil.copytree(EXAMPLE, root)
-    main_conf = root / "ssmtp-mailer.conf"
+    main_conf = shipped_tree(tmp_path, gmail)
     text = main_conf.read_text()
-    text = text.replace("[global]\n", f"[global]\nspool_dir = {tmp_path}/spool\n", 1)
     assert "listen_user = mail\n" in text
     text = text.replace("listen_user = mail\n", "listen_user = root\n")  # tmp_path is root's
     # 127.0.0.2 plays the internet: only the listener's own host is trusted.
@@ -37,20 +24,12 @@ def tree(tmp_path: Path, gmail: SMTPTestServer) -> Path:
         "allowed_networks = 127.0.0.0/8, ::1/128", "allowed_networks = 127.0.0.1/32"
     )
     main_conf.write_text(text)
-    domain = root / "domains" / "domain1.com.conf"
-    text = domain.read_text()
-    text = text.replace("smtp_server = smtp.gmail.com\n", "smtp_server = 127.0.0.1\n")
-    text = text.replace("smtp_port = 587\n", f"smtp_port = {gmail.port}\n")
-    gmail.write_ca_pem(tmp_path / "ca.pem")
-    text += f'ssl_ca_file = {tmp_path / "ca.pem"}\npassword = "{APP_PASSWORD}"\n'
-    domain.write_text(text)
-    domain.chmod(0o600)
     return main_conf
 
 
 def test_the_internet_reaches_the_contact_aliases_and_nothing_else(
     tree: Path,
-    gmail: SMTPTestServer,
+    gmail: SMTPTestServer,  # noqa: F811
     start_listener: Callable[[Path], Listener],  # noqa: F811
 ) -> None:
     listener = start_listener(tree)
@@ -77,7 +56,7 @@ def test_the_internet_reaches_the_contact_aliases_and_nothing_else(
 
 def test_an_unmapped_local_part_of_the_mailer_domain_is_refused(
     tree: Path,
-    gmail: SMTPTestServer,
+    gmail: SMTPTestServer,  # noqa: F811
     start_listener: Callable[[Path], Listener],  # noqa: F811
 ) -> None:
     listener = start_listener(tree)

@@ -32,6 +32,11 @@ def gmail(smtp_server_factory: Callable[..., SMTPTestServer]) -> SMTPTestServer:
 @pytest.fixture
 def tree(tmp_path: Path, gmail: SMTPTestServer) -> Path:
     """The shipped tree, with only the Gmail route pointed at the stand-in and a password set."""
+    return shipped_tree(tmp_path, gmail)
+
+
+def shipped_tree(tmp_path: Path, gmail: SMTPTestServer) -> Path:
+    """Copy etc/ssmtp-mailer into tmp_path, its Gmail route aimed at `gmail`; the main file."""
     root = tmp_path / "ssmtp-mailer"
     shutil.copytree(EXAMPLE, root)
     main_conf = root / "ssmtp-mailer.conf"
