@@ -6,7 +6,7 @@ aiosmtpd) own the I/O and ask here what to answer, so both say the same thing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ssmtp_mailer import errors
 from ssmtp_mailer.errors import (
@@ -25,9 +25,10 @@ from ssmtp_mailer.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from ssmtp_mailer.config.model import Config
+    from ssmtp_mailer.message import Dsn
     from ssmtp_mailer.pipeline import SubmitResult
     from ssmtp_mailer.relay.pool import ConnectionPool
 
@@ -56,6 +57,14 @@ TOO_MANY = "421 4.7.0 Too many connections, try again later"
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
 AUTH_OK = "235 2.7.0 Authentication successful"
 SENDER_NOT_OWNED = "553 5.7.1 <{}>: Sender address not owned by {}"
+UNSUPPORTED_PARAMETER = "555 5.5.4 Unsupported parameter {}"
+BAD_PARAMETER = "501 5.5.4 Bad {} parameter: {}"
+# RFC 5321 §4.2.3 455: our messages carry one NOTIFY (as sendmail -N does); the client
+# sends a recipient that wants another in a transaction of its own.
+NOTIFY_DIFFERS = (
+    "455 4.5.4 <{}>: NOTIFY differs from this transaction's other recipients;"
+    " send it in another transaction"
+)
 
 
 def reply_for(code: int, text: str) -> str:
@@ -97,12 +106,139 @@ def error_reply(exc: MailerError) -> str:
     return reply_for(exc.exit_code, exc.why)
 
 
+# -- DSN parameters (RFC 3461 §4) -----------------------------------------------------
+
+_DSN_KEYWORDS = {"MAIL": ("RET", "ENVID"), "RCPT": ("NOTIFY", "ORCPT")}
+# The other parameters the dialect takes (SIZE, RFC 1870; BODY, RFC 6152; SMTPUTF8, RFC 6531).
+_OTHER_KEYWORDS = {"MAIL": ("SIZE", "BODY", "SMTPUTF8"), "RCPT": ()}
+_ORCPT_MAX = 500  # RFC 3461 §4.2
+_ATEXT = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
+)
+
+
+class DsnParameters(NamedTuple):
+    """The DSN parameters of one MAIL or RCPT command, split from the others."""
+
+    values: dict[str, str]  # RET and ENVID (decoded), or NOTIFY and ORCPT; checked
+    others: list[str]  # SIZE, BODY and SMTPUTF8 as given, for the session to check
+    refusal: str | None = None  # the reply to the first bad or unknown parameter
+
+
+def dsn_parameters(verb: str, params: Sequence[str]) -> DsnParameters:
+    """RET= and ENVID= of MAIL, or NOTIFY= and ORCPT= of RCPT: checked by the same rules as
+    sendmail's -R, -V and -N (message.parse_dsn), normalised, and split from the rest; a
+    parameter the dialect does not know at all is refused here too, with its name."""
+    from ssmtp_mailer.errors import UsageError
+    from ssmtp_mailer.message import parse_dsn, unxtext
+
+    keywords = _DSN_KEYWORDS[verb]
+    values: dict[str, str] = {}
+    others: list[str] = []
+    refusal: str | None = None
+    for param in params:
+        key, equals, value = param.partition("=")
+        key = key.upper()
+        if key not in keywords:
+            if key in _OTHER_KEYWORDS[verb]:
+                others.append(param)
+            elif refusal is None:
+                refusal = UNSUPPORTED_PARAMETER.format(param)
+            continue
+        if refusal is not None:
+            continue
+        if not equals or not value:
+            refusal = BAD_PARAMETER.format(key, "it needs a value")
+        elif key in values:
+            refusal = BAD_PARAMETER.format(key, "given twice")
+        elif key == "ORCPT":
+            problem = _orcpt_problem(value)
+            if problem is None:
+                values[key] = value
+            else:
+                refusal = BAD_PARAMETER.format(key, problem)
+        else:
+            text = unxtext(value) if key == "ENVID" else value
+            if text is None:
+                refusal = BAD_PARAMETER.format(key, "not xtext (RFC 3461 §4)")
+                continue
+            try:
+                dsn = parse_dsn(
+                    text if key == "NOTIFY" else None,
+                    text if key == "RET" else None,
+                    text if key == "ENVID" else None,
+                )
+            except UsageError as exc:
+                refusal = BAD_PARAMETER.format(key, exc.why)
+                continue
+            assert dsn is not None
+            values[key] = str(dsn.notify or dsn.ret or dsn.envid)
+    return DsnParameters(values, others, refusal)
+
+
+def _orcpt_problem(value: str) -> str | None:
+    """None for a well-formed ORCPT value (addr-type;xtext, RFC 3461 §4.2), else why not."""
+    from ssmtp_mailer.message import unxtext
+
+    if len(value) > _ORCPT_MAX:
+        return f"over {_ORCPT_MAX} characters"
+    kind, semicolon, address = value.partition(";")
+    if not semicolon or not kind or not set(kind) <= _ATEXT:
+        return "expected addr-type;address, as rfc822;user@example.org"
+    if kind.lower() == "utf-8":
+        # RFC 6533 §3: with SMTPUTF8 the address may be UTF-8 itself (utf-8-addr-unitext).
+        if not all(c.isprintable() for c in address if not c.isascii()):
+            return "not xtext (RFC 3461 §4)"
+        address = "".join(c for c in address if c.isascii())
+    if not address or unxtext(address) is None:
+        return "not xtext (RFC 3461 §4)"
+    return None
+
+
+def _notify_words(notify: str | None) -> frozenset[str] | None:
+    return None if notify is None else frozenset(notify.split(","))
+
+
+class DsnTransaction:
+    """What one SMTP transaction asked of DSN: RET and ENVID from MAIL, NOTIFY from its RCPTs.
+
+    ORCPT is checked at RCPT but not kept: a message holds one Dsn, not one per recipient.
+    """
+
+    __slots__ = ("envid", "notify", "recipients", "ret")
+
+    def __init__(self, mail: Mapping[str, str]) -> None:
+        self.ret = mail.get("RET")
+        self.envid = mail.get("ENVID")
+        self.notify: str | None = None
+        self.recipients = 0
+
+    def refusal(self, recipient: str, rcpt: Mapping[str, str]) -> str | None:
+        """The 455 for a recipient whose NOTIFY is not that of the ones accepted before."""
+        if self.recipients and _notify_words(rcpt.get("NOTIFY")) != _notify_words(self.notify):
+            return NOTIFY_DIFFERS.format(recipient)
+        return None
+
+    def accepted(self, rcpt: Mapping[str, str]) -> None:
+        if not self.recipients:
+            self.notify = rcpt.get("NOTIFY")
+        self.recipients += 1
+
+    def dsn(self) -> Dsn | None:
+        if self.ret is None and self.envid is None and self.notify is None:
+            return None
+        from ssmtp_mailer.message import Dsn
+
+        return Dsn(self.notify, self.ret, self.envid)
+
+
 def deliver_data(
     config: Config,
     raw: bytes,
     sender: str,
     recipients: Sequence[str],
     *,
+    dsn: Dsn | None = None,
     transcript: Callable[[str], None] | None = None,
     report: Callable[[str], None] = errors.report,
     run_queue: bool = True,
@@ -117,7 +253,7 @@ def deliver_data(
     try:
         prepared = prepare(
             raw,
-            Intake(recipients=tuple(recipients), envelope_from=sender or "<>"),
+            Intake(recipients=tuple(recipients), envelope_from=sender or "<>", dsn=dsn),
             hostname=g.default_hostname,
             default_from=g.default_from,
             max_size=g.max_message_size,

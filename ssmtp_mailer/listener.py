@@ -30,6 +30,7 @@ from ssmtp_mailer import __version__, dialect, log, rewrite
 from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify
 from ssmtp_mailer.config.model import Config, HostPort, UserConfig
 from ssmtp_mailer.errors import PROG, ConfigError, MailerError, UsageError
+from ssmtp_mailer.message import Dsn
 from ssmtp_mailer.relay.pool import ConnectionPool
 
 # A failed AUTH costs the client this long before it hears 535 (RFC 4954 §4 allows it).
@@ -123,8 +124,16 @@ def peer_uid(sock: socket.socket) -> int:
     return int(struct.unpack("3i", creds)[1])
 
 
+class ListenerEnvelope(Envelope):
+    """aiosmtpd's envelope with what the transaction asked of DSN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dsn: dialect.DsnTransaction | None = None
+
+
 class ListenerSMTP(SMTP):
-    """aiosmtpd's server with the connection limit (421 beyond max_connections)."""
+    """aiosmtpd's server with the connection limit (421 beyond max_connections) and DSN."""
 
     def __init__(self, handler: ListenerHandler, state: ListenerState, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
@@ -132,6 +141,38 @@ class ListenerSMTP(SMTP):
         self.refused = False
         self.counted = False
         self.uid: int | None = None  # set for the local submission socket
+        # The DSN parameters of the MAIL or RCPT being served, for the handler's hook.
+        self.dsn_parameters = dialect.DsnParameters({}, [])
+
+    def _create_envelope(self) -> ListenerEnvelope:
+        return ListenerEnvelope()
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await super().smtp_MAIL(self._take_dsn("FROM:", "MAIL", arg))
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        await super().smtp_RCPT(self._take_dsn("TO:", "RCPT", arg))
+
+    def _take_dsn(self, keyword: str, verb: str, arg: str | None) -> str | None:
+        """The command without its DSN parameters, which go to `dsn_parameters`.
+
+        aiosmtpd refuses parameters it does not know and upper-cases the rest (an ENVID
+        is case-sensitive), so they are taken out first; its own checks then run as
+        before, and the handler's hook answers a bad one.
+        """
+        self.dsn_parameters = dialect.DsnParameters({}, [])
+        if arg is None or self.session is None or not self.session.extended_smtp:
+            return arg
+        path = self._strip_command_keyword(keyword, arg)
+        if path is None:
+            return arg
+        address, rest = self._getaddr(path)
+        if address is None or not rest:
+            return arg
+        found = dialect.dsn_parameters(verb, rest.split())
+        self.dsn_parameters = found
+        head = path[: len(path) - len(rest)].rstrip()
+        return " ".join([keyword + head, *found.others])
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         state = self.state
@@ -195,7 +236,7 @@ class ListenerHandler:
     ) -> list[str]:
         session.host_name = hostname
         # aiosmtpd reads commands one by one from a buffer, so pipelined ones are served.
-        return [responses[0], "250-PIPELINING", *responses[1:]]
+        return [responses[0], "250-PIPELINING", "250-DSN", *responses[1:]]
 
     async def handle_MAIL(
         self,
@@ -208,6 +249,9 @@ class ListenerHandler:
         state = self.state
         if state.draining:
             return dialect.SHUTTING_DOWN
+        found = server.dsn_parameters
+        if found.refusal is not None:
+            return found.refusal
         config = state.config
         hostname = config.global_.default_hostname
         sender = "" if is_null_sender(address) else qualify(address, hostname)
@@ -224,6 +268,8 @@ class ListenerHandler:
                 return dialect.SENDER_NOT_OWNED.format(sender, why)
         envelope.mail_from = sender
         envelope.mail_options.extend(mail_options)
+        assert isinstance(envelope, ListenerEnvelope)
+        envelope.dsn = dialect.DsnTransaction(found.values)
         return dialect.MAIL_OK
 
     async def handle_RCPT(
@@ -234,6 +280,9 @@ class ListenerHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        found = server.dsn_parameters
+        if found.refusal is not None:
+            return found.refusal
         config = self.state.config
         recipient = qualify(address, config.global_.default_hostname)
         if address_problem(recipient):
@@ -242,9 +291,13 @@ class ListenerHandler:
             config, recipient
         ):
             return dialect.RELAY_DENIED.format(recipient)
+        assert isinstance(envelope, ListenerEnvelope) and envelope.dsn is not None
         refusal = self.state.recipient_reply(envelope.mail_from or "", recipient)
+        if refusal is None:
+            refusal = envelope.dsn.refusal(recipient, found.values)
         if refusal is not None:
             return refusal
+        envelope.dsn.accepted(found.values)
         envelope.rcpt_tos.append(recipient)
         envelope.rcpt_options.extend(rcpt_options)
         return dialect.RCPT_OK
@@ -255,6 +308,8 @@ class ListenerHandler:
             return dialect.SHUTTING_DOWN  # too late to promise delivery before we exit
         data = envelope.original_content or b""
         received = self._received(server, session)
+        assert isinstance(envelope, ListenerEnvelope)
+        dsn = envelope.dsn.dsn() if envelope.dsn is not None else None
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(
             state.pool,
@@ -263,6 +318,7 @@ class ListenerHandler:
             received + data,
             envelope.mail_from or "",
             list(envelope.rcpt_tos),
+            dsn,
             state.report,
             state.connections,
         )
@@ -363,6 +419,7 @@ def _deliver(
     raw: bytes,
     sender: str,
     recipients: list[str],
+    dsn: Dsn | None,
     report: Callable[[str], None],
     connections: ConnectionPool,
 ) -> str:
@@ -372,6 +429,7 @@ def _deliver(
         raw,
         sender,
         recipients,
+        dsn=dsn,
         report=report,
         run_queue=False,
         retries=config.global_.max_retries,

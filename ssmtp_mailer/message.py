@@ -350,6 +350,17 @@ def xtext(text: str) -> str:
     return "".join(c if "!" <= c <= "~" and c not in "+=" else f"+{ord(c):02X}" for c in text)
 
 
+# RFC 3461 §4: xchar is "!" to "~" except "+" and "="; hexchar is "+" and two hex digits.
+_XTEXT_RE = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-Fa-f]{2})*")
+
+
+def unxtext(text: str) -> str | None:
+    """The text an RFC 3461 xtext spells, or None when `text` is not xtext."""
+    if not _XTEXT_RE.fullmatch(text):
+        return None
+    return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), text)
+
+
 def parse_dsn(notify: str | None, ret: str | None, envid: str | None) -> Dsn | None:
     """The sendmail flags -N, -R and -V as a Dsn, or None; UsageError names a bad value."""
     if notify is None and ret is None and envid is None:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from ssmtp_mailer import dialect, log
 from ssmtp_mailer.config.model import Config
-from ssmtp_mailer.errors import PROG
+from ssmtp_mailer.errors import PROG, UsageError
+from ssmtp_mailer.message import Dsn, parse_dsn
 from ssmtp_mailer.submit import MAILDROP, MAILDROP_MAGIC, TEMP_PREFIX, login_of, sender_refusal
 from ssmtp_mailer.submit import uid_label as _uid_label
 
@@ -31,7 +32,7 @@ STALE_SECONDS = 15 * 60
 class Dropped:
     """One maildrop file, read and checked."""
 
-    __slots__ = ("data", "eightbit", "recipients", "sender", "smtputf8", "uid")
+    __slots__ = ("data", "dsn", "eightbit", "recipients", "sender", "smtputf8", "uid")
 
     def __init__(self, uid: int, raw: bytes) -> None:
         if not raw.startswith(MAILDROP_MAGIC):
@@ -45,7 +46,22 @@ class Dropped:
         self.recipients = [str(r) for r in envelope["recipients"]]
         self.smtputf8 = bool(envelope.get("smtputf8", False))
         self.eightbit = bool(envelope.get("eightbit", False))
+        self.dsn = _dsn(envelope.get("dsn"))
         self.data = data
+
+
+def _dsn(value: object) -> Dsn | None:
+    """The envelope's -N, -R and -V, checked as sendmail checks them; ValueError if bad."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not set(value) <= {"notify", "ret", "envid"}:
+        raise ValueError("dsn: not an object of notify, ret and envid")
+    if not all(isinstance(v, str) for v in value.values()):
+        raise ValueError("dsn: values must be strings")
+    try:
+        return parse_dsn(value.get("notify"), value.get("ret"), value.get("envid"))
+    except UsageError as exc:
+        raise ValueError(f"dsn: {exc.what}: {exc.why}") from None
 
 
 def received_field(config: Config, uid: int, via: str) -> bytes:
@@ -149,6 +165,7 @@ def _hand_on(config: Config, dropped: Dropped) -> str | None:
         received + dropped.data,
         dropped.sender,
         dropped.recipients,
+        dsn=dropped.dsn,
         report=lambda line: log.write(config, "WARNING", line),
         run_queue=False,
     )

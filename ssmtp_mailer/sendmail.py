@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from typing import BinaryIO, TextIO
 
     from ssmtp_mailer.config.model import Config, GlobalConfig
+    from ssmtp_mailer.dialect import DsnTransaction
     from ssmtp_mailer.message import PreparedMessage
     from ssmtp_mailer.relay.pool import ConnectionPool
 
@@ -417,6 +418,7 @@ class SMTPSession:
         self.hostname = config.global_.default_hostname
         self.sender: str | None = None
         self.recipients: list[str] = []
+        self.dsn: DsnTransaction | None = None
         self.connections: ConnectionPool | None = None
 
     def reply(self, line: str) -> None:
@@ -426,6 +428,7 @@ class SMTPSession:
     def reset(self) -> None:
         self.sender = None
         self.recipients = []
+        self.dsn = None
 
     def run(self) -> int:
         """Serve commands until QUIT or end of input; the exit code is always 0."""
@@ -475,6 +478,7 @@ class SMTPSession:
             f"SIZE {self.config.global_.max_message_size}",
             "8BITMIME",
             "SMTPUTF8",
+            "DSN",
             "ENHANCEDSTATUSCODES",
             "HELP",
         ]
@@ -510,7 +514,11 @@ class SMTPSession:
             self.reply("501 5.5.4 Syntax: MAIL FROM:<address>")
             return
         address, params = parsed
-        for param in params:
+        found = dialect.dsn_parameters("MAIL", params)
+        if found.refusal is not None:
+            self.reply(found.refusal)
+            return
+        for param in found.others:
             key, _, value = param.partition("=")
             key = key.upper()
             if key == "SIZE":
@@ -523,34 +531,42 @@ class SMTPSession:
             elif key == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
                 continue
             elif key != "SMTPUTF8":
-                self.reply(f"555 5.5.4 Unsupported parameter {param}")
+                self.reply(dialect.UNSUPPORTED_PARAMETER.format(param))
                 return
         sender = "" if is_null_sender(address) else qualify(address, self.hostname)
         if sender and address_problem(sender):
             self.reply(f"553 5.1.7 Bad sender address syntax: {address}")
             return
         self.sender = sender
+        self.dsn = dialect.DsnTransaction(found.values)
         self.reply(dialect.MAIL_OK)
 
     def smtp_RCPT(self, argument: str) -> None:
         from ssmtp_mailer import dialect
         from ssmtp_mailer.addresses import address_problem, qualify
 
-        if self.sender is None:
+        if self.sender is None or self.dsn is None:
             self.reply("503 5.5.1 Need MAIL before RCPT")
             return
         parsed = _path_argument(argument, "TO")
         if parsed is None or not parsed[0]:
             self.reply("501 5.5.4 Syntax: RCPT TO:<address>")
             return
+        found = dialect.dsn_parameters("RCPT", parsed[1])
+        if found.refusal is not None:
+            self.reply(found.refusal)
+            return
         recipient = qualify(parsed[0], self.hostname)
         if address_problem(recipient):
             self.reply(f"553 5.1.3 Bad recipient address syntax: {parsed[0]}")
             return
         refusal = dialect.recipient_reply(self.config, self.sender, recipient)
+        if refusal is None:
+            refusal = self.dsn.refusal(recipient, found.values)
         if refusal is not None:
             self.reply(refusal)
             return
+        self.dsn.accepted(found.values)
         self.recipients.append(recipient)
         self.reply(dialect.RCPT_OK)
 
@@ -580,15 +596,19 @@ class SMTPSession:
         if not ended:
             return  # end of input in the middle of DATA: nothing was accepted
         sender, recipients = self.sender, self.recipients
+        dsn = self.dsn.dsn() if self.dsn is not None else None
         self.reset()
         if size > limit:
             self.reply(dialect.TOO_BIG)
             return
-        self.reply(self._deliver(b"".join(chunks), sender, recipients))
-
-    def _deliver(self, raw: bytes, sender: str, recipients: list[str]) -> str:
-        from ssmtp_mailer import dialect
-
-        return dialect.deliver_data(
-            self.config, raw, sender, recipients, transcript=self.transcript, pool=self.connections
+        self.reply(
+            dialect.deliver_data(
+                self.config,
+                b"".join(chunks),
+                sender,
+                recipients,
+                dsn=dsn,
+                transcript=self.transcript,
+                pool=self.connections,
+            )
         )

@@ -155,8 +155,11 @@ def _over_socket(path: Path, prepared: PreparedMessage, data: bytes) -> int | No
         if code != 220:
             return None
         client.putcmd("EHLO", "localhost")
-        client.getreply()
-        options = []
+        code, text = client.getreply()
+        dsn = prepared.dsn
+        if dsn is not None and b"DSN" not in text.upper().split(b"\n"):
+            return None  # a listener from before DSN: the maildrop keeps -N, -R and -V
+        options = dsn.mail_options() if dsn is not None else []
         if prepared.smtputf8:
             options.append("SMTPUTF8")
             client.command_encoding = "utf-8"
@@ -169,8 +172,9 @@ def _over_socket(path: Path, prepared: PreparedMessage, data: bytes) -> int | No
             # 4xx (a listener shutting down): the maildrop takes it instead.
             return None if code < 500 else _refused(code, text, "sender")
         accepted = 0
+        rcpt_suffix = "".join(f" {o}" for o in dsn.rcpt_options()) if dsn is not None else ""
         for recipient in prepared.recipients:
-            client.putcmd("RCPT", f"TO:<{recipient}>")
+            client.putcmd("RCPT", f"TO:<{recipient}>{rcpt_suffix}")
             code, text = client.getreply()
             if code == 250:
                 accepted += 1
@@ -230,6 +234,9 @@ def maildrop_bytes(prepared: PreparedMessage, data: bytes) -> bytes:
         "smtputf8": prepared.smtputf8,
         "eightbit": prepared.eightbit,
     }
+    if prepared.dsn is not None:
+        # Decoded, as sendmail's -N, -R and -V gave them; the pickup checks them again.
+        envelope["dsn"] = {k: v for k, v in prepared.dsn._asdict().items() if v is not None}
     return MAILDROP_MAGIC + json.dumps(envelope).encode("utf-8") + b"\n" + data
 
 

@@ -280,6 +280,8 @@ class _Handler:
         if self.owner.pipelining:
             # aiosmtpd reads one command at a time, so pipelined commands simply queue up.
             responses.insert(len(responses) - 1, "250-PIPELINING")
+        if self.owner.dsn:
+            responses.insert(len(responses) - 1, "250-DSN")
         return responses
 
     async def handle_HELO(
@@ -508,11 +510,31 @@ class _SMTP(SMTP):
 
     async def smtp_MAIL(self, arg: str) -> None:
         self._command("MAIL")
+        arg, dsn = self._dsn_options(arg, ("RET", "ENVID"))
         await super().smtp_MAIL(arg)
+        if dsn and self.envelope is not None and self.envelope.mail_from is not None:
+            self.envelope.mail_options.extend(dsn)
 
     async def smtp_RCPT(self, arg: str) -> None:
         self._command("RCPT")
+        arg, dsn = self._dsn_options(arg, ("NOTIFY", "ORCPT"))
+        before = len(self.envelope.rcpt_tos) if self.envelope is not None else 0
         await super().smtp_RCPT(arg)
+        if dsn and self.envelope is not None and len(self.envelope.rcpt_tos) > before:
+            self.envelope.rcpt_options.extend(dsn)
+
+    def _dsn_options(self, arg: str, keywords: tuple[str, ...]) -> tuple[str, list[str]]:
+        """With `dsn`: the RFC 3461 parameters taken out of the command, exactly as sent
+        (aiosmtpd would refuse them, and upper-cases what it keeps)."""
+        if not self._owner.dsn or not arg:
+            return arg, []
+        head, bracket, tail = arg.rpartition(">")
+        if not bracket:
+            return arg, []
+        words = tail.split()
+        dsn = [w for w in words if w.partition("=")[0].upper() in keywords]
+        kept = [w for w in words if w not in dsn]
+        return " ".join([head + bracket, *kept]), dsn
 
     async def smtp_RSET(self, arg: str) -> None:
         self._command("RSET")
@@ -609,6 +631,8 @@ class SMTPTestServer:
         smtputf8: advertise and accept SMTPUTF8.
         size_limit: the SIZE limit in octets; None for no limit and no SIZE keyword.
         pipelining: advertise PIPELINING (RFC 2920).
+        dsn: advertise DSN (RFC 3461) and record RET, ENVID, NOTIFY and ORCPT as sent, in
+            `mail_options` and `rcpt_options` (one entry per accepted recipient's parameter).
         idle_timeout: seconds of client silence after which the server hangs up.
         fault: a name from `FAULTS` or ``"550-rcpt:ADDR"``; can be changed at any time.
         cert: None, or a fault from `CERT_FAULTS` for the certificate served.
@@ -632,6 +656,7 @@ class SMTPTestServer:
         smtputf8: bool = False,
         size_limit: int | None = DEFAULT_SIZE_LIMIT,
         pipelining: bool = False,
+        dsn: bool = False,
         idle_timeout: float | None = None,
         fault: str | None = None,
         cert: str | None = None,
@@ -662,6 +687,7 @@ class SMTPTestServer:
         self.auth_required = self.auth_enabled if auth_required is None else auth_required
         self.tls = starttls or implicit_tls
         self.pipelining = pipelining
+        self.dsn = dsn
         self._commands: list[tuple[str, bool]] = []
         self._fault = _validate_fault(fault)
         self._ca = ca
