@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -204,6 +205,39 @@ def test_nobody_speaks_smtp_with_sendmail_bs_through_the_listener(
     assert "uid 65534 (nobody)" in str(got.message()["Received"])
 
 
+DSN_FLAGS = ["-N", "success,failure", "-R", "hdrs", "-V", "cron+job=7"]
+
+
+def test_nobody_s_dsn_flags_reach_the_relay_through_the_socket(
+    shared_dir: Path, tree: Path, running_listener: Listener, smtp_server: SMTPTestServer
+) -> None:
+    smtp_server.dsn = True
+    run = nobody_sendmail(shared_dir, tree, ["-i", *DSN_FLAGS, "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    got = smtp_server.wait_for(1)[0]
+    assert "submit.sock" in str(got.message()["Received"])
+    assert got.mail_options[-2:] == ["RET=HDRS", "ENVID=cron+2Bjob+3D7"]
+    assert got.rcpt_options == ["NOTIFY=SUCCESS,FAILURE"]
+
+
+def test_nobody_s_sendmail_bs_passes_dsn_parameters_through_the_listener(
+    shared_dir: Path, tree: Path, running_listener: Listener, smtp_server: SMTPTestServer
+) -> None:
+    smtp_server.dsn = True
+    session = (
+        b"EHLO app.example\r\nMAIL FROM:<nobody@host.example> ENVID=Run-9\r\n"
+        b"RCPT TO:<out@far.example> NOTIFY=NEVER\r\nRCPT TO:<two@far.example>\r\n"
+        b"DATA\r\nSubject: over -bs\r\n\r\nhi\r\n.\r\nQUIT\r\n"
+    )
+    run = nobody_sendmail(shared_dir, tree, ["-bs"], session)
+    replies = run.stdout.decode().splitlines()
+    assert "250-DSN" in replies
+    assert any(r.startswith("455 4.5.4 <two@far.example>") for r in replies), replies
+    got = smtp_server.wait_for(1)[0]
+    assert got.rcpt_tos == ["out@far.example"]
+    assert got.mail_options[-1:] == ["ENVID=Run-9"] and got.rcpt_options == ["NOTIFY=NEVER"]
+
+
 def test_sendmail_bs_without_a_listener_says_421(shared_dir: Path, tree: Path) -> None:
     run = nobody_sendmail(shared_dir, tree, ["-bs"], b"EHLO x\r\nQUIT\r\n")
     assert run.returncode == 75
@@ -232,6 +266,52 @@ def test_without_a_listener_nobody_sends_through_the_maildrop(
     queue_run(tree)
     time.sleep(0.2)
     assert len(smtp_server.messages) == 1
+
+
+def test_nobody_s_dsn_flags_survive_the_maildrop(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    smtp_server.dsn = True
+    (tree.parent / "spool").mkdir()
+    queue_run(tree)
+    run = nobody_sendmail(shared_dir, tree, ["-i", *DSN_FLAGS, "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    queue_run(tree)
+    got = smtp_server.wait_for(1)[0]
+    assert "via maildrop" in str(got.message()["Received"])
+    assert got.mail_options[-2:] == ["RET=HDRS", "ENVID=cron+2Bjob+3D7"]
+    assert got.rcpt_options == ["NOTIFY=SUCCESS,FAILURE"]
+
+
+def test_a_listener_without_dsn_leaves_the_dsn_flags_to_the_maildrop(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    """A listener that does not offer DSN (one from before it) is not told to drop -N."""
+    (tree.parent / "spool").mkdir()
+    queue_run(tree)
+    heard: list[bytes] = []
+    with socket.socket(socket.AF_UNIX) as server:
+        path = tree.parent / "spool" / "submit.sock"
+        server.bind(str(path))
+        path.chmod(0o666)
+        server.listen(1)
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn, conn.makefile("rb") as reader:
+                conn.sendall(b"220 old.example ESMTP\r\n")
+                while line := reader.readline():
+                    heard.append(line)
+                    conn.sendall(b"250-old.example\r\n250 8BITMIME\r\n")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        run = nobody_sendmail(shared_dir, tree, ["-i", "-N", "never", "out@far.example"], MESSAGE)
+        thread.join(10)
+    assert run.returncode == 0, run.stderr
+    assert [line.split()[0] for line in heard] == [b"EHLO"]  # no MAIL without its NOTIFY
+    [dropped] = (tree.parent / "spool" / "maildrop").iterdir()
+    assert b'"dsn": {"notify": "NEVER"}' in dropped.read_bytes()
 
 
 def test_a_maildrop_file_with_a_foreign_sender_is_refused_into_failed_with_a_bounce(
