@@ -162,17 +162,15 @@ def dsn_parameters(verb: str, params: Sequence[str]) -> DsnParameters:
             if text is None:
                 refusal = BAD_PARAMETER.format(key, "not xtext (RFC 3461 §4)")
                 continue
+            notify, ret, envid = (text if key == k else None for k in ("NOTIFY", "RET", "ENVID"))
             try:
-                dsn = parse_dsn(
-                    text if key == "NOTIFY" else None,
-                    text if key == "RET" else None,
-                    text if key == "ENVID" else None,
-                )
+                dsn = parse_dsn(notify, ret, envid)
             except UsageError as exc:
                 refusal = BAD_PARAMETER.format(key, exc.why)
                 continue
             assert dsn is not None
-            values[key] = str(dsn.notify or dsn.ret or dsn.envid)
+            # The one field given, as parse_dsn normalised it (upper case, no repeats).
+            values[key] = dsn.notify or dsn.ret or dsn.envid or text
     return DsnParameters(values, others, refusal)
 
 
