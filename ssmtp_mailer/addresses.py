@@ -47,6 +47,34 @@ def _quoted_end(address: str) -> int:
     return -1
 
 
+def split_path(text: str) -> tuple[str, str] | None:
+    """The path of MAIL FROM: or RCPT TO: and the text after it (RFC 5321 §4.1.2).
+
+    `<addr> PARAMS` gives (addr, " PARAMS"), `<>` gives ("", ...), None when malformed.
+    Lenient as sendmail is: the angle brackets may be missing, and a source route
+    (`<@relay:addr>`) is dropped. A quoted local part may hold '>' and spaces.
+    """
+    text = text.strip()
+    if text.startswith("<"):
+        start = 1
+        if text.startswith('"', 1):
+            start = _quoted_end(text[1:]) + 1
+            if start <= 0:
+                return None
+        close = text.find(">", start)
+        if close < 0:
+            return None
+        address, rest = text[1:close], text[close + 1 :]
+    else:
+        address = text.split(None, 1)[0] if text else ""
+        if not address:
+            return None
+        rest = text[len(address) :]
+    if address.startswith("@"):
+        address = address.partition(":")[2]
+    return address, rest
+
+
 def split_address(address: str) -> tuple[str, str]:
     """(local part, domain); the domain is "" for a bare name. A quoted local part may hold '@'."""
     end = _quoted_end(address)

@@ -27,7 +27,7 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from ssmtp_mailer import __version__, dialect, log, rewrite
-from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify
+from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify, split_path
 from ssmtp_mailer.config.model import Config, HostPort, UserConfig
 from ssmtp_mailer.errors import PROG, ConfigError, MailerError, UsageError
 from ssmtp_mailer.message import Dsn
@@ -146,6 +146,19 @@ class ListenerSMTP(SMTP):
 
     def _create_envelope(self) -> ListenerEnvelope:
         return ListenerEnvelope()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The path of MAIL, RCPT or VRFY as `sendmail -bs` reads it (addresses.split_path).
+
+        aiosmtpd's own parser goes through the email package and builds a class per call;
+        its callers take `<>` for the null path and None for a malformed one.
+        """
+        if not arg:
+            return "", ""
+        path = split_path(arg)
+        if path is None:
+            return None, None
+        return path[0] or "<>", path[1]
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         await super().smtp_MAIL(self._take_dsn("FROM:", "MAIL", arg))

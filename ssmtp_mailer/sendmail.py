@@ -381,24 +381,15 @@ _MAX_COMMAND = 4096
 
 def _path_argument(argument: str, keyword: str) -> tuple[str, list[str]] | None:
     """`FROM:<addr> PARAMS` -> (addr, params), or None when malformed."""
+    from ssmtp_mailer.addresses import split_path
+
     head, colon, rest = argument.partition(":")
     if not colon or head.strip().upper() != keyword:
         return None
-    rest = rest.strip()
-    if rest.startswith("<"):
-        close = rest.find(">")
-        if close < 0:
-            return None
-        address, params = rest[1:close], rest[close + 1 :].split()
-    else:
-        # Lenient: some clients omit the angle brackets.
-        words = rest.split()
-        if not words:
-            return None
-        address, params = words[0], words[1:]
-    if ":" in address and address.startswith("@"):
-        address = address.rsplit(":", 1)[1]  # RFC 5321 §4.1.2 source route, ignored
-    return address.strip(), params
+    path = split_path(rest)
+    if path is None:
+        return None
+    return path[0].strip(), path[1].split()
 
 
 class SMTPSession:

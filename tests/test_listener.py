@@ -638,6 +638,40 @@ def test_sendmail_bs_and_the_listener_speak_one_dialect(
     assert sorted(str(m.message()["Subject"]) for m in upstream.wait_for(2)) == ["one", "two"]
 
 
+def test_both_sessions_read_paths_alike(
+    tmp_path: Path,
+    upstream: SMTPTestServer,
+    start_listener: Callable[[Path], Listener],
+    run_main: Callable[..., tuple[int, str, str]],
+) -> None:
+    """A quoted local part holding '>' and a space, a source route and a bare address
+    arrive as the same recipients over the listener and over `sendmail -bs`; a path with
+    no closing '>' is refused by both."""
+    conf = listener_config(tmp_path / "l.conf", upstream.port)
+    listener = start_listener(conf)
+    paths = ['<"odd> name"@far.example>', "<@hop.example:routed@far.example>", "bare@far.example"]
+    expected = ['"odd> name"@far.example', "routed@far.example", "bare@far.example"]
+    with listener.client() as client:
+        client.ehlo()
+        assert client.mail("app@host.example")[0] == 250
+        for path in paths:
+            assert client.docmd("RCPT TO:" + path)[0] == 250
+        assert client.docmd("RCPT TO:<open@far.example")[0] == 553
+        assert client.data(message("listener"))[0] == 250
+    session = (
+        b"EHLO x\r\nMAIL FROM:<app@host.example>\r\n"
+        + b"".join(f"RCPT TO:{path}\r\n".encode() for path in paths)
+        + b"RCPT TO:<open@far.example\r\nDATA\r\n"
+        + message("bs").encode()
+        + b".\r\nQUIT\r\n"
+    )
+    code, out, _ = run_main(["-C", str(conf), "-bs"], session)
+    assert code == 0
+    assert [r[:3] for r in out.splitlines()[-7:-2]] == ["250", "250", "250", "501", "354"]
+    for got in upstream.wait_for(2):
+        assert got.rcpt_tos == expected
+
+
 def test_the_workers_retry_quickly_where_sendmail_would_queue(
     tmp_path: Path,
     smtp_server_factory: Callable[..., SMTPTestServer],
