@@ -131,6 +131,12 @@ class ListenerEnvelope(Envelope):
         super().__init__()
         self.dsn: dialect.DsnTransaction | None = None
 
+    @property
+    def sender(self) -> str:
+        """The envelope sender as the rest of the package takes it: "" for the null sender."""
+        mail_from = self.mail_from or ""
+        return "" if is_null_sender(mail_from) else mail_from
+
 
 class ListenerSMTP(SMTP):
     """aiosmtpd's server with the connection limit (421 beyond max_connections) and DSN."""
@@ -279,7 +285,9 @@ class ListenerHandler:
             why = submit.sender_refusal(config, server.uid, sender)
             if why is not None:
                 return dialect.SENDER_NOT_OWNED.format(sender, why)
-        envelope.mail_from = sender
+        # aiosmtpd reads an empty mail_from as "no MAIL yet" (503 to RCPT, a second MAIL
+        # allowed), so the null reverse-path (RFC 5321 §4.5.5) keeps its wire spelling there.
+        envelope.mail_from = sender or "<>"
         envelope.mail_options.extend(mail_options)
         assert isinstance(envelope, ListenerEnvelope)
         envelope.dsn = dialect.DsnTransaction(found.values)
@@ -305,7 +313,7 @@ class ListenerHandler:
         ):
             return dialect.RELAY_DENIED.format(recipient)
         assert isinstance(envelope, ListenerEnvelope) and envelope.dsn is not None
-        refusal = self.state.recipient_reply(envelope.mail_from or "", recipient)
+        refusal = self.state.recipient_reply(envelope.sender, recipient)
         if refusal is None:
             refusal = envelope.dsn.refusal(recipient, found.values)
         if refusal is not None:
@@ -329,7 +337,7 @@ class ListenerHandler:
             _deliver,
             state.config,
             received + data,
-            envelope.mail_from or "",
+            envelope.sender,
             list(envelope.rcpt_tos),
             dsn,
             state.report,

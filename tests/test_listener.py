@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -778,3 +779,167 @@ def test_the_workers_reuse_upstream_connections(
             assert client.sendmail("app@host.example", ["out@far.example"], message(f"r{i}")) == {}
     assert len(upstream.wait_for(10)) == 10
     assert upstream.connections == 1  # one upstream session carried all ten (SPEC §6 reuse)
+
+
+# -- the null reverse-path (RFC 5321 §4.5.5): bounces and delivery status notifications --
+
+NOTICE = (
+    "From: Mail Delivery System <MAILER-DAEMON@mx.far.example>\r\n"
+    "To: contact-sales@mailer.domain1.com\r\n"
+    "Subject: Undelivered Mail Returned to Sender\r\n"
+    "Auto-Submitted: auto-replied\r\n"
+    "\r\n"
+    "Your message could not be delivered.\r\n"
+)
+
+
+def test_a_bounce_from_the_internet_reaches_a_mapped_alias_with_mail_from_null(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    log_file = tmp_path / "mail.log"
+    listener = start_listener(
+        listener_config(tmp_path / "l.conf", upstream.port, f"log_file = {log_file}")
+    )
+    with listener.client("127.0.0.2") as client:
+        client.ehlo("mx.far.example")
+        assert client.mail("")[0] == 250  # smtplib sends MAIL FROM:<>
+        assert client.docmd("MAIL FROM:<again@far.example>")[0] == 503  # nested, even after <>
+        code, text = client.rcpt("out@far.example")  # the null sender opens no relay
+        assert (code, text[:5]) == (554, b"5.7.1")
+        assert client.rcpt("contact-sales@mailer.domain1.com")[0] == 250
+        code, text = client.data(NOTICE)
+        assert code == 250 and b"delivered" in text
+        # The next transaction of the same session may use <> again.
+        assert client.sendmail("", ["contact-legal@mailer.domain1.com"], NOTICE) == {}
+    got = upstream.wait_for(2)
+    assert [(m.mail_from, m.rcpt_tos) for m in got] == [
+        ("<>", ["contact-sales@domain1.com"]),
+        ("<>", ["contact-legal@domain1.com"]),
+    ]
+    assert got[0].message()["Subject"] == "Undelivered Mail Returned to Sender"
+    lines = [line for line in log_file.read_text().splitlines() if " outcome=sent " in line]
+    assert len(lines) == 2 and all(" from=<> " in line for line in lines), lines
+
+
+def test_swaks_sends_with_the_null_sender(listener: Listener, upstream: SMTPTestServer) -> None:
+    if not shutil.which("swaks"):
+        pytest.skip("swaks is not installed")
+    run = subprocess.run(
+        [
+            "swaks",
+            "--server",
+            f"127.0.0.1:{listener.port}",
+            "--from",
+            "<>",
+            "--to",
+            "out@far.example",
+            "--header",
+            "Subject: swaks null sender",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = upstream.wait_for(1)[0]
+    assert (got.mail_from, got.rcpt_tos) == ("<>", ["out@far.example"])
+    assert got.message()["Subject"] == "swaks null sender"
+
+
+def test_a_queued_null_sender_message_keeps_it_and_never_gets_a_failure_notice(
+    tmp_path: Path,
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    start_listener: Callable[[Path], Listener],
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    conf = listener_config(tmp_path / "l.conf", dead_port)
+    listener = start_listener(conf)
+    with listener.client() as client:
+        client.ehlo()
+        for sender, recipient, subject in [
+            ("", "out@far.example", "null, delivered later"),
+            ("", "gone@far.example", "null, refused later"),
+            ("app@host.example", "gone@far.example", "app, refused later"),
+        ]:
+            assert client.mail(sender)[0] == 250
+            assert client.rcpt(recipient)[0] == 250
+            code, text = client.data(message(subject, sender or "MAILER-DAEMON@host.example"))
+            assert code == 250 and b"queued as" in text
+    assert sorted(e.sender for e in list_entries(load_config(str(conf)))) == [
+        "",
+        "",
+        "app@host.example",
+    ]
+
+    upstream = smtp_server_factory(fault="550-rcpt:gone@far.example")
+    conf.write_text(
+        conf.read_text().replace(f"smtp_port = {dead_port}", f"smtp_port = {upstream.port}")
+    )
+    queue_run = [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "queue", "run"]
+    run = subprocess.run(
+        [*queue_run, "--all", "--json"], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["bounces"] == 1, run.stdout  # for app@host.example only
+    upstream.wait_for(2)
+    time.sleep(0.2)
+    by_recipient = {m.rcpt_tos[0]: m for m in upstream.messages}
+    assert len(upstream.messages) == 2 and set(by_recipient) == {
+        "out@far.example",
+        "app@host.example",  # the one failure notice
+    }
+    delivered = by_recipient["out@far.example"]
+    assert delivered.mail_from == "<>"
+    assert delivered.message()["Subject"] == "null, delivered later"
+    notice = by_recipient["app@host.example"]
+    assert notice.mail_from == "<>" and b"app, refused later" in notice.data
+    assert b"null, refused later" not in notice.data
+    config = load_config(str(conf))
+    assert list_entries(config) == []
+    failed = list_entries(config, failed=True)
+    assert sorted(e.sender for e in failed) == ["", "app@host.example"]
+
+
+def test_sendmail_bs_and_the_listener_treat_the_null_sender_alike(
+    tmp_path: Path,
+    upstream: SMTPTestServer,
+    start_listener: Callable[[Path], Listener],
+    run_main: Callable[..., tuple[int, str, str]],
+) -> None:
+    """MAIL FROM:<>, a nested MAIL, the null sender's [user:] policy at RCPT, and DATA."""
+    conf = listener_config(
+        tmp_path / "l.conf",
+        upstream.port,
+        sections="\n[user:MAILER-DAEMON@host.example]\nallowed_domains = far.example\n",
+    )
+    listener = start_listener(conf)
+    with listener.client() as client:
+        client.ehlo()
+        over_smtp = [
+            client.docmd("MAIL FROM:<>"),
+            client.docmd("MAIL FROM:<b@host.example>"),
+            client.rcpt("x@elsewhere.example"),
+            client.rcpt("ok@far.example"),
+        ]
+        code, text = client.data(message("one", "MAILER-DAEMON@host.example"))
+        assert code == 250 and text.startswith(b"2.0.0 OK ")
+    assert [code for code, _ in over_smtp] == [250, 503, 550, 250]
+    session = (
+        b"EHLO x\r\nMAIL FROM:<>\r\nMAIL FROM:<b@host.example>\r\n"
+        b"RCPT TO:<x@elsewhere.example>\r\nRCPT TO:<ok@far.example>\r\nDATA\r\n"
+        + message("two", "MAILER-DAEMON@host.example").encode()
+        + b".\r\nQUIT\r\n"
+    )
+    code, out, _ = run_main(["-C", str(conf), "-bs"], session)
+    assert code == 0
+    replies = [r for r in out.splitlines() if not r.startswith(("220 ", "250-", "250 HELP"))]
+    assert [r[:3] for r in replies] == ["250", "503", "550", "250", "354", "250", "221"]
+    assert replies[2] == f"550 {over_smtp[2][1].decode()}"
+    assert "domain not in allowed_domains" in replies[2]
+    got = upstream.wait_for(2)
+    assert sorted((str(m.message()["Subject"]), m.mail_from) for m in got) == [
+        ("one", "<>"),
+        ("two", "<>"),
+    ]

@@ -67,3 +67,29 @@ def test_an_unmapped_local_part_of_the_mailer_domain_is_refused(
                 "visitor@outside.example", ["postmaster@domain1.com"], "Subject: x\r\n\r\nx\r\n"
             )
     assert gmail.messages == []
+
+
+def test_a_bounce_for_a_contact_alias_is_forwarded_with_the_null_sender(
+    tree: Path,
+    gmail: SMTPTestServer,  # noqa: F811
+    start_listener: Callable[[Path], Listener],  # noqa: F811
+) -> None:
+    """An outside MTA's failure notice (RFC 5321 §4.5.5: MAIL FROM:<>) for mail a contact
+    alias sent; it must not come back with a sender a second bounce could go to."""
+    listener = start_listener(tree)
+    with listener.client("127.0.0.2") as client:
+        client.ehlo("mx.visitor.example")
+        assert client.mail("")[0] == 250
+        assert client.rcpt("contact-general@mailer.domain1.com")[0] == 250
+        code, text = client.rcpt("anyone@gmail.com")
+        assert code == 554 and b"5.7.1" in text
+        code, _ = client.data(
+            "From: Mail Delivery System <MAILER-DAEMON@mx.visitor.example>\r\n"
+            "To: contact-general@mailer.domain1.com\r\n"
+            "Subject: Undelivered Mail Returned to Sender\r\n\r\nno such user\r\n"
+        )
+        assert code == 250
+    got = gmail.wait_for(1)[0]
+    assert (got.mail_from, got.rcpt_tos) == ("<>", ["contact-general@domain1.com"])
+    assert got.auth_user == "mail-relay@domain1.com" and got.tls
+    assert got.message()["To"] == "contact-general@domain1.com"

@@ -489,3 +489,29 @@ def test_a_user_who_may_not_write_the_queue_submits_too(
     queue_run(main)
     got = smtp_server.wait_for(1)[0]
     assert "uid 65534 (nobody)" in str(got.message()["Received"])
+
+
+def test_nobody_may_not_use_the_null_sender_and_hears_so_in_one_line(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    """sender_refusal's rule (a user sends as themselves) holds for <> on every path."""
+    refusal = b"ssmtp-mailer: <>: sender address not owned by uid 65534 (nobody)\n"
+    run = nobody_sendmail(shared_dir, tree, ["-i", "-f", "<>", "out@far.example"], MESSAGE)
+    assert run.returncode == 77  # no listener: refused before the maildrop
+    assert run.stderr.startswith(refusal) and b"Traceback" not in run.stderr
+    listener = Listener(tree)  # it would pick up (and refuse) anything left in the maildrop
+    try:
+        run = nobody_sendmail(shared_dir, tree, ["-i", "-f", "", "out@far.example"], MESSAGE)
+        assert run.returncode == 77
+        assert run.stderr.startswith(refusal) and b"Traceback" not in run.stderr
+        session = b"EHLO app.example\r\nMAIL FROM:<>\r\nRCPT TO:<out@far.example>\r\nQUIT\r\n"
+        run = nobody_sendmail(shared_dir, tree, ["-bs"], session)
+        assert run.returncode == 0, run.stderr
+        replies = run.stdout.decode().splitlines()
+        assert "553 5.7.1 <>: Sender address not owned by uid 65534 (nobody)" in replies
+        assert any(r.startswith("503 ") for r in replies), replies  # no MAIL was taken
+    finally:
+        listener.stop(signal.SIGTERM)
+    assert smtp_server.messages == []
+    config = load_config(str(tree))
+    assert list_entries(config) == list_entries(config, failed=True) == []
