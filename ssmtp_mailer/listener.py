@@ -40,6 +40,7 @@ QUEUE_INTERVAL = 60.0
 PRUNE_INTERVAL = 1.0  # upstream connections idle for connection_reuse_idle get QUIT
 SUBMIT_SOCKET = "submit.sock"
 VERDICTS_KEPT = 4096
+DATA_BLOCK = 1 << 20  # more than the reader ever holds: one read empties it
 
 
 class _DropLoginDataNotice(logging.Filter):
@@ -192,6 +193,64 @@ class ListenerSMTP(SMTP):
         self.dsn_parameters = found
         head = path[: len(path) - len(rest)].rstrip()
         return " ".join([keyword + head, *found.others])
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with the message read in blocks, not line by line.
+
+        Replies as `sendmail -bs` does: 552 when over max_message_size (read to its end
+        first, RFC 5321 §4.2.5), and over-long lines are left to the message checks.
+        """
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        assert envelope is not None
+        if not envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        content = await self._read_data(self.data_size_limit or 0)
+        if content is None:
+            self.envelope = self._create_envelope()
+            await self.push(dialect.TOO_BIG)
+            return
+        envelope.content = envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self.envelope = self._create_envelope()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_data(self, limit: int) -> bytes | None:
+        """The message up to the lone dot, un-dot-stuffed; None when over `limit` octets.
+
+        What follows the dot in the last block (a pipelined next command) goes back to the
+        reader: every read empties its buffer, so it goes back in front.
+        """
+        reader = self._reader
+        # A leading CRLF, so that a dot on the first line ends the data as on any other.
+        data = bytearray(b"\r\n")
+        over = False
+        while True:
+            block = await reader.read(DATA_BLOCK)
+            if not block:
+                raise ConnectionResetError("end of input in DATA")
+            searched = max(len(data) - 4, 0)
+            data += block
+            end = data.find(b"\r\n.\r\n", searched)
+            if end >= 0:
+                rest = data[end + 5 :]
+                if rest and not reader.at_eof():
+                    reader.feed_data(bytes(rest))
+                del data[end + 2 :]
+                break
+            if limit and len(data) > limit + 2:
+                over = True
+                del data[2:-4]  # only enough to find the dot in the next block
+        if over or (limit and len(data) > limit + 2):
+            return None
+        # RFC 5321 §4.5.2: the client doubled the dot that starts a line.
+        return bytes(data).replace(b"\r\n.", b"\r\n")[2:]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         state = self.state

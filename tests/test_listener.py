@@ -270,11 +270,54 @@ def test_size_is_advertised_and_enforced(
         client.rcpt("out@far.example")
         code, _ = client.data(message(body="x" * 70 + "\r\n") * 80)
         assert code == 552
+        client.mail("app@host.example")
+        client.rcpt("out@far.example")
+        code, _ = client.data(message(body="y" * 70 + "\r\n") * 5000)  # many reads
+        assert code == 552
         # The session goes on: a message within the limit still goes through.
         client.mail("app@host.example")
         client.rcpt("out@far.example")
         assert client.data(message("small"))[0] == 250
     assert [m.message()["Subject"] for m in upstream.wait_for(1)] == ["small"]
+
+
+def _replies(sock: socket.socket, count: int) -> list[bytes]:
+    """The next `count` complete replies (multi-line ones joined) from a raw SMTP socket."""
+    got = b""
+    while True:
+        lines = got.split(b"\r\n")[:-1]
+        finals = [line for line in lines if line[3:4] == b" "]
+        if len(finals) >= count:
+            return finals[:count]
+        chunk = sock.recv(65536)
+        assert chunk, got
+        got += chunk
+
+
+def test_data_ends_at_the_lone_dot_however_it_arrives(
+    listener: Listener, upstream: SMTPTestServer
+) -> None:
+    """The final dot split over three TCP segments, dot-stuffed lines, a 3 MB message in
+    many blocks, and commands pipelined behind the dot in the same segment."""
+    big_body = "".join(f"line {i:07d} of a long report\r\n" for i in range(100_000))
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as sock:
+        assert _replies(sock, 1)[0].startswith(b"220")
+        sock.sendall(b"EHLO x\r\n")
+        assert _replies(sock, 1)[0].startswith(b"250")
+        envelope = b"MAIL FROM:<app@host.example>\r\nRCPT TO:<out@far.example>\r\nDATA\r\n"
+        sock.sendall(envelope)
+        assert [r[:3] for r in _replies(sock, 3)] == [b"250", b"250", b"354"]
+        for piece in (b"Subject: split\r\n\r\n..dotted\r\n..\r\nlast\r", b"\n.", b"\r\n"):
+            sock.sendall(piece)
+            time.sleep(0.1)
+        assert _replies(sock, 1)[0].startswith(b"250 2.0.0 OK")
+        sock.sendall(envelope)
+        assert [r[:3] for r in _replies(sock, 3)] == [b"250", b"250", b"354"]
+        sock.sendall(f"Subject: big\r\n\r\n{big_body}.\r\nRSET\r\nNOOP\r\n".encode())
+        assert [r[:3] for r in _replies(sock, 3)] == [b"250", b"250", b"250"]
+    split, big = upstream.wait_for(2)
+    assert split.data.endswith(b"\r\n\r\n.dotted\r\n.\r\nlast\r\n")
+    assert big.data.endswith(b"\r\n\r\n" + big_body.encode())
 
 
 def test_commands_and_bad_order(listener: Listener, upstream: SMTPTestServer) -> None:
