@@ -170,12 +170,15 @@ def stop_sink(proc: subprocess.Popen[str]) -> int:
     return int(out.strip() or 0)
 
 
-def start_listener(tmp: Path, upstream: int, workers: int) -> tuple[subprocess.Popen[str], int]:
+def start_listener(
+    tmp: Path, upstream: int, workers: int, processes: int
+) -> tuple[subprocess.Popen[str], int]:
     conf = tmp / "listen.conf"
     conf.write_text(
         f"[global]\ndefault_hostname = bench.example\nspool_dir = {tmp / 'spool'}\n"
         f"max_retries = 0\nenable_rate_limiting = false\nlisten_user = root\n"
-        f"max_connections = {workers}\nallowed_networks = 127.0.0.1/32\n\n"
+        f"max_connections = {workers}\nlisten_processes = {processes}\n"
+        "allowed_networks = 127.0.0.1/32\n\n"
         f"[domain:*]\nsmtp_server = 127.0.0.1\nsmtp_port = {upstream}\n"
         "use_starttls = false\nauth_method = NONE\n"
     )
@@ -203,9 +206,11 @@ def start_listener(tmp: Path, upstream: int, workers: int) -> tuple[subprocess.P
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (Linux /proc)."""
+    """User + system CPU of a process and its live children so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 def run_clients(port: int, clients: int, per_client: int) -> tuple[float, int]:
@@ -270,6 +275,12 @@ def main() -> None:
         default="aiosmtpd",
         help="aiosmtpd (default), or a bare 250-to-everything sink: the listener's cost alone",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="the listener's listen_processes (default: one per CPU)",
+    )
     parser.add_argument("--sink", help=argparse.SUPPRESS)
     parser.add_argument("--bare-sink", help=argparse.SUPPRESS)
     parser.add_argument("--profile", metavar="FILE", help="py-spy the listener into FILE")
@@ -282,12 +293,12 @@ def main() -> None:
         return
     print(
         f"cpus: {os.cpu_count()}  clients: {args.clients}  message: {len(message(0))} bytes"
-        f"  upstream: {args.upstream}"
+        f"  upstream: {args.upstream}  listen_processes: {args.processes}"
     )
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         upstream, port = start_sink(tmp, args.upstream)
-        listener, listen_port = start_listener(tmp, port, args.clients)
+        listener, listen_port = start_listener(tmp, port, args.clients, args.processes)
         try:
             run_clients(listen_port, args.clients, 5)  # warm-up: imports, first connections
             spy = None

@@ -22,14 +22,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from ssmtp_mailer import __version__, dialect, log, rewrite
 from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify, split_path
 from ssmtp_mailer.config.model import Config, HostPort, UserConfig
-from ssmtp_mailer.errors import PROG, ConfigError, MailerError, UsageError
+from ssmtp_mailer.errors import EX_SOFTWARE, PROG, ConfigError, MailerError, UsageError
 from ssmtp_mailer.message import Dsn
 from ssmtp_mailer.relay.pool import ConnectionPool
 
@@ -55,12 +55,39 @@ def say(line: str) -> None:
     print(f"{PROG}: listen: {line}", file=sys.stderr, flush=True)
 
 
-class ListenerState:
-    """What every session shares: the current configuration, the pool, the live sessions."""
+class SessionCount:
+    """The sessions open in all of the listener's processes: max_connections is for all of
+    them together. Made before the processes are forked, in memory they share."""
 
-    def __init__(self, config: Config, *, tls: ssl.SSLContext | None) -> None:
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self._open = multiprocessing.RawValue("i", 0)
+        self._lock = multiprocessing.Lock()
+
+    def enter(self, limit: int) -> bool:
+        """Count one more session, unless `limit` are open already."""
+        with self._lock:
+            if self._open.value >= limit:
+                return False
+            self._open.value += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self._open.value -= 1
+
+
+class ListenerState:
+    """What every session of one process shares: the current configuration, the pool, the
+    live sessions, and the count of sessions open in all the processes."""
+
+    def __init__(
+        self, config: Config, *, tls: ssl.SSLContext | None, open_sessions: SessionCount
+    ) -> None:
         self.config = config
         self.tls = tls
+        self.open_sessions = open_sessions
         self.pool = ThreadPoolExecutor(
             max_workers=config.global_.max_connections, thread_name_prefix="deliver"
         )
@@ -255,7 +282,8 @@ class ListenerSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         state = self.state
         if not self.counted:
-            if state.draining or len(state.sessions) >= state.config.global_.max_connections:
+            limit = state.config.global_.max_connections
+            if state.draining or not state.open_sessions.enter(limit):
                 self.refused = True
                 assert isinstance(transport, asyncio.WriteTransport)
                 reply = dialect.SHUTTING_DOWN if state.draining else dialect.TOO_MANY
@@ -273,6 +301,7 @@ class ListenerSMTP(SMTP):
         if self.refused:
             return
         self.state.sessions.discard(self)
+        self.state.open_sessions.leave()
         super().connection_lost(error)
 
     def eof_received(self) -> bool | None:
@@ -520,26 +549,33 @@ def _deliver(
 # -- binding, privileges and the lifecycle ---------------------------------------------
 
 
-def bind(addresses: Sequence[HostPort]) -> list[socket.socket]:
-    """Listening sockets for every address (before privileges are dropped)."""
-    sockets: list[socket.socket] = []
+def bind(addresses: Sequence[HostPort], copies: int = 1) -> list[list[socket.socket]]:
+    """Listening sockets for every address (before privileges are dropped), one set per
+    process. Several sets share each address and port (SO_REUSEPORT: the kernel spreads
+    new connections among them); port 0 takes a free port, the same for every set."""
+    sets: list[list[socket.socket]] = [[] for _ in range(copies)]
     try:
         for hp in addresses:
             port = 25 if hp.port is None else hp.port
             family = socket.AF_INET6 if ":" in hp.host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((hp.host, port))
-            sock.listen(128)
-            sock.setblocking(False)
+            for sockets in sets:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if copies > 1:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((hp.host, port))
+                port = sock.getsockname()[1]
+                sock.listen(128)
+                sock.setblocking(False)
     except OSError as exc:
-        for sock in sockets:
-            sock.close()
+        for sockets in sets:
+            for sock in sockets:
+                sock.close()
         raise UsageError(f"listen {hp}", exc.strerror or str(exc)) from None
-    return sockets
+    return sets
 
 
 def bind_submit_socket(config: Config) -> socket.socket | None:
@@ -590,7 +626,11 @@ def drop_privileges(user: str) -> None:
 
 
 class Listener:
-    """The running service: servers, signal handlers, the periodic pickup and queue run."""
+    """One serving process: servers, signal handlers, the periodic pickup and queue run.
+
+    `ready` is called once the servers and the signal handlers are in place; `background`
+    says whether this process picks up the maildrop and runs the queue (one process does).
+    """
 
     def __init__(
         self,
@@ -598,11 +638,16 @@ class Listener:
         sockets: list[socket.socket],
         submit_socket: socket.socket | None,
         reload: Callable[[], Config],
+        *,
+        ready: Callable[[], None],
+        background: bool = True,
     ) -> None:
         self.state = state
         self.sockets = sockets
         self.submit_socket = submit_socket
         self.reload_config = reload
+        self.ready = ready
+        self.background = background
         self.stopping: asyncio.Event | None = None
         self.servers: list[asyncio.base_events.Server] = []
 
@@ -633,13 +678,11 @@ class Listener:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
-        names = ", ".join(_sockname(s) for s in self.sockets)
-        say(f"listening on {names} (pid {os.getpid()})")
-        background = [
-            loop.create_task(self._every(PICKUP_INTERVAL, self._pickup)),
-            loop.create_task(self._every(QUEUE_INTERVAL, self._run_queue)),
-            loop.create_task(self._every(PRUNE_INTERVAL, self.state.connections.prune)),
-        ]
+        self.ready()
+        background = [loop.create_task(self._every(PRUNE_INTERVAL, self.state.connections.prune))]
+        if self.background:
+            background.append(loop.create_task(self._every(PICKUP_INTERVAL, self._pickup)))
+            background.append(loop.create_task(self._every(QUEUE_INTERVAL, self._run_queue)))
         await self.stopping.wait()
         await self._drain(background)
         return 0
@@ -725,15 +768,149 @@ def run_listener(
     """Bind, drop privileges, serve until SIGTERM/SIGINT; the exit code."""
     logging.getLogger("mail.log").addFilter(_DropLoginDataNotice())
     tls = tls_context(config)
-    sockets = bind(addresses)
+    processes = config.global_.listen_processes
+    socket_sets = bind(addresses, processes)
     submit_socket = bind_submit_socket(config)
     if submit_socket is not None and os.geteuid() == 0:
         _hand_over(config, config.global_.listen_user)
+    open_sessions = SessionCount()
     drop_privileges(config.global_.listen_user)
-    state = ListenerState(config, tls=tls)
+    names = ", ".join(_sockname(s) for s in socket_sets[0])
+    service = Service(config, tls, submit_socket, reload, open_sessions)
+    if processes == 1:
+
+        def ready() -> None:
+            say(f"listening on {names} (pid {os.getpid()})")
+
+        return _serve(service, socket_sets[0], ready=ready)
+    return _supervise(service, socket_sets, names)
+
+
+class Service(NamedTuple):
+    """What every serving process starts from."""
+
+    config: Config
+    tls: ssl.SSLContext | None
+    submit_socket: socket.socket | None
+    reload: Callable[[], Config]
+    open_sessions: SessionCount
+
+
+def _serve(
+    service: Service,
+    sockets: list[socket.socket],
+    *,
+    ready: Callable[[], None],
+    background: bool = True,
+) -> int:
+    """One serving process, until SIGTERM/SIGINT."""
+    config = service.config
+    state = ListenerState(config, tls=service.tls, open_sessions=service.open_sessions)
     state.use(config)
-    listener = Listener(state, sockets, submit_socket, reload)
+    listener = Listener(
+        state,
+        sockets,
+        service.submit_socket,
+        service.reload,
+        ready=ready,
+        background=background,
+    )
     return asyncio.run(listener.serve())
+
+
+def _supervise(service: Service, socket_sets: list[list[socket.socket]], names: str) -> int:
+    """listen_processes > 1: one serving process per socket set, forked before any thread
+    or event loop exists. This process passes SIGTERM, SIGINT and SIGHUP on and waits; when
+    one of them ends unexpectedly it stops the others and fails (systemd restarts the unit)."""
+    children: dict[int, int] = {}
+    stopping = False
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = stopping or signum != signal.SIGHUP
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    readiness, announce = os.pipe()
+    for index in range(len(socket_sets)):
+        pid = os.fork()
+        if pid == 0:
+            _child(service, socket_sets, index, readiness, announce)
+        children[pid] = index
+    os.close(announce)
+    for sockets in socket_sets:
+        for sock in sockets:
+            sock.close()
+    if service.submit_socket is not None:
+        service.submit_socket.close()
+    started = 0
+    while started < len(socket_sets):
+        got = os.read(readiness, len(socket_sets) - started)
+        if not got:
+            break  # a process ended before it served; the wait below reports it
+        started += len(got)
+    os.close(readiness)
+    if started == len(socket_sets):
+        say(f"listening on {names} (pid {os.getpid()}, {started} processes)")
+    status = 0
+    while children:
+        pid, wait_status = os.wait()
+        index = children.pop(pid, -1)
+        if index < 0:
+            continue
+        code = os.waitstatus_to_exitcode(wait_status)
+        if stopping and code in (0, -signal.SIGTERM, -signal.SIGINT):
+            continue
+        say(f"process {index + 1} (pid {pid}) ended with {_ending(code)}; stopping the others")
+        status = EX_SOFTWARE
+        forward(signal.SIGTERM, None)
+    if service.submit_socket is not None:
+        with contextlib.suppress(OSError):
+            (service.config.global_.spool_dir / SUBMIT_SOCKET).unlink()
+    return status
+
+
+def _child(
+    service: Service,
+    socket_sets: list[list[socket.socket]],
+    index: int,
+    readiness: int,
+    announce: int,
+) -> NoReturn:
+    """A forked serving process: its own sockets only; it says when it serves; never returns."""
+    code = EX_SOFTWARE
+    try:
+        # Until the event loop has its handlers: a stop ends it (nothing accepted yet), a
+        # reload waits for the configuration it is about to load anyway.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        os.close(readiness)
+        for other, sockets in enumerate(socket_sets):
+            if other != index:
+                for sock in sockets:
+                    sock.close()
+
+        def ready() -> None:
+            os.write(announce, b".")
+            os.close(announce)
+
+        code = _serve(service, socket_sets[index], ready=ready, background=index == 0)
+    except BaseException as exc:  # never back into the parent's code
+        with contextlib.suppress(Exception):
+            say(f"process {index + 1}: {type(exc).__name__}: {exc}")
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _ending(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"exit code {code}"
 
 
 def _hand_over(config: Config, user: str) -> None:

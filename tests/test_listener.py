@@ -474,6 +474,97 @@ def test_sighup_with_a_broken_config_keeps_serving(
     assert listener.stop() == 0
 
 
+# -- listen_processes ------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_several_processes_serve_one_address_and_share_max_connections(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    conf = listener_config(
+        tmp_path / "l.conf", upstream.port, "listen_processes = 2\nmax_connections = 3\n"
+    )
+    listener = start_listener(conf)
+    assert "2 processes" in listener.wait_for("listening on")
+    assert len(_children(listener.process.pid)) == 2
+    sessions = [listener.client() for _ in range(3)]
+    for session in sessions:
+        session.ehlo()
+    # The fourth session is over max_connections, whichever process the kernel gave it.
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as extra:
+        assert extra.recv(1024).startswith(b"421 4.7.0")
+    for n, session in enumerate(sessions):
+        for i in range(4):
+            assert session.sendmail("app@host.example", ["out@far.example"], message(f"{n}.{i}")) == {}
+        session.quit()
+    subjects = sorted(str(m.message()["Subject"]) for m in upstream.wait_for(12))
+    assert subjects == sorted(f"{n}.{i}" for n in range(3) for i in range(4))
+    # Closed sessions are counted out: three new ones are served again.
+    for _ in range(3):
+        with listener.client() as again:
+            assert again.noop()[0] == 250
+    children = _children(listener.process.pid)
+    assert listener.stop() == 0
+    assert listener.lines.count("ssmtp-mailer: listen: stopped") == 2
+    assert not any(Path(f"/proc/{child}").exists() for child in children)
+    time.sleep(0.2)
+    assert len(upstream.messages) == 12  # none twice
+
+
+def test_sighup_reaches_every_process(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    conf = listener_config(tmp_path / "l.conf", upstream.port, "listen_processes = 2\n")
+    listener = start_listener(conf)
+    conf.write_text(
+        conf.read_text().replace("allowed_networks = 127.0.0.1/32", "allowed_networks = 127.0.0.0/8")
+    )
+    listener.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while sum("SIGHUP: reloaded" in line for line in listener.lines) < 2:
+        assert time.monotonic() < deadline, listener.lines
+        time.sleep(0.1)
+    # Whichever process takes them, clients from 127.0.0.2 may relay now.
+    for n in range(8):
+        with listener.client("127.0.0.2") as client:
+            assert client.sendmail("app@host.example", ["out@far.example"], message(f"w{n}")) == {}
+    assert len(upstream.wait_for(8)) == 8
+    assert listener.stop() == 0
+
+
+def test_a_process_that_dies_stops_the_listener(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    conf = listener_config(tmp_path / "l.conf", upstream.port, "listen_processes = 2\n")
+    listener = start_listener(conf)
+    first, second = _children(listener.process.pid)
+    os.kill(second, signal.SIGKILL)
+    assert listener.process.wait(30) == 70  # EX_SOFTWARE: systemd's Restart= takes over
+    listener.reader.join(10)
+    assert any(
+        f"(pid {second}) ended with signal 9; stopping the others" in line for line in listener.lines
+    )
+    assert not Path(f"/proc/{first}").exists()
+
+
+def test_listen_processes_must_be_a_positive_number(
+    tmp_path: Path, upstream: SMTPTestServer
+) -> None:
+    conf = listener_config(tmp_path / "l.conf", upstream.port, "listen_processes = 0\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "listen"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 78
+    assert "listen_processes" in done.stderr.splitlines()[0]
+    assert "Traceback" not in done.stderr
+
+
 # -- STARTTLS and AUTH ---------------------------------------------------------------
 
 

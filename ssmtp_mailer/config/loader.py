@@ -67,6 +67,7 @@ GLOBAL_KEYS: dict[str, Parser] = {
     "listen_tls_key_file": v.parse_str,
     "listen_timeout": v.parse_positive,
     "listen_user": v.parse_str,
+    "listen_processes": v.parse_positive,
     "spool_user": v.parse_str,
     "max_message_size": v.parse_positive,
 }

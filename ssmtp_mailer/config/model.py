@@ -93,6 +93,7 @@ class GlobalConfig(NamedTuple):
     listen_tls_key_file: Path | None = None
     listen_timeout: int = 300
     listen_user: str = "mail"
+    listen_processes: int = 1
     spool_user: str = "mail"
     max_message_size: int = 52428800
     location: Location | None = None
