@@ -424,6 +424,8 @@ SENDMAIL_PATH_MODULES = frozenset(
 
 
 def test_sendmail_path_imports_stay_lean(config: Path, smtp_server: SMTPTestServer) -> None:
+    # Quoted, as a password holding `#` or `"` must be: read without the json module.
+    write_config(config.parent, smtp_server, 'log_level = "INFO"\n')
     code = (
         "import io, sys\n"
         "started = set(sys.modules)\n"
