@@ -1,7 +1,5 @@
 """One log line per message (SPEC §6) to `log_file` and/or syslog; never a secret."""
 
-from __future__ import annotations
-
 import os
 import re
 import sys

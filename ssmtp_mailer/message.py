@@ -1,7 +1,5 @@
 """Bytes in, a prepared message and its envelope out (SPEC §5); pure: no network, no disk."""
 
-from __future__ import annotations
-
 import os
 import re
 import time
@@ -226,7 +224,7 @@ class HeaderField(NamedTuple):
         """The field body after the colon, undecoded bytes kept as surrogates."""
         return self.raw.split(b":", 1)[1].decode("utf-8", "surrogateescape")
 
-    def with_value(self, value: str) -> HeaderField:
+    def with_value(self, value: str) -> "HeaderField":
         head = self.raw.split(b":", 1)[0]
         raw = head + b":" + value.encode("utf-8", "surrogateescape")
         return HeaderField(self.name, raw, self.line)
@@ -281,7 +279,7 @@ def _fold(field: HeaderField) -> HeaderField:
 
 
 def _rewrite_addresses(
-    field: HeaderField, change: Mapping[int, str] | None, mapper: _AddressMapper
+    field: HeaderField, change: Mapping[int, str] | None, mapper: "_AddressMapper"
 ) -> HeaderField:
     """Replace addr-specs in the field (by index in `change`, or through `mapper`) in place."""
     value = field.value()
@@ -433,7 +431,7 @@ if TYPE_CHECKING:
     _Bytes = TypeVar("_Bytes", bytes, bytearray)
 
 
-def crlf_lines(chunk: _Bytes) -> _Bytes:
+def crlf_lines(chunk: "_Bytes") -> "_Bytes":
     """LF, CRLF, a bare CR or a mix of them become CRLF.
 
     RFC 5321 §2.3.8 forbids a bare CR on the wire, and a lone CR ended lines on old Macs:
@@ -636,8 +634,8 @@ def prepare(
 
 def apply_group_headers(
     prepared_or_bytes: PreparedMessage | bytes | bytearray,
-    plan: Plan,
-    group: RouteGroup,
+    plan: "Plan",
+    group: "RouteGroup",
     *,
     in_place: bool = False,
 ) -> bytes | bytearray:

@@ -1,7 +1,5 @@
 """Address patterns of SPEC §4 (exact, `*@domain`, `local@*`, bare names); pure."""
 
-from __future__ import annotations
-
 import functools
 import re
 from collections.abc import Iterable

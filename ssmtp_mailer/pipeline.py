@@ -1,7 +1,5 @@
 """One prepared message through routing, header fixes and the relay; outcome as a sysexit code."""
 
-from __future__ import annotations
-
 import contextlib
 import os
 import sys
@@ -237,7 +235,7 @@ def submit(
     return SubmitResult(code, prepared.message_id, plan, tuple(outcomes), tuple(problems))
 
 
-def _signers(plan: rewrite.Plan) -> dict[str, Signer]:
+def _signers(plan: rewrite.Plan) -> "dict[str, Signer]":
     """Each signing route's keys, read before any group is attempted (a bad key is EX_CONFIG)."""
     signing = {g.route.name: g.route for g in plan.groups if g.route.dkim_key_file}
     if not signing:

@@ -27,8 +27,6 @@ Decisions, in order (each one is recorded in `Plan.steps`):
    - elsewhere From is kept (it names the author) and Reply-To left alone (both None).
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import NamedTuple

@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ssmtp_mailer.config.ini import unquote
 from ssmtp_mailer.config.loader import load_config
 from ssmtp_mailer.config.model import AuthMethod, HostPort, TempFailurePolicy
 from ssmtp_mailer.entry import main
@@ -530,3 +533,43 @@ def test_newaliases_explains_and_succeeds(capsys: pytest.CaptureFixture[str]) ->
     _, err = capsys.readouterr()
     assert code == 0
     assert "mapping" in err
+
+
+# Characters that make JSON strings interesting: quotes, escapes and their letters, hex
+# digits of surrogates, controls, and a lone surrogate of each half.
+_JSON_PIECES = st.text(
+    alphabet=st.sampled_from(
+        ['"', "\\", "u", "d", "D", "8", "b", "c", "0", "f", "F", "n", "/", "x", "\x00", "\x1f",
+         " ", "é", "\ud83d", "\ude00", "😀"]
+    ),
+    max_size=30,
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        _JSON_PIECES,
+        st.text(max_size=30),
+        st.text(max_size=30).map(lambda s: json.dumps(s)[1:-1]),
+        st.text(max_size=30).map(lambda s: json.dumps(s, ensure_ascii=False)[1:-1]),
+    )
+)
+def test_a_quoted_value_is_what_json_reads_or_else_its_text(body: str) -> None:
+    """`"..."` holds a JSON string (man page: JSON escapes); one JSON refuses stays as written."""
+    value = f'"{body}"'
+    try:
+        expected = json.loads(value)
+    except ValueError:
+        expected = body
+    assert unquote(value) == expected
+
+
+def test_a_password_with_escapes_is_read_as_written_in_json(tmp_path: Path) -> None:
+    secret = 'S3cret: p@ss#"word \\ ünïcode 😀\t'
+    conf = write(
+        tmp_path / "m.conf",
+        "[domain:x]\nsmtp_server = s.example\nusername = u@x.example\n"
+        f"password = {json.dumps(secret)}\n",
+    )
+    assert load_config(str(conf)).domains["x"].password == secret

@@ -56,15 +56,54 @@ def _closing_quote(value: str) -> int | None:
 def unquote(value: str) -> str:
     """A `"..."` value with JSON escapes becomes its content; anything else is kept."""
     if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-        import json  # quoted values are rare: most sends never load json
-
-        try:
-            decoded = json.loads(value)
-        except ValueError:
-            return value[1:-1]
-        if isinstance(decoded, str):
-            return decoded
+        decoded = _json_string(value[1:-1])
+        return value[1:-1] if decoded is None else decoded
     return value
+
+
+# RFC 8259 §7. The string alone, without the json module: the sendmail path reads quoted
+# values (passwords) and needs none of json's number, object or encoder machinery.
+_JSON_ESCAPES = {
+    '"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t",
+}  # fmt: skip
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _json_string(body: str) -> str | None:
+    """What the JSON string `"body"` stands for (as json.loads reads it), or None if invalid."""
+    out: list[str] = []
+    at = 0
+    while True:
+        slash = body.find("\\", at)
+        plain = body[at:] if slash < 0 else body[at:slash]
+        if '"' in plain or (plain and min(plain) < " "):  # both must be escaped
+            return None
+        out.append(plain)
+        if slash < 0:
+            return "".join(out)
+        kind = body[slash + 1 : slash + 2]
+        if kind in _JSON_ESCAPES:
+            out.append(_JSON_ESCAPES[kind])
+            at = slash + 2
+            continue
+        code = _hex4(body, slash + 1)
+        if code is None:
+            return None
+        at = slash + 6
+        if 0xD800 <= code < 0xDC00:  # a UTF-16 surrogate pair is one character
+            low = _hex4(body, at + 1) if body.startswith("\\u", at) else None
+            if low is not None and 0xDC00 <= low < 0xE000:
+                code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                at += 6
+        out.append(chr(code))
+
+
+def _hex4(body: str, at: int) -> int | None:
+    """The code of `uXXXX` at `at`, or None."""
+    digits = body[at + 1 : at + 5]
+    if body[at : at + 1] != "u" or len(digits) != 4 or not _HEX.issuperset(digits):
+        return None
+    return int(digits, 16)
 
 
 def parse_ini(text: str, path: str, problems: list[str]) -> list[RawSection]:

@@ -5,8 +5,6 @@ knows the outcome (queued, failed, the process's exit code), so the caller write
 message's log line from the `DeliveryLog` the engine filled in.
 """
 
-from __future__ import annotations
-
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -181,7 +179,7 @@ def deliver(
     group: RouteGroup,
     data: bytes | bytearray,
     *,
-    record: DeliveryLog,
+    record: "DeliveryLog",
     smtputf8: bool = False,
     eightbit: bool = False,
     dsn: Dsn | None = None,
@@ -220,8 +218,8 @@ def _deliver_direct(
     config: Config,
     group: RouteGroup,
     data: bytes | bytearray,
-    record: DeliveryLog,
-    flags: _Flags,
+    record: "DeliveryLog",
+    flags: "_Flags",
     transcript: Transcript | None,
     rate_wait: float | None,
     pool: ConnectionPool,
@@ -267,8 +265,8 @@ def _deliver(
     group: RouteGroup,
     data: bytes | bytearray,
     servers: list[HostPort],
-    record: DeliveryLog,
-    flags: _Flags,
+    record: "DeliveryLog",
+    flags: "_Flags",
     transcript: Transcript | None,
     retries: int,
     pool: ConnectionPool,

@@ -19,8 +19,6 @@ calls `prune()` now and then to let go of connections nobody used for
 `connection_reuse_idle`, and `close()` when it stops.
 """
 
-from __future__ import annotations
-
 import _thread
 import contextlib
 import ssl
@@ -96,7 +94,7 @@ class ConnectionPool:
         *,
         smtputf8: bool,
         eightbit: bool,
-        dsn: Dsn | None = None,
+        dsn: "Dsn | None" = None,
         transcript: Transcript | None = None,
     ) -> Sent:
         """One transaction on a reused connection when there is a live one, else on a new one."""
@@ -146,7 +144,7 @@ class ConnectionPool:
         for conn in idle:
             conn.close_quietly()
 
-    def __enter__(self) -> ConnectionPool:
+    def __enter__(self) -> "ConnectionPool":
         return self
 
     def __exit__(self, *exc_info: object) -> None:

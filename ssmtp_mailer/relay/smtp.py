@@ -7,8 +7,6 @@ Every failure leaves as `RelayFailure`: the user-facing `MailerError` (SPEC §9)
 whether the engine may retry it.
 """
 
-from __future__ import annotations
-
 import contextlib
 import functools
 import socket
@@ -534,7 +532,7 @@ class RelayConnection(SMTPClient):
         smtputf8: bool,
         eightbit: bool,
         reset: bool = False,
-        dsn: Dsn | None = None,
+        dsn: "Dsn | None" = None,
     ) -> Transaction:
         """MAIL, every RCPT, DATA; partial refusals are returned, not raised.
 
