@@ -421,6 +421,10 @@ SENDMAIL_PATH_MODULES = frozenset(
         "ssmtp_mailer.relay.wire", "ssmtp_mailer.rewrite", "ssmtp_mailer.sendmail",
         # A user who is not root checks whether the queue is theirs to write (SPEC §8).
         "ssmtp_mailer.submit",
+        # The same modules as 3.10 (re's sre_* and _locale) and 3.13 (pathlib, a package
+        # that imports glob) lay them out.
+        "_locale", "sre_compile", "sre_constants", "sre_parse",
+        "glob", "pathlib._abc", "pathlib._local",
     }
 )  # fmt: skip
 
