@@ -51,8 +51,10 @@ class _DropLoginDataNotice(logging.Filter):
 
 
 def say(line: str) -> None:
-    """One line on stderr (the journal under systemd)."""
-    print(f"{PROG}: listen: {line}", file=sys.stderr, flush=True)
+    """One line on stderr (the journal under systemd), in one write: the listener's
+    processes share the stream."""
+    sys.stderr.write(f"{PROG}: listen: {line}\n")
+    sys.stderr.flush()
 
 
 class SessionCount:
@@ -673,7 +675,14 @@ class Listener:
         for sock in self.sockets:
             self.servers.append(await loop.create_server(self._factory, sock=sock))
         if self.submit_socket is not None:
-            unix = await loop.create_unix_server(self._factory, sock=self.submit_socket)
+            # We remove the socket file ourselves, on the way out (3.13's asyncio would stat it
+            # now, as listen_user, and remove it when the server closes).
+            cleanup: dict[str, Any] = {}
+            if sys.version_info >= (3, 13):
+                cleanup["cleanup_socket"] = False
+            unix = await loop.create_unix_server(
+                self._factory, sock=self.submit_socket, **cleanup
+            )
             self.servers.append(unix)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
