@@ -180,6 +180,8 @@ def start_listener(
     conf = tmp / "listen.conf"
     conf.write_text(
         f"[global]\ndefault_hostname = bench.example\nspool_dir = {tmp / 'spool'}\n"
+        # A log line per message, as a sysadmin who keeps a mail log pays for it.
+        f"log_file = {tmp / 'mail.log'}\n"
         f"max_retries = 0\nenable_rate_limiting = false\nlisten_user = root\n"
         f"max_connections = {workers}\nlisten_processes = {processes}\n"
         "allowed_networks = 127.0.0.1/32\n\n"
