@@ -89,6 +89,8 @@ def _tokenize(text: str) -> list[_Token]:
             i += 1
             tokens.append(_Token(c, c, start, i))
         else:
+            # At least one character: a stray ")" starts an atom of its own.
+            i += 1
             while i < n and text[i] not in ' \t\r\n()"[' and text[i] not in _SPECIALS:
                 i += 1
             tokens.append(_Token("atom", text[start:i], start, i))

@@ -67,6 +67,7 @@ CORPUS = [
     ("<>", [""]),
     ("\t a@x\r\n\t, b@x", ["a@x", "b@x"]),
     ('"unterminated <a@x>', ['"unterminated <a@x>']),  # address_problem() refuses it
+    ("a)b@x, c@x", ["a)b@x", "c@x"]),  # a stray ")": address_problem() refuses it
 ]
 
 
