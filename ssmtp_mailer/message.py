@@ -48,6 +48,9 @@ class _Token(NamedTuple):
 
 
 _SPECIALS = "<>,:;"
+# One atom (what _tokenize reads up to white space, a comment, a quote or a special)
+# between optional white space.
+_BARE_ADDRESS = re.compile(r'[ \t\r\n]*([^ \t\r\n()"\[<>,:;]+)[ \t\r\n]*')
 
 
 def _tokenize(text: str) -> list[_Token]:
@@ -148,6 +151,14 @@ def _mailbox(tokens: list[_Token]) -> Mailbox | None:
 
 def parse_addresses(text: str) -> list[Mailbox]:
     """Every mailbox in an RFC 5322 address list (groups, comments, quoted names, routes)."""
+    bare = _BARE_ADDRESS.fullmatch(text)
+    if bare is not None:
+        # Most fields and every envelope address: one atom, which is what the tokens say too.
+        return [Mailbox("", bare.group(1), bare.start(1), bare.end(1))]
+    return _parse_address_list(text)
+
+
+def _parse_address_list(text: str) -> list[Mailbox]:
     found: list[Mailbox] = []
     current: list[_Token] = []
     in_angle = False
