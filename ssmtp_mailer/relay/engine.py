@@ -376,7 +376,7 @@ class DeliveryLog:
         self.config = config
         self.group = group
         self.size = len(data)
-        self.message_id = log.message_id_of(data)
+        self.message_id = log.message_id_of(data) if log.has_destination(config) else ""
         self.relay = ""
         self.reply = ""
         self.tls: str | None = None
