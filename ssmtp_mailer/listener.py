@@ -30,7 +30,7 @@ from ssmtp_mailer import __version__, dialect, log, rewrite
 from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify, split_path
 from ssmtp_mailer.config.model import Config, HostPort, UserConfig
 from ssmtp_mailer.errors import EX_SOFTWARE, PROG, ConfigError, MailerError, UsageError
-from ssmtp_mailer.message import Dsn
+from ssmtp_mailer.message import Dsn, format_date
 from ssmtp_mailer.relay.pool import ConnectionPool
 
 # A failed AUTH costs the client this long before it hears 535 (RFC 4954 §4 allows it).
@@ -440,8 +440,6 @@ class ListenerHandler:
 
     def _received(self, server: ListenerSMTP, session: Session) -> bytes:
         """Our Received: field (RFC 5321 §4.4), naming the uid for local submission."""
-        from ssmtp_mailer.message import format_date
-
         hostname = self.state.config.global_.default_hostname
         if server.uid is not None:
             from ssmtp_mailer.submit import uid_label
