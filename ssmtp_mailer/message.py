@@ -271,6 +271,8 @@ def _parse_header(data: bytes | bytearray, first_line: int) -> tuple[list[Header
 
 def _fold(field: HeaderField) -> HeaderField:
     """Fold physical lines over 998 octets at whitespace (RFC 5322 §2.2.3)."""
+    if len(field.raw) <= MAX_LINE:
+        return field
     lines = field.raw.split(CRLF)
     if all(len(x) <= MAX_LINE for x in lines):
         return field
@@ -591,7 +593,6 @@ def prepare(
         raise UsageError("message", "no recipients", hint=hint)
 
     # Envelope sender (SPEC §4.0).
-    header_from = _addresses_of(fields, ("from",))
     if intake.envelope_from is not None:
         sender = "" if is_null_sender(intake.envelope_from) else intake.envelope_from
         boxes = parse_addresses(sender)
@@ -600,20 +601,25 @@ def prepare(
         sender = qualify(boxes[0].address if boxes else sender, hostname)
         if sender:
             _check_address(sender, "sender", usage=True)
-    elif header_from and (is_null_sender(header_from[0]) or _is_address(header_from[0], hostname)):
-        sender = "" if is_null_sender(header_from[0]) else qualify(header_from[0], hostname)
     else:
-        # No From, or one with no usable address (`From: Backup Script`): like ssmtp and
-        # msmtp, the message still goes, from default_from.
-        sender = qualify(default_from, hostname)
+        header_from = _addresses_of(fields, ("from",))
+        if header_from and (
+            is_null_sender(header_from[0]) or _is_address(header_from[0], hostname)
+        ):
+            sender = "" if is_null_sender(header_from[0]) else qualify(header_from[0], hostname)
+        else:
+            # No From, or one with no usable address (`From: Backup Script`): like ssmtp and
+            # msmtp, the message still goes, from default_from.
+            sender = qualify(default_from, hostname)
 
     # Header fixes, touching only the fields concerned.
     mapper = _AddressMapper({}, hostname)
     kept: list[HeaderField] = []
     for field in fields:
-        if field.key in ("bcc", "resent-bcc"):
+        key = field.key
+        if key in ("bcc", "resent-bcc"):
             continue
-        if field.key in QUALIFIED_HEADERS:
+        if key in QUALIFIED_HEADERS:
             field = _rewrite_addresses(field, None, mapper)
         kept.append(_fold(field))
     keys = {f.key for f in kept}
@@ -633,12 +639,15 @@ def prepare(
     data[:body_start] = b"".join(f.raw + CRLF for f in kept) + CRLF
     if len(data) > max_size:
         raise DataError("message", f"{len(data)} octets is over max_message_size ({max_size})")
-    addresses = [sender, *recipients, *_addresses_of(kept, ("from", "to", "cc"))]
+    eightbit = not data.isascii()
+    addresses = [sender, *recipients]
+    if eightbit:  # else no address in the header can be non-ASCII either
+        addresses += _addresses_of(kept, ("from", "to", "cc"))
     return PreparedMessage(
         sender=sender,
         recipients=tuple(recipients),
         data=data,
-        eightbit=not data.isascii(),
+        eightbit=eightbit,
         smtputf8=not all(a.isascii() for a in addresses),
         message_id=message_id,
         dsn=intake.dsn,
