@@ -383,6 +383,8 @@ class DeliveryLog:
         self.path = "relay"
 
     def _write(self, **fields: object) -> None:
+        if not log.has_destination(self.config):
+            return
         group = self.group
         values: dict[str, object] = {
             "message_id": self.message_id,
