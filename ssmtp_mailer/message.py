@@ -1,5 +1,7 @@
 """Bytes in, a prepared message and its envelope out (SPEC §5); pure: no network, no disk."""
 
+import functools
+import math
 import os
 import re
 import time
@@ -486,7 +488,14 @@ def _to_crlf(data: bytearray) -> bytearray:
 
 def format_date(now: float) -> str:
     """RFC 5322 date in local time, independent of the locale."""
-    t = time.localtime(now)
+    return _format_second(math.floor(now))
+
+
+# A message's Received and Date fields, and a busy listener's next messages, fall in the
+# same second: localtime() and the formatting cost more than the rest of the header.
+@functools.lru_cache(maxsize=2)
+def _format_second(second: int) -> str:
+    t = time.localtime(second)
     offset = t.tm_gmtoff // 60
     sign = "+" if offset >= 0 else "-"
     hours, minutes = divmod(abs(offset), 60)
