@@ -40,6 +40,7 @@ QUEUE_INTERVAL = 60.0
 PRUNE_INTERVAL = 1.0  # upstream connections idle for connection_reuse_idle get QUIT
 SUBMIT_SOCKET = "submit.sock"
 VERDICTS_KEPT = 4096
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 DATA_BLOCK = 1 << 20  # more than the reader ever holds: one read empties it
 
 
@@ -129,6 +130,19 @@ def _networks(config: Config) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
     return tuple(ipaddress.ip_network(n) for n in config.global_.allowed_networks)
 
 
+def client_ip(peer: object) -> IPAddress | None:
+    """The IP address of a TCP peer (an IPv4-mapped one as IPv4), None for any other."""
+    if not isinstance(peer, tuple):
+        return None
+    try:
+        address = ipaddress.ip_address(str(peer[0]).partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def tls_context(config: Config) -> ssl.SSLContext | None:
     """The server context for STARTTLS, or None when no certificate is configured."""
     g = config.global_
@@ -175,6 +189,7 @@ class ListenerSMTP(SMTP):
         self.refused = False
         self.counted = False
         self.uid: int | None = None  # set for the local submission socket
+        self.peer_ip: IPAddress | None = None  # the client's, read once, for allowed_networks
         # The DSN parameters of the MAIL or RCPT being served, for the handler's hook.
         self.dsn_parameters = dialect.DsnParameters({}, [])
 
@@ -296,6 +311,8 @@ class ListenerSMTP(SMTP):
             if sock is not None and sock.family == socket.AF_UNIX:
                 self.uid = peer_uid(sock)
         super().connection_made(transport)
+        if self.session is not None:
+            self.peer_ip = client_ip(self.session.peer)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.refused:
@@ -322,16 +339,8 @@ class ListenerHandler:
         """In allowed_networks, authenticated, or a local user on the submission socket."""
         if session.authenticated or server.uid is not None:
             return True
-        peer = session.peer
-        if not isinstance(peer, tuple):
-            return False
-        try:
-            address = ipaddress.ip_address(str(peer[0]).partition("%")[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.state.networks)
+        address = server.peer_ip
+        return address is not None and any(address in n for n in self.state.networks)
 
     async def handle_EHLO(
         self,
