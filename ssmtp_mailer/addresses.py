@@ -180,7 +180,7 @@ def domain_problem(domain: str) -> str | None:
 
 def address_problem(address: str) -> str | None:
     """Why `address` (already qualified) cannot be an SMTP envelope address, or None."""
-    if any("\udc80" <= c <= "\udcff" for c in address):
+    if not address.isascii() and any("\udc80" <= c <= "\udcff" for c in address):
         return "is not valid UTF-8"
     local, domain = split_address(address)
     if not domain:

@@ -22,13 +22,14 @@ from ssmtp_mailer.errors import (
     EX_UNAVAILABLE,
     EX_USAGE,
     MailerError,
+    UsageError,
 )
+from ssmtp_mailer.message import Dsn, Intake, parse_dsn, prepare, unxtext
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from ssmtp_mailer.config.model import Config
-    from ssmtp_mailer.message import Dsn
     from ssmtp_mailer.pipeline import SubmitResult
     from ssmtp_mailer.relay.pool import ConnectionPool
 
@@ -129,9 +130,6 @@ def dsn_parameters(verb: str, params: Sequence[str]) -> DsnParameters:
     """RET= and ENVID= of MAIL, or NOTIFY= and ORCPT= of RCPT: checked by the same rules as
     sendmail's -R, -V and -N (message.parse_dsn), normalised, and split from the rest; a
     parameter the dialect does not know at all is refused here too, with its name."""
-    from ssmtp_mailer.errors import UsageError
-    from ssmtp_mailer.message import parse_dsn, unxtext
-
     keywords = _DSN_KEYWORDS[verb]
     values: dict[str, str] = {}
     others: list[str] = []
@@ -176,8 +174,6 @@ def dsn_parameters(verb: str, params: Sequence[str]) -> DsnParameters:
 
 def _orcpt_problem(value: str) -> str | None:
     """None for a well-formed ORCPT value (addr-type;xtext, RFC 3461 §4.2), else why not."""
-    from ssmtp_mailer.message import unxtext
-
     if len(value) > _ORCPT_MAX:
         return f"over {_ORCPT_MAX} characters"
     kind, semicolon, address = value.partition(";")
@@ -225,8 +221,6 @@ class DsnTransaction:
     def dsn(self) -> Dsn | None:
         if self.ret is None and self.envid is None and self.notify is None:
             return None
-        from ssmtp_mailer.message import Dsn
-
         return Dsn(self.notify, self.ret, self.envid)
 
 
@@ -245,7 +239,6 @@ def deliver_data(
 ) -> str:
     """A message received by DATA through the sendmail path; the reply to the final dot."""
     from ssmtp_mailer import pipeline
-    from ssmtp_mailer.message import Intake, prepare
 
     g = config.global_
     try:

@@ -30,7 +30,7 @@ from ssmtp_mailer import __version__, dialect, log, rewrite
 from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify, split_path
 from ssmtp_mailer.config.model import Config, HostPort, UserConfig
 from ssmtp_mailer.errors import EX_SOFTWARE, PROG, ConfigError, MailerError, UsageError
-from ssmtp_mailer.message import Dsn
+from ssmtp_mailer.message import Dsn, format_date
 from ssmtp_mailer.relay.pool import ConnectionPool
 
 # A failed AUTH costs the client this long before it hears 535 (RFC 4954 §4 allows it).
@@ -40,6 +40,7 @@ QUEUE_INTERVAL = 60.0
 PRUNE_INTERVAL = 1.0  # upstream connections idle for connection_reuse_idle get QUIT
 SUBMIT_SOCKET = "submit.sock"
 VERDICTS_KEPT = 4096
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 DATA_BLOCK = 1 << 20  # more than the reader ever holds: one read empties it
 
 
@@ -131,6 +132,19 @@ def _networks(config: Config) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
     return tuple(ipaddress.ip_network(n) for n in config.global_.allowed_networks)
 
 
+def client_ip(peer: object) -> IPAddress | None:
+    """The IP address of a TCP peer (an IPv4-mapped one as IPv4), None for any other."""
+    if not isinstance(peer, tuple):
+        return None
+    try:
+        address = ipaddress.ip_address(str(peer[0]).partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def tls_context(config: Config) -> ssl.SSLContext | None:
     """The server context for STARTTLS, or None when no certificate is configured."""
     g = config.global_
@@ -177,6 +191,7 @@ class ListenerSMTP(SMTP):
         self.refused = False
         self.counted = False
         self.uid: int | None = None  # set for the local submission socket
+        self.peer_ip: IPAddress | None = None  # the client's, read once, for allowed_networks
         # The DSN parameters of the MAIL or RCPT being served, for the handler's hook.
         self.dsn_parameters = dialect.DsnParameters({}, [])
 
@@ -298,6 +313,8 @@ class ListenerSMTP(SMTP):
             if sock is not None and sock.family == socket.AF_UNIX:
                 self.uid = peer_uid(sock)
         super().connection_made(transport)
+        if self.session is not None:
+            self.peer_ip = client_ip(self.session.peer)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.refused:
@@ -324,16 +341,8 @@ class ListenerHandler:
         """In allowed_networks, authenticated, or a local user on the submission socket."""
         if session.authenticated or server.uid is not None:
             return True
-        peer = session.peer
-        if not isinstance(peer, tuple):
-            return False
-        try:
-            address = ipaddress.ip_address(str(peer[0]).partition("%")[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.state.networks)
+        address = server.peer_ip
+        return address is not None and any(address in n for n in self.state.networks)
 
     async def handle_EHLO(
         self,
@@ -442,8 +451,6 @@ class ListenerHandler:
 
     def _received(self, server: ListenerSMTP, session: Session) -> bytes:
         """Our Received: field (RFC 5321 §4.4), naming the uid for local submission."""
-        from ssmtp_mailer.message import format_date
-
         hostname = self.state.config.global_.default_hostname
         if server.uid is not None:
             from ssmtp_mailer.submit import uid_label

@@ -75,8 +75,13 @@ def format_record(record: DeliveryRecord) -> str:
     return " ".join(f"{key}={_value(value)}" for key, value in fields)
 
 
+def has_destination(config: Config) -> bool:
+    """Whether log lines go anywhere (log_file, syslog): if not, none need be made."""
+    return config.global_.log_file is not None or config.global_.syslog
+
+
 def _enabled(config: Config, level: str) -> bool:
-    return LEVELS[level] >= LEVELS.get(config.global_.log_level, 20)
+    return has_destination(config) and LEVELS[level] >= LEVELS.get(config.global_.log_level, 20)
 
 
 def _warn_once(key: str, text: str) -> None:
@@ -121,7 +126,8 @@ def log_delivery(config: Config, record: DeliveryRecord) -> None:
     level = {"sent": "INFO", "partial": "WARNING", "queued": "WARNING", "deferred": "WARNING"}.get(
         record.outcome, "ERROR"
     )
-    write(config, level, format_record(record))
+    if _enabled(config, level):
+        write(config, level, format_record(record))
 
 
 def write_traceback(config: Config, exc: BaseException) -> None:

@@ -1,5 +1,7 @@
 """Bytes in, a prepared message and its envelope out (SPEC §5); pure: no network, no disk."""
 
+import functools
+import math
 import os
 import re
 import time
@@ -48,6 +50,9 @@ class _Token(NamedTuple):
 
 
 _SPECIALS = "<>,:;"
+# One atom (what _tokenize reads up to white space, a comment, a quote or a special)
+# between optional white space.
+_BARE_ADDRESS = re.compile(r'[ \t\r\n]*([^ \t\r\n()"\[<>,:;]+)[ \t\r\n]*')
 
 
 def _tokenize(text: str) -> list[_Token]:
@@ -89,6 +94,8 @@ def _tokenize(text: str) -> list[_Token]:
             i += 1
             tokens.append(_Token(c, c, start, i))
         else:
+            # At least one character: a stray ")" starts an atom of its own.
+            i += 1
             while i < n and text[i] not in ' \t\r\n()"[' and text[i] not in _SPECIALS:
                 i += 1
             tokens.append(_Token("atom", text[start:i], start, i))
@@ -146,6 +153,14 @@ def _mailbox(tokens: list[_Token]) -> Mailbox | None:
 
 def parse_addresses(text: str) -> list[Mailbox]:
     """Every mailbox in an RFC 5322 address list (groups, comments, quoted names, routes)."""
+    bare = _BARE_ADDRESS.fullmatch(text)
+    if bare is not None:
+        # Most fields and every envelope address: one atom, which is what the tokens say too.
+        return [Mailbox("", bare.group(1), bare.start(1), bare.end(1))]
+    return _parse_address_list(text)
+
+
+def _parse_address_list(text: str) -> list[Mailbox]:
     found: list[Mailbox] = []
     current: list[_Token] = []
     in_angle = False
@@ -258,6 +273,8 @@ def _parse_header(data: bytes | bytearray, first_line: int) -> tuple[list[Header
 
 def _fold(field: HeaderField) -> HeaderField:
     """Fold physical lines over 998 octets at whitespace (RFC 5322 §2.2.3)."""
+    if len(field.raw) <= MAX_LINE:
+        return field
     lines = field.raw.split(CRLF)
     if all(len(x) <= MAX_LINE for x in lines):
         return field
@@ -471,7 +488,14 @@ def _to_crlf(data: bytearray) -> bytearray:
 
 def format_date(now: float) -> str:
     """RFC 5322 date in local time, independent of the locale."""
-    t = time.localtime(now)
+    return _format_second(math.floor(now))
+
+
+# A message's Received and Date fields, and a busy listener's next messages, fall in the
+# same second: localtime() and the formatting cost more than the rest of the header.
+@functools.lru_cache(maxsize=2)
+def _format_second(second: int) -> str:
+    t = time.localtime(second)
     offset = t.tm_gmtoff // 60
     sign = "+" if offset >= 0 else "-"
     hours, minutes = divmod(abs(offset), 60)
@@ -578,7 +602,6 @@ def prepare(
         raise UsageError("message", "no recipients", hint=hint)
 
     # Envelope sender (SPEC §4.0).
-    header_from = _addresses_of(fields, ("from",))
     if intake.envelope_from is not None:
         sender = "" if is_null_sender(intake.envelope_from) else intake.envelope_from
         boxes = parse_addresses(sender)
@@ -587,20 +610,25 @@ def prepare(
         sender = qualify(boxes[0].address if boxes else sender, hostname)
         if sender:
             _check_address(sender, "sender", usage=True)
-    elif header_from and (is_null_sender(header_from[0]) or _is_address(header_from[0], hostname)):
-        sender = "" if is_null_sender(header_from[0]) else qualify(header_from[0], hostname)
     else:
-        # No From, or one with no usable address (`From: Backup Script`): like ssmtp and
-        # msmtp, the message still goes, from default_from.
-        sender = qualify(default_from, hostname)
+        header_from = _addresses_of(fields, ("from",))
+        if header_from and (
+            is_null_sender(header_from[0]) or _is_address(header_from[0], hostname)
+        ):
+            sender = "" if is_null_sender(header_from[0]) else qualify(header_from[0], hostname)
+        else:
+            # No From, or one with no usable address (`From: Backup Script`): like ssmtp and
+            # msmtp, the message still goes, from default_from.
+            sender = qualify(default_from, hostname)
 
     # Header fixes, touching only the fields concerned.
     mapper = _AddressMapper({}, hostname)
     kept: list[HeaderField] = []
     for field in fields:
-        if field.key in ("bcc", "resent-bcc"):
+        key = field.key
+        if key in ("bcc", "resent-bcc"):
             continue
-        if field.key in QUALIFIED_HEADERS:
+        if key in QUALIFIED_HEADERS:
             field = _rewrite_addresses(field, None, mapper)
         kept.append(_fold(field))
     keys = {f.key for f in kept}
@@ -620,12 +648,15 @@ def prepare(
     data[:body_start] = b"".join(f.raw + CRLF for f in kept) + CRLF
     if len(data) > max_size:
         raise DataError("message", f"{len(data)} octets is over max_message_size ({max_size})")
-    addresses = [sender, *recipients, *_addresses_of(kept, ("from", "to", "cc"))]
+    eightbit = not data.isascii()
+    addresses = [sender, *recipients]
+    if eightbit:  # else no address in the header can be non-ASCII either
+        addresses += _addresses_of(kept, ("from", "to", "cc"))
     return PreparedMessage(
         sender=sender,
         recipients=tuple(recipients),
         data=data,
-        eightbit=not data.isascii(),
+        eightbit=eightbit,
         smtputf8=not all(a.isascii() for a in addresses),
         message_id=message_id,
         dsn=intake.dsn,

@@ -98,7 +98,7 @@ class _Index:
     """Lookup tables built once per Config, so planning never scans the mappings."""
 
     # A plain class: a dataclass would be generated at every import, and this one is private.
-    __slots__ = ("accounts", "allowed", "mappings", "routes", "users")
+    __slots__ = ("accounts", "allowed", "mappings", "plans", "routes", "users")
 
     def __init__(
         self,
@@ -113,12 +113,16 @@ class _Index:
         self.routes = routes
         self.accounts = accounts
         self.allowed: dict[int, tuple[frozenset[str], pat.PatternIndex[None]]] = {}
+        # (sender, recipients) -> its Plan: a daemon plans the same few envelopes all day
+        # (the listener at RCPT, then again for the message).
+        self.plans: dict[tuple[str, tuple[str, ...]], Plan] = {}
 
 
 # Config holds a dict, so it is unhashable, and a tuple cannot be weakly referenced: cache by id.
 # Each entry keeps its Config alive, so no other object can take that id while it is cached;
 # only the most recent few are kept, so a process building many configs does not grow.
 _INDEX_ENTRIES = 8
+PLANS_KEPT = 4096
 _INDEXES: dict[int, tuple[Config, _Index]] = {}
 
 
@@ -400,8 +404,22 @@ def _sender_refusal(
 
 
 def explain_delivery(config: Config, sender: str, recipients: Sequence[str]) -> Plan:
-    """The plan with every decision; policy refusals are recorded, not raised (for `route`)."""
+    """The plan with every decision; policy refusals are recorded, not raised (for `route`).
+
+    Pure, so each configuration remembers the plans it made (a few thousand).
+    """
     index = _index(config)
+    key = (sender, tuple(recipients))
+    plan = index.plans.get(key)
+    if plan is None:
+        plan = _explain(config, index, sender, key[1])
+        if len(index.plans) >= PLANS_KEPT:
+            index.plans.clear()
+        index.plans[key] = plan
+    return plan
+
+
+def _explain(config: Config, index: _Index, sender: str, recipients: tuple[str, ...]) -> Plan:
     hostname = config.global_.default_hostname
     steps: list[str] = []
     rewrites: list[Rewrite] = []

@@ -14,6 +14,7 @@ from ssmtp_mailer.errors import DataError, MailerError, UsageError
 from ssmtp_mailer.message import (
     Intake,
     PreparedMessage,
+    _parse_address_list,
     apply_group_headers,
     format_mailbox,
     parse_addresses,
@@ -67,12 +68,19 @@ CORPUS = [
     ("<>", [""]),
     ("\t a@x\r\n\t, b@x", ["a@x", "b@x"]),
     ('"unterminated <a@x>', ['"unterminated <a@x>']),  # address_problem() refuses it
+    ("a)b@x, c@x", ["a)b@x", "c@x"]),  # a stray ")": address_problem() refuses it
 ]
 
 
 @pytest.mark.parametrize(("text", "expected"), CORPUS)
 def test_parse_addresses_corpus(text: str, expected: list[str]) -> None:
     assert [box.address for box in parse_addresses(text)] == expected
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet=' \t\r\n()"[]<>,:;@.\\ax\u00e9', max_size=12))
+def test_a_lone_address_parses_as_the_full_parser_does(text: str) -> None:
+    assert parse_addresses(text) == _parse_address_list(text)
 
 
 def test_spans_point_at_the_addr_spec() -> None:

@@ -339,6 +339,20 @@ def test_the_index_is_built_once_per_config() -> None:
     assert rewrite._index(seed_config()) is not first
 
 
+def test_a_plan_is_made_once_per_config_and_envelope() -> None:
+    config = seed_config()
+    first = plan_delivery(config, "app@x.example", ["a@y.example"])
+    assert plan_delivery(config, "app@x.example", ("a@y.example",)) is first
+    assert plan_delivery(config, "app@x.example", ["b@y.example"]) is not first
+    assert plan_delivery(seed_config(), "app@x.example", ["a@y.example"]) == first
+    # A reloaded configuration plans afresh.
+    reloaded = plan_delivery(make_config([route("*")]), "app@x.example", ["a@y.example"])
+    assert [g.route.name for g in reloaded.groups] == ["*"] != [g.route.name for g in first.groups]
+    for n in range(rewrite.PLANS_KEPT + 1):
+        plan_delivery(config, "app@x.example", [f"r{n}@y.example"])
+    assert len(rewrite._index(config).plans) <= rewrite.PLANS_KEPT
+
+
 def test_the_index_cache_keeps_only_recent_configs() -> None:
     configs = [make_config([route("*")]) for _ in range(3 * rewrite._INDEX_ENTRIES)]
     indexes = [rewrite._index(config) for config in configs]

@@ -376,13 +376,15 @@ class DeliveryLog:
         self.config = config
         self.group = group
         self.size = len(data)
-        self.message_id = log.message_id_of(data)
+        self.message_id = log.message_id_of(data) if log.has_destination(config) else ""
         self.relay = ""
         self.reply = ""
         self.tls: str | None = None
         self.path = "relay"
 
     def _write(self, **fields: object) -> None:
+        if not log.has_destination(self.config):
+            return
         group = self.group
         values: dict[str, object] = {
             "message_id": self.message_id,
