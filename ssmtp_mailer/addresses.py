@@ -72,6 +72,8 @@ def split_path(text: str) -> tuple[str, str] | None:
         rest = text[len(address) :]
     if address.startswith("@"):
         address = address.partition(":")[2]
+        if not address:
+            return None  # a source route to nowhere is not the null path
     return address, rest
 
 

@@ -20,11 +20,12 @@ import ssl
 import struct
 import sys
 import time
+import types
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, NoReturn
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, syntax
 
 from ssmtp_mailer import __version__, dialect, log, rewrite
 from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify, split_path
@@ -39,6 +40,7 @@ PICKUP_INTERVAL = 5.0
 QUEUE_INTERVAL = 60.0
 PRUNE_INTERVAL = 1.0  # upstream connections idle for connection_reuse_idle get QUIT
 SUBMIT_SOCKET = "submit.sock"
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # to every serving process
 VERDICTS_KEPT = 4096
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 DATA_BLOCK = 1 << 20  # more than the reader ever holds: one read empties it
@@ -60,13 +62,16 @@ def say(line: str) -> None:
 
 class SessionCount:
     """The sessions open in all of the listener's processes: max_connections is for all of
-    them together. Made before the processes are forked, in memory they share."""
+    them together. With several, it is made before they are forked, in memory they share."""
 
-    def __init__(self) -> None:
-        import multiprocessing
+    def __init__(self, *, shared: bool) -> None:
+        self._open: Any = types.SimpleNamespace(value=0)
+        self._lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if shared:
+            import multiprocessing
 
-        self._open = multiprocessing.RawValue("i", 0)
-        self._lock = multiprocessing.Lock()
+            self._open = multiprocessing.RawValue("i", 0)
+            self._lock = multiprocessing.Lock()
 
     def enter(self, limit: int) -> bool:
         """Count one more session, unless `limit` are open already."""
@@ -211,9 +216,12 @@ class ListenerSMTP(SMTP):
             return None, None
         return path[0] or "<>", path[1]
 
+    # HELP is written from these (aiosmtpd's own wording).
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
         await super().smtp_MAIL(self._take_dsn("FROM:", "MAIL", arg))
 
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
         await super().smtp_RCPT(self._take_dsn("TO:", "RCPT", arg))
 
@@ -238,6 +246,7 @@ class ListenerSMTP(SMTP):
         head = path[: len(path) - len(rest)].rstrip()
         return " ".join([keyword + head, *found.others])
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA with the message read in blocks, not line by line.
 
@@ -789,7 +798,7 @@ def run_listener(
     submit_socket = bind_submit_socket(config)
     if submit_socket is not None and os.geteuid() == 0:
         _hand_over(config, config.global_.listen_user)
-    open_sessions = SessionCount()
+    open_sessions = SessionCount(shared=processes > 1)
     drop_privileges(config.global_.listen_user)
     names = ", ".join(_sockname(s) for s in socket_sets[0])
     service = Service(config, tls, submit_socket, reload, open_sessions)
@@ -848,14 +857,18 @@ def _supervise(service: Service, socket_sets: list[list[socket.socket]], names: 
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in FORWARDED:
         signal.signal(signum, forward)
+    # Held back while forking: every child is known before one is passed on, and a child
+    # takes them only once its event loop has its handlers.
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     readiness, announce = os.pipe()
     for index in range(len(socket_sets)):
         pid = os.fork()
         if pid == 0:
             _child(service, socket_sets, index, readiness, announce)
         children[pid] = index
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     os.close(announce)
     for sockets in socket_sets:
         for sock in sockets:
@@ -899,11 +912,10 @@ def _child(
     """A forked serving process: its own sockets only; it says when it serves; never returns."""
     code = EX_SOFTWARE
     try:
-        # Until the event loop has its handlers: a stop ends it (nothing accepted yet), a
-        # reload waits for the configuration it is about to load anyway.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # The signals stay held back (the parent's mask) until the event loop has its
+        # handlers; then one that came meanwhile is served by them.
+        for signum in FORWARDED:
+            signal.signal(signum, signal.SIG_DFL)
         os.close(readiness)
         for other, sockets in enumerate(socket_sets):
             if other != index:
@@ -911,6 +923,7 @@ def _child(
                     sock.close()
 
         def ready() -> None:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
             os.write(announce, b".")
             os.close(announce)
 

@@ -330,6 +330,9 @@ def test_commands_and_bad_order(listener: Listener, upstream: SMTPTestServer) ->
             assert keyword in client.esmtp_features
         assert "auth" not in client.esmtp_features  # not before STARTTLS, and no TLS here
         assert client.noop()[0] == 250
+        code, text = client.docmd("HELP")
+        assert code == 250 and {"MAIL", "RCPT", "DATA"} <= set(text.decode().split())
+        assert client.docmd("HELP MAIL")[1].startswith(b"Syntax: MAIL FROM: <address>")
         assert client.docmd("RCPT TO:<x@far.example>")[0] == 503  # before MAIL
         assert client.docmd("DATA")[0] == 503
         assert client.verify("someone@host.example")[0] == 252
@@ -788,13 +791,14 @@ def test_both_sessions_read_paths_alike(
     expected = ['"odd> name"@far.example', "routed@far.example", "bare@far.example"]
     with listener.client() as client:
         client.ehlo()
+        assert client.docmd("MAIL FROM:<@hop.example:>")[0] == 553  # a route to nowhere
         assert client.mail("app@host.example")[0] == 250
         for path in paths:
             assert client.docmd("RCPT TO:" + path)[0] == 250
         assert client.docmd("RCPT TO:<open@far.example")[0] == 553
         assert client.data(message("listener"))[0] == 250
     session = (
-        b"EHLO x\r\nMAIL FROM:<app@host.example>\r\n"
+        b"EHLO x\r\nMAIL FROM:<@hop.example:>\r\nMAIL FROM:<app@host.example>\r\n"
         + b"".join(f"RCPT TO:{path}\r\n".encode() for path in paths)
         + b"RCPT TO:<open@far.example\r\nDATA\r\n"
         + message("bs").encode()
@@ -803,6 +807,7 @@ def test_both_sessions_read_paths_alike(
     code, out, _ = run_main(["-C", str(conf), "-bs"], session)
     assert code == 0
     assert [r[:3] for r in out.splitlines()[-7:-2]] == ["250", "250", "250", "501", "354"]
+    assert "501 5.5.4 Syntax: MAIL FROM:<address>" in out.splitlines()
     for got in upstream.wait_for(2):
         assert got.rcpt_tos == expected
 
