@@ -90,6 +90,13 @@ class RelayFailure(Exception):
         self.tls: str | None = None
 
 
+def _set_timeout(sock: socket.socket, seconds: float) -> None:
+    """settimeout() only when it changes: each call is a system call that lets go of the GIL,
+    and the read and write timeouts are usually the same."""
+    if sock.gettimeout() != seconds:
+        sock.settimeout(seconds)
+
+
 def _ascii_or_idn(host: str) -> str | bytes:
     """An ASCII host name as bytes, which the resolver and ssl take as they are.
 
@@ -286,12 +293,12 @@ class RelayConnection(SMTPClient):
     def send(self, s: str | bytes) -> None:
         self._client_lines(s)
         if self.sock is not None:
-            self.sock.settimeout(self.endpoint.write_timeout)
+            _set_timeout(self.sock, self.endpoint.write_timeout)
         try:
             super().send(s)
         finally:
             if self.sock is not None:
-                self.sock.settimeout(self.endpoint.read_timeout)
+                _set_timeout(self.sock, self.endpoint.read_timeout)
 
     def getreply(self) -> tuple[int, bytes]:
         code, message = super().getreply()
@@ -700,7 +707,7 @@ class RelayConnection(SMTPClient):
             self._transcript("C: .")
         view = memoryview(data)
         pending = bytearray()
-        sock.settimeout(self.endpoint.write_timeout)
+        _set_timeout(sock, self.endpoint.write_timeout)
 
         def put(piece: memoryview | bytes) -> None:
             if len(pending) + len(piece) <= CHUNK:
@@ -729,7 +736,7 @@ class RelayConnection(SMTPClient):
             pos = dot + 1
         put(b".\r\n" if data.endswith(b"\r\n") or not data else b"\r\n.\r\n")
         sock.sendall(pending)
-        sock.settimeout(self.endpoint.read_timeout)
+        _set_timeout(sock, self.endpoint.read_timeout)
 
     def _rset_quietly(self) -> None:
         with contextlib.suppress(OSError, SMTPException):
