@@ -197,6 +197,8 @@ class ListenerSMTP(SMTP):
         self.counted = False
         self.uid: int | None = None  # set for the local submission socket
         self.peer_ip: IPAddress | None = None  # the client's, read once, for allowed_networks
+        self.in_data = False  # from the 354 until the reply to the dot is written
+        self.ended_in_data = False  # the client closed its side during DATA
         # The DSN parameters of the MAIL or RCPT being served, for the handler's hook.
         self.dsn_parameters = dialect.DsnParameters({}, [])
 
@@ -264,15 +266,24 @@ class ListenerSMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        content = await self._read_data(self.data_size_limit or 0)
-        if content is None:
-            self.envelope = self._create_envelope()
-            await self.push(dialect.TOO_BIG)
-            return
-        envelope.content = envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self.envelope = self._create_envelope()
-        await self.push("250 OK" if status is MISSING else status)
+        self.in_data = True
+        try:
+            content = await self._read_data(self.data_size_limit or 0)
+            if content is None:
+                self.envelope = self._create_envelope()
+                await self.push(dialect.TOO_BIG)
+            else:
+                envelope.content = envelope.original_content = content
+                status = await self._call_handler_hook("DATA")
+                self.envelope = self._create_envelope()
+                await self.push("250 OK" if status is MISSING else status)
+        finally:
+            self.in_data = False
+        if self.ended_in_data:
+            # The reply is out: the session ends as at any EOF. aiosmtpd cancels this task,
+            # and the cancellation lands at the next await (its next read would not wait).
+            super().eof_received()
+            await asyncio.sleep(0)
 
     async def _read_data(self, limit: int) -> bytes | None:
         """The message up to the lone dot, un-dot-stuffed; None when over `limit` octets.
@@ -333,8 +344,16 @@ class ListenerSMTP(SMTP):
         super().connection_lost(error)
 
     def eof_received(self) -> bool | None:
+        """The client closed its side. aiosmtpd ends the session at once; during DATA the
+        message is read to its dot first and the reply to it is written, since a client
+        that sent a whole message and hears nothing sends it again. (Over TLS the
+        connection cannot stay half open: there it ends as aiosmtpd ends it.)"""
         if self.refused:
             return None
+        if self.in_data and self.session is not None and self.session.ssl is None:
+            self.ended_in_data = True
+            self._reader.feed_eof()
+            return True
         return super().eof_received()
 
 

@@ -320,6 +320,38 @@ def test_data_ends_at_the_lone_dot_however_it_arrives(
     assert big.data.endswith(b"\r\n\r\n" + big_body.encode())
 
 
+def test_a_client_that_closes_its_side_after_the_dot_still_hears_250(
+    listener: Listener, upstream: SMTPTestServer
+) -> None:
+    """`printf ... | nc`: the message, the dot and the end of input in one go. The reply
+    is owed (a client that hears nothing sends the message again), then the session ends."""
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as sock:
+        assert _replies(sock, 1)[0].startswith(b"220")
+        sock.sendall(b"EHLO x\r\n")
+        assert _replies(sock, 1)[0].startswith(b"250")
+        sock.sendall(b"MAIL FROM:<app@host.example>\r\nRCPT TO:<out@far.example>\r\nDATA\r\n")
+        assert [r[:3] for r in _replies(sock, 3)] == [b"250", b"250", b"354"]
+        sock.sendall(b"Subject: half-closed\r\n\r\nbody\r\n.\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        assert _replies(sock, 1)[0].startswith(b"250 2.0.0 OK")
+        assert sock.recv(100) == b""  # and then the listener hangs up
+    assert [m.data.count(b"half-closed") for m in upstream.wait_for(1)] == [1]
+    # Cut off inside the message: nothing is delivered, and nothing is promised.
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as sock:
+        assert _replies(sock, 1)[0].startswith(b"220")
+        sock.sendall(b"EHLO x\r\nMAIL FROM:<app@host.example>\r\nRCPT TO:<out@far.example>\r\n")
+        assert [r[:3] for r in _replies(sock, 2)] == [b"250", b"250"]
+        sock.sendall(b"DATA\r\n")
+        assert _replies(sock, 1)[0].startswith(b"354")
+        sock.sendall(b"Subject: cut\r\n\r\nno dot")
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(100) == b""
+    time.sleep(0.5)
+    assert len(upstream.messages) == 1
+    assert listener.stop() == 0
+    assert not [line for line in listener.lines if "rror" in line or "Traceback" in line]
+
+
 def test_commands_and_bad_order(listener: Listener, upstream: SMTPTestServer) -> None:
     with listener.client() as client:
         assert client.docmd("MAIL FROM:<a@host.example>")[0] == 503  # before HELO
