@@ -4,7 +4,8 @@ Run by every `queue run` and by the listener, as root or the spool's owner. Each
 taken under `flock`, its owner's uid checked against the sender, a `Received:` naming the
 uid added, and the message delivered or queued through the sendmail path; the file goes
 only once that outcome is durable. A sender the uid may not use is kept in `failed/` and
-the user is told by a bounce.
+the user is told by a bounce. A file that is no maildrop message at all goes to
+`corrupt/`, named once in the log, for the administrator to look at.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ssmtp_mailer.submit import uid_label as _uid_label
 
 # A temp file this old belongs to a submitter that died before its rename.
 STALE_SECONDS = 15 * 60
+CORRUPT = "corrupt"  # beside maildrop/: files no pickup could read, kept, never retried
 
 
 class Dropped:
@@ -138,7 +140,17 @@ def _take(config: Config, path: Path) -> bool:
                 return False
         except FileNotFoundError:
             return False
-        dropped = Dropped(st.st_uid, handle.read())
+        try:
+            dropped = Dropped(st.st_uid, handle.read())
+        except (ValueError, KeyError, TypeError) as exc:
+            kept = _set_aside(config, path)
+            why = f"{type(exc).__name__}: {exc}"
+            log.write(
+                config,
+                "ERROR",
+                f"maildrop {path.name} from {_uid_label(st.st_uid)}: {why}; moved to {kept}",
+            )
+            return False
         outcome = _hand_on(config, dropped)
         if outcome is None:
             return False  # not durable anywhere yet: try again on the next run
@@ -172,6 +184,20 @@ def _hand_on(config: Config, dropped: Dropped) -> str | None:
     if reply.startswith("4"):
         return None
     return reply
+
+
+def _set_aside(config: Config, path: Path) -> Path:
+    """Move a file that is no maildrop message to `corrupt/` (0700, the spool owner's), out
+    of every later pickup's way; it may still be somebody's mail."""
+    directory = config.global_.spool_dir / CORRUPT
+    if not directory.is_dir():
+        directory.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            owner = os.stat(directory.parent)
+            os.chown(directory, owner.st_uid, owner.st_gid)
+    target = directory / path.name
+    os.rename(path, target)
+    return target
 
 
 def _fsync(directory: Path) -> None:

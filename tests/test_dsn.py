@@ -333,10 +333,16 @@ def test_a_bad_dsn_in_a_maildrop_file_is_logged_and_nothing_sent(
     tmp_path: Path, conf: Path, upstream: SMTPTestServer, dsn: object, why: str
 ) -> None:
     path = _drop(conf, None, {"dsn": dsn})
-    assert pickup.pick_up(load_config(str(conf))) == 0
+    config = load_config(str(conf))
+    assert pickup.pick_up(config) == 0
     [line] = [x for x in (tmp_path / "log").read_text().splitlines() if "maildrop" in x]
-    assert "maildrop dropped: ValueError: dsn: " in line and why in line
-    assert path.exists()  # like any other unreadable maildrop file
+    assert "maildrop dropped from uid 0 (root): ValueError: dsn: " in line and why in line
+    # Kept for the administrator, like any unreadable maildrop file, and named only once.
+    kept = config.global_.spool_dir / pickup.CORRUPT / "dropped"
+    assert line.endswith(f"moved to {kept}") and not path.exists()
+    assert kept.read_bytes().startswith(submit.MAILDROP_MAGIC)
+    assert pickup.pick_up(config) == 0
+    assert (tmp_path / "log").read_text().count("maildrop dropped") == 1
     assert upstream.messages == []
 
 

@@ -268,6 +268,33 @@ def test_without_a_listener_nobody_sends_through_the_maildrop(
     assert len(smtp_server.messages) == 1
 
 
+def test_junk_in_the_maildrop_is_set_aside_once_and_mail_beside_it_goes(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Any user may write into maildrop/: what is no message goes to corrupt/, named once in
+    the log (not at every pickup), and the real message next to it is delivered."""
+    (tree.parent / "spool").mkdir()
+    queue_run(tree)
+    drop = tree.parent / "spool" / "maildrop"
+    junk = _as_nobody(
+        shared_dir, ["-c", f"open({str(drop / 'junk')!r}, 'wb').write(b'not mail')"], b"", {}
+    )
+    assert junk.returncode == 0, junk.stderr
+    assert nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE).returncode == 0
+    log = tree.parent / "mail.log"
+    with tree.open("a") as main:
+        main.write(f"log_file = {log}\n")
+    queue_run(tree)
+    queue_run(tree)
+    assert smtp_server.wait_for(1)[0].mail_from == "nobody@host.example"
+    assert list(drop.iterdir()) == []
+    kept = tree.parent / "spool" / "corrupt" / "junk"
+    assert kept.read_bytes() == b"not mail"
+    assert kept.parent.stat().st_mode & 0o777 == 0o700
+    [line] = [x for x in log.read_text().splitlines() if "junk" in x]
+    assert "maildrop junk from uid 65534 (nobody): ValueError: not a maildrop file" in line
+
+
 def test_nobody_s_dsn_flags_survive_the_maildrop(
     shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
 ) -> None:
