@@ -21,7 +21,7 @@ import struct
 import sys
 import time
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, NoReturn
 
@@ -62,27 +62,43 @@ def say(line: str) -> None:
 
 class SessionCount:
     """The sessions open in all of the listener's processes: max_connections is for all of
-    them together. With several, it is made before they are forked, in memory they share."""
+    them together. With several, it is made before they are forked, in memory they share,
+    under a POSIX record lock: each process holds that one on its own and loses it when it
+    dies, so one killed while counting never blocks the others."""
 
     def __init__(self, *, shared: bool) -> None:
         self._open: Any = types.SimpleNamespace(value=0)
-        self._lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        self._lock_fd: int | None = None
         if shared:
             import multiprocessing
 
             self._open = multiprocessing.RawValue("i", 0)
-            self._lock = multiprocessing.Lock()
+            # In memory, not in /tmp: the listener's unit leaves the file system read-only.
+            self._lock_fd = os.memfd_create("ssmtp-mailer-sessions")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self._lock_fd is None:  # one process: only its event loop counts
+            yield
+            return
+        import fcntl
+
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN)
 
     def enter(self, limit: int) -> bool:
         """Count one more session, unless `limit` are open already."""
-        with self._lock:
+        with self._locked():
             if self._open.value >= limit:
                 return False
             self._open.value += 1
             return True
 
     def leave(self) -> None:
-        with self._lock:
+        with self._locked():
             self._open.value -= 1
 
 

@@ -585,6 +585,32 @@ def test_a_process_that_dies_stops_the_listener(
     assert not Path(f"/proc/{first}").exists()
 
 
+def test_a_process_killed_while_counting_sessions_blocks_no_other() -> None:
+    """The serving processes count sessions under one lock; a process that dies holding it
+    (killed, out of memory) must not leave the others stuck at their next connection."""
+    from ssmtp_mailer.listener import SessionCount
+
+    count = SessionCount(shared=True)
+    assert count.enter(2)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child is killed at once
+        try:
+            with count._locked():
+                os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+    assert os.waitpid(pid, 0)[1] == signal.SIGKILL
+    answers: list[bool] = []
+    counting = threading.Thread(
+        target=lambda: answers.extend([count.enter(2), count.enter(2)]), daemon=True
+    )
+    counting.start()
+    counting.join(5)
+    assert answers == [True, False]  # the second session of two, then over the limit
+    count.leave()
+    assert count.enter(2)
+
+
 def test_listen_processes_must_be_a_positive_number(
     tmp_path: Path, upstream: SMTPTestServer
 ) -> None:
