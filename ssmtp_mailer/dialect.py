@@ -194,17 +194,16 @@ def _notify_words(notify: str | None) -> frozenset[str] | None:
 
 
 class DsnTransaction:
-    """What one SMTP transaction asked of DSN: RET and ENVID from MAIL, NOTIFY from its RCPTs.
+    """What one SMTP transaction asked of DSN: RET and ENVID from MAIL, NOTIFY and each
+    recipient's ORCPT from its RCPTs."""
 
-    ORCPT is checked at RCPT but not kept: a message holds one Dsn, not one per recipient.
-    """
-
-    __slots__ = ("envid", "notify", "recipients", "ret")
+    __slots__ = ("envid", "notify", "orcpt", "recipients", "ret")
 
     def __init__(self, mail: Mapping[str, str]) -> None:
         self.ret = mail.get("RET")
         self.envid = mail.get("ENVID")
         self.notify: str | None = None
+        self.orcpt: list[tuple[str, str]] = []
         self.recipients = 0
 
     def refusal(self, recipient: str, rcpt: Mapping[str, str]) -> str | None:
@@ -213,15 +212,17 @@ class DsnTransaction:
             return NOTIFY_DIFFERS.format(recipient)
         return None
 
-    def accepted(self, rcpt: Mapping[str, str]) -> None:
+    def accepted(self, recipient: str, rcpt: Mapping[str, str]) -> None:
         if not self.recipients:
             self.notify = rcpt.get("NOTIFY")
+        if "ORCPT" in rcpt:
+            self.orcpt.append((recipient, rcpt["ORCPT"]))
         self.recipients += 1
 
     def dsn(self) -> Dsn | None:
-        if self.ret is None and self.envid is None and self.notify is None:
+        if self.ret is None and self.envid is None and self.notify is None and not self.orcpt:
             return None
-        return Dsn(self.notify, self.ret, self.envid)
+        return Dsn(self.notify, self.ret, self.envid, tuple(self.orcpt))
 
 
 def deliver_data(

@@ -461,7 +461,7 @@ class ListenerHandler:
             refusal = envelope.dsn.refusal(recipient, found.values)
         if refusal is not None:
             return refusal
-        envelope.dsn.accepted(found.values)
+        envelope.dsn.accepted(recipient, found.values)
         envelope.rcpt_tos.append(recipient)
         envelope.rcpt_options.extend(rcpt_options)
         return dialect.RCPT_OK

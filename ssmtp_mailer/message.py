@@ -8,7 +8,13 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
-from ssmtp_mailer.addresses import address_problem, has_domain, is_null_sender, qualify
+from ssmtp_mailer.addresses import (
+    address_key,
+    address_problem,
+    has_domain,
+    is_null_sender,
+    qualify,
+)
 from ssmtp_mailer.errors import DataError, UsageError, shorten
 
 if TYPE_CHECKING:
@@ -340,11 +346,20 @@ class _AddressMapper:
 
 
 class Dsn(NamedTuple):
-    """What a sender asked of delivery status notifications (RFC 3461): -N, -R, -V."""
+    """What a sender asked of delivery status notifications (RFC 3461): -N, -R, -V, and
+    the ORCPT an SMTP client gave each recipient."""
 
     notify: str | None = None  # "NEVER" or a comma list of SUCCESS, FAILURE, DELAY
     ret: str | None = None  # FULL or HDRS
     envid: str | None = None
+    # (recipient as delivered, ORCPT as the client sent it: addr-type;xtext). RFC 3461
+    # §6.2.1 has a relaying MTA pass each one on unchanged.
+    orcpt: tuple[tuple[str, str], ...] = ()
+
+    def flags(self) -> dict[str, str]:
+        """notify, ret and envid, those given (the maildrop's and the spool's record)."""
+        given = {"notify": self.notify, "ret": self.ret, "envid": self.envid}
+        return {k: v for k, v in given.items() if v is not None}
 
     def mail_options(self) -> list[str]:
         options = [f"RET={self.ret}"] if self.ret else []
@@ -352,8 +367,26 @@ class Dsn(NamedTuple):
             options.append(f"ENVID={xtext(self.envid)}")
         return options
 
-    def rcpt_options(self) -> list[str]:
-        return [f"NOTIFY={self.notify}"] if self.notify else []
+    def rcpt_options(self, recipient: str | None = None) -> list[str]:
+        options = [f"NOTIFY={self.notify}"] if self.notify else []
+        original = self.original_recipient(recipient) if recipient is not None else None
+        if original is not None:
+            options.append(f"ORCPT={original}")
+        return options
+
+    def original_recipient(self, recipient: str) -> str | None:
+        """The ORCPT given for `recipient` (its domain compared without case), or None."""
+        key = address_key(recipient)
+        return next((v for r, v in self.orcpt if address_key(r) == key), None)
+
+    def renamed(self, finals: Mapping[str, str]) -> "Dsn":
+        """The same request once mappings rewrote recipients (`finals`: given -> final)."""
+        if not self.orcpt or not finals:
+            return self
+        final_of = {address_key(given): final for given, final in finals.items()}
+        return self._replace(
+            orcpt=tuple((final_of.get(address_key(r), r), v) for r, v in self.orcpt)
+        )
 
 
 _NOTIFY_WORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})

@@ -164,6 +164,10 @@ def submit(
     itself; otherwise the message's groups share one of their own.
     """
     plan = rewrite.plan_delivery(config, prepared.sender, prepared.recipients)
+    if prepared.dsn is not None and prepared.dsn.orcpt:
+        # Each ORCPT follows its recipient to the address a mapping made of it.
+        finals = {r.original: r.final for r in plan.rewrites if r.role == "recipient"}
+        prepared = prepared._replace(dsn=prepared.dsn.renamed(finals))
     problems: list[str] = []
 
     def problem(line: str) -> None:

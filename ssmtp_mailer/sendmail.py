@@ -557,7 +557,7 @@ class SMTPSession:
         if refusal is not None:
             self.reply(refusal)
             return
-        self.dsn.accepted(found.values)
+        self.dsn.accepted(recipient, found.values)
         self.recipients.append(recipient)
         self.reply(dialect.RCPT_OK)
 

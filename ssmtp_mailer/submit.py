@@ -236,7 +236,7 @@ def maildrop_bytes(prepared: PreparedMessage, data: bytes) -> bytes:
     }
     if prepared.dsn is not None:
         # Decoded, as sendmail's -N, -R and -V gave them; the pickup checks them again.
-        envelope["dsn"] = {k: v for k, v in prepared.dsn._asdict().items() if v is not None}
+        envelope["dsn"] = prepared.dsn.flags()
     return MAILDROP_MAGIC + json.dumps(envelope).encode("utf-8") + b"\n" + data
 
 

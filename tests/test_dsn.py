@@ -111,13 +111,29 @@ def test_one_notify_per_transaction() -> None:
     """A recipient asking for another NOTIFY than the earlier ones waits for its own message."""
     transaction = dialect.DsnTransaction({"RET": "HDRS", "ENVID": "e-1"})
     assert transaction.refusal("a@x.example", {"NOTIFY": "SUCCESS,FAILURE"}) is None
-    transaction.accepted({"NOTIFY": "SUCCESS,FAILURE"})
+    transaction.accepted("a@x.example", {"NOTIFY": "SUCCESS,FAILURE"})
     assert transaction.refusal("b@x.example", {"NOTIFY": "FAILURE,SUCCESS"}) is None
     for other in ({"NOTIFY": "NEVER"}, {}):
         refusal = transaction.refusal("c@x.example", other)
         assert refusal is not None and refusal.startswith("455 4.5.4 <c@x.example>: NOTIFY")
     assert transaction.dsn() == Dsn("SUCCESS,FAILURE", "HDRS", "e-1")
     assert dialect.DsnTransaction({}).dsn() is None
+
+
+def test_each_recipient_keeps_its_orcpt() -> None:
+    """RFC 3461 §6.2.1: an ORCPT goes on with its own recipient, unchanged, also when a
+    mapping rewrote the recipient; the recipients without one send none."""
+    transaction = dialect.DsnTransaction({})
+    transaction.accepted("a@x.example", {"ORCPT": "rfc822;A+2Bb@x.example"})
+    transaction.accepted("b@x.example", {})
+    dsn = transaction.dsn()
+    assert dsn == Dsn(orcpt=(("a@x.example", "rfc822;A+2Bb@x.example"),))
+    assert dsn.rcpt_options("a@X.EXAMPLE") == ["ORCPT=rfc822;A+2Bb@x.example"]
+    assert dsn.rcpt_options("b@x.example") == []
+    moved = dsn.renamed({"a@x.example": "sales@y.example"})
+    assert moved.rcpt_options("sales@y.example") == ["ORCPT=rfc822;A+2Bb@x.example"]
+    assert moved.rcpt_options("a@x.example") == []
+    assert moved.flags() == {}  # the maildrop's and the spool's -N, -R and -V
 
 
 # -- sendmail -bs ------------------------------------------------------------------------
@@ -160,7 +176,10 @@ def test_sendmail_bs_passes_dsn_on_to_the_relay(
     first, second = upstream.wait_for(2)
     assert first.rcpt_tos == ["out@far.example", "two@far.example"]
     assert first.mail_options[-2:] == ["RET=HDRS", "ENVID=Batch+2B7"]  # the case kept
-    assert first.rcpt_options == ["NOTIFY=SUCCESS,FAILURE"] * 2
+    # Each RCPT as it came: the ORCPT only with its own recipient (RFC 3461 §6.2.1).
+    assert first.rcpt_options == [
+        "NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;out@far.example", "NOTIFY=SUCCESS,FAILURE",
+    ]  # fmt: skip
     assert second.rcpt_tos == ["three@far.example"]
     assert second.rcpt_options == ["NOTIFY=NEVER"]
     assert not any(o.startswith(("RET=", "ENVID=")) for o in second.mail_options)
@@ -206,7 +225,8 @@ def test_the_listener_advertises_dsn_and_passes_it_on(
     got = upstream.wait_for(1)[0]
     assert got.mail_from == SENDER and got.rcpt_tos == ["out@far.example", "two@far.example"]
     assert got.mail_options[-2:] == ["RET=FULL", "ENVID=Order-17+2Bx"]
-    assert got.rcpt_options == ["NOTIFY=DELAY,FAILURE"] * 2
+    # smtplib gives every RCPT the same options: both recipients carry that ORCPT.
+    assert got.rcpt_options == ["NOTIFY=DELAY,FAILURE", "ORCPT=rfc822;out@far.example"] * 2
 
 
 def test_the_listener_refuses_a_second_notify_with_455_and_takes_it_next(
@@ -244,6 +264,45 @@ def test_the_listener_and_sendmail_bs_refuse_bad_parameters_alike(
 
 
 # -- the failure notice ------------------------------------------------------------------
+
+
+def test_orcpt_survives_mapping_and_queue_and_names_the_original_in_a_notice(
+    tmp_path: Path,
+    smtp_server_factory: Callable[..., SMTPTestServer],
+) -> None:
+    """RFC 3461 §6.2.1: the ORCPT a client gave goes on unchanged with its recipient, after
+    a mapping rewrote that recipient and after a night in the queue; and our own failure
+    notice names it as Original-Recipient (RFC 3464 §2.3.1)."""
+    upstream = smtp_server_factory(dsn=True, fault="451-rcpt")
+    conf = listener_config(tmp_path / "l.conf", upstream.port)
+    listener = Listener(conf)
+    try:
+        with listener.client() as client:
+            for rcpt, orcpt in (
+                ("contact-sales@mailer.domain1.com", "rfc822;contact-sales@mailer.domain1.com"),
+                ("gone@far.example", "rfc822;Gone+2Bold@far.example"),
+            ):
+                client.ehlo("client.example")
+                assert client.mail(SENDER)[0] == 250
+                assert client.rcpt(rcpt, ["NOTIFY=FAILURE", f"ORCPT={orcpt}"])[0] == 250
+                code, text = client.data(MESSAGE)
+                assert code == 250 and b"queued as" in text
+    finally:
+        assert listener.stop() == 0
+    upstream.fault = "550-rcpt:gone@far.example"
+    run = subprocess.run(
+        [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "queue", "run", "--all"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    delivered, notice = sorted(upstream.wait_for(2), key=lambda m: m.mail_from != SENDER)
+    assert delivered.rcpt_tos == ["contact-sales@domain1.com"]  # the mapping's work
+    assert delivered.rcpt_options == ["NOTIFY=FAILURE", "ORCPT=rfc822;contact-sales@mailer.domain1.com"]
+    assert notice.mail_from in ("", "<>") and notice.rcpt_tos == [SENDER]
+    assert b"Original-Recipient: rfc822; Gone+old@far.example" in notice.data
+    assert b"Final-Recipient: rfc822; gone@far.example" in notice.data
 
 
 def test_notify_never_over_the_listener_means_no_failure_notice(

@@ -548,13 +548,13 @@ class RelayConnection(SMTPClient):
         label = self.endpoint.label
         options: list[str] = []
         self.command_encoding = "ascii"
-        rcpt_options: list[str] = []
+        with_dsn: Dsn | None = None
         if dsn is not None:
             if self.has_extn("dsn"):
                 options += dsn.mail_options()
-                rcpt_options += dsn.rcpt_options()
+                with_dsn = dsn
             else:
-                self.note("relay does not offer DSN (RFC 3461); -N, -R and -V dropped")
+                self.note("relay does not offer DSN (RFC 3461); -N, -R, -V and ORCPT dropped")
         if smtputf8:
             if not self.has_extn("smtputf8"):
                 raise RelayFailure(
@@ -594,8 +594,14 @@ class RelayConnection(SMTPClient):
         # Addresses go out verbatim in <>: smtplib's quoteaddr() re-parses them and can
         # mangle quoted local parts.
         commands = [("mail", f"FROM:<{sender}>{suffix}")]
-        rcpt_suffix = "".join(f" {o}" for o in rcpt_options)
-        commands += [("rcpt", f"TO:<{rcpt}>{rcpt_suffix}") for rcpt in recipients]
+
+        def rcpt_suffix(rcpt: str) -> str:
+            found = with_dsn.rcpt_options(rcpt) if with_dsn is not None else []
+            if not smtputf8:  # a UTF-8 ORCPT goes only where SMTPUTF8 does (RFC 6533)
+                found = [o for o in found if o.isascii()]
+            return "".join(f" {o}" for o in found)
+
+        commands += [("rcpt", f"TO:<{rcpt}>{rcpt_suffix(rcpt)}") for rcpt in recipients]
         commands.append(("data", ""))
         if reset:
             commands.insert(0, ("rset", ""))

@@ -15,6 +15,7 @@ from ssmtp_mailer.errors import (
     MailerError,
     TempFailError,
 )
+from ssmtp_mailer.message import unxtext
 
 if TYPE_CHECKING:
     from ssmtp_mailer.relay.pool import ConnectionPool
@@ -131,6 +132,9 @@ def build_bounce(config: Config, failed: Entry, data: bytes) -> bytes:
     for rcpt in failed.recipients:
         reply = failed.replies.get(rcpt, failed.attempts[-1].reply if failed.attempts else "")
         block = Message()
+        orcpt = failed.dsn.original_recipient(rcpt) if failed.dsn is not None else None
+        if orcpt is not None:  # RFC 3464 §2.3.1: the sender's ORCPT, when it gave one
+            block["Original-Recipient"] = original_recipient(orcpt)
         block["Final-Recipient"] = final_recipient(rcpt)
         block["Action"] = "failed"
         block["Status"] = _status_for(reply, "4.4.7" if expired else "5.0.0")
@@ -156,6 +160,15 @@ def build_bounce(config: Config, failed: Entry, data: bytes) -> bytes:
     del original["MIME-Version"]
     report.attach(original)
     return report.as_bytes(policy=email.policy.SMTP)
+
+
+def original_recipient(orcpt: str) -> str:
+    """The Original-Recipient field's value from an ORCPT: an rfc822 address's xtext
+    decoded (it is printable ASCII either way), any other type as the client sent it."""
+    kind, _, value = orcpt.partition(";")
+    if kind.lower() == "rfc822":
+        value = unxtext(value) or value
+    return f"{kind}; {value}"
 
 
 def final_recipient(address: str) -> str:

@@ -284,7 +284,9 @@ def _encode(entry: Entry) -> bytes:
     if entry.replies:
         doc["replies"] = dict(entry.replies)
     if entry.dsn is not None:
-        doc["dsn"] = {k: v for k, v in entry.dsn._asdict().items() if v is not None}
+        doc["dsn"] = {**entry.dsn.flags()}
+        if entry.dsn.orcpt:
+            doc["dsn"]["orcpt"] = [list(pair) for pair in entry.dsn.orcpt]
     doc["attempts"] = [{"time": a.time, "reply": a.reply} for a in entry.attempts]
     return tomli_w.dumps(doc).encode("utf-8")
 
@@ -293,6 +295,12 @@ def _as_time(value: Any) -> dt.datetime:
     if not isinstance(value, dt.datetime):
         raise ValueError(f"expected a date-time, got {value!r}")
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _dsn(table: dict[str, Any]) -> Dsn:
+    flags = {k: str(table[k]) for k in ("notify", "ret", "envid") if k in table}
+    orcpt = tuple((str(rcpt), str(value)) for rcpt, value in table.get("orcpt", []))
+    return Dsn(**flags, orcpt=orcpt)
 
 
 def _decode(text: bytes, *, area: str, size: int) -> Entry:
@@ -319,7 +327,7 @@ def _decode(text: bytes, *, area: str, size: int) -> Entry:
         origin=doc.get("origin"),
         size=size,
         area=area,
-        dsn=Dsn(**{k: str(v) for k, v in doc["dsn"].items()}) if "dsn" in doc else None,
+        dsn=_dsn(doc["dsn"]) if "dsn" in doc else None,
     )
 
 
