@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import smtplib
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from smtpserver import SMTPTestServer
-from test_listener import Listener, listener_config
+from test_listener import Listener, listener_config, run_queue
 
 from ssmtp_mailer import dialect, pickup, submit
 from ssmtp_mailer.config.loader import load_config
@@ -290,13 +288,7 @@ def test_orcpt_survives_mapping_and_queue_and_names_the_original_in_a_notice(
     finally:
         assert listener.stop() == 0
     upstream.fault = "550-rcpt:gone@far.example"
-    run = subprocess.run(
-        [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "queue", "run", "--all"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert run.returncode == 0, run.stderr
+    run_queue(conf)
     delivered, notice = sorted(upstream.wait_for(2), key=lambda m: m.mail_from != SENDER)
     assert delivered.rcpt_tos == ["contact-sales@domain1.com"]  # the mapping's work
     assert delivered.rcpt_options == ["NOTIFY=FAILURE", "ORCPT=rfc822;contact-sales@mailer.domain1.com"]
@@ -325,13 +317,7 @@ def test_notify_never_over_the_listener_means_no_failure_notice(
         assert listener.stop() == 0
     assert len(list_entries(load_config(str(conf)))) == 2
     upstream.fault = "550-rcpt:out@far.example"
-    run = subprocess.run(
-        [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "queue", "run", "--all"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert run.returncode == 0, run.stderr
+    run_queue(conf)
     [notice] = upstream.wait_for(1)
     assert notice.mail_from in ("", "<>") and notice.rcpt_tos == [SENDER]
     assert b"Original-Envelope-Id: loud-2" in notice.data

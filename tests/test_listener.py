@@ -146,6 +146,17 @@ def listener(
     return start_listener(listener_config(tmp_path / "listen.conf", upstream.port))
 
 
+def run_queue(conf: Path) -> None:
+    """`queue run --all` in a process of its own, as the timer or cron runs it."""
+    run = subprocess.run(
+        [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "queue", "run", "--all"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+
+
 def message(subject: str = "hello", sender: str = "app@host.example", body: str = "hi") -> str:
     return f"From: {sender}\r\nTo: someone\r\nSubject: {subject}\r\n\r\n{body}\r\n"
 
@@ -240,13 +251,7 @@ def test_upstream_down_queues_with_250_then_delivers_once(
         conf.read_text().replace(f"smtp_port = {dead_port}", f"smtp_port = {upstream.port}")
     )
     for _ in range(2):  # a second run must not send it again
-        run = subprocess.run(
-            [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "queue", "run", "--all"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert run.returncode == 0, run.stderr
+        run_queue(conf)
     assert len(upstream.wait_for(1)) == 1
     time.sleep(0.2)
     assert len(upstream.messages) == 1
