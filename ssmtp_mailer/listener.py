@@ -611,6 +611,8 @@ def bind(addresses: Sequence[HostPort], copies: int = 1) -> list[list[socket.soc
         for hp in addresses:
             port = 25 if hp.port is None else hp.port
             family = socket.AF_INET6 if ":" in hp.host else socket.AF_INET
+            if copies > 1:
+                port = _unshared_port(family, hp.host, port)
             for sockets in sets:
                 sock = socket.socket(family, socket.SOCK_STREAM)
                 sockets.append(sock)
@@ -629,6 +631,17 @@ def bind(addresses: Sequence[HostPort], copies: int = 1) -> list[list[socket.soc
                 sock.close()
         raise UsageError(f"listen {hp}", exc.strerror or str(exc)) from None
     return sets
+
+
+def _unshared_port(family: socket.AddressFamily, host: str, port: int) -> int:
+    """The port, once a socket without SO_REUSEPORT could bind it: a second listener of the
+    same user would otherwise join the first one's port instead of hearing "in use"."""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind((host, port))
+        return int(probe.getsockname()[1])
 
 
 def bind_submit_socket(config: Config) -> socket.socket | None:

@@ -770,6 +770,29 @@ def test_an_address_in_use_is_one_line(tmp_path: Path, upstream: SMTPTestServer)
     ]
 
 
+def test_a_second_listener_on_a_shared_port_is_refused_too(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    """Processes of one listener share their port; another listener run by the same user
+    gets "in use", as with one process, rather than half of the first one's connections."""
+    conf = listener_config(tmp_path / "l.conf", upstream.port, "listen_processes = 2")
+    first = start_listener(conf)
+    run = subprocess.run(
+        [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "listen", "--address",
+         f"127.0.0.1:{first.port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 64
+    assert run.stderr.strip().splitlines() == [
+        f"ssmtp-mailer: listen 127.0.0.1:{first.port}: Address already in use"
+    ]
+    with first.client() as client:  # the first one serves on
+        assert client.sendmail("app@host.example", ["out@far.example"], message()) == {}
+    assert len(upstream.wait_for(1)) == 1
+
+
 def test_config_show_redacts_the_password_hash(tmp_path: Path, upstream: SMTPTestServer) -> None:
     hashed = passhash.hash_password(PASSWORD)
     conf = listener_config(
