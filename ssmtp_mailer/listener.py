@@ -290,11 +290,16 @@ class ListenerSMTP(SMTP):
                 await self.push(dialect.TOO_BIG)
             else:
                 envelope.content = envelope.original_content = content
+                # listen_timeout is the client's, not the relay's: a delivery that takes
+                # longer must still get its reply (else the client sends it again).
+                if self._timeout_handle is not None:
+                    self._timeout_handle.cancel()
                 status = await self._call_handler_hook("DATA")
                 self.envelope = self._create_envelope()
                 await self.push("250 OK" if status is MISSING else status)
         finally:
             self.in_data = False
+            self._reset_timeout()
         if self.ended_in_data:
             # The reply is out: the session ends as at any EOF. aiosmtpd cancels this task,
             # and the cancellation lands at the next await (its next read would not wait).
@@ -315,6 +320,7 @@ class ListenerSMTP(SMTP):
             block = await reader.read(DATA_BLOCK)
             if not block:
                 raise ConnectionResetError("end of input in DATA")
+            self._reset_timeout()  # listen_timeout between reads, not for the whole upload
             searched = max(len(data) - 4, 0)
             data += block
             end = data.find(b"\r\n.\r\n", searched)
@@ -331,6 +337,13 @@ class ListenerSMTP(SMTP):
             return None
         # RFC 5321 §4.5.2: the client doubled the dot that starts a line.
         return bytes(data).replace(b"\r\n.", b"\r\n")[2:]
+
+    def _timeout_cb(self) -> None:
+        """listen_timeout passed with nothing from the client: 421 before the hang-up."""
+        if self.transport is not None and not self.transport.is_closing():
+            assert isinstance(self.transport, asyncio.WriteTransport)
+            self.transport.write(dialect.TIMED_OUT.encode() + b"\r\n")
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         state = self.state

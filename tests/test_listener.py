@@ -952,8 +952,46 @@ def test_an_idle_client_is_dropped_after_listen_timeout(
     with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as sock:
         assert sock.recv(1024).startswith(b"220 ")
         started = time.monotonic()
+        assert _replies(sock, 1) == [b"421 4.4.2 Timeout waiting for the client, closing"]
         assert sock.recv(1024) == b""  # closed by the listener, not by us
         assert 0.5 < time.monotonic() - started < 5
+
+
+def test_listen_timeout_is_the_clients_not_the_uploads_nor_the_deliverys(
+    tmp_path: Path,
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    start_listener: Callable[[Path], Listener],
+) -> None:
+    """listen_timeout = 1: a message sent slowly, a line every 0.3 s for 2 s, is read to its
+    dot; and the delivery's quick retries (2 s) do not cut the client off before the reply
+    it waits for (a client that hears nothing sends the message again)."""
+    flaky = smtp_server_factory(fault="421-connect")
+    conf = listener_config(tmp_path / "l.conf", flaky.port, "listen_timeout = 1")
+    conf.write_text(
+        conf.read_text().replace(
+            "max_retries = 0\nretry_backoff = 0", "max_retries = 2\nretry_backoff = 1"
+        )
+    )
+    listener = start_listener(conf)
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as sock:
+        assert _replies(sock, 1)[0].startswith(b"220")
+        sock.sendall(b"EHLO x\r\nMAIL FROM:<app@host.example>\r\nRCPT TO:<out@far.example>\r\n")
+        assert [r[:3] for r in _replies(sock, 3)] == [b"250", b"250", b"250"]
+        sock.sendall(b"DATA\r\n")
+        assert _replies(sock, 1)[0].startswith(b"354")
+        for line in (b"Subject: slowly\r\n", b"\r\n", *[b"a line\r\n"] * 5):
+            sock.sendall(line)
+            time.sleep(0.3)
+        threading.Timer(1.5, setattr, (flaky, "fault", None)).start()
+        started = time.monotonic()
+        sock.sendall(b".\r\n")
+        [reply] = _replies(sock, 1)
+        assert reply.startswith(b"250 2.0.0 OK") and b"delivered" in reply, reply
+        assert time.monotonic() - started > 1.2  # longer than listen_timeout
+    [got] = flaky.wait_for(1)
+    assert got.message()["Subject"] == "slowly"
+    time.sleep(0.3)
+    assert len(flaky.messages) == 1
 
 
 def test_a_message_that_cannot_even_be_queued_gets_451(
