@@ -560,12 +560,20 @@ def plan_delivery(config: Config, sender: str, recipients: Sequence[str]) -> Pla
 
 def accepts_from_anywhere(config: Config, recipient: str) -> bool:
     """SPEC §8: a recipient any client may write to (a mapping's from_pattern, a [user:] that
-    may receive), so the listener relays for it without being an open relay."""
+    may receive), so the listener relays for it without being an open relay.
+
+    A `[user:]` counts only where it names its domain: `[user:nagios@*]` says what nagios
+    may send as, and taken as "may receive" it would relay to nagios at every domain. (A
+    mapping always names the domain it delivers to.)
+    """
     index = _index(config)
     if addr.is_valid_address(recipient) and index.mappings.match(recipient) is not None:
         return True
     user = _user_for(index, recipient)
-    return user is not None and user.enabled and user.can_send_to
+    if user is None or not user.enabled or not user.can_send_to:
+        return False
+    pattern = pat.parse_pattern(user.address)
+    return pattern.domain is not None or pattern.bare
 
 
 def user_of(config: Config, address: str) -> UserConfig | None:

@@ -214,7 +214,9 @@ def test_a_user_that_may_receive_is_reachable_from_outside(
         tmp_path / "l.conf",
         upstream.port,
         sections="\n[user:help@host.example]\ncan_send_to = true\n"
-        "\n[user:closed@host.example]\ncan_send_to = false\n",
+        "\n[user:closed@host.example]\ncan_send_to = false\n"
+        # What nagios may send as (README: local submission), not a way to every domain.
+        "\n[user:nagios@*]\n",
     )
     listener = start_listener(conf)
     with listener.client("127.0.0.2") as client:
@@ -222,8 +224,13 @@ def test_a_user_that_may_receive_is_reachable_from_outside(
         client.mail("x@internet.example")
         assert client.rcpt("help@host.example")[0] == 250
         assert client.rcpt("closed@host.example")[0] == 554
+        code, text = client.rcpt("nagios@victim.example")
+        assert (code, text) == (554, b"5.7.1 <nagios@victim.example>: Relay access denied")
         assert client.data(message())[0] == 250
     assert upstream.wait_for(1)[0].rcpt_tos == ["help@host.example"]
+    with listener.client() as client:  # from allowed_networks, nagios@ anywhere is fine
+        assert client.sendmail("nagios@host.example", ["nagios@far.example"], message()) == {}
+    assert upstream.wait_for(2)[1].rcpt_tos == ["nagios@far.example"]
 
 
 def test_upstream_down_queues_with_250_then_delivers_once(
