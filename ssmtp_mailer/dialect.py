@@ -232,6 +232,7 @@ def deliver_data(
     sender: str,
     recipients: Sequence[str],
     *,
+    received: bytes = b"",
     dsn: Dsn | None = None,
     transcript: Callable[[str], None] | None = None,
     report: Callable[[str], None] = errors.report,
@@ -239,17 +240,21 @@ def deliver_data(
     retries: int = 0,
     pool: ConnectionPool | None = None,
 ) -> str:
-    """A message received by DATA through the sendmail path; the reply to the final dot."""
+    """A message received by DATA through the sendmail path; the reply to the final dot.
+
+    `received`: our trace field, put in front of the message; max_message_size is the
+    sender's (the SIZE we advertised), so it does not count.
+    """
     from ssmtp_mailer import pipeline
 
     g = config.global_
     try:
         prepared = prepare(
-            raw,
+            received + raw,
             Intake(recipients=tuple(recipients), envelope_from=sender or "<>", dsn=dsn),
             hostname=g.default_hostname,
             default_from=g.default_from,
-            max_size=g.max_message_size,
+            max_size=g.max_message_size + len(received),
         )
         result = pipeline.submit(
             config,

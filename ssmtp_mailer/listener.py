@@ -492,7 +492,8 @@ class ListenerHandler:
             state.pool,
             _deliver,
             state.config,
-            received + data,
+            received,
+            data,
             envelope.sender,
             list(envelope.rcpt_tos),
             dsn,
@@ -591,6 +592,7 @@ class ListenerHandler:
 
 def _deliver(
     config: Config,
+    received: bytes,
     raw: bytes,
     sender: str,
     recipients: list[str],
@@ -604,6 +606,7 @@ def _deliver(
         raw,
         sender,
         recipients,
+        received=received,
         dsn=dsn,
         report=report,
         run_queue=False,

@@ -600,6 +600,8 @@ def prepare(
     nul = data.find(b"\x00")
     if nul >= 0:
         raise DataError("message", f"line {_line_of(data, nul, first_line)} contains a NUL byte")
+    # The limit is on what the sender gave (the SIZE a client was told): what is done to it
+    # here, CR LF line ends, qualified addresses, a Date or Message-ID, does not count.
     if len(data) > max_size:
         raise DataError("message", f"{len(data)} octets is over max_message_size ({max_size})")
     data = _to_crlf(data)
@@ -679,8 +681,6 @@ def prepare(
     # body). prepare() always writes the blank line, even where the input had none, as
     # sendmail does.
     data[:body_start] = b"".join(f.raw + CRLF for f in kept) + CRLF
-    if len(data) > max_size:
-        raise DataError("message", f"{len(data)} octets is over max_message_size ({max_size})")
     eightbit = not data.isascii()
     addresses = [sender, *recipients]
     if eightbit:  # else no address in the header can be non-ASCII either

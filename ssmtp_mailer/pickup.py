@@ -174,9 +174,10 @@ def _hand_on(config: Config, dropped: Dropped) -> str | None:
         return f"refused ({reason}), kept in failed/ as {entry}"
     reply = dialect.deliver_data(
         config,
-        received + dropped.data,
+        dropped.data,
         dropped.sender,
         dropped.recipients,
+        received=received,
         dsn=dropped.dsn,
         report=lambda line: log.write(config, "WARNING", line),
         run_queue=False,

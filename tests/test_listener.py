@@ -290,7 +290,19 @@ def test_size_is_advertised_and_enforced(
         client.mail("app@host.example")
         client.rcpt("out@far.example")
         assert client.data(message("small"))[0] == 250
-    assert [m.message()["Subject"] for m in upstream.wait_for(1)] == ["small"]
+        # Exactly the SIZE advertised: what we add (Received:, Date:, Message-ID:) is ours.
+        exact = message("exact", body="z" * 70)
+        while len(exact) < 4000 - 72:
+            exact += "z" * 70 + "\r\n"
+        exact += "z" * (4000 - len(exact) - 2) + "\r\n"
+        assert len(exact) == 4000
+        assert client.sendmail("app@host.example", ["out@far.example"], exact) == {}
+        client.mail("app@host.example")  # one octet more, without SIZE= to warn us
+        client.rcpt("out@far.example")
+        assert client.data("z" + exact)[0] == 552
+    got = upstream.wait_for(2)
+    assert [m.message()["Subject"] for m in got] == ["small", "exact"]
+    assert len(got[1].data) > 4000
 
 
 def _replies(sock: socket.socket, count: int) -> list[bytes]:
