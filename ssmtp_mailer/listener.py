@@ -46,11 +46,33 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 DATA_BLOCK = 1 << 20  # more than the reader ever holds: one read empties it
 
 
-class _DropLoginDataNotice(logging.Filter):
-    """aiosmtpd logs a deprecation WARNING for its own code on every successful AUTH."""
+class _LibraryLog(logging.Handler):
+    """What aiosmtpd and asyncio log (a client's unknown command, a failed TLS handshake, an
+    exception in a session): one line each in our log, never a traceback on stderr."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Session.login_data is deprecated")
+    def __init__(self, state: ListenerState) -> None:
+        super().__init__(logging.WARNING)
+        self.state = state
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if text.startswith("Session.login_data is deprecated"):
+            return  # aiosmtpd's own code, at every successful AUTH
+        error = record.exc_info[1] if record.exc_info else None
+        while error is not None:  # the exception and what it came from, on one line
+            text += f": {type(error).__name__}" + (f": {error}" if str(error) else "")
+            error = error.__cause__ or error.__context__
+        level = "ERROR" if record.levelno >= logging.ERROR else "WARNING"
+        log.write(self.state.config, level, f"listen: {' '.join(text.split())}")
+
+    @classmethod
+    def install(cls, state: ListenerState) -> None:
+        handler = cls(state)
+        for name in ("mail.log", "asyncio"):
+            logger = logging.getLogger(name)
+            logger.setLevel(logging.WARNING)  # aiosmtpd's INFO is a line per command
+            logger.handlers = [handler]
+            logger.propagate = False
 
 
 def say(line: str) -> None:
@@ -855,7 +877,6 @@ def run_listener(
     config: Config, addresses: Sequence[HostPort], reload: Callable[[], Config]
 ) -> int:
     """Bind, drop privileges, serve until SIGTERM/SIGINT; the exit code."""
-    logging.getLogger("mail.log").addFilter(_DropLoginDataNotice())
     tls = tls_context(config)
     processes = config.global_.listen_processes
     socket_sets = bind(addresses, processes)
@@ -896,6 +917,7 @@ def _serve(
     config = service.config
     state = ListenerState(config, tls=service.tls, open_sessions=service.open_sessions)
     state.use(config)
+    _LibraryLog.install(state)
     listener = Listener(
         state,
         sockets,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -666,7 +667,8 @@ def tls_listener(
         tmp_path / "l.conf",
         upstream.port,
         f"listen_tls_cert_file = {tmp_path / 'listen.pem'}\n"
-        f"listen_tls_key_file = {tmp_path / 'listen.pem'}\n",
+        f"listen_tls_key_file = {tmp_path / 'listen.pem'}\n"
+        f"log_file = {tmp_path / 'mail.log'}\n",
         sections=f"\n[user:app@partner.example]\nsmtp_password_hash = {passhash.hash_password(PASSWORD)}\n",
     )
     return start_listener(conf)
@@ -688,6 +690,29 @@ def test_auth_before_starttls_is_refused(tls_listener: Listener) -> None:
         code, text = client.docmd("AUTH", "PLAIN AGFwcEBwYXJ0bmVyLmV4YW1wbGUAeA==")
         assert code == 538
         assert b"Encryption required" in text
+
+
+def test_a_broken_tls_handshake_is_one_line_in_the_log_and_none_on_stderr(
+    tmp_path: Path, tls_listener: Listener, tls_ca: trustme.CA
+) -> None:
+    """STARTTLS, then plain text: aiosmtpd logs a traceback, which must not reach the
+    journal; the log file gets one line, and the listener serves on."""
+    with socket.create_connection(("127.0.0.1", tls_listener.port), timeout=10) as sock:
+        assert _replies(sock, 1)[0].startswith(b"220")
+        sock.sendall(b"EHLO x\r\nSTARTTLS\r\n")
+        assert [r[:3] for r in _replies(sock, 2)] == [b"250", b"220"]
+        sock.sendall(b"MAIL FROM:<not@tls.example>\r\n" * 20)
+        with contextlib.suppress(OSError):
+            while sock.recv(4096):
+                pass
+    with contextlib.closing(tls_client(tls_listener, tls_ca, source="127.0.0.1")) as client:
+        assert client.noop()[0] == 250
+    assert tls_listener.stop() == 0
+    ours = ("listen: listening on", "listen: stopping", "listen: stopped")
+    assert [line for line in tls_listener.lines if not any(o in line for o in ours)] == []
+    logged = (tmp_path / "mail.log").read_text().splitlines()
+    assert logged and all("Traceback" not in line for line in logged)
+    assert any("listen:" in line and "SSL" in line for line in logged), logged
 
 
 def test_wrong_password_gets_535_after_a_delay(tls_listener: Listener, tls_ca: trustme.CA) -> None:
