@@ -640,10 +640,15 @@ def _deliver(
 # -- binding, privileges and the lifecycle ---------------------------------------------
 
 
-def bind(addresses: Sequence[HostPort], copies: int = 1) -> list[list[socket.socket]]:
+def bind(
+    addresses: Sequence[HostPort], copies: int = 1, *, configured: Config | None = None
+) -> list[list[socket.socket]]:
     """Listening sockets for every address (before privileges are dropped), one set per
     process. Several sets share each address and port (SO_REUSEPORT: the kernel spreads
-    new connections among them); port 0 takes a free port, the same for every set."""
+    new connections among them); port 0 takes a free port, the same for every set.
+
+    An address that cannot be bound is a usage error (`--address`), or with `configured`
+    a configuration error naming listen_address where that configuration sets it."""
     sets: list[list[socket.socket]] = [[] for _ in range(copies)]
     try:
         for hp in addresses:
@@ -667,7 +672,12 @@ def bind(addresses: Sequence[HostPort], copies: int = 1) -> list[list[socket.soc
         for sockets in sets:
             for sock in sockets:
                 sock.close()
-        raise UsageError(f"listen {hp}", exc.strerror or str(exc)) from None
+        why = exc.strerror or str(exc)
+        if configured is None:
+            raise UsageError(f"listen {hp}", why) from None
+        where = configured.global_.location
+        what = f"{where}: listen_address {hp}" if where else f"listen_address {hp}"
+        raise ConfigError(what, why) from None
     return sets
 
 
@@ -874,12 +884,17 @@ def _sockname(sock: socket.socket) -> str:
 
 
 def run_listener(
-    config: Config, addresses: Sequence[HostPort], reload: Callable[[], Config]
+    config: Config,
+    addresses: Sequence[HostPort],
+    reload: Callable[[], Config],
+    *,
+    configured: bool = False,
 ) -> int:
-    """Bind, drop privileges, serve until SIGTERM/SIGINT; the exit code."""
+    """Bind, drop privileges, serve until SIGTERM/SIGINT; the exit code. `configured`: the
+    addresses are listen_address's, not the command line's."""
     tls = tls_context(config)
     processes = config.global_.listen_processes
-    socket_sets = bind(addresses, processes)
+    socket_sets = bind(addresses, processes, configured=config if configured else None)
     submit_socket = bind_submit_socket(config)
     if submit_socket is not None and os.geteuid() == 0:
         _hand_over(config, config.global_.listen_user)

@@ -837,6 +837,45 @@ def test_a_second_listener_on_a_shared_port_is_refused_too(
     assert len(upstream.wait_for(1)) == 1
 
 
+def test_listener_settings_are_checked_by_config_check_and_named_by_listen(
+    tmp_path: Path, upstream: SMTPTestServer
+) -> None:
+    """What `listen` would trip over shows in `config check` first (a TLS file that is not
+    there is an error; users that do not exist and a listen_address that does not resolve
+    are warnings, errors with --strict); and a listen_address that cannot be bound is a
+    configuration error, exit 78, naming the key where it is set."""
+    missing = tmp_path / "none.pem"
+    tls = f"listen_tls_cert_file = {missing}\nlisten_tls_key_file = {missing}\n"
+    conf = listener_config(
+        tmp_path / "l.conf",
+        upstream.port,
+        f"listen_address = no-such-host.invalid:2525\nspool_user = nosuchuser\n{tls}",
+    )
+    conf.write_text(conf.read_text().replace("listen_user = root", "listen_user = nosuchuser"))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    checked = run("config", "check")
+    assert checked.returncode == 78
+    lines = checked.stderr.splitlines()
+    assert len(lines) == 4 and "Traceback" not in checked.stderr
+    assert f"listen_tls_cert_file {missing}: cannot load" in lines[0]
+    assert lines[1].endswith("listen_user: no such user: nosuchuser"
+                             " (a listener started as root would refuse to start)")  # fmt: skip
+    assert "warning:" in lines[2] and "spool_user: no such user: nosuchuser" in lines[2]
+    assert "warning:" in lines[3] and "listen_address no-such-host.invalid:2525: " in lines[3]
+    conf.write_text(conf.read_text().replace(tls, ""))
+    assert run("config", "check").returncode == 0
+    strict = run("config", "check", "--strict")
+    assert strict.returncode == 78 and "warning" not in strict.stderr
+    listened = run("listen")
+    assert listened.returncode == 78
+    assert listened.stderr.count("\n") == 1
+    assert f"{conf}:1: listen_address no-such-host.invalid:2525: " in listened.stderr
+
+
 def test_config_show_redacts_the_password_hash(tmp_path: Path, upstream: SMTPTestServer) -> None:
     hashed = passhash.hash_password(PASSWORD)
     conf = listener_config(

@@ -68,6 +68,39 @@ def dkim_problems(config: Config) -> list[str]:
     return [line for domain in signing for line in dkim.check_route(domain)]
 
 
+def listener_problems(config: Config) -> tuple[list[str], list[str]]:
+    """What `listen` would refuse (errors) or not do as asked (warnings), checked without
+    binding: the TLS certificate and key, the users it becomes and gives the spool to, and
+    listen_address's names."""
+    import pwd
+    import socket
+
+    from ssmtp_mailer import listener
+
+    g = config.global_
+    where = f"{g.location}: " if g.location else ""
+    errors: list[str] = []
+    warnings: list[str] = []
+    try:
+        listener.tls_context(config)
+    except ConfigError as exc:
+        errors.append(f"{where}{exc.what}: {exc.why}")
+    for key, user, effect in (
+        ("listen_user", g.listen_user, "a listener started as root would refuse to start"),
+        ("spool_user", g.spool_user, "root's spool stays root's"),
+    ):
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            warnings.append(f"{where}{key}: no such user: {user} ({effect})")
+    for hp in g.listen_address:
+        try:
+            socket.getaddrinfo(hp.host, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            warnings.append(f"{where}listen_address {hp}: {getattr(exc, 'strerror', None) or exc}")
+    return errors, warnings
+
+
 @config_group.command("check")
 @common_options
 @json_option
@@ -89,8 +122,11 @@ def check(as_json: bool, strict: bool, check_secrets: bool) -> int:
         errors = exc.problems or [f"{exc.what}: {exc.why}"]
         warnings = exc.warnings
     if config is not None:
+        listen_errors, listen_warnings = listener_problems(config)
         warnings = list(config.warnings)
         errors = secret_problems(config, resolve=check_secrets) + dkim_problems(config)
+        errors += listen_errors + (listen_warnings if strict else [])
+        warnings += [] if strict else listen_warnings
     ok = not errors
     if as_json:
         print_json(

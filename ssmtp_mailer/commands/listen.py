@@ -59,4 +59,6 @@ def listen_command(addresses: tuple[str, ...]) -> int:
     def reload() -> Config:
         return _system_spool(load_config_file(main_file))
 
-    return run_listener(config, _addresses(addresses, config), reload)
+    return run_listener(
+        config, _addresses(addresses, config), reload, configured=not addresses
+    )
