@@ -67,6 +67,85 @@ NOTIFY_DIFFERS = (
     "455 4.5.4 <{}>: NOTIFY differs from this transaction's other recipients;"
     " send it in another transaction"
 )
+# The session's own replies, word for word the same from `sendmail -bs` and the listener;
+# every reply carries an enhanced status code (RFC 2034: both offer ENHANCEDSTATUSCODES).
+NOT_RECOGNIZED = "500 5.5.1 Command not recognized"
+LINE_TOO_LONG = "500 5.5.2 Line too long"
+SYNTAX = "501 5.5.4 Syntax: {}"
+NEED_HELO = "503 5.5.1 Send HELO or EHLO first"
+NEED_MAIL = "503 5.5.1 Need MAIL command"
+NESTED_MAIL = "503 5.5.1 Nested MAIL command"
+NO_RECIPIENTS = "554 5.5.1 No valid recipients"
+START_DATA = "354 End data with <CR><LF>.<CR><LF>"
+CANNOT_VRFY = "252 2.5.2 Cannot VRFY; send and we will try"
+NO_EXPN = "502 5.5.1 EXPN not available"
+HELP = "214 2.0.0 Commands: {}"
+CLOSING = "221 2.0.0 {} closing"
+
+# aiosmtpd's own wording of the replies it makes itself, in ours.
+_STOCK = {
+    "250 OK": OK,
+    "500 Error: bad syntax": NOT_RECOGNIZED,
+    "500 Command line too long": LINE_TOO_LONG,
+    "503 Error: need MAIL command": NEED_MAIL,
+    "503 Error: need RCPT command": NO_RECIPIENTS,
+    "503 Error: nested MAIL command": NESTED_MAIL,
+    "503 Error: send HELO first": NEED_HELO,
+    "503 Error: send EHLO first": NEED_HELO,
+    "502 EXPN not implemented": NO_EXPN,
+    "252 Cannot VRFY user, but will accept message and attempt delivery": CANNOT_VRFY,
+    "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
+    "454 TLS not available": "454 4.7.0 TLS not available",
+    "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
+    "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
+    "552 Error: Too much mail data": TOO_BIG,
+    "554 Command refused due to lack of security": "554 5.7.0 Command refused: TLS failed",
+    "501 Syntax: MAIL FROM: <address>": SYNTAX.format("MAIL FROM:<address>"),
+    "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]": SYNTAX.format("MAIL FROM:<address>"),
+    "501 Syntax: RCPT TO: <address>": SYNTAX.format("RCPT TO:<address>"),
+    "501 Syntax: RCPT TO: <address> [SP <mail-parameters>]": SYNTAX.format("RCPT TO:<address>"),
+}
+_STOCK_PREFIXES = (
+    ('500 Error: command "', NOT_RECOGNIZED),
+    ("500 Error: command '", NOT_RECOGNIZED),
+    ("500 Line too long", LINE_TOO_LONG),
+)
+_CLASS_DETAIL = {
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "555": "5.5.4",
+}
+
+
+def in_our_words(reply: str) -> str:
+    """A reply aiosmtpd made, as `sendmail -bs` words it; ours pass unchanged.
+
+    HELP becomes 214 (RFC 5321 §4.2.1: 250 is for actions); any other refusal without an
+    enhanced status code gets one by its class (X.0.0, 5.5.x for syntax and sequence).
+    """
+    known = _STOCK.get(reply)
+    if known is not None:
+        return known
+    head = reply[:1]
+    if head == "2":
+        if reply.startswith("250 Supported commands: "):
+            return HELP.format(reply[len("250 Supported commands: ") :])
+        if reply.startswith("250 Syntax: "):
+            return "214 2.0.0 Syntax: " + reply[len("250 Syntax: ") :]
+        return reply
+    if head not in ("4", "5") or (reply[4:5] in ("4", "5") and reply[5:6] == "."):
+        return reply  # a 2xx or 3xx of ours or aiosmtpd's, or a code that has one
+    for prefix, ours in _STOCK_PREFIXES:
+        if reply.startswith(prefix):
+            return ours
+    code, _, text = reply.partition(" ")
+    if text.startswith("Syntax: "):
+        return SYNTAX.format(text[len("Syntax: ") :])
+    detail = _CLASS_DETAIL.get(code, f"{code[0]}.0.0")
+    return f"{code} {detail} {text.removeprefix('Error: ')}"
 
 
 def reply_for(code: int, text: str) -> str:

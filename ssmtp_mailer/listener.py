@@ -243,6 +243,10 @@ class ListenerSMTP(SMTP):
     def _create_envelope(self) -> ListenerEnvelope:
         return ListenerEnvelope()
 
+    async def push(self, status: str) -> None:  # type: ignore[override]
+        """Every reply in the words `sendmail -bs` uses (dialect.in_our_words)."""
+        await super().push(dialect.in_our_words(status))
+
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """The path of MAIL, RCPT or VRFY as `sendmail -bs` reads it (addresses.split_path).
 
@@ -298,12 +302,13 @@ class ListenerSMTP(SMTP):
         envelope = self.envelope
         assert envelope is not None
         if not envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
+            no_mail = envelope.mail_from is None
+            await self.push(dialect.NEED_MAIL if no_mail else dialect.NO_RECIPIENTS)
             return
         if arg:
-            await self.push("501 Syntax: DATA")
+            await self.push(dialect.SYNTAX.format("DATA"))
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self.push(dialect.START_DATA)
         self.in_data = True
         try:
             content = await self._read_data(self.data_size_limit or 0)
@@ -433,7 +438,18 @@ class ListenerHandler:
     ) -> list[str]:
         session.host_name = hostname
         # aiosmtpd reads commands one by one from a buffer, so pipelined ones are served.
-        return [responses[0], "250-PIPELINING", "250-DSN", *responses[1:]]
+        # In the order `sendmail -bs` gives them, with STARTTLS and AUTH where offered.
+        return [
+            responses[0],
+            "250-PIPELINING",
+            *responses[1:-1],
+            "250-DSN",
+            "250-ENHANCEDSTATUSCODES",
+            responses[-1],
+        ]
+
+    async def handle_QUIT(self, server: ListenerSMTP, session: Session, envelope: Envelope) -> str:
+        return dialect.CLOSING.format(self.state.config.global_.default_hostname)
 
     async def handle_MAIL(
         self,

@@ -430,6 +430,8 @@ class SMTPSession:
             return self._serve()
 
     def _serve(self) -> int:
+        from ssmtp_mailer import dialect
+
         self.reply(f"220 {self.hostname} ESMTP {PROG} {__version__}")
         while True:
             raw = self.instream.readline(_MAX_COMMAND + 1)
@@ -437,30 +439,34 @@ class SMTPSession:
                 return 0
             if len(raw) > _MAX_COMMAND and not raw.endswith(b"\n"):
                 self.instream.readline()  # the rest of the over-long line
-                self.reply("500 5.5.2 Line too long")
+                self.reply(dialect.LINE_TOO_LONG)
                 continue
             line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
             verb, _, argument = line.partition(" ")
             verb = verb.upper()
             if verb == "QUIT":
-                self.reply(f"221 2.0.0 {self.hostname} closing")
+                self.reply(dialect.CLOSING.format(self.hostname))
                 return 0
             handler = getattr(self, f"smtp_{verb}", None) if verb.isalpha() else None
             if handler is None:
-                self.reply("500 5.5.1 Command not recognized")
+                self.reply(dialect.NOT_RECOGNIZED)
             else:
                 handler(argument.strip())
 
     def smtp_HELO(self, argument: str) -> None:
+        from ssmtp_mailer import dialect
+
         if not argument:
-            self.reply("501 5.5.4 Syntax: HELO hostname")
+            self.reply(dialect.SYNTAX.format("HELO hostname"))
             return
         self.reset()
         self.reply(f"250 {self.hostname}")
 
     def smtp_EHLO(self, argument: str) -> None:
+        from ssmtp_mailer import dialect
+
         if not argument:
-            self.reply("501 5.5.4 Syntax: EHLO hostname")
+            self.reply(dialect.SYNTAX.format("EHLO hostname"))
             return
         self.reset()
         lines = [
@@ -478,31 +484,41 @@ class SMTPSession:
         self.reply(f"250 {lines[-1]}")
 
     def smtp_NOOP(self, argument: str) -> None:
-        self.reply("250 2.0.0 OK")
+        from ssmtp_mailer import dialect
+
+        self.reply(dialect.OK)
 
     def smtp_RSET(self, argument: str) -> None:
+        from ssmtp_mailer import dialect
+
         self.reset()
-        self.reply("250 2.0.0 OK")
+        self.reply(dialect.OK)
 
     def smtp_HELP(self, argument: str) -> None:
-        self.reply("214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT")
+        from ssmtp_mailer import dialect
+
+        self.reply(dialect.HELP.format("EHLO HELO MAIL RCPT DATA RSET NOOP QUIT"))
 
     def smtp_VRFY(self, argument: str) -> None:
-        self.reply("252 2.5.2 Cannot VRFY; send and we will try")
+        from ssmtp_mailer import dialect
+
+        self.reply(dialect.CANNOT_VRFY)
 
     def smtp_EXPN(self, argument: str) -> None:
-        self.reply("502 5.5.1 EXPN not available")
+        from ssmtp_mailer import dialect
+
+        self.reply(dialect.NO_EXPN)
 
     def smtp_MAIL(self, argument: str) -> None:
         from ssmtp_mailer import dialect
         from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify
 
         if self.sender is not None:
-            self.reply("503 5.5.1 Nested MAIL command")
+            self.reply(dialect.NESTED_MAIL)
             return
         parsed = _path_argument(argument, "FROM")
         if parsed is None:
-            self.reply("501 5.5.4 Syntax: MAIL FROM:<address>")
+            self.reply(dialect.SYNTAX.format("MAIL FROM:<address>"))
             return
         address, params = parsed
         found = dialect.dsn_parameters("MAIL", params)
@@ -537,11 +553,11 @@ class SMTPSession:
         from ssmtp_mailer.addresses import address_problem, qualify
 
         if self.sender is None or self.dsn is None:
-            self.reply("503 5.5.1 Need MAIL before RCPT")
+            self.reply(dialect.NEED_MAIL)
             return
         parsed = _path_argument(argument, "TO")
         if parsed is None or not parsed[0]:
-            self.reply("501 5.5.4 Syntax: RCPT TO:<address>")
+            self.reply(dialect.SYNTAX.format("RCPT TO:<address>"))
             return
         found = dialect.dsn_parameters("RCPT", parsed[1])
         if found.refusal is not None:
@@ -565,12 +581,12 @@ class SMTPSession:
         from ssmtp_mailer import dialect
 
         if self.sender is None:
-            self.reply("503 5.5.1 Need MAIL command")
+            self.reply(dialect.NEED_MAIL)
             return
         if not self.recipients:
-            self.reply("554 5.5.1 No valid recipients")
+            self.reply(dialect.NO_RECIPIENTS)
             return
-        self.reply("354 End data with <CR><LF>.<CR><LF>")
+        self.reply(dialect.START_DATA)
         limit = self.config.global_.max_message_size
         chunks: list[bytes] = []
         size = 0

@@ -388,8 +388,8 @@ def test_commands_and_bad_order(listener: Listener, upstream: SMTPTestServer) ->
         assert "auth" not in client.esmtp_features  # not before STARTTLS, and no TLS here
         assert client.noop()[0] == 250
         code, text = client.docmd("HELP")
-        assert code == 250 and {"MAIL", "RCPT", "DATA"} <= set(text.decode().split())
-        assert client.docmd("HELP MAIL")[1].startswith(b"Syntax: MAIL FROM: <address>")
+        assert code == 214 and {"MAIL", "RCPT", "DATA"} <= set(text.decode().split())
+        assert client.docmd("HELP MAIL")[1].startswith(b"2.0.0 Syntax: MAIL FROM: <address>")
         assert client.docmd("RCPT TO:<x@far.example>")[0] == 503  # before MAIL
         assert client.docmd("DATA")[0] == 503
         assert client.verify("someone@host.example")[0] == 252
@@ -943,6 +943,38 @@ def test_sendmail_bs_and_the_listener_speak_one_dialect(
     assert "domain not in allowed_domains" in refusal
     assert any(r.startswith("250 2.0.0 OK ") for r in replies)
     assert sorted(str(m.message()["Subject"]) for m in upstream.wait_for(2)) == ["one", "two"]
+
+
+def test_sendmail_bs_and_the_listener_word_every_reply_alike(
+    tmp_path: Path,
+    upstream: SMTPTestServer,
+    start_listener: Callable[[Path], Listener],
+    run_main: Callable[..., tuple[int, str, str]],
+) -> None:
+    """One dialect: the same commands, good and bad, get the same replies word for word,
+    each with an enhanced status code (both offer ENHANCEDSTATUSCODES)."""
+    conf = listener_config(tmp_path / "l.conf", upstream.port)
+    commands = [
+        "EHLO x", "HELO", "FOO", "MAIL FROM:<a@host.example> SIZE=999999999999",
+        "RCPT TO:<b@far.example>", "DATA", "MAIL TO:<x>", "MAIL FROM:<a@host.example>",
+        "MAIL FROM:<a@host.example>", "RCPT TO:<bad address>", "RCPT FROM:<b@far.example>",
+        "DATA", "RSET", "NOOP", "VRFY b@far.example", "EXPN staff", "QUIT",
+    ]  # fmt: skip
+    session = "".join(f"{c}\r\n" for c in commands).encode()
+    code, out, _ = run_main(["-C", str(conf), "-bs"], session)
+    assert code == 0
+    listener = start_listener(conf)
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as sock:
+        sock.sendall(session)
+        heard = b""
+        while chunk := sock.recv(65536):
+            heard += chunk
+    over_smtp = [line for line in heard.decode().splitlines() if line[3:4] != "-"]
+    by_bs = [line for line in out.splitlines() if line[3:4] != "-"]
+    assert over_smtp[1:] == by_bs[1:]
+    assert "250-ENHANCEDSTATUSCODES" in heard.decode().splitlines()
+    for reply in over_smtp[2:]:  # after the greeting and EHLO
+        assert re.match(r"\d{3} [245]\.\d{1,3}\.\d{1,3} ", reply), reply
 
 
 def test_both_sessions_read_paths_alike(
