@@ -863,7 +863,7 @@ class Listener:
             say("SIGHUP: the new configuration is broken, keeping the old one:")
             for line in exc.lines():
                 say(f"  {line}")
-            log.write(self.state.config, "ERROR", f"listen: reload refused: {exc.what}: {exc.why}")
+                log.write(self.state.config, "ERROR", f"listen: reload refused: {line}")
             return
         before = self.state.config.global_
         if config.global_.listen_address != before.listen_address:
@@ -873,6 +873,7 @@ class Listener:
         self.state.tls = tls
         self.state.use(config)
         say(f"SIGHUP: reloaded {config.main_file}")
+        log.write(config, "INFO", f"listen: reloaded {config.main_file}")
 
     async def _every(self, interval: float, job: Callable[[], None]) -> None:
         loop = asyncio.get_running_loop()

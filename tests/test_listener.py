@@ -513,13 +513,17 @@ def test_sigterm_during_a_burst_keeps_every_accepted_message(
 def test_sighup_with_a_broken_config_keeps_serving(
     tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
 ) -> None:
-    conf = listener_config(tmp_path / "l.conf", upstream.port)
+    log = tmp_path / "mail.log"
+    conf = listener_config(tmp_path / "l.conf", upstream.port, f"log_file = {log}")
     listener = start_listener(conf)
     good = conf.read_text()
     conf.write_text(good + "\n[domain:broken]\nsmtp_port = many\n")
     listener.process.send_signal(signal.SIGHUP)
     listener.wait_for("keeping the old one")
     assert "smtp_port: expected a port number" in listener.wait_for("smtp_port")
+    # The log says why, not only the journal.
+    refused = [line for line in log.read_text().splitlines() if "reload refused" in line]
+    assert any("smtp_port: expected a port number" in line for line in refused), listener.lines
     with listener.client() as client:
         assert client.sendmail("app@host.example", ["out@far.example"], message("still")) == {}
     assert upstream.wait_for(1)[0].message()["Subject"] == "still"
@@ -532,6 +536,7 @@ def test_sighup_with_a_broken_config_keeps_serving(
     with listener.client("127.0.0.2") as client:
         assert client.sendmail("app@host.example", ["out@far.example"], message("wider")) == {}
     assert listener.stop() == 0
+    assert f"listen: reloaded {conf}" in log.read_text()
 
 
 # -- listen_processes ------------------------------------------------------------------
