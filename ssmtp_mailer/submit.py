@@ -250,11 +250,15 @@ def _to_maildrop(directory: Path, prepared: PreparedMessage, data: bytes) -> int
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
-        raise CantCreateError(
-            f"maildrop {directory}",
-            exc.strerror or str(exc),
-            hint="start `ssmtp-mailer listen`, or run `ssmtp-mailer queue run` once as root",
-        ) from None
+        if directory.parent.is_dir():
+            hint = "root's `ssmtp-mailer queue run` opens it; or start `ssmtp-mailer listen`"
+        else:  # root's queue run only opens the maildrop of a spool that exists
+            hint = (
+                f"there is no spool {directory.parent} yet: the package makes it, and so"
+                " does `ssmtp-mailer listen` started as root"
+            )
+        why = exc.strerror or str(exc)
+        raise CantCreateError(f"maildrop {directory}", why, hint=hint) from None
     try:
         view = memoryview(maildrop_bytes(prepared, data))
         while view:

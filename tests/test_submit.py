@@ -268,6 +268,26 @@ def test_without_a_listener_nobody_sends_through_the_maildrop(
     assert len(smtp_server.messages) == 1
 
 
+def test_without_a_maildrop_nobody_is_told_what_makes_one(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    """No spool at all, then a spool without maildrop/: exit 73 each time, and the hint
+    names what really opens the way (root's queue run only opens an existing spool's)."""
+    spool = tree.parent / "spool"
+    run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 73
+    assert f"there is no spool {spool} yet: the package makes it" in run.stderr.decode()
+    spool.mkdir()
+    run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 73
+    assert "hint: root's `ssmtp-mailer queue run` opens it" in run.stderr.decode()
+    queue_run(tree)  # as the hint says
+    run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    queue_run(tree)
+    assert smtp_server.wait_for(1)[0].mail_from == "nobody@host.example"
+
+
 def test_junk_in_the_maildrop_is_set_aside_once_and_mail_beside_it_goes(
     shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
 ) -> None:
