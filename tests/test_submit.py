@@ -128,7 +128,8 @@ def nobody_sendmail(
     )
 
 
-def queue_run(main: Path) -> None:
+def queue_run(main: Path) -> str:
+    """Root's `queue run`; what it printed."""
     run = subprocess.run(
         [sys.executable, "-m", "ssmtp_mailer", "--config", str(main), "queue", "run"],
         capture_output=True,
@@ -136,6 +137,7 @@ def queue_run(main: Path) -> None:
         timeout=60,
     )
     assert run.returncode == 0, run.stderr
+    return run.stdout
 
 
 MESSAGE = b"Subject: from nobody\nTo: out@far.example\n\nhello from a cron job\n"
@@ -258,7 +260,7 @@ def test_without_a_listener_nobody_sends_through_the_maildrop(
     assert len(files) == 1 and files[0].stat().st_uid == pwd.getpwnam(NOBODY).pw_uid
     assert files[0].stat().st_mode & 0o777 == 0o600
     assert smtp_server.messages == []
-    queue_run(tree)
+    assert queue_run(tree).startswith("queue run: 1 taken from the maildrop, 0 delivered")
     got = smtp_server.wait_for(1)[0]
     assert got.mail_from == "nobody@host.example"
     assert "uid 65534 (nobody)" in str(got.message()["Received"])

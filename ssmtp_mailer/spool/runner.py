@@ -71,6 +71,7 @@ class QueueRunResult:
     bounces: int = 0
     out_of_time: bool = False
     problems: tuple[str, ...] = ()
+    picked_up: int = 0  # maildrop files handed on (delivered, queued or refused)
 
     @property
     def exit_code(self) -> int:
@@ -78,7 +79,8 @@ class QueueRunResult:
         return EX_TEMPFAIL if self.problems else 0
 
     def summary(self) -> str:
-        parts = [
+        parts = [f"{self.picked_up} taken from the maildrop"] if self.picked_up else []
+        parts += [
             f"{len(self.delivered)} delivered",
             f"{len(self.deferred)} deferred",
             f"{len(self.failed)} failed",
@@ -134,6 +136,7 @@ class _Run:
     not_due: int = 0
     bounces: int = 0
     out_of_time: bool = False
+    picked_up: int = 0
     # One connection per server for the whole run (SPEC §6 reuse); QUIT when the run ends.
     connections: ConnectionPool | None = None
     tidier: _Tidier | None = None
@@ -149,6 +152,7 @@ class _Run:
             bounces=self.bounces,
             out_of_time=self.out_of_time,
             problems=tuple(self.problems),
+            picked_up=self.picked_up,
         )
 
 
@@ -169,17 +173,18 @@ def run_queue(
     """
     from ssmtp_mailer.relay.pool import ConnectionPool
 
+    picked_up = 0
     if pick_up and not ids:
         from ssmtp_mailer import pickup
 
-        pickup.pick_up(config)
+        picked_up = pickup.pick_up(config)
 
     queue_dir = area_dir(config, QUEUE)
     if not queue_dir.is_dir():
-        return _Run().result()
+        return _Run(picked_up=picked_up).result()
     with ConnectionPool(config.global_.connection_reuse_idle) as connections:
         tidier = _Tidier(queue_dir)
-        run = _Run(connections=connections, tidier=tidier)
+        run = _Run(connections=connections, tidier=tidier, picked_up=picked_up)
         try:
             _run_entries(
                 config, queue_dir, run, force=force, ids=ids, time_budget=time_budget,
