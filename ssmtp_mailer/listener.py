@@ -860,10 +860,11 @@ class Listener:
         try:
             config, tls = await loop.run_in_executor(None, load)
         except MailerError as exc:
+            for line in exc.lines():  # the log first: once stderr says it, the log has it
+                log.write(self.state.config, "ERROR", f"listen: reload refused: {line}")
             say("SIGHUP: the new configuration is broken, keeping the old one:")
             for line in exc.lines():
                 say(f"  {line}")
-                log.write(self.state.config, "ERROR", f"listen: reload refused: {line}")
             return
         before = self.state.config.global_
         if config.global_.listen_address != before.listen_address:
@@ -872,8 +873,8 @@ class Listener:
             say("SIGHUP: max_connections changed; the delivery pool keeps its size until a restart")
         self.state.tls = tls
         self.state.use(config)
-        say(f"SIGHUP: reloaded {config.main_file}")
         log.write(config, "INFO", f"listen: reloaded {config.main_file}")
+        say(f"SIGHUP: reloaded {config.main_file}")
 
     async def _every(self, interval: float, job: Callable[[], None]) -> None:
         loop = asyncio.get_running_loop()
