@@ -142,7 +142,7 @@ def _take(config: Config, path: Path) -> bool:
             return False
         try:
             dropped = Dropped(st.st_uid, handle.read())
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # anyone writes here
             kept = _set_aside(config, path)
             why = f"{type(exc).__name__}: {exc}"
             log.write(
@@ -192,11 +192,15 @@ def _set_aside(config: Config, path: Path) -> Path:
     of every later pickup's way; it may still be somebody's mail."""
     directory = config.global_.spool_dir / CORRUPT
     if not directory.is_dir():
-        directory.mkdir(mode=0o700)
+        directory.mkdir(mode=0o700, exist_ok=True)
         if os.geteuid() == 0:
             owner = os.stat(directory.parent)
             os.chown(directory, owner.st_uid, owner.st_gid)
     target = directory / path.name
+    n = 0
+    while target.exists():  # submitters choose the names: never over an earlier one
+        n += 1
+        target = directory / f"{path.name}.{n}"
     os.rename(path, target)
     return target
 

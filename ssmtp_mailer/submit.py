@@ -21,6 +21,7 @@ from ssmtp_mailer.errors import (
     EX_OK,
     EX_UNAVAILABLE,
     CantCreateError,
+    DataError,
     NoPermError,
     report,
 )
@@ -125,6 +126,16 @@ def submit(g: GlobalConfig | None, spool_dir: Path, prepared: PreparedMessage, d
             f"sender address not owned by {why}",
             hint=f"send as {login_of(uid)}@{hostname or 'this host'} (or drop -f)",
         )
+    # What goes over is the prepared message (CR LF, Date, Message-ID), and the listener
+    # or the pickup holds that to max_message_size: say so here, never after exit 0.
+    if g is not None:
+        limit = g.max_message_size
+    else:  # no configuration could be read: the default, as the listener's
+        from ssmtp_mailer.config.model import GlobalConfig
+
+        limit = GlobalConfig._field_defaults["max_message_size"]
+    if len(data) > limit:
+        raise DataError("message", f"{len(data)} octets is over max_message_size ({limit})")
     code = _over_socket(spool_dir / SUBMIT_SOCKET, prepared, data)
     if code is not None:
         return code
