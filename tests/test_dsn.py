@@ -297,6 +297,17 @@ def test_orcpt_survives_mapping_and_queue_and_names_the_original_in_a_notice(
     assert b"Final-Recipient: rfc822; gone@far.example" in notice.data
 
 
+def test_an_orcpt_in_a_failure_notice_stays_one_printable_line() -> None:
+    """Any client may send an ORCPT: decoded, it must not end the field (a header of the
+    client's own in our notice) nor leave ASCII (the notice could not be built at all)."""
+    from ssmtp_mailer.spool.bounce import original_recipient
+
+    assert original_recipient("rfc822;Gone+2Bold@far.example") == "rfc822; Gone+old@far.example"
+    injected = "rfc822;a+0D+0AX-Injected:+20yes@x.example"
+    assert original_recipient(injected) == "rfc822; a+0D+0AX-Injected:+20yes@x.example"
+    assert original_recipient("utf-8;j\u00f6rg@far.example") == "utf-8; j\\x{F6}rg@far.example"
+
+
 def test_notify_never_over_the_listener_means_no_failure_notice(
     tmp_path: Path,
     smtp_server_factory: Callable[..., SMTPTestServer],

@@ -163,12 +163,14 @@ def build_bounce(config: Config, failed: Entry, data: bytes) -> bytes:
 
 
 def original_recipient(orcpt: str) -> str:
-    """The Original-Recipient field's value from an ORCPT: an rfc822 address's xtext
-    decoded (it is printable ASCII either way), any other type as the client sent it."""
+    """The Original-Recipient field's value from an ORCPT, as one line of printable ASCII:
+    an rfc822 address's xtext decoded when that gives one, else kept as xtext; any other
+    type (utf-8, RFC 6533) with \\x{HEX} for what is not printable ASCII."""
     kind, _, value = orcpt.partition(";")
     if kind.lower() == "rfc822":
-        value = unxtext(value) or value
-    return f"{kind}; {value}"
+        decoded = unxtext(value)
+        return f"{kind}; {decoded if decoded and _printable(decoded) else value}"
+    return f"{kind}; {_escaped(value)}"
 
 
 def final_recipient(address: str) -> str:
@@ -176,10 +178,16 @@ def final_recipient(address: str) -> str:
     so that an SMTPUTF8 recipient's notice stays an ASCII header."""
     if address.isascii():
         return f"rfc822; {address}"
-    escaped = "".join(
-        c if "!" <= c <= "~" and c not in "\\+=" else f"\\x{{{ord(c):X}}}" for c in address
-    )
-    return f"utf-8; {escaped}"
+    return f"utf-8; {_escaped(address)}"
+
+
+def _printable(text: str) -> bool:
+    return all("!" <= c <= "~" for c in text)
+
+
+def _escaped(text: str) -> str:
+    """RFC 6533 utf-8-addr-xtext: \\x{HEX} for what is not printable ASCII, and for \\, + and =."""
+    return "".join(c if "!" <= c <= "~" and c not in "\\+=" else f"\\x{{{ord(c):X}}}" for c in text)
 
 
 def refuse_local(
