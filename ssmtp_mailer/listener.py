@@ -25,7 +25,15 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, NoReturn
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, syntax
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    AuthResult,
+    Envelope,
+    Session,
+    TLSSetupException,
+    syntax,
+)
 
 from ssmtp_mailer import __version__, dialect, log, rewrite
 from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify, split_path
@@ -58,12 +66,15 @@ class _LibraryLog(logging.Handler):
         text = record.getMessage()
         if text.startswith("Session.login_data is deprecated"):
             return  # aiosmtpd's own code, at every successful AUTH
-        error = record.exc_info[1] if record.exc_info else None
+        raised = record.exc_info[1] if record.exc_info else None
+        error = raised
         while error is not None:  # the exception and what it came from, on one line
             text += f": {type(error).__name__}" + (f": {error}" if str(error) else "")
             error = error.__cause__ or error.__context__
         level = "ERROR" if record.levelno >= logging.ERROR else "WARNING"
         log.write(self.state.config, level, f"listen: {' '.join(text.split())}")
+        if raised is not None:
+            log.write_traceback(self.state.config, raised)  # at DEBUG (SPEC §9)
 
     @classmethod
     def install(cls, state: ListenerState) -> None:
@@ -326,7 +337,8 @@ class ListenerSMTP(SMTP):
                 await self.push("250 OK" if status is MISSING else status)
         finally:
             self.in_data = False
-            self._reset_timeout()
+            if self.transport is not None:  # not for a connection already gone
+                self._reset_timeout()
         if self.ended_in_data:
             # The reply is out: the session ends as at any EOF. aiosmtpd cancels this task,
             # and the cancellation lands at the next await (its next read would not wait).
@@ -367,7 +379,9 @@ class ListenerSMTP(SMTP):
 
     def _timeout_cb(self) -> None:
         """listen_timeout passed with nothing from the client: 421 before the hang-up."""
-        if self.transport is not None and not self.transport.is_closing():
+        if self.transport is None:
+            return  # the connection ended meanwhile
+        if not self.transport.is_closing():
             assert isinstance(self.transport, asyncio.WriteTransport)
             self.transport.write(dialect.TIMED_OUT.encode() + b"\r\n")
         super()._timeout_cb()  # type: ignore[no-untyped-call]
@@ -450,6 +464,14 @@ class ListenerHandler:
 
     async def handle_QUIT(self, server: ListenerSMTP, session: Session, envelope: Envelope) -> str:
         return dialect.CLOSING.format(self.state.config.global_.default_hostname)
+
+    async def handle_exception(self, error: Exception) -> str:
+        """An exception in a command: one line in the log (a client's broken TLS handshake
+        a warning, anything else an error with its traceback at DEBUG); the client hears
+        451, as from `sendmail -bs` (aiosmtpd closes a failed TLS session instead)."""
+        level = logging.WARNING if isinstance(error, TLSSetupException) else logging.ERROR
+        logging.getLogger("mail.log").log(level, "session exception", exc_info=error)
+        return dialect.reply_for(EX_SOFTWARE, "internal error")
 
     async def handle_MAIL(
         self,

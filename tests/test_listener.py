@@ -12,6 +12,7 @@ import signal
 import smtplib
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -147,8 +148,8 @@ def listener(
     return start_listener(listener_config(tmp_path / "listen.conf", upstream.port))
 
 
-def run_queue(conf: Path) -> None:
-    """`queue run --all` in a process of its own, as the timer or cron runs it."""
+def run_queue(conf: Path) -> str:
+    """`queue run --all` in a process of its own, as the timer or cron runs it; its output."""
     run = subprocess.run(
         [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "queue", "run", "--all"],
         capture_output=True,
@@ -156,6 +157,7 @@ def run_queue(conf: Path) -> None:
         timeout=60,
     )
     assert run.returncode == 0, run.stderr
+    return run.stdout
 
 
 def message(subject: str = "hello", sender: str = "app@host.example", body: str = "hi") -> str:
@@ -346,10 +348,12 @@ def test_data_ends_at_the_lone_dot_however_it_arrives(
 
 
 def test_a_client_that_closes_its_side_after_the_dot_still_hears_250(
-    listener: Listener, upstream: SMTPTestServer
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
 ) -> None:
     """`printf ... | nc`: the message, the dot and the end of input in one go. The reply
     is owed (a client that hears nothing sends the message again), then the session ends."""
+    log = tmp_path / "mail.log"
+    listener = start_listener(listener_config(tmp_path / "l.conf", upstream.port, f"log_file = {log}"))
     with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as sock:
         assert _replies(sock, 1)[0].startswith(b"220")
         sock.sendall(b"EHLO x\r\n")
@@ -375,6 +379,39 @@ def test_a_client_that_closes_its_side_after_the_dot_still_hears_250(
     assert len(upstream.messages) == 1
     assert listener.stop() == 0
     assert not [line for line in listener.lines if "rror" in line or "Traceback" in line]
+    assert not [line for line in log.read_text().splitlines() if "error" in line.lower()]
+
+
+def test_a_client_gone_in_the_middle_of_data_leaves_no_error_behind(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    """Cut off mid-message by an end of input, then by a reset: nothing is sent, and once
+    listen_timeout has passed the log shows no error from a timer left running."""
+    log = tmp_path / "mail.log"
+    listener = start_listener(
+        listener_config(tmp_path / "l.conf", upstream.port, f"listen_timeout = 1\nlog_file = {log}")
+    )
+    for reset in (False, True):
+        with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as sock:
+            assert _replies(sock, 1)[0].startswith(b"220")
+            sock.sendall(b"EHLO x\r\nMAIL FROM:<app@host.example>\r\nRCPT TO:<out@far.example>\r\n")
+            assert len(_replies(sock, 3)) == 3
+            sock.sendall(b"DATA\r\n")
+            assert _replies(sock, 1)[0].startswith(b"354")
+            sock.sendall(b"Subject: cut\r\n\r\nhalf a")
+            time.sleep(0.2)
+            if reset:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                sock.shutdown(socket.SHUT_WR)
+                assert sock.recv(100) == b""
+    time.sleep(2)  # past listen_timeout
+    with listener.client() as client:  # and it serves on
+        assert client.noop()[0] == 250
+    assert listener.stop() == 0
+    assert upstream.messages == []
+    logged = log.read_text().splitlines() if log.exists() else []
+    assert [line for line in logged if "error" in line.lower()] == []
 
 
 def test_commands_and_bad_order(listener: Listener, upstream: SMTPTestServer) -> None:
