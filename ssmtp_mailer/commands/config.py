@@ -81,10 +81,22 @@ def listener_problems(config: Config) -> tuple[list[str], list[str]]:
     where = f"{g.location}: " if g.location else ""
     errors: list[str] = []
     warnings: list[str] = []
-    try:
-        listener.tls_context(config)
-    except ConfigError as exc:
-        errors.append(f"{where}{exc.what}: {exc.why}")
+    files = {
+        "listen_tls_cert_file": g.listen_tls_cert_file,
+        "listen_tls_key_file": g.listen_tls_key_file,
+    }
+    unreadable = [
+        f"{where}{key} {path}: not readable by this user, not checked"
+        for key, path in files.items()
+        if path is not None and path.exists() and not os.access(path, os.R_OK)
+    ]
+    if unreadable:  # the key is root's and mail's (0640): not this user's to check
+        warnings += unreadable
+    else:
+        try:
+            listener.tls_context(config)
+        except ConfigError as exc:
+            errors.append(f"{where}{exc.what}: {exc.why}")
     for key, user, effect in (
         ("listen_user", g.listen_user, "a listener started as root would refuse to start"),
         ("spool_user", g.spool_user, "root's spool stays root's"),
