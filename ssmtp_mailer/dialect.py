@@ -92,7 +92,6 @@ _STOCK = {
     "503 Error: nested MAIL command": NESTED_MAIL,
     "503 Error: send HELO first": NEED_HELO,
     "503 Error: send EHLO first": NEED_HELO,
-    "502 EXPN not implemented": NO_EXPN,
     "252 Cannot VRFY user, but will accept message and attempt delivery": CANNOT_VRFY,
     "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
     "454 TLS not available": "454 4.7.0 TLS not available",

@@ -301,6 +301,9 @@ class ListenerSMTP(SMTP):
         head = path[: len(path) - len(rest)].rstrip()
         return " ".join([keyword + head, *found.others])
 
+    async def smtp_EXPN(self, arg: str) -> None:
+        await self.push(dialect.NO_EXPN)  # no lists to expand (RFC 5321 §3.5.2), as -bs says
+
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA with the message read in blocks, not line by line.
