@@ -1,6 +1,6 @@
 """The one SMTP dialect of `sendmail -bs` and the listener (SPEC §8): replies and RCPT policy.
 
-Pure: the sessions (sendmail.SMTPSession over stdin/stdout, listener.ListenerHandler on
+Pure: the sessions (smtpsession.SMTPSession over stdin/stdout, listener.ListenerHandler on
 aiosmtpd) own the I/O and ask here what to answer, so both say the same thing.
 """
 
@@ -105,8 +105,7 @@ _STOCK = {
     "501 Syntax: RCPT TO: <address> [SP <mail-parameters>]": SYNTAX.format("RCPT TO:<address>"),
 }
 _STOCK_PREFIXES = (
-    ('500 Error: command "', NOT_RECOGNIZED),
-    ("500 Error: command '", NOT_RECOGNIZED),
+    ("500 Error: command ", NOT_RECOGNIZED),  # "FOO" not recognized, 'AUTH' after HELO
     ("500 Line too long", LINE_TOO_LONG),
 )
 _CLASS_DETAIL = {

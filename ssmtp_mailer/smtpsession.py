@@ -1,0 +1,236 @@
+"""`sendmail -bs`: an SMTP session on stdin/stdout, in the listener's dialect (SPEC §8).
+
+Loaded only for -bs: `sendmail -t` never pays for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ssmtp_mailer import __version__, dialect
+from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify, split_path
+from ssmtp_mailer.errors import PROG
+from ssmtp_mailer.relay.pool import ConnectionPool
+
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
+    from ssmtp_mailer.config.model import Config
+    from ssmtp_mailer.dialect import DsnTransaction
+
+_MAX_COMMAND = 4096
+
+
+def _path_argument(argument: str, keyword: str) -> tuple[str, list[str]] | None:
+    """`FROM:<addr> PARAMS` -> (addr, params), or None when malformed."""
+    head, colon, rest = argument.partition(":")
+    if not colon or head.strip().upper() != keyword:
+        return None
+    path = split_path(rest)
+    if path is None:
+        return None
+    return path[0].strip(), path[1].split()
+
+
+class SMTPSession:
+    """`sendmail -bs`: the listener's dialect over a pair of byte streams."""
+
+    def __init__(
+        self,
+        config: Config,
+        instream: BinaryIO,
+        outstream: BinaryIO,
+        transcript: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.instream = instream
+        self.outstream = outstream
+        self.transcript = transcript
+        self.hostname = config.global_.default_hostname
+        self.sender: str | None = None
+        self.recipients: list[str] = []
+        self.dsn: DsnTransaction | None = None
+        self.connections: ConnectionPool | None = None
+
+    def reply(self, line: str) -> None:
+        self.outstream.write(line.encode("utf-8", "replace") + b"\r\n")
+        self.outstream.flush()
+
+    def reset(self) -> None:
+        self.sender = None
+        self.recipients = []
+        self.dsn = None
+
+    def run(self) -> int:
+        """Serve commands until QUIT or end of input; the exit code is always 0."""
+        # The session's messages share their relay connections (SPEC §6 reuse).
+        with ConnectionPool(self.config.global_.connection_reuse_idle) as self.connections:
+            return self._serve()
+
+    def _serve(self) -> int:
+        self.reply(f"220 {self.hostname} ESMTP {PROG} {__version__}")
+        while True:
+            raw = self.instream.readline(_MAX_COMMAND + 1)
+            if not raw:
+                return 0
+            if len(raw) > _MAX_COMMAND and not raw.endswith(b"\n"):
+                self.instream.readline()  # the rest of the over-long line
+                self.reply(dialect.LINE_TOO_LONG)
+                continue
+            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            verb, _, argument = line.partition(" ")
+            verb = verb.upper()
+            if verb == "QUIT":
+                self.reply(dialect.CLOSING.format(self.hostname))
+                return 0
+            handler = getattr(self, f"smtp_{verb}", None) if verb.isalpha() else None
+            if handler is None:
+                self.reply(dialect.NOT_RECOGNIZED)
+            else:
+                handler(argument.strip())
+
+    def smtp_HELO(self, argument: str) -> None:
+        if not argument:
+            self.reply(dialect.SYNTAX.format("HELO hostname"))
+            return
+        self.reset()
+        self.reply(f"250 {self.hostname}")
+
+    def smtp_EHLO(self, argument: str) -> None:
+        if not argument:
+            self.reply(dialect.SYNTAX.format("EHLO hostname"))
+            return
+        self.reset()
+        lines = [
+            self.hostname,
+            "PIPELINING",
+            f"SIZE {self.config.global_.max_message_size}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "DSN",
+            "ENHANCEDSTATUSCODES",
+            "HELP",
+        ]
+        for line in lines[:-1]:
+            self.reply(f"250-{line}")
+        self.reply(f"250 {lines[-1]}")
+
+    def smtp_NOOP(self, argument: str) -> None:
+        self.reply(dialect.OK)
+
+    def smtp_RSET(self, argument: str) -> None:
+        self.reset()
+        self.reply(dialect.OK)
+
+    def smtp_HELP(self, argument: str) -> None:
+        self.reply(dialect.HELP.format("EHLO HELO MAIL RCPT DATA RSET NOOP QUIT"))
+
+    def smtp_VRFY(self, argument: str) -> None:
+        self.reply(dialect.CANNOT_VRFY)
+
+    def smtp_EXPN(self, argument: str) -> None:
+        self.reply(dialect.NO_EXPN)
+
+    def smtp_MAIL(self, argument: str) -> None:
+        if self.sender is not None:
+            self.reply(dialect.NESTED_MAIL)
+            return
+        parsed = _path_argument(argument, "FROM")
+        if parsed is None:
+            self.reply(dialect.SYNTAX.format("MAIL FROM:<address>"))
+            return
+        address, params = parsed
+        found = dialect.dsn_parameters("MAIL", params)
+        if found.refusal is not None:
+            self.reply(found.refusal)
+            return
+        for param in found.others:
+            key, _, value = param.partition("=")
+            key = key.upper()
+            if key == "SIZE":
+                if not value.isdigit():
+                    self.reply("501 5.5.4 Bad SIZE parameter")
+                    return
+                if int(value) > self.config.global_.max_message_size:
+                    self.reply(dialect.TOO_BIG)
+                    return
+            elif key == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
+                continue
+            elif key != "SMTPUTF8":
+                self.reply(dialect.UNSUPPORTED_PARAMETER.format(param))
+                return
+        sender = "" if is_null_sender(address) else qualify(address, self.hostname)
+        if sender and address_problem(sender):
+            self.reply(f"553 5.1.7 Bad sender address syntax: {address}")
+            return
+        self.sender = sender
+        self.dsn = dialect.DsnTransaction(found.values)
+        self.reply(dialect.MAIL_OK)
+
+    def smtp_RCPT(self, argument: str) -> None:
+        if self.sender is None or self.dsn is None:
+            self.reply(dialect.NEED_MAIL)
+            return
+        parsed = _path_argument(argument, "TO")
+        if parsed is None or not parsed[0]:
+            self.reply(dialect.SYNTAX.format("RCPT TO:<address>"))
+            return
+        found = dialect.dsn_parameters("RCPT", parsed[1])
+        if found.refusal is not None:
+            self.reply(found.refusal)
+            return
+        recipient = qualify(parsed[0], self.hostname)
+        if address_problem(recipient):
+            self.reply(f"553 5.1.3 Bad recipient address syntax: {parsed[0]}")
+            return
+        refusal = dialect.recipient_reply(self.config, self.sender, recipient)
+        if refusal is None:
+            refusal = self.dsn.refusal(recipient, found.values)
+        if refusal is not None:
+            self.reply(refusal)
+            return
+        self.dsn.accepted(recipient, found.values)
+        self.recipients.append(recipient)
+        self.reply(dialect.RCPT_OK)
+
+    def smtp_DATA(self, argument: str) -> None:
+        if self.sender is None:
+            self.reply(dialect.NEED_MAIL)
+            return
+        if not self.recipients:
+            self.reply(dialect.NO_RECIPIENTS)
+            return
+        self.reply(dialect.START_DATA)
+        limit = self.config.global_.max_message_size
+        chunks: list[bytes] = []
+        size = 0
+        ended = False
+        for line in self.instream:
+            if line in (b".\r\n", b".\n"):
+                ended = True
+                break
+            if line.startswith(b"."):
+                line = line[1:]  # RFC 5321 §4.5.2 transparency
+            size += len(line)
+            if size <= limit:
+                chunks.append(line)
+        if not ended:
+            return  # end of input in the middle of DATA: nothing was accepted
+        sender, recipients = self.sender, self.recipients
+        dsn = self.dsn.dsn() if self.dsn is not None else None
+        self.reset()
+        if size > limit:
+            self.reply(dialect.TOO_BIG)
+            return
+        self.reply(
+            dialect.deliver_data(
+                self.config,
+                b"".join(chunks),
+                sender,
+                recipients,
+                dsn=dsn,
+                transcript=self.transcript,
+                pool=self.connections,
+            )
+        )
