@@ -13,6 +13,7 @@ from ssmtp_mailer.errors import report as report_line
 if TYPE_CHECKING:
     from typing import TextIO
 
+
 def report(lines: list[str]) -> None:
     for line in lines:
         report_line(line)

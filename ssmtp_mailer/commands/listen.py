@@ -59,6 +59,4 @@ def listen_command(addresses: tuple[str, ...]) -> int:
     def reload() -> Config:
         return _system_spool(load_config_file(main_file))
 
-    return run_listener(
-        config, _addresses(addresses, config), reload, configured=not addresses
-    )
+    return run_listener(config, _addresses(addresses, config), reload, configured=not addresses)

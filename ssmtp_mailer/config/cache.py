@@ -93,7 +93,6 @@ def code_digest() -> str:
     return _code[0]
 
 
-
 def _cache_file(main_file: Path) -> Path:
     import hashlib
 

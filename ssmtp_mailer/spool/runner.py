@@ -468,5 +468,3 @@ def _fail_entry(
         _remove_pair(queue_dir, entry.id)
     if _bounce(config, copy, data, run.connections):
         run.bounces += 1
-
-

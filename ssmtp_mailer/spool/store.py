@@ -751,5 +751,3 @@ def _link_or_copy(source: Path, directory: Path, entry_id: str) -> None:
             raise
         _place(directory, target.name, _read_regular(source))
     _fsync_dir(directory)
-
-
