@@ -169,6 +169,21 @@ def recipient_reply(config: Config, sender: str, recipient: str) -> str | None:
     return None
 
 
+def for_outsiders(reply: str, recipient: str | None = None) -> str:
+    """A refusal as a client outside allowed_networks hears it: its codes, a fixed text.
+
+    The why can name configuration files and sections or spool paths, which are no
+    business of the internet; the listener logs it instead. A relay's own refusal of a
+    message (5xx to the final dot) goes on as it was said (SPEC §8).
+    """
+    if reply[:1] not in ("4", "5") or (recipient is None and reply[:1] == "5"):
+        return reply
+    code, enhanced = reply.split(" ", 2)[:2]
+    text = "Temporary failure, try again later" if code[:1] == "4" else "Recipient address rejected"
+    subject = f"<{recipient}>: " if recipient is not None else ""
+    return f"{code} {enhanced} {subject}{text}"
+
+
 def outcome_reply(result: SubmitResult) -> str:
     """The reply to the final dot: 250 with what became of the message, or the failure."""
     if result.exit_code != 0:

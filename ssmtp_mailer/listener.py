@@ -533,6 +533,9 @@ class ListenerHandler:
             return dialect.RELAY_DENIED.format(recipient)
         assert isinstance(envelope, ListenerEnvelope) and envelope.dsn is not None
         refusal = self.state.recipient_reply(envelope.sender, recipient)
+        if refusal is not None and not self._trusted(server, session):
+            log.write(config, "INFO", f"listen: RCPT from [{server.peer_ip}]: {refusal}")
+            refusal = dialect.for_outsiders(refusal, recipient)
         if refusal is None:
             refusal = envelope.dsn.refusal(recipient, found.values)
         if refusal is not None:
@@ -566,9 +569,10 @@ class ListenerHandler:
         state.inflight.add(future)
         try:
             # Shielded: a client hanging up must not cancel a delivery under way.
-            return await asyncio.shield(future)
+            reply = await asyncio.shield(future)
         finally:
             state.inflight.discard(future)
+        return reply if self._trusted(server, session) else dialect.for_outsiders(reply)
 
     def _received(self, server: ListenerSMTP, session: Session) -> bytes:
         """Our Received: field (RFC 5321 §4.4), naming the uid for local submission."""
@@ -833,9 +837,7 @@ class Listener:
             cleanup: dict[str, Any] = {}
             if sys.version_info >= (3, 13):
                 cleanup["cleanup_socket"] = False
-            unix = await loop.create_unix_server(
-                self._factory, sock=self.submit_socket, **cleanup
-            )
+            unix = await loop.create_unix_server(self._factory, sock=self.submit_socket, **cleanup)
             self.servers.append(unix)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)

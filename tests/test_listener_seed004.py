@@ -93,3 +93,33 @@ def test_a_bounce_for_a_contact_alias_is_forwarded_with_the_null_sender(
     assert (got.mail_from, got.rcpt_tos) == ("<>", ["contact-general@domain1.com"])
     assert got.auth_user == "mail-relay@domain1.com" and got.tls
     assert got.message()["To"] == "contact-general@domain1.com"
+
+
+def test_the_internet_hears_no_configuration_paths_when_refused(
+    tree: Path,
+    tmp_path: Path,
+    gmail: SMTPTestServer,  # noqa: F811
+    start_listener: Callable[[Path], Listener],  # noqa: F811
+) -> None:
+    """A policy refusal's why names the section and file:line that decided it: the admin's
+    clients hear it, the internet hears only the codes, and the why goes to the log."""
+    log_file = tmp_path / "mail.log"
+    text = tree.read_text().replace("users_required = false", "users_required = true")
+    tree.write_text(text.replace("[global]\n", f"[global]\nlog_file = {log_file}\n", 1))
+    listener = start_listener(tree)
+    with listener.client("127.0.0.2") as client:
+        client.ehlo("mx.visitor.example")
+        client.mail("visitor@outside.example")
+        code, said = client.rcpt("contact-sales@mailer.domain1.com")
+    assert (code, said) == (
+        550,
+        b"5.7.1 <contact-sales@mailer.domain1.com>: Recipient address rejected",
+    )
+    logged = log_file.read_text()
+    assert "users_required = true" in logged and f"{tree}:" in logged and "[127.0.0.2]" in logged
+    with listener.client("127.0.0.1") as client:
+        client.ehlo("app.domain1.com")
+        client.mail("visitor@outside.example")
+        code, said = client.rcpt("contact-sales@mailer.domain1.com")
+    assert code == 550 and b"users_required = true" in said and str(tree).encode() in said
+    assert gmail.messages == []
