@@ -85,31 +85,23 @@ def needs_submission(config: Config) -> bool:
         return False
     spool = config.global_.spool_dir
     queue = spool / "queue"
-    if queue.is_dir():
-        return not os.access(queue, os.W_OK | os.X_OK)
-    return spool.is_dir() and not os.access(spool, os.W_OK | os.X_OK)
+    try:
+        if queue.is_dir():
+            return not os.access(queue, os.W_OK | os.X_OK)
+        return spool.is_dir() and not os.access(spool, os.W_OK | os.X_OK)
+    except OSError:  # a spool this user may not even look into is not this user's
+        return True
 
 
 def ensure_submission_dirs(config: Config) -> None:
     """As the spool's owner: spool 0755 (others reach maildrop/ and the socket), maildrop 1733."""
-    from ssmtp_mailer.spool.store import ensure_spool
+    from ssmtp_mailer.spool.store import ensure_spool, open_for_submission
 
     root = ensure_spool(config)
-    drop = root / MAILDROP
     try:
-        mode = os.stat(root).st_mode & 0o7777
-        if mode & 0o055 != 0o055:
-            os.chmod(root, mode | 0o055)
-        if not drop.is_dir():
-            drop.mkdir(mode=0o700)
-            # The spool's owner (spool_user) lists it: the listener runs as that user.
-            owner = os.stat(root)
-            if os.geteuid() == 0:
-                os.chown(drop, owner.st_uid, owner.st_gid)
-        if os.stat(drop).st_mode & 0o7777 != 0o1733:
-            os.chmod(drop, 0o1733)
+        open_for_submission(root)
     except OSError as exc:
-        raise CantCreateError(f"spool {drop}", exc.strerror or str(exc)) from None
+        raise CantCreateError(f"spool {root / MAILDROP}", exc.strerror or str(exc)) from None
 
 
 # -- the submitting side -------------------------------------------------------------

@@ -98,7 +98,8 @@ def test_enqueue_writes_message_and_envelope(tmp_path: Path) -> None:
     queue_dir = tmp_path / "spool" / "queue"
     assert sorted(os.listdir(queue_dir)) == [f"{entry_id}.msg", f"{entry_id}.toml"]
     assert (queue_dir / f"{entry_id}.msg").read_bytes() == message(1)
-    assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) & 0o007 == 0
+    # Others reach maildrop/ through the spool (SPEC §8), never into queue/.
+    assert stat.S_IMODE(queue_dir.stat().st_mode) & 0o007 == 0
     assert stat.S_IMODE((queue_dir / f"{entry_id}.msg").stat().st_mode) & 0o007 == 0
     [entry] = spool.list_entries(config)
     assert entry.id == entry_id

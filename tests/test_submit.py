@@ -248,7 +248,9 @@ def test_without_a_listener_nobody_sends_through_the_maildrop(
     assert len(files) == 1 and files[0].stat().st_uid == pwd.getpwnam(NOBODY).pw_uid
     assert files[0].stat().st_mode & 0o777 == 0o600
     assert smtp_server.messages == []
-    assert run_queue(tree).startswith("queue run: 1 taken from the maildrop, 0 delivered")
+    assert run_queue(tree).startswith(
+        "queue run: 1 taken from the maildrop and handed on; from the queue: 0 delivered"
+    )
     got = smtp_server.wait_for(1)[0]
     assert got.mail_from == "nobody@host.example"
     assert "uid 65534 (nobody)" in str(got.message()["Received"])
@@ -430,6 +432,32 @@ def test_root_still_delivers_directly(tree: Path, smtp_server: SMTPTestServer) -
     assert run.returncode == 0, run.stderr
     got = smtp_server.wait_for(1)[0]
     assert "Received" not in got.message()
+
+
+def test_root_s_first_sendmail_leaves_a_spool_that_nobody_can_submit_to(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Rate limiting on (the default): its state once made the spool 0700 root's before
+    anything else, and nobody's sendmail then died with exit 70, its message lost."""
+    tree.write_text(tree.read_text().replace("enable_rate_limiting = false\n", ""))
+    root_run = subprocess.run(
+        [sys.executable, "-m", "ssmtp_mailer", "--config", str(tree), "sendmail", "a@far.example"],
+        input=MESSAGE,
+        capture_output=True,
+        timeout=60,
+    )
+    assert root_run.returncode == 0, root_run.stderr
+    spool = tree.parent / "spool"
+    assert spool.stat().st_mode & 0o055 == 0o055
+    assert (spool / "maildrop").stat().st_mode & 0o7777 == 0o1733
+    run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    assert len(list((spool / "maildrop").iterdir())) == 1
+    run_queue(tree)
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.wait_for(2)) == [
+        "a@far.example",
+        "out@far.example",
+    ]
 
 
 def test_the_spool_belongs_to_spool_user_and_root_and_mail_share_entries(

@@ -12,7 +12,13 @@ from typing import NamedTuple
 
 from ssmtp_mailer import log
 from ssmtp_mailer.config.model import AuthMethod, Config, DeliveryMode, DomainConfig, HostPort
-from ssmtp_mailer.errors import ConfigError, MailerError, NoHostError, TempFailError
+from ssmtp_mailer.errors import (
+    CantCreateError,
+    ConfigError,
+    MailerError,
+    NoHostError,
+    TempFailError,
+)
 from ssmtp_mailer.message import Dsn
 from ssmtp_mailer.relay import ratelimit
 from ssmtp_mailer.relay.pool import ConnectionPool, Login, Sent, with_pool
@@ -167,9 +173,14 @@ def _rate_limit(config: Config, route: DomainConfig, max_wait: float | None) -> 
         ("global", g.rate_limit_per_minute),
         (f"route-{route.name}", route.rate_limit_per_minute),
     ]
+    state_dir = ratelimit.state_dir_for(g.spool_dir)
     try:
-        ratelimit.acquire(ratelimit.state_dir_for(g.spool_dir), limits, max_wait=max_wait)
-    except OSError as exc:
+        if not state_dir.is_dir():
+            from ssmtp_mailer.spool.store import ensure_area
+
+            ensure_area(config, state_dir.name)
+        ratelimit.acquire(state_dir, limits, max_wait=max_wait)
+    except (OSError, CantCreateError) as exc:
         # The limit protects the relay account; it must never cost a message.
         log.write(config, "WARNING", f"rate limit state not usable ({exc}); sending unthrottled")
 

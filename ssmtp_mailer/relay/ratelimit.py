@@ -34,7 +34,7 @@ def _locked(paths: Sequence[Path]) -> Iterator[list[int]]:
     try:
         # Sorted so two processes never take the same pair of locks in opposite order.
         for path in sorted(paths):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = _open(path)
             fds.append(fd)
             fcntl.flock(fd, fcntl.LOCK_EX)
         order = sorted(range(len(paths)), key=lambda i: paths[i])
@@ -45,6 +45,19 @@ def _locked(paths: Sequence[Path]) -> Iterator[list[int]]:
     finally:
         for fd in fds:
             os.close(fd)  # closing releases the flock
+
+
+def _open(path: Path) -> int:
+    """The state file, made shared like its directory (the spool's group may take slots)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        pass
+    mode = 0o660 if os.stat(path.parent).st_mode & 0o070 else 0o600
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+    with contextlib.suppress(OSError):  # another process made it first
+        os.fchmod(fd, mode)  # the umask would take the group's write
+    return fd
 
 
 def _read_times(fd: int) -> list[float]:
@@ -84,17 +97,12 @@ def acquire(
 
     Returns the seconds waited. A sliding one-minute window of send times per key, kept
     in a file locked with flock, so concurrent sendmail processes share the budget.
+    `state_dir` exists: it is an area of the spool (store.ensure_area), owned as the spool is.
     """
     limits = [(key, limit) for key, limit in limits if limit > 0]
     if not limits:
         return 0.0
     bound = MAX_WAIT if max_wait is None else max_wait
-    if not state_dir.is_dir():
-        # The state lives inside the spool: create that private (0700) before anything,
-        # as parents=True alone would leave it world-readable under the umask.
-        state_dir.parent.parent.mkdir(parents=True, exist_ok=True)
-        for directory in (state_dir.parent, state_dir):
-            directory.mkdir(mode=0o700, exist_ok=True)
     paths = [state_dir / _file_name(key) for key, _ in limits]
     started = clock()
     while True:

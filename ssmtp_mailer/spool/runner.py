@@ -79,9 +79,11 @@ class QueueRunResult:
         return EX_TEMPFAIL if self.problems else 0
 
     def summary(self) -> str:
-        parts = [f"{self.picked_up} taken from the maildrop"] if self.picked_up else []
-        parts += [
-            f"{len(self.delivered)} delivered",
+        # A maildrop file goes the sendmail way (sent, queued or refused), not through the
+        # counts of queue entries that follow.
+        head = f"{self.picked_up} taken from the maildrop and handed on; from the queue: "
+        parts = [
+            f"{head if self.picked_up else ''}{len(self.delivered)} delivered",
             f"{len(self.deferred)} deferred",
             f"{len(self.failed)} failed",
             f"{len(self.expired)} expired",

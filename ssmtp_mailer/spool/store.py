@@ -209,12 +209,44 @@ def ensure_spool(config: Config) -> Path:
     """
     root = spool_root(config)
     owner = _spool_owner(config)
+    made = not root.is_dir()
     try:
         for path in (root, root / QUEUE, root / FAILED):
             _make_dir(path, owner)
+        if made and os.geteuid() == 0:
+            open_for_submission(root)  # whoever makes root's spool: SPEC §8's layout
     except OSError as exc:
         raise _cant_create(root, exc) from None
     return root
+
+
+def ensure_area(config: Config, name: str) -> Path:
+    """An area of the spool beside queue/ (the rate-limit state), owned as queue/ is."""
+    path = ensure_spool(config) / name
+    try:
+        _make_dir(path, _spool_owner(config))
+    except OSError as exc:
+        raise _cant_create(path, exc) from None
+    return path
+
+
+def open_for_submission(root: Path) -> None:
+    """As the spool's owner: the spool 0755 at least (others reach maildrop/ and the
+    socket) and maildrop/ 1733, owned as the spool is (SPEC §8); OSError if impossible."""
+    from ssmtp_mailer.submit import MAILDROP
+
+    mode = os.stat(root).st_mode & 0o7777
+    if mode & 0o055 != 0o055:
+        os.chmod(root, mode | 0o055)
+    drop = root / MAILDROP
+    if not drop.is_dir():
+        drop.mkdir(mode=0o700)
+        # The spool's owner (spool_user) lists it: the listener runs as that user.
+        owner = os.stat(root)
+        if os.geteuid() == 0:
+            os.chown(drop, owner.st_uid, owner.st_gid)
+    if os.stat(drop).st_mode & 0o7777 != 0o1733:
+        os.chmod(drop, 0o1733)
 
 
 def _fsync_dir(directory: Path) -> None:
