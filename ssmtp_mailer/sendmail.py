@@ -276,6 +276,17 @@ def submit_stdin(parsed: SendmailArgs, g: GlobalConfig | None, stream: BinaryIO)
     return submit.submit(g, submit.submission_spool(g), prepared, bytes(prepared.data))
 
 
+def submit_session(g: GlobalConfig | None) -> int:
+    """-bs for a user who may not read the secrets or write the queue: the listener's own
+    session over submit.sock (SPEC §8)."""
+    from ssmtp_mailer import submit
+
+    spool_dir = submit.submission_spool(g)
+    instream, outstream = _standard(sys.stdin, "input"), _standard(sys.stdout, "output")
+    outstream.flush()
+    return submit.relay_session(spool_dir, instream.fileno(), outstream.fileno())
+
+
 def _prepare_stdin(
     parsed: SendmailArgs, g: GlobalConfig | None, stream: BinaryIO
 ) -> PreparedMessage:
@@ -326,12 +337,7 @@ def run_sendmail(args: list[str]) -> int:
         if not isinstance(exc, UnreadableConfigError) or os.geteuid() == 0:
             raise
         if parsed.mode == "smtp":
-            from ssmtp_mailer import submit
-
-            spool_dir = submit.submission_spool(exc.global_)
-            instream, outstream = _standard(sys.stdin, "input"), _standard(sys.stdout, "output")
-            outstream.flush()
-            return submit.relay_session(spool_dir, instream.fileno(), outstream.fileno())
+            return submit_session(exc.global_)
         if parsed.mode != "deliver":
             raise
         return submit_stdin(parsed, exc.global_, _standard(sys.stdin, "input").buffer)
@@ -359,6 +365,8 @@ def _run_mode(parsed: SendmailArgs, config: Config) -> int:
 
         return spool.run_queue(config, force=parsed.force_queue).exit_code
     if parsed.mode == "smtp":
+        if os.geteuid() != 0 and _needs_submission(config):
+            return submit_session(config.global_)
         from ssmtp_mailer.smtpsession import SMTPSession
 
         instream, outstream = _standard(sys.stdin, "input"), _standard(sys.stdout, "output")

@@ -124,7 +124,7 @@ class SMTPSession:
         self.reply(dialect.OK)
 
     def smtp_HELP(self, argument: str) -> None:
-        self.reply(dialect.HELP.format("EHLO HELO MAIL RCPT DATA RSET NOOP QUIT"))
+        self.reply(dialect.HELP.format("EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY"))
 
     def smtp_VRFY(self, argument: str) -> None:
         self.reply(dialect.CANNOT_VRFY)

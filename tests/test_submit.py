@@ -577,6 +577,23 @@ def test_a_user_who_may_not_write_the_queue_submits_too(
     run_queue(main)
     got = smtp_server.wait_for(1)[0]
     assert "uid 65534 (nobody)" in str(got.message()["Received"])
+    # -bs alike: not a session of nobody's own that could not queue a message it took.
+    session = (
+        b"EHLO app.example\r\nMAIL FROM:<nobody@host.example>\r\nRCPT TO:<out@far.example>\r\n"
+        b"DATA\r\nSubject: over -bs\r\n\r\nhi\r\n.\r\nQUIT\r\n"
+    )
+    run = nobody_sendmail(shared_dir, main, ["-bs"], session)
+    assert run.returncode == 75 and run.stdout.decode().startswith("421 "), run.stdout
+    main.write_text(main.read_text().replace("[global]\n", "[global]\nlisten_user = root\n"))
+    listener = Listener(main)
+    try:
+        run = nobody_sendmail(shared_dir, main, ["-bs"], session)
+        assert run.returncode == 0, run.stderr
+        got = smtp_server.wait_for(2)[1]
+        assert got.message()["Subject"] == "over -bs"
+        assert "uid 65534 (nobody)" in str(got.message()["Received"])
+    finally:
+        listener.stop(signal.SIGTERM)
 
 
 def test_nobody_may_not_use_the_null_sender_and_hears_so_in_one_line(
