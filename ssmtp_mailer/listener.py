@@ -1009,10 +1009,11 @@ def _supervise(service: Service, socket_sets: list[list[socket.socket]], names: 
     # takes them only once its event loop has its handlers.
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     readiness, announce = os.pipe()
+    supervisor = os.getpid()
     for index in range(len(socket_sets)):
         pid = os.fork()
         if pid == 0:
-            _child(service, socket_sets, index, readiness, announce)
+            _child(service, socket_sets, index, readiness, announce, supervisor)
         children[pid] = index
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     os.close(announce)
@@ -1054,6 +1055,7 @@ def _child(
     index: int,
     readiness: int,
     announce: int,
+    supervisor: int,
 ) -> NoReturn:
     """A forked serving process: its own sockets only; it says when it serves; never returns."""
     code = EX_SOFTWARE
@@ -1062,6 +1064,7 @@ def _child(
         # handlers; then one that came meanwhile is served by them.
         for signum in FORWARDED:
             signal.signal(signum, signal.SIG_DFL)
+        _stop_with(supervisor)
         os.close(readiness)
         for other, sockets in enumerate(socket_sets):
             if other != index:
@@ -1082,6 +1085,20 @@ def _child(
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _stop_with(supervisor: int) -> None:
+    """SIGTERM (drain, then exit) for this serving process once its supervisor is gone,
+    even by SIGKILL, so that no orphan goes on serving the port (Linux's parent-death
+    signal; the privileges were dropped before the fork, which would clear it)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    if os.getppid() != supervisor:  # gone before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)  # held back until the loop serves it
 
 
 def _ending(code: int) -> str:

@@ -652,6 +652,33 @@ def test_a_process_that_dies_stops_the_listener(
     assert not Path(f"/proc/{first}").exists()
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for whoever adopted it."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_serving_processes_end_with_a_killed_supervisor(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    """SIGKILL to the listener itself (an OOM kill, a `kill -9` outside systemd): its
+    serving processes drain and end instead of serving the port on as orphans."""
+    conf = listener_config(tmp_path / "l.conf", upstream.port, "listen_processes = 2\n")
+    listener = start_listener(conf)
+    children = _children(listener.process.pid)
+    listener.process.kill()
+    listener.process.wait(30)
+    deadline = time.monotonic() + 15
+    while any(_running(child) for child in children):
+        assert time.monotonic() < deadline, [c for c in children if _running(c)]
+        time.sleep(0.1)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", listener.port), timeout=5).close()
+
+
 def test_a_process_killed_while_counting_sessions_blocks_no_other() -> None:
     """The serving processes count sessions under one lock; a process that dies holding it
     (killed, out of memory) must not leave the others stuck at their next connection."""
