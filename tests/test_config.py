@@ -367,6 +367,31 @@ def test_unknown_key_warns_and_strict_fails(
     assert f"{conf}:2: max_retriess: unknown key" in err
 
 
+def test_strict_still_lists_every_problem_at_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An unknown key that --strict makes an error stops no other check: the listener's
+    settings are reported beside it, not only after it is fixed."""
+    conf = write(
+        tmp_path / "m.conf",
+        "[global]\nlisten_user = no-such-user-here\n" + RELAY + "smtp_prot = 25\n",
+    )
+    code, _, err = check(capsys, conf, "--strict")
+    assert code == 78 and "warning" not in err
+    assert "smtp_prot: unknown key" in err
+    assert "listen_user: no such user: no-such-user-here" in err
+
+
+def test_a_configuration_without_routes_is_checked_with_a_warning(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    conf = write(tmp_path / "m.conf", "[global]\ndefault_hostname = host.example\n")
+    code, out, err = check(capsys, conf)
+    assert code == 0 and "OK: 0 routes, 0 users, 0 mappings in 1 file\n" in out
+    assert f"warning: {conf}: no [domain:] section: nothing can be sent" in err
+    assert check(capsys, conf, "--strict")[0] == 78
+
+
 # --- secrets ------------------------------------------------------------------------------
 
 

@@ -129,16 +129,24 @@ def check(as_json: bool, strict: bool, check_secrets: bool) -> int:
     warnings: list[str] = []
     config = None
     try:
-        config = load(strict=strict)
+        # Loaded leniently even for --strict: a warning that is an error stops nothing
+        # here, so that every problem is listed at once.
+        config = load()
     except ConfigError as exc:
         errors = exc.problems or [f"{exc.what}: {exc.why}"]
-        warnings = exc.warnings
+        warnings = list(exc.warnings)
     if config is not None:
         listen_errors, listen_warnings = listener_problems(config)
-        warnings = list(config.warnings)
+        warnings = list(config.warnings) + listen_warnings
         errors = secret_problems(config, resolve=check_secrets) + dkim_problems(config)
-        errors += listen_errors + (listen_warnings if strict else [])
-        warnings += [] if strict else listen_warnings
+        errors += listen_errors
+        if not config.domains:
+            warnings.append(
+                f"{config.main_file}: no [domain:] section: nothing can be sent"
+                " (add one, or a file in domains/)"
+            )
+    if strict:
+        errors, warnings = errors + warnings, []
     ok = not errors
     if as_json:
         print_json(
@@ -157,10 +165,15 @@ def check(as_json: bool, strict: bool, check_secrets: bool) -> int:
             click.echo(f"ssmtp-mailer: warning: {line}", err=True)
         if ok and config is not None:
             click.echo(
-                f"{config.main_file}: OK: {len(config.domains)} routes, {len(config.users)} users,"
-                f" {len(config.mappings)} mappings in {len(config.files)} files"
+                f"{config.main_file}: OK: {_count(len(config.domains), 'route')},"
+                f" {_count(len(config.users), 'user')}, {_count(len(config.mappings), 'mapping')}"
+                f" in {_count(len(config.files), 'file')}"
             )
     return 0 if ok else EX_CONFIG
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @config_group.command("show")
