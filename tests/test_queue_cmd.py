@@ -75,6 +75,9 @@ def test_run_all_and_by_id(
     assert code == 0 and out.startswith("queue run: 1 delivered")
     assert message_ids(smtp_server) == ["<2.spool@test.example>", "<1.spool@test.example>"]
     assert first not in run(capsys, config.main_file, "list")[1]
+    # An id already delivered (or never queued) is said so, not a quiet "0 delivered".
+    code, out, err = run(capsys, config.main_file, "run", "--id", second)
+    assert code == 64 and out == "" and f"{second}: no such entry in the queue" in err
 
 
 def test_delete(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,6 +19,7 @@ from ssmtp_mailer.errors import (
     EX_OK,
     EX_TEMPFAIL,
     MailerError,
+    UsageError,
 )
 from ssmtp_mailer.relay import failures
 from ssmtp_mailer.rewrite import RouteGroup
@@ -182,6 +183,13 @@ def run_queue(
         picked_up = pickup.pick_up(config)
 
     queue_dir = area_dir(config, QUEUE)
+    for entry_id in ids:  # asked for by name: one that is not there is the caller's mistake
+        if not (queue_dir / f"{check_id(entry_id)}{ENVELOPE_SUFFIX}").exists():
+            raise UsageError(
+                entry_id,
+                "no such entry in the queue",
+                hint="`queue list` shows them; `queue retry-failed ID` takes a failed one",
+            )
     if not queue_dir.is_dir():
         return _Run(picked_up=picked_up).result()
     with ConnectionPool(config.global_.connection_reuse_idle) as connections:
