@@ -720,7 +720,7 @@ def bind(
         why = exc.strerror or str(exc)
         if configured is None:
             raise UsageError(f"listen {hp}", why) from None
-        where = configured.global_.location
+        where = configured.global_.location_of("listen_address")
         what = f"{where}: listen_address {hp}" if where else f"listen_address {hp}"
         raise ConfigError(what, why) from None
     return sets

@@ -394,7 +394,7 @@ def _sender_refusal(
             )
         return None
     if config.global_.users_required:
-        where = config.global_.location or config.main_file
+        where = config.global_.location_of("users_required") or config.main_file
         return Refusal(
             sender,
             f"no [user:] section matches {policy_address} and users_required = true",

@@ -382,6 +382,29 @@ def test_strict_still_lists_every_problem_at_once(
     assert "listen_user: no such user: no-such-user-here" in err
 
 
+def test_a_broken_route_is_not_also_called_missing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """default_domain names a [domain:] whose own value is wrong: that value is the error,
+    on its own line; no second one saying the route does not exist."""
+    conf = write(
+        tmp_path / "m.conf",
+        "[global]\ndefault_domain = example.com\n"
+        "[domain:example.com]\nsmtp_server = smtp.example.com\nsmtp_port = many\n",
+    )
+    code, _, err = check(capsys, conf)
+    assert code == 78
+    assert err.count("\n") == 1 and f"{conf}:5: smtp_port" in err, err
+
+
+def test_a_global_key_s_error_names_its_own_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    conf = write(tmp_path / "m.conf", "[global]\nmax_retries = 3\ndefault_domain = nowhere\n")
+    code, _, err = check(capsys, conf)
+    assert code == 78 and f"{conf}:3: default_domain: no [domain:nowhere]" in err
+
+
 def test_a_configuration_without_routes_is_checked_with_a_warning(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -942,7 +942,9 @@ def test_listener_settings_are_checked_by_config_check_and_named_by_listen(
     listened = run("listen")
     assert listened.returncode == 78
     assert listened.stderr.count("\n") == 1
-    assert f"{conf}:1: listen_address no-such-host.invalid:2525: " in listened.stderr
+    line = conf.read_text().splitlines().index("listen_address = no-such-host.invalid:2525") + 1
+    assert f"{conf}:{line}: listen_address no-such-host.invalid:2525: " in listened.stderr
+    assert f"{conf}:{line}: listen_address no-such-host.invalid:2525: " in checked.stderr
 
 
 def test_config_show_redacts_the_password_hash(tmp_path: Path, upstream: SMTPTestServer) -> None:

@@ -78,7 +78,11 @@ def listener_problems(config: Config) -> tuple[list[str], list[str]]:
     from ssmtp_mailer import listener
 
     g = config.global_
-    where = f"{g.location}: " if g.location else ""
+
+    def where(key: str) -> str:
+        found = g.location_of(key)
+        return f"{found}: " if found is not None else ""
+
     errors: list[str] = []
     warnings: list[str] = []
     files = {
@@ -86,7 +90,7 @@ def listener_problems(config: Config) -> tuple[list[str], list[str]]:
         "listen_tls_key_file": g.listen_tls_key_file,
     }
     unreadable = [
-        f"{where}{key} {path}: not readable by this user, not checked"
+        f"{where(key)}{key} {path}: not readable by this user, not checked"
         for key, path in files.items()
         if path is not None and path.exists() and not os.access(path, os.R_OK)
     ]
@@ -96,7 +100,7 @@ def listener_problems(config: Config) -> tuple[list[str], list[str]]:
         try:
             listener.tls_context(config)
         except ConfigError as exc:
-            errors.append(f"{where}{exc.what}: {exc.why}")
+            errors.append(f"{where('listen_tls_cert_file')}{exc.what}: {exc.why}")
     for key, user, effect in (
         ("listen_user", g.listen_user, "a listener started as root would refuse to start"),
         ("spool_user", g.spool_user, "root's spool stays root's"),
@@ -104,12 +108,13 @@ def listener_problems(config: Config) -> tuple[list[str], list[str]]:
         try:
             pwd.getpwnam(user)
         except KeyError:
-            warnings.append(f"{where}{key}: no such user: {user} ({effect})")
+            warnings.append(f"{where(key)}{key}: no such user: {user} ({effect})")
     for hp in g.listen_address:
         try:
             socket.getaddrinfo(hp.host, None, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as exc:
-            warnings.append(f"{where}listen_address {hp}: {getattr(exc, 'strerror', None) or exc}")
+            why = getattr(exc, "strerror", None) or exc
+            warnings.append(f"{where('listen_address')}listen_address {hp}: {why}")
     return errors, warnings
 
 
@@ -128,6 +133,7 @@ def check(as_json: bool, strict: bool, check_secrets: bool) -> int:
     errors: list[str] = []
     warnings: list[str] = []
     config = None
+    hint = None
     try:
         # Loaded leniently even for --strict: a warning that is an error stops nothing
         # here, so that every problem is listed at once.
@@ -135,6 +141,7 @@ def check(as_json: bool, strict: bool, check_secrets: bool) -> int:
     except ConfigError as exc:
         errors = exc.problems or [f"{exc.what}: {exc.why}"]
         warnings = list(exc.warnings)
+        hint = exc.hint
     if config is not None:
         listen_errors, listen_warnings = listener_problems(config)
         warnings = list(config.warnings) + listen_warnings
@@ -154,6 +161,7 @@ def check(as_json: bool, strict: bool, check_secrets: bool) -> int:
                 "ok": ok,
                 "file": str(config.main_file) if config else settings().config_path,
                 "errors": errors,
+                "hint": hint,
                 "warnings": warnings,
                 "files": [str(f) for f in config.files] if config else [],
             }
@@ -161,6 +169,8 @@ def check(as_json: bool, strict: bool, check_secrets: bool) -> int:
     else:
         for line in errors:
             click.echo(f"ssmtp-mailer: {line}", err=True)
+        if hint:
+            click.echo(f"ssmtp-mailer: hint: {hint}", err=True)
         for line in warnings:
             click.echo(f"ssmtp-mailer: warning: {line}", err=True)
         if ok and config is not None:

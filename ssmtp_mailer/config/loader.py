@@ -439,8 +439,10 @@ def _build_global(section: RawSection | None, main_file: Path, report: _Report) 
             path = Path(vals[key]).expanduser()
             vals[key] = path if path.is_absolute() else ssl_dir / path
     if ("listen_tls_cert_file" in vals) != ("listen_tls_key_file" in vals):
+        given = "listen_tls_cert_file" if "listen_tls_cert_file" in vals else "listen_tls_key_file"
         report.errors.append(
-            f"{raw.location}: listen_tls_cert_file and listen_tls_key_file: set both or neither"
+            f"{raw.location_of(given)}: listen_tls_cert_file and listen_tls_key_file:"
+            " set both or neither"
         )
     return GlobalConfig(
         default_hostname=hostname,
@@ -453,6 +455,7 @@ def _build_global(section: RawSection | None, main_file: Path, report: _Report) 
         spool_dir=spool_dir,
         log_file=log_file,
         location=raw.location if section else None,
+        key_lines=tuple(raw.lines.items()),
         **vals,
     )
 
@@ -493,7 +496,9 @@ def _build_sections(
             if mapping is not None:
                 mappings.append(mapping)
 
-    _check_references(gconf, domains, users, mappings, report)
+    # A [domain:] with errors of its own is still there to name: no second error for that.
+    defined = {name for kind, name in first_seen if kind == "domain"}
+    _check_references(gconf, domains, defined, users, mappings, report)
     if strict:
         report.errors.extend(report.warnings)
         report.warnings.clear()
@@ -641,13 +646,14 @@ def _check_allowed(vals: dict[str, Any], where: Callable[[str], Location], repor
 def _check_references(
     gconf: GlobalConfig,
     domains: dict[str, DomainConfig],
+    defined: set[str],
     users: list[UserConfig],
     mappings: list[MappingConfig],
     report: _Report,
 ) -> None:
     names = ", ".join(sorted(domains)) or "none configured"
-    if gconf.default_domain and gconf.default_domain.lower() not in domains:
-        where = gconf.location or gconf.config_dir
+    if gconf.default_domain and gconf.default_domain.lower() not in defined:
+        where = gconf.location_of("default_domain") or gconf.config_dir
         report.errors.append(
             f"{where}: default_domain: no [domain:{gconf.default_domain}] (routes: {names})"
         )
@@ -655,7 +661,7 @@ def _check_references(
         a.lower() for d in domains.values() for a in (d.relay_account, d.username) if a is not None
     }
     for mapping in mappings:
-        if mapping.domain and mapping.domain.lower() not in domains:
+        if mapping.domain and mapping.domain.lower() not in defined:
             report.errors.append(
                 f"{mapping.location}: domain: [mapping:{mapping.name}] names"
                 f" [domain:{mapping.domain}], which is not configured (routes: {names})"
@@ -666,7 +672,7 @@ def _check_references(
                 f" {mapping.smtp_account}, which no route has as relay_account or username"
             )
     for user in users:
-        if user.domain and user.domain.lower() not in domains:
+        if user.domain and user.domain.lower() not in defined:
             report.errors.append(
                 f"{user.location}: domain: [user:{user.address}] names [domain:{user.domain}],"
                 f" which is not configured (routes: {names})"

@@ -97,6 +97,14 @@ class GlobalConfig(NamedTuple):
     spool_user: str = "mail"
     max_message_size: int = 52428800
     location: Location | None = None
+    key_lines: tuple[tuple[str, int], ...] = ()  # the line each key set in [global] is on
+
+    def location_of(self, key: str) -> Location | None:
+        """Where `key` is set in [global] (else the section's own line; None without one)."""
+        if self.location is None:
+            return None
+        line = dict(self.key_lines).get(key)
+        return self.location if line is None else Location(self.location.path, line)
 
 
 class DomainConfig(NamedTuple):
