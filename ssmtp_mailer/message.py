@@ -603,7 +603,7 @@ def prepare(
     # The limit is on what the sender gave (the SIZE a client was told): what is done to it
     # here, CR LF line ends, qualified addresses, a Date or Message-ID, does not count.
     if len(data) > max_size:
-        raise DataError("message", f"{len(data)} octets is over max_message_size ({max_size})")
+        raise DataError("message", f"{len(data)} octets, over max_message_size ({max_size} octets)")
     data = _to_crlf(data)
     fields, body_start, _ = _parse_header(data, first_line)
     long_line = _long_line(data, body_start)

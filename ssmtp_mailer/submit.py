@@ -127,7 +127,7 @@ def submit(g: GlobalConfig | None, spool_dir: Path, prepared: PreparedMessage, d
 
         limit = GlobalConfig._field_defaults["max_message_size"]
     if len(data) > limit:
-        raise DataError("message", f"{len(data)} octets is over max_message_size ({limit})")
+        raise DataError("message", f"{len(data)} octets, over max_message_size ({limit} octets)")
     code = _over_socket(spool_dir / SUBMIT_SOCKET, prepared, data)
     if code is not None:
         return code

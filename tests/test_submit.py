@@ -326,7 +326,7 @@ def test_a_message_the_submission_would_grow_past_the_limit_is_refused_at_once(
     run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], body)
     assert run.returncode == 65
     [line] = run.stderr.decode().splitlines()
-    assert "octets is over max_message_size (300)" in line
+    assert "octets, over max_message_size (300 octets)" in line
     assert list((tree.parent / "spool" / "maildrop").iterdir()) == []
 
 
