@@ -140,6 +140,24 @@ def test_signed_message_verifies_against_dns(
     assert "8BITMIME" in " ".join(received.mail_options).upper()
 
 
+def test_an_obsolete_space_before_a_colon_is_signed_not_refused(
+    keys: dict[str, dict[str, str]],
+    zone: DNSServer,
+    tmp_path: Path,
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+) -> None:
+    """`Subject : x` is legal (RFC 5322 §4.5) and DKIM's parser refuses it: the message
+    once went to failed/ with exit 70 on a signing route, and out unsigned elsewhere."""
+    config = write_config(tmp_path, smtp_server.port, ["rsa2026"])
+    message = b"From: app@example.com\nTo: b@x.example\nSubject : spaced\nX-Tab\t: t\n\nbody\n"
+    code, _, err = run_main(["-C", str(config), "-t"], stdin=message)
+    assert code == 0, err
+    (received,) = smtp_server.messages
+    assert verify_each(received.data, zone) == [("rsa2026", "rsa-sha256", True)]
+    assert received.message()["Subject"] == "spaced" and received.message()["X-Tab"] == "t"
+
+
 def test_tampered_message_fails_verification(
     keys: dict[str, dict[str, str]],
     zone: DNSServer,

@@ -8,12 +8,13 @@ is imported only when a message is signed.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import NamedTuple
 
 from ssmtp_mailer.config.model import DkimAlgorithm, DomainConfig
 from ssmtp_mailer.dkimkey import ED25519, RSA, DkimKey, KeyFileError, parse_private_key
-from ssmtp_mailer.errors import ConfigError, SoftwareError
+from ssmtp_mailer.errors import ConfigError, DataError, SoftwareError
 
 # SPEC §6; From is signed once more than it occurs (over-signed), so no From can be added.
 SIGNED_HEADERS = (
@@ -125,12 +126,28 @@ def _from_domain(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+_OBSOLETE_NAME = re.compile(rb"^([!-9;-~]+)[ \t]+:", re.MULTILINE)
+
+
+def plain_field_names(message: bytes) -> bytes:
+    """`Subject : x` as `Subject: x`: the obsolete space before a field's colon (RFC 5322
+    §4.5) taken out of the header, which DKIM's parser refuses; the field is the same."""
+    end = message.find(b"\r\n\r\n")
+    head = message if end < 0 else message[: end + 2]
+    if b" :" not in head and b"\t:" not in head:
+        return message
+    return _OBSOLETE_NAME.sub(rb"\1:", head) + message[len(head) :]
+
+
 def sign(signer: Signer, data: bytes | bytearray) -> bytes:
     """`data` (CRLF, not dot-stuffed) with one DKIM-Signature per key in front."""
     import dkim  # type: ignore[import-untyped, unused-ignore]
 
-    message = bytes(data)
-    state = dkim.DKIM(message, linesep=b"\r\n")
+    message = plain_field_names(bytes(data))
+    try:
+        state = dkim.DKIM(message, linesep=b"\r\n")
+    except dkim.MessageFormatError as exc:
+        raise DataError("message", f"cannot be DKIM-signed: {exc}") from None
     include = header_list(state.headers)
     domain = signer.domain or _from_domain(state.headers)
     if domain is None:
