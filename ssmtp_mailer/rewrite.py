@@ -240,6 +240,9 @@ def _fallback_route(
     if sender:
         domain = addr.split_address(sender)[1]
         candidates.append((domain, f"named after the sender's domain {domain}"))
+    else:  # the null sender is MAILER-DAEMON@default_hostname, for routing as for policy
+        domain = config.global_.default_hostname
+        candidates.append((domain, f"named after default_hostname {domain}, for <>"))
     if config.global_.default_domain:
         candidates.append((config.global_.default_domain, "default_domain"))
     candidates.append(("*", "the catch-all"))

@@ -447,6 +447,30 @@ def test_expired_entry_bounces_exactly_once(tmp_path: Path, smtp_server: SMTPTes
     assert failed.reason.startswith("expired") and "relay down" in failed.reason
 
 
+@pytest.mark.parametrize("hostname", ["sender.example", "host.example"])
+def test_a_notice_finds_a_route_without_default_domain_or_catch_all(
+    tmp_path: Path, smtp_server: SMTPTestServer, hostname: str
+) -> None:
+    """Only [domain:sender.example]: the notice from <> goes by default_hostname's route
+    when it has one (<> is MAILER-DAEMON@default_hostname), else back the message's way.
+    It used to be dropped without a word."""
+    path = tmp_path / "ssmtp-mailer.conf"
+    path.write_text(
+        f"[global]\ndefault_hostname = {hostname}\nspool_dir = {tmp_path / 'spool'}\n"
+        f"log_file = {tmp_path / 'mail.log'}\nqueue_lifetime = 0\nmax_retries = 0\n"
+        "enable_rate_limiting = false\n\n[domain:sender.example]\nsmtp_server = 127.0.0.1\n"
+        f"smtp_port = {smtp_server.port}\nuse_starttls = false\nauth_method = NONE\n"
+    )
+    config = load_config(str(path))
+    sender = "alice@sender.example"
+    entry_id = enqueue(config, 3, sender)
+    result = spool.run_queue(config)
+    assert result.expired == (entry_id,) and result.bounces == 1
+    [notice] = smtp_server.messages
+    assert notice.mail_from in ("", "<>") and notice.rcpt_tos == [sender]
+    assert notice.message()["Subject"] == "Undelivered Mail Returned to Sender"
+
+
 def test_expired_bounce_never_bounces_a_bounce(tmp_path: Path, smtp_server: SMTPTestServer) -> None:
     config = write_config(tmp_path, smtp_server.port, queue_lifetime=0)
     entry_id = enqueue(config, 1, "")

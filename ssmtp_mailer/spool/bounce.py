@@ -12,6 +12,7 @@ from ssmtp_mailer.config.model import Config
 from ssmtp_mailer.errors import (
     EX_OK,
     CantCreateError,
+    ConfigError,
     MailerError,
     TempFailError,
 )
@@ -46,7 +47,7 @@ def _bounce(config: Config, failed: Entry, data: bytes, pool: ConnectionPool | N
     if dsn is not None and dsn.notify and "FAILURE" not in dsn.notify.split(","):
         return False  # RFC 3461 §4.1: the sender asked for no failure notice (-N)
     from ssmtp_mailer.relay.engine import DeliveryLog, deliver
-    from ssmtp_mailer.rewrite import plan_delivery
+    from ssmtp_mailer.rewrite import RouteGroup, plan_delivery
 
     try:
         notice = build_bounce(config, failed, data)
@@ -54,11 +55,18 @@ def _bounce(config: Config, failed: Entry, data: bytes, pool: ConnectionPool | N
         log.write_traceback(config, exc)
         return False
     try:
-        plan = plan_delivery(config, "", [failed.sender])
-    except MailerError:
-        return False
+        groups = plan_delivery(config, "", [failed.sender]).groups
+    except MailerError as exc:
+        # No route for <>: the notice goes back the way the message went.
+        route = next((d for d in config.domains.values() if d.name == failed.route), None)
+        if not isinstance(exc, ConfigError) or route is None:
+            log.write(
+                config, "ERROR", f"no failure notice for {failed.id} to {failed.sender}: {exc.why}"
+            )
+            return False
+        groups = (RouteGroup(route, "", (failed.sender,)),)
     sent = False
-    for group in plan.groups:
+    for group in groups:
         record = DeliveryLog(config, group, notice)
         try:
             record.sent(deliver(config, group, notice, record=record, pool=pool), EX_OK)
