@@ -187,6 +187,20 @@ def check_mx(dns: Resolver, domain: str) -> list[Check]:
                 publish=(f"{domain}. IN MX 10 mail.{domain}.",),
             )
         ]
+    if any(host == "" for _, host in rows):
+        return [
+            Check(
+                "MX",
+                FAIL,
+                'a null MX (".") beside other MX records, or not at preference 0:'
+                " RFC 7505 §3 allows it only alone, as MX 0 .",
+                details=tuple(f"{p} {h or '.'}" for p, h in rows),
+                publish=(
+                    f"{domain}. IN MX 0 .   (receives no mail; remove the others)",
+                    f"or only the real ones, as {domain}. IN MX 10 mail.{domain}.",
+                ),
+            )
+        ]
     if not rows:
         addresses = dns.all_addresses(domain)
         if addresses:
@@ -525,12 +539,36 @@ def check_mta_sts(dns: Resolver, domain: str, ca_file: Path | None, timeout: flo
                 f" https://{host}/.well-known/mta-sts.txt: {exc}",
             )
         ]
-    mode = policy.get("mode", "")
-    if policy.get("version") != "STSv1" or mode not in ("enforce", "testing", "none"):
-        return [Check("MTA-STS", FAIL, f"policy at https://{host}/: bad version or mode {mode!r}")]
-    return [
-        Check("MTA-STS", OK, f"mode={mode}, mx={', '.join(policy.get('mx', '').split()) or '-'}")
+    from ssmtp_mailer.relay.direct import parse_policy
+
+    # As a sending MTA reads it (and our own direct delivery does).
+    parsed = parse_policy(tags["id"], policy)
+    if parsed is None:
+        return [
+            Check(
+                "MTA-STS",
+                FAIL,
+                f"policy at https://{host}/.well-known/mta-sts.txt is not valid (RFC 8461 §3.2):"
+                " it needs version: STSv1, mode: enforce|testing|none, a max_age: in seconds"
+                " and, unless mode is none, mx: lines; senders ignore it",
+                details=tuple(f"{k}: {v}" for k, v in policy.items()),
+            )
+        ]
+    uncovered = [
+        h for _, h in dns.mx_records(domain) if h and parsed.mode != "none" and not parsed.allows(h)
     ]
+    if uncovered:
+        return [
+            Check(
+                "MTA-STS",
+                FAIL if parsed.mode == "enforce" else WARN,
+                f"mode={parsed.mode}, but the policy's mx ({', '.join(parsed.mx)}) does not cover"
+                f" the MX host {uncovered[0]}: senders that enforce it refuse to deliver there"
+                " (RFC 8461 §4.1)",
+                publish=tuple(f"mx: {h}   (in the policy file)" for h in uncovered),
+            )
+        ]
+    return [Check("MTA-STS", OK, f"mode={parsed.mode}, mx={', '.join(parsed.mx) or '-'}")]
 
 
 def fetch_sts_policy(

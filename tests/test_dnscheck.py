@@ -501,3 +501,60 @@ def test_mta_sts_policy_is_fetched_and_verified(
         assert "CERTIFICATE_VERIFY_FAILED" in mta_sts["summary"]
     finally:
         policy.stop()
+
+
+@pytest.mark.parametrize(
+    ("policy", "status", "said"),
+    [
+        ("mode: enforce\nmx: other.example.net\nmax_age: 86400\n", "fail", "does not cover"),
+        ("mode: testing\nmx: other.example.net\nmax_age: 86400\n", "warn", "does not cover"),
+        ("mode: enforce\nmax_age: 86400\n", "fail", "is not valid"),
+        ("mode: enforce\nmx: mail.example.com\nmax_age: soon\n", "fail", "is not valid"),
+        ("mode: enforce\nmx: *.example.com\nmax_age: 86400\n", "ok", "mx=*.example.com"),
+    ],
+    ids=["mx-elsewhere", "testing-mx-elsewhere", "no-mx", "bad-max-age", "wildcard"],
+)
+def test_an_mta_sts_policy_senders_would_ignore_or_trip_on_is_not_ok(
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+    tls_ca: Any,
+    ca_file: Path,
+    policy: str,
+    status: str,
+    said: str,
+) -> None:
+    """Read as a sending MTA reads it (RFC 8461 §3.2, §4.1): a policy that does not cover
+    the domain's own MX, or that senders discard, was once reported OK."""
+    server = PolicyServer(tls_ca, "mta-sts.example.com", "version: STSv1\n" + policy)
+    try:
+        zone = good_zone(keys)
+        zone["_mta-sts.example.com"] = [("TXT", "v=STSv1; id=20260101T000000")]
+        zone["mta-sts.example.com"] = [("A", server.address)]
+        config = write_config(tmp_path, dns_server(zone))
+        config.write_text(config.read_text() + f"ssl_ca_file = {ca_file}\n")
+        code, report, _ = dns_check(run_main, config)
+        mta_sts = by_name(report)["MTA-STS"]
+        assert mta_sts["status"] == status and said in mta_sts["summary"], mta_sts
+        assert code == (1 if status == "fail" else 0)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "rows", [[("MX", "0 ."), ("MX", "10 mail.example.com.")], [("MX", "10 .")]]
+)
+def test_a_null_mx_beside_others_or_not_at_zero_is_named_as_such(
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+    rows: list[tuple[str, str]],
+) -> None:
+    zone = good_zone(keys)
+    zone["example.com"] = [r for r in zone["example.com"] if r[0] != "MX"] + rows
+    code, report, _ = dns_check(run_main, write_config(tmp_path, dns_server(zone)))
+    mx = by_name(report)["MX"]
+    assert code == 1 and mx["status"] == "fail" and "RFC 7505 §3" in mx["summary"], mx
+    assert "address of  " not in str(mx)
