@@ -399,6 +399,10 @@ def check_dkim(dns: Resolver, domain: str, selector: str, key_file: Path | None)
         problem = "p= is empty: the key is revoked"
     elif key_type not in ("rsa", "ed25519"):
         problem = f"k={key_type}: verifiers know rsa and ed25519"
+    elif not {"email", "*"} & set(tags.get("s", "*").lower().replace(" ", "").split(":")):
+        problem = f"s={tags['s']}: the key is not for email, verifiers ignore it (RFC 6376 §3.6.1)"
+    elif "sha256" not in tags.get("h", "sha256").lower().replace(" ", "").split(":"):
+        problem = f"h={tags['h']}: our signatures are sha256, which it rules out (RFC 6376 §3.6.1)"
     elif pair is not None and not keytool.same_public_key(key_type, public, pair):
         problem = (
             f"the published key is not the public half of {key_file}"

@@ -179,6 +179,14 @@ def _dkim_mismatch(zone: dict[str, list[Any]]) -> None:
     ]
 
 
+def _dkim_tag(tag: str) -> Callable[[dict[str, list[Any]]], None]:
+    def spoil(zone: dict[str, list[Any]]) -> None:
+        name = "rsa2026._domainkey.example.com"
+        zone[name] = [(kind, text.replace("k=rsa;", f"k=rsa; {tag};")) for kind, text in zone[name]]
+
+    return spoil
+
+
 def _no_dmarc(zone: dict[str, list[Any]]) -> None:
     del zone["_dmarc.example.com"]
 
@@ -221,6 +229,18 @@ def _null_mx(zone: dict[str, list[Any]]) -> None:
             'rsa2026._domainkey.example.com. IN TXT "v=DKIM1; k=rsa; p=MIIB',
         ),
         (
+            _dkim_tag("s=web"),
+            "DKIM rsa2026",
+            "rsa2026._domainkey.example.com: s=web: the key is not for email, verifiers ignore it (RFC 6376 §3.6.1)",
+            'rsa2026._domainkey.example.com. IN TXT "v=DKIM1; k=rsa; p=MIIB',
+        ),
+        (
+            _dkim_tag("h=sha1"),
+            "DKIM rsa2026",
+            "rsa2026._domainkey.example.com: h=sha1: our signatures are sha256, which it rules out (RFC 6376 §3.6.1)",
+            'rsa2026._domainkey.example.com. IN TXT "v=DKIM1; k=rsa; p=MIIB',
+        ),
+        (
             _no_dmarc,
             "DMARC",
             "no DMARC record at _dmarc.example.com",
@@ -245,6 +265,8 @@ def _null_mx(zone: dict[str, list[Any]]) -> None:
         "ip-not-covered",
         "11-lookups",
         "dkim-mismatch",
+        "dkim-not-for-email",
+        "dkim-sha1-only",
         "no-dmarc",
         "ptr-mismatch",
         "null-mx",
