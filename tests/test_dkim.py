@@ -512,3 +512,20 @@ def test_catch_all_route_signs_for_the_from_domain(
     assert tags[b"d"] == b"other.example"
     zone = dns_server({"mana2026._domainkey.other.example": [("TXT", keys["mana2026"]["value"])]})
     assert verify_each(smtp_server.messages[0].data, zone) == [("mana2026", "ed25519-sha256", True)]
+
+
+def test_a_signing_key_others_may_read_is_warned_of(
+    keys: dict[str, dict[str, str]], tmp_path: Path, run_main: RunMain
+) -> None:
+    """Anyone who reads the key can sign as the domain: config check says so (an error
+    with --strict), as it does for a password file."""
+    config = write_config(tmp_path, 2525, ["rsa2026"])
+    key = tmp_path / "ssl" / "rsa2026.pem"
+    assert run_main(["config", "check", "-C", str(config)], prog="ssmtp-mailer")[2] == ""
+    key.chmod(0o644)
+    code, _, err = run_main(["config", "check", "-C", str(config)], prog="ssmtp-mailer")
+    assert code == 0
+    assert "dkim_key_file: holds a DKIM private key but is readable by others (mode 0644)" in err
+    assert f"chmod 600 {key}" in err
+    code, _, _ = run_main(["config", "check", "--strict", "-C", str(config)], prog="ssmtp-mailer")
+    assert code == 78

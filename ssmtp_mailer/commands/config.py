@@ -68,6 +68,19 @@ def dkim_problems(config: Config) -> list[str]:
     return [line for domain in signing for line in dkim.check_route(domain)]
 
 
+def dkim_key_warnings(config: Config) -> list[str]:
+    """Signing keys others may read (`dkim keygen` writes 0600): anyone could sign as us."""
+    from ssmtp_mailer.config import secrets
+
+    found = []
+    for domain in config.domains.values():
+        for path in domain.dkim_key_file:
+            problem = path.exists() and secrets.secret_file_problem(path, "a DKIM private key")
+            if problem:
+                found.append(f"{domain.location}: [domain:{domain.name}]: dkim_key_file: {problem}")
+    return found
+
+
 def listener_problems(config: Config) -> tuple[list[str], list[str]]:
     """What `listen` would refuse (errors) or not do as asked (warnings), checked without
     binding: the TLS certificate and key, the users it becomes and gives the spool to, and
@@ -144,7 +157,7 @@ def check(as_json: bool, strict: bool, check_secrets: bool) -> int:
         hint = exc.hint
     if config is not None:
         listen_errors, listen_warnings = listener_problems(config)
-        warnings = list(config.warnings) + listen_warnings
+        warnings = list(config.warnings) + listen_warnings + dkim_key_warnings(config)
         errors = secret_problems(config, resolve=check_secrets) + dkim_problems(config)
         errors += listen_errors
         if not config.domains:

@@ -15,8 +15,8 @@ KEYRING_SERVICE = "ssmtp-mailer"
 COMMAND_TIMEOUT = 10
 
 
-def secret_file_problem(path: Path) -> str | None:
-    """Why a file holding a password is too open, or None (root:mail 0640 is allowed)."""
+def secret_file_problem(path: Path, holds: str = "a password") -> str | None:
+    """Why a file holding a secret is too open, or None (root:mail 0640 is allowed)."""
     try:
         st = path.stat()
     except OSError as exc:
@@ -27,7 +27,7 @@ def secret_file_problem(path: Path) -> str | None:
     if st.st_uid == 0 and mode & 0o037 == 0 and _is_mail_group(st.st_gid):
         return None
     return (
-        f"holds a password but is readable by {'others' if mode & 0o007 else 'its group'}"
+        f"holds {holds} but is readable by {'others' if mode & 0o007 else 'its group'}"
         f" (mode {mode:04o}); run: chmod 600 {path}"
     )
 
