@@ -335,7 +335,8 @@ def check_spf(
         reached = {d.lower() for d in walked.includes}
         wanted = {provider.spf_include, *provider.also}
         if reached & wanted:
-            checks.append(Check(f"SPF for {provider.name}", OK, f"includes {provider.spf_include}"))
+            found = sorted(reached & wanted)[0]
+            checks.append(Check(f"SPF for {provider.name}", OK, f"includes {found}"))
         else:
             include = f"include:{provider.spf_include}"
             checks.append(

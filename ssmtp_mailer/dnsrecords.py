@@ -102,6 +102,19 @@ PROVIDERS: tuple[tuple[tuple[str, ...], Provider], ...] = (
 )
 
 
+# OCI documents one include per sending region: smtp.email.REGION.oci.oraclecloud.com.
+_OCI_AMERICAS = "rp.oracleemaildelivery.com"
+_OCI_INCLUDES = {
+    "us": _OCI_AMERICAS,
+    "ca": _OCI_AMERICAS,
+    "sa": _OCI_AMERICAS,
+    "mx": _OCI_AMERICAS,
+    "ap": "ap.rp.oracleemaildelivery.com",
+    "eu": "eu.rp.oracleemaildelivery.com",
+    "uk": "eu.rp.oracleemaildelivery.com",
+}
+
+
 def provider_for(server: str | None) -> Provider | None:
     """The known relay service behind `server`, if any."""
     if not server:
@@ -109,8 +122,22 @@ def provider_for(server: str | None) -> Provider | None:
     host = server.lower().rstrip(".")
     for suffixes, provider in PROVIDERS:
         if any(host == s or host.endswith("." + s) for s in suffixes):
+            if provider.spf_include == _OCI_AMERICAS:
+                return _oci_region(host, provider)
             return provider
     return None
+
+
+def _oci_region(host: str, provider: Provider) -> Provider:
+    """OCI's include for the region in the server's name; for a region not known here,
+    any of OCI's includes passes."""
+    labels = host.split(".")
+    region = labels[2] if len(labels) > 2 and labels[:2] == ["smtp", "email"] else ""
+    wanted = _OCI_INCLUDES.get(region.split("-", 1)[0])
+    if wanted is not None:
+        return provider._replace(spf_include=wanted)
+    others = sorted(set(_OCI_INCLUDES.values()) - {provider.spf_include})
+    return provider._replace(also=tuple(others))
 
 
 def spf_with(record: str, mechanism: str) -> str:
