@@ -450,6 +450,16 @@ def check_dmarc(dns: Resolver, domain: str) -> list[Check]:
                     publish=(dnsrecords.dmarc_record(domain).zone_line(),),
                 )
             ]
+        problem = _dmarc_problem(tags)
+        if problem is not None:
+            return [
+                Check(
+                    "DMARC",
+                    FAIL,
+                    f"{where}: {problem} (RFC 7489 §6.4); receivers ignore the record",
+                    publish=(dnsrecords.dmarc_record(at).zone_line(),),
+                )
+            ]
         policy = tags.get("sp", tags.get("p", "")) if index else tags.get("p", "")
         policy = policy.lower()
         if policy not in ("none", "quarantine", "reject"):
@@ -481,6 +491,20 @@ def check_dmarc(dns: Resolver, domain: str) -> list[Check]:
             publish=(dnsrecords.dmarc_record(domain).zone_line(),),
         )
     ]
+
+
+def _dmarc_problem(tags: dict[str, str]) -> str | None:
+    """What makes a DMARC record's tags invalid, or None (the policy is checked apart)."""
+    if tags.get("v") != "DMARC1":
+        return f"v={tags.get('v', '')}, expected v=DMARC1 exactly"
+    pct = tags.get("pct", "100")
+    if not pct.isdigit() or int(pct) > 100:
+        return f"pct={pct}, expected 0 to 100"
+    for key in ("rua", "ruf"):
+        for uri in filter(None, (u.strip() for u in tags.get(key, "").split(","))):
+            if not uri.lower().startswith(("mailto:", "https:")):
+                return f"{key}={uri}: a report address is a URI, as mailto:{uri}"
+    return None
 
 
 def check_ptr(dns: Resolver, domain: str, ip: str) -> list[Check]:

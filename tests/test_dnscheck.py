@@ -587,3 +587,33 @@ def test_a_null_mx_beside_others_or_not_at_zero_is_named_as_such(
     mx = by_name(report)["MX"]
     assert code == 1 and mx["status"] == "fail" and "RFC 7505 §3" in mx["summary"], mx
     assert "address of  " not in str(mx)
+
+
+@pytest.mark.parametrize(
+    ("record", "said"),
+    [
+        ("v=dmarc1; p=reject", "v=dmarc1, expected v=DMARC1 exactly"),
+        ("v=DMARC1; p=reject; pct=200", "pct=200, expected 0 to 100"),
+        (
+            "v=DMARC1; p=reject; rua=postmaster@example.com",
+            "rua=postmaster@example.com: a report address is a URI, as mailto:",
+        ),
+    ],
+    ids=["lower-case-version", "pct-over-100", "rua-not-a-uri"],
+)
+def test_a_dmarc_record_receivers_would_ignore_fails(
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+    record: str,
+    said: str,
+) -> None:
+    zone = good_zone(keys)
+    zone["_dmarc.example.com"] = [("TXT", record)]
+    code, report, _ = dns_check(run_main, write_config(tmp_path, dns_server(zone)))
+    dmarc = by_name(report)["DMARC"]
+    assert code == 1 and dmarc["status"] == "fail" and said in dmarc["summary"], dmarc
+    assert dmarc["publish"] == [
+        '_dmarc.example.com. IN TXT "v=DMARC1; p=quarantine; rua=mailto:postmaster@example.com"'
+    ]
