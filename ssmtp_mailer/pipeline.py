@@ -263,15 +263,15 @@ def _handle_refusals(
     deferred, refused = result.deferred, result.rejected
     for address in refused:
         code, text = result.refused[address]
-        problem(f"{address}: refused by {result.server}: {code} {text}")
+        problem(f"{address}: refused by {result.refuser([address])}: {code} {text}")
     outcomes: list[GroupOutcome] = []
     if refused:
         failed = group._replace(recipients=tuple(refused))
-        refusal = NoUserError(result.server, result.replies(refused))
+        refusal = NoUserError(result.refuser(refused), result.replies(refused))
         _keep_failed(config, failed, data, prepared, refusal)
     if deferred:
         pending = group._replace(recipients=deferred)
-        error = TempFailError(result.server, result.replies(deferred))
+        error = TempFailError(result.refuser(deferred), result.replies(deferred))
         outcome = _queue_group(config, pending, data, prepared, error, report)
         if outcome.error is not None and outcome.queued_id is None:
             for line in outcome.error.lines():

@@ -246,6 +246,9 @@ def test_null_mx_refuses_that_domain_only(
     code, _, err = sendmail(run_main, conf, "nobody@null.example", "three@b.example")
     assert code == 0
     assert "nobody@null.example" in err and "null MX" in err and "RFC 7505" in err
+    # Named as the domain's own refusal, not b.example's MX, which never saw it.
+    assert "nobody@null.example: refused by null.example: 556 null.example publishes" in err
+    assert "mx.b.example" not in err
     assert [m.rcpt_tos for m in mx_b.messages] == [["three@b.example"]]
     # Permanent: kept in failed/ for that recipient, nothing queued for a retry.
     assert queue_list(run_main, conf) == []

@@ -463,6 +463,7 @@ def _combine(
         results.append(relayed)
         paths.append("relay")
     refused: dict[str, tuple[int, str]] = {}
+    refused_by: dict[str, str] = {}
     errors: list[MailerError] = []
     for outcome in outcomes:
         error = outcome.error
@@ -474,7 +475,9 @@ def _combine(
             )
         errors.append(error)
         code = DEFERRED_CODE if isinstance(error, TempFailError) else NULL_MX_CODE
-        refused.update((rcpt, (code, f"{error.what}: {error.why}")) for rcpt in outcome.recipients)
+        for rcpt in outcome.recipients:
+            refused[rcpt] = (code, error.why)
+            refused_by[rcpt] = error.what  # the domain, not a server that never saw it
     record.path = "+".join(paths) or "direct"
     servers = ", ".join(r.server for r in results)
     if servers:
@@ -489,9 +492,11 @@ def _combine(
             raise _joined(route, errors, type(errors[0]))
     for result in results:
         refused.update(result.refused)
+        refused_by.update((rcpt, result.server) for rcpt in result.refused)
     for address in accepted:
         # Deferred by its MX, then taken by the relay.
         refused.pop(address, None)
+        refused_by.pop(address, None)
     return engine.DeliveryResult(
         route=route.name,
         server=servers or "-",
@@ -501,6 +506,7 @@ def _combine(
         tls=next((r.tls for r in results if r.tls), None),
         auth_user=relayed.auth_user if relayed is not None else None,
         path=record.path,
+        refused_by=refused_by,
     )
 
 

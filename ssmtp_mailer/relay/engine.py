@@ -7,7 +7,8 @@ message's log line from the `DeliveryLog` the engine filled in.
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import NamedTuple
 
 from ssmtp_mailer import log
@@ -43,6 +44,9 @@ class DeliveryResult(NamedTuple):
     auth_user: str | None = None
     attempts: int = 1
     path: str = "relay"  # or "direct", or "direct+relay" (hybrid, SPEC §6 log)
+    # Who refused a recipient, where not `server` (direct delivery: its domain's MX, or
+    # the domain itself when its lookup refused it).
+    refused_by: Mapping[str, str] = MappingProxyType({})
 
     @property
     def deferred(self) -> tuple[str, ...]:
@@ -53,6 +57,10 @@ class DeliveryResult(NamedTuple):
     def rejected(self) -> tuple[str, ...]:
         """Refused recipients whose reply was not temporary: failed for good."""
         return tuple(r for r, (code, _) in self.refused.items() if not 400 <= code < 500)
+
+    def refuser(self, addresses: Sequence[str]) -> str:
+        """Who refused `addresses`: their server(s), or domain(s) for direct delivery."""
+        return ", ".join(dict.fromkeys(self.refused_by.get(a, self.server) for a in addresses))
 
     def replies(self, addresses: Sequence[str]) -> str:
         """What the relay said to each of `addresses`, on one line."""

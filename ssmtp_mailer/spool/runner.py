@@ -407,7 +407,8 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
     permanent = {r: f"{result.refused[r][0]} {result.refused[r][1]}" for r in result.rejected}
     pending = result.deferred
     if permanent:
-        reason = f"{result.server}: " + "; ".join(f"{r}: {m}" for r, m in permanent.items())
+        said = "; ".join(f"{r}: {m}" for r, m in permanent.items())
+        reason = f"{result.refuser(tuple(permanent))}: {said}"
         _fail_entry(
             config,
             queue_dir,
@@ -421,7 +422,8 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         )
         run.failed.append(entry.id)
     if pending:
-        _defer(queue_dir, entry, pending, f"{result.server}: {result.replies(pending)}", now)
+        why = f"{result.refuser(pending)}: {result.replies(pending)}"
+        _defer(queue_dir, entry, pending, why, now)
         run.deferred.append(entry.id)
     elif not permanent:
         _mark_delivered(queue_dir, entry.id, run)
