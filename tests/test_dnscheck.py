@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -498,6 +499,28 @@ def test_progress_only_on_a_terminal(tmp_path: Path, dns_server: Callable[..., D
     assert b"[FAIL] MX: null MX" in done.stdout
 
 
+@contextlib.contextmanager
+def published_policy(
+    policy: str,
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    dns_server: Callable[..., DNSServer],
+    tls_ca: Any,
+    ca_file: Path,
+) -> Iterator[Path]:
+    """A configuration whose domain publishes `policy` at its mta-sts host (CA trusted)."""
+    server = PolicyServer(tls_ca, "mta-sts.example.com", policy)
+    try:
+        zone = good_zone(keys)
+        zone["_mta-sts.example.com"] = [("TXT", "v=STSv1; id=20260101T000000")]
+        zone["mta-sts.example.com"] = [("A", server.address)]
+        config = write_config(tmp_path, dns_server(zone))
+        config.write_text(config.read_text() + f"ssl_ca_file = {ca_file}\n")
+        yield config
+    finally:
+        server.stop()
+
+
 def test_mta_sts_policy_is_fetched_and_verified(
     keys: dict[str, dict[str, Any]],
     tmp_path: Path,
@@ -506,17 +529,8 @@ def test_mta_sts_policy_is_fetched_and_verified(
     tls_ca: Any,
     ca_file: Path,
 ) -> None:
-    policy = PolicyServer(
-        tls_ca,
-        "mta-sts.example.com",
-        "version: STSv1\nmode: enforce\nmx: mail.example.com\nmax_age: 86400\n",
-    )
-    try:
-        zone = good_zone(keys)
-        zone["_mta-sts.example.com"] = [("TXT", "v=STSv1; id=20260101T000000")]
-        zone["mta-sts.example.com"] = [("A", policy.address)]
-        config = write_config(tmp_path, dns_server(zone))
-        config.write_text(config.read_text() + f"ssl_ca_file = {ca_file}\n")
+    policy = "version: STSv1\nmode: enforce\nmx: mail.example.com\nmax_age: 86400\n"
+    with published_policy(policy, keys, tmp_path, dns_server, tls_ca, ca_file) as config:
         code, report, _ = dns_check(run_main, config)
         mta_sts = by_name(report)["MTA-STS"]
         assert (code, mta_sts["status"]) == (0, "ok"), mta_sts
@@ -528,8 +542,6 @@ def test_mta_sts_policy_is_fetched_and_verified(
         mta_sts = by_name(report)["MTA-STS"]
         assert (code, mta_sts["status"]) == (1, "fail")
         assert "CERTIFICATE_VERIFY_FAILED" in mta_sts["summary"]
-    finally:
-        policy.stop()
 
 
 @pytest.mark.parametrize(
@@ -556,19 +568,12 @@ def test_an_mta_sts_policy_senders_would_ignore_or_trip_on_is_not_ok(
 ) -> None:
     """Read as a sending MTA reads it (RFC 8461 §3.2, §4.1): a policy that does not cover
     the domain's own MX, or that senders discard, was once reported OK."""
-    server = PolicyServer(tls_ca, "mta-sts.example.com", "version: STSv1\n" + policy)
-    try:
-        zone = good_zone(keys)
-        zone["_mta-sts.example.com"] = [("TXT", "v=STSv1; id=20260101T000000")]
-        zone["mta-sts.example.com"] = [("A", server.address)]
-        config = write_config(tmp_path, dns_server(zone))
-        config.write_text(config.read_text() + f"ssl_ca_file = {ca_file}\n")
+    text = "version: STSv1\n" + policy
+    with published_policy(text, keys, tmp_path, dns_server, tls_ca, ca_file) as config:
         code, report, _ = dns_check(run_main, config)
-        mta_sts = by_name(report)["MTA-STS"]
-        assert mta_sts["status"] == status and said in mta_sts["summary"], mta_sts
-        assert code == (1 if status == "fail" else 0)
-    finally:
-        server.stop()
+    mta_sts = by_name(report)["MTA-STS"]
+    assert mta_sts["status"] == status and said in mta_sts["summary"], mta_sts
+    assert code == (1 if status == "fail" else 0)
 
 
 @pytest.mark.parametrize(
