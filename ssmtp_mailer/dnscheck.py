@@ -400,9 +400,9 @@ def check_dkim(dns: Resolver, domain: str, selector: str, key_file: Path | None)
         problem = "p= is empty: the key is revoked"
     elif key_type not in ("rsa", "ed25519"):
         problem = f"k={key_type}: verifiers know rsa and ed25519"
-    elif not {"email", "*"} & set(tags.get("s", "*").lower().replace(" ", "").split(":")):
+    elif not {"email", "*"} & _tag_list(tags, "s", "*"):
         problem = f"s={tags['s']}: the key is not for email, verifiers ignore it (RFC 6376 §3.6.1)"
-    elif "sha256" not in tags.get("h", "sha256").lower().replace(" ", "").split(":"):
+    elif "sha256" not in _tag_list(tags, "h", "sha256"):
         problem = f"h={tags['h']}: our signatures are sha256, which it rules out (RFC 6376 §3.6.1)"
     elif pair is not None and not keytool.same_public_key(key_type, public, pair):
         problem = (
@@ -491,6 +491,11 @@ def check_dmarc(dns: Resolver, domain: str) -> list[Check]:
             publish=(dnsrecords.dmarc_record(domain).zone_line(),),
         )
     ]
+
+
+def _tag_list(tags: dict[str, str], key: str, default: str) -> set[str]:
+    """A colon-separated DKIM tag value (s=, h=) as lower-case words (RFC 6376 §3.6.1)."""
+    return set(tags.get(key, default).lower().replace(" ", "").split(":"))
 
 
 def _dmarc_problem(tags: dict[str, str]) -> str | None:
@@ -583,9 +588,8 @@ def check_mta_sts(dns: Resolver, domain: str, ca_file: Path | None, timeout: flo
                 details=tuple(f"{k}: {v}" for k, v in policy.items()),
             )
         ]
-    uncovered = [
-        h for _, h in dns.mx_records(domain) if h and parsed.mode != "none" and not parsed.allows(h)
-    ]
+    hosts = [h for _, h in dns.mx_records(domain) if h] if parsed.mode != "none" else []
+    uncovered = [h for h in hosts if not parsed.allows(h)]
     if uncovered:
         return [
             Check(

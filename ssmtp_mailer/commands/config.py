@@ -75,7 +75,9 @@ def dkim_key_warnings(config: Config) -> list[str]:
     found = []
     for domain in config.domains.values():
         for path in domain.dkim_key_file:
-            problem = path.exists() and secrets.secret_file_problem(path, "a DKIM private key")
+            if not path.exists():
+                continue  # a missing key is dkim_problems' error
+            problem = secrets.secret_file_problem(path, "a DKIM private key")
             if problem:
                 found.append(f"{domain.location}: [domain:{domain.name}]: dkim_key_file: {problem}")
     return found

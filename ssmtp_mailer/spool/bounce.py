@@ -58,7 +58,7 @@ def _bounce(config: Config, failed: Entry, data: bytes, pool: ConnectionPool | N
         groups = plan_delivery(config, "", [failed.sender]).groups
     except MailerError as exc:
         # No route for <>: the notice goes back the way the message went.
-        route = next((d for d in config.domains.values() if d.name == failed.route), None)
+        route = config.domains.get(failed.route)
         if not isinstance(exc, ConfigError) or route is None:
             log.write(
                 config, "ERROR", f"no failure notice for {failed.id} to {failed.sender}: {exc.why}"
