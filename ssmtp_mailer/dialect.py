@@ -331,15 +331,24 @@ def deliver_data(
     run_queue: bool = True,
     retries: int = 0,
     pool: ConnectionPool | None = None,
+    held: bool = False,
 ) -> str:
     """A message received by DATA through the sendmail path; the reply to the final dot.
 
     `received`: our trace field, put in front of the message; max_message_size is the
     sender's (the SIZE we advertised), so it does not count.
+    `held`: the sender cannot take the message back (a maildrop file; a local submission,
+    which falls back to the maildrop on a 4xx): a temporary failure is queued whatever
+    on_temporary_failure says, since handing it back would only bring it here again and
+    give the recipients that already have it a second copy.
     """
     from ssmtp_mailer import pipeline
+    from ssmtp_mailer.config.model import TempFailurePolicy
 
     g = config.global_
+    if held and g.on_temporary_failure != TempFailurePolicy.QUEUE:
+        g = g._replace(on_temporary_failure=TempFailurePolicy.QUEUE)
+        config = config._replace(global_=g)
     try:
         prepared = prepare(
             received + raw,

@@ -565,6 +565,7 @@ class ListenerHandler:
             dsn,
             state.report,
             state.connections,
+            server.uid is not None,
         )
         state.inflight.add(future)
         try:
@@ -666,8 +667,12 @@ def _deliver(
     dsn: Dsn | None,
     report: Callable[[str], None],
     connections: ConnectionPool,
+    held: bool,
 ) -> str:
-    """In a worker: the message through the sendmail path; the reply to the final dot."""
+    """In a worker: the message through the sendmail path; the reply to the final dot.
+
+    `held`: a local submission (dialect.deliver_data).
+    """
     return dialect.deliver_data(
         config,
         raw,
@@ -679,6 +684,7 @@ def _deliver(
         run_queue=False,
         retries=config.global_.max_retries,
         pool=connections,
+        held=held,
     )
 
 

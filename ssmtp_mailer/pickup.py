@@ -181,9 +181,10 @@ def _hand_on(config: Config, dropped: Dropped) -> str | None:
         dsn=dropped.dsn,
         report=lambda line: log.write(config, "WARNING", line),
         run_queue=False,
+        held=True,
     )
     if reply.startswith("4"):
-        return None
+        return None  # not even queued (the spool is full): the file stays for the next run
     return reply
 
 

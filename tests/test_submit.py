@@ -413,6 +413,55 @@ def test_a_listener_picks_the_maildrop_up(
     assert "via maildrop" in str(got.message()["Received"])
 
 
+PARTIAL = b"Subject: to two\nTo: out@far.example, busy@far.example\n\nhello\n"
+
+
+def _fail_on_temporary_failure(main: Path) -> None:
+    main.write_text(main.read_text() + "on_temporary_failure = fail\n")
+
+
+def test_a_maildrop_file_half_delivered_is_not_sent_again_even_with_fail(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    # The submitter was told 0 long ago: a temporary failure of one recipient is queued
+    # (on_temporary_failure = fail has nobody to tell), and the other gets one copy.
+    _fail_on_temporary_failure(tree)
+    smtp_server.fault = "451-rcpt:busy@far.example"
+    (tree.parent / "spool").mkdir()
+    run_queue(tree)
+    args = ["-i", "out@far.example", "busy@far.example"]
+    run = nobody_sendmail(shared_dir, tree, args, PARTIAL)
+    assert run.returncode == 0, run.stderr
+    for _ in range(3):
+        run_queue(tree)
+    time.sleep(0.2)
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["out@far.example"]]
+    assert list((tree.parent / "spool" / "maildrop").iterdir()) == []
+    (entry,) = list_entries(load_config(tree))
+    assert entry.recipients == ("busy@far.example",)
+
+
+def test_a_submission_half_delivered_through_the_socket_is_queued_not_dropped_again(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    # A 451 would send nobody's sendmail to the maildrop, whose pickup would send the
+    # whole message again: the listener queues the rest of a local submission instead.
+    _fail_on_temporary_failure(tree)
+    smtp_server.fault = "451-rcpt:busy@far.example"
+    listener = Listener(tree)
+    try:
+        args = ["-i", "out@far.example", "busy@far.example"]
+        run = nobody_sendmail(shared_dir, tree, args, PARTIAL)
+        assert run.returncode == 0, run.stderr
+        time.sleep(6)  # past the listener's next maildrop pickup
+    finally:
+        assert listener.stop() == 0
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["out@far.example"]]
+    assert list((tree.parent / "spool" / "maildrop").iterdir()) == []
+    (entry,) = list_entries(load_config(tree))
+    assert entry.recipients == ("busy@far.example",)
+
+
 def test_root_still_delivers_directly(tree: Path, smtp_server: SMTPTestServer) -> None:
     run = subprocess.run(
         [
