@@ -74,8 +74,9 @@ def shared_dir() -> Iterator[Path]:
 
 
 def _as_nobody(
-    root: Path, args: list[str], stdin: bytes, env: dict[str, str]
+    root: Path, args: list[str], stdin: bytes, env: dict[str, str], *, groups: str = ""
 ) -> subprocess.CompletedProcess[bytes]:
+    """`groups`: supplementary groups for nobody (setpriv --groups), else none."""
     environment = {
         "PATH": "/usr/bin:/bin",
         "HOME": "/nonexistent",
@@ -84,7 +85,14 @@ def _as_nobody(
         **env,
     }
     return subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", SYSTEM_PYTHON, *args],
+        [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            f"--groups={groups}" if groups else "--clear-groups",
+            SYSTEM_PYTHON,
+            *args,
+        ],
         input=stdin,
         capture_output=True,
         env=environment,
@@ -579,6 +587,48 @@ def test_the_spool_belongs_to_spool_user_and_root_and_mail_share_entries(
     assert as_mail.returncode == 0, as_mail.stderr
     assert upstream.wait_for(1)[0].rcpt_tos == ["a@far.example"]
     assert [p.name for p in queue.iterdir()] == []
+
+
+def test_an_entry_a_member_of_group_mail_queued_is_listed_and_delivered(
+    shared_dir: Path, smtp_server_factory: Callable[..., SMTPTestServer]
+) -> None:
+    """The spool is shared with group mail: a member's sendmail queues into it directly,
+    and root's runner once took the member's file for a stranger's: never listed, never sent."""
+    try:
+        pwd.getpwnam("mail")
+    except KeyError:
+        pytest.skip("no user mail")
+    base = Path(tempfile.mkdtemp(prefix="member-", dir=shared_dir))
+    base.chmod(0o755)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    main = base / "ssmtp-mailer.conf"
+    text = (
+        f"[global]\ndefault_hostname = host.example\nspool_dir = {base / 'spool'}\n"
+        "max_retries = 0\nenable_rate_limiting = false\n\n"
+        "[domain:*]\nsmtp_server = 127.0.0.1\nsmtp_port = {port}\n"
+        "use_starttls = false\nauth_method = NONE\n"
+    )
+    main.write_text(text.replace("{port}", str(dead)))
+    main.chmod(0o644)
+    (base / "spool").mkdir()
+    run_queue(main)
+    run = _as_nobody(
+        shared_dir,
+        ["-m", "ssmtp_mailer", "sendmail", "-i", "out@far.example"],
+        MESSAGE,
+        {"SSMTP_MAILER_CONFIG": str(main)},
+        groups="mail",
+    )
+    assert run.returncode == 0 and b"queued as" in run.stderr, run.stderr
+    (entry,) = list_entries(load_config(main))
+    assert entry.recipients == ("out@far.example",)
+    upstream = smtp_server_factory()
+    main.write_text(text.replace("{port}", str(upstream.port)))
+    assert "1 delivered" in run_queue(main)
+    assert upstream.wait_for(1)[0].mail_from == "nobody@host.example"
+    assert list((base / "spool" / "queue").iterdir()) == []
 
 
 def test_the_pickup_refuses_links_and_foreign_files(

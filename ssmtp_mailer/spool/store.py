@@ -371,9 +371,13 @@ def _open_regular(path: Path) -> int:
     """
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     st = os.fstat(fd)
-    # Ours, root's, or the spool_user's who owns the area (entries the listener wrote).
-    owners = {0, os.geteuid(), path.parent.stat().st_uid}
-    if not stat.S_ISREG(st.st_mode) or st.st_uid not in owners:
+    area = path.parent.stat()
+    # Ours, root's, or the spool_user's who owns the area (entries the listener wrote);
+    # or, in an area shared with its group, a group member's (their own sendmail queued
+    # it), which the group may read anyway: nothing they could not mail out themselves.
+    ours = st.st_uid in {0, os.geteuid(), area.st_uid}
+    shared = area.st_mode & stat.S_IWGRP and st.st_gid == area.st_gid
+    if not stat.S_ISREG(st.st_mode) or not (ours or (shared and st.st_mode & stat.S_IRGRP)):
         os.close(fd)
         raise FileNotFoundError(errno.ENOENT, "not a regular spool file of ours", str(path))
     return fd
