@@ -25,6 +25,8 @@ from ssmtp_mailer.config.model import Config, DomainConfig
 from ssmtp_mailer.errors import CantCreateError, TempFailError, UnavailableError
 from ssmtp_mailer.relay.engine import DeliveryLog, deliver
 from ssmtp_mailer.rewrite import RouteGroup, plan_delivery
+from ssmtp_mailer.spool import runner as spool_runner
+from ssmtp_mailer.spool import store
 
 SENDER = "app@test.example"
 
@@ -343,6 +345,23 @@ def test_damaged_entry_is_listed_and_moved_aside_with_the_reason(
     assert spool.run_queue(config, force=True).problems == ()
 
 
+def test_an_envelope_copied_under_another_name_is_set_aside_not_sent_over_and_over(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    """An envelope whose id is not its file's: delivered under one name and removed under
+    the other, it went out on every run and took another entry's files with it."""
+    config = write_config(tmp_path, smtp_server.port)
+    copied, other = enqueue(config, 1), enqueue(config, 2)
+    envelope = tmp_path / "spool" / "queue" / f"{copied}.toml"
+    envelope.write_text(envelope.read_text().replace(copied, other))
+    result = spool.run_queue(config, force=True)
+    assert result.delivered == (other,)
+    assert "moved to damaged/" in result.problems[0] and f"not {copied!r}" in result.problems[0]
+    assert spool.run_queue(config, force=True) == spool.QueueRunResult()
+    assert message_ids(smtp_server) == ["<2.spool@test.example>"]
+    assert (tmp_path / "spool" / "damaged" / f"{copied}.msg").exists()
+
+
 # -- policies: fail vs queue, permanent failures --------------------------------------
 
 
@@ -545,6 +564,62 @@ def test_a_message_being_linked_into_failed_is_not_debris(
     os.link(queue_msg, failed_msg)  # a runner failing the entry, its envelope not yet placed
     spool.run_queue(config, ids=[entry_id])
     assert failed_msg.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs: root only")
+def test_a_full_disk_refuses_the_message_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Room for the message file but not for its envelope: 73, and the message file goes
+    too, not holding the last free space until the 15-minute debris cleanup."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], check=True)
+    try:
+        config = write_config(tmp_path, closed_port(), spool_dir=small / "spool")
+        store.ensure_spool(config)
+        filler = small / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"x" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        os.truncate(filler, filler.stat().st_size - 4096)  # one block left: the message's
+        with pytest.raises(CantCreateError, match="No space left"):
+            spool.enqueue(
+                config, group_for(config), message(7) + b"y" * 3000, smtputf8=False,
+                eightbit=False, reason="relay down",
+            )  # fmt: skip
+        assert os.listdir(small / "spool" / "queue") == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_runner_that_listed_the_queue_mid_retry_leaves_the_message_alone(
+    tmp_path: Path, smtp_server: SMTPTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another runner listed queue/ between retry-failed's link and its envelope, and
+    looked closer once the move was done: the old message file, hard-linked with its
+    old mtime and nothing left in failed/, looked like a crash's debris and was removed."""
+
+    config = write_config(tmp_path, smtp_server.port)
+    error = UnavailableError("relay", "550 no")
+    failed_id = spool.handle_permanent_failure(config, group_for(config), message(5), error=error)
+    assert failed_id is not None
+    failed_msg = tmp_path / "spool" / "failed" / f"{failed_id}.msg"
+    old = time.time() - spool.STALE_SECONDS - 60
+    os.utime(failed_msg, (old, old))
+    queue_dir = tmp_path / "spool" / "queue"
+    os.link(failed_msg, queue_dir / failed_msg.name)
+    listed_mid_move = os.listdir(queue_dir)  # the message linked in, its envelope not yet
+    (queue_dir / failed_msg.name).unlink()
+    assert spool.retry_failed(config, failed_id) == failed_id
+    monkeypatch.setattr(os, "listdir", lambda directory: listed_mid_move)
+    spool_runner._clean_debris(queue_dir, time.time())
+    monkeypatch.undo()
+    assert spool.run_queue(config, force=True).delivered == (failed_id,)
+    assert message_ids(smtp_server) == ["<5.spool@test.example>"]
 
 
 def test_an_smtputf8_recipient_gets_its_sender_a_notice(

@@ -445,7 +445,7 @@ def test_a_maildrop_file_half_delivered_is_not_sent_again_even_with_fail(
     time.sleep(0.2)
     assert [m.rcpt_tos for m in smtp_server.messages] == [["out@far.example"]]
     assert list((tree.parent / "spool" / "maildrop").iterdir()) == []
-    (entry,) = list_entries(load_config(tree))
+    (entry,) = list_entries(load_config(str(tree)))
     assert entry.recipients == ("busy@far.example",)
 
 
@@ -466,7 +466,7 @@ def test_a_submission_half_delivered_through_the_socket_is_queued_not_dropped_ag
         assert listener.stop() == 0
     assert [m.rcpt_tos for m in smtp_server.messages] == [["out@far.example"]]
     assert list((tree.parent / "spool" / "maildrop").iterdir()) == []
-    (entry,) = list_entries(load_config(tree))
+    (entry,) = list_entries(load_config(str(tree)))
     assert entry.recipients == ("busy@far.example",)
 
 
@@ -622,7 +622,7 @@ def test_an_entry_a_member_of_group_mail_queued_is_listed_and_delivered(
         groups="mail",
     )
     assert run.returncode == 0 and b"queued as" in run.stderr, run.stderr
-    (entry,) = list_entries(load_config(main))
+    (entry,) = list_entries(load_config(str(main)))
     assert entry.recipients == ("out@far.example",)
     upstream = smtp_server_factory()
     main.write_text(text.replace("{port}", str(upstream.port)))

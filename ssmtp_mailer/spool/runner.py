@@ -119,10 +119,13 @@ def _clean_debris(directory: Path, now: float) -> None:
         path = directory / name
         with contextlib.suppress(OSError):
             st = path.stat()
-            # A message being hard-linked into place (failed/, retry-failed) keeps its old
-            # mtime, and its envelope follows in a moment: while the other name still
-            # exists it is not debris.
-            if st.st_nlink == 1 and now - st.st_mtime > STALE_SECONDS:
+            # A message hard-linked into place (into failed/, back by retry-failed) keeps
+            # its old mtime, and its envelope follows: while the other name exists it is
+            # not debris; once it is gone the envelope is here, though maybe not when the
+            # directory was listed. So the envelope is looked for again, after the stat.
+            envelope = directory / (name[: -len(MESSAGE_SUFFIX)] + ENVELOPE_SUFFIX)
+            moved_in = name.endswith(MESSAGE_SUFFIX) and envelope.exists()
+            if st.st_nlink == 1 and now - st.st_mtime > STALE_SECONDS and not moved_in:
                 path.unlink()
 
 

@@ -400,7 +400,11 @@ def _read_entry(directory: Path, entry_id: str, area: str) -> Entry:
     except FileNotFoundError:
         size = 0
     try:
-        return _decode(raw, area=area, size=size)
+        entry = _decode(raw, area=area, size=size)
+        if entry.id != entry_id:
+            # Delivered, deferred and removed by its id: it would act on another entry.
+            raise ValueError(f"it says it is {entry.id!r}, not {entry_id!r}")
+        return entry
     except (ValueError, KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
         raise DamagedEntryError(
             entry_id,
@@ -414,10 +418,17 @@ def _read_entry(directory: Path, entry_id: str, area: str) -> Entry:
 
 def _write_entry(directory: Path, entry: Entry, data: bytes | bytearray) -> None:
     """Message, then envelope, each made durable before the next step depends on it."""
-    _place(directory, f"{entry.id}{MESSAGE_SUFFIX}", data)
-    # The message's rename must be on disk before the envelope that points at it can be.
-    _fsync_dir(directory)
-    _place(directory, f"{entry.id}{ENVELOPE_SUFFIX}", _encode(entry))
+    message = directory / f"{entry.id}{MESSAGE_SUFFIX}"
+    _place(directory, message.name, data)
+    try:
+        # The message's rename must be on disk before the envelope that points at it can be.
+        _fsync_dir(directory)
+        _place(directory, f"{entry.id}{ENVELOPE_SUFFIX}", _encode(entry))
+    except OSError:
+        # Not accepted (the disk is full): its message must not hold the space meanwhile.
+        with contextlib.suppress(OSError):
+            message.unlink()
+        raise
     _fsync_dir(directory)
 
 
