@@ -57,7 +57,8 @@ def shared_dir() -> Iterator[Path]:
     )
     # The pure-Python dependencies, from this interpreter's environment: a CI machine's
     # /usr/bin/python3 need not have Debian's python3-click and friends installed.
-    for name in ("click", "platformdirs", "tomli_w"):
+    # aiosmtpd (with public and attr) for `config check`, which looks at the listener's TLS.
+    for name in ("click", "platformdirs", "tomli_w", "aiosmtpd", "public", "attr"):
         spec = importlib.util.find_spec(name)
         assert spec is not None and spec.submodule_search_locations
         source = Path(next(iter(spec.submodule_search_locations)))
@@ -629,6 +630,36 @@ def test_an_entry_a_member_of_group_mail_queued_is_listed_and_delivered(
     assert "1 delivered" in run_queue(main)
     assert upstream.wait_for(1)[0].mail_from == "nobody@host.example"
     assert list((base / "spool" / "queue").iterdir()) == []
+
+
+def test_config_check_by_a_user_who_cannot_reach_the_listener_key_says_so_in_one_line(
+    shared_dir: Path,
+) -> None:
+    """The key in a directory closed to the user (/etc/ssl/private is 0700): a warning
+    that it was not checked, where a traceback and exit 70 came out."""
+    import trustme
+
+    base = Path(tempfile.mkdtemp(prefix="tlskey-", dir=shared_dir))
+    base.chmod(0o755)
+    cert = trustme.CA().issue_cert("host.example")
+    cert.cert_chain_pems[0].write_to_path(str(base / "cert.pem"))
+    (base / "cert.pem").chmod(0o644)
+    private = base / "private"
+    private.mkdir(mode=0o700)
+    cert.private_key_pem.write_to_path(str(private / "key.pem"))
+    main = base / "ssmtp-mailer.conf"
+    main.write_text(
+        f"[global]\ndefault_hostname = host.example\nspool_dir = {base / 'spool'}\n"
+        f"listen_tls_cert_file = {base / 'cert.pem'}\n"
+        f"listen_tls_key_file = {private / 'key.pem'}\n"
+        "\n[domain:*]\nsmtp_server = 127.0.0.1\nuse_starttls = false\nauth_method = NONE\n"
+    )
+    main.chmod(0o644)
+    run = _as_nobody(shared_dir, ["-m", "ssmtp_mailer", "config", "check", "-C", str(main)], b"", {})
+    out = (run.stdout + run.stderr).decode()
+    assert run.returncode == 0, out
+    assert f"listen_tls_key_file {private / 'key.pem'}: not readable by this user" in out
+    assert "internal error" not in out
 
 
 def test_the_pickup_refuses_links_and_foreign_files(

@@ -75,12 +75,25 @@ def dkim_key_warnings(config: Config) -> list[str]:
     found = []
     for domain in config.domains.values():
         for path in domain.dkim_key_file:
-            if not path.exists():
-                continue  # a missing key is dkim_problems' error
+            if not os.path.exists(path):
+                continue  # missing or out of reach: dkim_problems' error
             problem = secrets.secret_file_problem(path, "a DKIM private key")
             if problem:
                 found.append(f"{domain.location}: [domain:{domain.name}]: dkim_key_file: {problem}")
     return found
+
+
+def _beyond_reach(path: Path) -> bool:
+    """There, or maybe there (its directory is closed to us), but not for this user to read."""
+    if os.access(path, os.R_OK):
+        return False
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return False  # missing: tls_context says so
+    except OSError:
+        pass
+    return True
 
 
 def listener_problems(config: Config) -> tuple[list[str], list[str]]:
@@ -107,7 +120,7 @@ def listener_problems(config: Config) -> tuple[list[str], list[str]]:
     unreadable = [
         f"{where(key)}{key} {path}: not readable by this user, not checked"
         for key, path in files.items()
-        if path is not None and path.exists() and not os.access(path, os.R_OK)
+        if path is not None and _beyond_reach(path)
     ]
     if unreadable:  # the key is root's and mail's (0640): not this user's to check
         warnings += unreadable
