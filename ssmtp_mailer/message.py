@@ -600,11 +600,11 @@ def prepare(
     nul = data.find(b"\x00")
     if nul >= 0:
         raise DataError("message", f"line {_line_of(data, nul, first_line)} contains a NUL byte")
-    # The limit is on what the sender gave (the SIZE a client was told): what is done to it
-    # here, CR LF line ends, qualified addresses, a Date or Message-ID, does not count.
+    data = _to_crlf(data)
+    # The limit is on what the sender gave, as SMTP's SIZE counts it (CR LF line ends, as
+    # `sendmail` reads them too): what is added here, a Date or Message-ID, does not count.
     if len(data) > max_size:
         raise DataError("message", f"{len(data)} octets, over max_message_size ({max_size} octets)")
-    data = _to_crlf(data)
     fields, body_start, _ = _parse_header(data, first_line)
     long_line = _long_line(data, body_start)
     if long_line >= 0:

@@ -243,7 +243,9 @@ def read_message(stream: BinaryIO, *, dot_ends: bool, limit: int) -> bytearray:
                 del data[cut:]
                 return data
         if len(data) > limit:
-            raise DataError("message", f"over max_message_size ({limit} octets)")
+            raise DataError(
+                "message", f"{len(data)} octets read, over max_message_size ({limit} octets)"
+            )
     data += crlf_lines(held)
     return data
 

@@ -273,6 +273,18 @@ def test_long_header_line_folded_at_whitespace() -> None:
     assert unfolded == f"To: {to}".encode()
 
 
+def test_the_size_limit_counts_line_ends_as_smtp_size_does() -> None:
+    """Bare LF (a pipe) or CR LF (the listener, sendmail's own reading): the same count,
+    the one a relay's SIZE applies; the Date and Message-ID added do not count."""
+    crlf = b"Subject: s\r\n\r\n" + b"line\r\n" * 40
+    lf = crlf.replace(b"\r\n", b"\n")
+    for raw in (lf, crlf):
+        intake = Intake(recipients=("a@x",))
+        prepare(raw, intake, hostname=HOST, default_from="n", max_size=len(crlf))
+        with pytest.raises(DataError, match=f"{len(crlf)} octets, over max_message_size"):
+            prepare(raw, intake, hostname=HOST, default_from="n", max_size=len(crlf) - 1)
+
+
 def test_unfoldable_header_line_refused() -> None:
     with pytest.raises(DataError, match="X-Blob"):
         prep(b"X-Blob: " + b"z" * 2000 + b"\n\nbody\n", recipients=("a@x",))
