@@ -662,6 +662,35 @@ def test_config_check_by_a_user_who_cannot_reach_the_listener_key_says_so_in_one
     assert "internal error" not in out
 
 
+def test_a_user_outside_the_spool_hears_so_from_every_queue_command(shared_dir: Path) -> None:
+    """Root's spool is spool_user's: `queue run`, `sendmail -q`, `queue show|delete|
+    retry-failed` by anyone else end in one line and 77, where they ended in a traceback."""
+    base = Path(tempfile.mkdtemp(prefix="outside-", dir=shared_dir))
+    base.chmod(0o755)
+    tree = base / "ssmtp-mailer.conf"
+    tree.write_text(
+        f"[global]\ndefault_hostname = host.example\nspool_dir = {base / 'spool'}\n\n"
+        "[domain:*]\nsmtp_server = 127.0.0.1\nuse_starttls = false\nauth_method = NONE\n"
+    )
+    tree.chmod(0o644)  # all of it readable: only the spool is out of reach
+    (base / "spool").mkdir()
+    run_queue(tree)
+    some_id = "1A23A731917F8028C"
+    for args in (
+        ["queue", "run"],
+        ["queue", "run", "--id", some_id],
+        ["sendmail", "-q"],
+        ["queue", "show", some_id],
+        ["queue", "delete", some_id],
+        ["queue", "retry-failed", some_id],
+    ):
+        run = _as_nobody(shared_dir, ["-m", "ssmtp_mailer", "-C", str(tree), *args], b"", {})
+        lines = run.stderr.decode().splitlines()
+        assert run.returncode == 77, (args, lines)
+        assert lines[0].startswith("ssmtp-mailer: spool ") and "Permission denied" in lines[0]
+        assert lines[1:] == ["ssmtp-mailer: hint: run as the spool's owner"]
+
+
 def test_the_pickup_refuses_links_and_foreign_files(
     tree: Path, smtp_server: SMTPTestServer
 ) -> None:

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from ssmtp_mailer.commands.common import common_options, json_option, load, print_json
 from ssmtp_mailer.config.model import Config
 from ssmtp_mailer.errors import MailerError
-from ssmtp_mailer.spool.store import DAMAGED, Entry, list_damaged, list_entries, short_age
+from ssmtp_mailer.spool.store import (
+    DAMAGED,
+    Entry,
+    denied,
+    list_damaged,
+    list_entries,
+    short_age,
+)
+
+Command = TypeVar("Command", bound=Callable[..., Any])
 
 _LISTING_HEADER = (
     "-Queue ID-------- --Size-- ----Arrival Time---- -Age- -Tries- -Sender/Recipient-------"
@@ -62,6 +72,19 @@ def header_block(data: bytes) -> str:
     return head.decode("utf-8", "replace").replace("\r\n", "\n")
 
 
+def _spool_access(command: Command) -> Command:
+    """The spool is root's and spool_user's: anyone else hears so, not a traceback."""
+
+    @functools.wraps(command)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except PermissionError as exc:
+            raise denied(exc) from None
+
+    return guarded  # type: ignore[return-value]
+
+
 @click.group("queue")
 @common_options
 def queue_group() -> None:
@@ -92,6 +115,7 @@ def list_cmd(as_json: bool, failed: bool) -> None:
 @common_options
 @json_option
 @click.argument("entry_id", metavar="ID")
+@_spool_access
 def show_cmd(as_json: bool, entry_id: str) -> None:
     """One entry: its envelope, attempt history and message headers."""
     from ssmtp_mailer import spool
@@ -181,6 +205,7 @@ def _each_entry(entry_ids: tuple[str, ...], act: Callable[[str], str]) -> int:
 @queue_group.command("delete")
 @common_options
 @click.argument("entry_ids", metavar="ID...", nargs=-1, required=True)
+@_spool_access
 def delete_cmd(entry_ids: tuple[str, ...]) -> int:
     """Remove entries from the queue or failed/ (never one being delivered)."""
     from ssmtp_mailer import spool
@@ -196,6 +221,7 @@ def delete_cmd(entry_ids: tuple[str, ...]) -> int:
 @queue_group.command("retry-failed")
 @common_options
 @click.argument("entry_ids", metavar="ID...", nargs=-1, required=True)
+@_spool_access
 def retry_failed_cmd(entry_ids: tuple[str, ...]) -> int:
     """Move failed entries back into the queue, due now (the next `queue run` tries them)."""
     from ssmtp_mailer import spool

@@ -52,6 +52,7 @@ from ssmtp_mailer.spool.store import (
     area_dir,
     backoff,
     check_id,
+    denied,
     ensure_spool,
     error_reason,
     move_aside,
@@ -177,6 +178,20 @@ def run_queue(
     Entries for one server share one connection; each is locked while it is sent and
     leaves the queue on the relay's 250 to its final dot, before any QUIT.
     """
+    try:
+        return _run_queue(config, force, ids, time_budget, progress, pick_up)
+    except PermissionError as exc:  # root's spool, and this user is not spool_user
+        raise denied(exc) from None
+
+
+def _run_queue(
+    config: Config,
+    force: bool,
+    ids: Sequence[str],
+    time_budget: float | None,
+    progress: bool,
+    pick_up: bool,
+) -> QueueRunResult:
     from ssmtp_mailer.relay.pool import ConnectionPool
 
     picked_up = 0

@@ -588,15 +588,20 @@ def backoff(attempts: int) -> int:
 # -- reading the spool ---------------------------------------------------------------
 
 
+def denied(exc: PermissionError) -> NoPermError:
+    """A spool this user may not enter (root's, kept for spool_user): 77 and one line."""
+    return NoPermError(
+        f"spool {exc.filename}", exc.strerror or str(exc), hint="run as the spool's owner"
+    )
+
+
 def _entry_ids(directory: Path) -> list[str]:
     try:
         names = os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):
         return []
     except PermissionError as exc:
-        raise NoPermError(
-            f"spool {directory}", exc.strerror or str(exc), hint="run as the spool's owner"
-        ) from None
+        raise denied(exc) from None
     return sorted(
         n[: -len(ENVELOPE_SUFFIX)]
         for n in names
