@@ -362,6 +362,21 @@ def test_an_envelope_copied_under_another_name_is_set_aside_not_sent_over_and_ov
     assert (tmp_path / "spool" / "damaged" / f"{copied}.msg").exists()
 
 
+def test_an_envelope_without_its_message_is_set_aside_not_called_busy_forever(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    config = write_config(tmp_path, smtp_server.port)
+    lost, good = enqueue(config, 1), enqueue(config, 2)
+    (tmp_path / "spool" / "queue" / f"{lost}.msg").unlink()
+    result = spool.run_queue(config, force=True)
+    assert result.delivered == (good,) and result.busy == ()
+    assert result.problems == (
+        f"{lost}: damaged, moved to damaged/: its message file is missing",
+    )
+    assert (tmp_path / "spool" / "damaged" / f"{lost}.toml").exists()
+    assert spool.run_queue(config, force=True) == spool.QueueRunResult()
+
+
 # -- policies: fail vs queue, permanent failures --------------------------------------
 
 

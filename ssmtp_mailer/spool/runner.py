@@ -345,8 +345,12 @@ def _progress(items: list[str], *, enabled: bool) -> Iterator[Any]:
 def _run_one(config: Config, queue_dir: Path, entry_id: str, *, force: bool, run: _Run) -> None:
     with _locked(queue_dir, entry_id) as held:
         if held is None:
-            if (queue_dir / f"{entry_id}{ENVELOPE_SUFFIX}").exists():
-                run.busy.append(entry_id)
+            if not (queue_dir / f"{entry_id}{ENVELOPE_SUFFIX}").exists():
+                return  # delivered by another runner
+            if not (queue_dir / f"{entry_id}{MESSAGE_SUFFIX}").exists():
+                # Every writer puts the message before the envelope and removes it after.
+                raise DamagedEntryError(entry_id, "its message file is missing")
+            run.busy.append(entry_id)
             return
         fd, entry = held
         now = _now()
