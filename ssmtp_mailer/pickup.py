@@ -17,6 +17,7 @@ import json
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ssmtp_mailer import dialect, log
@@ -75,8 +76,18 @@ def received_field(config: Config, uid: int, via: str) -> bytes:
     return f"{line}\r\n\t{format_date(time.time())}\r\n".encode("utf-8", "replace")
 
 
-def pick_up(config: Config) -> int:
-    """Take every complete maildrop file; the number handed on (delivered, queued or failed)."""
+def pick_up(config: Config, problems: Callable[[str], None] | None = None) -> int:
+    """Take every complete maildrop file; the number handed on (delivered, queued or failed).
+
+    Each file that could not be taken is logged, and told to `problems` (a `queue run`
+    has someone to tell).
+    """
+
+    def problem(line: str) -> None:
+        log.write(config, "ERROR", line)
+        if problems is not None:
+            problems(line)
+
     directory = config.global_.spool_dir / MAILDROP
     if os.geteuid() == 0 and directory.parent.is_dir() and not directory.is_dir():
         # root's first `queue run` opens the maildrop of an existing spool for local
@@ -99,16 +110,16 @@ def pick_up(config: Config) -> int:
                     path.unlink()
             continue
         try:
-            if _take(config, path):
+            if _take(config, path, problem):
                 taken += 1
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.write(config, "ERROR", f"maildrop {name}: {type(exc).__name__}: {exc}")
+            problem(f"maildrop {name}: {type(exc).__name__}: {exc}")
     if taken:
         _fsync(directory)
     return taken
 
 
-def _take(config: Config, path: Path) -> bool:
+def _take(config: Config, path: Path, problem: Callable[[str], None]) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -120,7 +131,7 @@ def _take(config: Config, path: Path) -> bool:
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
-        log.write(config, "ERROR", f"maildrop {path.name}: a symbolic link, removed")
+        problem(f"maildrop {path.name}: a symbolic link, removed")
         path.unlink()
         return False
     with os.fdopen(fd, "rb") as handle:
@@ -128,7 +139,7 @@ def _take(config: Config, path: Path) -> bool:
         # Only regular files, each with its one name: a hard link to another user's file
         # must not be mailed out as theirs.
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            log.write(config, "ERROR", f"maildrop {path.name}: not a plain file, removed")
+            problem(f"maildrop {path.name}: not a plain file, removed")
             path.unlink()
             return False
         try:
@@ -145,11 +156,7 @@ def _take(config: Config, path: Path) -> bool:
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # anyone writes here
             kept = _set_aside(config, path)
             why = f"{type(exc).__name__}: {exc}"
-            log.write(
-                config,
-                "ERROR",
-                f"maildrop {path.name} from {_uid_label(st.st_uid)}: {why}; moved to {kept}",
-            )
+            problem(f"maildrop {path.name} from {_uid_label(st.st_uid)}: {why}; moved to {kept}")
             return False
         outcome = _hand_on(config, dropped)
         if outcome is None:

@@ -137,6 +137,16 @@ def nobody_sendmail(
     )
 
 
+def queue_run_with_problems(main: Path) -> subprocess.CompletedProcess[str]:
+    """`queue run` as root, whatever its exit code (run_queue wants 0)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ssmtp_mailer", "--config", str(main), "queue", "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 MESSAGE = b"Subject: from nobody\nTo: out@far.example\n\nhello from a cron job\n"
 
 
@@ -309,7 +319,12 @@ def test_junk_in_the_maildrop_is_set_aside_once_and_mail_beside_it_goes(
     log = tree.parent / "mail.log"
     with tree.open("a") as main:
         main.write(f"log_file = {log}\n")
-    run_queue(tree)
+    first = queue_run_with_problems(tree)
+    # Whoever runs the queue hears of it too (once: the files are out of the way after).
+    assert first.returncode == 75, first.stderr
+    told = first.stderr.splitlines()
+    assert len(told) == 2 and all(x.startswith("ssmtp-mailer: queue run: maildrop ") for x in told)
+    assert any("junk from uid 65534 (nobody): ValueError: not a maildrop file" in x for x in told)
     run_queue(tree)
     assert smtp_server.wait_for(1)[0].mail_from == "nobody@host.example"
     assert list(drop.iterdir()) == []
@@ -707,7 +722,12 @@ def test_the_pickup_refuses_links_and_foreign_files(
     secret.chmod(0o600)
     os.link(secret, drop / "hardlink")
     (drop / "symlink").symlink_to(secret)
-    run_queue(tree)
+    run = queue_run_with_problems(tree)
+    assert run.returncode == 75
+    assert run.stderr.splitlines() == [
+        "ssmtp-mailer: queue run: maildrop hardlink: not a plain file, removed",
+        "ssmtp-mailer: queue run: maildrop symlink: a symbolic link, removed",
+    ]
     time.sleep(0.2)
     assert smtp_server.messages == []
     assert sorted(p.name for p in drop.iterdir()) == []

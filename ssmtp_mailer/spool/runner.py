@@ -195,10 +195,11 @@ def _run_queue(
     from ssmtp_mailer.relay.pool import ConnectionPool
 
     picked_up = 0
+    maildrop_problems: list[str] = []
     if pick_up and not ids:
         from ssmtp_mailer import pickup
 
-        picked_up = pickup.pick_up(config)
+        picked_up = pickup.pick_up(config, maildrop_problems.append)
 
     queue_dir = area_dir(config, QUEUE)
     for entry_id in ids:  # asked for by name: one that is not there is the caller's mistake
@@ -209,10 +210,12 @@ def _run_queue(
                 hint="`queue list` shows them; `queue retry-failed ID` takes a failed one",
             )
     if not queue_dir.is_dir():
-        return _Run(picked_up=picked_up).result()
+        return _Run(picked_up=picked_up, problems=maildrop_problems).result()
     with ConnectionPool(config.global_.connection_reuse_idle) as connections:
         tidier = _Tidier(queue_dir)
-        run = _Run(connections=connections, tidier=tidier, picked_up=picked_up)
+        run = _Run(
+            connections=connections, tidier=tidier, picked_up=picked_up, problems=maildrop_problems
+        )
         try:
             _run_entries(
                 config, queue_dir, run, force=force, ids=ids, time_budget=time_budget,
