@@ -363,9 +363,12 @@ def _run_mode(parsed: SendmailArgs, config: Config) -> int:
         _standard(sys.stdout, "output").write(listing_text(config).rstrip("\n") + "\n")
         return 0
     if parsed.mode == "queue":
-        from ssmtp_mailer import spool
+        from ssmtp_mailer import errors, spool
 
-        return spool.run_queue(config, force=parsed.force_queue).exit_code
+        result = spool.run_queue(config, force=parsed.force_queue)
+        for problem in result.problems:  # what made it 75, as `queue run` says it
+            errors.report(f"queue run: {problem}")
+        return result.exit_code
     if parsed.mode == "smtp":
         if os.geteuid() != 0 and _needs_submission(config):
             return submit_session(config.global_)

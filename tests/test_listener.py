@@ -913,7 +913,8 @@ def test_listener_settings_are_checked_by_config_check_and_named_by_listen(
     there is an error; users that do not exist and a listen_address that does not resolve
     are warnings, errors with --strict); and a listen_address that cannot be bound is a
     configuration error, exit 78, naming the key where it is set."""
-    missing = tmp_path / "none.pem"
+    (tmp_path / "plain").write_text("")
+    missing = tmp_path / "plain" / "none.pem"  # not even a directory on the way
     tls = f"listen_tls_cert_file = {missing}\nlisten_tls_key_file = {missing}\n"
     conf = listener_config(
         tmp_path / "l.conf",

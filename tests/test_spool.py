@@ -377,6 +377,31 @@ def test_an_envelope_without_its_message_is_set_aside_not_called_busy_forever(
     assert spool.run_queue(config, force=True) == spool.QueueRunResult()
 
 
+def test_a_runner_that_sees_an_entry_half_moved_aside_leaves_it_to_the_first(
+    tmp_path: Path, smtp_server: SMTPTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """move_aside takes the message first: a second runner that looks just then finds an
+    envelope without its message, and must not set it aside again over the first reason."""
+    config = write_config(tmp_path, smtp_server.port)
+    damaged = enqueue(config, 1)
+    (tmp_path / "spool" / "queue" / f"{damaged}.toml").write_text("not = [toml")
+    replace = os.replace
+    second: list[spool.QueueRunResult] = []
+
+    def replace_then_look(source: Any, target: Any) -> None:
+        replace(source, target)
+        if str(source).endswith(".msg") and not second:
+            second.append(spool.run_queue(config, force=True))
+
+    monkeypatch.setattr(os, "replace", replace_then_look)
+    first = spool.run_queue(config, force=True)
+    monkeypatch.undo()
+    assert len(first.problems) == 1 and "TOMLDecodeError" in first.problems[0]
+    assert second[0].problems == ()
+    reason = tmp_path / "spool" / "damaged" / f"{damaged}.reason"
+    assert "TOMLDecodeError" in reason.read_text()
+
+
 # -- policies: fail vs queue, permanent failures --------------------------------------
 
 

@@ -137,10 +137,17 @@ def nobody_sendmail(
     )
 
 
-def queue_run_with_problems(main: Path) -> subprocess.CompletedProcess[str]:
-    """`queue run` as root, whatever its exit code (run_queue wants 0)."""
+def queue_run_with_problems(main: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    """`queue run` (or `command`) as root, whatever its exit code (run_queue wants 0)."""
     return subprocess.run(
-        [sys.executable, "-m", "ssmtp_mailer", "--config", str(main), "queue", "run"],
+        [
+            sys.executable,
+            "-m",
+            "ssmtp_mailer",
+            "--config",
+            str(main),
+            *(command or ("queue", "run")),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -630,9 +637,13 @@ def test_an_entry_a_member_of_group_mail_queued_is_listed_and_delivered(
     main.chmod(0o644)
     (base / "spool").mkdir()
     run_queue(main)
+    # umask 077, as a careful user's: the group must still read what it queued.
+    sendmail = (
+        "import os, runpy; os.umask(0o077); runpy.run_module('ssmtp_mailer', run_name='__main__')"
+    )
     run = _as_nobody(
         shared_dir,
-        ["-m", "ssmtp_mailer", "sendmail", "-i", "out@far.example"],
+        ["-c", sendmail, "sendmail", "-i", "out@far.example"],
         MESSAGE,
         {"SSMTP_MAILER_CONFIG": str(main)},
         groups="mail",
@@ -670,7 +681,9 @@ def test_config_check_by_a_user_who_cannot_reach_the_listener_key_says_so_in_one
         "\n[domain:*]\nsmtp_server = 127.0.0.1\nuse_starttls = false\nauth_method = NONE\n"
     )
     main.chmod(0o644)
-    run = _as_nobody(shared_dir, ["-m", "ssmtp_mailer", "config", "check", "-C", str(main)], b"", {})
+    run = _as_nobody(
+        shared_dir, ["-m", "ssmtp_mailer", "config", "check", "-C", str(main)], b"", {}
+    )
     out = (run.stdout + run.stderr).decode()
     assert run.returncode == 0, out
     assert f"listen_tls_key_file {private / 'key.pem'}: not readable by this user" in out
@@ -722,7 +735,7 @@ def test_the_pickup_refuses_links_and_foreign_files(
     secret.chmod(0o600)
     os.link(secret, drop / "hardlink")
     (drop / "symlink").symlink_to(secret)
-    run = queue_run_with_problems(tree)
+    run = queue_run_with_problems(tree, "sendmail", "-q")  # as cron's `sendmail -q` hears it
     assert run.returncode == 75
     assert run.stderr.splitlines() == [
         "ssmtp-mailer: queue run: maildrop hardlink: not a plain file, removed",

@@ -89,10 +89,10 @@ def _beyond_reach(path: Path) -> bool:
         return False
     try:
         path.stat()
-    except FileNotFoundError:
-        return False  # missing: tls_context says so
+    except PermissionError:
+        return True  # a directory on the way is closed to this user
     except OSError:
-        pass
+        return False  # missing, or no file at all: tls_context says so
     return True
 
 

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ssmtp_mailer import errors
 from ssmtp_mailer.commands.common import common_options, json_option, load, print_json
 from ssmtp_mailer.config.model import Config
 from ssmtp_mailer.errors import MailerError
@@ -185,7 +186,7 @@ def run_cmd(as_json: bool, force: bool, ids: tuple[str, ...], progress: bool) ->
     else:
         click.echo(f"queue run: {result.summary()}")
         for problem in result.problems:
-            click.echo(f"ssmtp-mailer: queue run: {problem}", err=True)
+            errors.report(f"queue run: {problem}")
     return result.exit_code
 
 

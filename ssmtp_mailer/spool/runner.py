@@ -351,7 +351,10 @@ def _run_one(config: Config, queue_dir: Path, entry_id: str, *, force: bool, run
             if not (queue_dir / f"{entry_id}{ENVELOPE_SUFFIX}").exists():
                 return  # delivered by another runner
             if not (queue_dir / f"{entry_id}{MESSAGE_SUFFIX}").exists():
-                # Every writer puts the message before the envelope and removes it after.
+                # Every writer puts the message before the envelope and removes it after;
+                # only move_aside takes it first, into damaged/.
+                if (queue_dir.parent / DAMAGED / f"{entry_id}{MESSAGE_SUFFIX}").exists():
+                    return
                 raise DamagedEntryError(entry_id, "its message file is missing")
             run.busy.append(entry_id)
             return

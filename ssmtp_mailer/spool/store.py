@@ -260,8 +260,11 @@ def _fsync_dir(directory: Path) -> None:
 def _write_temp(directory: Path, data: bytes | bytearray) -> Path:
     """Write `data` to a fresh temp file in `directory` and fsync it; return its path."""
     temp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _file_mode(directory))
+    mode = _file_mode(directory)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
+        if mode & 0o060:
+            os.fchmod(fd, mode)  # a group member's umask (077) must not hide it from the group
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
