@@ -337,18 +337,13 @@ def deliver_data(
 
     `received`: our trace field, put in front of the message; max_message_size is the
     sender's (the SIZE we advertised), so it does not count.
-    `held`: the sender cannot take the message back (a maildrop file; a local submission,
-    which falls back to the maildrop on a 4xx): a temporary failure is queued whatever
-    on_temporary_failure says, since handing it back would only bring it here again and
-    give the recipients that already have it a second copy.
+    A fault of our own set-up (the configuration, the relay refusing our AUTH or TLS) is
+    queued for the fix, as a queue entry waits for it: a 4xx would only bring the message
+    back, and a copy in failed/ each time. `held`: pipeline.submit.
     """
     from ssmtp_mailer import pipeline
-    from ssmtp_mailer.config.model import TempFailurePolicy
 
     g = config.global_
-    if held and g.on_temporary_failure != TempFailurePolicy.QUEUE:
-        g = g._replace(on_temporary_failure=TempFailurePolicy.QUEUE)
-        config = config._replace(global_=g)
     try:
         prepared = prepare(
             received + raw,
@@ -365,6 +360,8 @@ def deliver_data(
             run_queue=run_queue,
             retries=retries,
             pool=pool,
+            accepted=True,
+            held=held,
         )
     except MailerError as exc:
         report(f"{exc.what}: {exc.why}")

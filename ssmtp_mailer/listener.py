@@ -37,7 +37,7 @@ from aiosmtpd.smtp import (
 
 from ssmtp_mailer import __version__, dialect, log, rewrite
 from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify, split_path
-from ssmtp_mailer.config.model import Config, HostPort, UserConfig
+from ssmtp_mailer.config.model import AuthMethod, Config, HostPort, UserConfig
 from ssmtp_mailer.errors import EX_SOFTWARE, PROG, ConfigError, MailerError, UsageError
 from ssmtp_mailer.message import Dsn, format_date
 from ssmtp_mailer.relay.pool import ConnectionPool
@@ -934,6 +934,37 @@ def _sockname(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def keyring_out_of_reach(config: Config) -> list[str]:
+    """Routes whose password is to come from a keyring this user does not have: root's,
+    once the listener is listen_user. Said at the start, not at the first message."""
+    from ssmtp_mailer.config import secrets
+
+    found = []
+    for route in config.domains.values():
+        keyring_only = route.password is None and not route.password_command and route.username
+        if not route.enabled or route.auth_method == AuthMethod.NONE or not keyring_only:
+            continue
+        if route.auth_method == AuthMethod.XOAUTH2 or route.oauth2_token_command:
+            continue
+        try:
+            missing = secrets.keyring_get(route.name) is None
+        except MailerError:
+            missing = True
+        if not missing:
+            continue
+        line = f"[domain:{route.name}]: no password for {route.username} in the keyring"
+        if os.geteuid() == 0:
+            found.append(f"{line}; run: {secrets.set_command(route.name)}")
+        else:
+            from ssmtp_mailer.submit import uid_label
+
+            found.append(
+                f"{line} of {uid_label(os.geteuid())}, which root's is not: put it in a"
+                " root:mail 0640 file (password = ...) or use password_command"
+            )
+    return found
+
+
 def run_listener(
     config: Config,
     addresses: Sequence[HostPort],
@@ -951,6 +982,9 @@ def run_listener(
         _hand_over(config, config.global_.listen_user)
     open_sessions = SessionCount(shared=processes > 1)
     drop_privileges(config.global_.listen_user)
+    for line in keyring_out_of_reach(config):
+        log.write(config, "WARNING", f"listen: {line}")
+        say(f"warning: {line}")
     names = ", ".join(_sockname(s) for s in socket_sets[0])
     service = Service(config, tls, submit_socket, reload, open_sessions)
     if processes == 1:

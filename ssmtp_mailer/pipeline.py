@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from ssmtp_mailer import errors, log, rewrite
-from ssmtp_mailer.config.model import Config
+from ssmtp_mailer.config.model import Config, TempFailurePolicy
 from ssmtp_mailer.errors import (
     EX_NOPERM,
     EX_NOUSER,
@@ -153,16 +153,28 @@ def submit(
     run_queue: bool = True,
     retries: int = 0,
     pool: ConnectionPool | None = None,
+    accepted: bool = False,
+    held: bool = False,
 ) -> SubmitResult:
     """Route, fix headers per group and deliver; each problem is reported as one line.
 
     `retries`: the engine's quick retries, for the listener's workers only (SPEC §6).
+    `accepted`: the answer is an SMTP reply (the listener, `-bs`, the maildrop's pickup):
+    a fault of our own set-up is queued, as for a queue entry (relay/failures.py).
+    `held`: the sender cannot take the message back (a maildrop file; a local submission,
+    which falls back to the maildrop on a 4xx): a temporary failure is queued whatever
+    on_temporary_failure says, since handing it back would only bring it here again and
+    give the recipients that already have it a second copy.
 
     Errors about the whole message (sender refused by policy, no route) are raised. The
     prepared message's buffer is reused for the last group's headers: read it before, not after.
     A caller with many messages (`-bs`, the listener) passes its `pool` and closes it
     itself; otherwise the message's groups share one of their own.
     """
+    if held and config.global_.on_temporary_failure != TempFailurePolicy.QUEUE:
+        config = config._replace(
+            global_=config.global_._replace(on_temporary_failure=TempFailurePolicy.QUEUE)
+        )
     plan = rewrite.plan_delivery(config, prepared.sender, prepared.recipients)
     if prepared.dsn is not None and prepared.dsn.orcpt:
         # Each ORCPT follows its recipient to the address a mapping made of it.
@@ -217,6 +229,8 @@ def submit(
         )
         if attempted.result is None:
             assert attempted.error is not None
+            if accepted:
+                attempted = attempted._replace(fate=failures.fate(attempted.error, queued=True))
             outcome = _handle_failure(config, group, data, this, attempted, report)
         else:
             outcome = GroupOutcome(group, result=attempted.result)

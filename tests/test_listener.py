@@ -236,6 +236,41 @@ def test_a_user_that_may_receive_is_reachable_from_outside(
     assert upstream.wait_for(2)[1].rcpt_tos == ["nagios@far.example"]
 
 
+def test_a_fault_of_our_set_up_is_queued_for_the_fix_not_refused_and_kept_twice(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    """The route asks for AUTH the relay does not offer (as with a password out of the
+    listener's reach): a 451 put a copy in failed/ at every retry of the client; queued,
+    it waits for the fix."""
+    conf = listener_config(tmp_path / "l.conf", upstream.port)
+    conf.write_text(
+        conf.read_text().replace("auth_method = NONE", "auth_method = PLAIN\nusername = relay")
+    )
+    listener = start_listener(conf)
+    assert any(  # said at the start, not found at the first message
+        line.startswith("ssmtp-mailer: listen: warning: [domain:*]: no password for relay")
+        and line.endswith("run: ssmtp-mailer password set '*'")
+        for line in listener.lines
+    ), listener.lines
+    with listener.client() as client:
+        client.ehlo()
+        client.mail("app@host.example")
+        client.rcpt("out@far.example")
+        code, text = client.data(message("no password"))
+    assert code == 250 and b"queued as" in text, text
+    config = load_config(str(conf))
+    [entry] = list_entries(config)
+    assert entry.attempts[-1].reply.endswith(
+        "the relay offers no AUTH but the route has a username"
+    )
+    assert list_entries(config, failed=True) == []
+    conf.write_text(
+        conf.read_text().replace("auth_method = PLAIN\nusername = relay", "auth_method = NONE")
+    )
+    run_queue(conf)
+    assert [m.rcpt_tos for m in upstream.wait_for(1)] == [["out@far.example"]]
+
+
 def test_upstream_down_queues_with_250_then_delivers_once(
     tmp_path: Path,
     smtp_server_factory: Callable[..., SMTPTestServer],
@@ -353,7 +388,9 @@ def test_a_client_that_closes_its_side_after_the_dot_still_hears_250(
     """`printf ... | nc`: the message, the dot and the end of input in one go. The reply
     is owed (a client that hears nothing sends the message again), then the session ends."""
     log = tmp_path / "mail.log"
-    listener = start_listener(listener_config(tmp_path / "l.conf", upstream.port, f"log_file = {log}"))
+    listener = start_listener(
+        listener_config(tmp_path / "l.conf", upstream.port, f"log_file = {log}")
+    )
     with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as sock:
         assert _replies(sock, 1)[0].startswith(b"220")
         sock.sendall(b"EHLO x\r\n")
@@ -600,7 +637,9 @@ def test_several_processes_serve_one_address_and_share_max_connections(
         assert extra.recv(1024).startswith(b"421 4.7.0")
     for n, session in enumerate(sessions):
         for i in range(4):
-            assert session.sendmail("app@host.example", ["out@far.example"], message(f"{n}.{i}")) == {}
+            assert (
+                session.sendmail("app@host.example", ["out@far.example"], message(f"{n}.{i}")) == {}
+            )
         session.quit()
     subjects = sorted(str(m.message()["Subject"]) for m in upstream.wait_for(12))
     assert subjects == sorted(f"{n}.{i}" for n in range(3) for i in range(4))
@@ -622,7 +661,9 @@ def test_sighup_reaches_every_process(
     conf = listener_config(tmp_path / "l.conf", upstream.port, "listen_processes = 2\n")
     listener = start_listener(conf)
     conf.write_text(
-        conf.read_text().replace("allowed_networks = 127.0.0.1/32", "allowed_networks = 127.0.0.0/8")
+        conf.read_text().replace(
+            "allowed_networks = 127.0.0.1/32", "allowed_networks = 127.0.0.0/8"
+        )
     )
     listener.process.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 15
@@ -647,7 +688,8 @@ def test_a_process_that_dies_stops_the_listener(
     assert listener.process.wait(30) == 70  # EX_SOFTWARE: systemd's Restart= takes over
     listener.reader.join(10)
     assert any(
-        f"(pid {second}) ended with signal 9; stopping the others" in line for line in listener.lines
+        f"(pid {second}) ended with signal 9; stopping the others" in line
+        for line in listener.lines
     )
     assert not Path(f"/proc/{first}").exists()
 

@@ -472,6 +472,27 @@ def test_a_maildrop_file_half_delivered_is_not_sent_again_even_with_fail(
     assert entry.recipients == ("busy@far.example",)
 
 
+def test_a_maildrop_file_meeting_a_fault_of_our_set_up_is_queued_once(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    """The route wants AUTH the relay does not offer: every pickup kept the file and put
+    one more copy in failed/; now it is queued once, to wait for the fix."""
+    secret = tree.parent / "domains" / "relay.conf"
+    secret.write_text(
+        secret.read_text().replace("auth_method = NONE", "auth_method = PLAIN\nusername = relay")
+    )
+    (tree.parent / "spool").mkdir()
+    run_queue(tree)
+    run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    run_queue(tree)
+    run_queue(tree)
+    config = load_config(str(tree))
+    assert [e.recipients for e in list_entries(config)] == [("out@far.example",)]
+    assert list_entries(config, failed=True) == []
+    assert list((tree.parent / "spool" / "maildrop").iterdir()) == []
+
+
 def test_a_submission_half_delivered_through_the_socket_is_queued_not_dropped_again(
     shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
 ) -> None:

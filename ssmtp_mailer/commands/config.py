@@ -51,7 +51,7 @@ def secret_problems(config: Config, *, resolve: bool) -> list[str]:
                 problems.append(
                     f"{domain.location}: [domain:{domain.name}]: no password for"
                     f" {domain.username} (no password, password_command or keyring entry;"
-                    f" run: ssmtp-mailer password set {domain.name})"
+                    f" run: {secrets.set_command(domain.name)})"
                 )
         except MailerError as exc:
             problems.append(f"{domain.location}: {exc.what}: {exc.why}")
@@ -331,9 +331,9 @@ def import_command(
         if passwords == "keyring":
             secrets.keyring_set(name, secret)
         else:
-            commands.append(f"ssmtp-mailer --config {main} password set {name}")
+            commands.append(secrets.set_command(name, config=main))
     for name in imported.keyring_routes:
-        commands.append(f"ssmtp-mailer --config {main} password set {name}")
+        commands.append(secrets.set_command(name, config=main))
     problems = _check_problems(main)
     if as_json:
         print_json(

@@ -72,6 +72,14 @@ def run_secret_command(command: str, what: str) -> str:
     return lines[0]
 
 
+def set_command(name: str, *, config: str | Path | None = None) -> str:
+    """The `password set` command line for route `name`, quoted for a shell (`*` too)."""
+    import shlex
+
+    where = f" --config {shlex.quote(str(config))}" if config is not None else ""
+    return f"ssmtp-mailer{where} password set {shlex.quote(name)}"
+
+
 def resolve_password(domain: DomainConfig) -> str | None:
     """The route's password, or None when it has none anywhere."""
     if domain.password is not None:
@@ -82,7 +90,7 @@ def resolve_password(domain: DomainConfig) -> str | None:
                     f"{domain.password_location}: password",
                     problem,
                     hint="or move the secret to password_command or the keyring"
-                    f" (ssmtp-mailer password set {domain.name})",
+                    f" ({set_command(domain.name)})",
                 )
         return domain.password
     if domain.password_command:

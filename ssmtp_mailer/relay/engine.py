@@ -156,7 +156,7 @@ class Credentials:
                 raise ConfigError(
                     f"[domain:{route.name}]",
                     f"no password for {route.username}",
-                    hint=f"set password_command, or run `ssmtp-mailer password set {route.name}`",
+                    hint=f"set password_command, or run `{secrets.set_command(route.name)}`",
                 )
             self._password = password
         return self._password
