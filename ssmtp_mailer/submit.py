@@ -52,15 +52,22 @@ def uid_label(uid: int) -> str:
     return f"uid {uid} ({login_of(uid)})"
 
 
-def sender_refusal(config: Config | None, uid: int, sender: str) -> str | None:
+def sender_refusal(
+    config: Config | None, uid: int, sender: str, g: GlobalConfig | None = None
+) -> str | None:
     """None when `uid` may send as `sender`, else who the sender is not owned by.
 
-    Root sends as anyone. A user sends as `login@default_hostname`, or as `login@DOMAIN`
-    when a `[user:]` section covers that address (`[user:nagios@*]`). With `config` None
-    (the user cannot read the [user:] sections) only the local part can be checked here;
-    the listener or the pickup checks the rest.
+    Root sends as anyone. A user sends as `login@default_hostname`, as the default_from the
+    administrator set (everyone's default sender), or as `login@DOMAIN` when a `[user:]`
+    section covers that address (`[user:nagios@*]`). With `config` None (the user cannot
+    read the [user:] sections; `g`, the [global] they can) only that much can be checked
+    here; the listener or the pickup checks the rest.
     """
     if uid == 0:
+        return None
+    g = config.global_ if config is not None else g
+    set_by_admin = g is not None and "default_from" in dict(g.key_lines)
+    if set_by_admin and g is not None and sender and sender.lower() == g.default_from.lower():
         return None
     login = login_of(uid)
     local, at, domain = sender.rpartition("@")
@@ -111,7 +118,7 @@ def submit(g: GlobalConfig | None, spool_dir: Path, prepared: PreparedMessage, d
     """Hand the prepared message over: the listener's socket, else the maildrop; exit code."""
     uid = os.getuid()
     hostname = g.default_hostname if g is not None else ""
-    why = sender_refusal(None, uid, prepared.sender)
+    why = sender_refusal(None, uid, prepared.sender, g)
     if why is not None:
         raise NoPermError(
             prepared.sender or "<>",

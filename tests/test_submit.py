@@ -427,6 +427,24 @@ def test_a_maildrop_file_with_a_foreign_sender_is_refused_into_failed_with_a_bou
     assert all(m.rcpt_tos != ["out@far.example"] for m in smtp_server.messages)
 
 
+def test_the_default_from_the_administrator_set_is_everyone_s_default_sender(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    """`default_from = alerts@partner.example` in [global]: a user's cron job without -f
+    sends as that, where it was refused (77) as not the user's own address."""
+    tree.write_text(tree.read_text() + "default_from = alerts@partner.example\n")
+    (tree.parent / "spool").mkdir()
+    run_queue(tree)
+    run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    run_queue(tree)
+    assert smtp_server.wait_for(1)[0].mail_from == "alerts@partner.example"
+    other = nobody_sendmail(
+        shared_dir, tree, ["-i", "-f", "boss@partner.example", "out@far.example"], MESSAGE
+    )
+    assert other.returncode == 77, other.stderr
+
+
 def test_a_listener_picks_the_maildrop_up(
     shared_dir: Path,
     tree: Path,
