@@ -27,7 +27,7 @@ from ssmtp_mailer import dnsrecords, spf
 from ssmtp_mailer.addresses import domain_key, split_address
 from ssmtp_mailer.config.model import Config, DeliveryMode, DirectTls, DomainConfig
 from ssmtp_mailer.dnscheck import Resolver, fetch_sts_policy
-from ssmtp_mailer.errors import MailerError, TempFailError, UnavailableError
+from ssmtp_mailer.errors import MailerError, NoUserError, TempFailError
 from ssmtp_mailer.relay import dnscache, engine, hints
 from ssmtp_mailer.relay.smtp import Endpoint, RelayFailure, tls_context
 from ssmtp_mailer.rewrite import RouteGroup
@@ -357,7 +357,8 @@ def _deliver_domain(
     except spf.TempError as exc:
         return DomainOutcome(domain, rcpts, error=TempFailError(domain, f"MX lookup failed: {exc}"))
     if plan.refusal is not None:
-        return DomainOutcome(domain, rcpts, error=UnavailableError(domain, plan.refusal))
+        # The recipients' own domain refuses them (RFC 7505's 556 5.1.10): EX_NOUSER.
+        return DomainOutcome(domain, rcpts, error=NoUserError(domain, plan.refusal))
     if transcript is not None:
         transcript(f"* {domain}: {hosts_text(plan)}")
     if not plan.hosts:
