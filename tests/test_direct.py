@@ -759,6 +759,32 @@ def test_test_command_on_a_hybrid_route_checks_the_mx_and_the_relay(
     assert names[-1] == "test message"
 
 
+def test_test_command_on_a_hybrid_route_whose_mx_fails_still_checks_the_relay(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+) -> None:
+    """No MX host answers (port 25 blocked, say): the relay, which hybrid falls back to,
+    is checked too, and the report says that mail still goes out through it."""
+    route = (
+        "delivery_mode = hybrid\n"
+        f"smtp_server = 127.0.0.1\nsmtp_port = {smtp_server.port}\n"
+        "use_starttls = false\nauth_method = NONE\n"
+    )
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net, route)
+    code, out, err = run_main(
+        ["-C", str(conf), "test", "--to", "x@b.example", "--json"], prog="ssmtp-mailer"
+    )
+    assert code == 75, out + err
+    [report] = json.loads(out)["routes"]
+    steps = {s["name"]: s for s in report["steps"]}
+    assert steps["relay TCP connect"]["ok"] and steps["relay AUTH"]["ok"]
+    assert steps["hybrid"]["hint"].startswith("mail still goes out, through the relay")
+    assert smtp_server.messages == []
+
+
 def test_queue_run_shares_one_connection_per_mx(
     tmp_path: Path,
     net: Net,

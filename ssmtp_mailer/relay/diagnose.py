@@ -215,16 +215,25 @@ def check_route(
     """Run every check for one route and return the report (never raises a MailerError)."""
     if route.delivery_mode != DeliveryMode.RELAY:
         report = check_direct(config, route, to=to, transcript=transcript)
-        if route.delivery_mode == DeliveryMode.DIRECT or not report.ok:
-            if to is not None and report.ok:
-                _send_test(config, route, to, report, transcript)
-            return report
-        relay = check_route(
-            config, route._replace(delivery_mode=DeliveryMode.RELAY), transcript=transcript
-        )
-        report.steps += [dataclasses.replace(s, name=f"relay {s.name}") for s in relay.steps]
-        report.exit_code = relay.exit_code
-        report.fingerprint = relay.fingerprint
+        if route.delivery_mode == DeliveryMode.HYBRID:
+            # Both ways, whatever the first gave: the relay is what hybrid falls back to.
+            relay = check_route(
+                config, route._replace(delivery_mode=DeliveryMode.RELAY), transcript=transcript
+            )
+            report.steps += [dataclasses.replace(s, name=f"relay {s.name}") for s in relay.steps]
+            report.fingerprint = relay.fingerprint
+            if report.ok:
+                report.exit_code = relay.exit_code
+            elif relay.ok:
+                report.add(
+                    Step(
+                        "hybrid",
+                        False,
+                        "the MX hosts failed, the relay passed",
+                        "mail still goes out, through the relay, once the MX hosts failed;"
+                        " delivery_mode = relay skips that wait",
+                    )
+                )
         if to is not None and report.ok:
             _send_test(config, route, to, report, transcript)
         return report
