@@ -572,6 +572,8 @@ def test_route_and_dry_run_show_the_mx_hosts(
         in out
     )
     assert "MX null.example: null.example publishes a null MX" in out
+    # The relay's TLS and AUTH settings are no part of a direct route.
+    assert "    tls:" not in out and "    auth:" not in out
     code, out, err = run_main(
         ["-C", str(conf), "route", "--json", "--from", SENDER, "--to", "z@c.example"],
         prog="ssmtp-mailer",

@@ -178,10 +178,13 @@ def plan_text(plan: Plan, mx: list[dict[str, str]] | None = None) -> list[str]:
         lines.extend(f"    MX {domain}: {text}" for domain, text in hosts.items())
         if route.delivery_mode != DeliveryMode.RELAY:
             lines.append(f"    direct tls: {direct_tls_text(route)}")
-        if route.fallback_servers:
-            lines.append(f"    fallback: {', '.join(str(f) for f in route.fallback_servers)}")
-        lines.append(f"    tls: {tls_mode(route)}")
-        lines.append(f"    auth: {auth_text(route)}")
+        if route.delivery_mode != DeliveryMode.DIRECT:  # the relay's settings
+            if route.fallback_servers:
+                fallbacks = ", ".join(str(f) for f in route.fallback_servers)
+                lines.append(f"    fallback: {fallbacks}")
+            relay = "relay " if route.delivery_mode == DeliveryMode.HYBRID else ""
+            lines.append(f"    {relay}tls: {tls_mode(route)}")
+            lines.append(f"    {relay}auth: {auth_text(route)}")
         lines.append(f"    MAIL FROM:<{group.envelope_from}>")
         lines.extend(f"    RCPT TO:<{r}>" for r in group.recipients)
     if not plan.groups:
