@@ -112,8 +112,10 @@ def pick_up(config: Config, problems: Callable[[str], None] | None = None) -> in
         try:
             if _take(config, path, problem):
                 taken += 1
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            problem(f"maildrop {name}: {type(exc).__name__}: {exc}")
+        except OSError as exc:
+            problem(f"maildrop {name}: {exc.strerror or exc}")
+        except (ValueError, KeyError, TypeError) as exc:
+            problem(f"maildrop {name}: {_unreadable(exc)}")
     if taken:
         _fsync(directory)
     return taken
@@ -155,7 +157,7 @@ def _take(config: Config, path: Path, problem: Callable[[str], None]) -> bool:
             dropped = Dropped(st.st_uid, handle.read())
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # anyone writes here
             kept = _set_aside(config, path)
-            why = f"{type(exc).__name__}: {exc}"
+            why = _unreadable(exc)
             problem(f"maildrop {path.name} from {_uid_label(st.st_uid)}: {why}; moved to {kept}")
             return False
         outcome = _hand_on(config, dropped)
@@ -164,6 +166,17 @@ def _take(config: Config, path: Path, problem: Callable[[str], None]) -> bool:
         path.unlink()
         log.write(config, "INFO", f"maildrop {path.name} from {_uid_label(st.st_uid)}: {outcome}")
         return True
+
+
+def _unreadable(exc: Exception) -> str:
+    """Why a maildrop file is no message, in words (not the Python class that said so)."""
+    if isinstance(exc, KeyError):
+        return f"its envelope has no {exc}"
+    if isinstance(exc, RecursionError):
+        return "its envelope is nested too deep"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"its envelope is no JSON: {exc}"
+    return str(exc)
 
 
 def _hand_on(config: Config, dropped: Dropped) -> str | None:
