@@ -19,10 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from smtpserver import SMTPTestServer  # a test helper, found through tests/
 
 from ssmtp_mailer import spool
+from ssmtp_mailer.commands.queue import listing_text
 from ssmtp_mailer.config.loader import load_config
 from ssmtp_mailer.config.model import Config
 from ssmtp_mailer.errors import TempFailError
-from ssmtp_mailer.relay.engine import deliver
+from ssmtp_mailer.relay.engine import DeliveryLog, deliver
 from ssmtp_mailer.rewrite import plan_delivery
 
 
@@ -76,7 +77,7 @@ def main() -> None:
         started = time.perf_counter()
         for blob in data[: count // 2]:
             try:
-                deliver(down, group, blob)
+                deliver(down, group, blob, record=DeliveryLog(down, group, blob))
             except TempFailError as exc:
                 spool.handle_temporary_failure(
                     down, group, blob, smtputf8=False, eightbit=False, error=exc
@@ -90,7 +91,7 @@ def main() -> None:
         print(f"enqueue only:       {rate(count - half, time.perf_counter() - started)}")
 
         started = time.perf_counter()
-        text = spool.listing_text(down)
+        text = listing_text(down)
         print(f"listing ({text.splitlines()[-1]}): {time.perf_counter() - started:.3f} s")
 
         with SMTPTestServer(size_limit=None) as server:
