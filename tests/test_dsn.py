@@ -392,7 +392,7 @@ def test_a_bad_dsn_in_a_maildrop_file_is_logged_and_nothing_sent(
     config = load_config(str(conf))
     assert pickup.pick_up(config) == 0
     [line] = [x for x in (tmp_path / "log").read_text().splitlines() if "maildrop" in x]
-    assert "maildrop dropped from uid 0 (root): ValueError: dsn: " in line and why in line
+    assert "maildrop dropped from uid 0 (root): dsn: " in line and why in line
     # Kept for the administrator, like any unreadable maildrop file, and named only once.
     kept = config.global_.spool_dir / pickup.CORRUPT / "dropped"
     assert line.endswith(f"moved to {kept}") and not path.exists()
