@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import importlib
-import sys
 
 import click
 
-from ssmtp_mailer import __version__
+from ssmtp_mailer import __version__, errors
 from ssmtp_mailer.commands.common import common_options
 from ssmtp_mailer.errors import UsageError
 
@@ -62,7 +61,7 @@ def run_cli(args: list[str]) -> int:
     try:
         result = cli.main(args=args, prog_name="ssmtp-mailer", standalone_mode=False)
     except click.exceptions.Abort:
-        print("ssmtp-mailer: aborted", file=sys.stderr)
+        errors.report("aborted")
         return 1
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "ssmtp-mailer"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -36,11 +37,25 @@ def shorten(value: str, limit: int = SHOWN_VALUE) -> str:
     return f"{value[:limit]!r}... ({len(value)} characters)"
 
 
+def say(line: str) -> None:
+    """One line on stderr, if anyone can read it. A stderr that is closed (daemons run
+    us so), full or a pipe nobody reads must not turn a message we queued or delivered
+    into a failure: after the first failed write, the rest go nowhere."""
+    stream = sys.stderr
+    if stream is None:  # not open when we started
+        return
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except (OSError, ValueError):  # ValueError: closed meanwhile
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (process-long; nothing to flush at exit)
+
+
 def report(line: str) -> None:
     """Print one line on stderr the way every error is shown: `ssmtp-mailer: <line>`."""
     if len(line) > SHOWN_LINE:
         line = f"{line[:SHOWN_LINE]}... (cut, {len(line)} characters)"
-    print(f"{PROG}: {line}", file=sys.stderr)
+    say(f"{PROG}: {line}")
 
 
 class MailerError(Exception):

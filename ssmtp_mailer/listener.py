@@ -35,7 +35,7 @@ from aiosmtpd.smtp import (
     syntax,
 )
 
-from ssmtp_mailer import __version__, dialect, log, rewrite
+from ssmtp_mailer import __version__, dialect, errors, log, rewrite
 from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify, split_path
 from ssmtp_mailer.config.model import AuthMethod, Config, HostPort, UserConfig
 from ssmtp_mailer.errors import EX_SOFTWARE, PROG, ConfigError, MailerError, UsageError
@@ -89,8 +89,7 @@ class _LibraryLog(logging.Handler):
 def say(line: str) -> None:
     """One line on stderr (the journal under systemd), in one write: the listener's
     processes share the stream."""
-    sys.stderr.write(f"{PROG}: listen: {line}\n")
-    sys.stderr.flush()
+    errors.say(f"{PROG}: listen: {line}")
 
 
 class SessionCount:

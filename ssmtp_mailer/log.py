@@ -2,11 +2,11 @@
 
 import os
 import re
-import sys
 import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from ssmtp_mailer import errors
 from ssmtp_mailer.config.model import Config
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
@@ -87,7 +87,7 @@ def _enabled(config: Config, level: str) -> bool:
 def _warn_once(key: str, text: str) -> None:
     if key not in _warned:
         _warned.add(key)
-        print(f"ssmtp-mailer: warning: {text}", file=sys.stderr)
+        errors.report(f"warning: {text}")
 
 
 def write(config: Config, level: str, line: str) -> None:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ssmtp_mailer import __version__
+from ssmtp_mailer import __version__, errors
 from ssmtp_mailer.errors import PROG, DataError, MailerError, StreamError, UsageError
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ def _transcript(parsed: SendmailArgs) -> Callable[[str], None] | None:
 
     def write(line: str) -> None:
         if parsed.verbose:
-            print(line, file=sys.stderr)
+            errors.say(line)
         if log is not None:
             log.write(line + "\n")
             log.flush()
@@ -328,7 +328,7 @@ def run_sendmail(args: list[str]) -> int:
         _standard(sys.stdout, "output").write(f"{PROG} {__version__} (sendmail interface)\n")
         return 0
     if parsed.mode == "newaliases":
-        print(NEWALIASES_NOTE, file=sys.stderr)
+        errors.say(NEWALIASES_NOTE)
         return 0
     try:
         config = _load(parsed)

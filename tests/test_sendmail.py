@@ -391,6 +391,40 @@ def test_closed_standard_descriptors(
     assert len(smtp_server.messages) == 1
 
 
+def test_a_stderr_nobody_can_write_costs_no_message(
+    config: Path, smtp_server: SMTPTestServer, symlinks: Path, tmp_path: Path
+) -> None:
+    """stderr closed (a daemon's child), or full: what was queued or delivered still exits
+    0, where the failed write of its note made it 1; and `-v`'s transcript failing to
+    print once sent the message to failed/."""
+    sendmail = str(symlinks / "sendmail")
+    (tmp_path / "in.eml").write_bytes(b"To: a@x.example\nSubject: s\n\nbody\n")
+    config.write_text(config.read_text().replace("on_temporary_failure = fail\n", ""))
+
+    def run(*args: str, closed: bool = False) -> subprocess.CompletedProcess[bytes]:
+        argv = [sendmail, *args]
+        if closed:
+            argv = [sys.executable, "-c", _WITHOUT_FD, "2", *argv]
+        with (tmp_path / "in.eml").open("rb") as stdin, open("/dev/full", "wb") as full:
+            return subprocess.run(
+                argv, stdin=stdin, stdout=subprocess.PIPE, stderr=full, timeout=30
+            )
+
+    smtp_server.fault = "421-connect"  # the relay is down: queued, and a note on stderr
+    for closed in (False, True):
+        done = run("-t", closed=closed)
+        assert (done.returncode, done.stdout) == (0, b"")
+    queue = config.parent / "spool" / "queue"
+    assert len(list(queue.glob("*.toml"))) == 2
+    smtp_server.fault = None
+    done = run("-t", "-v")
+    assert done.returncode == 0
+    assert len(smtp_server.messages) == 1
+    assert not (config.parent / "spool" / "failed").exists() or not list(
+        (config.parent / "spool" / "failed").iterdir()
+    )
+
+
 # Every module a plain `sendmail` run may load beyond what the interpreter starts with:
 # the standard library it needs for a plain SMTP send, and this package's own path.
 # Heavy or unneeded modules (click, keyring, dnspython, dkimpy, aiosmtpd, dataclasses,

@@ -5,13 +5,12 @@ knows the outcome (queued, failed, the process's exit code), so the caller write
 message's log line from the `DeliveryLog` the engine filled in.
 """
 
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import NamedTuple
 
-from ssmtp_mailer import log
+from ssmtp_mailer import errors, log
 from ssmtp_mailer.config.model import AuthMethod, Config, DeliveryMode, DomainConfig, HostPort
 from ssmtp_mailer.errors import (
     CantCreateError,
@@ -169,7 +168,7 @@ def warn_unverified(config: Config, route: DomainConfig) -> None:
             f"[domain:{route.name}] tls_verify = false: the relay's certificate is not checked;"
             " pin it with tls_fingerprint instead (`ssmtp-mailer test` prints it)"
         )
-        print(f"ssmtp-mailer: warning: {text}", file=sys.stderr)
+        errors.report(f"warning: {text}")
         log.write(config, "WARNING", text)
 
 
