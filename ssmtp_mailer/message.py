@@ -645,11 +645,12 @@ def prepare(
         sender = qualify(boxes[0].address if boxes else sender, hostname)
         if sender:
             _check_address(sender, "sender", usage=True)
-    else:
-        header_from = _addresses_of(fields, ("from",))
-        if header_from and (
-            is_null_sender(header_from[0]) or _is_address(header_from[0], hostname)
-        ):
+    header_from = _addresses_of(fields, ("from",))
+    usable_from = bool(header_from) and (
+        is_null_sender(header_from[0]) or _is_address(header_from[0], hostname)
+    )
+    if intake.envelope_from is None:
+        if usable_from:
             sender = "" if is_null_sender(header_from[0]) else qualify(header_from[0], hostname)
         else:
             # No From, or one with no usable address (`From: Backup Script`): like ssmtp and
@@ -659,16 +660,23 @@ def prepare(
     # Header fixes, touching only the fields concerned.
     mapper = _AddressMapper({}, hostname)
     kept: list[HeaderField] = []
+    author = sender or qualify(default_from, hostname)
     for field in fields:
         key = field.key
         if key in ("bcc", "resent-bcc"):
             continue
-        if key in QUALIFIED_HEADERS:
+        if key in ("from", "date", "message-id") and not field.value().strip():
+            continue  # `From:` with nothing after it (PHP's empty $from): ours instead
+        if key == "from" and not usable_from:
+            # A name and no address (`From: Backup Script`): the name, with the sender's
+            # address; qualified as it stands it would be `Backup Script@host`.
+            name = " ".join(field.value().split())
+            field = _new_field("From", format_mailbox(name, author))
+        elif key in QUALIFIED_HEADERS:
             field = _rewrite_addresses(field, None, mapper)
         kept.append(_fold(field))
     keys = {f.key for f in kept}
     if "from" not in keys:
-        author = sender or qualify(default_from, hostname)
         kept.append(_new_field("From", format_mailbox(intake.full_name, author)))
     if "date" not in keys:
         kept.append(_new_field("Date", format_date(now)))

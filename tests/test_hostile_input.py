@@ -68,6 +68,8 @@ def test_from_header_without_an_address_falls_back_to_default_from(
     assert code == 0, err
     (received,) = smtp_server.wait_for(1)
     assert received.mail_from == "fallback@host.example"
+    # The name stays, with that address: not `Backup Script@host.example`.
+    assert received.message()["From"] == "Backup Script <fallback@host.example>"
 
 
 def test_bi_is_newaliases(conf: Path, run_main: RunMain) -> None:

@@ -285,6 +285,18 @@ def test_the_size_limit_counts_line_ends_as_smtp_size_does() -> None:
             prepare(raw, intake, hostname=HOST, default_from="n", max_size=len(crlf) - 1)
 
 
+def test_empty_from_date_and_message_id_are_replaced_not_kept_beside_ours() -> None:
+    """PHP's `"From: " . $from` with an empty $from, and empty Date and Message-ID: one
+    of each, ours, where an empty one stood for present and a second Message-ID came."""
+    prepared = prep(
+        b"From:\nTo: a@x.example\nMessage-ID:\nDate: \nSubject: e\n\nx\n", extract_recipients=True
+    )
+    head = header_block(prepared.data).decode()
+    assert head.count("From:") == 1 and f"From: nobody@{HOST}" in head
+    assert head.count("Message-ID:") == 1 and prepared.message_id in head
+    assert head.count("Date:") == 1 and "Date: \r\n" not in head
+
+
 def test_unfoldable_header_line_refused() -> None:
     with pytest.raises(DataError, match="X-Blob"):
         prep(b"X-Blob: " + b"z" * 2000 + b"\n\nbody\n", recipients=("a@x",))
