@@ -585,7 +585,7 @@ class ListenerHandler:
         else:
             peer = session.peer
             ip = peer[0] if isinstance(peer, tuple) else "unknown"
-            origin = f"from {session.host_name or 'unknown'} ([{ip}])"
+            origin = f"from {trace_name(session.host_name)} ([{ip}])"
             protocol = "with ESMTP"
             if session.ssl is not None:
                 protocol += "S"
@@ -655,6 +655,20 @@ class ListenerHandler:
         log.write(config, "WARNING", f"listen: AUTH failed for {name!r} from {peer}")
         await asyncio.sleep(AUTH_FAILURE_DELAY)
         return AuthResult(success=False, handled=False, message=dialect.AUTH_FAILED)
+
+
+def trace_name(helo: str | None) -> str:
+    """The client's EHLO name as our Received: field gives it: a name or address literal
+    as RFC 5321 writes them, else `unknown`. It is the client's to choose: one holding
+    a bare CR would put header fields of its own above ours."""
+    if helo and len(helo) <= 255 and all(c in _TRACE_CHARACTERS for c in helo):
+        return helo
+    return "unknown"
+
+
+_TRACE_CHARACTERS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]"
+)
 
 
 def _deliver(

@@ -210,6 +210,33 @@ def test_an_outside_client_is_no_open_relay_but_reaches_mapped_aliases(
     assert len(upstream.messages) == 1
 
 
+def test_an_ehlo_name_cannot_put_header_fields_above_our_received(
+    listener: Listener, upstream: SMTPTestServer
+) -> None:
+    """`EHLO x<CR>Authentication-Results: ...` from outside: the bare CRs became line ends
+    in our Received: field, and forged fields stood above it as if we had added them."""
+    with socket.create_connection(
+        ("127.0.0.1", listener.port), source_address=("127.0.0.2", 0)
+    ) as raw:
+        replies = raw.makefile("rb")
+        assert replies.readline().startswith(b"220")
+        raw.sendall(b"EHLO x\rAuthentication-Results: mx.example; dkim=pass\r\n")
+        while not replies.readline().startswith(b"250 "):
+            pass
+        for line in (
+            b"MAIL FROM:<someone@internet.example>",
+            b"RCPT TO:<contact-sales@mailer.domain1.com>",
+            b"DATA",
+        ):
+            raw.sendall(line + b"\r\n")
+            assert replies.readline()[:1] in (b"2", b"3")
+        raw.sendall(message("forged?", "someone@internet.example").encode() + b".\r\n")
+        assert replies.readline().startswith(b"250")
+    got = upstream.wait_for(1)[0].message()
+    assert got["Authentication-Results"] is None
+    assert str(got["Received"]).startswith("from unknown ([127.0.0.2])")
+
+
 def test_a_user_that_may_receive_is_reachable_from_outside(
     tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
 ) -> None:
