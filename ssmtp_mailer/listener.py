@@ -254,7 +254,9 @@ class ListenerSMTP(SMTP):
         return ListenerEnvelope()
 
     async def push(self, status: str) -> None:  # type: ignore[override]
-        """Every reply in the words `sendmail -bs` uses (dialect.in_our_words)."""
+        """Every reply in the words `sendmail -bs` uses (dialect.in_our_words); what the
+        client sent that is no UTF-8 (aiosmtpd keeps it as surrogates) echoed as `?`."""
+        status = status.encode("utf-8", "replace").decode("utf-8")
         await super().push(dialect.in_our_words(status))
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:

@@ -237,6 +237,24 @@ def test_an_ehlo_name_cannot_put_header_fields_above_our_received(
     assert str(got["Received"]).startswith("from unknown ([127.0.0.2])")
 
 
+def test_an_address_that_is_no_utf_8_is_refused_not_answered_with_an_internal_error(
+    listener: Listener, upstream: SMTPTestServer
+) -> None:
+    with socket.create_connection(("127.0.0.1", listener.port)) as raw:
+        replies = raw.makefile("rb")
+        assert replies.readline().startswith(b"220")
+        raw.sendall(b"EHLO app.example\r\n")
+        while not replies.readline().startswith(b"250 "):
+            pass
+        raw.sendall(b"MAIL FROM:<\xff\xfe@evil.example>\r\n")
+        reply = replies.readline()
+        assert reply[:1] == b"5", reply  # the client's mistake, not ours to retry
+        raw.sendall(b"MAIL FROM:<app@host.example>\r\nRCPT TO:<\xe9@far.example>\r\n")
+        assert replies.readline().startswith(b"250")
+        reply = replies.readline()
+        assert reply[:1] == b"5", reply
+
+
 def test_a_user_that_may_receive_is_reachable_from_outside(
     tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
 ) -> None:
