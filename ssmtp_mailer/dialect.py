@@ -51,6 +51,10 @@ _REPLIES: dict[int, tuple[int, str]] = {
 OK = "250 2.0.0 OK"
 MAIL_OK = "250 2.1.0 OK"
 RCPT_OK = "250 2.1.5 OK"
+# Recipients one transaction takes: RFC 5321 §4.5.3.1.8 asks for at least 100, Postfix
+# takes 1000 (smtpd_recipient_limit); the client sends the rest in another transaction.
+MAX_RECIPIENTS = 1000
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 RELAY_DENIED = "554 5.7.1 <{}>: Relay access denied"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"

@@ -52,6 +52,10 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # to every serving p
 VERDICTS_KEPT = 4096
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 DATA_BLOCK = 1 << 20  # more than the reader ever holds: one read empties it
+# From outside allowed_networks, a message that has taken listen_timeout must have come
+# at least this fast (octets a second, Postfix's smtpd_min_data_rate): a byte now and then
+# must not hold one of the max_connections sessions the local programs need.
+MIN_DATA_RATE = 500
 
 
 class _LibraryLog(logging.Handler):
@@ -359,10 +363,20 @@ class ListenerSMTP(SMTP):
         # A leading CRLF, so that a dot on the first line ends the data as on any other.
         data = bytearray(b"\r\n")
         over = False
+        loop = asyncio.get_running_loop()
+        started, received = loop.time(), 0
+        assert isinstance(self.event_handler, ListenerHandler) and self.session is not None
+        outsider = not self.event_handler.trusted(self, self.session)
+        patience = self.state.config.global_.listen_timeout
         while True:
             block = await reader.read(DATA_BLOCK)
             if not block:
                 raise ConnectionResetError("end of input in DATA")
+            received += len(block)
+            took = loop.time() - started
+            if outsider and took > patience and received < MIN_DATA_RATE * took:
+                self._timeout_cb()
+                raise ConnectionResetError(f"DATA at {received / took:.0f} octets a second")
             self._reset_timeout()  # listen_timeout between reads, not for the whole upload
             searched = max(len(data) - 4, 0)
             data += block
@@ -439,7 +453,7 @@ class ListenerHandler:
 
     # -- who the client is ------------------------------------------------------------
 
-    def _trusted(self, server: ListenerSMTP, session: Session) -> bool:
+    def trusted(self, server: ListenerSMTP, session: Session) -> bool:
         """In allowed_networks, authenticated, or a local user on the submission socket."""
         if session.authenticated or server.uid is not None:
             return True
@@ -524,17 +538,19 @@ class ListenerHandler:
         found = server.dsn_parameters
         if found.refusal is not None:
             return found.refusal
+        if len(envelope.rcpt_tos) >= dialect.MAX_RECIPIENTS:
+            return dialect.TOO_MANY_RECIPIENTS
         config = self.state.config
         recipient = qualify(address, config.global_.default_hostname)
         if address_problem(recipient):
             return f"553 5.1.3 Bad recipient address syntax: {address}"
-        if not self._trusted(server, session) and not rewrite.accepts_from_anywhere(
+        if not self.trusted(server, session) and not rewrite.accepts_from_anywhere(
             config, recipient
         ):
             return dialect.RELAY_DENIED.format(recipient)
         assert isinstance(envelope, ListenerEnvelope) and envelope.dsn is not None
         refusal = self.state.recipient_reply(envelope.sender, recipient)
-        if refusal is not None and not self._trusted(server, session):
+        if refusal is not None and not self.trusted(server, session):
             log.write(config, "INFO", f"listen: RCPT from [{server.peer_ip}]: {refusal}")
             refusal = dialect.for_outsiders(refusal, recipient)
         if refusal is None:
@@ -574,7 +590,7 @@ class ListenerHandler:
             reply = await asyncio.shield(future)
         finally:
             state.inflight.discard(future)
-        return reply if self._trusted(server, session) else dialect.for_outsiders(reply)
+        return reply if self.trusted(server, session) else dialect.for_outsiders(reply)
 
     def _received(self, server: ListenerSMTP, session: Session) -> bytes:
         """Our Received: field (RFC 5321 §4.4), naming the uid for local submission."""

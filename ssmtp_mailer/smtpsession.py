@@ -180,6 +180,9 @@ class SMTPSession:
         if found.refusal is not None:
             self.reply(found.refusal)
             return
+        if len(self.recipients) >= dialect.MAX_RECIPIENTS:
+            self.reply(dialect.TOO_MANY_RECIPIENTS)
+            return
         recipient = qualify(parsed[0], self.hostname)
         if address_problem(recipient):
             self.reply(f"553 5.1.3 Bad recipient address syntax: {parsed[0]}")

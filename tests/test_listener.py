@@ -255,6 +255,21 @@ def test_an_address_that_is_no_utf_8_is_refused_not_answered_with_an_internal_er
         assert reply[:1] == b"5", reply
 
 
+def test_a_transaction_takes_1000_recipients_and_says_452_to_the_next(
+    listener: Listener, upstream: SMTPTestServer
+) -> None:
+    """20,000 RCPTs from outside went into one transaction through our relay account."""
+    with listener.client("127.0.0.2") as client:
+        client.ehlo()
+        client.mail("someone@internet.example")
+        for n in range(1000):
+            assert client.rcpt(f"contact-{n}@mailer.domain1.com")[0] == 250
+        code, text = client.rcpt("contact-1000@mailer.domain1.com")
+        assert (code, text) == (452, b"4.5.3 Too many recipients")
+        assert client.data(message("many", "someone@internet.example"))[0] == 250
+    assert len(upstream.wait_for(1)[0].rcpt_tos) == 1000
+
+
 def test_a_user_that_may_receive_is_reachable_from_outside(
     tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
 ) -> None:
@@ -1266,6 +1281,32 @@ def test_listen_timeout_is_the_clients_not_the_uploads_nor_the_deliverys(
     assert got.message()["Subject"] == "slowly"
     time.sleep(0.3)
     assert len(flaky.messages) == 1
+
+
+def test_an_outsider_trickling_its_data_is_cut_off_after_listen_timeout(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    """A byte every 0.3 s from outside allowed_networks: each read restarted listen_timeout,
+    so five such sessions held every slot the local programs need, for as long as they liked."""
+    listener = start_listener(
+        listener_config(tmp_path / "l.conf", upstream.port, "listen_timeout = 1")
+    )
+    with socket.create_connection(
+        ("127.0.0.1", listener.port), timeout=30, source_address=("127.0.0.2", 0)
+    ) as sock:
+        assert _replies(sock, 1)[0].startswith(b"220")
+        sock.sendall(b"EHLO x\r\nMAIL FROM:<a@internet.example>\r\n")
+        sock.sendall(b"RCPT TO:<contact-sales@mailer.domain1.com>\r\nDATA\r\n")
+        assert [r[:3] for r in _replies(sock, 4)] == [b"250", b"250", b"250", b"354"]
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            for byte in b"Subject: slow\r\n\r\n" * 4:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.3)
+        assert b"421 4.4.2" in sock.recv(1024)
+        assert time.monotonic() - started < 5
+    time.sleep(0.3)
+    assert upstream.messages == []
 
 
 def test_a_message_that_cannot_even_be_queued_gets_451(
