@@ -109,11 +109,12 @@ def _keep_failed(
     data: bytes | bytearray,
     prepared: PreparedMessage,
     error: MailerError,
-) -> GroupOutcome:
-    """SPEC §7: a permanent failure keeps a copy with its reason in the spool's `failed/`."""
+) -> str | None:
+    """SPEC §7: a permanent failure keeps a copy with its reason in the spool's `failed/`;
+    its id (None if even that could not be written)."""
     from ssmtp_mailer import spool
 
-    spool.handle_permanent_failure(
+    return spool.handle_permanent_failure(
         config,
         group,
         data,
@@ -122,7 +123,6 @@ def _keep_failed(
         eightbit=prepared.eightbit,
         dsn=prepared.dsn,
     )
-    return GroupOutcome(group, error=error)
 
 
 def start_queue_runner(config: Config) -> None:
@@ -160,7 +160,9 @@ def submit(
 
     `retries`: the engine's quick retries, for the listener's workers only (SPEC §6).
     `accepted`: the answer is an SMTP reply (the listener, `-bs`, the maildrop's pickup):
-    a fault of our own set-up is queued, as for a queue entry (relay/failures.py).
+    a fault of our own set-up is queued, as for a queue entry (relay/failures.py); and
+    recipients the relay refuses while the others get it are told to the sender in a
+    failure notice, since the 250 the client hears cannot name them.
     `held`: the sender cannot take the message back (a maildrop file; a local submission,
     which falls back to the maildrop on a 4xx): a temporary failure is queued whatever
     on_temporary_failure says, since handing it back would only bring it here again and
@@ -192,6 +194,7 @@ def submit(
 
     signers = _signers(plan)
     outcomes: list[GroupOutcome] = []
+    refused_ids: list[str] = []  # failed/ copies for recipients the relay refused
     last = len(plan.groups) - 1
     # Groups that go to the same server share one connection (SPEC §6 reuse).
     connections = pool or ConnectionPool(config.global_.connection_reuse_idle)
@@ -234,9 +237,12 @@ def submit(
             outcome = _handle_failure(config, group, data, this, attempted, report)
         else:
             outcome = GroupOutcome(group, result=attempted.result)
-            outcomes.extend(
-                _handle_refusals(config, group, data, this, attempted.result, problem, report)
+            queued, failed_id = _handle_refusals(
+                config, group, data, this, attempted.result, problem, report
             )
+            outcomes.extend(queued)
+            if failed_id is not None:
+                refused_ids.append(failed_id)
         if outcome.error is not None and outcome.queued_id is None:
             for line in outcome.error.lines():
                 problem(line)
@@ -244,6 +250,11 @@ def submit(
     code = _exit_code(plan, outcomes)
     for outcome in outcomes:
         outcome.log(code)
+    if accepted and code == EX_OK and refused_ids:
+        from ssmtp_mailer.spool import bounce
+
+        for failed_id in refused_ids:
+            bounce.notify_failed(config, failed_id, connections)
     if pool is None:
         # QUIT only now: every group's outcome is known and logged before it is sent.
         connections.close()
@@ -272,17 +283,19 @@ def _handle_refusals(
     result: engine.DeliveryResult,
     problem: Callable[[str], None],
     report: Callable[[str], None],
-) -> list[GroupOutcome]:
-    """After a partial delivery: queue the 4xx-refused recipients, keep the 5xx ones in failed/."""
+) -> tuple[list[GroupOutcome], str | None]:
+    """After a partial delivery: queue the 4xx-refused recipients, keep the 5xx ones in
+    failed/; the queued outcomes, and the failed/ copy's id."""
     deferred, refused = result.deferred, result.rejected
     for address in refused:
         code, text = result.refused[address]
         problem(f"{address}: refused by {result.refuser([address])}: {code} {text}")
     outcomes: list[GroupOutcome] = []
+    failed_id = None
     if refused:
         failed = group._replace(recipients=tuple(refused))
         refusal = NoUserError(result.refuser(refused), result.replies(refused))
-        _keep_failed(config, failed, data, prepared, refusal)
+        failed_id = _keep_failed(config, failed, data, prepared, refusal)
     if deferred:
         pending = group._replace(recipients=deferred)
         error = TempFailError(result.refuser(deferred), result.replies(deferred))
@@ -291,7 +304,7 @@ def _handle_refusals(
             for line in outcome.error.lines():
                 problem(line)
         outcomes.append(outcome)
-    return outcomes
+    return outcomes, failed_id
 
 
 class Attempted(NamedTuple):
@@ -365,7 +378,8 @@ def _handle_failure(
     assert attempted.error is not None
     if attempted.fate is failures.Fate.QUEUE:
         return _queue_group(config, group, data, prepared, attempted.error, report)
-    return _keep_failed(config, group, data, prepared, attempted.error)
+    _keep_failed(config, group, data, prepared, attempted.error)
+    return GroupOutcome(group, error=attempted.error)
 
 
 def _exit_code(plan: rewrite.Plan, outcomes: list[GroupOutcome]) -> int:

@@ -331,6 +331,24 @@ def test_a_fault_of_our_set_up_is_queued_for_the_fix_not_refused_and_kept_twice(
     assert [m.rcpt_tos for m in upstream.wait_for(1)] == [["out@far.example"]]
 
 
+def test_a_recipient_refused_after_the_250_gets_its_sender_a_failure_notice(
+    listener: Listener, upstream: SMTPTestServer
+) -> None:
+    """The client heard 250 for the message; the relay took one recipient and refused the
+    other. Nobody told the sender: the refused one sat in failed/ (RFC 5321 §6.1)."""
+    upstream.fault = "550-rcpt:gone@far.example"
+    with listener.client() as client:
+        refused = client.sendmail(
+            "app@host.example", ["out@far.example", "gone@far.example"], message("two")
+        )
+        assert refused == {}
+    delivered, notice = upstream.wait_for(2)
+    assert delivered.rcpt_tos == ["out@far.example"]
+    assert (notice.mail_from, notice.rcpt_tos) == ("<>", ["app@host.example"])
+    assert b"Final-Recipient: rfc822; gone@far.example" in notice.data
+    assert b"Action: failed" in notice.data
+
+
 def test_upstream_down_queues_with_250_then_delivers_once(
     tmp_path: Path,
     smtp_server_factory: Callable[..., SMTPTestServer],

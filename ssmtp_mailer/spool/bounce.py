@@ -91,6 +91,16 @@ def _bounce(config: Config, failed: Entry, data: bytes, pool: ConnectionPool | N
     return sent
 
 
+def notify_failed(config: Config, entry_id: str, pool: ConnectionPool | None = None) -> bool:
+    """A failure notice for a `failed/` entry made at submission: recipients the relay
+    refused after the client heard 250 for the message (the listener, the maildrop),
+    when nobody else can tell the sender."""
+    from ssmtp_mailer.spool.store import find_entry
+
+    failed, data = find_entry(config, entry_id)
+    return _bounce(config, failed, data, pool)
+
+
 def _status_for(reply: str, default: str) -> str:
     """The enhanced status code (RFC 3463) in a reply, else `default`."""
     match = re.search(r"\b([245]\.\d{1,3}\.\d{1,3})\b", reply)
