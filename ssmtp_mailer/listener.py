@@ -634,7 +634,12 @@ class ListenerHandler:
         if len(parts) != 3:
             await server.push("501 5.5.2 Cannot split the PLAIN response")
             return AuthResult(success=False, handled=True)
-        return await self._check(server, parts[1], parts[2])
+        authzid, login, password = parts
+        if authzid and authzid.lower() != login.lower():
+            # RFC 4616 §2: to act as someone else; nobody may here, so no one is let in.
+            await server.push("535 5.7.8 Cannot act for another user")
+            return AuthResult(success=False, handled=True)
+        return await self._check(server, login, password)
 
     async def auth_LOGIN(self, server: ListenerSMTP, args: list[str]) -> AuthResult:
         if len(args) == 1:

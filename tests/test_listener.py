@@ -904,6 +904,20 @@ def test_a_broken_tls_handshake_is_one_line_in_the_log_and_none_on_stderr(
     assert any("listen:" in line and "SSL" in line for line in logged), logged
 
 
+def test_auth_plain_for_another_user_is_refused(tls_listener: Listener, tls_ca: trustme.CA) -> None:
+    """AUTH PLAIN with an authzid (act as boss@) and app@'s own password: RFC 4616 lets
+    the server decide, and it let app@ in as app@, saying nothing of the request."""
+    import base64
+
+    blob = base64.b64encode(f"boss@partner.example\0app@partner.example\0{PASSWORD}".encode())
+    with tls_client(tls_listener, tls_ca) as client:
+        client.ehlo()
+        code, text = client.docmd("AUTH", f"PLAIN {blob.decode()}")
+        assert (code, text) == (535, b"5.7.8 Cannot act for another user")
+        same = base64.b64encode(f"app@partner.example\0app@partner.example\0{PASSWORD}".encode())
+        assert client.docmd("AUTH", f"PLAIN {same.decode()}")[0] == 235
+
+
 def test_wrong_password_gets_535_after_a_delay(tls_listener: Listener, tls_ca: trustme.CA) -> None:
     with tls_client(tls_listener, tls_ca) as client:
         client.ehlo()
