@@ -55,6 +55,7 @@ RCPT_OK = "250 2.1.5 OK"
 # takes 1000 (smtpd_recipient_limit); the client sends the rest in another transaction.
 MAX_RECIPIENTS = 1000
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+TOO_MANY_AUTH_FAILURES = "421 4.7.0 Too many failed authentications, closing"
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 RELAY_DENIED = "554 5.7.1 <{}>: Relay access denied"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"

@@ -44,6 +44,7 @@ from ssmtp_mailer.relay.pool import ConnectionPool
 
 # A failed AUTH costs the client this long before it hears 535 (RFC 4954 §4 allows it).
 AUTH_FAILURE_DELAY = 2.0
+AUTH_FAILURES = 3  # in one session; then 421 and the connection closes
 PICKUP_INTERVAL = 5.0
 QUEUE_INTERVAL = 60.0
 PRUNE_INTERVAL = 1.0  # upstream connections idle for connection_reuse_idle get QUIT
@@ -248,6 +249,7 @@ class ListenerSMTP(SMTP):
         self.refused = False
         self.counted = False
         self.uid: int | None = None  # set for the local submission socket
+        self.auth_failures = 0
         self.peer_ip: IPAddress | None = None  # the client's, read once, for allowed_networks
         self.in_data = False  # from the 354 until the reply to the dot is written
         self.ended_in_data = False  # the client closed its side during DATA
@@ -662,9 +664,15 @@ class ListenerHandler:
         return await self._check(server, login, password)
 
     async def _check(self, server: ListenerSMTP, login: bytes, password: bytes) -> AuthResult:
-        """scrypt in a thread (it takes ~50 ms); a failure waits before its 535."""
+        """scrypt in a thread (it takes ~50 ms); a failure waits before its 535, and after
+        AUTH_FAILURES of them the session ends (a guesser reconnects, slower still)."""
         from ssmtp_mailer import passhash
 
+        if server.auth_failures >= AUTH_FAILURES:
+            await server.push(dialect.TOO_MANY_AUTH_FAILURES)
+            assert server.transport is not None
+            server.transport.close()
+            return AuthResult(success=False, handled=True)
         config = self.state.config
         name = login.decode("utf-8", "replace")
         user = rewrite.user_for_login(config, name)
@@ -677,6 +685,7 @@ class ListenerHandler:
             return AuthResult(success=True, auth_data=user, message=dialect.AUTH_OK)
         peer = server.session.peer if server.session is not None else None
         log.write(config, "WARNING", f"listen: AUTH failed for {name!r} from {peer}")
+        server.auth_failures += 1
         await asyncio.sleep(AUTH_FAILURE_DELAY)
         return AuthResult(success=False, handled=False, message=dialect.AUTH_FAILED)
 

@@ -919,14 +919,24 @@ def test_auth_plain_for_another_user_is_refused(tls_listener: Listener, tls_ca: 
 
 
 def test_wrong_password_gets_535_after_a_delay(tls_listener: Listener, tls_ca: trustme.CA) -> None:
+    import base64
+
     with tls_client(tls_listener, tls_ca) as client:
         client.ehlo()
         assert "PLAIN" in client.esmtp_features["auth"]
         started = time.monotonic()
         with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
-            client.login("app@partner.example", "wrong")
+            client.login("app@partner.example", "wrong")  # PLAIN, then LOGIN: two guesses
         assert failed.value.smtp_code == 535
         assert time.monotonic() - started >= 1.5
+        # The third wrong guess of the session, and the next try ends it.
+        guess = base64.b64encode(b"\0app@partner.example\0wrong").decode()
+        assert client.docmd("AUTH", f"PLAIN {guess}")[0] == 535
+        right = base64.b64encode(f"\0app@partner.example\0{PASSWORD}".encode()).decode()
+        code, text = client.docmd("AUTH", f"PLAIN {right}")
+        assert (code, text) == (421, b"4.7.0 Too many failed authentications, closing")
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            client.noop()
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
