@@ -735,6 +735,27 @@ def test_hybrid_queues_when_the_relay_refuses_too(
     assert entry["recipients"] == ["one@a.example"]
 
 
+def _test_hybrid_route(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    relay: SMTPTestServer,
+    run_main: RunMain,
+) -> tuple[int, dict[str, Any]]:
+    """`test --to x@b.example --json` on a hybrid route whose relay is `relay`."""
+    route = (
+        "delivery_mode = hybrid\n"
+        f"smtp_server = 127.0.0.1\nsmtp_port = {relay.port}\n"
+        "use_starttls = false\nauth_method = NONE\n"
+    )
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net, route)
+    code, out, _ = run_main(
+        ["-C", str(conf), "test", "--to", "x@b.example", "--json"], prog="ssmtp-mailer"
+    )
+    [report] = json.loads(out)["routes"]
+    return code, report
+
+
 def test_test_command_on_a_hybrid_route_checks_the_mx_and_the_relay(
     tmp_path: Path,
     net: Net,
@@ -744,17 +765,8 @@ def test_test_command_on_a_hybrid_route_checks_the_mx_and_the_relay(
     run_main: RunMain,
 ) -> None:
     mx_server(4)
-    route = (
-        "delivery_mode = hybrid\n"
-        f"smtp_server = 127.0.0.1\nsmtp_port = {smtp_server.port}\n"
-        "use_starttls = false\nauth_method = NONE\n"
-    )
-    conf = write_config(tmp_path, dns_server(zone_for(net)), net, route)
-    code, out, err = run_main(
-        ["-C", str(conf), "test", "--to", "x@b.example", "--json"], prog="ssmtp-mailer"
-    )
-    assert code == 0, out + err
-    [report] = json.loads(out)["routes"]
+    code, report = _test_hybrid_route(tmp_path, net, dns_server, smtp_server, run_main)
+    assert code == 0, report
     names = [s["name"] for s in report["steps"]]
     assert "DNS" in names and f"mx.b.example[{net.ip(4)}]:{net.port} STARTTLS" in names
     assert "relay TCP connect" in names and "relay AUTH" in names
@@ -770,17 +782,8 @@ def test_test_command_on_a_hybrid_route_whose_mx_fails_still_checks_the_relay(
 ) -> None:
     """No MX host answers (port 25 blocked, say): the relay, which hybrid falls back to,
     is checked too, and the report says that mail still goes out through it."""
-    route = (
-        "delivery_mode = hybrid\n"
-        f"smtp_server = 127.0.0.1\nsmtp_port = {smtp_server.port}\n"
-        "use_starttls = false\nauth_method = NONE\n"
-    )
-    conf = write_config(tmp_path, dns_server(zone_for(net)), net, route)
-    code, out, err = run_main(
-        ["-C", str(conf), "test", "--to", "x@b.example", "--json"], prog="ssmtp-mailer"
-    )
-    assert code == 75, out + err
-    [report] = json.loads(out)["routes"]
+    code, report = _test_hybrid_route(tmp_path, net, dns_server, smtp_server, run_main)
+    assert code == 75, report
     steps = {s["name"]: s for s in report["steps"]}
     assert steps["relay TCP connect"]["ok"] and steps["relay AUTH"]["ok"]
     assert steps["hybrid"]["hint"].startswith("mail still goes out, through the relay")

@@ -154,6 +154,25 @@ def queue_run_with_problems(main: Path, *command: str) -> subprocess.CompletedPr
     )
 
 
+def readable_main(base: Path, port: int) -> Path:
+    """A 0644 main file with the route in it too (no secret), relaying to 127.0.0.1:port."""
+    main = base / "ssmtp-mailer.conf"
+    main.write_text(
+        f"[global]\ndefault_hostname = host.example\nspool_dir = {base / 'spool'}\n"
+        "max_retries = 0\nenable_rate_limiting = false\n\n"
+        f"[domain:*]\nsmtp_server = 127.0.0.1\nsmtp_port = {port}\n"
+        "use_starttls = false\nauth_method = NONE\n"
+    )
+    main.chmod(0o644)
+    return main
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 MESSAGE = b"Subject: from nobody\nTo: out@far.example\n\nhello from a cron job\n"
 
 
@@ -590,18 +609,7 @@ def test_the_spool_belongs_to_spool_user_and_root_and_mail_share_entries(
         pytest.skip("no user mail")
     base = Path(tempfile.mkdtemp(prefix="shared-", dir=shared_dir))
     base.chmod(0o755)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead = probe.getsockname()[1]
-    main = base / "ssmtp-mailer.conf"
-    text = (
-        f"[global]\ndefault_hostname = host.example\nspool_dir = {base / 'spool'}\n"
-        "max_retries = 0\nenable_rate_limiting = false\n\n"
-        "[domain:*]\nsmtp_server = 127.0.0.1\nsmtp_port = {port}\n"
-        "use_starttls = false\nauth_method = NONE\n"
-    )
-    main.write_text(text.replace("{port}", str(dead)))
-    main.chmod(0o644)
+    main = readable_main(base, _closed_port())
     run = subprocess.run(
         [
             sys.executable,
@@ -622,7 +630,7 @@ def test_the_spool_belongs_to_spool_user_and_root_and_mail_share_entries(
     assert (queue.stat().st_uid, queue.stat().st_gid) == (mail.pw_uid, mail.pw_gid)
     assert queue.stat().st_mode & 0o7777 == 0o2770
     upstream = smtp_server_factory()
-    main.write_text(text.replace("{port}", str(upstream.port)))
+    readable_main(base, upstream.port)
     as_mail = subprocess.run(
         [
             "setpriv",
@@ -663,18 +671,7 @@ def test_an_entry_a_member_of_group_mail_queued_is_listed_and_delivered(
         pytest.skip("no user mail")
     base = Path(tempfile.mkdtemp(prefix="member-", dir=shared_dir))
     base.chmod(0o755)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead = probe.getsockname()[1]
-    main = base / "ssmtp-mailer.conf"
-    text = (
-        f"[global]\ndefault_hostname = host.example\nspool_dir = {base / 'spool'}\n"
-        "max_retries = 0\nenable_rate_limiting = false\n\n"
-        "[domain:*]\nsmtp_server = 127.0.0.1\nsmtp_port = {port}\n"
-        "use_starttls = false\nauth_method = NONE\n"
-    )
-    main.write_text(text.replace("{port}", str(dead)))
-    main.chmod(0o644)
+    main = readable_main(base, _closed_port())
     (base / "spool").mkdir()
     run_queue(main)
     # umask 077, as a careful user's: the group must still read what it queued.
@@ -692,7 +689,7 @@ def test_an_entry_a_member_of_group_mail_queued_is_listed_and_delivered(
     (entry,) = list_entries(load_config(str(main)))
     assert entry.recipients == ("out@far.example",)
     upstream = smtp_server_factory()
-    main.write_text(text.replace("{port}", str(upstream.port)))
+    readable_main(base, upstream.port)
     assert "1 delivered" in run_queue(main)
     assert upstream.wait_for(1)[0].mail_from == "nobody@host.example"
     assert list((base / "spool" / "queue").iterdir()) == []
@@ -735,12 +732,7 @@ def test_a_user_outside_the_spool_hears_so_from_every_queue_command(shared_dir: 
     retry-failed` by anyone else end in one line and 77, where they ended in a traceback."""
     base = Path(tempfile.mkdtemp(prefix="outside-", dir=shared_dir))
     base.chmod(0o755)
-    tree = base / "ssmtp-mailer.conf"
-    tree.write_text(
-        f"[global]\ndefault_hostname = host.example\nspool_dir = {base / 'spool'}\n\n"
-        "[domain:*]\nsmtp_server = 127.0.0.1\nuse_starttls = false\nauth_method = NONE\n"
-    )
-    tree.chmod(0o644)  # all of it readable: only the spool is out of reach
+    tree = readable_main(base, _closed_port())  # all of it readable: only the spool is not
     (base / "spool").mkdir()
     run_queue(tree)
     some_id = "1A23A731917F8028C"
