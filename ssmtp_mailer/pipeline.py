@@ -162,7 +162,8 @@ def submit(
     `accepted`: the answer is an SMTP reply (the listener, `-bs`, the maildrop's pickup):
     a fault of our own set-up is queued, as for a queue entry (relay/failures.py); and
     recipients the relay refuses while the others get it are told to the sender in a
-    failure notice, since the 250 the client hears cannot name them.
+    failure notice, since the 250 the client hears cannot name them (with `held`, every
+    failure is: the submitter heard 0).
     `held`: the sender cannot take the message back (a maildrop file; a local submission,
     which falls back to the maildrop on a 4xx): a temporary failure is queued whatever
     on_temporary_failure says, since handing it back would only bring it here again and
@@ -194,7 +195,7 @@ def submit(
 
     signers = _signers(plan)
     outcomes: list[GroupOutcome] = []
-    refused_ids: list[str] = []  # failed/ copies for recipients the relay refused
+    failed_ids: list[str] = []  # the failed/ copies made of this message
     last = len(plan.groups) - 1
     # Groups that go to the same server share one connection (SPEC §6 reuse).
     connections = pool or ConnectionPool(config.global_.connection_reuse_idle)
@@ -234,7 +235,9 @@ def submit(
             assert attempted.error is not None
             if accepted:
                 attempted = attempted._replace(fate=failures.fate(attempted.error, queued=True))
-            outcome = _handle_failure(config, group, data, this, attempted, report)
+            outcome, failed_id = _handle_failure(config, group, data, this, attempted, report)
+            if failed_id is not None:
+                failed_ids.append(failed_id)
         else:
             outcome = GroupOutcome(group, result=attempted.result)
             queued, failed_id = _handle_refusals(
@@ -242,7 +245,7 @@ def submit(
             )
             outcomes.extend(queued)
             if failed_id is not None:
-                refused_ids.append(failed_id)
+                failed_ids.append(failed_id)
         if outcome.error is not None and outcome.queued_id is None:
             for line in outcome.error.lines():
                 problem(line)
@@ -250,10 +253,12 @@ def submit(
     code = _exit_code(plan, outcomes)
     for outcome in outcomes:
         outcome.log(code)
-    if accepted and code == EX_OK and refused_ids:
+    # Whoever cannot hear what failed gets a notice: the client of a 250 (those refused
+    # while the others got it), and the maildrop's submitter, told 0 long ago (any of it).
+    if failed_ids and (held or (accepted and code == EX_OK)):
         from ssmtp_mailer.spool import bounce
 
-        for failed_id in refused_ids:
+        for failed_id in failed_ids:
             bounce.notify_failed(config, failed_id, connections)
     if pool is None:
         # QUIT only now: every group's outcome is known and logged before it is sent.
@@ -373,13 +378,14 @@ def _handle_failure(
     prepared: PreparedMessage,
     attempted: Attempted,
     report: Callable[[str], None],
-) -> GroupOutcome:
-    """Queue the group or keep it in failed/, as the failure policy decided."""
+) -> tuple[GroupOutcome, str | None]:
+    """Queue the group or keep it in failed/, as the failure policy decided; and the
+    failed/ copy's id."""
     assert attempted.error is not None
     if attempted.fate is failures.Fate.QUEUE:
-        return _queue_group(config, group, data, prepared, attempted.error, report)
-    _keep_failed(config, group, data, prepared, attempted.error)
-    return GroupOutcome(group, error=attempted.error)
+        return _queue_group(config, group, data, prepared, attempted.error, report), None
+    failed_id = _keep_failed(config, group, data, prepared, attempted.error)
+    return GroupOutcome(group, error=attempted.error), failed_id
 
 
 def _exit_code(plan: rewrite.Plan, outcomes: list[GroupOutcome]) -> int:

@@ -66,8 +66,8 @@ def sender_refusal(
     if uid == 0:
         return None
     g = config.global_ if config is not None else g
-    set_by_admin = g is not None and "default_from" in dict(g.key_lines)
-    if set_by_admin and g is not None and sender and sender.lower() == g.default_from.lower():
+    admins = g is not None and "default_from" in dict(g.key_lines)
+    if admins and g is not None and sender.lower() == _default_sender(g).lower():
         return None
     login = login_of(uid)
     local, at, domain = sender.rpartition("@")
@@ -84,6 +84,13 @@ def sender_refusal(
     if rewrite.user_of(config, sender) is not None:
         return None
     return uid_label(uid)
+
+
+def _default_sender(g: GlobalConfig) -> str:
+    """default_from as the message gets it (`noreply` is noreply@default_hostname)."""
+    from ssmtp_mailer.addresses import qualify
+
+    return qualify(g.default_from, g.default_hostname)
 
 
 def needs_submission(config: Config) -> bool:

@@ -349,6 +349,29 @@ def test_a_recipient_refused_after_the_250_gets_its_sender_a_failure_notice(
     assert b"Action: failed" in notice.data
 
 
+def test_the_failure_notice_does_not_hold_the_250_for_the_rate_limit(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    """One message a minute allowed: the notice for the refused recipient waited its
+    minute before the client heard 250 (and a client that gives up sends it again)."""
+    conf = listener_config(tmp_path / "l.conf", upstream.port)
+    conf.write_text(
+        conf.read_text().replace(
+            "enable_rate_limiting = false",
+            "enable_rate_limiting = true\nrate_limit_per_minute = 1\nrate_limit_wait = 1",
+        )
+    )
+    listener = start_listener(conf)
+    upstream.fault = "550-rcpt:gone@far.example"
+    started = time.monotonic()
+    with listener.client() as client:
+        client.sendmail("app@host.example", ["out@far.example", "gone@far.example"], message())
+    assert time.monotonic() - started < 10
+    assert [m.rcpt_tos for m in upstream.wait_for(1)] == [["out@far.example"]]
+    [notice] = list_entries(load_config(str(conf)))  # waiting for its turn, in the queue
+    assert (notice.sender, notice.recipients) == ("", ("app@host.example",))
+
+
 def test_upstream_down_queues_with_250_then_delivers_once(
     tmp_path: Path,
     smtp_server_factory: Callable[..., SMTPTestServer],

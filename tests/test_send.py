@@ -205,3 +205,21 @@ def test_real_send_failure_exit_code(config: Path, smtp_server: SMTPTestServer) 
     smtp_server.fault = "550-rcpt:a@x.example"
     code, _ = send("--to", "a@x.example", "--body", "x")
     assert code == 67
+
+
+def test_a_transcript_nobody_can_read_costs_no_message(
+    config: Path, smtp_server: SMTPTestServer
+) -> None:
+    """`send -v` with stderr full: the transcript's first failed write sent the message to
+    failed/ with exit 70; it is delivered, and the transcript goes nowhere."""
+    import subprocess
+    import sys
+
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "ssmtp_mailer", "-C", str(config), "send", "-v",
+             "--to", "a@x.example", "--subject", "s", "--body", "b"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=full, timeout=30,
+        )  # fmt: skip
+    assert done.returncode == 0
+    assert [m.rcpt_tos for m in smtp_server.wait_for(1)] == [["a@x.example"]]

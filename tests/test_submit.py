@@ -447,22 +447,42 @@ def test_a_maildrop_file_with_a_foreign_sender_is_refused_into_failed_with_a_bou
     assert all(m.rcpt_tos != ["out@far.example"] for m in smtp_server.messages)
 
 
+@pytest.mark.parametrize(
+    ("default_from", "sender"),
+    [("alerts@partner.example", "alerts@partner.example"), ("alerts", "alerts@host.example")],
+)
 def test_the_default_from_the_administrator_set_is_everyone_s_default_sender(
-    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer, default_from: str, sender: str
 ) -> None:
-    """`default_from = alerts@partner.example` in [global]: a user's cron job without -f
-    sends as that, where it was refused (77) as not the user's own address."""
-    tree.write_text(tree.read_text() + "default_from = alerts@partner.example\n")
+    """`default_from = alerts@partner.example` (or a bare `alerts`) in [global]: a user's
+    cron job without -f sends as that, where it was refused (77) as not the user's own."""
+    tree.write_text(tree.read_text() + f"default_from = {default_from}\n")
     (tree.parent / "spool").mkdir()
     run_queue(tree)
     run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
     assert run.returncode == 0, run.stderr
     run_queue(tree)
-    assert smtp_server.wait_for(1)[0].mail_from == "alerts@partner.example"
+    assert smtp_server.wait_for(1)[0].mail_from == sender
     other = nobody_sendmail(
         shared_dir, tree, ["-i", "-f", "boss@partner.example", "out@far.example"], MESSAGE
     )
     assert other.returncode == 77, other.stderr
+
+
+def test_a_maildrop_message_the_relay_refuses_gets_its_submitter_a_notice(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    """nobody's sendmail exited 0 when the file was written; the relay refused the only
+    recipient at pickup, the message went to failed/, and nobody was ever told."""
+    smtp_server.fault = "550-rcpt:out@far.example"
+    (tree.parent / "spool").mkdir()
+    run_queue(tree)
+    run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    run_queue(tree)
+    [notice] = smtp_server.wait_for(1)
+    assert (notice.mail_from, notice.rcpt_tos) == ("<>", ["nobody@host.example"])
+    assert b"Final-Recipient: rfc822; out@far.example" in notice.data
 
 
 def test_a_listener_picks_the_maildrop_up(

@@ -198,7 +198,7 @@ def _each_entry(entry_ids: tuple[str, ...], act: Callable[[str], str]) -> int:
             click.echo(act(entry_id))
         except MailerError as exc:
             for line in exc.lines():
-                click.echo(f"ssmtp-mailer: {line}", err=True)
+                errors.report(line)
             status = exc.exit_code
     return status
 

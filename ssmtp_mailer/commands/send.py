@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ssmtp_mailer import errors
 from ssmtp_mailer.addresses import address_problem, qualify
 from ssmtp_mailer.commands.common import common_options, json_option, load, print_json, settings
 from ssmtp_mailer.errors import DataError, UsageError
@@ -128,7 +129,7 @@ def _read_body(body: str | None, body_file: str | None) -> str:
         # Not click.get_binary_stream: deprecated since click 8.5 (8.1 is our minimum).
         stdin = sys.stdin.buffer
         if stdin.isatty():
-            click.echo("ssmtp-mailer: reading the body from stdin (end with Ctrl-D)", err=True)
+            errors.report("reading the body from stdin (end with Ctrl-D)")
         data = stdin.read()
         where = "body from stdin"
     try:
@@ -241,7 +242,7 @@ def _render_result(result: SubmitResult, prepared: PreparedMessage, as_json: boo
             }
         )
     elif result.exit_code == 0 and settings().verbose:
-        click.echo(f"sent {prepared.message_id} to {', '.join(result.delivered)}", err=True)
+        errors.say(f"sent {prepared.message_id} to {', '.join(result.delivered)}")
 
 
 @click.command("send")
@@ -331,7 +332,7 @@ def send_command(
     from ssmtp_mailer import pipeline
 
     def transcript(line: str) -> None:
-        click.echo(line, err=True)
+        errors.say(line)
 
     result = pipeline.submit(
         config, prepared, transcript=transcript if settings().verbose else None

@@ -39,8 +39,15 @@ from ssmtp_mailer.spool.store import (
 # -- bounces (RFC 3464) --------------------------------------------------------------
 
 
-def _bounce(config: Config, failed: Entry, data: bytes, pool: ConnectionPool | None = None) -> bool:
-    """Tell the sender, with a null envelope sender (never a bounce for a bounce)."""
+def _bounce(
+    config: Config,
+    failed: Entry,
+    data: bytes,
+    pool: ConnectionPool | None = None,
+    rate_wait: float | None = None,
+) -> bool:
+    """Tell the sender, with a null envelope sender (never a bounce for a bounce).
+    `rate_wait`: as engine.deliver's (None, the runner's: as long as the limit needs)."""
     if not config.global_.bounce or not failed.sender:
         return False
     dsn = failed.dsn
@@ -69,7 +76,10 @@ def _bounce(config: Config, failed: Entry, data: bytes, pool: ConnectionPool | N
     for group in groups:
         record = DeliveryLog(config, group, notice)
         try:
-            record.sent(deliver(config, group, notice, record=record, pool=pool), EX_OK)
+            delivered = deliver(
+                config, group, notice, record=record, pool=pool, rate_wait=rate_wait
+            )
+            record.sent(delivered, EX_OK)
             sent = True
         except TempFailError as exc:
             record.not_sent(exc, "queued", EX_OK)
@@ -97,8 +107,14 @@ def notify_failed(config: Config, entry_id: str, pool: ConnectionPool | None = N
     when nobody else can tell the sender."""
     from ssmtp_mailer.spool.store import find_entry
 
-    failed, data = find_entry(config, entry_id)
-    return _bounce(config, failed, data, pool)
+    try:
+        failed, data = find_entry(config, entry_id)
+        # Not a moment's wait for the rate limit: the client waits for its 250 meanwhile;
+        # a notice that must wait is queued instead.
+        return _bounce(config, failed, data, pool, rate_wait=0)
+    except Exception as exc:  # the message itself went: a notice's trouble must not undo that
+        log.write_traceback(config, exc)
+        return False
 
 
 def _status_for(reply: str, default: str) -> str:
