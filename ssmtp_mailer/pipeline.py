@@ -167,17 +167,21 @@ def submit(
     `held`: the sender cannot take the message back (a maildrop file; a local submission,
     which falls back to the maildrop on a 4xx): a temporary failure is queued whatever
     on_temporary_failure says, since handing it back would only bring it here again and
-    give the recipients that already have it a second copy.
+    give the recipients that already have it a second copy. With `accepted` alone, that
+    holds once some recipient has the message.
 
     Errors about the whole message (sender refused by policy, no route) are raised. The
     prepared message's buffer is reused for the last group's headers: read it before, not after.
     A caller with many messages (`-bs`, the listener) passes its `pool` and closes it
     itself; otherwise the message's groups share one of their own.
     """
-    if held and config.global_.on_temporary_failure != TempFailurePolicy.QUEUE:
-        config = config._replace(
-            global_=config.global_._replace(on_temporary_failure=TempFailurePolicy.QUEUE)
-        )
+    # Where a 4xx would bring the message back whole: once part of it went (an SMTP
+    # reply), or from the start (held), what fails for a while is queued.
+    queueing = config._replace(
+        global_=config.global_._replace(on_temporary_failure=TempFailurePolicy.QUEUE)
+    )
+    if held:
+        config = queueing
     plan = rewrite.plan_delivery(config, prepared.sender, prepared.recipients)
     if prepared.dsn is not None and prepared.dsn.orcpt:
         # Each ORCPT follows its recipient to the address a mapping made of it.
@@ -233,15 +237,23 @@ def submit(
         )
         if attempted.result is None:
             assert attempted.error is not None
+            went = any(o.result is not None and o.result.accepted for o in outcomes)
             if accepted:
                 attempted = attempted._replace(fate=failures.fate(attempted.error, queued=True))
-            outcome, failed_id = _handle_failure(config, group, data, this, attempted, report)
+            policy = queueing if accepted and went else config
+            outcome, failed_id = _handle_failure(policy, group, data, this, attempted, report)
             if failed_id is not None:
                 failed_ids.append(failed_id)
         else:
             outcome = GroupOutcome(group, result=attempted.result)
             queued, failed_id = _handle_refusals(
-                config, group, data, this, attempted.result, problem, report
+                queueing if accepted else config,
+                group,
+                data,
+                this,
+                attempted.result,
+                problem,
+                report,
             )
             outcomes.extend(queued)
             if failed_id is not None:

@@ -372,6 +372,30 @@ def test_the_failure_notice_does_not_hold_the_250_for_the_rate_limit(
     assert (notice.sender, notice.recipients) == ("", ("app@host.example",))
 
 
+def test_with_fail_a_half_delivered_message_queues_the_rest_instead_of_451(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    """on_temporary_failure = fail: one recipient took it, the other said 451. A 451 to
+    the client brought the whole message back, and the first recipient a second copy."""
+    conf = listener_config(tmp_path / "l.conf", upstream.port, "on_temporary_failure = fail")
+    listener = start_listener(conf)
+    upstream.fault = "451-rcpt:busy@far.example"
+    with listener.client() as client:
+        assert (
+            client.sendmail("app@host.example", ["out@far.example", "busy@far.example"], message())
+            == {}
+        )
+    assert [m.rcpt_tos for m in upstream.wait_for(1)] == [["out@far.example"]]
+    [entry] = list_entries(load_config(str(conf)))
+    assert entry.recipients == ("busy@far.example",)
+    # Nothing went at all: the client keeps it, as on_temporary_failure = fail says.
+    with listener.client() as client:
+        client.ehlo()
+        client.mail("app@host.example")
+        client.rcpt("busy@far.example")
+        assert client.data(message())[0] == 451
+
+
 def test_upstream_down_queues_with_250_then_delivers_once(
     tmp_path: Path,
     smtp_server_factory: Callable[..., SMTPTestServer],
