@@ -337,6 +337,7 @@ def deliver_data(
     retries: int = 0,
     pool: ConnectionPool | None = None,
     held: bool = False,
+    told: bool = True,
 ) -> str:
     """A message received by DATA through the sendmail path; the reply to the final dot.
 
@@ -344,7 +345,7 @@ def deliver_data(
     sender's (the SIZE we advertised), so it does not count.
     A fault of our own set-up (the configuration, the relay refusing our AUTH or TLS) is
     queued for the fix, as a queue entry waits for it: a 4xx would only bring the message
-    back, and a copy in failed/ each time. `held`: pipeline.submit.
+    back, and a copy in failed/ each time. `held`, `told`: pipeline.submit.
     """
     from ssmtp_mailer import pipeline
 
@@ -367,6 +368,7 @@ def deliver_data(
             pool=pool,
             accepted=True,
             held=held,
+            told=told,
         )
     except MailerError as exc:
         report(f"{exc.what}: {exc.why}")

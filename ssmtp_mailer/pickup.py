@@ -202,6 +202,7 @@ def _hand_on(config: Config, dropped: Dropped) -> str | None:
         report=lambda line: log.write(config, "WARNING", line),
         run_queue=False,
         held=True,
+        told=False,
     )
     if reply.startswith("4"):
         return None  # not even queued (the spool is full): the file stays for the next run

@@ -155,6 +155,7 @@ def submit(
     pool: ConnectionPool | None = None,
     accepted: bool = False,
     held: bool = False,
+    told: bool = True,
 ) -> SubmitResult:
     """Route, fix headers per group and deliver; each problem is reported as one line.
 
@@ -162,8 +163,9 @@ def submit(
     `accepted`: the answer is an SMTP reply (the listener, `-bs`, the maildrop's pickup):
     a fault of our own set-up is queued, as for a queue entry (relay/failures.py); and
     recipients the relay refuses while the others get it are told to the sender in a
-    failure notice, since the 250 the client hears cannot name them (with `held`, every
-    failure is: the submitter heard 0).
+    failure notice, since the 250 the client hears cannot name them.
+    `told`: False when nobody hears the outcome (the maildrop's pickup: its submitter
+    heard 0 long ago): then every failure is told in a notice.
     `held`: the sender cannot take the message back (a maildrop file; a local submission,
     which falls back to the maildrop on a 4xx): a temporary failure is queued whatever
     on_temporary_failure says, since handing it back would only bring it here again and
@@ -267,7 +269,7 @@ def submit(
         outcome.log(code)
     # Whoever cannot hear what failed gets a notice: the client of a 250 (those refused
     # while the others got it), and the maildrop's submitter, told 0 long ago (any of it).
-    if failed_ids and (held or (accepted and code == EX_OK)):
+    if failed_ids and (not told or (accepted and code == EX_OK)):
         from ssmtp_mailer.spool import bounce
 
         for failed_id in failed_ids:
