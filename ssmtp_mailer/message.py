@@ -278,7 +278,9 @@ def _parse_header(data: bytes | bytearray, first_line: int) -> tuple[list[Header
 
 
 def _fold(field: HeaderField) -> HeaderField:
-    """Fold physical lines over 998 octets at whitespace (RFC 5322 §2.2.3)."""
+    """Fold physical lines over 998 octets at whitespace (RFC 5322 §2.2.3); in an address
+    list without any (`a@x,b@y,…`, as programs join them), after a comma between addresses,
+    where a space changes nothing."""
     if len(field.raw) <= MAX_LINE:
         return field
     lines = field.raw.split(CRLF)
@@ -290,15 +292,58 @@ def _fold(field: HeaderField) -> HeaderField:
         while len(text) > MAX_LINE:
             cut = max(text.rfind(b" ", floor, MAX_LINE + 1), text.rfind(b"\t", floor, MAX_LINE + 1))
             if cut <= floor - 1 or not text[:cut].strip(b" \t"):
-                raise DataError(
-                    f"header {field.name} (line {field.line})",
-                    f"a line is over {MAX_LINE} octets with no whitespace to fold it at",
-                )
-            out.append(text[:cut])
-            text = text[cut:]
+                commas = _list_commas(text, floor) if field.key in ADDRESS_LISTS else []
+                after = [c for c in commas if c <= MAX_LINE]
+                if not after:
+                    raise DataError(
+                        f"header {field.name} (line {field.line})",
+                        f"a line is over {MAX_LINE} octets with no whitespace to fold it at",
+                    )
+                out.append(text[: after[-1]])
+                text = b" " + text[after[-1] :]
+            else:
+                out.append(text[:cut])
+                text = text[cut:]
             floor = 1
         out.append(text)
     return HeaderField(field.name, CRLF.join(out), field.line)
+
+
+# Fields holding address lists, which may be folded after a comma (RFC 5322 §3.6.2, §3.6.3).
+ADDRESS_LISTS = frozenset(
+    {"from", "to", "cc", "bcc", "reply-to", "resent-from", "resent-to", "resent-cc"}
+)
+
+
+def _list_commas(text: bytes, start: int) -> list[int]:
+    """The offsets just after each comma of `text` that separates addresses: outside quoted
+    strings, comments and angle brackets."""
+    found: list[int] = []
+    quoted = escaped = False
+    depth = angle = 0
+    for offset in range(start, len(text)):
+        char = text[offset : offset + 1]
+        if escaped:
+            escaped = False
+        elif char == b"\\" and (quoted or depth):
+            escaped = True
+        elif quoted:
+            quoted = char != b'"'
+        elif char == b'"':
+            quoted = True
+        elif char == b"(":
+            depth += 1
+        elif char == b")" and depth:
+            depth -= 1
+        elif depth:
+            continue
+        elif char == b"<":
+            angle += 1
+        elif char == b">" and angle:
+            angle -= 1
+        elif char == b"," and not angle:
+            found.append(offset + 1)
+    return found
 
 
 def _rewrite_addresses(

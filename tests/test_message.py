@@ -297,6 +297,21 @@ def test_empty_from_date_and_message_id_are_replaced_not_kept_beside_ours() -> N
     assert head.count("Date:") == 1 and "Date: \r\n" not in head
 
 
+def test_a_long_address_list_without_spaces_is_folded_after_its_commas() -> None:
+    """`To: a@x,b@y,...` as programs join 120 addresses: 65 for want of whitespace, where
+    a fold after a comma between addresses changes nothing (never one inside a quoted name)."""
+    names = [f'"Doe,J{n}"<j{n}@example.com>' for n in range(60)]
+    plain = [f"user{n}@example.com" for n in range(60)]
+    to = ",".join(x for pair in zip(names, plain, strict=True) for x in pair).encode()
+    prepared = prep(b"To: " + to + b"\nSubject: s\n\nx\n", extract_recipients=True)
+    assert len(prepared.recipients) == 120
+    head = bytes(header_block(prepared.data))
+    assert all(len(line) <= 998 for line in head.split(b"\r\n"))
+    unfolded = head.split(b"\r\nSubject:")[0].replace(b"\r\n", b"")
+    assert unfolded.replace(b", ", b",") == (b"To: " + to).replace(b", ", b",")
+    assert unfolded.count(b'"Doe,J') == 60  # every quoted name whole
+
+
 def test_unfoldable_header_line_refused() -> None:
     with pytest.raises(DataError, match="X-Blob"):
         prep(b"X-Blob: " + b"z" * 2000 + b"\n\nbody\n", recipients=("a@x",))
