@@ -280,7 +280,7 @@ def check_spf(
         ]
     record = records[0]
     try:
-        spf.parse(record)
+        parsed = spf.parse(record)
     except spf.SpfError as exc:
         return [
             Check(
@@ -292,8 +292,20 @@ def check_spf(
             )
         ]
     checks = [Check("SPF", OK, record)]
+    if any(t.name == "all" and t.qualifier == "+" for t in parsed.mechanisms):
+        closed = " ".join("~all" if w.lower() in ("all", "+all") else w for w in record.split())
+        checks.append(
+            Check(
+                "SPF all",
+                FAIL,
+                f"+all: every host on the internet passes SPF for {domain}",
+                details=("end it with ~all (or -all): only the senders it lists should pass",),
+                publish=(TxtRecord(domain, closed).zone_line(),),
+            )
+        )
     walked = spf.walk(dns, domain)
-    if walked.lookups > spf.MAX_LOOKUPS or walked.problems:
+    broken = walked.lookups > spf.MAX_LOOKUPS or bool(walked.problems)
+    if broken:
         why = (
             f"{walked.lookups} DNS lookups, more than the {spf.MAX_LOOKUPS} RFC 7208 §4.6.4 allows"
             if walked.lookups > spf.MAX_LOOKUPS
@@ -319,16 +331,15 @@ def check_spf(
             checks.append(Check(f"SPF for {ip}", OK, f"pass ({result.term})"))
         else:
             why = f": {result.why}" if result.why else (f" ({result.term})" if result.term else "")
+            # Adding the address to a record that is broken anyway would fix nothing.
+            fixed = TxtRecord(domain, dnsrecords.spf_with(record, _ip_mechanism(ip)))
             checks.append(
                 Check(
                     f"SPF for {ip}",
                     FAIL,
                     f"{result.result}{why}: {ip} is not authorised to send for {domain}",
-                    publish=(
-                        TxtRecord(
-                            domain, dnsrecords.spf_with(record, _ip_mechanism(ip))
-                        ).zone_line(),
-                    ),
+                    details=("fix the record's lookups first (above)",) if broken else (),
+                    publish=() if broken else (fixed.zone_line(),),
                 )
             )
     if provider:
@@ -498,6 +509,13 @@ def _tag_list(tags: dict[str, str], key: str, default: str) -> set[str]:
     return set(tags.get(key, default).lower().replace(" ", "").split(":"))
 
 
+_DMARC_VALUES = {
+    "sp": {"none", "quarantine", "reject"},
+    "adkim": {"r", "s"},
+    "aspf": {"r", "s"},
+}
+
+
 def _dmarc_problem(tags: dict[str, str]) -> str | None:
     """What makes a DMARC record's tags invalid, or None (the policy is checked apart)."""
     if tags.get("v") != "DMARC1":
@@ -505,6 +523,17 @@ def _dmarc_problem(tags: dict[str, str]) -> str | None:
     pct = tags.get("pct", "100")
     if not pct.isdigit() or int(pct) > 100:
         return f"pct={pct}, expected 0 to 100"
+    # RFC 7489 §6.3: a receiver meeting a bad value may ignore the record, or read sp as none.
+    for key, allowed in _DMARC_VALUES.items():
+        value = tags.get(key)
+        if value is not None and value.lower() not in allowed:
+            return f"{key}={value}, expected {' or '.join(sorted(allowed))}"
+    fo = tags.get("fo")
+    if fo is not None and not all(o.strip() in ("0", "1", "d", "s") for o in fo.split(":")):
+        return f"fo={fo}, expected options of 0, 1, d and s, as fo=1 or fo=d:s"
+    ri = tags.get("ri")
+    if ri is not None and not ri.isdigit():
+        return f"ri={ri}, expected seconds, as ri=86400"
     for key in ("rua", "ruf"):
         for uri in filter(None, (u.strip() for u in tags.get(key, "").split(","))):
             if not uri.lower().startswith(("mailto:", "https:")):

@@ -281,7 +281,7 @@ def _check(
     depth: int,
 ) -> tuple[str, str]:
     if depth > MAX_LOOKUPS:
-        raise SpfError("include/redirect loop")
+        raise SpfError("includes and redirects nested over 10 deep (a loop?)")
     record = _record_of(dns, domain)
     if record is None:
         return "none", ""
@@ -366,7 +366,7 @@ def walk(dns: Lookups, domain: str) -> Walk:
 
     def visit(name: str, depth: int) -> int:
         if depth > MAX_LOOKUPS:
-            problems.append("include/redirect loop")
+            problems.append("includes and redirects nested over 10 deep (a loop?)")
             return 0
         try:
             record = _record_of(dns, name)

@@ -188,6 +188,10 @@ def _dkim_tag(tag: str) -> Callable[[dict[str, list[Any]]], None]:
     return spoil
 
 
+def _plus_all(zone: dict[str, list[Any]]) -> None:
+    _spf(zone, f"v=spf1 ip4:{IP} +all")
+
+
 def _no_dmarc(zone: dict[str, list[Any]]) -> None:
     del zone["_dmarc.example.com"]
 
@@ -242,6 +246,12 @@ def _null_mx(zone: dict[str, list[Any]]) -> None:
             'rsa2026._domainkey.example.com. IN TXT "v=DKIM1; k=rsa; p=MIIB',
         ),
         (
+            _plus_all,
+            "SPF all",
+            "+all: every host on the internet passes SPF for example.com",
+            f'example.com. IN TXT "v=spf1 ip4:{IP} ~all"',
+        ),
+        (
             _no_dmarc,
             "DMARC",
             "no DMARC record at _dmarc.example.com",
@@ -268,6 +278,7 @@ def _null_mx(zone: dict[str, list[Any]]) -> None:
         "dkim-mismatch",
         "dkim-not-for-email",
         "dkim-sha1-only",
+        "plus-all",
         "no-dmarc",
         "ptr-mismatch",
         "null-mx",
@@ -292,6 +303,8 @@ def test_each_fault_is_named_with_the_record_to_publish(
     # Over 10 lookups, evaluating for the IP is a permanent error too, as receivers see it.
     also = [f"SPF for {IP}"] if check == "SPF lookups" else []
     assert [c["name"] for c in failed] == [check, *also], failed
+    if also:  # the address added to a record that stays broken would fix nothing
+        assert failed[1]["publish"] == [], failed[1]
     assert failed[0]["summary"].startswith(summary)
     if check == "SPF" and "2 SPF" in summary:
         assert set(failed[0]["publish"][0].split()) >= {"mx", "include:_spf.relay.example"}
@@ -603,8 +616,12 @@ def test_a_null_mx_beside_others_or_not_at_zero_is_named_as_such(
             "v=DMARC1; p=reject; rua=postmaster@example.com",
             "rua=postmaster@example.com: a report address is a URI, as mailto:",
         ),
+        ("v=DMARC1; p=reject; sp=bogus", "sp=bogus, expected none or quarantine or reject"),
+        ("v=DMARC1; p=reject; adkim=x", "adkim=x, expected r or s"),
+        ("v=DMARC1; p=reject; fo=9", "fo=9, expected options of 0, 1, d and s"),
+        ("v=DMARC1; p=reject; ri=abc", "ri=abc, expected seconds"),
     ],
-    ids=["lower-case-version", "pct-over-100", "rua-not-a-uri"],
+    ids=["lower-case-version", "pct-over-100", "rua-not-a-uri", "sp", "adkim", "fo", "ri"],
 )
 def test_a_dmarc_record_receivers_would_ignore_fails(
     keys: dict[str, dict[str, Any]],
