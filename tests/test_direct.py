@@ -267,6 +267,24 @@ def test_null_mx_alone_is_a_permanent_failure(
     assert queue_list(run_main, conf) == []
 
 
+def test_an_mx_refusing_the_sender_gets_no_advice_meant_for_a_relay(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    """`550 5.7.1 ... Access denied` from a recipient's MX: the hint was to authenticate
+    and use the submission port 587, which is what a relay wants, not an MX."""
+    mx_server(2, fault="550-mail")
+    mx_server(3, fault="550-mail")
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net)
+    code, _, err = sendmail(run_main, conf, "one@a.example")
+    assert code == 69, err
+    assert "Access denied" in err
+    assert "587" not in err and "authenticate" not in err
+
+
 def test_every_mx_down_queues_then_queue_run_delivers_once(
     tmp_path: Path,
     net: Net,

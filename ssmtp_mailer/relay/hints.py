@@ -43,8 +43,11 @@ _RELAY_DENIED = r"relay(ing)? (access )?(denied|not (allowed|permitted))|access 
 _SENDER_AUTH = r"\b(spf|dkim|dmarc)\b|\b5\.7\.2[0-7]\b"
 
 
-def for_reply(code: int, text: str, *, port: int | None = None) -> str | None:
-    """The hint for an SMTP reply, or None when none is known."""
+def for_reply(code: int, text: str, *, port: int | None = None, mx: bool = False) -> str | None:
+    """The hint for an SMTP reply, or None when none is known. `mx`: the reply of a
+    recipient's MX (direct delivery), where advice about a relay's AUTH or port is wrong."""
+    if mx:
+        return SENDER_AUTH if code >= 500 and re.search(_SENDER_AUTH, text, re.I) else None
     if code == 535 or (code == 454 and "auth" in text.lower()):
         return CREDENTIALS
     if code == 530 or (code == 550 and "authentication required" in text.lower()):

@@ -782,7 +782,9 @@ class RelayConnection(SMTPClient):
             NoUserError(
                 label,
                 f"every recipient refused: {listing}",
-                hint=hints.for_reply(code, text, port=self.endpoint.port),
+                hint=hints.for_reply(
+                    code, text, port=self.endpoint.port, mx=self.endpoint.address is not None
+                ),
             ),
             temporary=False,
             stage="RCPT",
@@ -796,7 +798,9 @@ class RelayConnection(SMTPClient):
         text = reply_text(message)
         reply = f"{code} {text}".rstrip()
         why = f"{stage}: {reply}"
-        hint = hints.for_reply(code, text, port=self.endpoint.port)
+        hint = hints.for_reply(
+            code, text, port=self.endpoint.port, mx=self.endpoint.address is not None
+        )
         if 400 <= code < 500 or code < 200:
             # 4xx is transient by definition (RFC 5321 4.2.1); codes < 200 mean a broken
             # conversation, which a new connection may not repeat.
