@@ -285,6 +285,25 @@ def test_an_mx_refusing_the_sender_gets_no_advice_meant_for_a_relay(
     assert "587" not in err and "authenticate" not in err
 
 
+def test_the_transcript_names_the_mx_hosts_without_claiming_they_have_no_address(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    """`-v` printed `mx1.a.example [no address] (MX 10)` for hosts whose addresses were
+    simply not looked up yet, and then connected to them."""
+    mx_server(2)
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net)
+    code, _, err = run_main(
+        ["-C", str(conf), "-v", "-i", "-f", SENDER, "one@a.example"], stdin=MESSAGE
+    )
+    assert code == 0, err
+    assert "* a.example: mx1.a.example (MX 10); mx2.a.example (MX 20)" in err
+    assert "no address" not in err
+
+
 def test_every_mx_down_queues_then_queue_run_delivers_once(
     tmp_path: Path,
     net: Net,

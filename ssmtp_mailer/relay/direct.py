@@ -526,8 +526,11 @@ def hosts_text(plan: DomainPlan) -> str:
         return plan.refusal
     parts = []
     for host in plan.hosts:
-        where = ", ".join(host.addresses or ()) or "no address"
         kind = "no MX, the domain's own address" if plan.implicit else f"MX {host.preference}"
+        if host.addresses is None:  # looked up when it is tried
+            parts.append(f"{host.name} ({kind})")
+            continue
+        where = ", ".join(host.addresses) or "no address"
         parts.append(f"{host.name} [{where}] ({kind})")
     text = "; ".join(parts) or "no usable MX"
     if plan.policy is not None:
