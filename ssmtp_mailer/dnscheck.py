@@ -617,6 +617,17 @@ def check_mta_sts(dns: Resolver, domain: str, ca_file: Path | None, timeout: flo
                 details=tuple(f"{k}: {v}" for k, v in policy.items()),
             )
         ]
+    age = policy.get("max_age", "")
+    if len(age) > 10 or int(age) > MAX_STS_AGE:
+        return [
+            Check(
+                "MTA-STS",
+                FAIL,
+                f"max_age: {age} is over the {MAX_STS_AGE} seconds (a year) RFC 8461 §3.2"
+                " allows; a sender may take the policy for invalid and ignore it",
+                publish=("max_age: 604800   (in the policy file, one week)",),
+            )
+        ]
     hosts = [h for _, h in dns.mx_records(domain) if h] if parsed.mode != "none" else []
     uncovered = [h for h in hosts if not parsed.allows(h)]
     if uncovered:
@@ -631,6 +642,9 @@ def check_mta_sts(dns: Resolver, domain: str, ca_file: Path | None, timeout: flo
             )
         ]
     return [Check("MTA-STS", OK, f"mode={parsed.mode}, mx={', '.join(parsed.mx) or '-'}")]
+
+
+MAX_STS_AGE = 31557600  # RFC 8461 §3.2, with at most 10 digits
 
 
 def fetch_sts_policy(

@@ -565,8 +565,9 @@ def test_mta_sts_policy_is_fetched_and_verified(
         ("mode: enforce\nmax_age: 86400\n", "fail", "is not valid"),
         ("mode: enforce\nmx: mail.example.com\nmax_age: soon\n", "fail", "is not valid"),
         ("mode: enforce\nmx: *.example.com\nmax_age: 86400\n", "ok", "mx=*.example.com"),
+        ("mode: enforce\nmx: mail.example.com\nmax_age: 99999999999\n", "fail", "is over the"),
     ],
-    ids=["mx-elsewhere", "testing-mx-elsewhere", "no-mx", "bad-max-age", "wildcard"],
+    ids=["mx-elsewhere", "testing-mx-elsewhere", "no-mx", "bad-max-age", "wildcard", "max-age"],
 )
 def test_an_mta_sts_policy_senders_would_ignore_or_trip_on_is_not_ok(
     keys: dict[str, dict[str, Any]],
