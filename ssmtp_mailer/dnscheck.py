@@ -405,6 +405,8 @@ def check_dkim(dns: Resolver, domain: str, selector: str, key_file: Path | None)
     problem = None
     if "v" in tags and tags["v"] != "DKIM1":
         problem = f"v={tags['v']}, expected v=DKIM1 (RFC 6376 §3.6.1)"
+    elif "v" in tags and next(iter(tags)) != "v":
+        problem = "v=DKIM1 is not the first tag, which RFC 6376 §3.6.1 requires"
     elif "p" not in tags:
         problem = "no p= tag (the public key)"
     elif not public:

@@ -188,6 +188,11 @@ def _dkim_tag(tag: str) -> Callable[[dict[str, list[Any]]], None]:
     return spoil
 
 
+def _dkim_version_last(zone: dict[str, list[Any]]) -> None:
+    name = "rsa2026._domainkey.example.com"
+    zone[name] = [(kind, text.replace("v=DKIM1; ", "") + "; v=DKIM1") for kind, text in zone[name]]
+
+
 def _plus_all(zone: dict[str, list[Any]]) -> None:
     _spf(zone, f"v=spf1 ip4:{IP} +all")
 
@@ -246,6 +251,12 @@ def _null_mx(zone: dict[str, list[Any]]) -> None:
             'rsa2026._domainkey.example.com. IN TXT "v=DKIM1; k=rsa; p=MIIB',
         ),
         (
+            _dkim_version_last,
+            "DKIM rsa2026",
+            "rsa2026._domainkey.example.com: v=DKIM1 is not the first tag",
+            'rsa2026._domainkey.example.com. IN TXT "v=DKIM1; k=rsa; p=MIIB',
+        ),
+        (
             _plus_all,
             "SPF all",
             "+all: every host on the internet passes SPF for example.com",
@@ -278,6 +289,7 @@ def _null_mx(zone: dict[str, list[Any]]) -> None:
         "dkim-mismatch",
         "dkim-not-for-email",
         "dkim-sha1-only",
+        "dkim-version-last",
         "plus-all",
         "no-dmarc",
         "ptr-mismatch",
