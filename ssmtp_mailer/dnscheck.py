@@ -124,6 +124,11 @@ class Resolver:
             raise spf.TempError(f"{name} {rdtype}: {exc}") from None
         return list(answer), answer.rrset.ttl if answer.rrset is not None else 0
 
+    def alias_of(self, name: str) -> str | None:
+        """What a CNAME at `name` points to, or None when it has none."""
+        records = self._answer(name, "CNAME")
+        return str(records[0].target).rstrip(".") if records else None
+
     def txt(self, name: str) -> list[str]:
         return [b"".join(r.strings).decode("utf-8", "replace") for r in self._answer(name, "TXT")]
 
@@ -237,6 +242,19 @@ def check_mx(dns: Resolver, domain: str) -> list[Check]:
             )
         ]
     summary = ", ".join(f"{p} {h}" for p, h in rows)
+    aliases = [(p, h, target) for p, h in rows if (target := dns.alias_of(h)) is not None]
+    if aliases:
+        _, alias, target = aliases[0]
+        return [
+            Check(
+                "MX",
+                WARN,
+                f"MX host {alias} is an alias (CNAME) of {target}: RFC 2181 §10.3 says an MX"
+                " must name the host itself, and some senders refuse to follow it",
+                details=tuple(details),
+                publish=tuple(f"{domain}. IN MX {p} {t}." for p, _, t in aliases),
+            )
+        ]
     return [Check("MX", OK, summary, details=tuple(details))]
 
 

@@ -620,6 +620,27 @@ def test_a_null_mx_beside_others_or_not_at_zero_is_named_as_such(
     assert "address of  " not in str(mx)
 
 
+def test_an_mx_naming_an_alias_is_warned_of(
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    """An MX pointing at a CNAME passed as ok; RFC 2181 §10.3 forbids it."""
+    zone = good_zone(keys)
+    zone["example.com"] = [r for r in zone["example.com"] if r[0] != "MX"] + [
+        ("MX", "10 alias.example.com.")
+    ]
+    zone["alias.example.com"] = [("CNAME", "mail.example.com.")]
+    code, report, _ = dns_check(run_main, write_config(tmp_path, dns_server(zone)))
+    mx = by_name(report)["MX"]
+    assert mx["status"] == "warn" and code == 0, mx  # a warning, not a required check
+    assert mx["summary"].startswith(
+        "MX host alias.example.com is an alias (CNAME) of mail.example.com"
+    )
+    assert mx["publish"] == ["example.com. IN MX 10 mail.example.com."]
+
+
 @pytest.mark.parametrize(
     ("record", "said"),
     [
