@@ -363,6 +363,7 @@ def walk(dns: Lookups, domain: str) -> Walk:
     """Follow every include and redirect (not macros): the worst-case lookup count (§4.6.4)."""
     includes: list[str] = []
     problems: list[str] = []
+    voids: list[str] = []  # names an a, mx or exists term finds nothing at, for IPv4 senders
 
     def visit(name: str, depth: int) -> int:
         if depth > MAX_LOOKUPS:
@@ -384,6 +385,12 @@ def walk(dns: Lookups, domain: str) -> Walk:
         if redirect is not None and not any(t.name == "all" for t in record.mechanisms):
             followed.append(redirect)
         count += sum(1 for t in record.mechanisms if t.name in _LOOKUP_TERMS)
+        for term in record.mechanisms:
+            target = term.target or name
+            if term.name in ("a", "mx", "exists") and "%" not in target:
+                found = dns.mx(target) if term.name == "mx" else dns.addresses(target, 4)
+                if not found:
+                    voids.append(f"{term.name}:{target}")
         for term in followed:
             assert term.target is not None
             if term.name == "redirect":
@@ -399,4 +406,9 @@ def walk(dns: Lookups, domain: str) -> Walk:
     except TempError as exc:
         problems.append(f"temporary DNS failure: {exc}")
         total = 0
+    if len(voids) > MAX_VOID_LOOKUPS:
+        problems.append(
+            f"{len(voids)} of its lookups find nothing ({', '.join(voids)}); receivers allow"
+            f" {MAX_VOID_LOOKUPS} (RFC 7208 §4.6.4), then take the record for broken"
+        )
     return Walk(total, tuple(includes), tuple(problems))

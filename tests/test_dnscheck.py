@@ -169,6 +169,10 @@ def _eleven_lookups(zone: dict[str, list[Any]]) -> None:
         zone[f"i{n}.example"] = [("TXT", "v=spf1 ip4:198.51.100.1 -all")]
 
 
+def _three_voids(zone: dict[str, list[Any]]) -> None:
+    _spf(zone, f"v=spf1 a:x1.example a:x2.example a:x3.example ip4:{IP} -all")
+
+
 def _dkim_mismatch(zone: dict[str, list[Any]]) -> None:
     from cryptography.hazmat.primitives import serialization as s
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -233,6 +237,12 @@ def _null_mx(zone: dict[str, list[Any]]) -> None:
             None,
         ),
         (
+            _three_voids,
+            "SPF lookups",
+            "3 of its lookups find nothing (a:x1.example, a:x2.example, a:x3.example)",
+            None,
+        ),
+        (
             _dkim_mismatch,
             "DKIM rsa2026",
             "rsa2026._domainkey.example.com: the published key is not the public half of",
@@ -286,6 +296,7 @@ def _null_mx(zone: dict[str, list[Any]]) -> None:
         "two-spf",
         "ip-not-covered",
         "11-lookups",
+        "three-void-lookups",
         "dkim-mismatch",
         "dkim-not-for-email",
         "dkim-sha1-only",
@@ -618,6 +629,22 @@ def test_a_null_mx_beside_others_or_not_at_zero_is_named_as_such(
     mx = by_name(report)["MX"]
     assert code == 1 and mx["status"] == "fail" and "RFC 7505 §3" in mx["summary"], mx
     assert "address of  " not in str(mx)
+
+
+def test_void_lookups_are_found_without_an_address_to_try(
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    """Three a: names that do not exist: receivers give permerror for every sender, yet
+    without --ip the record was "SPF ok, 3 of 10"."""
+    zone = good_zone(keys)
+    _three_voids(zone)
+    code, report, _ = dns_check(run_main, write_config(tmp_path, dns_server(zone)))
+    lookups = by_name(report)["SPF lookups"]
+    assert code == 1 and lookups["status"] == "fail", lookups
+    assert lookups["summary"].startswith("3 of its lookups find nothing")
 
 
 def test_an_mx_naming_an_alias_is_warned_of(
