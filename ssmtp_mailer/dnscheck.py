@@ -321,6 +321,15 @@ def check_spf(
                 publish=(TxtRecord(domain, closed).zone_line(),),
             )
         )
+    if any(t.name == "ptr" for t in parsed.mechanisms):
+        checks.append(
+            Check(
+                "SPF ptr",
+                WARN,
+                "the ptr mechanism: RFC 7208 §5.5 says not to use it (slow, and some receivers"
+                " skip it); list the addresses with ip4:/ip6: or a: instead",
+            )
+        )
     walked = spf.walk(dns, domain)
     broken = walked.lookups > spf.MAX_LOOKUPS or bool(walked.problems)
     if broken:
@@ -443,6 +452,15 @@ def check_dkim(dns: Resolver, domain: str, selector: str, key_file: Path | None)
         )
     if problem:
         return [Check(name, FAIL, f"{record_name}: {problem}", publish=publish)]
+    if "y" in _tag_list(tags, "t", ""):
+        return [
+            Check(
+                name,
+                WARN,
+                f"{record_name}: t=y: a key in testing, whose signatures verifiers may treat"
+                " as absent (RFC 6376 §3.6.1); drop t=y once they verify",
+            )
+        ]
     if pair is None:
         return [
             Check(

@@ -647,6 +647,23 @@ def test_void_lookups_are_found_without_an_address_to_try(
     assert lookups["summary"].startswith("3 of its lookups find nothing")
 
 
+def test_a_testing_dkim_key_and_an_spf_ptr_are_warned_of(
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    zone = good_zone(keys)
+    _dkim_tag("t=y")(zone)
+    _spf(zone, f"v=spf1 ptr ip4:{IP} -all")
+    code, report, _ = dns_check(run_main, write_config(tmp_path, dns_server(zone)))
+    checks = by_name(report)
+    assert code == 0  # warnings, not required checks
+    assert checks["DKIM rsa2026"]["status"] == "warn"
+    assert "t=y: a key in testing" in checks["DKIM rsa2026"]["summary"]
+    assert checks["SPF ptr"]["status"] == "warn"
+
+
 def test_an_mx_naming_an_alias_is_warned_of(
     keys: dict[str, dict[str, Any]],
     tmp_path: Path,
