@@ -179,9 +179,11 @@ def submit(
     """
     # Where a 4xx would bring the message back whole: once part of it went (an SMTP
     # reply), or from the start (held), what fails for a while is queued.
-    queueing = config._replace(
-        global_=config.global_._replace(on_temporary_failure=TempFailurePolicy.QUEUE)
-    )
+    queueing = config
+    if (held or accepted) and config.global_.on_temporary_failure != TempFailurePolicy.QUEUE:
+        queueing = config._replace(
+            global_=config.global_._replace(on_temporary_failure=TempFailurePolicy.QUEUE)
+        )
     if held:
         config = queueing
     plan = rewrite.plan_delivery(config, prepared.sender, prepared.recipients)

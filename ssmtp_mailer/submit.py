@@ -66,8 +66,8 @@ def sender_refusal(
     if uid == 0:
         return None
     g = config.global_ if config is not None else g
-    admins = g is not None and "default_from" in dict(g.key_lines)
-    if admins and g is not None and sender.lower() == _default_sender(g).lower():
+    set_by_admin = g is not None and "default_from" in dict(g.key_lines)
+    if g is not None and set_by_admin and sender.lower() == _default_sender(g).lower():
         return None
     login = login_of(uid)
     local, at, domain = sender.rpartition("@")
