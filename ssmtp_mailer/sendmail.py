@@ -363,7 +363,7 @@ def _run_mode(parsed: SendmailArgs, config: Config) -> int:
         _standard(sys.stdout, "output").write(listing_text(config).rstrip("\n") + "\n")
         return 0
     if parsed.mode == "queue":
-        from ssmtp_mailer import errors, spool
+        from ssmtp_mailer import spool
 
         result = spool.run_queue(config, force=parsed.force_queue)
         for problem in result.problems:  # what made it 75, as `queue run` says it
