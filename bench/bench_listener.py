@@ -1,13 +1,16 @@
 """Listener throughput (SPEC §10): 10 SMTP clients relayed to a loopback upstream, vs msmtp.
 
-Run: python bench/bench_listener.py [--clients 10] [--messages 100] [--msmtp-messages 200].
+Run: python bench/bench_listener.py [--clients 10] [--messages 100] [--msmtp-messages 200]
+[--client smtplib|pipelining].
 Prints numbers, asserts nothing.
 
 - ours: `ssmtp-mailer listen` with --processes serving processes (listen_processes, default
   one per CPU), relaying on reused upstream connections; --clients threads each keep one
   SMTP session and send --messages messages through it. Every 250 from the listener means
   the upstream already said 250 (the listener replies to the dot after delivery), so the
-  rate is end-to-end.
+  rate is end-to-end. `--client pipelining` has each client pipeline (RFC 2920) as
+  Postfix's smtp client does: a message's data, its dot and the next MAIL, RCPT and DATA
+  in one write, one round trip a message instead of four.
 - the upstream, in a process of its own, offers PIPELINING as Postfix and the big relays
   do. By default it is a bare sink that answers 250 to everything (~0.2 ms of CPU a
   message): on a small machine every process shares the same cores, and a real relay runs
@@ -27,6 +30,7 @@ import re
 import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import tempfile
@@ -259,6 +263,59 @@ def run_clients(port: int, clients: int, per_client: int) -> tuple[float, int]:
     return elapsed, clients * per_client - len(errors)
 
 
+def read_replies(sock: socket.socket, pending: bytes, count: int) -> tuple[list[bytes], bytes]:
+    """The next `count` SMTP replies (last lines only) from `sock`, and what is left over."""
+    got: list[bytes] = []
+    while len(got) < count:
+        while b"\r\n" not in pending:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the listener closed the connection")
+            pending += chunk
+        line, _, pending = pending.partition(b"\r\n")
+        if line[3:4] != b"-":
+            got.append(line)
+    return got, pending
+
+
+def run_pipelining_clients(port: int, clients: int, per_client: int) -> tuple[float, int]:
+    """As run_clients, but each client pipelines (RFC 2920) as Postfix's smtp client does:
+    the data of one message, its dot and the next MAIL, RCPT and DATA go in one write."""
+    errors: list[str] = []
+    barrier = threading.Barrier(clients + 1)
+    envelope = b"MAIL FROM:<app@bench.example>\r\nRCPT TO:<admin@dest.example>\r\nDATA\r\n"
+
+    def client(n: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pending = b""
+            _, pending = read_replies(sock, pending, 1)
+            sock.sendall(b"EHLO bench.example\r\n")
+            _, pending = read_replies(sock, pending, 1)
+            barrier.wait()
+            sock.sendall(envelope)
+            _, pending = read_replies(sock, pending, 3)
+            for i in range(per_client):
+                data = message(n * 100000 + i).encode() + b".\r\n"
+                last = i + 1 == per_client
+                sock.sendall(data + (b"QUIT\r\n" if last else envelope))
+                got, pending = read_replies(sock, pending, 2 if last else 4)
+                if not got[0].startswith(b"250"):
+                    errors.append(got[0].decode(errors="replace"))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        print(f"  {len(errors)} errors, first: {errors[0]}")
+    return elapsed, clients * per_client - len(errors)
+
+
 def run_msmtp(msmtp: str, tmp: Path, upstream: int, clients: int, count: int) -> float:
     """Seconds for `count` messages, one msmtp process each, `clients` at a time."""
     rc = tmp / "msmtprc"
@@ -298,6 +355,12 @@ def main() -> None:
         type=int,
         default=os.cpu_count() or 1,
         help="the listener's listen_processes (default: one per CPU)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=("smtplib", "pipelining"),
+        default="smtplib",
+        help="the clients: smtplib, a round trip a command (default), or pipelining (RFC 2920)",
     )
     parser.add_argument("--sink", help=argparse.SUPPRESS)
     parser.add_argument("--bare-sink", help=argparse.SUPPRESS)
@@ -340,7 +403,8 @@ def main() -> None:
                 )
                 time.sleep(1)
             before = cpu_seconds(listener.pid), cpu_seconds(upstream.pid), own_cpu_seconds()
-            elapsed, sent = run_clients(listen_port, args.clients, args.messages)
+            clients = run_pipelining_clients if args.client == "pipelining" else run_clients
+            elapsed, sent = clients(listen_port, args.clients, args.messages)
             after = cpu_seconds(listener.pid), cpu_seconds(upstream.pid), own_cpu_seconds()
             if spy is not None:
                 spy.send_signal(signal.SIGINT)

@@ -754,7 +754,11 @@ def bind(
             if copies > 1:
                 port = _unshared_port(family, hp.host, port)
             for sockets in sets:
-                sock = socket.socket(family, socket.SOCK_STREAM)
+                # IPPROTO_TCP named, so that asyncio sets TCP_NODELAY on each accepted
+                # connection: without it Nagle's algorithm holds every reply written
+                # after another (EHLO's lines, pipelined RCPTs) for the client's delayed
+                # ACK, ~40 ms each.
+                sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
                 sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if copies > 1:

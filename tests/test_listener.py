@@ -531,7 +531,7 @@ def test_a_client_that_closes_its_side_after_the_dot_still_hears_250(
     with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as sock:
         assert _replies(sock, 1)[0].startswith(b"220")
         sock.sendall(b"EHLO x\r\nMAIL FROM:<app@host.example>\r\nRCPT TO:<out@far.example>\r\n")
-        assert [r[:3] for r in _replies(sock, 2)] == [b"250", b"250"]
+        assert [r[:3] for r in _replies(sock, 3)] == [b"250", b"250", b"250"]
         sock.sendall(b"DATA\r\n")
         assert _replies(sock, 1)[0].startswith(b"354")
         sock.sendall(b"Subject: cut\r\n\r\nno dot")
@@ -870,6 +870,35 @@ def test_a_process_killed_while_counting_sessions_blocks_no_other() -> None:
     assert answers == [True, False]  # the second session of two, then over the limit
     count.leave()
     assert count.enter(2)
+
+
+def test_replies_written_one_after_another_are_not_held_back() -> None:
+    """The connections the listener accepts have Nagle's algorithm off: with it on, a reply
+    written right after another (EHLO's lines, the replies to pipelined MAIL, RCPT and
+    DATA) waits for the client's delayed ACK, some 40 ms a message for every pipelining
+    client (Postfix's smtp client, swaks --pipeline)."""
+    import asyncio
+
+    from ssmtp_mailer.config.model import HostPort
+    from ssmtp_mailer.listener import bind
+
+    async def accepted_nodelay() -> int:
+        [[sock]] = bind([HostPort("127.0.0.1", 0)])
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                accepted = transport.get_extra_info("socket")
+                seen.set_result(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname())
+            got = await asyncio.wait_for(seen, 10)
+            writer.close()
+            return got
+
+    assert asyncio.run(accepted_nodelay()) != 0
 
 
 def test_listen_processes_must_be_a_positive_number(
