@@ -204,6 +204,30 @@ def submit(
     signers = _signers(plan)
     outcomes: list[GroupOutcome] = []
     failed_ids: list[str] = []  # the failed/ copies made of this message
+
+    def settle(
+        policy: Config,
+        group: rewrite.RouteGroup,
+        data: bytes | bytearray,
+        this: PreparedMessage,
+        attempted: Attempted,
+        record: engine.DeliveryLog,
+    ) -> None:
+        """A group that did not go: queued or kept in failed/ by `policy`."""
+        outcome, failed_id = _handle_failure(policy, group, data, this, attempted, report)
+        if failed_id is not None:
+            failed_ids.append(failed_id)
+        if outcome.error is not None and outcome.queued_id is None:
+            for line in outcome.error.lines():
+                problem(line)
+        outcomes.append(outcome._replace(record=record))
+
+    # After an SMTP reply, a group that failed waits for the others: once any of them got
+    # the message, the client must not send it again, so a temporary failure is queued
+    # whatever the policy (a 451 would give the others a second copy).
+    unsettled: list[
+        tuple[rewrite.RouteGroup, bytes | bytearray, PreparedMessage, Attempted, engine.DeliveryLog]
+    ] = []
     last = len(plan.groups) - 1
     # Groups that go to the same server share one connection (SPEC §6 reuse).
     connections = pool or ConnectionPool(config.global_.connection_reuse_idle)
@@ -241,31 +265,28 @@ def submit(
         )
         if attempted.result is None:
             assert attempted.error is not None
-            went = any(o.result is not None and o.result.accepted for o in outcomes)
             if accepted:
-                attempted = attempted._replace(fate=failures.fate(attempted.error, queued=True))
-            policy = queueing if accepted and went else config
-            outcome, failed_id = _handle_failure(policy, group, data, this, attempted, report)
-            if failed_id is not None:
-                failed_ids.append(failed_id)
-        else:
-            outcome = GroupOutcome(group, result=attempted.result)
-            queued, failed_id = _handle_refusals(
-                queueing if accepted else config,
-                group,
-                data,
-                this,
-                attempted.result,
-                problem,
-                report,
-            )
-            outcomes.extend(queued)
-            if failed_id is not None:
-                failed_ids.append(failed_id)
-        if outcome.error is not None and outcome.queued_id is None:
-            for line in outcome.error.lines():
-                problem(line)
-        outcomes.append(outcome._replace(record=record))
+                fate = failures.fate(attempted.error, queued=True)
+                unsettled.append((group, data, this, attempted._replace(fate=fate), record))
+            else:
+                settle(config, group, data, this, attempted, record)
+            continue
+        queued, failed_id = _handle_refusals(
+            queueing if accepted else config,
+            group,
+            data,
+            this,
+            attempted.result,
+            problem,
+            report,
+        )
+        outcomes.extend(queued)
+        if failed_id is not None:
+            failed_ids.append(failed_id)
+        outcomes.append(GroupOutcome(group, result=attempted.result, record=record))
+    went = any(o.result is not None and o.result.accepted for o in outcomes)
+    for failed in unsettled:
+        settle(queueing if went else config, *failed)
     code = _exit_code(plan, outcomes)
     for outcome in outcomes:
         outcome.log(code)

@@ -396,6 +396,35 @@ def test_with_fail_a_half_delivered_message_queues_the_rest_instead_of_451(
         assert client.data(message())[0] == 451
 
 
+def test_with_fail_a_route_that_fails_before_another_delivers_is_queued(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    """on_temporary_failure = fail, and a message over two routes: the first one's relay
+    is down, the second takes it. A 451 would bring the message back, and the second
+    route's recipient a second copy: the first route's share is queued instead."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    sections = (
+        f"\n[domain:down.example]\nsmtp_server = 127.0.0.1\nsmtp_port = {dead_port}\n"
+        "use_starttls = false\nauth_method = NONE\n\n"
+        "[mapping:slow]\nfrom_pattern = *@slow.example\nto_pattern = *@slow.example\n"
+        "domain = down.example\n"
+    )
+    conf = listener_config(
+        tmp_path / "l.conf", upstream.port, "on_temporary_failure = fail", sections=sections
+    )
+    listener = start_listener(conf)
+    with listener.client() as client:
+        refused = client.sendmail(
+            "app@host.example", ["a@slow.example", "out@far.example"], message("two routes")
+        )
+    assert refused == {}
+    assert [m.rcpt_tos for m in upstream.wait_for(1)] == [["out@far.example"]]
+    [entry] = list_entries(load_config(str(conf)))
+    assert entry.recipients == ("a@slow.example",)
+
+
 def test_upstream_down_queues_with_250_then_delivers_once(
     tmp_path: Path,
     smtp_server_factory: Callable[..., SMTPTestServer],
