@@ -71,10 +71,10 @@ def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def source_of(read: tuple[Path, os.stat_result, bytes]) -> Source:
+def source_of(read: tuple[str, os.stat_result, bytes]) -> Source:
     """The Source of a file the loader read: (path, fstat of the open file, its bytes)."""
     path, st, data = read
-    return Source(str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, digest(data))
+    return Source(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, digest(data))
 
 
 # The modules whose code decides what a cached tree means: a change to any of them (an
@@ -109,7 +109,7 @@ def _private_dir(directory: Path) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o022 == 0
 
 
-def lookup(main_file: Path, context: str, main: Source, files: Sequence[Path]) -> Sections | None:
+def lookup(main_file: Path, context: str, main: Source, files: Sequence[str]) -> Sections | None:
     """The cached sections of this tree if nothing it was built from changed, else None."""
     import json
 
@@ -131,7 +131,7 @@ def lookup(main_file: Path, context: str, main: Source, files: Sequence[Path]) -
 
 
 def _unchanged(
-    record: dict[str, Any], main_file: Path, context: str, main: Source, files: Sequence[Path]
+    record: dict[str, Any], main_file: Path, context: str, main: Source, files: Sequence[str]
 ) -> bool:
     if (
         record["format"] != FORMAT
@@ -146,17 +146,11 @@ def _unchanged(
         return False
     racy_from = int(record["written_ns"]) - RACY_NS
     for path, entry in zip(files, stored[1:], strict=True):
-        old = Source(*entry)
+        # entry is a stored Source: path, size, mtime_ns, ctime_ns, inode, digest.
         st = os.stat(path)
-        if (old.path, old.size, old.mtime_ns, old.ctime_ns, old.inode) != (
-            str(path),
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-            st.st_ino,
-        ):
+        if entry[:5] != [path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]:
             return False
-        if old.mtime_ns >= racy_from and digest(path.read_bytes()) != old.digest:
+        if entry[2] >= racy_from and digest(Path(path).read_bytes()) != entry[5]:
             return False
     # The loader checks these files exist; they are outside the tree, so check them again.
     for domain in record["sections"]["domains"]:

@@ -180,7 +180,7 @@ def load_global(explicit: str | None = None) -> GlobalConfig:
     """Only the main file's `[global]`: for `dkim keygen`, which makes the keys a tree names."""
     main_file = Path(os.path.abspath(find_config_file(explicit)))
     report = _Report()
-    sections = _read_file(main_file, report, [])
+    sections = _read_file(str(main_file), report, [])
     if sections is None:
         raise ConfigError("configuration", "cannot be read", problems=report.errors)
     found = [s for s in sections if s.kind == "global"]
@@ -198,8 +198,8 @@ def load_config_file(main_file: Path, *, strict: bool = False) -> Config:
 
 def _load_config_file(main_file: Path, strict: bool) -> Config:
     report = _Report()
-    read: list[tuple[Path, os.stat_result, bytes]] = []
-    main_sections = _read_file(main_file, report, read)
+    read: list[tuple[str, os.stat_result, bytes]] = []
+    main_sections = _read_file(str(main_file), report, read)
     if main_sections is None:
         _raise_unreadable(report, None)
         raise ConfigError("configuration", "cannot be read", problems=report.errors)
@@ -211,11 +211,11 @@ def _load_config_file(main_file: Path, strict: bool) -> Config:
     global_section = globals_raw[0] if globals_raw else None
     gconf = _build_global(global_section, main_file, report)
 
-    files = [main_file]
+    files = [str(main_file)]
     sections = [s for s in main_sections if s.kind != "global"]
     # Every folder is listed before any file is read, so the cache can be checked first;
     # each folder's problems are still reported in the order the tree is read.
-    listings: list[tuple[list[Path], _Report]] = []
+    listings: list[tuple[list[str], _Report]] = []
     seen_dirs: set[Path] = set()
     for key, directory in (
         ("domains_dir", gconf.domains_dir),
@@ -252,7 +252,7 @@ def _load_config_file(main_file: Path, strict: bool) -> Config:
                 domains=hit.domains,
                 users=hit.users,
                 mappings=hit.mappings,
-                files=(main_file, *dir_files),
+                files=tuple(files + dir_files),
                 warnings=(*report.warnings, *hit.warnings),
             )
 
@@ -295,7 +295,7 @@ def _load_config_file(main_file: Path, strict: bool) -> Config:
 CACHE_MIN_BYTES = 64 * 1024
 
 
-def _worth_caching(main_size: int, files: Sequence[Path]) -> bool:
+def _worth_caching(main_size: int, files: Sequence[str]) -> bool:
     """True when the tree is large enough for the cache to pay (stat sizes, no reading)."""
     total = main_size
     for path in files:
@@ -309,7 +309,7 @@ def _worth_caching(main_size: int, files: Sequence[Path]) -> bool:
 
 
 def _read_file(
-    path: Path, report: _Report, read: list[tuple[Path, os.stat_result, bytes]]
+    path: str, report: _Report, read: list[tuple[str, os.stat_result, bytes]]
 ) -> list[RawSection] | None:
     """The file's sections; what was read is added to `read` (for the cache)."""
     try:
@@ -334,7 +334,7 @@ def _read_file(
         report.errors.append(f"{path}:{line}: not valid UTF-8")
         return None
     read.append((path, st, data))
-    return parse_ini(text, str(path), report.errors)
+    return parse_ini(text, path, report.errors)
 
 
 def _dir_files(
@@ -343,7 +343,7 @@ def _dir_files(
     explicit: bool,
     global_section: RawSection | None,
     report: _Report,
-) -> list[Path]:
+) -> list[str]:
     where = (
         str(global_section.location_of(key))
         if explicit and global_section is not None
@@ -357,10 +357,11 @@ def _dir_files(
         report.errors.append(f"{where}: {key}: {directory} is not a directory")
         return []
     try:
-        # Like Path.glob("*.conf"): hidden names included, symbolic links followed.
+        # Like Path.glob("*.conf"): hidden names included, symbolic links followed. As
+        # strings: a tree of one file a section has thousands, and pathlib costs more
+        # than the cache's check of each (bench/bench_routing.py).
         with os.scandir(directory) as entries:
-            names = sorted(e.name for e in entries if e.name.endswith(".conf") and e.is_file())
-        return [directory / name for name in names]
+            return sorted(e.path for e in entries if e.name.endswith(".conf") and e.is_file())
     except OSError as exc:
         report.errors.append(f"{where}: {key}: cannot list {directory}: {exc.strerror}")
         if isinstance(exc, PermissionError):
@@ -464,7 +465,7 @@ def _build_sections(
     main_file: Path,
     gconf: GlobalConfig,
     sections: list[RawSection],
-    files: list[Path],
+    files: list[str],
     report: _Report,
     strict: bool,
 ) -> Config:

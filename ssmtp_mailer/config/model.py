@@ -185,7 +185,7 @@ class Config(NamedTuple):
     domains: dict[str, DomainConfig]
     users: tuple[UserConfig, ...]
     mappings: tuple[MappingConfig, ...]
-    files: tuple[Path, ...] = ()
+    files: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 
     def domain_for_account(self, account: str) -> DomainConfig | None:
