@@ -65,6 +65,9 @@ class Request(NamedTuple):
     servers: tuple[HostPort, ...] = ()
     ca_file: Path | None = None
     timeout: float = 5.0
+    # Where the selectors' key records are: the d= of the route's signatures, when its
+    # name fixes one (relay/dkim.py route_domain); else `domain`.
+    dkim_domain: str | None = None
 
 
 class Report(NamedTuple):
@@ -746,11 +749,12 @@ def run(request: Request, progress: Callable[[str], None] = lambda _: None) -> R
         ("MX", lambda: check_mx(resolver, domain)),
         ("SPF", lambda: check_spf(resolver, domain, request.ip, provider)),
     ]
+    signing_domain = request.dkim_domain or domain
     for selector, key_file in request.selectors:
         steps.append(
             (
                 f"DKIM {selector}",
-                functools.partial(check_dkim, resolver, domain, selector, key_file),
+                functools.partial(check_dkim, resolver, signing_domain, selector, key_file),
             )
         )
     if not request.selectors:

@@ -246,7 +246,7 @@ def submit(
             from ssmtp_mailer.relay import dkim
 
             try:
-                data = dkim.sign(signer, data)
+                data = dkim.sign(signer, data, group.envelope_from)
             except Exception as exc:  # the message is kept, unsigned, by the policy
                 attempted = _not_attempted(config, group, exc)
         record = engine.DeliveryLog(config, group, data)

@@ -514,6 +514,59 @@ def test_catch_all_route_signs_for_the_from_domain(
     assert verify_each(smtp_server.messages[0].data, zone) == [("mana2026", "ed25519-sha256", True)]
 
 
+def test_a_route_named_relay_signs_for_the_sender_domain(
+    keys: dict[str, dict[str, str]],
+    zone: DNSServer,
+    tmp_path: Path,
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+) -> None:
+    """`default_domain = relay` and `[domain:relay]`: "relay" is no domain, and a d=relay
+    signature fails everywhere; the sender's domain, where the key is published, signs."""
+    config = write_config(
+        tmp_path, smtp_server.port, ["mana2026", "rsa2026"], global_extra="default_domain = relay"
+    )
+    config.write_text(config.read_text().replace(f"[domain:{DOMAIN}]", "[domain:relay]"))
+    assert run_main(["-C", str(config), "-f", "alice@example.com", "-t"], stdin=MESSAGE)[0] == 0
+    received = smtp_server.messages[0].data
+    assert [tags[b"d"] for tags in signatures(received)] == [b"example.com", b"example.com"]
+    assert verify_each(received, zone) == [
+        ("mana2026", "ed25519-sha256", True),
+        ("rsa2026", "rsa-sha256", True),
+    ]
+
+
+def test_forwarded_mail_is_signed_for_the_relay_account_not_the_strangers_from(
+    keys: dict[str, dict[str, str]],
+    zone: DNSServer,
+    tmp_path: Path,
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+) -> None:
+    """A catch-all route forwarding an outsider's mail: the envelope is our relay_account,
+    From stays the stranger's. Signing as the stranger's domain (a key record that is not
+    there) fails at every receiver; the relay_account's domain is ours."""
+    config = write_config(tmp_path, smtp_server.port, [])
+    config.write_text(
+        config.read_text().replace(
+            "[domain:*]\n",
+            "[domain:*]\nrelay_account = relay@example.com\n"
+            "dkim_selector = mana2026\ndkim_key_file = mana2026.pem\n",
+        )
+        + "\n[mapping:contact]\nfrom_pattern = contact@mailer.example.net\n"
+        "to_pattern = owner@x.example\n"
+    )
+    letter = b"From: Stranger <stranger@other.org>\nTo: contact@mailer.example.net\n\nhello\n"
+    code, _, err = run_main(["-C", str(config), "-f", "stranger@other.org", "-t"], stdin=letter)
+    assert code == 0, err
+    (received,) = smtp_server.messages
+    assert received.mail_from == "relay@example.com"
+    assert received.message()["From"] == "Stranger <stranger@other.org>"
+    (tags,) = signatures(received.data)
+    assert tags[b"d"] == b"example.com"
+    assert verify_each(received.data, zone) == [("mana2026", "ed25519-sha256", True)]
+
+
 def test_a_signing_key_others_may_read_is_warned_of(
     keys: dict[str, dict[str, str]], tmp_path: Path, run_main: RunMain
 ) -> None:

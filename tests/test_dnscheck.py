@@ -434,6 +434,26 @@ def test_dns_check_bad_input(
     assert (code, err) == (78, "ssmtp-mailer: --route nope: no such route (routes: none)\n")
 
 
+def test_dkim_is_checked_where_the_route_signs(
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    """`dns check other.example --route example.com`: the route signs d=example.com
+    whatever the sender's domain, so its keys are looked for there, not at other.example."""
+    config = write_config(tmp_path, dns_server(good_zone(keys)))
+    code, out, _ = run_main(
+        ["-C", str(config), "dns", "check", "other.example", "--route", "example.com", "--json"],
+        prog="ssmtp-mailer",
+    )
+    checks = by_name(json.loads(out))
+    assert checks["DKIM mana2026"]["status"] == "ok", checks["DKIM mana2026"]
+    assert "mana2026._domainkey.example.com" in json.dumps(checks["DKIM mana2026"])
+    assert checks["MX"]["status"] == "fail"  # the rest is other.example's own
+    assert code == 1
+
+
 def test_sender_auth_hint_names_the_command() -> None:
     hint = hints.for_reply(550, "5.7.26 This message does not pass authentication checks")
     assert hint == hints.SENDER_AUTH

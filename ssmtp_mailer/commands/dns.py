@@ -75,8 +75,12 @@ def check(
             known = ", ".join(sorted(config.domains)) or "none"
             raise ConfigError(f"--route {route}", f"no such route (routes: {known})")
     keys: dict[str, Path] = {}
+    signing_domain = None
     if domain_config is not None:
+        from ssmtp_mailer.relay.dkim import route_domain
+
         keys = dict(zip(domain_config.dkim_selector, domain_config.dkim_key_file, strict=True))
+        signing_domain = route_domain(domain_config)
     chosen = wanted or list(keys)
     request = dnscheck.Request(
         domain=domain,
@@ -85,6 +89,7 @@ def check(
         route=domain_config,
         servers=config.global_.dns_servers if config else (),
         ca_file=domain_config.ssl_ca_file if domain_config else None,
+        dkim_domain=signing_domain,
     )
     progress = _progress if sys.stderr.isatty() and not as_json else _quiet
     report = dnscheck.run(request, progress)

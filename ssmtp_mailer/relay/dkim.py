@@ -40,7 +40,7 @@ class SigningKey(NamedTuple):
 
 
 class Signer(NamedTuple):
-    """A route's keys; `domain` is the d= tag (None: the From address's domain)."""
+    """A route's keys; `domain` is the d= tag (None: the envelope sender's, see route_domain)."""
 
     route: str
     domain: str | None
@@ -98,8 +98,15 @@ def signer_for(route: DomainConfig) -> Signer | None:
             problem,
             hint="`ssmtp-mailer dkim keygen --algorithm rsa|ed25519` makes the missing key",
         )
-    domain = None if route.name == "*" else route.name
-    return Signer(route.name, domain, keys)
+    return Signer(route.name, route_domain(route), keys)
+
+
+def route_domain(route: DomainConfig) -> str | None:
+    """The d= of a route named after a domain; None for `[domain:*]` and for a name that is
+    no domain (`[domain:relay]`), whose mail is signed as its envelope sender's domain:
+    the one a forwarding route's relay_account makes ours, never a stranger's From."""
+    name = route.name.strip(".")
+    return name if "." in name and "*" not in name else None
 
 
 def header_list(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
@@ -126,6 +133,10 @@ def _from_domain(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+def _domain_of(address: str) -> str | None:
+    return address.rpartition("@")[2].lower() if "@" in address else None
+
+
 _OBSOLETE_NAME = re.compile(rb"^([!-9;-~]+)[ \t]+:", re.MULTILINE)
 
 
@@ -139,8 +150,9 @@ def plain_field_names(message: bytes) -> bytes:
     return _OBSOLETE_NAME.sub(rb"\1:", head) + message[len(head) :]
 
 
-def sign(signer: Signer, data: bytes | bytearray) -> bytes:
-    """`data` (CRLF, not dot-stuffed) with one DKIM-Signature per key in front."""
+def sign(signer: Signer, data: bytes | bytearray, envelope_from: str) -> bytes:
+    """`data` (CRLF, not dot-stuffed) with one DKIM-Signature per key in front; d= the
+    signer's domain, else `envelope_from`'s, else (a bounce: the null sender) From's."""
     import dkim  # type: ignore[import-untyped, unused-ignore]
 
     message = plain_field_names(bytes(data))
@@ -149,10 +161,10 @@ def sign(signer: Signer, data: bytes | bytearray) -> bytes:
     except dkim.MessageFormatError as exc:
         raise DataError("message", f"cannot be DKIM-signed: {exc}") from None
     include = header_list(state.headers)
-    domain = signer.domain or _from_domain(state.headers)
+    domain = signer.domain or _domain_of(envelope_from) or _from_domain(state.headers)
     if domain is None:
         raise ConfigError(
-            f"[domain:{signer.route}]", "cannot sign: the message has no From address"
+            f"[domain:{signer.route}]", "cannot sign: the message has no sender's domain"
         )
     signatures = []
     for item in signer.keys:
@@ -181,10 +193,9 @@ def check_route(route: DomainConfig) -> list[str]:
     try:
         signer = signer_for(route)
         if signer is not None:
-            sample = b"From: check@%s\r\nSubject: check\r\n\r\nbody\r\n" % (
-                (signer.domain or "example.com").encode("idna")
-            )
-            sign(signer, sample)
+            domain = signer.domain or "example.com"
+            sample = b"From: check@%s\r\nSubject: check\r\n\r\nbody\r\n" % domain.encode("idna")
+            sign(signer, sample, f"check@{domain}")
     except ConfigError as exc:
         return exc.lines() if exc.problems else [f"{exc.what}: {exc.why}"]
     except SoftwareError as exc:
