@@ -864,3 +864,41 @@ def test_nobody_may_not_use_the_null_sender_and_hears_so_in_one_line(
     assert smtp_server.messages == []
     config = load_config(str(tree))
     assert list_entries(config) == list_entries(config, failed=True) == []
+
+
+@pytest.mark.parametrize("closed", ["ssl_dir", "key"], ids=["key-in-0700-ssl-dir", "key-0600"])
+def test_a_signing_key_nobody_cannot_read_sends_through_the_maildrop(
+    closed: str, shared_dir: Path, smtp_server: SMTPTestServer
+) -> None:
+    """A route without a password, but signing with root's key (as `dkim keygen` leaves
+    it: 0600 in a 0700 ssl_dir): the key is a secret like a password, so nobody's message
+    goes to the maildrop and root's runner signs it. It was refused (70 or 78), and lost."""
+    base = Path(tempfile.mkdtemp(prefix="dkim-", dir=shared_dir))
+    base.chmod(0o755)
+    main = readable_main(base, smtp_server.port)
+    ssl = base / "ssl"
+    main.write_text(main.read_text().replace("[global]\n", f"[global]\nssl_dir = {ssl}\n", 1))
+    keygen = ["dkim", "keygen", "--domain", "host.example", "--selector", "s1", "--algorithm"]
+    made = subprocess.run(
+        [sys.executable, "-m", "ssmtp_mailer", "--config", str(main), *keygen, "ed25519"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    main.write_text(
+        main.read_text() + "dkim_selector = s1\ndkim_key_file = dkim-s1.host.example.pem\n"
+    )
+    if closed == "key":
+        ssl.chmod(0o755)
+    assert ssl.stat().st_mode & 0o777 == (0o700 if closed == "ssl_dir" else 0o755)
+    (base / "spool").mkdir()
+    run_queue(main)  # opens the maildrop
+    run = nobody_sendmail(shared_dir, main, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    assert len(list((base / "spool" / "maildrop").iterdir())) == 1
+    run_queue(main)
+    got = smtp_server.wait_for(1)[0]
+    assert got.mail_from == "nobody@host.example"
+    assert b"DKIM-Signature:" in got.data and b"d=host.example" in got.data
+    shutil.rmtree(base)

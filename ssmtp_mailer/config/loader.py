@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -572,14 +573,27 @@ def _build_domain(section: RawSection, gconf: GlobalConfig, report: _Report) -> 
 
 
 def _existing_file(text: str, base: Path, key: str, where: Location, report: _Report) -> Path:
+    """The path of a file a route reads (a certificate, a key). One this user may not read
+    counts as unreadable configuration: a key in root's 0700 ssl_dir is a secret, as a
+    password is, and the message goes to the system (SPEC §8) instead of being refused."""
     path = Path(text).expanduser()
     if not path.is_absolute():
         path = base / path
-    if not path.is_file():
-        why = "is not a file" if path.exists() else "no such file"
+    why = None
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            report.errors.append(f"{where}: {key}: {path}: is not a file")
+            return path
+        if not os.access(path, os.R_OK):
+            why = "not readable"
+    except PermissionError:
+        why = "not readable (a folder on its path is closed to this user)"
+    except OSError:
+        report.errors.append(f"{where}: {key}: {path}: no such file")
+        return path
+    if why is not None:
         report.errors.append(f"{where}: {key}: {path}: {why}")
-    elif not os.access(path, os.R_OK):
-        report.errors.append(f"{where}: {key}: {path}: not readable")
+        report.unreadable.append(report.errors[-1])
     return path
 
 
