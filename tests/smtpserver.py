@@ -324,6 +324,11 @@ class _Handler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        own = self.owner.rcpt_replies.get(address.lower())
+        if own is not None:
+            if own.startswith("2"):
+                envelope.rcpt_tos.append(address)
+            return own
         fault = _fault_of(server)
         if fault == "451-rcpt":
             return "451 4.3.0 Temporary local problem, try again later"
@@ -690,6 +695,9 @@ class SMTPTestServer:
         self.dsn = dsn
         self._commands: list[tuple[str, bool]] = []
         self._fault = _validate_fault(fault)
+        # Each recipient's own reply to RCPT (lower-case address -> reply line), before
+        # any fault: a transaction whose recipients get different answers.
+        self.rcpt_replies: dict[str, str] = {}
         self._ca = ca
         self._cert = cert
         self._cert_pem = b""

@@ -26,9 +26,13 @@ MESSAGE = b"From: app@host.example\nTo: a@dest.example\nSubject: policy\n\nbody\
 
 
 def config_for(tmp_path: Path, port: int, extra: str = "", host: str = "127.0.0.1") -> Path:
-    path = write_relay_config(tmp_path / "m.conf", port, f"log_file = {tmp_path / 'mail.log'}\n{extra}")
+    path = write_relay_config(
+        tmp_path / "m.conf", port, f"log_file = {tmp_path / 'mail.log'}\n{extra}"
+    )
     if host != "127.0.0.1":
-        path.write_text(path.read_text().replace("smtp_server = 127.0.0.1", f"smtp_server = {host}"))
+        path.write_text(
+            path.read_text().replace("smtp_server = 127.0.0.1", f"smtp_server = {host}")
+        )
     return path
 
 
@@ -224,14 +228,18 @@ def test_dsn_flags_are_dropped_with_a_note_when_not_offered(
 ) -> None:
     relay = dsn_relay(False)
     conf = config_for(tmp_path, relay.server.port)
-    code, _, err = run_main(["-C", str(conf), "-v", "-N", "never", "-V", "x+y=z", "r@example.org"], MESSAGE)
+    code, _, err = run_main(
+        ["-C", str(conf), "-v", "-N", "never", "-V", "x+y=z", "r@example.org"], MESSAGE
+    )
     assert code == 0
     assert len(relay.messages) == 1
     assert "does not offer DSN" in err
     assert not any("NOTIFY=" in c or "ENVID=" in c for c in relay.commands)
 
 
-def test_dsn_survives_the_queue(tmp_path: Path, run_main: Run, dsn_relay: Callable[[bool], DsnRelay]) -> None:
+def test_dsn_survives_the_queue(
+    tmp_path: Path, run_main: Run, dsn_relay: Callable[[bool], DsnRelay]
+) -> None:
     conf = config_for(tmp_path, closed_port())
     code, _, _ = run_main(["-C", str(conf), "-N", "delay", "-V", "a+b", "r@example.org"], MESSAGE)
     assert code == 0
@@ -309,3 +317,79 @@ def test_a_bug_is_one_line_for_the_user_and_a_traceback_in_the_debug_log(
     assert err.startswith("ssmtp-mailer: internal error: KeyError") and "Traceback" not in err
     logged = (tmp_path / "mail.log").read_text()
     assert "Traceback (most recent call last)" in logged and "KeyError: 'a bug'" in logged
+
+
+# -- each recipient its own fate ------------------------------------------------------
+
+
+def test_a_greylisted_recipient_beside_an_unknown_one_is_queued_not_failed(
+    tmp_path: Path, run_main: Run, smtp_server: SMTPTestServer
+) -> None:
+    """No recipient accepted, one refused for good (550), one for now (451): the 451 one
+    used to go to failed/ with the other, and was never tried again."""
+    smtp_server.rcpt_replies = {
+        "gone@dest.example": "550 5.1.1 <gone@dest.example>: User unknown",
+        "grey@dest.example": "451 4.7.1 <grey@dest.example>: greylisted, come back later",
+    }
+    conf = config_for(tmp_path, smtp_server.port)
+    code, _, err = run_main(
+        ["-C", str(conf), "-i", "gone@dest.example", "grey@dest.example"], MESSAGE
+    )
+    assert code == 0, err
+    assert "gone@dest.example: refused by" in err and "550 5.1.1" in err
+    config = _load(conf)
+    [queued] = spool.list_entries(config)
+    assert queued.recipients == ("grey@dest.example",)
+    [failed] = spool.list_entries(config, failed=True)
+    assert failed.recipients == ("gone@dest.example",)
+    smtp_server.rcpt_replies = {}
+    code, _, err = run_main(["-C", str(conf), "queue", "run", "--all"], prog="ssmtp-mailer")
+    assert code == 0, err
+    assert [m.rcpt_tos for m in smtp_server.wait_for(1)] == [["grey@dest.example"]]
+    assert spool.list_entries(_load(conf)) == []
+
+
+def test_the_queue_splits_a_mixed_refusal_too(
+    tmp_path: Path, run_main: Run, smtp_server: SMTPTestServer
+) -> None:
+    """A queued entry whose recipients now get 550 and 451: the first is failed (and its
+    sender told), the second stays queued, and is delivered once the relay takes it."""
+    smtp_server.fault = "451-rcpt"
+    conf = config_for(tmp_path, smtp_server.port)
+    code, _, err = run_main(
+        ["-C", str(conf), "-i", "gone@dest.example", "grey@dest.example"], MESSAGE
+    )
+    assert code == 0 and "queued as " in err
+    smtp_server.fault = None
+    smtp_server.rcpt_replies = {
+        "gone@dest.example": "550 5.1.1 <gone@dest.example>: User unknown",
+        "grey@dest.example": "451 4.7.1 greylisted",
+    }
+    run_main(["-C", str(conf), "queue", "run", "--all"], prog="ssmtp-mailer")
+    config = _load(conf)
+    assert [e.recipients for e in spool.list_entries(config, failed=True)] == [
+        ("gone@dest.example",)
+    ]
+    left = [e.recipients for e in spool.list_entries(config) if e.sender]
+    assert left == [("grey@dest.example",)]
+    smtp_server.rcpt_replies = {}
+    code, _, err = run_main(["-C", str(conf), "queue", "run", "--all"], prog="ssmtp-mailer")
+    got = [m.rcpt_tos for m in smtp_server.wait_for(2)]  # and gone@'s failure notice
+    assert sorted(got) == [["app@host.example"], ["grey@dest.example"]], err
+
+
+@pytest.mark.parametrize("reply", ["252 2.1.5 will try", "xyz not a reply"], ids=["252", "garbled"])
+def test_an_odd_reply_to_rcpt_is_no_internal_error(
+    reply: str, tmp_path: Path, run_main: Run, smtp_server: SMTPTestServer
+) -> None:
+    """252 accepts the recipient (any 2xx does); a line that is no reply defers it."""
+    smtp_server.rcpt_replies = {"odd@dest.example": reply}
+    conf = config_for(tmp_path, smtp_server.port)
+    code, _, err = run_main(["-C", str(conf), "-i", "odd@dest.example"], MESSAGE)
+    assert code == 0, err
+    assert "internal error" not in err
+    if reply.startswith("252"):
+        assert [m.rcpt_tos for m in smtp_server.wait_for(1)] == [["odd@dest.example"]]
+    else:
+        assert "queued as " in err
+        assert [e.recipients for e in spool.list_entries(_load(conf))] == [("odd@dest.example",)]

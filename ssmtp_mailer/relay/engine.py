@@ -27,6 +27,7 @@ from ssmtp_mailer.relay.smtp import (
     RelayConnection,
     RelayFailure,
     endpoint_for,
+    permanent,
 )
 from ssmtp_mailer.rewrite import RouteGroup
 
@@ -49,13 +50,14 @@ class DeliveryResult(NamedTuple):
 
     @property
     def deferred(self) -> tuple[str, ...]:
-        """Refused recipients whose reply was temporary (4xx): worth queueing for them alone."""
-        return tuple(r for r, (code, _) in self.refused.items() if 400 <= code < 500)
+        """Refused recipients whose reply was not permanent (4xx, or a reply that makes no
+        sense for RCPT): worth queueing for them alone."""
+        return tuple(r for r, (code, _) in self.refused.items() if not permanent(code))
 
     @property
     def rejected(self) -> tuple[str, ...]:
-        """Refused recipients whose reply was not temporary: failed for good."""
-        return tuple(r for r, (code, _) in self.refused.items() if not 400 <= code < 500)
+        """Refused recipients whose reply was permanent (5xx): failed for good."""
+        return tuple(r for r, (code, _) in self.refused.items() if permanent(code))
 
     def refuser(self, addresses: Sequence[str]) -> str:
         """Who refused `addresses`: their server(s), or domain(s) for direct delivery."""

@@ -145,6 +145,12 @@ class Transaction:
         self.reply = ""
 
 
+def permanent(code: int) -> bool:
+    """A 5xx: the one reply to RCPT that fails a recipient for good. A 4xx is temporary
+    (RFC 5321 §4.2.1), and so is what makes no sense there (a garbled line, a 3xx)."""
+    return 500 <= code < 600
+
+
 def reply_text(message: bytes | str) -> str:
     """An SMTP reply's text on one line."""
     text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
@@ -629,7 +635,7 @@ class RelayConnection(SMTPClient):
             yield reply
             if verb == "mail" and reply[0] != 250:
                 return
-            accepted = accepted or (verb == "rcpt" and reply[0] in (250, 251))
+            accepted = accepted or (verb == "rcpt" and 200 <= reply[0] < 300)
 
     def _pipelined(self, commands: list[tuple[str, str]]) -> Iterator[tuple[int, bytes]]:
         """RFC 2920: every command of a batch in one write, then their replies in order."""
@@ -670,14 +676,17 @@ class RelayConnection(SMTPClient):
         result = Transaction()
         for rcpt in recipients:
             code, message = next(replies)
-            if code in (250, 251):
+            if 200 <= code < 300:
                 result.accepted.append(rcpt)
             else:
                 result.refused[rcpt] = (code, reply_text(message))
         if not result.accepted:
             self._drain(replies)
             self._rset_quietly()
-            raise self._all_refused(result.refused)
+            kinds = {permanent(code) for code, _ in result.refused.values()}
+            if len(kinds) == 1:
+                raise self._all_refused(result.refused, permanently=kinds.pop())
+            return result  # some refused for good, some for now: each recipient its fate
         code, message = next(replies)
         if code != 354:
             raise self._reply_failure("DATA", code, message)
@@ -766,18 +775,21 @@ class RelayConnection(SMTPClient):
 
     # -- failures --------------------------------------------------------------
 
-    def _all_refused(self, refused: dict[str, tuple[int, str]]) -> RelayFailure:
+    def _all_refused(
+        self, refused: dict[str, tuple[int, str]], *, permanently: bool
+    ) -> RelayFailure:
+        """Every recipient refused, all for good (5xx) or all for now."""
         label = self.endpoint.label
         listing = "; ".join(f"<{r}>: {code} {text}" for r, (code, text) in refused.items())
-        if all(400 <= code < 500 for code, _ in refused.values()):
+        code, text = next(iter(refused.values()))
+        if not permanently:
             return RelayFailure(
                 TempFailError(label, f"every recipient deferred: {listing}"),
                 temporary=True,
                 stage="RCPT",
-                code=next(iter(refused.values()))[0],
+                code=code,
                 reply=listing,
             )
-        code, text = next((c, t) for c, t in refused.values() if c >= 500)
         return RelayFailure(
             NoUserError(
                 label,
