@@ -68,6 +68,7 @@ AUTH_MECHANISMS: Final = ("CRAM-MD5", "LOGIN", "PLAIN", "XOAUTH2")
 FAULTS: Final = frozenset(
     {
         "421-connect",
+        "554-connect",
         "stall-banner",
         "stall",
         "stall-ehlo",
@@ -77,6 +78,7 @@ FAULTS: Final = frozenset(
         "drop-mid-data",
         "stall-data-end",
         "drop-starttls",
+        "454-starttls",
         "535-auth",
         "550-mail",
         "421-mail",
@@ -490,6 +492,9 @@ class _SMTP(SMTP):
                 assert self.transport is not None
                 self.transport.close()
                 return
+            if self.fault == "554-connect":  # this client is not served (a blocklist)
+                await super().push(f"554 5.7.1 {SERVER_NAME} no SMTP service for you")
+                return
         await super().push(status)
 
     async def smtp_AUTH(self, arg: str) -> None:
@@ -499,6 +504,9 @@ class _SMTP(SMTP):
         await super().smtp_AUTH(arg)
 
     async def smtp_STARTTLS(self, arg: str) -> None:
+        if self.fault == "454-starttls" and self.tls_context and not arg:
+            await self.push("454 4.7.0 TLS not available due to temporary reason")
+            return
         if self.fault == "drop-starttls" and self.tls_context and not arg:
             await self.push("220 2.0.0 Ready to start TLS")
             assert self.transport is not None

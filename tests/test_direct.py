@@ -716,6 +716,64 @@ def test_a_broken_tls_handshake_is_retried_in_clear_when_opportunistic(
     assert [m.tls for m in broken.messages] == [False]
 
 
+def test_a_starttls_the_mx_refuses_is_done_without_when_opportunistic(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    """STARTTLS offered, then 454: with TLS only opportunistic the mail goes in clear, as
+    Postfix's `may` does; it used to wait in the queue for days, then bounce."""
+    refusing = mx_server(2, starttls=True, fault="454-starttls", names=["mx1.a.example"])
+    zone = zone_for(net)
+    zone["a.example"] = [("MX", "10 mx1.a.example.")]
+    conf = write_config(tmp_path, dns_server(zone), net)
+    code, _, err = sendmail(run_main, conf, "one@a.example")
+    assert (code, err) == (0, "")
+    assert [m.tls for m in refusing.messages] == [False]
+
+
+def test_an_mx_that_greets_with_5xx_is_skipped_for_the_next(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    """A 554 greeting refuses this client, not the recipient: the backup MX takes the
+    message (it went to failed/ with a bounce); with no MX left, it waits in the queue."""
+    refusing = mx_server(2, fault="554-connect")
+    backup = mx_server(3)
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net)
+    code, _, err = sendmail(run_main, conf, "one@a.example")
+    assert (code, err) == (0, "")
+    assert refusing.messages == [] and len(backup.messages) == 1
+    backup.fault = "554-connect"
+    code, _, err = sendmail(run_main, conf, "two@a.example")
+    assert code == 0 and "queued as " in err, err
+    assert [e["recipients"] for e in queue_list(run_main, conf)] == [["two@a.example"]]
+
+
+def test_no_reply_to_the_dot_sends_the_message_to_no_other_mx(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    """MX1 has the whole message and says nothing (slow content scanning): MX2 must not
+    get a second copy, nor the relay of a hybrid route; the message waits in the queue."""
+    slow = mx_server(2, fault="stall-data-end")
+    backup = mx_server(3)
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net, global_="read_timeout = 1")
+    code, _, err = sendmail(run_main, conf, "one@a.example")
+    assert code == 0 and "queued as " in err, err
+    assert "after the whole message was sent" in err
+    assert len(slow.messages) == 0 and backup.connections == 0
+    assert [e["recipients"] for e in queue_list(run_main, conf)] == [["one@a.example"]]
+
+
 def test_an_address_literal_goes_to_that_address(
     tmp_path: Path,
     net: Net,

@@ -148,6 +148,24 @@ def test_stall_after_data(smtp_server_factory: Factory, tmp_path: Path) -> None:
     assert "timed out" in info.value.why
 
 
+def test_no_reply_to_the_final_dot_sends_the_message_nowhere_else(
+    smtp_server_factory: Factory, tmp_path: Path
+) -> None:
+    """The primary has the whole message and says nothing: it may have taken it, so the
+    fallback and the retries are not tried (two copies); the message waits in the queue."""
+    primary = smtp_server_factory(fault="stall-data-end")
+    fallback = smtp_server_factory()
+    config = make_config(
+        tmp_path, primary, fallback_servers=[f"127.0.0.1:{fallback.port}"],
+        global_={"read_timeout": 1, "max_retries": 2},
+    )  # fmt: skip
+    with pytest.raises(TempFailError) as info:
+        send(config, retries=2)
+    assert "after the whole message was sent" in info.value.why
+    assert primary.connections == 1
+    assert fallback.connections == 0
+
+
 def test_silent_server_times_out(tmp_path: Path) -> None:
     with MisbehavingServer(MisbehavingServer.silent) as server:
         config = make_config(

@@ -298,10 +298,12 @@ class DomainOutcome(NamedTuple):
     recipients: tuple[str, ...]
     result: engine.DeliveryResult | None = None
     error: MailerError | None = None
+    unanswered: bool = False  # an MX got the whole message and never answered (RelayFailure)
 
     @property
     def temporary(self) -> bool:
-        return isinstance(self.error, TempFailError)
+        """Deferred, and worth a try through the relay (hybrid): not when an MX may have it."""
+        return isinstance(self.error, TempFailError) and not self.unanswered
 
 
 def deliver(
@@ -386,7 +388,9 @@ def _deliver_domain(
                 except RelayFailure as failure:
                     step, line = _next_step(failure, required, endpoint.label)
                     if step == "final":
-                        return DomainOutcome(domain, rcpts, error=failure.error)
+                        return DomainOutcome(
+                            domain, rcpts, error=failure.error, unanswered=failure.unanswered
+                        )
                     failures.append(line)
                     if step == "refusal":
                         refusal = refusal or failure.error
@@ -415,6 +419,12 @@ def _next_step(failure: RelayFailure, required: str | None, label: str) -> tuple
     """After a failed attempt: try the next `address` or `host`, or stop (`final`,
     `refusal`: the message's own problem at this host); and the line saying why."""
     error = failure.error
+    if failure.unanswered:
+        return "final", f"{label}: {error.why}"
+    if failure.stage == "connect" and failure.code is not None:
+        # A host that greets with 4xx or 5xx refuses this client, not the recipients
+        # (Postfix skips it too): the next MX may take the message, else it waits.
+        return "host", f"{label}: {error.why}"
     if failure.stage in ("TLS", "STARTTLS") and failure.code is None:
         why = error.why
         if required is not None and failure.stage == "STARTTLS":
@@ -443,7 +453,8 @@ def _send_opportunistically(
     try:
         return send(endpoint, group, transcript)
     except RelayFailure as failure:
-        if required is not None or failure.stage not in ("TLS", "STARTTLS") or failure.code:
+        # A handshake that failed, or a STARTTLS the MX offered and then refused (454).
+        if required is not None or failure.stage not in ("TLS", "STARTTLS"):
             raise
         if transcript is not None:
             transcript(f"* {endpoint.label}: TLS failed ({failure.error.why}); again without")

@@ -325,6 +325,9 @@ def _deliver(
                 log.write(
                     config, "DEBUG", f"attempt {attempts} at {endpoint.label}: {failure.error}"
                 )
+                if failure.unanswered:
+                    record.reply = failure.reply
+                    raise failure.error from None
                 if failure.temporary:
                     continue
                 if failure.next_server:

@@ -86,6 +86,10 @@ class RelayFailure(Exception):
         # A reused connection that the server had closed while it was idle: nothing of
         # this transaction was accepted, so a new connection may simply try again.
         self.stale = stale
+        # The whole message went, its final dot too, and no reply came: the server may
+        # have taken it. Another server now would likely mean a second copy (RFC 5321
+        # §4.5.3.2.6), so the message waits in the queue instead.
+        self.unanswered = False
         # The TLS version in use when it failed, for the log line (set by the pool).
         self.tls: str | None = None
 
@@ -691,7 +695,18 @@ class RelayConnection(SMTPClient):
         if code != 354:
             raise self._reply_failure("DATA", code, message)
         self._stream(data)
-        code, message = self.getreply()
+        try:
+            code, message = self.getreply()
+        except Exception as exc:
+            failure = self._transport_failure("end of DATA", exc)
+            if failure.temporary:
+                failure.unanswered = True
+                failure.error = TempFailError(
+                    self.endpoint.label,
+                    f"{failure.error.why}, after the whole message was sent: it may have"
+                    " arrived, so it is not sent anywhere else now",
+                )
+            raise failure from None
         if code != 250:
             raise self._reply_failure("end of DATA", code, message)
         result.reply = f"{code} {reply_text(message)}"
