@@ -91,9 +91,14 @@ def _warn_once(key: str, text: str) -> None:
 
 
 def write(config: Config, level: str, line: str) -> None:
-    """Append `line` at `level` to the log file and/or syslog, when the level is enabled."""
+    """Append `line` at `level` to the log file and/or syslog, when the level is enabled.
+
+    One line whatever it holds: a CR or LF from a file name, a reply or a header (a
+    maildrop file named to look like a delivery line) is written as a space.
+    """
     if not _enabled(config, level):
         return
+    line = line.replace("\r", " ").replace("\n", " ")
     path = config.global_.log_file
     if path is not None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")

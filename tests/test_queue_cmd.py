@@ -160,3 +160,20 @@ def test_a_damaged_entry_is_shown_as_damaged_and_can_be_deleted(
     assert run(capsys, config.main_file, "delete", moved)[0] == 0
     assert list((tmp_path / "spool" / "damaged").iterdir()) == []
     assert run(capsys, config.main_file, "list")[1] == "Mail queue is empty\n"
+
+
+def test_a_maildrop_file_name_cannot_forge_a_log_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Anyone may name a file in the maildrop: a name holding a newline and a fake
+    delivery record stays inside the one line that reports the file."""
+    log = tmp_path / "mail.log"
+    config = write_config(tmp_path, closed_port(), log_file=str(log))
+    (tmp_path / "spool").mkdir()
+    run(capsys, config.main_file, "run")  # opens the maildrop
+    forged = "x\n2026-01-01T00:00:00+0000 ssmtp-mailer[1]: info: msgid=- outcome=sent"
+    (tmp_path / "spool" / "maildrop" / forged).write_text("not a maildrop file\n")
+    run(capsys, config.main_file, "run")
+    lines = log.read_text().splitlines()
+    assert [line for line in lines if "outcome=sent" in line] != []  # the name is logged ...
+    assert not [line for line in lines if line.startswith("2026-01-01")]  # ... inside a line
