@@ -260,7 +260,13 @@ def deliver_stdin(parsed: SendmailArgs, config: Config, stream: BinaryIO) -> int
 
         # This user may not write the queue: the system takes the message (SPEC §8).
         spool = config.global_.spool_dir
-        return submit.submit(config.global_, spool, prepared, bytes(prepared.data))
+        return submit.submit(
+            config.global_,
+            spool,
+            prepared,
+            bytes(prepared.data),
+            sender_given=parsed.sender is not None,
+        )
     return pipeline.submit(config, prepared, transcript=_transcript(parsed)).exit_code
 
 
@@ -275,7 +281,10 @@ def submit_stdin(parsed: SendmailArgs, g: GlobalConfig | None, stream: BinaryIO)
     from ssmtp_mailer import submit
 
     prepared = _prepare_stdin(parsed, g, stream)
-    return submit.submit(g, submit.submission_spool(g), prepared, bytes(prepared.data))
+    spool = submit.submission_spool(g)
+    return submit.submit(
+        g, spool, prepared, bytes(prepared.data), sender_given=parsed.sender is not None
+    )
 
 
 def submit_session(g: GlobalConfig | None) -> int:

@@ -86,6 +86,15 @@ def sender_refusal(
     return uid_label(uid)
 
 
+def own_sender(uid: int, g: GlobalConfig | None) -> str:
+    """The sender `uid` may always use: the administrator's default_from, else its login
+    at default_hostname (qualified by whoever reads [global], when this user cannot)."""
+    if g is not None and "default_from" in dict(g.key_lines):
+        return _default_sender(g)
+    login = login_of(uid)
+    return f"{login}@{g.default_hostname}" if g is not None else login
+
+
 def _default_sender(g: GlobalConfig) -> str:
     """default_from as the message gets it (`noreply` is noreply@default_hostname)."""
     from ssmtp_mailer.addresses import qualify
@@ -121,11 +130,26 @@ def ensure_submission_dirs(config: Config) -> None:
 # -- the submitting side -------------------------------------------------------------
 
 
-def submit(g: GlobalConfig | None, spool_dir: Path, prepared: PreparedMessage, data: bytes) -> int:
-    """Hand the prepared message over: the listener's socket, else the maildrop; exit code."""
+def submit(
+    g: GlobalConfig | None,
+    spool_dir: Path,
+    prepared: PreparedMessage,
+    data: bytes,
+    *,
+    sender_given: bool,
+) -> int:
+    """Hand the prepared message over: the listener's socket, else the maildrop; exit code.
+
+    Without -f the sender came from the From field, and a program may write one the user
+    does not own: cron's is `root (Cron Daemon)` whoever the job's user. Then, as with
+    Postfix, the envelope sender is the user's own address and From is left as written.
+    """
     uid = os.getuid()
     hostname = g.default_hostname if g is not None else ""
     why = sender_refusal(None, uid, prepared.sender, g)
+    if why is not None and not sender_given:
+        prepared = prepared._replace(sender=own_sender(uid, g))
+        why = sender_refusal(None, uid, prepared.sender, g)
     if why is not None:
         raise NoPermError(
             prepared.sender or "<>",

@@ -902,3 +902,23 @@ def test_a_signing_key_nobody_cannot_read_sends_through_the_maildrop(
     assert got.mail_from == "nobody@host.example"
     assert b"DKIM-Signature:" in got.data and b"d=host.example" in got.data
     shutil.rmtree(base)
+
+
+def test_a_users_cron_job_mail_from_root_cron_daemon_is_sent_from_the_user(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Debian's cron writes `From: root (Cron Daemon)` whoever the job's user, and calls
+    sendmail without -f: the sender taken from that From is not nobody's, so it was
+    refused (77) and the job's output lost. As Postfix does, nobody's own address is the
+    envelope sender and From names root as cron wrote it; with -f, the refusal stands."""
+    (tree.parent / "spool").mkdir()
+    run_queue(tree)
+    cron = b"From: root (Cron Daemon)\nTo: nobody\nSubject: Cron <nobody@host> backup\n\nok\n"
+    run = nobody_sendmail(shared_dir, tree, ["-FCronDaemon", "-i", "-B8BITMIME", "nobody"], cron)
+    assert run.returncode == 0, run.stderr
+    run_queue(tree)
+    got = smtp_server.wait_for(1)[0]
+    assert got.mail_from == "nobody@host.example"
+    assert got.message()["From"] == "root@host.example"  # qualified, as for every sender
+    run = nobody_sendmail(shared_dir, tree, ["-i", "-f", "root", "nobody"], cron)
+    assert run.returncode == 77
