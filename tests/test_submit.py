@@ -922,3 +922,25 @@ def test_a_users_cron_job_mail_from_root_cron_daemon_is_sent_from_the_user(
     assert got.message()["From"] == "root@host.example"  # qualified, as for every sender
     run = nobody_sendmail(shared_dir, tree, ["-i", "-f", "root", "nobody"], cron)
     assert run.returncode == 77
+
+
+def test_a_home_this_user_cannot_enter_is_not_its_configuration(shared_dir: Path) -> None:
+    """cron started from a root shell gives every job HOME=/root: the user file under it
+    cannot even be looked for, so it is not this user's and the system one is tried (here
+    there is none: one line, 78). It was an internal error (70) for every user's job."""
+    home = Path(tempfile.mkdtemp(prefix="roothome-", dir=shared_dir))
+    user_file = home / ".config" / "ssmtp-mailer" / "ssmtp-mailer.conf"
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text("[global]\n")
+    home.chmod(0o700)
+    run = _as_nobody(
+        shared_dir,
+        ["-m", "ssmtp_mailer", "sendmail", "-i", "nobody"],
+        MESSAGE,
+        {"HOME": str(home)},
+    )
+    err = run.stderr.decode()
+    assert run.returncode == 78, err
+    assert "internal error" not in err and err.count("\n") <= 2
+    assert "no configuration file found" in err
+    shutil.rmtree(home)

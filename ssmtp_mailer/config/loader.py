@@ -158,9 +158,19 @@ def find_config_file(explicit: str | None = None) -> Path:
     """The main configuration file: first found of SPEC §3's discovery order."""
     candidates = paths.config_candidates(explicit)
     for path, source in candidates:
-        if path.is_dir():
+        try:
+            st = path.stat()
+        except PermissionError:
+            if len(candidates) == 1:
+                return path  # named: reading it says what is wrong, or hands the message on
+            # The user file behind a home this user may not enter (cron started from a root
+            # shell passes HOME=/root to every job): not this user's, the next one is.
+            continue
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
             raise ConfigError(str(path), f"is a directory, expected a file (from {source})")
-        if path.exists():
+        if st is not None:
             return path
         if len(candidates) == 1:
             raise ConfigError(str(path), f"no such file (from {source})")
