@@ -169,18 +169,19 @@ def submit(
     `held`: the sender cannot take the message back (a maildrop file; a local submission,
     which falls back to the maildrop on a 4xx): a temporary failure is queued whatever
     on_temporary_failure says, since handing it back would only bring it here again and
-    give the recipients that already have it a second copy. With `accepted` alone, that
-    holds once some recipient has the message.
+    give the recipients that already have it a second copy. Whichever way the message
+    came, that holds once some recipient has it: a retry by the caller would be a second
+    copy for them.
 
     Errors about the whole message (sender refused by policy, no route) are raised. The
     prepared message's buffer is reused for the last group's headers: read it before, not after.
     A caller with many messages (`-bs`, the listener) passes its `pool` and closes it
     itself; otherwise the message's groups share one of their own.
     """
-    # Where a 4xx would bring the message back whole: once part of it went (an SMTP
-    # reply), or from the start (held), what fails for a while is queued.
+    # Where a 4xx would bring the message back whole: once part of it went, or from the
+    # start (held), what fails for a while is queued.
     queueing = config
-    if (held or accepted) and config.global_.on_temporary_failure != TempFailurePolicy.QUEUE:
+    if config.global_.on_temporary_failure != TempFailurePolicy.QUEUE:
         queueing = config._replace(
             global_=config.global_._replace(on_temporary_failure=TempFailurePolicy.QUEUE)
         )
@@ -222,9 +223,9 @@ def submit(
                 problem(line)
         outcomes.append(outcome._replace(record=record))
 
-    # After an SMTP reply, a group that failed waits for the others: once any of them got
-    # the message, the client must not send it again, so a temporary failure is queued
-    # whatever the policy (a 451 would give the others a second copy).
+    # A group that failed waits for the others: once any of them got the message, the
+    # caller must not send it again, so a temporary failure is queued whatever the policy
+    # (a 451 or an exit 75 would give the others a second copy).
     unsettled: list[
         tuple[rewrite.RouteGroup, bytes | bytearray, PreparedMessage, Attempted, engine.DeliveryLog]
     ] = []
@@ -266,13 +267,14 @@ def submit(
         if attempted.result is None:
             assert attempted.error is not None
             if accepted:
-                fate = failures.fate(attempted.error, queued=True)
-                unsettled.append((group, data, this, attempted._replace(fate=fate), record))
-            else:
-                settle(config, group, data, this, attempted, record)
+                attempted = attempted._replace(fate=failures.fate(attempted.error, queued=True))
+            unsettled.append((group, data, this, attempted, record))
             continue
+        some_went = bool(attempted.result.accepted) or any(
+            o.result is not None and o.result.accepted for o in outcomes
+        )
         queued, failed_id = _handle_refusals(
-            queueing if accepted else config,
+            queueing if accepted or some_went else config,
             group,
             data,
             this,

@@ -393,3 +393,22 @@ def test_an_odd_reply_to_rcpt_is_no_internal_error(
     else:
         assert "queued as " in err
         assert [e.recipients for e in spool.list_entries(_load(conf))] == [("odd@dest.example",)]
+
+
+def test_with_fail_a_half_delivered_message_is_queued_for_the_rest_not_exit_75(
+    tmp_path: Path, run_main: Run, smtp_server: SMTPTestServer
+) -> None:
+    """on_temporary_failure = fail, one recipient takes the message, the other says 451:
+    exit 75 told the caller to send it again, and the first a second copy. The rest is
+    queued (exit 0); with nothing delivered, fail still means 75 and nothing kept."""
+    smtp_server.rcpt_replies = {"busy@dest.example": "451 4.2.0 mailbox busy"}
+    conf = config_for(tmp_path, smtp_server.port, "on_temporary_failure = fail")
+    code, _, err = run_main(
+        ["-C", str(conf), "-i", "busy@dest.example", "ok@dest.example"], MESSAGE
+    )
+    assert code == 0, err
+    assert [m.rcpt_tos for m in smtp_server.wait_for(1)] == [["ok@dest.example"]]
+    assert [e.recipients for e in spool.list_entries(_load(conf))] == [("busy@dest.example",)]
+    code, _, err = run_main(["-C", str(conf), "-i", "busy@dest.example"], MESSAGE)
+    assert code == 75, err
+    assert len(spool.list_entries(_load(conf))) == 1
