@@ -87,6 +87,7 @@ FAULTS: Final = frozenset(
         "stall-quit",
         "drop-rset",
         "421-rset",
+        "550-rset",
     }
 )
 """Fault names accepted by `SMTPTestServer.fault`; plus ``"550-rcpt:ADDR"``, ``"451-rcpt:ADDR"``
@@ -551,6 +552,9 @@ class _SMTP(SMTP):
 
     async def smtp_RSET(self, arg: str) -> None:
         self._command("RSET")
+        if self.fault == "550-rset":  # a server confused about its old session
+            await super().push("550 5.5.1 Error: session in a bad state")
+            return
         if self.fault in ("drop-rset", "421-rset"):
             # As if the server had timed the idle connection out just before.
             if self.fault == "421-rset":

@@ -218,11 +218,12 @@ def test_server_closing_an_idle_connection(smtp_server_factory: Factory, tmp_pat
 
 
 @pipelining
-@pytest.mark.parametrize("fault", ["drop-rset", "421-rset"])
+@pytest.mark.parametrize("fault", ["drop-rset", "421-rset", "550-rset"])
 def test_connection_lost_at_rset_is_retried_on_a_new_one(
     smtp_server_factory: Factory, tmp_path: Path, pipelining: bool, fault: str
 ) -> None:
-    """The server closed it just as it was reused: nothing was accepted, so try again."""
+    """The server closed it just as it was reused, or refused RSET: nothing was accepted,
+    so try again on a new connection (a 550 to RSET failed the message for good)."""
     server = smtp_server_factory(pipelining=pipelining)
     config = make_config(tmp_path, server)
     with ConnectionPool(5) as pool:

@@ -661,9 +661,11 @@ class RelayConnection(SMTPClient):
                 stale=True,
             ) from None
         if code != 250:
-            # 421: the server timed the idle connection out.
+            # 421: the server timed the idle connection out. Whatever else it says, the
+            # refusal is of this old session, not of the message: a new one may take it
+            # (a 5xx to RSET used to fail a queued message for good).
             failure = self._reply_failure("RSET", code, message)
-            failure.stale = code == 421
+            failure.stale = True
             raise failure
 
     def _exchange(
