@@ -88,8 +88,10 @@ def pick_up(config: Config, problems: Callable[[str], None] | None = None) -> in
         if problems is not None:
             problems(line)
 
+    from ssmtp_mailer.spool.store import UnsafeSpoolError, open_spool_dir
+
     directory = config.global_.spool_dir / MAILDROP
-    if os.geteuid() == 0 and directory.parent.is_dir() and not directory.is_dir():
+    if os.geteuid() == 0 and directory.parent.is_dir() and not os.path.lexists(directory):
         # root's first `queue run` opens the maildrop of an existing spool for local
         # users, listener or not (looking never creates the spool itself).
         from ssmtp_mailer.errors import MailerError
@@ -98,32 +100,54 @@ def pick_up(config: Config, problems: Callable[[str], None] | None = None) -> in
         with contextlib.suppress(MailerError):
             ensure_submission_dirs(config)
     try:
-        names = sorted(os.listdir(directory))
+        # Never through a link: root would list, remove and move whatever it points at.
+        dir_fd = open_spool_dir(directory)
+    except UnsafeSpoolError as exc:
+        problem(f"{exc.filename}: {exc.strerror}; nothing picked up")
+        return 0
+    except OSError:
+        return 0
+    try:
+        return _take_all(config, dir_fd, problem)
+    finally:
+        os.close(dir_fd)
+
+
+def _take_all(config: Config, dir_fd: int, problem: Callable[[str], None]) -> int:
+    from ssmtp_mailer.spool.store import UnsafeSpoolError
+
+    try:
+        names = sorted(os.listdir(dir_fd))
     except OSError:
         return 0
     taken = 0
     for name in names:
-        path = directory / name
         if name.startswith(TEMP_PREFIX):
             with contextlib.suppress(OSError):
-                if time.time() - path.lstat().st_mtime > STALE_SECONDS:
-                    path.unlink()
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if time.time() - st.st_mtime > STALE_SECONDS:
+                    os.unlink(name, dir_fd=dir_fd)
             continue
         try:
-            if _take(config, path, problem):
+            if _take(config, dir_fd, name, problem):
                 taken += 1
+        except UnsafeSpoolError as exc:
+            problem(f"maildrop {name}: {exc.filename}: {exc.strerror}")
         except OSError as exc:
             problem(f"maildrop {name}: {exc.strerror or exc}")
         except (ValueError, KeyError, TypeError) as exc:
             problem(f"maildrop {name}: {_unreadable(exc)}")
     if taken:
-        _fsync(directory)
+        with contextlib.suppress(OSError):
+            os.fsync(dir_fd)
     return taken
 
 
-def _take(config: Config, path: Path, problem: Callable[[str], None]) -> bool:
+def _take(config: Config, dir_fd: int, name: str, problem: Callable[[str], None]) -> bool:
+    """Take the maildrop file `name` (in the directory `dir_fd`); True once handed on."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(name, flags, dir_fd=dir_fd)
     except FileNotFoundError:
         return False  # another pickup took it
     except PermissionError:
@@ -133,38 +157,38 @@ def _take(config: Config, path: Path, problem: Callable[[str], None]) -> bool:
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
-        problem(f"maildrop {path.name}: a symbolic link, removed")
-        path.unlink()
+        problem(f"maildrop {name}: a symbolic link, removed")
+        os.unlink(name, dir_fd=dir_fd)
         return False
     with os.fdopen(fd, "rb") as handle:
         st = os.fstat(fd)
         # Only regular files, each with its one name: a hard link to another user's file
         # must not be mailed out as theirs.
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            problem(f"maildrop {path.name}: not a plain file, removed")
-            path.unlink()
+            problem(f"maildrop {name}: not a plain file, removed")
+            os.unlink(name, dir_fd=dir_fd)
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
         try:
-            if os.stat(path).st_ino != st.st_ino:
+            if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino != st.st_ino:
                 return False
         except FileNotFoundError:
             return False
         try:
             dropped = Dropped(st.st_uid, handle.read())
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # anyone writes here
-            kept = _set_aside(config, path)
+            kept = _set_aside(config, dir_fd, name)
             why = _unreadable(exc)
-            problem(f"maildrop {path.name} from {_uid_label(st.st_uid)}: {why}; moved to {kept}")
+            problem(f"maildrop {name} from {_uid_label(st.st_uid)}: {why}; moved to {kept}")
             return False
         outcome = _hand_on(config, dropped)
         if outcome is None:
             return False  # not durable anywhere yet: try again on the next run
-        path.unlink()
-        log.write(config, "INFO", f"maildrop {path.name} from {_uid_label(st.st_uid)}: {outcome}")
+        os.unlink(name, dir_fd=dir_fd)
+        log.write(config, "INFO", f"maildrop {name} from {_uid_label(st.st_uid)}: {outcome}")
         return True
 
 
@@ -209,28 +233,34 @@ def _hand_on(config: Config, dropped: Dropped) -> str | None:
     return reply
 
 
-def _set_aside(config: Config, path: Path) -> Path:
+def _set_aside(config: Config, drop_fd: int, name: str) -> Path:
     """Move a file that is no maildrop message to `corrupt/` (0700, the spool owner's), out
-    of every later pickup's way; it may still be somebody's mail."""
-    directory = config.global_.spool_dir / CORRUPT
-    if not directory.is_dir():
-        directory.mkdir(mode=0o700, exist_ok=True)
-        if os.geteuid() == 0:
-            owner = os.stat(directory.parent)
-            os.chown(directory, owner.st_uid, owner.st_gid)
-    target = directory / path.name
-    n = 0
-    while target.exists():  # submitters choose the names: never over an earlier one
-        n += 1
-        target = directory / f"{path.name}.{n}"
-    os.rename(path, target)
-    return target
+    of every later pickup's way; it may still be somebody's mail. Never into a link
+    planted as `corrupt` (UnsafeSpoolError): the file would land wherever it points."""
+    from ssmtp_mailer.spool.store import spool_dir_fd
 
-
-def _fsync(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    root = config.global_.spool_dir
+    with spool_dir_fd(root, trusted=True) as root_fd:
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            os.mkdir(CORRUPT, 0o700, dir_fd=root_fd)
+            made = True
+        except FileExistsError:
+            made = False
+        with spool_dir_fd(root / CORRUPT) as fd:
+            if made and os.geteuid() == 0:
+                owner = os.fstat(root_fd)
+                os.fchown(fd, owner.st_uid, owner.st_gid)
+            target, n = name, 0
+            while _exists(fd, target):  # submitters choose the names: never over an earlier one
+                n += 1
+                target = f"{name}.{n}"
+            os.rename(name, target, src_dir_fd=drop_fd, dst_dir_fd=fd)
+    return root / CORRUPT / target
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True

@@ -260,10 +260,10 @@ CRASHER = textwrap.dedent(
     from ssmtp_mailer.rewrite import plan_delivery
     config = load_config(sys.argv[1])
     real_replace = os.replace
-    def crash(src, dst):
+    def crash(src, dst, **dir_fds):
         if str(dst).endswith(".toml"):
             os._exit(9)  # power lost after the envelope's temp file, before its rename
-        return real_replace(src, dst)
+        return real_replace(src, dst, **dir_fds)
     os.replace = crash
     group = plan_delivery(config, "app@test.example", ["rcpt@dest.example"]).groups[0]
     spool.enqueue(config, group, b"Subject: lost\\r\\n\\r\\nx\\r\\n",
@@ -388,8 +388,8 @@ def test_a_runner_that_sees_an_entry_half_moved_aside_leaves_it_to_the_first(
     replace = os.replace
     second: list[spool.QueueRunResult] = []
 
-    def replace_then_look(source: Any, target: Any) -> None:
-        replace(source, target)
+    def replace_then_look(source: Any, target: Any, **dir_fds: Any) -> None:
+        replace(source, target, **dir_fds)
         if str(source).endswith(".msg") and not second:
             second.append(spool.run_queue(config, force=True))
 

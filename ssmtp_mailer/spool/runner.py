@@ -40,6 +40,7 @@ from ssmtp_mailer.spool.store import (
     Attempt,
     DamagedEntryError,
     Entry,
+    UnsafeSpoolError,
     _encode,
     _entry_ids,
     _fresh_id,
@@ -49,6 +50,7 @@ from ssmtp_mailer.spool.store import (
     _now,
     _place,
     _remove_pair,
+    _unlink_in,
     area_dir,
     backoff,
     check_id,
@@ -56,7 +58,9 @@ from ssmtp_mailer.spool.store import (
     ensure_spool,
     error_reason,
     move_aside,
+    open_spool_dir,
     short_age,
+    spool_dir_fd,
 )
 
 
@@ -107,27 +111,31 @@ class QueueRunResult:
 def _clean_debris(directory: Path, now: float) -> None:
     """Remove temp files and envelope-less message files left by a crash, once stale."""
     try:
-        names = os.listdir(directory)
+        dir_fd = open_spool_dir(directory)
     except FileNotFoundError:
         return
-    envelopes = {n[: -len(ENVELOPE_SUFFIX)] for n in names if n.endswith(ENVELOPE_SUFFIX)}
-    for name in names:
-        debris = name.startswith(TEMP_PREFIX) or (
-            name.endswith(MESSAGE_SUFFIX) and name[: -len(MESSAGE_SUFFIX)] not in envelopes
-        )
-        if not debris:
-            continue
-        path = directory / name
-        with contextlib.suppress(OSError):
-            st = path.stat()
-            # A message hard-linked into place (into failed/, back by retry-failed) keeps
-            # its old mtime, and its envelope follows: while the other name exists it is
-            # not debris; once it is gone the envelope is here, though maybe not when the
-            # directory was listed. So the envelope is looked for again, after the stat.
-            envelope = directory / (name[: -len(MESSAGE_SUFFIX)] + ENVELOPE_SUFFIX)
-            moved_in = name.endswith(MESSAGE_SUFFIX) and envelope.exists()
-            if st.st_nlink == 1 and now - st.st_mtime > STALE_SECONDS and not moved_in:
-                path.unlink()
+    try:
+        names = os.listdir(dir_fd)
+        envelopes = {n[: -len(ENVELOPE_SUFFIX)] for n in names if n.endswith(ENVELOPE_SUFFIX)}
+        for name in names:
+            debris = name.startswith(TEMP_PREFIX) or (
+                name.endswith(MESSAGE_SUFFIX) and name[: -len(MESSAGE_SUFFIX)] not in envelopes
+            )
+            if not debris:
+                continue
+            with contextlib.suppress(OSError):
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                # A message hard-linked into place (into failed/, back by retry-failed)
+                # keeps its old mtime, and its envelope follows: while the other name
+                # exists it is not debris; once it is gone the envelope is here, though
+                # maybe not when the directory was listed. So the envelope is looked for
+                # again, after the stat.
+                envelope = name[: -len(MESSAGE_SUFFIX)] + ENVELOPE_SUFFIX
+                moved_in = name.endswith(MESSAGE_SUFFIX) and os.path.lexists(directory / envelope)
+                if st.st_nlink == 1 and now - st.st_mtime > STALE_SECONDS and not moved_in:
+                    os.unlink(name, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 @dataclass
@@ -202,6 +210,9 @@ def _run_queue(
         picked_up = pickup.pick_up(config, maildrop_problems.append)
 
     queue_dir = area_dir(config, QUEUE)
+    unsafe = _unsafe_areas(config)
+    if unsafe:  # never followed: root would send, move and remove what the link points at
+        return _Run(picked_up=picked_up, problems=[*maildrop_problems, *unsafe]).result()
     for entry_id in ids:  # asked for by name: one that is not there is the caller's mistake
         if not (queue_dir / f"{check_id(entry_id)}{ENVELOPE_SUFFIX}").exists():
             raise UsageError(
@@ -226,6 +237,19 @@ def _run_queue(
             if tidier.error is not None:
                 run.problems.append(f"{queue_dir}: {tidier.error}")
     return run.result()
+
+
+def _unsafe_areas(config: Config) -> list[str]:
+    """One line for each area the run works in that is no real directory (a planted link)."""
+    lines = []
+    for area in (QUEUE, FAILED, DAMAGED):
+        try:
+            os.close(open_spool_dir(area_dir(config, area)))
+        except FileNotFoundError:
+            continue
+        except UnsafeSpoolError as exc:
+            lines.append(f"{exc.filename}: {exc.strerror}; nothing in the queue was run")
+    return lines
 
 
 class _Tidier:
@@ -273,11 +297,8 @@ class _Tidier:
                     return
                 batch, self._pending = self._pending, []
             try:
-                for entry_id in batch:
-                    with contextlib.suppress(FileNotFoundError):
-                        (self.directory / f"{entry_id}{MESSAGE_SUFFIX}").unlink()
                 # One sync for every removal since the last one.
-                _fsync_dir(self.directory)
+                _unlink_in(self.directory, *(f"{i}{MESSAGE_SUFFIX}" for i in batch))
             except OSError as exc:
                 self.error = exc
 
@@ -288,8 +309,8 @@ def _mark_delivered(queue_dir: Path, entry_id: str, run: _Run) -> None:
         _remove_pair(queue_dir, entry_id)
         return
     # Envelope first: without it the message file is debris, never a half entry.
-    with contextlib.suppress(FileNotFoundError):
-        (queue_dir / f"{entry_id}{ENVELOPE_SUFFIX}").unlink()
+    with spool_dir_fd(queue_dir) as dir_fd, contextlib.suppress(FileNotFoundError):
+        os.unlink(f"{entry_id}{ENVELOPE_SUFFIX}", dir_fd=dir_fd)
     run.tidier.add(entry_id)
 
 

@@ -147,6 +147,12 @@ def _new_id() -> str:
 
 
 def _cant_create(path: Path, exc: OSError) -> CantCreateError:
+    if isinstance(exc, UnsafeSpoolError):
+        return CantCreateError(
+            f"spool {exc.filename}",
+            exc.strerror or str(exc),
+            hint="someone who owns the spool put it there: look at it, move it away",
+        )
     return CantCreateError(
         f"spool {path}",
         exc.strerror or str(exc),
@@ -166,15 +172,6 @@ def _group_mail() -> int | None:
         return None
 
 
-def _file_mode(directory: Path) -> int:
-    # Group members may run the queue when the spool is shared with group `mail`.
-    try:
-        shared = directory.stat().st_mode & 0o070
-    except OSError:
-        shared = 0
-    return 0o660 if shared else 0o600
-
-
 def _spool_owner(config: Config) -> tuple[int, int] | None:
     """As root: `spool_user` and its group, who own the spool (SPEC §8), when that user exists."""
     if os.geteuid() != 0:
@@ -188,17 +185,55 @@ def _spool_owner(config: Config) -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def _make_dir(path: Path, owner: tuple[int, int] | None = None) -> None:
-    if path.is_dir():
+class UnsafeSpoolError(OSError):
+    """A name inside the spool that is no real directory (a link its owner planted): refused."""
+
+
+def open_spool_dir(path: Path, *, trusted: bool = False) -> int:
+    """An fd on a directory of the spool, never reached through a symbolic link.
+
+    The spool belongs to `spool_user`, so root treats every name inside it as hostile: a
+    `maildrop` or `queue` made a link to /etc must not get /etc chmodded, filled or
+    emptied. Only the spool itself (`trusted`, named by the administrator) may be a link.
+    FileNotFoundError when it is missing; UnsafeSpoolError when it is no real directory.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if trusted else os.O_NOFOLLOW)
+    try:
+        return os.open(path, flags)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        raise UnsafeSpoolError(
+            exc.errno, "not a real directory (a symbolic link or a file): refused", str(path)
+        ) from None
+
+
+@contextlib.contextmanager
+def spool_dir_fd(path: Path, *, trusted: bool = False) -> Iterator[int]:
+    """`open_spool_dir` for the length of a `with`."""
+    fd = open_spool_dir(path, trusted=trusted)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _make_dir(path: Path, owner: tuple[int, int] | None = None, *, trusted: bool = False) -> None:
+    """Make a spool directory if it is missing; UnsafeSpoolError if the name is no directory."""
+    try:
+        os.close(open_spool_dir(path, trusted=trusted))
         return
+    except FileNotFoundError:
+        pass
     gid = _group_mail() if owner is None else owner[1]
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if gid is not None:
-        os.chown(path, 0 if owner is None else owner[0], gid)
-        # setgid so entries inherit the group; explicit chmod because mkdir obeys umask.
-        os.chmod(path, 0o2770)
-    else:
-        os.chmod(path, 0o700)
+    with spool_dir_fd(path, trusted=trusted) as fd:  # the one just made, not a link put there
+        if gid is not None:
+            os.fchown(fd, 0 if owner is None else owner[0], gid)
+            # setgid so entries inherit the group; explicit chmod because mkdir obeys umask.
+            os.fchmod(fd, 0o2770)
+        else:
+            os.fchmod(fd, 0o700)
 
 
 def ensure_spool(config: Config) -> Path:
@@ -211,7 +246,8 @@ def ensure_spool(config: Config) -> Path:
     owner = _spool_owner(config)
     made = not root.is_dir()
     try:
-        for path in (root, root / QUEUE, root / FAILED):
+        _make_dir(root, owner, trusted=True)
+        for path in (root / QUEUE, root / FAILED):
             _make_dir(path, owner)
         if made and os.geteuid() == 0:
             open_for_submission(root)  # whoever makes root's spool: SPEC §8's layout
@@ -232,36 +268,41 @@ def ensure_area(config: Config, name: str) -> Path:
 
 def open_for_submission(root: Path) -> None:
     """As the spool's owner: the spool 0755 at least (others reach maildrop/ and the
-    socket) and maildrop/ 1733, owned as the spool is (SPEC §8); OSError if impossible."""
+    socket) and maildrop/ 1733, owned as the spool is (SPEC §8); OSError if impossible,
+    UnsafeSpoolError if `maildrop` is no real directory (never followed, never chmodded)."""
     from ssmtp_mailer.submit import MAILDROP
 
-    mode = os.stat(root).st_mode & 0o7777
-    if mode & 0o055 != 0o055:
-        os.chmod(root, mode | 0o055)
-    drop = root / MAILDROP
-    if not drop.is_dir():
-        drop.mkdir(mode=0o700)
-        # The spool's owner (spool_user) lists it: the listener runs as that user.
-        owner = os.stat(root)
-        if os.geteuid() == 0:
-            os.chown(drop, owner.st_uid, owner.st_gid)
-    if os.stat(drop).st_mode & 0o7777 != 0o1733:
-        os.chmod(drop, 0o1733)
+    with spool_dir_fd(root, trusted=True) as root_fd:
+        owner = os.fstat(root_fd)
+        mode = owner.st_mode & 0o7777
+        if mode & 0o055 != 0o055:
+            os.fchmod(root_fd, mode | 0o055)
+        drop = root / MAILDROP
+        try:
+            os.mkdir(MAILDROP, 0o700, dir_fd=root_fd)
+            made = True
+        except FileExistsError:
+            made = False
+        with spool_dir_fd(drop) as fd:
+            if made and os.geteuid() == 0:
+                # The spool's owner (spool_user) lists it: the listener runs as that user.
+                os.fchown(fd, owner.st_uid, owner.st_gid)
+            if os.fstat(fd).st_mode & 0o7777 != 0o1733:
+                os.fchmod(fd, 0o1733)
 
 
 def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
+    with spool_dir_fd(directory) as fd:
         os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
-def _write_temp(directory: Path, data: bytes | bytearray) -> Path:
-    """Write `data` to a fresh temp file in `directory` and fsync it; return its path."""
-    temp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-    mode = _file_mode(directory)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+def _write_temp(dir_fd: int, data: bytes | bytearray) -> str:
+    """Write `data` to a fresh temp file in the directory `dir_fd` and fsync it; its name."""
+    temp = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+    # Group members may run the queue when the spool is shared with group `mail`.
+    mode = 0o660 if os.fstat(dir_fd).st_mode & 0o070 else 0o600
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, mode, dir_fd=dir_fd)
     try:
         if mode & 0o060:
             os.fchmod(fd, mode)  # a group member's umask (077) must not hide it from the group
@@ -273,7 +314,7 @@ def _write_temp(directory: Path, data: bytes | bytearray) -> Path:
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
-            temp.unlink()
+            os.unlink(temp, dir_fd=dir_fd)
         raise
     os.close(fd)
     return temp
@@ -281,13 +322,24 @@ def _write_temp(directory: Path, data: bytes | bytearray) -> Path:
 
 def _place(directory: Path, name: str, data: bytes | bytearray) -> None:
     """Atomically put `data` at directory/name (temp file, fsync, rename); no dir fsync."""
-    temp = _write_temp(directory, data)
-    try:
-        os.replace(temp, directory / name)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
+    with spool_dir_fd(directory) as dir_fd:
+        temp = _write_temp(dir_fd, data)
+        try:
+            os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=dir_fd)
+            raise
+
+
+def _unlink_in(directory: Path, *names: str) -> None:
+    """Remove `names` from a spool directory (reached without following a link), in order;
+    a name already gone is no error; then fsync the directory."""
+    with spool_dir_fd(directory) as dir_fd:
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
+        os.fsync(dir_fd)
 
 
 # -- envelope encoding ---------------------------------------------------------------
@@ -430,7 +482,7 @@ def _write_entry(directory: Path, entry: Entry, data: bytes | bytearray) -> None
     except OSError:
         # Not accepted (the disk is full): its message must not hold the space meanwhile.
         with contextlib.suppress(OSError):
-            message.unlink()
+            _unlink_in(directory, message.name)
         raise
     _fsync_dir(directory)
 
@@ -639,11 +691,13 @@ def move_aside(config: Config, entry_id: str, reason: str) -> None:
     damaged_dir = ensure_spool(config) / DAMAGED
     _make_dir(damaged_dir, _spool_owner(config))
     _place(damaged_dir, f"{entry_id}{REASON_SUFFIX}", (reason + "\n").encode("utf-8"))
-    for suffix in (MESSAGE_SUFFIX, ENVELOPE_SUFFIX):
-        with contextlib.suppress(FileNotFoundError):  # another runner moved it first
-            os.replace(queue_dir / f"{entry_id}{suffix}", damaged_dir / f"{entry_id}{suffix}")
-    _fsync_dir(damaged_dir)
-    _fsync_dir(queue_dir)
+    with spool_dir_fd(queue_dir) as queue_fd, spool_dir_fd(damaged_dir) as damaged_fd:
+        for suffix in (MESSAGE_SUFFIX, ENVELOPE_SUFFIX):
+            name = f"{entry_id}{suffix}"
+            with contextlib.suppress(FileNotFoundError):  # another runner moved it first
+                os.replace(name, name, src_dir_fd=queue_fd, dst_dir_fd=damaged_fd)
+        os.fsync(damaged_fd)
+        os.fsync(queue_fd)
 
 
 def list_entries(config: Config, *, failed: bool = False) -> list[Entry]:
@@ -728,11 +782,7 @@ class EntryBusyError(UsageError):
 
 def _remove_pair(directory: Path, entry_id: str) -> None:
     # Envelope first: without it the message file is debris, never a half entry.
-    with contextlib.suppress(FileNotFoundError):
-        (directory / f"{entry_id}{ENVELOPE_SUFFIX}").unlink()
-    with contextlib.suppress(FileNotFoundError):
-        (directory / f"{entry_id}{MESSAGE_SUFFIX}").unlink()
-    _fsync_dir(directory)
+    _unlink_in(directory, f"{entry_id}{ENVELOPE_SUFFIX}", f"{entry_id}{MESSAGE_SUFFIX}")
 
 
 def delete_entry(config: Config, entry_id: str) -> str:
@@ -754,8 +804,7 @@ def delete_entry(config: Config, entry_id: str) -> str:
     for area in (FAILED, DAMAGED):
         directory = area_dir(config, area)
         if (directory / f"{normal}{ENVELOPE_SUFFIX}").exists():
-            with contextlib.suppress(FileNotFoundError):
-                (directory / f"{normal}{REASON_SUFFIX}").unlink()
+            _unlink_in(directory, f"{normal}{REASON_SUFFIX}")
             _remove_pair(directory, normal)
             return area
     raise UsageError(normal, "no such entry in the queue, failed/ or damaged/")
@@ -797,12 +846,17 @@ def retry_failed(config: Config, entry_id: str) -> str:
 
 def _link_or_copy(source: Path, directory: Path, entry_id: str) -> None:
     """Put the message file `source` into `directory` under `entry_id`, durably."""
-    target = directory / f"{entry_id}{MESSAGE_SUFFIX}"
+    target = f"{entry_id}{MESSAGE_SUFFIX}"
     try:
-        # Same file system: a hard link is atomic and copies nothing.
-        os.link(source, target)
+        with spool_dir_fd(source.parent) as source_fd, spool_dir_fd(directory) as dir_fd:
+            # Same file system: a hard link is atomic and copies nothing.
+            os.link(
+                source.name, target, src_dir_fd=source_fd, dst_dir_fd=dir_fd, follow_symlinks=False
+            )
+    except UnsafeSpoolError:
+        raise
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
             raise
-        _place(directory, target.name, _read_regular(source))
+        _place(directory, target, _read_regular(source))
     _fsync_dir(directory)
