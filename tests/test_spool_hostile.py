@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from relayconf import RunMain
 from smtpserver import SMTPTestServer
 from test_spool import closed_port, write_config
 
@@ -161,3 +162,23 @@ def test_a_queue_area_link_is_neither_filled_nor_run(tmp_path: Path, area: str) 
         " (a symbolic link or a file): refused; nothing in the queue was run"
     ]
 
+
+def test_a_rate_limit_state_link_leaves_its_target_alone_and_the_message_goes(
+    tmp_path: Path, smtp_server: SMTPTestServer, run_main: RunMain
+) -> None:
+    log = tmp_path / "mail.log"
+    config = write_config(
+        tmp_path, smtp_server.port, enable_rate_limiting="true", rate_limit_per_minute=100,
+        log_file=log,
+    )  # fmt: skip
+    state = spool.store.ensure_area(config, "ratelimit")
+    precious = tmp_path / "shadow"
+    precious.write_text("root:$y$secret:19000:0:99999:7:::\n")
+    (state / "global.times").symlink_to(precious)
+    code, _, err = run_main(["-C", str(config.main_file), "-i", "rcpt@dest.example"], MESSAGE)
+    assert code == 0, err
+    assert precious.read_text() == "root:$y$secret:19000:0:99999:7:::\n"  # not truncated
+    assert (state / "global.times").is_symlink()
+    assert smtp_server.wait_for(1)[0].rcpt_tos == ["rcpt@dest.example"]
+    [line] = [x for x in log.read_text().splitlines() if "rate limit" in x]
+    assert "rate limit state not usable" in line and "sending unthrottled" in line

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -30,11 +32,14 @@ def _file_name(key: str) -> str:
 
 @contextlib.contextmanager
 def _locked(paths: Sequence[Path]) -> Iterator[list[int]]:
+    from ssmtp_mailer.spool.store import spool_dir_fd
+
     fds: list[int] = []
     try:
         # Sorted so two processes never take the same pair of locks in opposite order.
         for path in sorted(paths):
-            fd = _open(path)
+            with spool_dir_fd(path.parent) as dir_fd:  # never through a planted link
+                fd = _open(dir_fd, path.name)
             fds.append(fd)
             fcntl.flock(fd, fcntl.LOCK_EX)
         order = sorted(range(len(paths)), key=lambda i: paths[i])
@@ -47,16 +52,23 @@ def _locked(paths: Sequence[Path]) -> Iterator[list[int]]:
             os.close(fd)  # closing releases the flock
 
 
-def _open(path: Path) -> int:
-    """The state file, made shared like its directory (the spool's group may take slots)."""
+def _open(dir_fd: int, name: str) -> int:
+    """The state file, made shared like its directory (the spool's group may take slots).
+
+    Never a link (O_NOFOLLOW, ELOOP) nor anything but a regular file: the spool's owner
+    could point `global.times` at a file of root's, which root's sendmail would truncate.
+    """
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(name, flags, dir_fd=dir_fd)
     except FileNotFoundError:
-        pass
-    mode = 0o660 if os.stat(path.parent).st_mode & 0o070 else 0o600
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
-    with contextlib.suppress(OSError):  # another process made it first
-        os.fchmod(fd, mode)  # the umask would take the group's write
+        mode = 0o660 if os.fstat(dir_fd).st_mode & 0o070 else 0o600
+        fd = os.open(name, flags | os.O_CREAT, mode, dir_fd=dir_fd)
+        with contextlib.suppress(OSError):  # another process made it first
+            os.fchmod(fd, mode)  # the umask would take the group's write
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device put in its place
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file: refused", name)
     return fd
 
 
