@@ -30,6 +30,9 @@ from ssmtp_mailer.submit import uid_label as _uid_label
 # A temp file this old belongs to a submitter that died before its rename.
 STALE_SECONDS = 15 * 60
 CORRUPT = "corrupt"  # beside maildrop/: files no pickup could read, kept, never retried
+# Room for the magic line and the JSON envelope (sender, recipients, DSN) beside a message
+# of max_message_size: a file larger than both is set aside unread, never read into memory.
+ENVELOPE_ALLOWANCE = 1 << 20
 
 
 class Dropped:
@@ -137,6 +140,8 @@ def _take_all(config: Config, dir_fd: int, problem: Callable[[str], None]) -> in
             problem(f"maildrop {name}: {exc.strerror or exc}")
         except (ValueError, KeyError, TypeError) as exc:
             problem(f"maildrop {name}: {_unreadable(exc)}")
+        except MemoryError:  # one file must never stop the pickup of the others
+            problem(f"maildrop {name}: out of memory taking it; left for the next run")
     if taken:
         with contextlib.suppress(OSError):
             os.fsync(dir_fd)
@@ -177,8 +182,18 @@ def _take(config: Config, dir_fd: int, name: str, problem: Callable[[str], None]
                 return False
         except FileNotFoundError:
             return False
+        # Anyone writes here, and a sparse file of gigabytes costs its writer nothing.
+        limit = config.global_.max_message_size + ENVELOPE_ALLOWANCE
+        raw = handle.read(limit + 1) if st.st_size <= limit else b""
+        if st.st_size > limit or len(raw) > limit:  # grown since the fstat: still too big
+            kept = _set_aside(config, dir_fd, name)
+            size = max(st.st_size, len(raw))
+            limit = config.global_.max_message_size
+            why = f"{size} octets, over max_message_size ({limit} octets)"
+            problem(f"maildrop {name} from {_uid_label(st.st_uid)}: {why}; moved unread to {kept}")
+            return False
         try:
-            dropped = Dropped(st.st_uid, handle.read())
+            dropped = Dropped(st.st_uid, raw)
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # anyone writes here
             kept = _set_aside(config, dir_fd, name)
             why = _unreadable(exc)

@@ -182,3 +182,36 @@ def test_a_rate_limit_state_link_leaves_its_target_alone_and_the_message_goes(
     assert smtp_server.wait_for(1)[0].rcpt_tos == ["rcpt@dest.example"]
     [line] = [x for x in log.read_text().splitlines() if "rate limit" in x]
     assert "rate limit state not usable" in line and "sending unthrottled" in line
+
+
+def test_a_huge_sparse_maildrop_file_is_set_aside_unread_and_the_others_go(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    """3 GB that cost its writer 4 KB of disk, sorted first: the run read it whole and died
+    (MemoryError, exit 70) on every run, and nobody's mail behind it was ever picked up."""
+    import resource
+
+    config = write_config(tmp_path, smtp_server.port, max_message_size=100_000)
+    root = spool.store.ensure_spool(config)
+    spool.store.open_for_submission(root)
+    huge = drop_file(root / "maildrop", "0-huge")
+    with huge.open("r+b") as handle:
+        handle.truncate(3 << 30)
+    drop_file(root / "maildrop", "1-mail")
+
+    def small_memory() -> None:  # as on a small machine: 3 GB will never fit
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    run = subprocess.run(
+        [sys.executable, "-m", "ssmtp_mailer", "--config", str(config.main_file), "queue", "run"],
+        capture_output=True, text=True, timeout=60, preexec_fn=small_memory,
+    )  # fmt: skip
+    assert run.returncode == 75, run.stderr
+    assert run.stdout.startswith("queue run: 1 taken from the maildrop and handed on")
+    assert run.stderr.splitlines() == [
+        "ssmtp-mailer: queue run: maildrop 0-huge from uid 0 (root): 3221225472 octets, over"
+        f" max_message_size (100000 octets); moved unread to {root / 'corrupt' / '0-huge'}"
+    ]
+    assert smtp_server.wait_for(1)[0].rcpt_tos == ["rcpt@dest.example"]
+    assert (root / "corrupt" / "0-huge").stat().st_size == 3 << 30
+    assert list((root / "maildrop").iterdir()) == []
