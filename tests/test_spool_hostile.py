@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -215,3 +216,28 @@ def test_a_huge_sparse_maildrop_file_is_set_aside_unread_and_the_others_go(
     assert smtp_server.wait_for(1)[0].rcpt_tos == ["rcpt@dest.example"]
     assert (root / "corrupt" / "0-huge").stat().st_size == 3 << 30
     assert list((root / "maildrop").iterdir()) == []
+
+
+def test_a_maildrop_name_with_a_newline_forges_no_log_line(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    log = tmp_path / "mail.log"
+    config = write_config(tmp_path, smtp_server.port, log_file=log)
+    root = spool.store.ensure_spool(config)
+    spool.store.open_for_submission(root)
+    forged = "x\n2030-01-01T00:00:00+0000 ssmtp-mailer[1]: info: maildrop y: 250 sent"
+    (root / "maildrop" / forged).write_bytes(b"not mail")
+    drop_file(root / "maildrop", "z\nsent")
+    run = queue_run(config)
+    assert run.returncode == 75
+    [told] = run.stderr.splitlines()  # one line for the junk, however it is named
+    assert told.startswith('ssmtp-mailer: queue run: maildrop "x 2030-01-01T00:00:00+0000 ')
+    lines = log.read_text().splitlines()
+    # The error, the delivery, the pickup's note: each a line of this process's.
+    assert len(lines) == 3
+    pids = {re.match(r"\d{4}-\S+ ssmtp-mailer\[(\d+)\]: ", x) for x in lines}
+    assert None not in pids and len({m.group(1) for m in pids if m}) == 1
+    assert not any(x.startswith("2030-") for x in lines)
+    assert 'error: maildrop "x 2030-01-01T00:00:00+0000 ssmtp-mailer[1]: ' in lines[0]
+    assert 'info: maildrop "z sent" from uid 0 (root): 250 ' in lines[2]
+    assert (root / "corrupt" / forged).read_bytes() == b"not mail"
