@@ -808,8 +808,13 @@ def bind_submit_socket(config: Config) -> socket.socket | None:
         with contextlib.suppress(FileNotFoundError):
             if path.is_socket():
                 path.unlink()
-        sock.bind(str(path))
-        os.chmod(path, 0o666)
+        # Made 0666 by the umask as bind creates it: a chmod by name afterwards would
+        # follow whatever the spool's owner put there meanwhile (a link to a root file).
+        umask = os.umask(0o111)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(umask)
         sock.listen(128)
         sock.setblocking(False)
     except OSError as exc:
