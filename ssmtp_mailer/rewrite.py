@@ -569,6 +569,10 @@ def accepts_from_anywhere(config: Config, recipient: str) -> bool:
     may send as, and taken as "may receive" it would relay to nagios at every domain. (A
     mapping always names the domain it delivers to.)
     """
+    # A local part that routes on (`a%b@here`, `b!a@here`, `"a@b"@here`) would make the
+    # next hop a relay for the outsider (Postfix: allow_untrusted_routing = no).
+    if any(c in recipient.rpartition("@")[0] for c in "%!@"):
+        return False
     index = _index(config)
     if addr.is_valid_address(recipient) and index.mappings.match(recipient) is not None:
         return True

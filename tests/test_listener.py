@@ -210,6 +210,28 @@ def test_an_outside_client_is_no_open_relay_but_reaches_mapped_aliases(
     assert len(upstream.messages) == 1
 
 
+@pytest.mark.parametrize(
+    "rcpt",
+    [
+        "victim%elsewhere.example@mailer.domain1.com",
+        "elsewhere.example!victim@mailer.domain1.com",
+        '"victim@elsewhere.example"@mailer.domain1.com',
+    ],
+    ids=["percent-hack", "bang-path", "quoted-at"],
+)
+def test_an_outsider_cannot_route_through_a_mapped_domain(
+    rcpt: str, listener: Listener, upstream: SMTPTestServer
+) -> None:
+    """The mapping forwards *@mailer.domain1.com: a local part that names another host
+    would have the next hop relay for the outsider, with our relay's credentials."""
+    with listener.client("127.0.0.2") as client:
+        client.ehlo()
+        client.mail("someone@internet.example")
+        code, text = client.rcpt(rcpt)
+    assert code == 554 and b"Relay access denied" in text
+    assert upstream.messages == []
+
+
 def test_an_ehlo_name_cannot_put_header_fields_above_our_received(
     listener: Listener, upstream: SMTPTestServer
 ) -> None:
