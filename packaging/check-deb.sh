@@ -66,7 +66,21 @@ for f in /etc/ssmtp-mailer/ssmtp-mailer.conf /etc/ssmtp-mailer/domains/relay.con
     grep -qx "$f" <<<"$conffiles" || fail "not a conffile: $f"
 done
 if grep -q 'site-packages\|/vendor/' <<<"$listing"; then fail "vendored or misplaced modules"; fi
-echo "ok: fields, links, modes, conffiles, units, completion"
+# A long-running service (the listener) is started, restarted on upgrade and stopped on
+# remove by deb-systemd-invoke, which skips it while disabled; a oneshot is never started.
+script() { dpkg-deb --ctrl-tarfile "$deb" | tar -xO "./$1" 2>/dev/null || true; }
+invokes() { script "$1" | grep -E "deb-systemd-invoke $2 .*'$3'" >/dev/null; }
+for unit in "$repo"/packaging/systemd/*.service; do
+    name=$(basename "$unit")
+    if grep -qx 'Type=oneshot' "$unit"; then
+        if invokes postinst '\$_dh_action' "$name"; then fail "postinst starts $name"; fi
+    else
+        invokes postinst '\$_dh_action' "$name" || fail "postinst never (re)starts $name"
+        invokes prerm stop "$name" || fail "prerm does not stop $name on remove"
+        if invokes preinst stop "$name"; then fail "preinst stops $name on upgrade"; fi
+    fi
+done
+echo "ok: fields, links, modes, conffiles, units, maintainer scripts, completion"
 
 echo "-- lintian"
 status=0

@@ -161,6 +161,7 @@ def main(root: Path, deb: Path) -> None:
         check(message.rcpt_tos == [f"root@{HOST}"], "an unprivileged user's sendmail relayed")
         check(message.mail_from == f"tester@{HOST}", "as the user's own address")
 
+    check_unit_handling(root, deb)
     run(
         root,
         "apt-get purge -y -q -o Dpkg::Use-Pty=0 ssmtp-mailer >/tmp/apt.log 2>&1"
@@ -182,6 +183,80 @@ def main(root: Path, deb: Path) -> None:
     etc = sorted(p.name for p in (root / "etc/ssmtp-mailer").rglob("*") if p.is_file())
     own = ["ca.pem", "dkim-ed25519.pem", "dkim-rsa.pem"]
     check(etc == own, f"purge keeps only the administrator's own files in /etc ({etc})")
+
+
+# Stands in for systemd's: deb-systemd-invoke asks it whether a unit is enabled (its
+# .wants/ link, as deb-systemd-helper makes it) or active before it starts or restarts
+# one. Every call is logged; start/restart/stop keep the set of active units.
+FAKE_SYSTEMCTL = r"""#!/bin/sh
+echo "$*" >>/tmp/systemctl.log
+verb= units=
+for arg; do
+    case $arg in
+        -*) ;;
+        *) if [ -z "$verb" ]; then verb=$arg; else units="$units $arg"; fi ;;
+    esac
+done
+active=/tmp/active.units
+touch $active
+case $verb in
+    is-enabled) for u in $units; do ls /etc/systemd/system/*.wants/"$u" >/dev/null 2>&1 ||
+        { echo disabled; exit 1; }; done; echo enabled ;;
+    is-active) for u in $units; do grep -qx "$u" $active || exit 3; done ;;
+    start|restart) for u in $units; do grep -qx "$u" $active || echo "$u" >>$active; done ;;
+    stop) for u in $units; do grep -vx "$u" $active >$active.new; mv $active.new $active; done ;;
+esac
+exit 0
+"""
+
+
+def check_unit_handling(root: Path, deb: Path) -> None:
+    """The maintainer scripts under a (stand-in) systemd: upgrade and remove vs the listener."""
+    listener, oneshot = "ssmtp-mailer-listen.service", "ssmtp-mailer-queue.service"
+    apt = (
+        "apt-get {} -y -q -o Dpkg::Use-Pty=0 {} >/tmp/apt.log 2>&1"
+        " || {{ cat /tmp/apt.log >&2; exit 1; }}"
+    )
+    upgrade = apt.format("install --reinstall", f"/tmp/{deb.name}")
+    systemctl = root / "usr/bin/systemctl"
+    systemctl.write_text(FAKE_SYSTEMCTL)
+    systemctl.chmod(0o755)
+    (root / "run/systemd/system").mkdir(parents=True)
+    log = root / "tmp/systemctl.log"
+
+    def calls(command: str) -> list[list[str]]:
+        """systemctl's arguments, options left out, for each call `command` made."""
+        log.write_text("")
+        run(root, command)
+        lines = log.read_text().splitlines()
+        return [[word for word in line.split() if not word.startswith("-")] for line in lines]
+
+    def acted(calls: list[list[str]], verb: str, unit: str) -> bool:
+        return any(call[:1] == [verb] and unit in call[1:] for call in calls)
+
+    try:
+        lines = calls(upgrade)
+        check(
+            not any(acted(lines, v, u) for v in ("start", "restart") for u in (listener, oneshot)),
+            "an upgrade starts neither the disabled listener nor the queue run",
+        )
+        # What `systemctl enable --now` leaves: the link deb-systemd-helper purges, a running unit.
+        wants = "/etc/systemd/system/multi-user.target.wants"
+        run(root, f"mkdir -p {wants} && ln -s /lib/systemd/system/{listener} {wants}/")
+        run(root, f"echo {listener} >/tmp/active.units")
+        lines = calls(upgrade)
+        check(
+            acted(lines, "restart", listener) and not acted(lines, "stop", listener),
+            "an upgrade restarts the enabled listener (and leaves it running)",
+        )
+        check(not acted(lines, "start", oneshot), "and never starts the oneshot queue run")
+        lines = calls(apt.format("remove", "ssmtp-mailer"))
+        check(acted(lines, "stop", listener), "remove stops the enabled listener")
+    finally:
+        systemctl.unlink()
+        (root / "run/systemd/system").rmdir()
+        (root / "run/systemd").rmdir()
+    run(root, apt.format("install", f"/tmp/{deb.name}"))
 
 
 def configure(root: Path, server: SMTPTestServer) -> None:
