@@ -92,6 +92,11 @@ def main(root: Path, deb: Path) -> None:
             check(unit in enabled, f"{unit} is enabled")
     services = sorted(u for u in enabled if u.endswith((".service", ".socket")))
     check(services == [], "no service or socket (the listener) is enabled by default")
+    for unit in (u for u in units if u.endswith(".service")):
+        text = (root / "lib/systemd/system" / unit).read_text()
+        programs = re.findall(r"^Exec\w+=[-+!@:]*(\S+)", text, re.MULTILINE)
+        missing = sorted({p for p in programs if not os.path.lexists(root / p.lstrip("/"))})
+        check(missing == [], f"{unit}: every Exec program is installed ({missing or 'yes'})")
     spool = os.stat(root / "var/spool/ssmtp-mailer/maildrop")
     check(spool.st_mode & 0o7777 == 0o1733, "maildrop/ is 1733")
     run(root, "ssmtp-mailer --version && newaliases && sendmail -bp >/dev/null")
