@@ -53,6 +53,7 @@ has '^drwxr-xr-x mail/mail .* \./var/spool/ssmtp-mailer/$'
 has '^drwx-wx-wt mail/mail .* \./var/spool/ssmtp-mailer/maildrop/$'
 has '^drwxrws--- mail/mail .* \./var/spool/ssmtp-mailer/queue/$'
 has ' \./etc/logrotate\.d/ssmtp-mailer$'
+has '^-rw-r--r-- root/root .* \./etc/cron\.d/ssmtp-mailer$'
 has ' \./usr/share/bash-completion/completions/ssmtp-mailer$'
 has ' \./usr/share/zsh/vendor-completions/_ssmtp-mailer$'
 has ' \./usr/share/fish/vendor_completions\.d/ssmtp-mailer\.fish$'
@@ -62,7 +63,7 @@ for unit in "$repo"/packaging/systemd/*.{service,socket,timer,path}; do
 done
 conffiles=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)
 for f in /etc/ssmtp-mailer/ssmtp-mailer.conf /etc/ssmtp-mailer/domains/relay.conf \
-         /etc/logrotate.d/ssmtp-mailer; do
+         /etc/logrotate.d/ssmtp-mailer /etc/cron.d/ssmtp-mailer; do
     grep -qx "$f" <<<"$conffiles" || fail "not a conffile: $f"
 done
 if grep -q 'site-packages\|/vendor/' <<<"$listing"; then fail "vendored or misplaced modules"; fi
@@ -80,7 +81,7 @@ for unit in "$repo"/packaging/systemd/*.service; do
         if invokes preinst stop "$name"; then fail "preinst stops $name on upgrade"; fi
     fi
 done
-echo "ok: fields, links, modes, conffiles, units, maintainer scripts, completion"
+echo "ok: fields, links, modes, conffiles, units, maintainer scripts, cron.d, completion"
 
 echo "-- lintian"
 status=0

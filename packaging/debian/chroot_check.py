@@ -15,6 +15,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,9 +144,17 @@ def main(root: Path, deb: Path) -> None:
             # The user cannot read the relay's secret: the message goes to the maildrop
             # and the root-run queue (the path unit does this under systemd) sends it.
             run(root, "sendmail -t root", user="tester", stdin="Subject: hi\n\nfrom tester\n")
-            run(root, "ssmtp-mailer queue run")
+            # What cron runs; under systemd its lines leave the work to the path unit.
+            commands = cron_commands(root)
+            with systemd_running(root):
+                for command in commands:
+                    run(root, command)
+            maildrop = root / "var/spool/ssmtp-mailer/maildrop"
+            check(any(maildrop.iterdir()), "under systemd /etc/cron.d/ssmtp-mailer runs nothing")
+            for command in commands:
+                run(root, command)
             wait_for(server, 2)
-            check(len(server.messages) == 2, "the unprivileged user's mail was relayed")
+            check(len(server.messages) == 2, "with no systemd, cron relayed the user's mail")
             check(server.messages[1].auth_user == USER, "with the relay's credentials")
         else:
             print(
@@ -178,6 +188,7 @@ def main(root: Path, deb: Path) -> None:
             "var/spool/ssmtp-mailer",
             "var/cache/ssmtp-mailer",
             "etc/systemd/system/timers.target.wants/ssmtp-mailer-queue.timer",
+            "etc/cron.d/ssmtp-mailer",
             "usr/sbin/sendmail",
         )
         if os.path.lexists(root / p)
@@ -215,6 +226,35 @@ exit 0
 """
 
 
+@contextmanager
+def systemd_running(root: Path) -> Iterator[None]:
+    """What maintainer scripts and cron lines test for systemd, and a stand-in systemctl."""
+    systemctl = root / "usr/bin/systemctl"
+    systemctl.write_text(FAKE_SYSTEMCTL)
+    systemctl.chmod(0o755)
+    (root / "run/systemd/system").mkdir(parents=True)
+    try:
+        yield
+    finally:
+        systemctl.unlink()
+        (root / "run/systemd/system").rmdir()
+        (root / "run/systemd").rmdir()
+
+
+def cron_commands(root: Path) -> list[str]:
+    """The commands of /etc/cron.d/ssmtp-mailer, each checked to run as root."""
+    crontab = root / "etc/cron.d/ssmtp-mailer"
+    check(crontab.is_file(), "/etc/cron.d/ssmtp-mailer is installed")
+    lines = crontab.read_text().splitlines()
+    pattern = re.compile(r"(?:\S+\s+){5}(\S+)\s+(.+)")
+    jobs = [job for line in lines if not line.startswith("#") and (job := pattern.match(line))]
+    check(
+        len(jobs) == 2 and all(job.group(1) == "root" for job in jobs),
+        "/etc/cron.d/ssmtp-mailer has its two root jobs",
+    )
+    return [job.group(2) for job in jobs]
+
+
 def check_unit_handling(root: Path, deb: Path) -> None:
     """The maintainer scripts under a (stand-in) systemd: upgrade and remove vs the listener."""
     listener, oneshot = "ssmtp-mailer-listen.service", "ssmtp-mailer-queue.service"
@@ -223,10 +263,6 @@ def check_unit_handling(root: Path, deb: Path) -> None:
         " || {{ cat /tmp/apt.log >&2; exit 1; }}"
     )
     upgrade = apt.format("install --reinstall", f"/tmp/{deb.name}")
-    systemctl = root / "usr/bin/systemctl"
-    systemctl.write_text(FAKE_SYSTEMCTL)
-    systemctl.chmod(0o755)
-    (root / "run/systemd/system").mkdir(parents=True)
     log = root / "tmp/systemctl.log"
 
     def calls(command: str) -> list[list[str]]:
@@ -239,7 +275,7 @@ def check_unit_handling(root: Path, deb: Path) -> None:
     def acted(calls: list[list[str]], verb: str, unit: str) -> bool:
         return any(call[:1] == [verb] and unit in call[1:] for call in calls)
 
-    try:
+    with systemd_running(root):
         lines = calls(upgrade)
         check(
             not any(acted(lines, v, u) for v in ("start", "restart") for u in (listener, oneshot)),
@@ -257,10 +293,6 @@ def check_unit_handling(root: Path, deb: Path) -> None:
         check(not acted(lines, "start", oneshot), "and never starts the oneshot queue run")
         lines = calls(apt.format("remove", "ssmtp-mailer"))
         check(acted(lines, "stop", listener), "remove stops the enabled listener")
-    finally:
-        systemctl.unlink()
-        (root / "run/systemd/system").rmdir()
-        (root / "run/systemd").rmdir()
     run(root, apt.format("install", f"/tmp/{deb.name}"))
 
 
