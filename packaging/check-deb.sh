@@ -36,6 +36,9 @@ for dep in python3-click python3-keyring python3-dnspython python3-dkim python3-
            python3-cryptography python3-platformdirs python3-tomli-w python3-aiosmtpd procps; do
     grep -qE "(^|, )$dep( |,|$)" <<<"$depends" || fail "Depends lacks $dep: $depends"
 done
+# Debian 12 has no keyring backend of its own for `password set` on a server.
+grep -qE "(^|, )python3-keyrings\.alt(,|$)" <<<"$(field Suggests)" ||
+    fail "Suggests lacks python3-keyrings.alt: $(field Suggests)"
 listing=$(dpkg-deb -c "$deb")
 has() { grep -qE "$1" <<<"$listing" || fail "not in the package: $1"; }
 has '^-rwxr-xr-x root/root .* \./usr/bin/ssmtp-mailer$'
