@@ -177,10 +177,20 @@ def main(root: Path, deb: Path) -> None:
         check(message.mail_from == f"tester@{HOST}", "as the user's own address")
 
     check_unit_handling(root, deb)
+    # Mail not delivered yet, which the purge deletes: root's, queued with the relay gone,
+    # and a user's in the maildrop.
+    run(root, "sendmail -t root", stdin="Subject: hi\n\nqueued\n")
+    system = "SSMTP_MAILER_CONFIG=/etc/ssmtp-mailer/ssmtp-mailer.conf"
+    run(root, f"{system} sendmail -t root", user="tester", stdin="Subject: hi\n\ndropped\n")
     run(
         root,
         "apt-get purge -y -q -o Dpkg::Use-Pty=0 ssmtp-mailer >/tmp/apt.log 2>&1"
         " || { cat /tmp/apt.log >&2; exit 1; }",
+    )
+    said = re.findall(r"^ssmtp-mailer: purge .*", (root / "tmp/apt.log").read_text(), re.M)
+    check(
+        len(said) == 1 and " 1 queued and 1 maildrop messages" in said[0],
+        f"purge says what undelivered mail it deletes ({said})",
     )
     left = [
         p
