@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -277,6 +279,48 @@ def test_keygen_writes_0600_pkcs8_and_never_overwrites(run_main: RunMain, tmp_pa
     assert code == 0, err
     assert path.read_bytes() != before and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert list((tmp_path / "keys").iterdir()) == [path]  # no temporary file left behind
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to group mail")
+def test_keygen_group_mail_makes_a_key_the_listener_can_read(run_main: RunMain) -> None:
+    """The listener drops to `mail` and signs with the keys: 0600 root's keys in a 0700
+    ssl_dir were out of its reach. --group mail makes them root:mail 0640 (in a new
+    directory 0750 root:mail), which the user mail reads and others do not."""
+    import grp
+    import pwd
+
+    mail_gid = grp.getgrnam("mail").gr_gid
+    shared = Path(tempfile.mkdtemp(prefix="dkim-group-", dir="/tmp"))  # mail can reach it
+    shared.chmod(0o755)
+    config = shared / "ssmtp-mailer.conf"
+    config.write_text(f"[global]\nssl_dir = {shared / 'keys'}\n")
+    base = ["-C", str(config), "dkim", "keygen", "--domain", DOMAIN, "--selector", "s1"]
+    code, out, err = run_main([*base, "--group", "mail"], prog="ssmtp-mailer")
+    assert (code, err) == (0, ""), err
+    key = shared / "keys" / f"dkim-s1.{DOMAIN}.pem"
+    assert "mode 0640, group mail" in out
+    for path, mode in ((key, 0o640), (key.parent, 0o750)):
+        st = path.stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, 0, mail_gid)
+    mail = pwd.getpwnam("mail")
+    read = subprocess.run(
+        ["setpriv", f"--reuid={mail.pw_uid}", f"--regid={mail.pw_gid}", "--clear-groups",
+         "head", "-c", "27", str(key)],
+        capture_output=True,
+    )  # fmt: skip
+    assert read.stdout == b"-----BEGIN PRIVATE KEY-----", read.stderr
+    # Into an existing 0700 directory the key is made, and the way to it is named.
+    closed = shared / "closed"
+    closed.mkdir(mode=0o700)
+    code, _, err = run_main(
+        [*base[:3], "keygen", "--domain", DOMAIN, "--selector", "s2", "--group", "mail",
+         "--out", str(closed / "k.pem")],
+        prog="ssmtp-mailer",
+    )  # fmt: skip
+    assert code == 0 and f"warning: group mail cannot enter {closed}" in err
+    code, _, err = run_main([*base, "--group", "no-such-group", "--force"], prog="ssmtp-mailer")
+    assert (code, err) == (64, "ssmtp-mailer: --group: no such group: no-such-group\n")
+    shutil.rmtree(shared)
 
 
 @pytest.mark.parametrize(

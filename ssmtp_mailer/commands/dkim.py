@@ -22,11 +22,16 @@ def dkim_group() -> None:
     """DKIM keys for signing a route's mail."""
 
 
-def write_private_key(path: Path, pem: bytes, *, force: bool) -> None:
-    """Write `pem` to `path` with mode 0600 atomically; never replace a file without `force`."""
+def write_private_key(path: Path, pem: bytes, *, force: bool, gid: int | None = None) -> None:
+    """Write `pem` to `path` atomically, mode 0600, or 0640 of group `gid` (and a new
+    directory 0750 of it): never replace a file without `force`."""
     directory = path.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not directory.is_dir():
+            directory.mkdir(parents=True, mode=0o700 if gid is None else 0o750)
+            if gid is not None:
+                os.chown(directory, -1, gid)
+                os.chmod(directory, 0o750)  # the umask may have taken the group's bits
     except OSError as exc:
         raise CantCreateError(str(directory), f"cannot create: {exc.strerror or exc}") from None
     if path.exists() and not force:
@@ -34,6 +39,9 @@ def write_private_key(path: Path, pem: bytes, *, force: bool) -> None:
     temp = directory / f".{path.name}.{os.getpid()}.tmp"
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        if gid is not None:  # the group first, then its read bit: never readable by others
+            os.fchown(fd, -1, gid)
+            os.fchmod(fd, 0o640)
         with open(fd, "wb") as handle:
             handle.write(pem)
             handle.flush()
@@ -78,6 +86,11 @@ def write_private_key(path: Path, pem: bytes, *, force: bool) -> None:
     help="Key file (default: ssl_dir/dkim-SELECTOR.DOMAIN.pem).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing key file.")
+@click.option(
+    "--group",
+    help="Make the key 0640 of this group (`mail`: the listener, once it is listen_user,"
+    " signs with it too); default 0600.",
+)
 def keygen(
     as_json: bool,
     domain: str,
@@ -86,8 +99,9 @@ def keygen(
     bits: int,
     out: Path | None,
     force: bool,
+    group: str | None,
 ) -> None:
-    """Write a PKCS#8 private key (mode 0600) and print the DNS TXT record to publish."""
+    """Write a PKCS#8 private key (mode 0600, or 0640 of --group) and print the TXT record."""
     from ssmtp_mailer.config.values import parse_hostname, parse_selectors
     from ssmtp_mailer.keytool import generate
 
@@ -108,8 +122,26 @@ def keygen(
         out = Path.cwd() / out
     if out.exists() and not force:
         raise CantCreateError(str(out), "exists", hint="pass --force to replace it")
+    gid = None
+    if group is not None:
+        import grp
+
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise UsageError("--group", f"no such group: {group}") from None
     pair = generate(ED25519 if algorithm == "ed25519" else RSA, bits)
-    write_private_key(out, pair.private_pem, force=force)
+    write_private_key(out, pair.private_pem, force=force, gid=gid)
+    mode = "mode 0600" if group is None else f"mode 0640, group {group}"
+    if group is not None:
+        st = out.parent.stat()
+        search = 0o010 if st.st_gid == gid else 0o001  # the group's bit, or everyone's
+        if not st.st_mode & search:
+            click.echo(
+                f"warning: group {group} cannot enter {out.parent}: the key is out of its"
+                f" reach until it can (chgrp {group} {out.parent}; chmod 0750 {out.parent})",
+                err=True,
+            )
     record = dkim_record(selector, domain, pair.key_type, pair.public_b64)
     if as_json:
         print_json(
@@ -127,7 +159,7 @@ def keygen(
         )
         return
     size = f"RSA {pair.bits} bits" if pair.algorithm == RSA else "Ed25519"
-    click.echo(f"wrote {out} ({size}, mode 0600)")
+    click.echo(f"wrote {out} ({size}, {mode})")
     click.echo("")
     click.echo("Publish this DNS TXT record:")
     click.echo(f"  name:  {record.name}")
