@@ -127,12 +127,17 @@ def test_signed_message_verifies_against_dns(
     for tags in signatures(received.data):
         assert tags[b"d"] == b"example.com" and tags[b"c"] == b"relaxed/relaxed"
         signed = tags[b"h"].lower().split(b":")
-        # From over-signed; every SPEC header present is signed, absent ones are not listed.
-        assert signed.count(b"from") == 2
+        # From, To, Subject over-signed, and Cc and Reply-To, absent, listed once: none of
+        # them can be added. Every other SPEC header present is signed, absent ones not.
+        assert [signed.count(f) for f in (b"from", b"to", b"subject", b"cc", b"reply-to")] == [
+            2, 2, 2, 1, 1,
+        ]  # fmt: skip
         assert set(signed) == {
             b"from",
             b"to",
+            b"cc",
             b"subject",
+            b"reply-to",
             b"date",
             b"message-id",
             b"mime-version",
@@ -175,9 +180,10 @@ def test_tampered_message_fails_verification(
     assert [ok for _, _, ok in verify_each(body, zone)] == [False, False]
     header = data.replace(b"bob@x.example", b"eve@x.example")
     assert [ok for _, _, ok in verify_each(header, zone)] == [False, False]
-    # A second From added after signing breaks it: From is over-signed.
-    added = b"From: mallory@evil.example\r\n" + data
-    assert [ok for _, _, ok in verify_each(added, zone)] == [False, False]
+    # A second From, a Subject or a Reply-To added after signing breaks it: over-signed.
+    for field in (b"From: mallory@evil.example", b"Subject: URGENT", b"Reply-To: m@evil.example"):
+        added = field + b"\r\n" + data
+        assert [ok for _, _, ok in verify_each(added, zone)] == [False, False], field
     # Relaxed canonicalisation: refolding a header and trailing whitespace still verify.
     refolded = data.replace(b"enough\r\n\tto", b"enough\r\n to").replace(b"   \r\n", b"\r\n")
     assert refolded != data

@@ -16,7 +16,10 @@ from ssmtp_mailer.config.model import DkimAlgorithm, DomainConfig
 from ssmtp_mailer.dkimkey import ED25519, RSA, DkimKey, KeyFileError, parse_private_key
 from ssmtp_mailer.errors import ConfigError, DataError, SoftwareError
 
-# SPEC §6; From is signed once more than it occurs (over-signed), so no From can be added.
+# SPEC §6. The fields a reader trusts are signed once more than they occur (over-signed,
+# RFC 6376 §8.15), so none can be added above the signed ones: no second From, and no
+# Subject, Reply-To, To or Cc where the message had none.
+OVERSIGNED = frozenset({"from", "subject", "reply-to", "to", "cc"})
 SIGNED_HEADERS = (
     "from",
     "to",
@@ -110,7 +113,7 @@ def route_domain(route: DomainConfig) -> str | None:
 
 
 def header_list(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
-    """The h= list: each SPEC header as often as it occurs, From once more."""
+    """The h= list: each SPEC header as often as it occurs, the OVERSIGNED once more."""
     counts: dict[bytes, int] = {}
     for field, _ in headers:
         key = field.strip().lower()
@@ -118,7 +121,7 @@ def header_list(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
     out: list[bytes] = []
     for name in SIGNED_HEADERS:
         wanted = name.encode("ascii")
-        out += [wanted] * (counts.get(wanted, 0) + (1 if name == "from" else 0))
+        out += [wanted] * (counts.get(wanted, 0) + (1 if name in OVERSIGNED else 0))
     return out
 
 
