@@ -113,6 +113,15 @@ def test_over_the_rate_limit_a_caller_waits_at_most_rate_limit_wait(
     assert code == 0
     assert "queued as " in err and "no free slot within 1 s" in err
     assert len(smtp_server.messages) == 1
+    # With on_temporary_failure = fail nothing is kept, and no hint says it is.
+    conf.write_text(
+        conf.read_text().replace(
+            "rate_limit_wait = 1", "rate_limit_wait = 1\non_temporary_failure = fail"
+        )
+    )
+    code, _, err = run_main(["-C", str(conf), "-t"], MESSAGE)
+    assert code == 75 and "no free slot within 1 s" in err
+    assert "kept" not in err and "rate_limit_per_minute" in err
 
 
 # -- the log line says what happened ----------------------------------------------------

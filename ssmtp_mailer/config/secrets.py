@@ -58,7 +58,7 @@ def run_secret_command(command: str, what: str) -> str:
         raise TempFailError(
             what,
             f"command did not finish within {COMMAND_TIMEOUT} s",
-            hint="the message is kept for a later queue run; check the command by hand",
+            hint="run the command by hand to see where it hangs",
         ) from None
     except OSError as exc:
         raise ConfigError(what, f"command could not run: {exc.strerror}") from None

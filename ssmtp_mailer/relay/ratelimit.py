@@ -137,7 +137,9 @@ def acquire(
             raise TempFailError(
                 "rate limit",
                 f"no free slot within {bound:g} s under {names}",
-                hint="the message is kept for a later queue run; raise rate_limit_per_minute"
-                " if the relay allows more",
+                # Not "kept": with on_temporary_failure = fail nothing is (the stderr line
+                # before says whether it was queued).
+                hint="raise rate_limit_per_minute if the relay allows more, or"
+                " rate_limit_wait for senders to wait longer for a slot",
             )
         sleep(min(wait, left) + 0.01)
