@@ -201,8 +201,9 @@ def _take(config: Config, dir_fd: int, name: str, problem: Callable[[str], None]
             problem(f"{who}: {why}; moved to {_shown(str(kept))}")
             return False
         outcome = _hand_on(config, dropped)
-        if outcome is None:
-            return False  # not durable anywhere yet: try again on the next run
+        if outcome.startswith("4"):  # not durable anywhere yet: try again on the next run
+            problem(f"{who}: left in the maildrop for the next run: {outcome}")
+            return False
         os.unlink(name, dir_fd=dir_fd)
         log.write(config, "INFO", f"{who}: {outcome}")
         return True
@@ -224,8 +225,9 @@ def _unreadable(exc: Exception) -> str:
     return str(exc)
 
 
-def _hand_on(config: Config, dropped: Dropped) -> str | None:
-    """Deliver or queue; keep a refused sender in failed/ with a bounce. None: try later."""
+def _hand_on(config: Config, dropped: Dropped) -> str:
+    """Deliver or queue; keep a refused sender in failed/ with a bounce. What became of it:
+    a 4xx reply when nothing took it (the spool full, no route), to try again later."""
     why = sender_refusal(config, dropped.uid, dropped.sender)
     received = received_field(config, dropped.uid, "maildrop")
     if why is not None:
@@ -249,8 +251,6 @@ def _hand_on(config: Config, dropped: Dropped) -> str | None:
         held=True,
         told=False,
     )
-    if reply.startswith("4"):
-        return None  # not even queued (the spool is full): the file stays for the next run
     return reply
 
 

@@ -102,6 +102,16 @@ def _default_sender(g: GlobalConfig) -> str:
     return qualify(g.default_from, g.default_hostname)
 
 
+def maildrop_waiting(spool_dir: Path) -> int | None:
+    """How many messages wait in the maildrop for a pickup; None for a user who may not
+    list it (anyone but root and the spool's owner: 1733)."""
+    try:
+        names = os.listdir(spool_dir / MAILDROP)
+    except OSError:
+        return None
+    return sum(1 for name in names if not name.startswith(TEMP_PREFIX))
+
+
 def needs_submission(config: Config) -> bool:
     """True for a user who may not write the queue the configuration names (SPEC §8)."""
     if os.geteuid() == 0:

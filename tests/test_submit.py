@@ -944,3 +944,27 @@ def test_a_home_this_user_cannot_enter_is_not_its_configuration(shared_dir: Path
     assert "internal error" not in err and err.count("\n") <= 2
     assert "no configuration file found" in err
     shutil.rmtree(home)
+
+
+def test_mail_the_pickup_cannot_hand_on_is_shown_not_silent(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Right after install there is no route: nobody's message waits in the maildrop. Root's
+    queue run said "0 delivered" and mailq "Mail queue is empty"; both now say it is there
+    and why, and it goes once a route exists."""
+    (tree.parent / "spool").mkdir()
+    run_queue(tree)
+    secret = tree.parent / "domains" / "relay.conf"
+    routes = secret.read_text()
+    secret.write_text(routes.replace("[domain:*]", "[domain:elsewhere.example]"))
+    run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    done = queue_run_with_problems(tree)
+    assert done.returncode == 75, done.stderr
+    assert "from uid 65534 (nobody): left in the maildrop for the next run: 4" in done.stderr
+    listing = queue_run_with_problems(tree, "queue", "list")
+    assert "-- 1 in the maildrop, for `ssmtp-mailer queue run` to pick up" in listing.stdout
+    secret.write_text(routes)
+    assert run_queue(tree).startswith("queue run: 1 taken from the maildrop")
+    assert smtp_server.wait_for(1)[0].mail_from == "nobody@host.example"
+    assert "Mail queue is empty" in queue_run_with_problems(tree, "queue", "list").stdout

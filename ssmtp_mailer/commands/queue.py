@@ -20,6 +20,7 @@ from ssmtp_mailer.spool.store import (
     list_entries,
     short_age,
 )
+from ssmtp_mailer.submit import maildrop_waiting
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 
@@ -34,12 +35,16 @@ def listing_text(config: Config, *, failed: bool = False) -> str:
     then the damaged entries, each with its reason."""
     entries = list_entries(config, failed=failed)
     damaged = [] if failed else list_damaged(config)
-    if not entries and not damaged:
-        return "Failed area is empty" if failed else "Mail queue is empty"
+    waiting = None if failed else maildrop_waiting(config.global_.spool_dir)
     lines = _entry_lines(entries) if entries else []
     if damaged:
         lines.append(f"-- {len(damaged)} damaged (kept in {DAMAGED}/ with the reason):")
         lines.extend(f"{entry_id} {reason}" for entry_id, reason in damaged)
+    if waiting:
+        # Local users' mail not yet picked up: the queue run that takes it says what holds it.
+        lines.append(f"-- {waiting} in the maildrop, for `ssmtp-mailer queue run` to pick up")
+    if not lines:
+        return "Failed area is empty" if failed else "Mail queue is empty"
     return "\n".join(lines)
 
 
