@@ -121,6 +121,8 @@ class DNSServer:
         self._lock = threading.Lock()
         self.queries: collections.Counter[tuple[str, str]] = collections.Counter()
         self.log: list[tuple[str, str, str]] = []  # (name, type, "udp" | "tcp")
+        # (name, type) pairs answered SERVFAIL, as a broken authoritative server would.
+        self.servfail: set[tuple[str, str]] = set()
         for name, records in (zone or {}).items():
             self._records.put(name, records)
         self._selector: selectors.DefaultSelector | None = None
@@ -254,6 +256,9 @@ class DNSServer:
         with self._lock:
             self.queries[(name, dns.rdatatype.to_text(rdtype))] += 1
             self.log.append((name, dns.rdatatype.to_text(rdtype), transport))
+            if (name, dns.rdatatype.to_text(rdtype)) in self.servfail:
+                response.set_rcode(dns.rcode.SERVFAIL)
+                return response.to_wire()
             self._answer(response, question.name, rdtype)
             if not response.answer:
                 self._negative(response, question.name)

@@ -234,6 +234,33 @@ def test_ipv6_address_of_an_mx(
         server.stop()
 
 
+def test_a_servfail_for_an_mx_hosts_a_record_does_not_hide_its_aaaa(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    tls_ca: Any,
+    run_main: RunMain,
+) -> None:
+    """An IPv6-only MX whose DNS answers SERVFAIL for A: its AAAA was never asked, and
+    the message waited in the queue for an address it could have had."""
+    try:
+        server = SMTPTestServer(host="::1", port=net.port, ca=tls_ca).start()
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback: {exc}")
+    try:
+        zone = zone_for(net)
+        zone["six.example"] = [("MX", "10 mx.six.example.")]
+        zone["mx.six.example"] = [("AAAA", "::1")]
+        dns = dns_server(zone)
+        dns.servfail.add(("mx.six.example", "A"))
+        conf = write_config(tmp_path, dns, net)
+        code, _, err = sendmail(run_main, conf, "v6@six.example")
+        assert (code, err) == (0, "")
+        assert [m.rcpt_tos for m in server.messages] == [["v6@six.example"]]
+    finally:
+        server.stop()
+
+
 def test_null_mx_refuses_that_domain_only(
     tmp_path: Path,
     net: Net,

@@ -113,8 +113,16 @@ class Lookups:
         if host.addresses is not None:
             yield from host.addresses
             return
-        yield from self.records(host.name, "A")
-        yield from self.records(host.name, "AAAA")
+        failed: spf.TempError | None = None
+        for kind in ("A", "AAAA"):
+            try:
+                found = self.records(host.name, kind)
+            except spf.TempError as exc:  # a SERVFAIL for A must not hide a working AAAA
+                failed = failed or exc
+                continue
+            yield from found
+        if failed is not None:
+            raise failed
 
     def addresses(self, name: str) -> tuple[str, ...]:
         # IPv4 first: a host whose IPv6 route is broken would cost connection_timeout per
