@@ -819,6 +819,24 @@ def test_an_address_literal_goes_to_that_address(
     assert sum(dns.queries.values()) == 0
 
 
+def test_an_address_literal_with_direct_tls_verify_checks_the_ip_in_the_certificate(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+    ca_file: Path,
+) -> None:
+    """`x@[IP]` under direct_tls = verify: the certificate names the IP; checked against
+    `[IP]`, brackets and all, it never matched and the message waited for days."""
+    host = mx_server(6, starttls=True, names=[net.ip(6)])
+    route = f"direct_tls = verify\nssl_ca_file = {ca_file}\n"
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net, route)
+    code, _, err = sendmail(run_main, conf, f"postmaster@[{net.ip(6)}]")
+    assert (code, err) == (0, "")
+    assert [m.tls for m in host.messages] == [True]
+
+
 def test_a_null_mx_beside_a_real_one_is_ignored(
     tmp_path: Path,
     net: Net,

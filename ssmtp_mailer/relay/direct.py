@@ -283,7 +283,8 @@ def endpoint_for(
     # certificate apply to MX hosts too, its tls_fingerprint (the relay's) does not.
     context = tls_context(route._replace(tls_verify=verify, tls_fingerprint=None))
     return Endpoint(
-        host=host.name,
+        # An address literal's certificate names the bare IP (and an IP gets no SNI).
+        host=address_literal(host.name) or host.name,
         port=route.direct_port,
         route=route.name,
         helo=route.helo_name or g.default_hostname,
