@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from smtpserver import SMTPTestServer
+from smtpserver import MisbehavingServer, SMTPTestServer
 from test_spool import SENDER, closed_port, enqueue, group_for, message_ids, write_config
 
 from ssmtp_mailer import spool
@@ -177,3 +177,18 @@ def test_a_maildrop_file_name_cannot_forge_a_log_line(
     lines = log.read_text().splitlines()
     assert [line for line in lines if "outcome=sent" in line] != []  # the name is logged ...
     assert not [line for line in lines if line.startswith("2026-01-01")]  # ... inside a line
+
+
+def test_a_relay_that_never_greets_is_waited_for_once_per_queue_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Four entries for a relay that accepts the connection and says nothing: each waited
+    read_timeout in turn (500 entries at the default 60 s: over eight hours). The first
+    wait marks the relay unreachable and the others stay queued at once."""
+    with MisbehavingServer(MisbehavingServer.silent) as server:
+        config = write_config(tmp_path, server.port, read_timeout=1)
+        ids = [enqueue(config, n) for n in range(4)]
+        code, out, _ = run(capsys, config.main_file, "run", "--all")
+        assert server.connections == 1
+    assert code == 0 and "4 deferred" in out, out
+    assert sorted(e.id for e in spool.list_entries(config)) == sorted(ids)

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+from ssmtp_mailer.errors import TempFailError
 from ssmtp_mailer.relay.smtp import (
     Endpoint,
     RelayConnection,
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
 
 # Authenticates a freshly opened connection (AUTH, or nothing for a route without login).
 LoginStep = Callable[[RelayConnection], None]
+
+# A server that could not be reached (refused, timed out before its greeting) is not tried
+# again by the same caller for this long: a `queue run` over 500 entries for a dead relay
+# waited connection_timeout for each, and the listener for every message.
+UNREACHABLE_SECONDS = 30.0
 
 
 class Login(NamedTuple):
@@ -72,6 +78,8 @@ class ConnectionPool:
         self._lock = _thread.allocate_lock()
         self._idle: dict[Hashable, list[_Idle]] = {}
         self._sessions: dict[Hashable, ssl.SSLSession] = {}
+        # Servers (host, port, address) that could not be reached: when, and why.
+        self._unreachable: dict[tuple[str, int, str | None], tuple[float, RelayFailure]] = {}
         # Connections opened and transactions on reused ones, for tests and benchmarks.
         self.opened = 0
         self.reused = 0
@@ -199,8 +207,20 @@ class ConnectionPool:
         login: Login | None,
         transcript: Transcript | None,
     ) -> RelayConnection:
+        server = (endpoint.host, endpoint.port, endpoint.address)
         with self._lock:
             session = self._sessions.get(key)
+            seen = self._unreachable.get(server)
+        if seen is not None and time.monotonic() - seen[0] < UNREACHABLE_SECONDS:
+            ago = time.monotonic() - seen[0]
+            if transcript is not None:
+                transcript(f"* {endpoint.label}: unreachable {ago:.0f} s ago; not tried again")
+            raise RelayFailure(
+                TempFailError(endpoint.label, f"{seen[1].error.why} ({ago:.0f} s ago)"),
+                temporary=True,
+                stage=seen[1].stage,
+            )
+        with self._lock:
             self.opened += 1
         conn = RelayConnection(endpoint, transcript, tls_session=session)
         try:
@@ -208,6 +228,13 @@ class ConnectionPool:
             if login is not None:
                 login.step(conn)
         except RelayFailure as failure:
+            if (
+                failure.temporary
+                and failure.code is None
+                and failure.stage in ("connect", "banner")
+            ):
+                with self._lock:
+                    self._unreachable[server] = (time.monotonic(), failure)
             # The log names the TLS version in use when AUTH failed (SPEC §6 log).
             failure.tls = conn.tls_version
             # After a reply the conversation is sane and QUIT is polite; after a socket
