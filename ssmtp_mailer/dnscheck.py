@@ -88,6 +88,10 @@ class Report(NamedTuple):
         }
 
 
+class ResolverTimeout(spf.TempError):
+    """No resolver answered within the timeout (not an answer such as SERVFAIL)."""
+
+
 class Resolver:
     """`spf.Lookups` on dnspython: empty answers for NXDOMAIN/no data, spf.TempError else."""
 
@@ -123,6 +127,8 @@ class Resolver:
             return [], _negative_ttl(exc)
         except dns.name.EmptyLabel:
             return [], 0
+        except dns.exception.Timeout as exc:
+            raise ResolverTimeout(f"{name} {rdtype}: {exc}") from None
         except dns.exception.DNSException as exc:
             raise spf.TempError(f"{name} {rdtype}: {exc}") from None
         return list(answer), answer.rrset.ttl if answer.rrset is not None else 0

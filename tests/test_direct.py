@@ -11,11 +11,13 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dns.message
 import pytest
 from dnsserver import DNSServer, Zone
 from relayconf import RunMain
@@ -621,6 +623,41 @@ def test_dns_servers_that_do_not_answer_queue_the_message(
     dns.stop()
     code, _, err = sendmail(run_main, conf, "one@a.example")
     assert code == 0 and "queued as" in err and "MX lookup failed" in err
+
+
+def test_a_silent_resolver_is_waited_for_once_not_once_per_domain(
+    tmp_path: Path, net: Net, dns_server: Callable[..., DNSServer], run_main: RunMain
+) -> None:
+    """dns_servers that take the questions and never answer: each recipient domain waited
+    the whole timeout in turn (10 domains at the default 30 s: five minutes). After the
+    first, the others are queued without asking."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.settimeout(0.2)
+    asked: set[str] = set()
+    done = threading.Event()
+
+    def listen() -> None:
+        while not done.is_set():
+            try:
+                wire, _ = silent.recvfrom(4096)
+            except TimeoutError:
+                continue
+            asked.add(dns.message.from_wire(wire).question[0].name.to_text())
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    real = dns_server(zone_for(net))
+    conf = write_config(tmp_path, real, net)
+    host, port = silent.getsockname()
+    text = conf.read_text().replace(real.nameserver, f"{host}:{port}")
+    conf.write_text(text.replace("connection_timeout = 3", "connection_timeout = 1"))
+    code, _, err = sendmail(run_main, conf, *[f"one@d{n}.example" for n in range(4)])
+    done.set()
+    listener.join()
+    silent.close()
+    assert code == 0 and err.count("queued as") == 1, err
+    assert len(asked) == 1, asked
 
 
 def test_route_and_dry_run_show_the_mx_hosts(

@@ -26,7 +26,7 @@ from typing import NamedTuple
 from ssmtp_mailer import dnsrecords, spf
 from ssmtp_mailer.addresses import domain_key, split_address
 from ssmtp_mailer.config.model import Config, DeliveryMode, DirectTls, DomainConfig
-from ssmtp_mailer.dnscheck import Resolver, fetch_sts_policy
+from ssmtp_mailer.dnscheck import Resolver, ResolverTimeout, fetch_sts_policy
 from ssmtp_mailer.errors import MailerError, NoUserError, TempFailError
 from ssmtp_mailer.relay import dnscache, engine, hints
 from ssmtp_mailer.relay.smtp import Endpoint, RelayFailure, tls_context
@@ -91,6 +91,9 @@ class Lookups:
         self.resolver = Resolver(g.dns_servers, float(min(g.connection_timeout, 30)))
         self.cache = dnscache.Cache(dnscache.path_for(g.spool_dir), lambda: _ensure_spool(config))
         self.timeout = float(g.connection_timeout)
+        # The resolvers once silent, the later lookups of this delivery are not waited
+        # for again: each recipient domain (and each MX host) waited the whole timeout.
+        self.silent: ResolverTimeout | None = None
 
     def records(self, name: str, rdtype: str) -> list[str]:
         """The answer as text (MX `pref host`, addresses, TXT strings joined); spf.TempError."""
@@ -98,7 +101,13 @@ class Lookups:
         cached = self.cache.get(key)
         if isinstance(cached, list):
             return [str(r) for r in cached]
-        answer, ttl = self.resolver.answer_and_ttl(name, rdtype)
+        if self.silent is not None:
+            raise spf.TempError(f"{name} {rdtype}: not asked, no resolver answered ({self.silent})")
+        try:
+            answer, ttl = self.resolver.answer_and_ttl(name, rdtype)
+        except ResolverTimeout as exc:
+            self.silent = exc
+            raise
         if rdtype == "MX":
             rows = [f"{r.preference} {r.exchange.to_text().rstrip('.').lower()}" for r in answer]
         elif rdtype == "TXT":
