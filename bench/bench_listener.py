@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,28 @@ def own_cpu_seconds() -> tuple[float, float]:
     return times.user, times.system
 
 
+def _timed_clients(
+    client: Callable[[int], None],
+    barrier: threading.Barrier,
+    errors: list[str],
+    clients: int,
+    per_client: int,
+) -> tuple[float, int]:
+    """Start the clients, time them from the barrier (their sessions open) to the last
+    one done; the seconds and the messages that got 250."""
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        print(f"  {len(errors)} errors, first: {errors[0]}")
+    return elapsed, clients * per_client - len(errors)
+
+
 def run_clients(port: int, clients: int, per_client: int) -> tuple[float, int]:
     errors: list[str] = []
     barrier = threading.Barrier(clients + 1)
@@ -250,17 +273,7 @@ def run_clients(port: int, clients: int, per_client: int) -> tuple[float, int]:
                 except smtplib.SMTPException as exc:
                     errors.append(repr(exc))
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        print(f"  {len(errors)} errors, first: {errors[0]}")
-    return elapsed, clients * per_client - len(errors)
+    return _timed_clients(client, barrier, errors, clients, per_client)
 
 
 def read_replies(sock: socket.socket, pending: bytes, count: int) -> tuple[list[bytes], bytes]:
@@ -303,17 +316,7 @@ def run_pipelining_clients(port: int, clients: int, per_client: int) -> tuple[fl
                 if not got[0].startswith(b"250"):
                     errors.append(got[0].decode(errors="replace"))
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        print(f"  {len(errors)} errors, first: {errors[0]}")
-    return elapsed, clients * per_client - len(errors)
+    return _timed_clients(client, barrier, errors, clients, per_client)
 
 
 def run_msmtp(msmtp: str, tmp: Path, upstream: int, clients: int, count: int) -> float:

@@ -44,8 +44,8 @@ def message_id_of(data: bytes | bytearray) -> str:
     return re.sub(r"\s+", " ", match.group(1).decode("utf-8", "replace")).strip()
 
 
-def _value(text: str) -> str:
-    # Values come from the network and from messages: no CR/LF may split the line.
+def quoted(text: str) -> str:
+    """A value from the network, a message or a file name, as one token of a log line."""
     text = text.replace("\r", " ").replace("\n", " ")
     if text and _SAFE.fullmatch(text):
         return text
@@ -72,7 +72,7 @@ def format_record(record: DeliveryRecord) -> str:
     fields.append(("exit", str(record.exit_code)))
     if record.refused:
         fields.append(("refused", ",".join(f"<{r}>" for r in record.refused)))
-    return " ".join(f"{key}={_value(value)}" for key, value in fields)
+    return " ".join(f"{key}={quoted(value)}" for key, value in fields)
 
 
 def has_destination(config: Config) -> bool:

@@ -135,13 +135,13 @@ def _take_all(config: Config, dir_fd: int, problem: Callable[[str], None]) -> in
             if _take(config, dir_fd, name, problem):
                 taken += 1
         except UnsafeSpoolError as exc:
-            problem(f"maildrop {_shown(name)}: {exc.filename}: {exc.strerror}")
+            problem(f"maildrop {log.quoted(name)}: {exc.filename}: {exc.strerror}")
         except OSError as exc:
-            problem(f"maildrop {_shown(name)}: {exc.strerror or exc}")
+            problem(f"maildrop {log.quoted(name)}: {exc.strerror or exc}")
         except (ValueError, KeyError, TypeError) as exc:
-            problem(f"maildrop {_shown(name)}: {_unreadable(exc)}")
+            problem(f"maildrop {log.quoted(name)}: {_unreadable(exc)}")
         except MemoryError:  # one file must never stop the pickup of the others
-            problem(f"maildrop {_shown(name)}: out of memory taking it; left for the next run")
+            problem(f"maildrop {log.quoted(name)}: out of memory taking it; left for the next run")
     if taken:
         with contextlib.suppress(OSError):
             os.fsync(dir_fd)
@@ -162,7 +162,7 @@ def _take(config: Config, dir_fd: int, name: str, problem: Callable[[str], None]
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
-        problem(f"maildrop {_shown(name)}: a symbolic link, removed")
+        problem(f"maildrop {log.quoted(name)}: a symbolic link, removed")
         os.unlink(name, dir_fd=dir_fd)
         return False
     with os.fdopen(fd, "rb") as handle:
@@ -170,7 +170,7 @@ def _take(config: Config, dir_fd: int, name: str, problem: Callable[[str], None]
         # Only regular files, each with its one name: a hard link to another user's file
         # must not be mailed out as theirs.
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            problem(f"maildrop {_shown(name)}: not a plain file, removed")
+            problem(f"maildrop {log.quoted(name)}: not a plain file, removed")
             os.unlink(name, dir_fd=dir_fd)
             return False
         try:
@@ -182,7 +182,7 @@ def _take(config: Config, dir_fd: int, name: str, problem: Callable[[str], None]
                 return False
         except FileNotFoundError:
             return False
-        who = f"maildrop {_shown(name)} from {_uid_label(st.st_uid)}"
+        who = f"maildrop {log.quoted(name)} from {_uid_label(st.st_uid)}"
         # Anyone writes here, and a sparse file of gigabytes costs its writer nothing.
         limit = config.global_.max_message_size + ENVELOPE_ALLOWANCE
         raw = handle.read(limit + 1) if st.st_size <= limit else b""
@@ -191,14 +191,14 @@ def _take(config: Config, dir_fd: int, name: str, problem: Callable[[str], None]
             size = max(st.st_size, len(raw))
             limit = config.global_.max_message_size
             why = f"{size} octets, over max_message_size ({limit} octets)"
-            problem(f"{who}: {why}; moved unread to {_shown(str(kept))}")
+            problem(f"{who}: {why}; moved unread to {log.quoted(str(kept))}")
             return False
         try:
             dropped = Dropped(st.st_uid, raw)
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # anyone writes here
             kept = _set_aside(config, dir_fd, name)
             why = _unreadable(exc)
-            problem(f"{who}: {why}; moved to {_shown(str(kept))}")
+            problem(f"{who}: {why}; moved to {log.quoted(str(kept))}")
             return False
         outcome = _hand_on(config, dropped)
         if outcome.startswith("4"):  # not durable anywhere yet: try again on the next run
@@ -207,11 +207,6 @@ def _take(config: Config, dir_fd: int, name: str, problem: Callable[[str], None]
         os.unlink(name, dir_fd=dir_fd)
         log.write(config, "INFO", f"{who}: {outcome}")
         return True
-
-
-def _shown(name: str) -> str:
-    """A name a submitter chose, as the log quotes a value: a newline in it forges no line."""
-    return log._value(name)
 
 
 def _unreadable(exc: Exception) -> str:

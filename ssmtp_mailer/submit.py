@@ -66,8 +66,8 @@ def sender_refusal(
     if uid == 0:
         return None
     g = config.global_ if config is not None else g
-    set_by_admin = g is not None and "default_from" in dict(g.key_lines)
-    if g is not None and set_by_admin and sender.lower() == _default_sender(g).lower():
+    admins = _admins_default_sender(g)
+    if admins is not None and sender.lower() == admins.lower():
         return None
     login = login_of(uid)
     local, at, domain = sender.rpartition("@")
@@ -89,14 +89,18 @@ def sender_refusal(
 def own_sender(uid: int, g: GlobalConfig | None) -> str:
     """The sender `uid` may always use: the administrator's default_from, else its login
     at default_hostname (qualified by whoever reads [global], when this user cannot)."""
-    if g is not None and "default_from" in dict(g.key_lines):
-        return _default_sender(g)
+    admins = _admins_default_sender(g)
+    if admins is not None:
+        return admins
     login = login_of(uid)
     return f"{login}@{g.default_hostname}" if g is not None else login
 
 
-def _default_sender(g: GlobalConfig) -> str:
-    """default_from as the message gets it (`noreply` is noreply@default_hostname)."""
+def _admins_default_sender(g: GlobalConfig | None) -> str | None:
+    """The default_from [global] sets, as the message gets it (`noreply` is
+    noreply@default_hostname); None when it is not set there (each user's own login)."""
+    if g is None or "default_from" not in dict(g.key_lines):
+        return None
     from ssmtp_mailer.addresses import qualify
 
     return qualify(g.default_from, g.default_hostname)

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+from ssmtp_mailer.addresses import split_address
 from ssmtp_mailer.config.model import DkimAlgorithm, DomainConfig
 from ssmtp_mailer.dkimkey import ED25519, RSA, DkimKey, KeyFileError, parse_private_key
 from ssmtp_mailer.errors import ConfigError, DataError, SoftwareError
@@ -136,10 +137,6 @@ def _from_domain(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-def _domain_of(address: str) -> str | None:
-    return address.rpartition("@")[2].lower() if "@" in address else None
-
-
 _OBSOLETE_NAME = re.compile(rb"^([!-9;-~]+)[ \t]+:", re.MULTILINE)
 
 
@@ -164,7 +161,7 @@ def sign(signer: Signer, data: bytes | bytearray, envelope_from: str) -> bytes:
     except dkim.MessageFormatError as exc:
         raise DataError("message", f"cannot be DKIM-signed: {exc}") from None
     include = header_list(state.headers)
-    domain = signer.domain or _domain_of(envelope_from) or _from_domain(state.headers)
+    domain = signer.domain or split_address(envelope_from)[1].lower() or _from_domain(state.headers)
     if domain is None:
         raise ConfigError(
             f"[domain:{signer.route}]", "cannot sign: the message has no sender's domain"
