@@ -91,7 +91,7 @@ def pick_up(config: Config, problems: Callable[[str], None] | None = None) -> in
         if problems is not None:
             problems(line)
 
-    from ssmtp_mailer.spool.store import UnsafeSpoolError, open_spool_dir
+    from ssmtp_mailer.spooldirs import UnsafeSpoolError, open_spool_dir
 
     directory = config.global_.spool_dir / MAILDROP
     if os.geteuid() == 0 and directory.parent.is_dir() and not os.path.lexists(directory):
@@ -117,7 +117,7 @@ def pick_up(config: Config, problems: Callable[[str], None] | None = None) -> in
 
 
 def _take_all(config: Config, dir_fd: int, problem: Callable[[str], None]) -> int:
-    from ssmtp_mailer.spool.store import UnsafeSpoolError
+    from ssmtp_mailer.spooldirs import UnsafeSpoolError
 
     try:
         names = sorted(os.listdir(dir_fd))
@@ -253,7 +253,7 @@ def _set_aside(config: Config, drop_fd: int, name: str) -> Path:
     """Move a file that is no maildrop message to `corrupt/` (0700, the spool owner's), out
     of every later pickup's way; it may still be somebody's mail. Never into a link
     planted as `corrupt` (UnsafeSpoolError): the file would land wherever it points."""
-    from ssmtp_mailer.spool.store import spool_dir_fd
+    from ssmtp_mailer.spooldirs import spool_dir_fd
 
     root = config.global_.spool_dir
     with spool_dir_fd(root, trusted=True) as root_fd:

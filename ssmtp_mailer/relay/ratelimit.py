@@ -32,7 +32,7 @@ def _file_name(key: str) -> str:
 
 @contextlib.contextmanager
 def _locked(paths: Sequence[Path]) -> Iterator[list[int]]:
-    from ssmtp_mailer.spool.store import spool_dir_fd
+    from ssmtp_mailer.spooldirs import spool_dir_fd
 
     fds: list[int] = []
     try:

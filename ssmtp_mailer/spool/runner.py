@@ -40,7 +40,6 @@ from ssmtp_mailer.spool.store import (
     Attempt,
     DamagedEntryError,
     Entry,
-    UnsafeSpoolError,
     _encode,
     _entry_ids,
     _fresh_id,
@@ -58,10 +57,9 @@ from ssmtp_mailer.spool.store import (
     ensure_spool,
     error_reason,
     move_aside,
-    open_spool_dir,
     short_age,
-    spool_dir_fd,
 )
+from ssmtp_mailer.spooldirs import UnsafeSpoolError, open_spool_dir, spool_dir_fd
 
 
 @dataclass(frozen=True)
