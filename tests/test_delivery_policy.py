@@ -387,6 +387,24 @@ def test_the_queue_splits_a_mixed_refusal_too(
     assert sorted(got) == [["app@host.example"], ["grey@dest.example"]], err
 
 
+def test_a_relay_recipient_limit_costs_no_queueing(
+    tmp_path: Path, run_main: Run, smtp_server_factory: Factory
+) -> None:
+    """A relay that takes 40 recipients a message (452 to the 41st): a mail to 100 used
+    to leave 60 in the queue for the next run, which delivered 40 more, and so on."""
+    server = smtp_server_factory(fault="452-rcpt-after:40")
+    conf = config_for(tmp_path, server.port)
+    recipients = [f"r{i}@dest.example" for i in range(100)]
+    code, _, err = run_main(["-C", str(conf), "-v", "-i", *recipients], MESSAGE)
+    assert code == 0, err
+    assert [len(m.rcpt_tos) for m in server.wait_for(3)] == [40, 40, 20]
+    assert sorted(r for m in server.messages for r in m.rcpt_tos) == sorted(recipients)
+    assert "the relay takes 40 recipients a transaction; 60 more in the next" in err
+    assert spool.list_entries(_load(conf)) == []
+    [line] = [x for x in log_lines(tmp_path) if "outcome=sent" in x]
+    assert line.count("250 ") == 3
+
+
 @pytest.mark.parametrize("reply", ["252 2.1.5 will try", "xyz not a reply"], ids=["252", "garbled"])
 def test_an_odd_reply_to_rcpt_is_no_internal_error(
     reply: str, tmp_path: Path, run_main: Run, smtp_server: SMTPTestServer
