@@ -782,6 +782,25 @@ def test_a_broken_tls_handshake_is_retried_in_clear_when_opportunistic(
     assert [m.tls for m in broken.messages] == [False]
 
 
+def test_an_mx_silent_after_ehlo_is_waited_for_once_and_named_so(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    """No reply to the first EHLO: that is no broken TLS, so no second connection (and
+    second read_timeout) in clear, and the error says EHLO, not STARTTLS."""
+    silent = mx_server(2, starttls=True, fault="stall-ehlo", names=["mx1.a.example"])
+    zone = zone_for(net)
+    zone["a.example"] = [("MX", "10 mx1.a.example.")]
+    conf = write_config(tmp_path, dns_server(zone), net, global_="read_timeout = 1")
+    code, _, err = sendmail(run_main, conf, "one@a.example")
+    assert code == 0 and "queued as " in err
+    assert "EHLO: timed out" in err and "STARTTLS" not in err
+    assert silent.connections == 1
+
+
 def test_a_starttls_the_mx_refuses_is_done_without_when_opportunistic(
     tmp_path: Path,
     net: Net,

@@ -396,16 +396,20 @@ class RelayConnection(SMTPClient):
     def negotiate(self) -> None:
         """EHLO, then STARTTLS and EHLO again when the route asks for it."""
         ep = self.endpoint
+        stage = "EHLO"
         try:
             self._greet()
             self.features_before_tls = dict(self.esmtp_features)
             if ep.starttls and (self.has_extn("starttls") or not ep.starttls_optional):
+                # Through the EHLO after the handshake: a server that fails there has a
+                # broken TLS (direct delivery then tries in clear), not a silent EHLO.
+                stage = "STARTTLS"
                 self._starttls()
                 self._greet()
         except RelayFailure:
             raise
         except Exception as exc:
-            raise self._transport_failure("STARTTLS" if ep.starttls else "EHLO", exc) from None
+            raise self._transport_failure(stage, exc) from None
 
     def _greet(self) -> None:
         code, message = self.ehlo()
