@@ -453,6 +453,8 @@ SENDMAIL_PATH_MODULES = frozenset(
         "ssmtp_mailer.relay.engine", "ssmtp_mailer.relay.failures", "ssmtp_mailer.relay.hints", "ssmtp_mailer.relay.pool",
         "ssmtp_mailer.relay.ratelimit", "ssmtp_mailer.relay.smtp",
         "ssmtp_mailer.relay.wire", "ssmtp_mailer.rewrite", "ssmtp_mailer.sendmail",
+        # The rate limit's state file, opened refusing links (enable_rate_limiting).
+        "ssmtp_mailer.spooldirs",
         # A user who is not root checks whether the queue is theirs to write (SPEC §8).
         "ssmtp_mailer.submit",
         # The same modules as 3.10 (re's sre_* and _locale) and 3.13 (pathlib, a package
@@ -463,9 +465,17 @@ SENDMAIL_PATH_MODULES = frozenset(
 )  # fmt: skip
 
 
-def test_sendmail_path_imports_stay_lean(config: Path, smtp_server: SMTPTestServer) -> None:
+@pytest.mark.parametrize("limited", [False, True], ids=["unlimited", "rate-limited"])
+def test_sendmail_path_imports_stay_lean(
+    config: Path, smtp_server: SMTPTestServer, limited: bool
+) -> None:
     # Quoted, as a password holding `#` or `"` must be: read without the json module.
-    write_config(config.parent, smtp_server, 'log_level = "INFO"\n')
+    path = write_config(config.parent, smtp_server, 'log_level = "INFO"\n')
+    if limited:
+        # The default. The limit's state lives in the spool; the first run of all makes
+        # its directory (with the spool's own code), every later run only reads it.
+        text = path.read_text().replace("rate_limiting = false", "rate_limiting = true")
+        path.write_text(text)
     code = (
         "import io, sys\n"
         "started = set(sys.modules)\n"
@@ -477,17 +487,19 @@ def test_sendmail_path_imports_stay_lean(config: Path, smtp_server: SMTPTestServ
     # -S: no site, whose .pth files (an editable install's finder) import modules themselves;
     # the sendmail path needs nothing outside the standard library and this source tree.
     source = str(Path(ssmtp_mailer.__file__).resolve().parent.parent)
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PYTHONPATH": source},
-    )
+    runs = 2 if limited else 1
+    for _ in range(runs):
+        done = subprocess.run(
+            [sys.executable, "-S", "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYTHONPATH": source},
+        )
     rc, *loaded = done.stdout.split()
     assert rc == "0", done.stderr
     assert sorted(set(loaded) - SENDMAIL_PATH_MODULES) == []
-    assert len(smtp_server.messages) == 1
+    assert len(smtp_server.messages) == runs
 
 
 def test_sendmail_path_named_tuples_have_real_annotations() -> None:
