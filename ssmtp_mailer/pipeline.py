@@ -81,6 +81,8 @@ def _queue_group(
     prepared: PreparedMessage,
     error: MailerError,
     report: Callable[[str], None],
+    *,
+    due_now: bool = False,
 ) -> GroupOutcome:
     """SPEC §7: queue the group (exit 0) or, with `on_temporary_failure = fail`, exit 75."""
     from ssmtp_mailer import spool
@@ -94,6 +96,7 @@ def _queue_group(
             eightbit=prepared.eightbit,
             error=error,
             dsn=prepared.dsn,
+            due_now=due_now,
         )
     except CantCreateError as exc:
         return GroupOutcome(group, error=exc)
@@ -343,7 +346,12 @@ def _handle_refusals(
     if deferred:
         pending = group._replace(recipients=deferred)
         error = TempFailError(result.refuser(deferred), result.replies(deferred))
-        outcome = _queue_group(config, pending, data, prepared, error, report)
+        # Over the relay's recipients a transaction: the queue runner started after this
+        # delivery (the listener's within a minute) sends the rest at once, in as many
+        # transactions as it takes, each recorded before the next.
+        outcome = _queue_group(
+            config, pending, data, prepared, error, report, due_now=result.over_limit
+        )
         if outcome.error is not None and outcome.queued_id is None:
             for line in outcome.error.lines():
                 problem(line)

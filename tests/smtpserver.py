@@ -353,7 +353,10 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         fault = _fault_of(server)
-        if fault == "stall-data-end":
+        stall_after = self.owner.stall_after
+        if fault == "stall-data-end" or (
+            stall_after is not None and len(self.owner.messages) >= stall_after
+        ):
             await _forever()
         assert envelope.mail_from is not None and envelope.original_content is not None
         peer: Any = session.peer
@@ -710,6 +713,9 @@ class SMTPTestServer:
         # Each recipient's own reply to RCPT (lower-case address -> reply line), before
         # any fault: a transaction whose recipients get different answers.
         self.rcpt_replies: dict[str, str] = {}
+        # Once this many messages were accepted, the final dot of the next goes unanswered
+        # (a relay that hangs mid-conversation): what a client keeps between transactions.
+        self.stall_after: int | None = None
         self._ca = ca
         self._cert = cert
         self._cert_pem = b""

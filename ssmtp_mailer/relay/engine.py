@@ -32,6 +32,8 @@ from ssmtp_mailer.relay.smtp import (
 from ssmtp_mailer.rewrite import RouteGroup
 
 Transcript = Callable[[str], None]
+# Addresses named before "and N more" where many got the same reply.
+NAMED = 5
 
 
 class DeliveryResult(NamedTuple):
@@ -59,13 +61,34 @@ class DeliveryResult(NamedTuple):
         """Refused recipients whose reply was permanent (5xx): failed for good."""
         return tuple(r for r, (code, _) in self.refused.items() if permanent(code))
 
+    @property
+    def over_limit(self) -> bool:
+        """Whether the relay took some recipients and said 452 (or 552) to others: the
+        limit of recipients a transaction (RFC 5321 §4.5.3.1.10), not a problem of
+        theirs. The rest is for another transaction at once, not after a backoff."""
+        return bool(self.accepted) and any(
+            code in (452, 552) for code, _ in self.refused.values()
+        )
+
     def refuser(self, addresses: Sequence[str]) -> str:
         """Who refused `addresses`: their server(s), or domain(s) for direct delivery."""
         return ", ".join(dict.fromkeys(self.refused_by.get(a, self.server) for a in addresses))
 
     def replies(self, addresses: Sequence[str]) -> str:
-        """What the relay said to each of `addresses`, on one line."""
-        return "; ".join(f"{a}: {self.refused[a][0]} {self.refused[a][1]}" for a in addresses)
+        """What the relay said to `addresses`, on one line: each reply once, after the
+        addresses it was said to (the first few of them: a relay's limit of 100 left 900
+        recipients with one and the same 452)."""
+        said: dict[str, list[str]] = {}
+        for address in addresses:
+            code, text = self.refused[address]
+            said.setdefault(f"{code} {text}", []).append(address)
+        parts = []
+        for reply, to in said.items():
+            named = ", ".join(to[:NAMED])
+            if len(to) > NAMED:
+                named += f" and {len(to) - NAMED} more"
+            parts.append(f"{named}: {reply}")
+        return "; ".join(parts)
 
 
 def servers_of(route: DomainConfig) -> list[HostPort]:

@@ -151,16 +151,12 @@ class Transaction:
 
 def permanent(code: int) -> bool:
     """A 5xx: the one reply to RCPT that fails a recipient for good. A 4xx is temporary
-    (RFC 5321 §4.2.1), and so is what makes no sense there (a garbled line, a 3xx)."""
-    return 500 <= code < 600
+    (RFC 5321 §4.2.1), and so is what makes no sense there (a garbled line, a 3xx).
 
-
-def _over_limit(tx: Transaction, sent: Sequence[str]) -> list[str]:
-    """The recipients of a transaction that delivered, deferred with 452: over the
-    relay's recipient limit, in the order they were sent."""
-    if not tx.accepted:
-        return []
-    return [rcpt for rcpt in sent if rcpt in tx.refused and tx.refused[rcpt][0] == 452]
+    Except 552: older servers said it for too many recipients, and RFC 5321
+    §4.5.3.1.10 asks clients to take it as 452, a recipient for the next transaction.
+    """
+    return 500 <= code < 600 and code != 552
 
 
 def reply_text(message: bytes | str) -> str:
@@ -566,59 +562,7 @@ class RelayConnection(SMTPClient):
         """MAIL, every RCPT, DATA; partial refusals are returned, not raised.
 
         `reset` starts with RSET: the connection carried a transaction before.
-
-        A relay that limits recipients per transaction answers 452 to those over its
-        limit (RFC 5321 §4.5.3.1.10). They go in further transactions on this
-        connection, as many at a time as the first one took, instead of waiting in the
-        queue for a retry that takes another batch only.
         """
-
-        def one(rcpts: Sequence[str], reset: bool) -> Transaction:
-            return self._transaction(
-                sender, rcpts, data, smtputf8=smtputf8, eightbit=eightbit, reset=reset, dsn=dsn
-            )
-
-        result = one(recipients, reset)
-        pending = _over_limit(result, recipients)
-        limit = len(result.accepted)
-        while pending:
-            batch, pending = pending[:limit], pending[limit:]
-            self.note(
-                f"the relay takes {limit} recipient{'s' if limit != 1 else ''} a transaction;"
-                f" {len(batch) + len(pending)} more in the next"
-            )
-            try:
-                more = one(batch, True)
-            except RelayFailure as failure:
-                # The first recipients have the message: this failure is the rest's alone.
-                # A permanent one fails them; otherwise they keep their 452 and are queued.
-                self.close()
-                if failure.code is not None and permanent(failure.code):
-                    for rcpt in batch:
-                        result.refused[rcpt] = (failure.code, failure.error.why)
-                break
-            for rcpt in batch:
-                del result.refused[rcpt]
-            result.accepted += more.accepted
-            result.refused.update(more.refused)
-            result.reply += f"; {more.reply}"
-            if not more.accepted:
-                break
-            pending = _over_limit(more, batch) + pending
-        return result
-
-    def _transaction(
-        self,
-        sender: str,
-        recipients: Sequence[str],
-        data: bytes | bytearray,
-        *,
-        smtputf8: bool,
-        eightbit: bool,
-        reset: bool,
-        dsn: "Dsn | None",
-    ) -> Transaction:
-        """One MAIL/RCPT/DATA exchange."""
         label = self.endpoint.label
         options: list[str] = []
         self.command_encoding = "ascii"

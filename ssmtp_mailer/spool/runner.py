@@ -417,64 +417,72 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         _defer(queue_dir, entry, entry.recipients, f"route [domain:{route.name}] is disabled", now)
         run.deferred.append(entry.id)
         return
-    group = RouteGroup(
-        route=route,
-        envelope_from=entry.sender,
-        recipients=entry.recipients,
-        header_from=entry.header_from,
-        reply_to=entry.reply_to,
-    )
-    record = DeliveryLog(config, group, data)
-    # The same step as a new message's (pipeline.attempt), as a queue entry.
-    attempted = attempt(
-        config,
-        group,
-        data,
-        record=record,
-        smtputf8=entry.smtputf8,
-        eightbit=entry.eightbit,
-        dsn=entry.dsn,
-        pool=run.connections,
-        queued=True,
-    )
-    result, error = attempted.result, attempted.error
-    if result is None:
-        assert error is not None
-        if attempted.fate is failures.Fate.QUEUE:
-            _defer(queue_dir, entry, entry.recipients, error_reason(error), now)
-            record.not_sent(error, "deferred", EX_OK, entry.id)
-            run.deferred.append(entry.id)
-        else:
-            reason = error_reason(error)
-            _fail_entry(config, queue_dir, entry, data, entry.recipients, reason, {}, run)
-            record.not_sent(error, "failed", EX_OK, entry.id)
-            run.failed.append(entry.id)
-        return
-    record.sent(result, EX_OK)
-    permanent = {r: f"{result.refused[r][0]} {result.refused[r][1]}" for r in result.rejected}
-    pending = result.deferred
-    if permanent:
-        said = "; ".join(f"{r}: {m}" for r, m in permanent.items())
-        reason = f"{result.refuser(tuple(permanent))}: {said}"
-        _fail_entry(
-            config,
-            queue_dir,
-            entry,
-            data,
-            tuple(permanent),
-            reason,
-            permanent,
-            run,
-            keep=bool(pending),
+    while True:
+        group = RouteGroup(
+            route=route,
+            envelope_from=entry.sender,
+            recipients=entry.recipients,
+            header_from=entry.header_from,
+            reply_to=entry.reply_to,
         )
-        run.failed.append(entry.id)
-    if pending:
-        why = f"{result.refuser(pending)}: {result.replies(pending)}"
-        _defer(queue_dir, entry, pending, why, now)
-        run.deferred.append(entry.id)
-    elif not permanent:
-        _mark_delivered(queue_dir, entry.id, run)
-        run.delivered.append(entry.id)
+        record = DeliveryLog(config, group, data)
+        # The same step as a new message's (pipeline.attempt), as a queue entry.
+        attempted = attempt(
+            config,
+            group,
+            data,
+            record=record,
+            smtputf8=entry.smtputf8,
+            eightbit=entry.eightbit,
+            dsn=entry.dsn,
+            pool=run.connections,
+            queued=True,
+        )
+        result, error = attempted.result, attempted.error
+        if result is None:
+            assert error is not None
+            if attempted.fate is failures.Fate.QUEUE:
+                _defer(queue_dir, entry, entry.recipients, error_reason(error), now)
+                record.not_sent(error, "deferred", EX_OK, entry.id)
+                run.deferred.append(entry.id)
+            else:
+                reason = error_reason(error)
+                _fail_entry(config, queue_dir, entry, data, entry.recipients, reason, {}, run)
+                record.not_sent(error, "failed", EX_OK, entry.id)
+                run.failed.append(entry.id)
+            return
+        record.sent(result, EX_OK)
+        permanent = {r: f"{result.refused[r][0]} {result.refused[r][1]}" for r in result.rejected}
+        pending = result.deferred
+        if permanent:
+            said = "; ".join(f"{r}: {m}" for r, m in permanent.items())
+            reason = f"{result.refuser(tuple(permanent))}: {said}"
+            _fail_entry(
+                config,
+                queue_dir,
+                entry,
+                data,
+                tuple(permanent),
+                reason,
+                permanent,
+                run,
+                keep=bool(pending),
+            )
+            if entry.id not in run.failed:
+                run.failed.append(entry.id)
+        if pending and result.over_limit:
+            # Over the relay's recipients a transaction: what it took is recorded before
+            # the rest goes, in the next transaction on the same connection.
+            entry = _rewrite(queue_dir, replace(entry, recipients=pending))
+            continue
+        if pending:
+            why = f"{result.refuser(pending)}: {result.replies(pending)}"
+            _defer(queue_dir, entry, pending, why, now)
+            run.deferred.append(entry.id)
+        elif not permanent:
+            _mark_delivered(queue_dir, entry.id, run)
+            run.delivered.append(entry.id)
+        return
 
 
 def _defer(
@@ -487,8 +495,14 @@ def _defer(
         attempts=attempts,
         next_attempt=now + dt.timedelta(seconds=backoff(len(attempts))),
     )
-    _place(queue_dir, f"{entry.id}{ENVELOPE_SUFFIX}", _encode(updated))
+    _rewrite(queue_dir, updated)
+
+
+def _rewrite(queue_dir: Path, updated: Entry) -> Entry:
+    """Replace the entry's envelope, durably."""
+    _place(queue_dir, f"{updated.id}{ENVELOPE_SUFFIX}", _encode(updated))
     _fsync_dir(queue_dir)
+    return updated
 
 
 def _fail_entry(

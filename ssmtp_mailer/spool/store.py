@@ -472,8 +472,12 @@ def _store(
     eightbit: bool,
     reason: str,
     dsn: Dsn | None = None,
+    due_now: bool = False,
 ) -> str:
-    """Write a new entry for `group` into `area`, durably; CantCreateError (73) if impossible."""
+    """Write a new entry for `group` into `area`, durably; CantCreateError (73) if impossible.
+
+    A queue entry is due after the first backoff, or at once with `due_now`.
+    """
     directory = ensure_spool(config) / area
     now = _now()
     failed = area == FAILED
@@ -488,7 +492,7 @@ def _store(
             dsn=dsn,
             created=now,
             queued=now,
-            next_attempt=now if failed else now + dt.timedelta(seconds=backoff(1)),
+            next_attempt=now if failed or due_now else now + dt.timedelta(seconds=backoff(1)),
             attempts=(Attempt(now, reason),),
             header_from=group.header_from,
             reply_to=group.reply_to,
@@ -511,11 +515,13 @@ def enqueue(
     eightbit: bool,
     reason: str,
     dsn: Dsn | None = None,
+    due_now: bool = False,
 ) -> str:
     """Queue the message for `group`; durable on return. CantCreateError (73) if impossible."""
     return _store(
-        config, QUEUE, group, data, smtputf8=smtputf8, eightbit=eightbit, reason=reason, dsn=dsn
-    )
+        config, QUEUE, group, data, smtputf8=smtputf8, eightbit=eightbit, reason=reason,
+        dsn=dsn, due_now=due_now,
+    )  # fmt: skip
 
 
 def store_failed(
@@ -547,11 +553,13 @@ def handle_temporary_failure(
     eightbit: bool,
     error: MailerError,
     dsn: Dsn | None = None,
+    due_now: bool = False,
 ) -> str | None:
     """SPEC §7 for a temporary failure: the queue id (exit 0), or None when the policy is `fail`.
 
     With None the caller exits 75 with `error`; with an id it prints `queued_note(id, error)`
     on stderr and exits 0. CantCreateError (73) propagates: the message was not accepted.
+    `due_now`: the next queue run takes it, without a backoff.
     """
     if config.global_.on_temporary_failure != TempFailurePolicy.QUEUE:
         return None
@@ -563,6 +571,7 @@ def handle_temporary_failure(
         eightbit=eightbit,
         reason=error_reason(error),
         dsn=dsn,
+        due_now=due_now,
     )
 
 
