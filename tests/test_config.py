@@ -511,6 +511,34 @@ def test_show_ini_is_loadable_and_redacted(
     assert load_config(str(again)).domains["example.com"].smtp_server == "smtp.example.com"
 
 
+def test_shown_configuration_passes_a_strict_check(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`config show > file` is a configuration of its own: no internal field in it (the
+    line each [global] key was on came out as `key_lines`, an unknown key)."""
+    conf = write(tmp_path / "m.conf", "[global]\ndefault_hostname = h.example\n" + RELAY)
+    for name in ("domains", "users", "mappings"):
+        (tmp_path / name).mkdir()
+    code, out, err = run(capsys, "config", "show", "--config", str(conf))
+    assert code == 0, err
+    assert "key_lines" not in out
+    again = write(tmp_path / "again" / "m.conf", out)
+    code, _, err = check(capsys, again, "--strict")
+    assert (code, err) == (0, "")
+
+
+def test_unverified_tls_is_warned_at_check(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    conf = write(tmp_path / "m.conf", "[global]\n" + RELAY + "tls_verify = false\n")
+    code, _, err = check(capsys, conf)
+    assert code == 0
+    assert "tls_verify: false: the relay's certificate is not checked" in err
+    pinned = write(tmp_path / "p.conf", conf.read_text() + f"tls_fingerprint = {'ab' * 32}\n")
+    code, _, err = check(capsys, pinned)
+    assert code == 0 and "tls_verify" not in err
+
+
 def test_show_toml_round_trips(capsys: pytest.CaptureFixture[str], secret_conf: Path) -> None:
     code, out, _ = run(capsys, "config", "show", "--format", "toml", "--config", str(secret_conf))
     assert code == 0

@@ -550,6 +550,12 @@ def _build_domain(section: RawSection, gconf: GlobalConfig, report: _Report) -> 
             report.warnings.append(
                 f"{where(key)}: {key}: used only with delivery_mode = direct or hybrid"
             )
+    encrypted = vals.get("use_ssl") or vals.get("use_starttls", True)
+    if vals.get("tls_verify") is False and encrypted and "tls_fingerprint" not in vals:
+        report.warnings.append(
+            f"{where('tls_verify')}: tls_verify: false: the relay's certificate is not checked;"
+            " pin it with tls_fingerprint instead (`ssmtp-mailer test` prints it)"
+        )
     if "password" in vals and "password_command" in vals:
         report.errors.append(
             f"{where('password_command')}: password_command: set together with password"

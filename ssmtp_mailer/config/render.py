@@ -9,6 +9,7 @@ from typing import Any
 
 from ssmtp_mailer.config.model import (
     Config,
+    DeliveryMode,
     DomainConfig,
     GlobalConfig,
     HostPort,
@@ -18,7 +19,7 @@ from ssmtp_mailer.config.model import (
 )
 
 REDACTED = "<redacted>"
-_HIDDEN = {"location", "password_location", "name", "address"}
+_HIDDEN = {"location", "password_location", "name", "address", "key_lines"}
 _SECRET = {"password", "smtp_password_hash"}
 
 
@@ -42,11 +43,19 @@ def _section(obj: GlobalConfig | DomainConfig | UserConfig | MappingConfig) -> d
     return out
 
 
+def _route(route: DomainConfig) -> dict[str, Any]:
+    """A route's section; a relay route's keys for direct delivery only are left out."""
+    out = _section(route)
+    if route.delivery_mode == DeliveryMode.RELAY:
+        del out["direct_port"], out["direct_tls"]
+    return out
+
+
 def effective(config: Config) -> dict[str, Any]:
     """Every section with its defaults filled in; absent values are left out."""
     return {
         "global": _section(config.global_),
-        "domain": {name: _section(d) for name, d in config.domains.items()},
+        "domain": {name: _route(d) for name, d in config.domains.items()},
         "user": {u.address: _section(u) for u in config.users},
         "mapping": {m.name: _section(m) for m in config.mappings},
     }
