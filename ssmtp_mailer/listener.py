@@ -309,6 +309,23 @@ class ListenerSMTP(SMTP):
         head = path[: len(path) - len(rest)].rstrip()
         return " ".join([keyword + head, *found.others])
 
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:  # RFC 3207 §4.2: one TLS negotiation a session
+            await self.push(dialect.TLS_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        envelope = self.envelope
+        if envelope is not None and envelope.mail_from is not None:
+            # RFC 4954 §4. The sender was checked at MAIL as the client was then: a login
+            # now would let it send as whoever it named before.
+            await self.push(dialect.AUTH_IN_TRANSACTION)
+            return
+        await super().smtp_AUTH(arg)
+
     async def smtp_EXPN(self, arg: str) -> None:
         await self.push(dialect.NO_EXPN)  # no lists to expand (RFC 5321 §3.5.2), as -bs says
 
@@ -623,14 +640,11 @@ class ListenerHandler:
             if blob is MISSING:
                 return AuthResult(success=False, handled=True)
         else:
-            import base64
-            import binascii
-
-            try:
-                blob = base64.b64decode(args[1], validate=True)
-            except binascii.Error:
-                await server.push("501 5.5.2 Cannot decode base64")
+            given = initial_response(args[1])
+            if given is None:
+                await server.push(dialect.BAD_BASE64)
                 return AuthResult(success=False, handled=True)
+            blob = given
         assert isinstance(blob, bytes)
         parts = blob.split(b"\0")
         if len(parts) != 3:
@@ -647,14 +661,11 @@ class ListenerHandler:
         if len(args) == 1:
             login = await server.challenge_auth("Username:")
         else:
-            import base64
-            import binascii
-
-            try:
-                login = base64.b64decode(args[1], validate=True)
-            except binascii.Error:
-                await server.push("501 5.5.2 Cannot decode base64")
+            given = initial_response(args[1])
+            if given is None:
+                await server.push(dialect.BAD_BASE64)
                 return AuthResult(success=False, handled=True)
+            login = given
         if login is MISSING:
             return AuthResult(success=False, handled=True)
         password = await server.challenge_auth("Password:")
@@ -688,6 +699,20 @@ class ListenerHandler:
         server.auth_failures += 1
         await asyncio.sleep(AUTH_FAILURE_DELAY)
         return AuthResult(success=False, handled=False, message=dialect.AUTH_FAILED)
+
+
+def initial_response(arg: str) -> bytes | None:
+    """The initial response of AUTH, decoded; None when it is no base64. A lone `=` is
+    an empty one (RFC 4954 §4)."""
+    import base64
+    import binascii
+
+    if arg == "=":
+        return b""
+    try:
+        return base64.b64decode(arg, validate=True)
+    except binascii.Error:
+        return None
 
 
 def trace_name(helo: str | None) -> str:
@@ -1206,4 +1231,7 @@ def _hand_over(config: Config, user: str) -> None:
 
     with contextlib.suppress(KeyError, OSError):
         entry = pwd.getpwnam(user)
-        os.chown(config.global_.spool_dir / SUBMIT_SOCKET, entry.pw_uid, entry.pw_gid)
+        # Not through a link: the spool is listen_user's, who could have put one in the
+        # socket's place since the bind (root would then give them the link's target).
+        path = config.global_.spool_dir / SUBMIT_SOCKET
+        os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)

@@ -1084,6 +1084,46 @@ def test_an_authenticated_client_relays_as_its_user(
     assert "with ESMTPSA" in str(got.message()["Received"])
 
 
+def test_auth_inside_a_transaction_is_refused(
+    tls_listener: Listener, tls_ca: trustme.CA, upstream: SMTPTestServer
+) -> None:
+    """MAIL as someone else, then AUTH: the sender was checked at MAIL, when the client
+    was an outsider, so a login then let it relay as anyone (RFC 4954 §4 says 503)."""
+    import base64
+
+    right = base64.b64encode(f"\0app@partner.example\0{PASSWORD}".encode()).decode()
+    with tls_client(tls_listener, tls_ca) as client:
+        client.ehlo()
+        assert client.docmd("MAIL FROM:<ceo@bank.example>")[0] == 250
+        code, text = client.docmd("AUTH", f"PLAIN {right}")
+        assert (code, text) == (503, b"5.5.1 AUTH not permitted during a mail transaction")
+        assert client.docmd("RCPT TO:<victim@far.example>")[0] == 554
+        assert client.docmd("RSET")[0] == 250
+        assert client.docmd("AUTH", f"PLAIN {right}")[0] == 235
+    assert upstream.messages == []
+
+
+def test_a_second_starttls_is_refused_and_the_session_goes_on(
+    tls_listener: Listener, tls_ca: trustme.CA
+) -> None:
+    with tls_client(tls_listener, tls_ca) as client:
+        client.ehlo()
+        assert client.docmd("STARTTLS") == (503, b"5.5.1 TLS already active")
+        assert client.noop()[0] == 250
+
+
+def test_an_empty_initial_response_is_one_not_bad_base64(
+    tls_listener: Listener, tls_ca: trustme.CA
+) -> None:
+    """`=` is how a client sends an initial response of no octets (RFC 4954 §4)."""
+    with tls_client(tls_listener, tls_ca) as client:
+        client.ehlo()
+        code, text = client.docmd("AUTH", "PLAIN =")
+        assert (code, text) == (501, b"5.5.2 Cannot split the PLAIN response")
+        assert client.docmd("AUTH", "PLAIN !!")[0] == 501
+        assert client.docmd("AUTH", "PLAIN !!")[1] == b"5.5.2 Cannot decode base64"
+
+
 def test_password_hash_reads_stdin_and_prints_a_hash_that_verifies(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "ssmtp_mailer", "password", "hash"],
