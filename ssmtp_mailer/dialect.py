@@ -64,6 +64,7 @@ TIMED_OUT = "421 4.4.2 Timeout waiting for the client, closing"
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
 AUTH_OK = "235 2.7.0 Authentication successful"
 SENDER_NOT_OWNED = "553 5.7.1 <{}>: Sender address not owned by {}"
+SENDER_NEEDS_LOGIN = "553 5.7.1 <{}>: Sender address rejected: not logged in"
 UNSUPPORTED_PARAMETER = "555 5.5.4 Unsupported parameter {}"
 BAD_PARAMETER = "501 5.5.4 Bad {} parameter: {}"
 # RFC 5321 §4.2.3 455: our messages carry one NOTIFY (as sendmail -N does); the client
@@ -341,6 +342,7 @@ def deliver_data(
     pool: ConnectionPool | None = None,
     held: bool = False,
     told: bool = True,
+    foreign: bool = False,
 ) -> str:
     """A message received by DATA through the sendmail path; the reply to the final dot.
 
@@ -348,7 +350,7 @@ def deliver_data(
     sender's (the SIZE we advertised), so it does not count.
     A fault of our own set-up (the configuration, the relay refusing our AUTH or TLS) is
     queued for the fix, as a queue entry waits for it: a 4xx would only bring the message
-    back, and a copy in failed/ each time. `held`, `told`: pipeline.submit.
+    back, and a copy in failed/ each time. `held`, `told`, `foreign`: pipeline.submit.
     """
     from ssmtp_mailer import pipeline
 
@@ -372,6 +374,7 @@ def deliver_data(
             accepted=True,
             held=held,
             told=told,
+            foreign=foreign,
         )
     except MailerError as exc:
         report(f"{exc.what}: {exc.why}")

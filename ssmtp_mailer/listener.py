@@ -533,6 +533,11 @@ class ListenerHandler:
         user = session.auth_data if session.authenticated else None
         if isinstance(user, UserConfig) and not rewrite.user_allows_sender(config, user, sender):
             return dialect.SENDER_NOT_OWNED.format(sender, f"[user:{user.address}]")
+        if sender and not self.trusted(server, session):
+            owner = rewrite.user_of(config, sender)
+            if owner is not None and owner.smtp_password_hash:
+                # One of ours, who sends by logging in (Postfix's sender login mismatch).
+                return dialect.SENDER_NEEDS_LOGIN.format(sender)
         if server.uid is not None:
             from ssmtp_mailer import submit
 
@@ -603,6 +608,7 @@ class ListenerHandler:
             state.report,
             state.connections,
             server.uid is not None,
+            not self.trusted(server, session),
         )
         state.inflight.add(future)
         try:
@@ -739,10 +745,12 @@ def _deliver(
     report: Callable[[str], None],
     connections: ConnectionPool,
     held: bool,
+    foreign: bool,
 ) -> str:
     """In a worker: the message through the sendmail path; the reply to the final dot.
 
-    `held`: a local submission (dialect.deliver_data).
+    `held`: a local submission; `foreign`: from a client that is not ours
+    (dialect.deliver_data).
     """
     return dialect.deliver_data(
         config,
@@ -756,6 +764,7 @@ def _deliver(
         retries=config.global_.max_retries,
         pool=connections,
         held=held,
+        foreign=foreign,
     )
 
 

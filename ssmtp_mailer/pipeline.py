@@ -159,6 +159,7 @@ def submit(
     accepted: bool = False,
     held: bool = False,
     told: bool = True,
+    foreign: bool = False,
 ) -> SubmitResult:
     """Route, fix headers per group and deliver; each problem is reported as one line.
 
@@ -175,6 +176,7 @@ def submit(
     give the recipients that already have it a second copy. Whichever way the message
     came, that holds once some recipient has it: a retry by the caller would be a second
     copy for them.
+    `foreign`: from a client of the listener that is not ours (rewrite.explain_delivery).
 
     Errors about the whole message (sender refused by policy, no route) are raised. The
     prepared message's buffer is reused for the last group's headers: read it before, not after.
@@ -190,7 +192,7 @@ def submit(
         )
     if held:
         config = queueing
-    plan = rewrite.plan_delivery(config, prepared.sender, prepared.recipients)
+    plan = rewrite.plan_delivery(config, prepared.sender, prepared.recipients, foreign=foreign)
     if prepared.dsn is not None and prepared.dsn.orcpt:
         # Each ORCPT follows its recipient to the address a mapping made of it.
         finals = {r.original: r.final for r in plan.rewrites if r.role == "recipient"}

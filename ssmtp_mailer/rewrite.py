@@ -115,7 +115,7 @@ class _Index:
         self.allowed: dict[int, tuple[frozenset[str], pat.PatternIndex[None]]] = {}
         # (sender, recipients) -> its Plan: a daemon plans the same few envelopes all day
         # (the listener at RCPT, then again for the message).
-        self.plans: dict[tuple[str, tuple[str, ...]], Plan] = {}
+        self.plans: dict[tuple[str, tuple[str, ...], bool], Plan] = {}
 
 
 # Config holds a dict, so it is unhashable, and a tuple cannot be weakly referenced: cache by id.
@@ -406,23 +406,32 @@ def _sender_refusal(
     return None
 
 
-def explain_delivery(config: Config, sender: str, recipients: Sequence[str]) -> Plan:
+def explain_delivery(
+    config: Config, sender: str, recipients: Sequence[str], *, foreign: bool = False
+) -> Plan:
     """The plan with every decision; policy refusals are recorded, not raised (for `route`).
+
+    `foreign`: the message came from a client of the listener outside allowed_networks
+    that did not log in. Its sender is not masqueraded: a mapping such as `root` →
+    `alerts@example.com` would give anyone on the internet our own From (Postfix
+    rewrites the headers of local clients only).
 
     Pure, so each configuration remembers the plans it made (a few thousand).
     """
     index = _index(config)
-    key = (sender, tuple(recipients))
+    key = (sender, tuple(recipients), foreign)
     plan = index.plans.get(key)
     if plan is None:
-        plan = _explain(config, index, sender, key[1])
+        plan = _explain(config, index, sender, key[1], foreign)
         if len(index.plans) >= PLANS_KEPT:
             index.plans.clear()
         index.plans[key] = plan
     return plan
 
 
-def _explain(config: Config, index: _Index, sender: str, recipients: tuple[str, ...]) -> Plan:
+def _explain(
+    config: Config, index: _Index, sender: str, recipients: tuple[str, ...], foreign: bool
+) -> Plan:
     hostname = config.global_.default_hostname
     steps: list[str] = []
     rewrites: list[Rewrite] = []
@@ -444,9 +453,13 @@ def _explain(config: Config, index: _Index, sender: str, recipients: tuple[str, 
             header_map.setdefault(given, final)
         return final
 
-    sender_hit = _rewrite(index, sender, hostname)
+    if foreign:
+        steps.append(f"sender {sender or '<>'}: from outside, not rewritten")
+        sender_hit, final_sender = None, sender
+    else:
+        sender_hit = _rewrite(index, sender, hostname)
+        final_sender = record("sender", sender, sender_hit)
     sender_mapping = sender_hit[0] if sender_hit else None
-    final_sender = record("sender", sender, sender_hit)
 
     given_recipients: list[tuple[str, str, MappingConfig | None]] = []
     for recipient in recipients:
@@ -543,9 +556,14 @@ def _explain(config: Config, index: _Index, sender: str, recipients: tuple[str, 
     )
 
 
-def plan_delivery(config: Config, sender: str, recipients: Sequence[str]) -> Plan:
-    """The plan for one message; NoPermError if the sender or every recipient is refused."""
-    plan = explain_delivery(config, sender, recipients)
+def plan_delivery(
+    config: Config, sender: str, recipients: Sequence[str], *, foreign: bool = False
+) -> Plan:
+    """The plan for one message; NoPermError if the sender or every recipient is refused.
+
+    `foreign`: explain_delivery.
+    """
+    plan = explain_delivery(config, sender, recipients, foreign=foreign)
     refusal = plan.sender_refusal
     if refusal is not None:
         raise NoPermError(

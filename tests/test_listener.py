@@ -210,6 +210,29 @@ def test_an_outside_client_is_no_open_relay_but_reaches_mapped_aliases(
     assert len(upstream.messages) == 1
 
 
+def test_an_outsider_is_not_masqueraded_as_one_of_ours(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    """`root` → alerts@domain1.com masquerades our own cron mail; from the internet it
+    gave anyone our From, through our relay account, to our own people."""
+    conf = listener_config(
+        tmp_path / "l.conf",
+        upstream.port,
+        sections="\n[mapping:root]\nfrom_pattern = root\nto_pattern = alerts@domain1.com\n",
+    )
+    listener = start_listener(conf)
+    spoof = "From: root@host.example\r\nSubject: reset your password\r\n\r\nclick\r\n"
+    with listener.client("127.0.0.2") as client:
+        assert client.sendmail("root@host.example", ["contact-it@mailer.domain1.com"], spoof) == {}
+    with listener.client("127.0.0.1") as client:  # a local client: masqueraded as before
+        assert client.sendmail("root@host.example", ["contact-it@mailer.domain1.com"], spoof) == {}
+    outside, local = upstream.wait_for(2)
+    assert outside.message()["From"] == "root@host.example"
+    assert outside.mail_from != "alerts@domain1.com"
+    assert local.message()["From"] == "alerts@domain1.com"
+    assert local.mail_from == "alerts@domain1.com"
+
+
 @pytest.mark.parametrize(
     "rcpt",
     [
@@ -1122,6 +1145,21 @@ def test_an_empty_initial_response_is_one_not_bad_base64(
         assert (code, text) == (501, b"5.5.2 Cannot split the PLAIN response")
         assert client.docmd("AUTH", "PLAIN !!")[0] == 501
         assert client.docmd("AUTH", "PLAIN !!")[1] == b"5.5.2 Cannot decode base64"
+
+
+def test_an_outsider_cannot_send_as_a_user_who_logs_in(
+    tls_listener: Listener, upstream: SMTPTestServer
+) -> None:
+    """app@partner.example sends by AUTH; a client that did not log in claiming it was let
+    through to every address that accepts mail from anywhere."""
+    with tls_listener.client("127.0.0.2") as client:
+        client.ehlo()
+        code, text = client.docmd("MAIL FROM:<app@partner.example>")
+        assert (code, text) == (553, b"5.7.1 <app@partner.example>: Sender address rejected: not logged in")
+        assert client.docmd("MAIL FROM:<someone@internet.example>")[0] == 250
+    with tls_listener.client("127.0.0.1") as client:  # allowed_networks: as before
+        client.ehlo()
+        assert client.docmd("MAIL FROM:<app@partner.example>")[0] == 250
 
 
 def test_password_hash_reads_stdin_and_prints_a_hash_that_verifies(tmp_path: Path) -> None:
