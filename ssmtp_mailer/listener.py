@@ -101,15 +101,21 @@ class SessionCount:
     """The sessions open in all of the listener's processes: max_connections is for all of
     them together. With several, it is made before they are forked, in memory they share,
     under a POSIX record lock: each process holds that one on its own and loses it when it
-    dies, so one killed while counting never blocks the others."""
+    dies, so one killed while counting never blocks the others.
+
+    Clients outside allowed_networks hold at most half of the sessions between them: idle
+    connections from the internet must not lock out the local applications and users.
+    """
 
     def __init__(self, *, shared: bool) -> None:
         self._open: Any = types.SimpleNamespace(value=0)
+        self._outside: Any = types.SimpleNamespace(value=0)
         self._lock_fd: int | None = None
         if shared:
             import multiprocessing
 
             self._open = multiprocessing.RawValue("i", 0)
+            self._outside = multiprocessing.RawValue("i", 0)
             # In memory, not in /tmp: the listener's unit leaves the file system read-only.
             self._lock_fd = os.memfd_create("ssmtp-mailer-sessions")
 
@@ -126,17 +132,22 @@ class SessionCount:
         finally:
             fcntl.lockf(self._lock_fd, fcntl.LOCK_UN)
 
-    def enter(self, limit: int) -> bool:
-        """Count one more session, unless `limit` are open already."""
+    def enter(self, limit: int, *, outsider: bool = False) -> bool:
+        """Count one more session, unless `limit` are open already (or, for an outsider,
+        half of them are outsiders')."""
         with self._locked():
             if self._open.value >= limit:
                 return False
+            if outsider and self._outside.value >= max(1, limit // 2):
+                return False
             self._open.value += 1
+            self._outside.value += outsider
             return True
 
-    def leave(self) -> None:
+    def leave(self, *, outsider: bool = False) -> None:
         with self._locked():
             self._open.value -= 1
+            self._outside.value -= outsider
 
 
 class ListenerState:
@@ -249,6 +260,7 @@ class ListenerSMTP(SMTP):
         self.refused = False
         self.counted = False
         self.uid: int | None = None  # set for the local submission socket
+        self.outsider = False  # from outside allowed_networks (SessionCount)
         self.auth_failures = 0
         self.peer_ip: IPAddress | None = None  # the client's, read once, for allowed_networks
         self.in_data = False  # from the 354 until the reply to the dot is written
@@ -428,7 +440,13 @@ class ListenerSMTP(SMTP):
         state = self.state
         if not self.counted:
             limit = state.config.global_.max_connections
-            if state.draining or not state.open_sessions.enter(limit):
+            sock = transport.get_extra_info("socket")
+            local = sock is not None and sock.family == socket.AF_UNIX
+            address = client_ip(transport.get_extra_info("peername"))
+            self.outsider = not local and not (
+                address is not None and any(address in n for n in state.networks)
+            )
+            if state.draining or not state.open_sessions.enter(limit, outsider=self.outsider):
                 self.refused = True
                 assert isinstance(transport, asyncio.WriteTransport)
                 reply = dialect.SHUTTING_DOWN if state.draining else dialect.TOO_MANY
@@ -437,8 +455,7 @@ class ListenerSMTP(SMTP):
                 return
             self.counted = True
             state.sessions.add(self)
-            sock = transport.get_extra_info("socket")
-            if sock is not None and sock.family == socket.AF_UNIX:
+            if local:
                 self.uid = peer_uid(sock)
         super().connection_made(transport)
         if self.session is not None:
@@ -448,7 +465,7 @@ class ListenerSMTP(SMTP):
         if self.refused:
             return
         self.state.sessions.discard(self)
-        self.state.open_sessions.leave()
+        self.state.open_sessions.leave(outsider=self.outsider)
         super().connection_lost(error)
 
     def eof_received(self) -> bool | None:

@@ -720,6 +720,28 @@ def test_connections_beyond_max_connections_get_421(
         assert again.noop()[0] == 250
 
 
+def test_outsiders_cannot_take_every_session_from_local_clients(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    """Idle connections from the internet held all of max_connections, and every local
+    application heard 421: outsiders hold at most half of the sessions between them."""
+    listener = start_listener(
+        listener_config(tmp_path / "l.conf", upstream.port, "max_connections = 4")
+    )
+    outside = [listener.client("127.0.0.2"), listener.client("127.0.0.3")]
+    try:
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            listener.client("127.0.0.4")
+        assert refused.value.smtp_code == 421
+        local = [listener.client(), listener.client()]
+        for client in local:
+            assert client.noop()[0] == 250
+            client.quit()
+    finally:
+        for client in outside:
+            client.quit()
+
+
 def test_ten_clients_thirty_messages_each_delivered_exactly_once(
     listener: Listener, upstream: SMTPTestServer
 ) -> None:
