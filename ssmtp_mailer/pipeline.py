@@ -348,9 +348,9 @@ def _handle_refusals(
     if deferred:
         pending = group._replace(recipients=deferred)
         error = TempFailError(result.refuser(deferred), result.replies(deferred))
-        # Over the relay's recipients a transaction: the queue runner started after this
-        # delivery (the listener's within a minute) sends the rest at once, in as many
-        # transactions as it takes, each recorded before the next.
+        # Over the relay's limit of recipients per transaction: the queue runner started
+        # after this delivery (the listener's within a minute) sends the rest at once, in
+        # as many transactions as it takes, each recorded before the next.
         outcome = _queue_group(
             config, pending, data, prepared, error, report, due_now=result.over_limit
         )

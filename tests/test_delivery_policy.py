@@ -445,6 +445,42 @@ def test_what_a_relay_took_is_recorded_before_the_next_transaction(
     assert sorted(r for m in server.messages for r in m.rcpt_tos) == four
 
 
+def test_refused_recipients_are_taken_off_the_entry_before_their_failure_notice_goes(
+    tmp_path: Path, run_main: Run, smtp_server_factory: Factory
+) -> None:
+    """The relay takes two, refuses one for good and limits the rest; the failure notice
+    then hangs and the run is killed. The entry must already hold only the rest: it
+    used to hold all five, and the next run sent two of them a second copy and kept the
+    refused one in failed/ twice."""
+    server = smtp_server_factory(fault="451-rcpt")
+    conf = config_for(tmp_path, server.port)
+    five = [f"r{i}@dest.example" for i in range(5)]
+    code, _, err = run_main(["-C", str(conf), "-f", "app@host.example", "-i", *five], MESSAGE)
+    assert code == 0 and "queued as " in err
+    server.fault = "452-rcpt-after:2"
+    server.rcpt_replies = {"r1@dest.example": "550 5.1.1 <r1@dest.example>: User unknown"}
+    server.stall_after = 1  # the failure notice, the next message, gets no reply to its dot
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "queue", "run", "--all"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_until(lambda: server.count("DATA") == 2, "the failure notice")
+        [entry] = spool.list_entries(_load(conf))
+        assert entry.recipients == ("r3@dest.example", "r4@dest.example")
+        [failed] = spool.list_entries(_load(conf), failed=True)
+        assert failed.recipients == ("r1@dest.example",)
+    finally:
+        runner.kill()
+        runner.wait()
+    server.stall_after = None
+    code, _, err = run_main(["-C", str(conf), "queue", "run", "--all"], prog="ssmtp-mailer")
+    assert code == 0, err
+    delivered = sorted(r for m in server.messages for r in m.rcpt_tos if r != "app@host.example")
+    assert delivered == ["r0@dest.example", "r2@dest.example", "r3@dest.example", "r4@dest.example"]
+    assert len(spool.list_entries(_load(conf), failed=True)) == 1
+
+
 @pytest.mark.parametrize("reply", ["252 2.1.5 will try", "xyz not a reply"], ids=["252", "garbled"])
 def test_an_odd_reply_to_rcpt_is_no_internal_error(
     reply: str, tmp_path: Path, run_main: Run, smtp_server: SMTPTestServer

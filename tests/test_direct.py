@@ -361,6 +361,30 @@ def test_every_mx_down_queues_then_queue_run_delivers_once(
     assert len(mx1.messages) == 1 and len(mx_b.messages) == 1
 
 
+def test_one_mx_limiting_recipients_does_not_make_the_run_call_every_mx_again(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    """a.example's MX takes one recipient a transaction, b.example's greylists: a queue run
+    that sent a.example's rest at once would call b.example's MX (or wait out one that
+    never answers its dot) once for every a.example recipient."""
+    mx_a = mx_server(2, fault="452-rcpt-after:1")
+    mx_b = mx_server(4, fault="451-rcpt")
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net)
+    rcpts = ["a0@a.example", "a1@a.example", "a2@a.example", "b0@b.example"]
+    code, _, err = sendmail(run_main, conf, *rcpts)
+    assert code == 0 and "queued as" in err
+    assert [m.rcpt_tos for m in mx_a.messages] == [["a0@a.example"]]
+    before = mx_b.connections
+    code, _, err = run_main(["-C", str(conf), "queue", "run", "--all"], prog="ssmtp-mailer")
+    assert code == 0, err
+    assert mx_b.connections == before + 1
+    assert [m.rcpt_tos for m in mx_a.messages] == [["a0@a.example"], ["a1@a.example"]]
+
+
 def test_one_domain_down_queues_only_its_recipients(
     tmp_path: Path,
     net: Net,

@@ -63,11 +63,16 @@ class DeliveryResult(NamedTuple):
 
     @property
     def over_limit(self) -> bool:
-        """Whether the relay took some recipients and said 452 (or 552) to others: the
-        limit of recipients a transaction (RFC 5321 §4.5.3.1.10), not a problem of
-        theirs. The rest is for another transaction at once, not after a backoff."""
-        return bool(self.accepted) and any(
-            code in (452, 552) for code, _ in self.refused.values()
+        """Whether the relay took some recipients and said "too many recipients" to others
+        (RFC 5321 §4.5.3.1.10): the rest may go in another transaction at once.
+
+        A relay's one transaction only: direct delivery's merges several MX hosts', and
+        one that took some says nothing of another that deferred.
+        """
+        return (
+            self.path == "relay"
+            and bool(self.accepted)
+            and any(_too_many(code, text) for code, text in self.refused.values())
         )
 
     def refuser(self, addresses: Sequence[str]) -> str:
@@ -89,6 +94,14 @@ class DeliveryResult(NamedTuple):
                 named += f" and {len(to) - NAMED} more"
             parts.append(f"{named}: {reply}")
         return "; ".join(parts)
+
+
+def _too_many(code: int, text: str) -> bool:
+    """A reply to RCPT that is the relay's limit of recipients per transaction: 452 (552
+    from older servers) with 4.5.3 or in words, not a mailbox full or out of storage."""
+    if code not in (452, 552):
+        return False
+    return text.startswith(("4.5.3", "5.5.3")) or "recipients" in text.lower()
 
 
 def servers_of(route: DomainConfig) -> list[HostPort]:

@@ -410,14 +410,15 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
     if route is None:
         reason = f"route [domain:{entry.route}] is no longer in the configuration"
         _fail_entry(config, queue_dir, entry, data, entry.recipients, reason, {}, run)
-        run.failed.append(entry.id)
+        _count(run.failed, entry.id)
         return
-    now = _now()
     if not route.enabled:
-        _defer(queue_dir, entry, entry.recipients, f"route [domain:{route.name}] is disabled", now)
-        run.deferred.append(entry.id)
+        why = f"route [domain:{route.name}] is disabled"
+        _defer(queue_dir, entry, entry.recipients, why, _now())
+        _count(run.deferred, entry.id)
         return
     while True:
+        now = _now()
         group = RouteGroup(
             route=route,
             envelope_from=entry.sender,
@@ -444,45 +445,49 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
             if attempted.fate is failures.Fate.QUEUE:
                 _defer(queue_dir, entry, entry.recipients, error_reason(error), now)
                 record.not_sent(error, "deferred", EX_OK, entry.id)
-                run.deferred.append(entry.id)
+                _count(run.deferred, entry.id)
             else:
                 reason = error_reason(error)
                 _fail_entry(config, queue_dir, entry, data, entry.recipients, reason, {}, run)
                 record.not_sent(error, "failed", EX_OK, entry.id)
-                run.failed.append(entry.id)
+                _count(run.failed, entry.id)
             return
-        record.sent(result, EX_OK)
+        # Those the relay took and those it refused for good leave the entry before
+        # anything else goes on the wire (a failure notice, the next transaction): a kill
+        # from here on sends none of them a second copy.
         permanent = {r: f"{result.refused[r][0]} {result.refused[r][1]}" for r in result.rejected}
         pending = result.deferred
+        failed = None
         if permanent:
             said = "; ".join(f"{r}: {m}" for r, m in permanent.items())
             reason = f"{result.refuser(tuple(permanent))}: {said}"
-            _fail_entry(
-                config,
-                queue_dir,
-                entry,
-                data,
-                tuple(permanent),
-                reason,
-                permanent,
-                run,
-                keep=bool(pending),
-            )
-            if entry.id not in run.failed:
-                run.failed.append(entry.id)
-        if pending and result.over_limit:
-            # Over the relay's recipients a transaction: what it took is recorded before
-            # the rest goes, in the next transaction on the same connection.
-            entry = _rewrite(queue_dir, replace(entry, recipients=pending))
-            continue
-        if pending:
+            failed = _copy_to_failed(config, queue_dir, entry, tuple(permanent), reason, permanent)
+            _count(run.failed, entry.id)
+        # Over the relay's limit of recipients per transaction: the rest goes now, in the
+        # next transaction on the same connection.
+        again = bool(pending) and result.over_limit
+        if again:
+            entry = _replace_envelope(queue_dir, replace(entry, recipients=pending))
+        elif pending:
             why = f"{result.refuser(pending)}: {result.replies(pending)}"
             _defer(queue_dir, entry, pending, why, now)
-            run.deferred.append(entry.id)
-        elif not permanent:
+            _count(run.deferred, entry.id)
+        elif permanent:
+            _remove_pair(queue_dir, entry.id)
+        else:
             _mark_delivered(queue_dir, entry.id, run)
             run.delivered.append(entry.id)
-        return
+        record.sent(result, EX_OK)
+        if failed is not None and _bounce(config, failed, data, run.connections):
+            run.bounces += 1
+        if not again:
+            return
+
+
+def _count(ids: list[str], entry_id: str) -> None:
+    """An entry in one of the run's tallies once, however many transactions it took."""
+    if entry_id not in ids:
+        ids.append(entry_id)
 
 
 def _defer(
@@ -495,10 +500,10 @@ def _defer(
         attempts=attempts,
         next_attempt=now + dt.timedelta(seconds=backoff(len(attempts))),
     )
-    _rewrite(queue_dir, updated)
+    _replace_envelope(queue_dir, updated)
 
 
-def _rewrite(queue_dir: Path, updated: Entry) -> Entry:
+def _replace_envelope(queue_dir: Path, updated: Entry) -> Entry:
     """Replace the entry's envelope, durably."""
     _place(queue_dir, f"{updated.id}{ENVELOPE_SUFFIX}", _encode(updated))
     _fsync_dir(queue_dir)
@@ -514,10 +519,23 @@ def _fail_entry(
     reason: str,
     replies: dict[str, str],
     run: _Run,
-    *,
-    keep: bool = False,
 ) -> None:
-    """Copy the entry (for `recipients`) into `failed/`, bounce it; drop it unless `keep`."""
+    """The whole entry fails: copied (for `recipients`) into `failed/`, dropped, bounced."""
+    copy = _copy_to_failed(config, queue_dir, entry, recipients, reason, replies)
+    _remove_pair(queue_dir, entry.id)
+    if _bounce(config, copy, data, run.connections):
+        run.bounces += 1
+
+
+def _copy_to_failed(
+    config: Config,
+    queue_dir: Path,
+    entry: Entry,
+    recipients: tuple[str, ...],
+    reason: str,
+    replies: dict[str, str],
+) -> Entry:
+    """A durable copy of the entry for `recipients` in `failed/`: the one to bounce."""
     failed_dir = ensure_spool(config) / FAILED
     now = _now()
     # SPEC §7: the id stays; only a second failed copy of one entry (some recipients
@@ -537,7 +555,4 @@ def _fail_entry(
     _link_or_copy(queue_dir / f"{entry.id}{MESSAGE_SUFFIX}", failed_dir, copy.id)
     _place(failed_dir, f"{copy.id}{ENVELOPE_SUFFIX}", _encode(copy))
     _fsync_dir(failed_dir)
-    if not keep:
-        _remove_pair(queue_dir, entry.id)
-    if _bounce(config, copy, data, run.connections):
-        run.bounces += 1
+    return copy

@@ -519,9 +519,16 @@ def enqueue(
 ) -> str:
     """Queue the message for `group`; durable on return. CantCreateError (73) if impossible."""
     return _store(
-        config, QUEUE, group, data, smtputf8=smtputf8, eightbit=eightbit, reason=reason,
-        dsn=dsn, due_now=due_now,
-    )  # fmt: skip
+        config,
+        QUEUE,
+        group,
+        data,
+        smtputf8=smtputf8,
+        eightbit=eightbit,
+        reason=reason,
+        dsn=dsn,
+        due_now=due_now,
+    )
 
 
 def store_failed(
