@@ -323,6 +323,9 @@ class ListenerSMTP(SMTP):
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:
+        if self.uid is not None:  # the local socket: as `sendmail -bs`, which has none
+            await self.push(dialect.NOT_RECOGNIZED)
+            return
         if self._tls_protocol is not None:  # RFC 3207 §4.2: one TLS negotiation a session
             await self.push(dialect.TLS_ACTIVE)
             return
@@ -506,6 +509,8 @@ class ListenerHandler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
+        if server.uid is not None:  # TLS means nothing on the local socket
+            responses = [r for r in responses if r[4:] != "STARTTLS"]
         # aiosmtpd reads commands one by one from a buffer, so pipelined ones are served.
         # In the order `sendmail -bs` gives them, with STARTTLS and AUTH where offered.
         return [

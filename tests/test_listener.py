@@ -1184,6 +1184,25 @@ def test_an_outsider_cannot_send_as_a_user_who_logs_in(
         assert client.docmd("MAIL FROM:<app@partner.example>")[0] == 250
 
 
+def test_the_local_socket_offers_no_starttls(tmp_path: Path, tls_listener: Listener) -> None:
+    """TLS over submit.sock protects nothing, and `sendmail -bs` (whose session that is
+    for a user who cannot read the configuration) has none."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(tmp_path / "spool" / "submit.sock"))
+        assert _replies(sock, 1)[0].startswith(b"220")
+        sock.sendall(b"EHLO local\r\n")
+        ehlo = sock.recv(4096)
+        while not re.search(rb"(^|\n)250 ", ehlo):
+            ehlo += sock.recv(4096)
+        assert b"STARTTLS" not in ehlo and b"PIPELINING" in ehlo
+        sock.sendall(b"STARTTLS\r\n")
+        assert _replies(sock, 1) == [b"500 5.5.1 Command not recognized"]
+    with tls_listener.client() as client:  # TCP: offered as before
+        client.ehlo()
+        assert "starttls" in client.esmtp_features
+
+
 def test_password_hash_reads_stdin_and_prints_a_hash_that_verifies(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "ssmtp_mailer", "password", "hash"],
