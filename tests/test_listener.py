@@ -1338,6 +1338,30 @@ def test_listener_settings_are_checked_by_config_check_and_named_by_listen(
     assert f"{conf}:{line}: listen_address no-such-host.invalid:2525: " in checked.stderr
 
 
+def test_config_check_warns_about_a_password_hash_others_can_read(
+    tmp_path: Path, upstream: SMTPTestServer
+) -> None:
+    """Against the listener a guess costs 2 s; a local user who can read the hash guesses
+    offline as fast as their CPU goes."""
+    users = tmp_path / "users"
+    users.mkdir()
+    user_file = users / "app.conf"
+    user_file.write_text(
+        f"[user:app@partner.example]\nsmtp_password_hash = {passhash.hash_password(PASSWORD)}\n"
+    )
+    user_file.chmod(0o644)
+    conf = listener_config(tmp_path / "l.conf", upstream.port)
+    command = [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "config", "check"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "[user:app@partner.example]: holds a password hash but is readable by others" in (
+        done.stderr
+    )
+    user_file.chmod(0o600)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert "password hash" not in done.stderr
+
+
 def test_config_show_redacts_the_password_hash(tmp_path: Path, upstream: SMTPTestServer) -> None:
     hashed = passhash.hash_password(PASSWORD)
     conf = listener_config(

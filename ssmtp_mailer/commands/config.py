@@ -83,6 +83,20 @@ def dkim_key_warnings(config: Config) -> list[str]:
     return found
 
 
+def password_hash_warnings(config: Config) -> list[str]:
+    """Listener logins whose scrypt hash others may read: a local user could guess at it
+    offline, as fast as their CPU goes, instead of at 2 s a try against the listener."""
+    from ssmtp_mailer.config import secrets
+
+    found = []
+    for user in config.users:
+        if user.smtp_password_hash:
+            problem = secrets.secret_file_problem(Path(user.location.path), "a password hash")
+            if problem:
+                found.append(f"{user.location}: [user:{user.address}]: {problem}")
+    return found
+
+
 def _beyond_reach(path: Path) -> bool:
     """There, or maybe there (its directory is closed to us), but not for this user to read."""
     if os.access(path, os.R_OK):
@@ -173,6 +187,7 @@ def check(as_json: bool, strict: bool, check_secrets: bool) -> int:
     if config is not None:
         listen_errors, listen_warnings = listener_problems(config)
         warnings = list(config.warnings) + listen_warnings + dkim_key_warnings(config)
+        warnings += password_hash_warnings(config)
         errors = secret_problems(config, resolve=check_secrets) + dkim_problems(config)
         errors += listen_errors
         if not config.domains:
