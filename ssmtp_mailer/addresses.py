@@ -106,15 +106,93 @@ def is_null_sender(address: str) -> bool:
     return address.strip() in ("", "<>") or address.strip().lower() == "mailer-daemon"
 
 
+# IDNA 2008 (RFC 5890-5892) as relays and resolvers apply it (UTS #46, non-transitional),
+# not the stdlib `idna` codec: that is IDNA 2003, whose nameprep folds ß to ss, ς to a
+# plain sigma and full-width letters to ASCII and drops soft hyphens and joiners, so
+# straße.example would pass here for strasse.example while the next hop delivers to
+# xn--strae-oqa.example, a domain of its own.
+# RFC 5892 §2.1 LetterDigits: what a label may hold besides '-'.
+_LETTER_DIGITS = frozenset({"Ll", "Lu", "Lo", "Lm", "Mn", "Mc", "Nd"})
+# Letters and marks DISALLOWED all the same: RFC 5892 §2.6 exceptions, §2.3 default
+# ignorables, §2.4 ignorable blocks, §2.9 old Hangul jamo. Left to re's cache, as above.
+_DISALLOWED = (
+    "[\u034f\u0640\u07fa\u1100-\u11ff\u17b4\u17b5\u180b-\u180f\u20d0-\u20ff"
+    "\u302e\u302f\u3031-\u3035\u303b\u3164\ua960-\ua97f\ud7b0-\ud7ff\ufe00-\ufe0f"
+    "\uffa0\U0001d100-\U0001d24f\U000e0100-\U000e01ef]"
+)
+# ß and ς are PVALID (RFC 5892 §2.6), and case folding would make them ss and a plain
+# sigma: while a label is folded they stand as private-use code points, which no label
+# may hold.
+_HOLD = str.maketrans({"\u00df": "\ue000", "\u03c2": "\ue001"})
+_RELEASE = str.maketrans({"\ue000": "\u00df", "\ue001": "\u03c2"})
+# Those stand-ins, and ẞ: DISALLOWED, and UTS #46 makes it ß, or ss when transitional.
+_REFUSED = frozenset("\ue000\ue001\u1e9e")
+
+
+def _a_label(label: str) -> str | None:
+    """The A-label (lower case) of a non-ASCII label, or None when IDNA 2008 allows none.
+
+    Case is folded as UTS #46 folds it (Ü to ü); a label that another mapping of UTS #46
+    would change (full-width and compatibility forms, which it makes ASCII; ignorables,
+    which it drops) is refused: taken as it is, it would be another domain here than at
+    the next hop.
+    """
+    import unicodedata  # not for ASCII names: the sendmail path does without it
+
+    if not _REFUSED.isdisjoint(label):
+        return None
+    held = label.translate(_HOLD)
+    folded = unicodedata.normalize("NFC", held.casefold())
+    if folded != unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", held).casefold()):
+        return None
+    u_label = folded.translate(_RELEASE)
+    if (
+        u_label.isascii()  # a spelling of an ASCII label, such as K (Kelvin sign) for k
+        or u_label.startswith("-")
+        or u_label.endswith("-")
+        or u_label[2:4] == "--"  # RFC 5891 §4.2.3.1
+        or unicodedata.category(u_label[0])[0] == "M"  # RFC 5891 §4.2.3.2
+        or re.search(_DISALLOWED, u_label)
+        or any(c != "-" and unicodedata.category(c) not in _LETTER_DIGITS for c in u_label)
+    ):
+        return None
+    return "xn--" + u_label.encode("punycode").decode("ascii")
+
+
+def _checked_a_label(label: str) -> bool:
+    """Whether a lower-case `xn--` label is an A-label: the A-label of a valid U-label."""
+    try:
+        u_label = label[4:].encode("ascii").decode("punycode")
+    except (UnicodeError, ValueError):
+        return False
+    return _a_label(u_label) == label
+
+
+def ascii_domain(domain: str) -> str | None:
+    """`domain` in lower-case ASCII with its non-ASCII labels as IDNA 2008 A-labels, or None
+    when a label is valid in neither form (an `xn--` label must be a true A-label)."""
+    labels = domain.split(".")
+    for index, label in enumerate(labels):
+        if label.isascii():
+            label = label.lower()
+            if label.startswith("xn--") and not _checked_a_label(label):
+                return None
+        else:
+            a_label = _a_label(label)
+            if a_label is None:
+                return None
+            label = a_label
+        labels[index] = label
+    return ".".join(labels)
+
+
 def domain_key(domain: str) -> str:
-    """The form domains are compared in: lowercase ASCII, IDNA A-labels for non-ASCII names."""
+    """The form domains are compared in: lower-case ASCII, IDNA 2008 A-labels for non-ASCII
+    labels; a non-ASCII name IDNA 2008 refuses is its own key, equal to no valid name's."""
     if domain.isascii():
         return domain.lower().rstrip(".")
-    try:
-        # The stdlib codec is IDNA 2003 (nameprep case-folds), enough to compare names.
-        return domain.encode("idna").decode("ascii").lower().rstrip(".")
-    except UnicodeError:
-        return domain.casefold()
+    ascii_name = ascii_domain(domain) if len(domain) <= MAX_DOMAIN + 1 else None
+    return domain if ascii_name is None else ascii_name.rstrip(".")
 
 
 def local_key(local: str) -> str:
@@ -167,12 +245,15 @@ def domain_problem(domain: str) -> str | None:
         except ValueError:
             return f"{domain!r} is not a valid address literal"
         return None
+    # An A-label is never shorter than its U-label: a name this long needs no converting.
+    if len(domain.rstrip(".")) > MAX_DOMAIN:
+        return f"the domain is longer than {MAX_DOMAIN} octets"
     ascii_name = domain
-    if not domain.isascii():
-        try:
-            ascii_name = domain.encode("idna").decode("ascii")
-        except UnicodeError:
-            return f"{domain!r} is not a valid internationalized domain name"
+    if not domain.isascii() or ("--" in domain and "xn--" in domain.lower()):
+        converted = ascii_domain(domain)
+        if converted is None:
+            return f"{domain!r} is not a valid internationalized domain name (IDNA 2008)"
+        ascii_name = converted
     if len(ascii_name.rstrip(".")) > MAX_DOMAIN:
         return f"the domain is longer than {MAX_DOMAIN} octets"
     if not _HOSTNAME.fullmatch(ascii_name):
