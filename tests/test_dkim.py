@@ -227,6 +227,21 @@ def test_unsigned_route_is_left_alone(
     assert signatures(smtp_server.messages[0].data) == []
 
 
+def test_an_idn_route_signs_with_its_own_a_label(
+    keys: dict[str, dict[str, str]], tmp_path: Path, smtp_server: SMTPTestServer, run_main: RunMain
+) -> None:
+    """d= for straße.example is xn--strae-oqa.example: the stdlib's IDNA 2003 made it
+    strasse.example, another domain, whose DNS says nothing of our key."""
+    config = write_config(tmp_path, smtp_server.port, ["rsa2026"])
+    config.write_text(config.read_text().replace(f"[domain:{DOMAIN}]", "[domain:straße.example]"))
+    # The sender in its A-label: this relay has no SMTPUTF8; the route is straße's all the same.
+    idn = MESSAGE.replace(b"alice@example.com", b"alice@xn--strae-oqa.example")
+    code, _, err = run_main(["-C", str(config), "-t"], stdin=idn)
+    assert code == 0, err
+    [tags] = signatures(smtp_server.messages[0].data)
+    assert tags[b"d"] == b"xn--strae-oqa.example"
+
+
 def test_pkcs1_rsa_key_signs_too(
     tmp_path: Path,
     smtp_server: SMTPTestServer,
