@@ -5,7 +5,9 @@ taken under `flock`, its owner's uid checked against the sender, a `Received:` n
 uid added, and the message delivered or queued through the sendmail path; the file goes
 only once that outcome is durable. A sender the uid may not use is kept in `failed/` and
 the user is told by a bounce. A file that is no maildrop message at all goes to
-`corrupt/`, named once in the log, for the administrator to look at.
+`corrupt/`, named once in the log, for the administrator to look at; so does a directory
+with something in it, while links, empty directories, FIFOs and sockets are removed, each
+named once too: whatever a user leaves here is out of every later pickup's way.
 """
 
 from __future__ import annotations
@@ -125,14 +127,22 @@ def _take_all(config: Config, dir_fd: int, problem: Callable[[str], None]) -> in
         return 0
     taken = 0
     for name in names:
-        if name.startswith(TEMP_PREFIX):
-            with contextlib.suppress(OSError):
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                if time.time() - st.st_mtime > STALE_SECONDS:
-                    os.unlink(name, dir_fd=dir_fd)
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # another pickup took it
+        except OSError as exc:
+            problem(f"maildrop {log.quoted(name)}: {exc.strerror or exc}")
             continue
         try:
-            if _take(config, dir_fd, name, problem):
+            if not stat.S_ISREG(st.st_mode):
+                # A submitter only ever makes regular files, its temporary ones included.
+                _clear_away(config, dir_fd, name, st, problem)
+            elif name.startswith(TEMP_PREFIX):
+                if time.time() - st.st_mtime > STALE_SECONDS:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=dir_fd)
+            elif _take(config, dir_fd, name, problem):
                 taken += 1
         except UnsafeSpoolError as exc:
             problem(f"maildrop {log.quoted(name)}: {exc.filename}: {exc.strerror}")
@@ -160,16 +170,16 @@ def _take(config: Config, dir_fd: int, name: str, problem: Callable[[str], None]
         # leaves it to root's runner (the path unit, the timer or cron).
         return False
     except OSError as exc:
-        if exc.errno != errno.ELOOP:
+        if exc.errno not in (errno.ELOOP, errno.ENXIO):
             raise
-        problem(f"maildrop {log.quoted(name)}: a symbolic link, removed")
-        os.unlink(name, dir_fd=dir_fd)
-        return False
+        return False  # made a link or a socket since it was looked at: the next pickup clears it
     with os.fdopen(fd, "rb") as handle:
         st = os.fstat(fd)
-        # Only regular files, each with its one name: a hard link to another user's file
-        # must not be mailed out as theirs.
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        if not stat.S_ISREG(st.st_mode):
+            return False  # replaced since it was looked at: the next pickup clears it
+        # Each with its one name: a hard link to another user's file must not be mailed
+        # out as theirs.
+        if st.st_nlink != 1:
             problem(f"maildrop {log.quoted(name)}: not a plain file, removed")
             os.unlink(name, dir_fd=dir_fd)
             return False
@@ -207,6 +217,56 @@ def _take(config: Config, dir_fd: int, name: str, problem: Callable[[str], None]
         os.unlink(name, dir_fd=dir_fd)
         log.write(config, "INFO", f"{who}: {outcome}")
         return True
+
+
+def _clear_away(
+    config: Config, dir_fd: int, name: str, st: os.stat_result, problem: Callable[[str], None]
+) -> None:
+    """Out of every later pickup's way, named once: an entry that is no regular file.
+
+    Anyone may make one (maildrop/ is 1733) and no pickup can ever take it, so leaving it
+    would name it again at every pickup, the listener's every few seconds. A link, a FIFO
+    or a socket is removed; a directory too when it is empty, else it goes to `corrupt/`
+    as junk files do: what is in it may be somebody's. maildrop/ is the spool owner's, so
+    the sticky bit lets the pickup remove and rename the entries of others.
+    """
+    where = f"maildrop {log.quoted(name)}"
+    who = f"{where} from {_uid_label(st.st_uid)}"
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                os.rmdir(name, dir_fd=dir_fd)
+                what = "an empty directory, removed"
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                kept = _set_aside(config, dir_fd, name)
+                what = f"a directory with something in it; moved to {log.quoted(str(kept))}"
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+            if stat.S_ISLNK(st.st_mode):
+                who, what = where, "a symbolic link, removed"
+            else:
+                what = f"{_kind(st.st_mode)}, removed"
+    except FileNotFoundError:
+        return  # another pickup cleared it first
+    except PermissionError:
+        if not stat.S_ISDIR(st.st_mode):
+            raise
+        # Moving a directory takes write permission on it (its `..` changes), which the
+        # listener, running as spool_user, lacks on a user's own: it leaves it to root's
+        # runner (the path unit, the timer or cron), as it leaves their 0600 files.
+        return
+    problem(f"{who}: {what}")
+
+
+def _kind(mode: int) -> str:
+    """What a maildrop entry that is neither a file, a directory nor a link is, in words."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
 
 
 def _unreadable(exc: Exception) -> str:
