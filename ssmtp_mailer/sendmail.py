@@ -349,6 +349,10 @@ def run_sendmail(args: list[str]) -> int:
             raise
         if parsed.mode == "smtp":
             return submit_session(exc.global_)
+        if parsed.mode == "list":  # the queue is listed by who may read it, secrets or not
+            from ssmtp_mailer.commands.queue import listing_config
+
+            return _run_mode(parsed, listing_config(parsed.config_path, exc.global_))
         if parsed.mode != "deliver":
             raise
         return submit_stdin(parsed, exc.global_, _standard(sys.stdin, "input").buffer)

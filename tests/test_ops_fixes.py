@@ -1,4 +1,5 @@
-"""What a local user can do to a running system: entries in the maildrop no pickup can take.
+"""What a local user can do to a running system: entries in the maildrop no pickup can take,
+and `mailq` by a user who may read neither the relay's secrets nor the queue.
 
 Real processes as `nobody` (setpriv, as tests/test_submit.py runs them), a real relay
 (tests/smtpserver.py), a real listener. Skipped unless run as root.
@@ -182,3 +183,90 @@ def test_the_listener_as_spool_user_clears_what_it_may_and_leaves_the_rest_to_ro
         assert len(_log_lines(log, "full")) == 1
     finally:
         shutil.rmtree(base)
+
+
+def _packaged_secrets(main: Path) -> None:
+    """relay.conf as the package ships it: root:mail 0640 in a directory anyone may enter."""
+    domains = main.parent / "domains"
+    domains.chmod(0o755)
+    os.chown(domains / "relay.conf", 0, pwd.getpwnam("mail").pw_gid)
+    (domains / "relay.conf").chmod(0o640)
+
+
+MAILQ = "import sys; sys.argv[0] = 'mailq'; from ssmtp_mailer.entry import script; script()"
+
+
+# Every way to list the queue, as arguments of /usr/bin/python3.
+LISTINGS = (
+    ["-c", MAILQ],
+    ["-m", "ssmtp_mailer", "sendmail", "-bp"],
+    ["-m", "ssmtp_mailer", "queue", "list"],
+    ["-m", "ssmtp_mailer", "queue", "list", "--json"],
+)
+
+
+def test_a_user_who_may_read_neither_the_secrets_nor_the_queue_hears_so_in_one_line(
+    shared_dir: Path, tree: Path
+) -> None:
+    """With the packaged layout, mailq, sendmail -bp and queue list by a user said
+    `relay.conf: cannot read: Permission denied` and exited 78. A configuration file
+    the user cannot read is no error (SPEC §8); the queue they cannot read is said in
+    one line, 77, with the maildrop's count when this user may see it."""
+    spool = tree.parent / "spool"
+    spool.mkdir()
+    run_queue(tree)  # queue/ and failed/ 2770 mail:mail, as the package ships them
+    _packaged_secrets(tree)
+    env = {"SSMTP_MAILER_CONFIG": str(tree)}
+    one_line = (
+        f"ssmtp-mailer: queue {spool / 'queue'}: not readable by this user"
+        " (root and spool_user mail can list it)"
+    )
+    for args in LISTINGS:
+        run = _as_nobody(shared_dir, args, b"", env)
+        assert (run.returncode, run.stdout, run.stderr.decode()) == (77, b"", one_line + "\n")
+    failed = _as_nobody(shared_dir, ["-m", "ssmtp_mailer", "queue", "list", "--failed"], b"", env)
+    assert failed.returncode == 77
+    assert failed.stderr.decode().splitlines() == [
+        f"ssmtp-mailer: failed {spool / 'failed'}: not readable by this user"
+        " (root and spool_user mail can list it)"
+    ]
+    # A maildrop this user may list (not the packaged 1733): what waits there is said too.
+    assert nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE).returncode == 0
+    (spool / "maildrop").chmod(0o1737)
+    run = _as_nobody(shared_dir, ["-c", MAILQ], b"", env)
+    assert run.returncode == 77
+    assert run.stderr.decode().splitlines() == [
+        f"{one_line}; 1 in the maildrop, for `ssmtp-mailer queue run` to pick up"
+    ]
+
+
+def test_a_user_who_may_read_the_queue_but_not_the_secrets_lists_it(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    """spool_user itself (here nobody) reads queue/ but not the relay's password: it lists
+    the queue, as root does, with what waits in the maildrop."""
+    with tree.open("a") as main:
+        main.write("spool_user = nobody\n")
+    spool = tree.parent / "spool"
+    smtp_server.fault = "421-mail"
+    queued = subprocess.run(
+        [sys.executable, "-m", "ssmtp_mailer", "-C", str(tree), "sendmail", "-i", "out@x.example"],
+        input=MESSAGE,
+        capture_output=True,
+        timeout=60,
+    )
+    assert queued.returncode == 0 and b"queued as" in queued.stderr, queued.stderr
+    _packaged_secrets(tree)
+    assert nobody_sendmail(shared_dir, tree, ["-i", "later@far.example"], MESSAGE).returncode == 0
+    env = {"SSMTP_MAILER_CONFIG": str(tree)}
+    for args in LISTINGS:
+        run = _as_nobody(shared_dir, args, b"", env)
+        out = run.stdout.decode()
+        assert (run.returncode, run.stderr) == (0, b""), (args, run.stderr)
+        if "--json" in args:
+            [entry] = json.loads(out)
+            assert entry["recipients"] == ["out@x.example"]
+        else:
+            assert "out@x.example" in out and "-- 1 Kbytes in 1 Request." in out, out
+            assert "-- 1 in the maildrop, for `ssmtp-mailer queue run` to pick up" in out
+    assert len(list((spool / "maildrop").iterdir())) == 1

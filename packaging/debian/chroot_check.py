@@ -144,6 +144,19 @@ def main(root: Path, deb: Path) -> None:
             # The user cannot read the relay's secret: the message goes to the maildrop
             # and the root-run queue (the path unit does this under systemd) sends it.
             run(root, "sendmail -t root", user="tester", stdin="Subject: hi\n\nfrom tester\n")
+            # mailq by the user, who may read neither relay.conf nor queue/: one line, 77.
+            said = run(root, 'mailq 2>&1; echo "exit $?"', user="tester").splitlines()
+            check(
+                said
+                == [
+                    "ssmtp-mailer: queue /var/spool/ssmtp-mailer/queue: not readable by this"
+                    " user (root and spool_user mail can list it)",
+                    "exit 77",
+                ],
+                f"the user's mailq says in one line who can list the queue ({said})",
+            )
+            listing = run(root, "mailq")
+            check("-- 1 in the maildrop" in listing, "root's mailq counts the user's message")
             # What cron runs; under systemd its lines leave the work to the path unit.
             commands = cron_commands(root)
             with systemd_running(root):

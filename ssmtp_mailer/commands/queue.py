@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from ssmtp_mailer import errors
-from ssmtp_mailer.commands.common import common_options, json_option, load, print_json
-from ssmtp_mailer.config.model import Config
-from ssmtp_mailer.errors import MailerError
+from ssmtp_mailer.commands.common import common_options, json_option, load, print_json, settings
+from ssmtp_mailer.config.model import Config, GlobalConfig
+from ssmtp_mailer.errors import MailerError, NoPermError
 from ssmtp_mailer.spool.store import (
     DAMAGED,
+    FAILED,
+    QUEUE,
     Entry,
+    area_dir,
     denied,
     list_damaged,
     list_entries,
@@ -30,9 +35,56 @@ _LISTING_HEADER = (
 _LISTING_INDENT = _LISTING_HEADER.index("-Sender")
 
 
+def listing_config(explicit: str | None, global_: GlobalConfig | None) -> Config:
+    """What a user who may not read every configuration file lists the queue with (SPEC §8):
+    the [global] that could be read (the defaults without it) and the spool this user's
+    sendmail submits to. `explicit`: the --config/-C path, if one was given."""
+    from ssmtp_mailer.config import loader
+    from ssmtp_mailer.submit import submission_spool
+
+    main_file = Path(os.path.abspath(loader.find_config_file(explicit)))
+    if global_ is None:
+        global_ = loader._build_global(None, main_file, loader._Report())
+    global_ = global_._replace(spool_dir=submission_spool(global_))
+    return Config(main_file=main_file, global_=global_, domains={}, users=(), mappings=())
+
+
+def _load_for_listing() -> Config:
+    """The configuration, or as much of it as a listing needs when secrets stood in the way."""
+    from ssmtp_mailer.config.loader import UnreadableConfigError
+
+    try:
+        return load()
+    except UnreadableConfigError as exc:
+        if os.geteuid() == 0:
+            raise
+        return listing_config(settings().config_path, exc.global_)
+
+
+def _check_listable(config: Config, area: str) -> None:
+    """NoPermError (77), in one line, for a user who may not list the area: queue/ and
+    failed/ are for root and spool_user alone (2770, SPEC §8), and no daemon lists them
+    for others as Postfix's showq does. The maildrop's count goes with it when this user
+    may see it."""
+    directory = area_dir(config, area)
+    try:
+        with os.scandir(directory):
+            return
+    except PermissionError:
+        pass
+    except OSError:
+        return  # no such area yet: the listing says it is empty
+    why = f"not readable by this user (root and spool_user {config.global_.spool_user} can list it)"
+    waiting = None if area == FAILED else maildrop_waiting(config.global_.spool_dir)
+    if waiting:
+        why += f"; {waiting} in the maildrop, for `ssmtp-mailer queue run` to pick up"
+    raise NoPermError(f"{area} {directory}", why)
+
+
 def listing_text(config: Config, *, failed: bool = False) -> str:
     """The mailq-style listing: id, size, arrival, age, attempts, sender, last error, recipients;
     then the damaged entries, each with its reason."""
+    _check_listable(config, FAILED if failed else QUEUE)
     entries = list_entries(config, failed=failed)
     damaged = [] if failed else list_damaged(config)
     waiting = None if failed else maildrop_waiting(config.global_.spool_dir)
@@ -101,12 +153,14 @@ def queue_group() -> None:
 @common_options
 @json_option
 @click.option("--failed", is_flag=True, help="List failed/ (kept after a permanent failure).")
+@_spool_access
 def list_cmd(as_json: bool, failed: bool) -> None:
     """Queue entries: id, age, size, sender, pending recipients, attempts, last error."""
     from ssmtp_mailer import spool
 
-    config = load()
+    config = _load_for_listing()
     if as_json:
+        _check_listable(config, FAILED if failed else QUEUE)
         listed: list[dict[str, Any]] = [
             e.as_dict() for e in spool.list_entries(config, failed=failed)
         ]
