@@ -84,6 +84,16 @@ for unit in "$repo"/packaging/systemd/*.service; do
         if invokes preinst stop "$name"; then fail "preinst stops $name on upgrade"; fi
     fi
 done
+# Root never acts by name inside the spool: every name there is mail's to replace, and
+# install, chown, chmod and touch follow the link it puts there (to /etc, say). A unit's
+# root commands are all of them without User=, else those marked "+" or "!".
+for unit in "$repo"/packaging/systemd/*.service; do
+    as_root='^Exec[A-Za-z]*='
+    if grep -q '^User=' "$unit"; then as_root='^Exec[A-Za-z]*=[-@:+!]*[+!]'; fi
+    if grep -qE "$as_root.*/var/spool/ssmtp-mailer/" "$unit"; then
+        fail "$(basename "$unit"): a root command names a path inside the spool"
+    fi
+done
 echo "ok: fields, links, modes, conffiles, units, maintainer scripts, cron.d, completion"
 
 echo "-- lintian"

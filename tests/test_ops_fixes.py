@@ -2,7 +2,8 @@
 and `mailq` by a user who may read neither the relay's secrets nor the queue.
 
 Real processes as `nobody` (setpriv, as tests/test_submit.py runs them), a real relay
-(tests/smtpserver.py), a real listener. Skipped unless run as root.
+(tests/smtpserver.py), a real listener. Skipped unless run as root. The systemd unit's
+own root commands are checked by packaging/check-deb.sh, in a throwaway Debian root.
 """
 
 from __future__ import annotations

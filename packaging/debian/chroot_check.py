@@ -190,6 +190,7 @@ def main(root: Path, deb: Path) -> None:
         check(message.mail_from == f"tester@{HOST}", "as the user's own address")
 
     check_unit_handling(root, deb)
+    check_spool_links(root, deb)
     # Mail not delivered yet, which the purge deletes: root's, queued with the relay gone,
     # and a user's in the maildrop.
     run(root, "sendmail -t root", stdin="Subject: hi\n\nqueued\n")
@@ -317,6 +318,56 @@ def check_unit_handling(root: Path, deb: Path) -> None:
         lines = calls(apt.format("remove", "ssmtp-mailer"))
         check(acted(lines, "stop", listener), "remove stops the enabled listener")
     run(root, apt.format("install", f"/tmp/{deb.name}"))
+
+
+def root_commands(root: Path) -> list[str]:
+    """What systemd would run as root for the package's services: every Exec line of a
+    unit without User=, and those marked "+" or "!" of one with it."""
+    commands = []
+    for unit in sorted((root / "lib/systemd/system").glob("ssmtp-mailer*.service")):
+        text = unit.read_text()
+        as_user = re.search(r"^User=", text, re.MULTILINE) is not None
+        for prefix, command in re.findall(r"^Exec\w+=([-+!@:]*)(.+)$", text, re.MULTILINE):
+            if not as_user or set(prefix) & {"+", "!"}:
+                commands.append(command)
+    return commands
+
+
+def check_spool_links(root: Path, deb: Path) -> None:
+    """What a compromised `mail` (the listener's user) may do to the spool it owns: make
+    maildrop/, queue/ and failed/ links to a directory of root's. Root's commands of the
+    units (run at the next start or on the timer) and a reinstall leave that one alone."""
+    target = root / "srv/target"
+    target.mkdir(parents=True)
+    target.chmod(0o755)
+    (target / "file").write_text("root's\n")
+
+    def looks() -> list[tuple[str, int, int, int]]:
+        st = os.lstat(target)
+        return [("", st.st_mode, st.st_uid, st.st_gid)] + [
+            (p.name, p.lstat().st_mode, p.lstat().st_uid, p.lstat().st_gid)
+            for p in sorted(target.iterdir())
+        ]
+
+    before = looks()
+    spool = "/var/spool/ssmtp-mailer"
+    areas = ("maildrop", "queue", "failed")
+    plant = " && ".join(
+        f"mv {spool}/{a} {spool}/{a}.real && ln -s /srv/target {spool}/{a}" for a in areas
+    )
+    run(root, plant, user="mail")
+    for command in root_commands(root):
+        run(root, f"{command} >/dev/null 2>&1 || true")
+    check(looks() == before, "root's commands of the units follow no link mail put in the spool")
+    run(
+        root,
+        f"apt-get install --reinstall -y -q -o Dpkg::Use-Pty=0 /tmp/{deb.name} >/tmp/apt.log 2>&1"
+        " || { cat /tmp/apt.log >&2; exit 1; }",
+    )
+    check(looks() == before, "and neither does a reinstall")
+    restore = " && ".join(f"rm {spool}/{a} && mv {spool}/{a}.real {spool}/{a}" for a in areas)
+    run(root, restore, user="mail")
+    shutil.rmtree(target)
 
 
 def configure(root: Path, server: SMTPTestServer) -> None:
