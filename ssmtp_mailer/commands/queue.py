@@ -44,7 +44,7 @@ def listing_config(explicit: str | None, global_: GlobalConfig | None) -> Config
 
     main_file = Path(os.path.abspath(loader.find_config_file(explicit)))
     if global_ is None:
-        global_ = loader._build_global(None, main_file, loader._Report())
+        global_ = loader.default_global(main_file)
     global_ = global_._replace(spool_dir=submission_spool(global_))
     return Config(main_file=main_file, global_=global_, domains={}, users=(), mappings=())
 

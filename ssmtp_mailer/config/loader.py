@@ -417,6 +417,11 @@ def _login_name() -> str:
         return "root" if os.geteuid() == 0 else str(os.geteuid())
 
 
+def default_global(main_file: Path) -> GlobalConfig:
+    """[global] with every default, for a main file that could not be read at all."""
+    return _build_global(None, main_file, _Report())
+
+
 def _build_global(section: RawSection | None, main_file: Path, report: _Report) -> GlobalConfig:
     raw = section or RawSection("global", "", Location(str(main_file), 0))
     vals = _typed_values(raw, GLOBAL_KEYS, report)
