@@ -413,6 +413,27 @@ def test_a_relay_recipient_limit_costs_no_wait_in_the_queue(
     assert sorted(r for m in server.messages for r in m.rcpt_tos) == sorted(recipients)
     _wait_until(lambda: spool.list_entries(_load(conf)) == [], "the queue to empty")
     assert spool.list_entries(_load(conf), failed=True) == []
+    # sendmail's 100, the runner's first 60, then batches of the 40 the relay takes.
+    assert server.count("RCPT") == 100 + 60 + 20
+
+
+def test_a_queue_run_sends_a_limited_relay_batches_of_what_it_takes(
+    tmp_path: Path, run_main: Run, smtp_server_factory: Factory
+) -> None:
+    """Each later transaction offers as many recipients as the relay took, not the whole
+    rest again: 1000 recipients at a limit of 100 were 5,500 RCPT commands, most refused."""
+    server = smtp_server_factory(fault="451-rcpt")
+    conf = config_for(tmp_path, server.port)
+    rcpts = [f"r{i}@dest.example" for i in range(50)]
+    assert run_main(["-C", str(conf), "-i", *rcpts], MESSAGE)[0] == 0
+    server.fault = "452-rcpt-after:10"
+    server.clear()
+    code, _, err = run_main(["-C", str(conf), "queue", "run", "--all"], prog="ssmtp-mailer")
+    assert code == 0, err
+    assert [len(m.rcpt_tos) for m in server.messages] == [10] * 5
+    assert server.count("RCPT") == 50 + 4 * 10
+    assert server.connections == 1
+    assert spool.list_entries(_load(conf)) == []
 
 
 def test_what_a_relay_took_is_recorded_before_the_next_transaction(

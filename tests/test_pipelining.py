@@ -108,6 +108,18 @@ def test_552_to_rcpt_is_taken_as_452(
 
 
 @pipelining
+def test_552_for_a_full_mailbox_stays_permanent(
+    smtp_server_factory: Factory, tmp_path: Path, pipelining: bool
+) -> None:
+    srv = smtp_server_factory(pipelining=pipelining)
+    srv.rcpt_replies = {"three@example.org": "552 5.2.2 Mailbox full"}
+    result = send(make_config(tmp_path, srv), THREE)
+    assert isinstance(result, DeliveryResult)
+    assert result.rejected == ("three@example.org",) and result.deferred == ()
+    assert not result.over_limit
+
+
+@pipelining
 def test_every_recipient_refused(
     smtp_server_factory: Factory, tmp_path: Path, pipelining: bool
 ) -> None:

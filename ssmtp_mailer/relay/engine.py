@@ -28,6 +28,7 @@ from ssmtp_mailer.relay.smtp import (
     RelayFailure,
     endpoint_for,
     permanent,
+    too_many_recipients,
 )
 from ssmtp_mailer.rewrite import RouteGroup
 
@@ -54,12 +55,12 @@ class DeliveryResult(NamedTuple):
     def deferred(self) -> tuple[str, ...]:
         """Refused recipients whose reply was not permanent (4xx, or a reply that makes no
         sense for RCPT): worth queueing for them alone."""
-        return tuple(r for r, (code, _) in self.refused.items() if not permanent(code))
+        return tuple(r for r, (code, text) in self.refused.items() if not permanent(code, text))
 
     @property
     def rejected(self) -> tuple[str, ...]:
         """Refused recipients whose reply was permanent (5xx): failed for good."""
-        return tuple(r for r, (code, _) in self.refused.items() if permanent(code))
+        return tuple(r for r, (code, text) in self.refused.items() if permanent(code, text))
 
     @property
     def over_limit(self) -> bool:
@@ -72,7 +73,7 @@ class DeliveryResult(NamedTuple):
         return (
             self.path == "relay"
             and bool(self.accepted)
-            and any(_too_many(code, text) for code, text in self.refused.values())
+            and any(too_many_recipients(code, text) for code, text in self.refused.values())
         )
 
     def refuser(self, addresses: Sequence[str]) -> str:
@@ -94,14 +95,6 @@ class DeliveryResult(NamedTuple):
                 named += f" and {len(to) - NAMED} more"
             parts.append(f"{named}: {reply}")
         return "; ".join(parts)
-
-
-def _too_many(code: int, text: str) -> bool:
-    """A reply to RCPT that is the relay's limit of recipients per transaction: 452 (552
-    from older servers) with 4.5.3 or in words, not a mailbox full or out of storage."""
-    if code not in (452, 552):
-        return False
-    return text.startswith(("4.5.3", "5.5.3")) or "recipients" in text.lower()
 
 
 def servers_of(route: DomainConfig) -> list[HostPort]:

@@ -149,14 +149,20 @@ class Transaction:
         self.reply = ""
 
 
-def permanent(code: int) -> bool:
+def permanent(code: int, text: str) -> bool:
     """A 5xx: the one reply to RCPT that fails a recipient for good. A 4xx is temporary
-    (RFC 5321 §4.2.1), and so is what makes no sense there (a garbled line, a 3xx).
+    (RFC 5321 §4.2.1), and so is what makes no sense there (a garbled line, a 3xx), and
+    a 552 that says "too many recipients" (too_many_recipients)."""
+    return 500 <= code < 600 and not too_many_recipients(code, text)
 
-    Except 552: older servers said it for too many recipients, and RFC 5321
-    §4.5.3.1.10 asks clients to take it as 452, a recipient for the next transaction.
-    """
-    return 500 <= code < 600 and code != 552
+
+def too_many_recipients(code: int, text: str) -> bool:
+    """A reply to RCPT that is the relay's limit of recipients per transaction: 452, or
+    552 from older servers (RFC 5321 §4.5.3.1.10 asks clients to take it as 452), with
+    4.5.3 or in words; not a mailbox full or a server out of storage."""
+    if code not in (452, 552):
+        return False
+    return text.startswith(("4.5.3", "5.5.3")) or "recipients" in text.lower()
 
 
 def reply_text(message: bytes | str) -> str:
@@ -697,7 +703,7 @@ class RelayConnection(SMTPClient):
         if not result.accepted:
             self._drain(replies)
             self._rset_quietly()
-            kinds = {permanent(code) for code, _ in result.refused.values()}
+            kinds = {permanent(code, text) for code, text in result.refused.values()}
             if len(kinds) == 1:
                 raise self._all_refused(result.refused, permanently=kinds.pop())
             return result  # some refused for good, some for now: each recipient its fate

@@ -22,6 +22,7 @@ from ssmtp_mailer.errors import (
     UsageError,
 )
 from ssmtp_mailer.relay import failures
+from ssmtp_mailer.relay.smtp import too_many_recipients
 from ssmtp_mailer.rewrite import RouteGroup
 
 if TYPE_CHECKING:
@@ -417,12 +418,14 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         _defer(queue_dir, entry, entry.recipients, why, _now())
         _count(run.deferred, entry.id)
         return
+    limit = 0  # the relay's recipients per transaction, once it has said (0: all at once)
     while True:
         now = _now()
+        batch = entry.recipients[:limit] if limit else entry.recipients
         group = RouteGroup(
             route=route,
             envelope_from=entry.sender,
-            recipients=entry.recipients,
+            recipients=batch,
             header_from=entry.header_from,
             reply_to=entry.reply_to,
         )
@@ -455,24 +458,30 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         # Those the relay took and those it refused for good leave the entry before
         # anything else goes on the wire (a failure notice, the next transaction): a kill
         # from here on sends none of them a second copy.
-        permanent = {r: f"{result.refused[r][0]} {result.refused[r][1]}" for r in result.rejected}
-        pending = result.deferred
+        rejected = result.rejected
         failed = None
-        if permanent:
-            said = "; ".join(f"{r}: {m}" for r, m in permanent.items())
-            reason = f"{result.refuser(tuple(permanent))}: {said}"
-            failed = _copy_to_failed(config, queue_dir, entry, tuple(permanent), reason, permanent)
+        if rejected:
+            reason = f"{result.refuser(rejected)}: {result.replies(rejected)}"
+            replies = {r: f"{result.refused[r][0]} {result.refused[r][1]}" for r in rejected}
+            failed = _copy_to_failed(config, queue_dir, entry, rejected, reason, replies)
             _count(run.failed, entry.id)
-        # Over the relay's limit of recipients per transaction: the rest goes now, in the
-        # next transaction on the same connection.
-        again = bool(pending) and result.over_limit
+        if result.over_limit:  # a relay route's own limit (RFC 5321 §4.5.3.1.10)
+            limit = len(result.accepted)
+        deferred = result.deferred
+        over = tuple(r for r in deferred if too_many_recipients(*result.refused[r]))
+        untried = entry.recipients[len(batch) :]
+        # Those over the limit next, those the relay deferred for reasons of their own last.
+        rest = over + untried + tuple(r for r in deferred if r not in over)
+        done_some = bool(result.accepted or rejected)
+        # Over the relay's limit: the next batch goes now, on the same connection.
+        again = bool(limit) and done_some and bool(over or untried)
         if again:
-            entry = _replace_envelope(queue_dir, replace(entry, recipients=pending))
-        elif pending:
-            why = f"{result.refuser(pending)}: {result.replies(pending)}"
-            _defer(queue_dir, entry, pending, why, now)
+            entry = _replace_envelope(queue_dir, replace(entry, recipients=rest))
+        elif rest:
+            why = f"{result.refuser(deferred)}: {result.replies(deferred)}"
+            _defer(queue_dir, entry, rest, why, now)
             _count(run.deferred, entry.id)
-        elif permanent:
+        elif rejected:
             _remove_pair(queue_dir, entry.id)
         else:
             _mark_delivered(queue_dir, entry.id, run)
