@@ -162,15 +162,18 @@ def reply_for(code: int, text: str) -> str:
     return f"{smtp} {enhanced} {text}"
 
 
-def recipient_reply(config: Config, sender: str, recipient: str) -> str | None:
+def recipient_reply(
+    config: Config, sender: str, recipient: str, *, foreign: bool = False
+) -> str | None:
     """None when policy lets `sender` write to `recipient`, else the refusal reply for RCPT.
 
-    Policy is decided per recipient at RCPT, so that the reply to DATA concerns delivery only.
+    Policy is decided per recipient at RCPT, so that the reply to DATA concerns delivery
+    only; `foreign` as for the message (rewrite.explain_delivery).
     """
     from ssmtp_mailer import rewrite
 
     try:
-        plan = rewrite.plan_delivery(config, sender, [recipient])
+        plan = rewrite.plan_delivery(config, sender, [recipient], foreign=foreign)
     except MailerError as exc:
         return reply_for(exc.exit_code, exc.why)
     if plan.refused:

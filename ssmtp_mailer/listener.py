@@ -171,7 +171,7 @@ class ListenerState:
         self.networks = _networks(config)
         # (sender, recipient) -> the RCPT verdict under this configuration: the same app
         # writes to the same addresses all day, and planning is the loop's biggest cost.
-        self.verdicts: dict[tuple[str, str], str | None] = {}
+        self.verdicts: dict[tuple[str, str, bool], str | None] = {}
 
     def use(self, config: Config) -> None:
         """Switch to a newly loaded configuration (SIGHUP)."""
@@ -180,13 +180,13 @@ class ListenerState:
         self.verdicts = {}
         self.config = config
 
-    def recipient_reply(self, sender: str, recipient: str) -> str | None:
+    def recipient_reply(self, sender: str, recipient: str, *, foreign: bool) -> str | None:
         """dialect.recipient_reply, remembered per configuration."""
-        key = (sender, recipient)
+        key = (sender, recipient, foreign)
         verdicts = self.verdicts
         if key in verdicts:
             return verdicts[key]
-        verdict = dialect.recipient_reply(self.config, sender, recipient)
+        verdict = dialect.recipient_reply(self.config, sender, recipient, foreign=foreign)
         if len(verdicts) >= VERDICTS_KEPT:
             verdicts.clear()
         verdicts[key] = verdict
@@ -556,8 +556,7 @@ class ListenerHandler:
         if isinstance(user, UserConfig) and not rewrite.user_allows_sender(config, user, sender):
             return dialect.SENDER_NOT_OWNED.format(sender, f"[user:{user.address}]")
         if sender and not self.trusted(server, session):
-            owner = rewrite.user_of(config, sender)
-            if owner is not None and owner.smtp_password_hash:
+            if rewrite.user_for_login(config, sender) is not None:
                 # One of ours, who sends by logging in (Postfix's sender login mismatch).
                 return dialect.SENDER_NEEDS_LOGIN.format(sender)
         if server.uid is not None:
@@ -591,13 +590,13 @@ class ListenerHandler:
         recipient = qualify(address, config.global_.default_hostname)
         if address_problem(recipient):
             return f"553 5.1.3 Bad recipient address syntax: {address}"
-        if not self.trusted(server, session) and not rewrite.accepts_from_anywhere(
-            config, recipient
-        ):
+        foreign = not self.trusted(server, session)
+        if foreign and not rewrite.accepts_from_anywhere(config, recipient):
             return dialect.RELAY_DENIED.format(recipient)
         assert isinstance(envelope, ListenerEnvelope) and envelope.dsn is not None
-        refusal = self.state.recipient_reply(envelope.sender, recipient)
-        if refusal is not None and not self.trusted(server, session):
+        # The plan DATA will follow: an outsider's sender is not masqueraded there either.
+        refusal = self.state.recipient_reply(envelope.sender, recipient, foreign=foreign)
+        if refusal is not None and foreign:
             log.write(config, "INFO", f"listen: RCPT from [{server.peer_ip}]: {refusal}")
             refusal = dialect.for_outsiders(refusal, recipient)
         if refusal is None:

@@ -228,9 +228,34 @@ def test_an_outsider_is_not_masqueraded_as_one_of_ours(
         assert client.sendmail("root@host.example", ["contact-it@mailer.domain1.com"], spoof) == {}
     outside, local = upstream.wait_for(2)
     assert outside.message()["From"] == "root@host.example"
-    assert outside.mail_from != "alerts@domain1.com"
+    assert outside.mail_from == "root@host.example"  # the route has no relay_account
     assert local.message()["From"] == "alerts@domain1.com"
     assert local.mail_from == "alerts@domain1.com"
+
+
+def test_an_outsiders_recipient_is_judged_at_rcpt_as_at_data(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    """RCPT planned with the outsider's sender masqueraded (as alerts@, who may write to
+    ops@ only) and refused the forwarding alias that DATA, not masquerading, delivers."""
+    sections = (
+        "\n[mapping:root]\nfrom_pattern = root\nto_pattern = alerts@domain1.com\n"
+        "\n[user:alerts@domain1.com]\nallowed_recipients = ops@domain1.com\n"
+    )
+    listener = start_listener(
+        listener_config(tmp_path / "l.conf", upstream.port, sections=sections)
+    )
+    with listener.client("127.0.0.2") as client:
+        client.ehlo()
+        client.mail("root@host.example")
+        assert client.rcpt("contact-it@mailer.domain1.com")[0] == 250
+        assert client.data(message("inbound", "root@host.example"))[0] == 250
+    with listener.client("127.0.0.1") as client:  # ours, masqueraded: alerts@'s policy
+        client.ehlo()
+        client.mail("root@host.example")
+        assert client.rcpt("contact-it@mailer.domain1.com")[0] == 550
+    [got] = upstream.wait_for(1)
+    assert got.rcpt_tos == ["contact-it@domain1.com"]
 
 
 @pytest.mark.parametrize(
@@ -1177,7 +1202,10 @@ def test_an_outsider_cannot_send_as_a_user_who_logs_in(
     with tls_listener.client("127.0.0.2") as client:
         client.ehlo()
         code, text = client.docmd("MAIL FROM:<app@partner.example>")
-        assert (code, text) == (553, b"5.7.1 <app@partner.example>: Sender address rejected: not logged in")
+        assert (code, text) == (
+            553,
+            b"5.7.1 <app@partner.example>: Sender address rejected: not logged in",
+        )
         assert client.docmd("MAIL FROM:<someone@internet.example>")[0] == 250
     with tls_listener.client("127.0.0.1") as client:  # allowed_networks: as before
         client.ehlo()
@@ -1201,6 +1229,24 @@ def test_the_local_socket_offers_no_starttls(tmp_path: Path, tls_listener: Liste
     with tls_listener.client() as client:  # TCP: offered as before
         client.ehlo()
         assert "starttls" in client.esmtp_features
+
+
+def test_a_login_shadowed_by_a_pattern_is_still_no_outsiders_sender(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    """[user:*@partner.example] first, the login's own section after it: the check read
+    the first match, which has no password, and let the login's address through."""
+    hashed = passhash.hash_password(PASSWORD)
+    sections = (
+        "\n[user:*@partner.example]\ncan_send_to = false\n"
+        f"\n[user:app@partner.example]\nsmtp_password_hash = {hashed}\n"
+    )
+    listener = start_listener(
+        listener_config(tmp_path / "l.conf", upstream.port, sections=sections)
+    )
+    with listener.client("127.0.0.2") as client:
+        client.ehlo()
+        assert client.docmd("MAIL FROM:<app@partner.example>")[0] == 553
 
 
 def test_password_hash_reads_stdin_and_prints_a_hash_that_verifies(tmp_path: Path) -> None:
