@@ -555,10 +555,13 @@ class ListenerHandler:
         user = session.auth_data if session.authenticated else None
         if isinstance(user, UserConfig) and not rewrite.user_allows_sender(config, user, sender):
             return dialect.SENDER_NOT_OWNED.format(sender, f"[user:{user.address}]")
-        if sender and not self.trusted(server, session):
-            if rewrite.user_for_login(config, sender) is not None:
-                # One of ours, who sends by logging in (Postfix's sender login mismatch).
-                return dialect.SENDER_NEEDS_LOGIN.format(sender)
+        if (
+            sender
+            and not self.trusted(server, session)
+            and rewrite.user_for_login(config, sender) is not None
+        ):
+            # One of ours, who sends by logging in (Postfix's sender login mismatch).
+            return dialect.SENDER_NEEDS_LOGIN.format(sender)
         if server.uid is not None:
             from ssmtp_mailer import submit
 
