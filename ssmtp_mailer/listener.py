@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -323,9 +324,6 @@ class ListenerSMTP(SMTP):
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:
-        if self.uid is not None:  # the local socket: as `sendmail -bs`, which has none
-            await self.push(dialect.NOT_RECOGNIZED)
-            return
         if self._tls_protocol is not None:  # RFC 3207 §4.2: one TLS negotiation a session
             await self.push(dialect.TLS_ACTIVE)
             return
@@ -509,8 +507,6 @@ class ListenerHandler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
-        if server.uid is not None:  # TLS means nothing on the local socket
-            responses = [r for r in responses if r[4:] != "STARTTLS"]
         # aiosmtpd reads commands one by one from a buffer, so pipelined ones are served.
         # In the order `sendmail -bs` gives them, with STARTTLS and AUTH where offered.
         return [
@@ -929,7 +925,9 @@ class Listener:
         self.stopping: asyncio.Event | None = None
         self.servers: list[asyncio.base_events.Server] = []
 
-    def _factory(self) -> ListenerSMTP:
+    def _factory(self, *, local: bool = False) -> ListenerSMTP:
+        """A session; on the local socket without STARTTLS (and so without AUTH): TLS
+        protects nothing there, and `sendmail -bs`, whose session it carries, has none."""
         state = self.state
         g = state.config.global_
         return ListenerSMTP(
@@ -940,7 +938,7 @@ class Listener:
             decode_data=False,
             hostname=g.default_hostname,
             ident=f"ESMTP {PROG} {__version__}",
-            tls_context=state.tls,
+            tls_context=None if local else state.tls,
             timeout=g.listen_timeout,
             auth_require_tls=True,
         )
@@ -956,7 +954,8 @@ class Listener:
             cleanup: dict[str, Any] = {}
             if sys.version_info >= (3, 13):
                 cleanup["cleanup_socket"] = False
-            unix = await loop.create_unix_server(self._factory, sock=self.submit_socket, **cleanup)
+            local = functools.partial(self._factory, local=True)
+            unix = await loop.create_unix_server(local, sock=self.submit_socket, **cleanup)
             self.servers.append(unix)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
