@@ -142,13 +142,13 @@ class SessionCount:
             if outsider and self._outside.value >= max(1, limit // 2):
                 return False
             self._open.value += 1
-            self._outside.value += outsider
+            self._outside.value += int(outsider)
             return True
 
     def leave(self, *, outsider: bool = False) -> None:
         with self._locked():
             self._open.value -= 1
-            self._outside.value -= outsider
+            self._outside.value -= int(outsider)
 
 
 class ListenerState:
@@ -180,6 +180,10 @@ class ListenerState:
         rewrite.accepts_from_anywhere(config, "postmaster")  # build its index here, once
         self.verdicts = {}
         self.config = config
+
+    def allows(self, address: IPAddress | None) -> bool:
+        """Whether a client at `address` is in allowed_networks."""
+        return address is not None and any(address in n for n in self.networks)
 
     def recipient_reply(self, sender: str, recipient: str, *, foreign: bool) -> str | None:
         """dialect.recipient_reply, remembered per configuration."""
@@ -443,10 +447,8 @@ class ListenerSMTP(SMTP):
             limit = state.config.global_.max_connections
             sock = transport.get_extra_info("socket")
             local = sock is not None and sock.family == socket.AF_UNIX
-            address = client_ip(transport.get_extra_info("peername"))
-            self.outsider = not local and not (
-                address is not None and any(address in n for n in state.networks)
-            )
+            self.peer_ip = client_ip(transport.get_extra_info("peername"))
+            self.outsider = not local and not state.allows(self.peer_ip)
             if state.draining or not state.open_sessions.enter(limit, outsider=self.outsider):
                 self.refused = True
                 assert isinstance(transport, asyncio.WriteTransport)
@@ -459,8 +461,6 @@ class ListenerSMTP(SMTP):
             if local:
                 self.uid = peer_uid(sock)
         super().connection_made(transport)
-        if self.session is not None:
-            self.peer_ip = client_ip(self.session.peer)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.refused:
@@ -493,10 +493,7 @@ class ListenerHandler:
 
     def trusted(self, server: ListenerSMTP, session: Session) -> bool:
         """In allowed_networks, authenticated, or a local user on the submission socket."""
-        if session.authenticated or server.uid is not None:
-            return True
-        address = server.peer_ip
-        return address is not None and any(address in n for n in self.state.networks)
+        return session.authenticated or server.uid is not None or self.state.allows(server.peer_ip)
 
     async def handle_EHLO(
         self,

@@ -533,7 +533,7 @@ def test_unverified_tls_is_warned_at_check(
     conf = write(tmp_path / "m.conf", "[global]\n" + RELAY + "tls_verify = false\n")
     code, _, err = check(capsys, conf)
     assert code == 0
-    assert "tls_verify: false: the relay's certificate is not checked" in err
+    assert "tls_verify = false: the relay's certificate is not checked" in err
     pinned = write(tmp_path / "p.conf", conf.read_text() + f"tls_fingerprint = {'ab' * 32}\n")
     code, _, err = check(capsys, pinned)
     assert code == 0 and "tls_verify" not in err

@@ -555,12 +555,6 @@ def _build_domain(section: RawSection, gconf: GlobalConfig, report: _Report) -> 
             report.warnings.append(
                 f"{where(key)}: {key}: used only with delivery_mode = direct or hybrid"
             )
-    encrypted = vals.get("use_ssl") or vals.get("use_starttls", True)
-    if vals.get("tls_verify") is False and encrypted and "tls_fingerprint" not in vals:
-        report.warnings.append(
-            f"{where('tls_verify')}: tls_verify: false: the relay's certificate is not checked;"
-            " pin it with tls_fingerprint instead (`ssmtp-mailer test` prints it)"
-        )
     if "password" in vals and "password_command" in vals:
         report.errors.append(
             f"{where('password_command')}: password_command: set together with password"
@@ -590,7 +584,10 @@ def _build_domain(section: RawSection, gconf: GlobalConfig, report: _Report) -> 
         vals["password_location"] = where("password")
     if len(report.errors) > before:
         return None
-    return DomainConfig(name=name, location=at, **vals)
+    route = DomainConfig(name=name, location=at, **vals)
+    if route.unverified_tls:
+        report.warnings.append(f"{where('tls_verify')}: {route.unverified_tls}")
+    return route
 
 
 def _existing_file(text: str, base: Path, key: str, where: Location, report: _Report) -> Path:

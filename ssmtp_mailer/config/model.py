@@ -140,6 +140,17 @@ class DomainConfig(NamedTuple):
     dkim_algorithm: DkimAlgorithm = DkimAlgorithm.AUTO
     rate_limit_per_minute: int = 100
 
+    @property
+    def unverified_tls(self) -> str | None:
+        """What to say of a route that speaks TLS to its relay without checking the
+        certificate (tls_verify = false, nothing pinned), or None."""
+        if not (self.use_ssl or self.use_starttls) or self.tls_verify or self.tls_fingerprint:
+            return None
+        return (
+            "tls_verify = false: the relay's certificate is not checked; pin it with"
+            " tls_fingerprint instead (`ssmtp-mailer test` prints it)"
+        )
+
     def __repr__(self) -> str:
         # Reprs reach tracebacks and debug output; the password must not.
         shown = (f"{k}={v!r}" for k, v in self._asdict().items() if k != "password")

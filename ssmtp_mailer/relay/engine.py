@@ -194,11 +194,8 @@ class Credentials:
 
 def warn_unverified(config: Config, route: DomainConfig) -> None:
     """tls_verify = false is allowed, but never silently."""
-    if (route.use_ssl or route.use_starttls) and not route.tls_verify and not route.tls_fingerprint:
-        text = (
-            f"[domain:{route.name}] tls_verify = false: the relay's certificate is not checked;"
-            " pin it with tls_fingerprint instead (`ssmtp-mailer test` prints it)"
-        )
+    if route.unverified_tls:
+        text = f"[domain:{route.name}] {route.unverified_tls}"
         errors.report(f"warning: {text}")
         log.write(config, "WARNING", text)
 
