@@ -125,6 +125,12 @@ _DISALLOWED = (
 # may hold.
 _HOLD = str.maketrans({"\u00df": "\ue000", "\u03c2": "\ue001"})
 _RELEASE = str.maketrans({"\ue000": "\u00df", "\ue001": "\u03c2"})
+_VIRAMA = 9  # the canonical combining class of a virama (RFC 5892 A.1, A.2)
+# Hiragana, Katakana (but its middle dot) and Han (RFC 5892 A.7).
+_JAPANESE = re.compile(
+    "[\u3040-\u30fa\u30fc-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+    "\U00020000-\U0003134f]"
+)
 # Those stand-ins, and ẞ: DISALLOWED, and UTS #46 makes it ß, or ss when transitional.
 _REFUSED = frozenset("\ue000\ue001\u1e9e")
 
@@ -153,10 +159,44 @@ def _a_label(label: str) -> str | None:
         or u_label[2:4] == "--"  # RFC 5891 §4.2.3.1
         or unicodedata.category(u_label[0])[0] == "M"  # RFC 5891 §4.2.3.2
         or re.search(_DISALLOWED, u_label)
-        or any(c != "-" and unicodedata.category(c) not in _LETTER_DIGITS for c in u_label)
+        or not all(
+            c == "-" or unicodedata.category(c) in _LETTER_DIGITS or _in_context(u_label, i)
+            for i, c in enumerate(u_label)
+        )
+        or _mixes_arabic_indic_digits(u_label)
     ):
         return None
     return "xn--" + u_label.encode("punycode").decode("ascii")
+
+
+def _in_context(label: str, index: int) -> bool:
+    """RFC 5892 Appendix A: a joiner or punctuation a label may hold where its rule holds
+    (l·l in Catalan, a geresh after Hebrew, the katakana middle dot among Japanese).
+    ZWNJ is taken after a virama only: its Arabic-script rule needs joining types, which
+    the standard library does not know, so such a label is refused, never mistaken."""
+    import unicodedata
+
+    char = label[index]
+    before = label[index - 1] if index else ""
+    after = label[index + 1 : index + 2]
+    if char in "\u200c\u200d":  # A.1, A.2
+        return bool(before) and unicodedata.combining(before) == _VIRAMA
+    if char == "\u00b7":  # A.3
+        return before == "l" and after == "l"
+    if char == "\u0375":  # A.4: the Greek lower numeral sign, before Greek
+        return bool(after) and "\u0370" <= after <= "\u03ff"
+    if char in "\u05f3\u05f4":  # A.5, A.6: geresh and gershayim, after Hebrew
+        return bool(before) and "\u0590" <= before <= "\u05ff"
+    if char == "\u30fb":  # A.7: katakana middle dot, with Hiragana, Katakana or Han
+        return any(_JAPANESE.match(c) for c in label if c != "\u30fb")
+    return False
+
+
+def _mixes_arabic_indic_digits(label: str) -> bool:
+    """RFC 5892 A.8, A.9: Arabic-Indic and extended Arabic-Indic digits never together."""
+    return re.search("[\u0660-\u0669]", label) is not None and (
+        re.search("[\u06f0-\u06f9]", label) is not None
+    )
 
 
 def _checked_a_label(label: str) -> bool:

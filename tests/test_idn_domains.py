@@ -243,6 +243,36 @@ def test_a_name_idna_2008_refuses_is_a_problem_with_a_reason(domain: str) -> Non
     assert address_problem(f"x@{domain}") == problem
 
 
+@pytest.mark.parametrize(
+    ("name", "a_label"),
+    [
+        ("col\u00b7legi.cat", "xn--collegi-xma.cat"),  # Catalan l·l (RFC 5892 A.3)
+        ("\u30a2\u30a4\u30fb\u30a6.jp", "xn--cckeg35a.jp"),  # katakana middle dot (A.7)
+        ("\u05d0\u05f3\u05d1.il", "xn--4dbc5h.il"),  # geresh after Hebrew (A.5)
+        ("\u0915\u094d\u200d\u0937.in", "xn--11b2ezcw70k.in"),  # ZWJ after a virama (A.2)
+        ("\u0375\u03b1.gr", "xn--wva4j.gr"),  # the keraia before Greek (A.4)
+    ],
+)
+def test_a_joiner_or_mark_where_its_rule_holds_is_a_name(name: str, a_label: str) -> None:
+    """Valid IDNA 2008 names, and valid under IDNA 2003 before: the listener answered 553
+    to them and config check refused them."""
+    assert ascii_domain(name) == a_label and domain_problem(name) is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a\u00b7b.example",
+        "ab\u30fbc.jp",
+        "a\u05f3b.il",
+        "a\u200cb.example",
+        "\u0661\u06f1.example",  # two kinds of Arabic-Indic digits (A.8, A.9)
+    ],
+)
+def test_a_joiner_or_mark_out_of_its_context_is_refused(name: str) -> None:
+    assert ascii_domain(name) is None and domain_problem(name) is not None
+
+
 def test_an_a_label_must_round_trip() -> None:
     """An `xn--` label that decodes to a name whose own A-label is another is none."""
     assert domain_problem("XN--Mnchen-3YA.de") is None  # ASCII case: the same label
@@ -262,6 +292,7 @@ def test_an_a_label_must_round_trip() -> None:
             "abkSsz09-\u00df\u1e9e\u03c2\u03c3\u03a3\u00fc\u00dcu\u0308\u0130i\u0307\u0131"
             "\u212a\u00ad\u200c\u200d\u034f\uff53\uff33\u3002\ufb01\u01c5\u00b2\u00b5"
             "\u0345\u1f88\u0149\u017f\u65e5\u672c\ud55c\u1100\u1161\u05d0"
+            "l\u00b7\u30fb\u30a2\u05f3\u0915\u094d\u0661\u06f1"
         ),
         min_size=1,
         max_size=6,
