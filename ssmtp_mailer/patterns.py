@@ -40,7 +40,10 @@ class Pattern(NamedTuple):
 def parse_pattern(text: str) -> Pattern:
     """Parse a from_pattern / user address / allowed_recipients entry; ValueError says why."""
     simple = _simple_pattern().fullmatch(text)
-    if simple is not None and len(simple[1]) <= 64 and len(simple[2]) <= 253:
+    # An xn-- label is checked the long way: it must be a true A-label (addresses).
+    if simple is not None and len(simple[1]) <= 64 and len(simple[2]) <= 253 and (
+        "xn--" not in simple[2].lower()
+    ):
         local, domain = simple[1], simple[2]
         return Pattern(text, None if local == "*" else local, None if domain == "*" else domain)
     local, domain = split_address(text)
@@ -94,7 +97,13 @@ def _parse_mapping(source: str, target: str) -> Pattern:
     except ValueError as exc:
         raise ValueError(f"from_pattern: {exc}") from None
     simple = _simple_pattern().fullmatch(target)
-    if simple is not None and simple[2] != "*" and len(simple[1]) <= 64 and len(simple[2]) <= 253:
+    if (
+        simple is not None
+        and simple[2] != "*"
+        and len(simple[1]) <= 64
+        and len(simple[2]) <= 253
+        and "xn--" not in simple[2].lower()
+    ):
         if simple[1] == "*" and src.local is not None:
             raise ValueError(_KEEPS_LOCAL.format(target=target, source=source))
         return src

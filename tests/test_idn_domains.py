@@ -176,6 +176,27 @@ def test_a_section_for_a_name_idna_2008_refuses_is_a_one_line_error(
 
 
 @pytest.mark.parametrize(
+    "section",
+    [
+        "[domain:\uff46\uff55\uff4c\uff4c.example]",  # full-width: it would sign d=????
+        "[domain:xn--zz.example]",
+        "[mapping:x]\nfrom_pattern = *@xn--zz.example\nto_pattern = *@dest.example",
+    ],
+    ids=["full-width-route", "bad-a-label-route", "bad-a-label-pattern"],
+)
+def test_a_route_or_pattern_idna_2008_refuses_is_a_config_error(
+    section: str, tmp_path: Path, smtp_server: SMTPTestServer, run_main: RunMain
+) -> None:
+    """Such a route never served a sender (intake refuses the address) and named its DKIM
+    d= wrong; such a pattern silently matched nothing."""
+    conf = write_relay_config(tmp_path / "m.conf", smtp_server.port)
+    conf.write_text(conf.read_text() + f"\n{section}\nsmtp_server = 127.0.0.1\n")
+    code, out, err = run_main(["-C", str(conf), "config", "check"], prog="ssmtp-mailer")
+    assert code == 78, (out, err)
+    assert "IDNA 2008" in out + err and "Traceback" not in out + err
+
+
+@pytest.mark.parametrize(
     ("one", "other"),
     [
         ("STRASSE.example", "strasse.example."),

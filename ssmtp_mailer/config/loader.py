@@ -536,6 +536,11 @@ def _build_domain(section: RawSection, gconf: GlobalConfig, report: _Report) -> 
     where = section.location_of
     at = section.location
     name = section.name.lower()
+    if "*" not in name and (not name.isascii() or "xn--" in name):
+        # Named after a domain: the senders it serves and its DKIM d= are that domain.
+        problem = domain_problem(name.strip("."))
+        if problem:
+            report.errors.append(f"{at}: [domain:{section.name}]: {problem}")
     if vals.get("use_ssl") and vals.get("use_starttls"):
         report.errors.append(
             f"{where('use_starttls')}: use_starttls: cannot be true together with use_ssl"

@@ -110,7 +110,9 @@ def route_domain(route: DomainConfig) -> str | None:
     no domain (`[domain:relay]`), whose mail is signed as its envelope sender's domain:
     the one a forwarding route's relay_account makes ours, never a stranger's From."""
     name = route.name.strip(".")
-    return name if "." in name and "*" not in name else None
+    if "." not in name or "*" in name:
+        return None
+    return ascii_domain(name)  # the loader refused a name IDNA 2008 does not allow
 
 
 def header_list(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
@@ -167,8 +169,13 @@ def sign(signer: Signer, data: bytes | bytearray, envelope_from: str) -> bytes:
             f"[domain:{signer.route}]", "cannot sign: the message has no sender's domain"
         )
     # d= in IDNA 2008's A-label (the stdlib codec's IDNA 2003 made straße.example's
-    # signature strasse.example's); intake has refused a name that has none.
-    d = (ascii_domain(domain) or domain).encode("ascii", "replace")
+    # signature strasse.example's); intake has refused an address whose domain has none.
+    a_label = ascii_domain(domain)
+    if a_label is None:
+        raise ConfigError(
+            f"[domain:{signer.route}]", f"cannot sign as {domain!r}: it has no IDNA 2008 name"
+        )
+    d = a_label.encode("ascii")
     signatures = []
     for item in signer.keys:
         try:
