@@ -390,6 +390,13 @@ def test_the_queue_splits_a_mixed_refusal_too(
     assert sorted(got) == [["app@host.example"], ["grey@dest.example"]], err
 
 
+def start_queue_run(conf: Path) -> subprocess.Popen[bytes]:
+    """`queue run --all` in a process of its own, for a test to kill."""
+    command = [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "queue", "run", "--all"]
+    quiet = subprocess.DEVNULL
+    return subprocess.Popen(command, stdin=quiet, stdout=quiet, stderr=quiet)
+
+
 def _wait_until(check: Callable[[], bool], what: str, seconds: float = 20) -> None:
     deadline = time.monotonic() + seconds
     while not check():
@@ -449,10 +456,7 @@ def test_what_a_relay_took_is_recorded_before_the_next_transaction(
     assert code == 0 and "queued as " in err
     server.fault = "452-rcpt-after:2"
     server.stall_after = 1
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "queue", "run", "--all"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    runner = start_queue_run(conf)
     try:
         _wait_until(lambda: server.count("DATA") == 2, "the second transaction")
         [entry] = spool.list_entries(_load(conf))
@@ -481,10 +485,7 @@ def test_refused_recipients_are_taken_off_the_entry_before_their_failure_notice_
     server.fault = "452-rcpt-after:2"
     server.rcpt_replies = {"r1@dest.example": "550 5.1.1 <r1@dest.example>: User unknown"}
     server.stall_after = 1  # the failure notice, the next message, gets no reply to its dot
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "queue", "run", "--all"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    runner = start_queue_run(conf)
     try:
         _wait_until(lambda: server.count("DATA") == 2, "the failure notice")
         [entry] = spool.list_entries(_load(conf))

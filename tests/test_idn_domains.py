@@ -335,6 +335,18 @@ def test_a_name_taken_is_the_one_uts46_resolvers_take(label: str) -> None:
     assert ours == theirs.lower()
 
 
+def isolated(code: str) -> subprocess.CompletedProcess[str]:
+    """`code` in an interpreter of its own, without site: what it imports is ours alone."""
+    source = str(Path(ssmtp_mailer.__file__).resolve().parent.parent)
+    return subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PYTHONPATH": source, "PATH": "/usr/bin:/bin"},
+    )
+
+
 def test_comparing_idn_domains_keeps_the_idna_2003_codec_off() -> None:
     """The stdlib `idna` codec (with stringprep) is IDNA 2003, and slow to import."""
     code = (
@@ -344,14 +356,7 @@ def test_comparing_idn_domains_keeps_the_idna_2003_codec_off() -> None:
         "assert domain_problem('b\\u00fccher.example') is None\n"
         "print(' '.join(sorted(m for m in ('encodings.idna', 'stringprep') if m in sys.modules)))\n"
     )
-    source = str(Path(ssmtp_mailer.__file__).resolve().parent.parent)
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PYTHONPATH": source, "PATH": "/usr/bin:/bin"},
-    )
+    done = isolated(code)
     assert (done.returncode, done.stdout.strip()) == (0, ""), done.stderr
 
 
@@ -364,12 +369,5 @@ def test_an_ascii_name_costs_no_unicode_tables() -> None:
         "assert address_problem('a@mailer--x.domain1.com') is None\n"
         "print('unicodedata' in sys.modules)\n"
     )
-    source = str(Path(ssmtp_mailer.__file__).resolve().parent.parent)
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PYTHONPATH": source, "PATH": "/usr/bin:/bin"},
-    )
+    done = isolated(code)
     assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr

@@ -474,8 +474,9 @@ def test_sendmail_path_imports_stay_lean(
     if limited:
         # The default. The limit's state lives in the spool; the first run of all makes
         # its directory (with the spool's own code), every later run only reads it.
-        text = path.read_text().replace("rate_limiting = false", "rate_limiting = true")
-        path.write_text(text)
+        text = path.read_text()
+        assert "enable_rate_limiting = false" in text
+        path.write_text(text.replace("rate_limiting = false", "rate_limiting = true"))
     code = (
         "import io, sys\n"
         "started = set(sys.modules)\n"
@@ -496,6 +497,7 @@ def test_sendmail_path_imports_stay_lean(
             timeout=30,
             env={**os.environ, "PYTHONPATH": source},
         )
+        assert done.stdout.split()[:1] == ["0"], done.stderr
     rc, *loaded = done.stdout.split()
     assert rc == "0", done.stderr
     assert sorted(set(loaded) - SENDMAIL_PATH_MODULES) == []

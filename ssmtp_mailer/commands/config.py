@@ -89,11 +89,11 @@ def password_hash_warnings(config: Config) -> list[str]:
     from ssmtp_mailer.config import secrets
 
     found = []
-    for user in config.users:
-        if user.smtp_password_hash:
-            problem = secrets.secret_file_problem(Path(user.location.path), "a password hash")
-            if problem:
-                found.append(f"{user.location}: [user:{user.address}]: {problem}")
+    files = dict.fromkeys(u.location.path for u in config.users if u.smtp_password_hash)
+    for path in files:  # once a file, however many logins it holds
+        problem = secrets.secret_file_problem(Path(path), "a password hash")
+        if problem:
+            found.append(f"{path}: smtp_password_hash: {problem}")
     return found
 
 
