@@ -551,7 +551,7 @@ class ListenerHandler:
         if (
             sender
             and not self.trusted(server, session)
-            and rewrite.user_for_login(config, sender) is not None
+            and rewrite.owned_by_a_login(config, sender)
         ):
             # One of ours, who sends by logging in (Postfix's sender login mismatch).
             return dialect.SENDER_NEEDS_LOGIN.format(sender)

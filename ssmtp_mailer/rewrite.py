@@ -615,6 +615,15 @@ def user_for_login(config: Config, login: str) -> UserConfig | None:
     return None
 
 
+def owned_by_a_login(config: Config, sender: str) -> bool:
+    """Whether `sender`, however spelled (quotes, case, IDN, a bare name), is an address
+    of a `[user:]` that sends by logging in (`smtp_password_hash`), as its pattern says."""
+    return any(
+        user.enabled and user.smtp_password_hash and user_allows_sender(config, user, sender)
+        for user in config.users
+    )
+
+
 def user_allows_sender(config: Config, user: UserConfig, sender: str) -> bool:
     """True when `sender` is the `[user:]`'s own address or one its pattern covers."""
     items = [(pat.parse_pattern(user.address), None)]

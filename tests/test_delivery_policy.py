@@ -503,6 +503,27 @@ def test_refused_recipients_are_taken_off_the_entry_before_their_failure_notice_
     assert len(spool.list_entries(_load(conf), failed=True)) == 1
 
 
+def test_a_batch_refused_for_good_fails_that_batch_not_the_rest(
+    tmp_path: Path, run_main: Run, smtp_server_factory: Factory
+) -> None:
+    """A limited relay that then refuses a whole batch (unknown users): the recipients
+    never offered yet were failed and bounced with it."""
+    server = smtp_server_factory(fault="451-rcpt")
+    conf = config_for(tmp_path, server.port)
+    six = [f"r{i}@dest.example" for i in range(6)]
+    assert run_main(["-C", str(conf), "-f", "app@host.example", "-i", *six], MESSAGE)[0] == 0
+    server.fault = "452-rcpt-after:2"
+    gone = "550 5.1.1 User unknown"
+    server.rcpt_replies = {"r2@dest.example": gone, "r3@dest.example": gone}
+    code, _, err = run_main(["-C", str(conf), "queue", "run", "--all"], prog="ssmtp-mailer")
+    assert code == 0, err
+    delivered = sorted(r for m in server.messages for r in m.rcpt_tos if r != "app@host.example")
+    assert delivered == ["r0@dest.example", "r1@dest.example", "r4@dest.example", "r5@dest.example"]
+    [failed] = spool.list_entries(_load(conf), failed=True)
+    assert failed.recipients == ("r2@dest.example", "r3@dest.example")
+    assert spool.list_entries(_load(conf)) == []
+
+
 @pytest.mark.parametrize("reply", ["252 2.1.5 will try", "xyz not a reply"], ids=["252", "garbled"])
 def test_an_odd_reply_to_rcpt_is_no_internal_error(
     reply: str, tmp_path: Path, run_main: Run, smtp_server: SMTPTestServer

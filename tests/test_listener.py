@@ -1208,6 +1208,9 @@ def test_an_outsider_cannot_send_as_a_user_who_logs_in(
             553,
             b"5.7.1 <app@partner.example>: Sender address rejected: not logged in",
         )
+        # Nor in another spelling of the same address (the relay takes them for it).
+        for spelling in ('"app"@partner.example', "app@partner.example.", "APP@Partner.Example"):
+            assert client.docmd(f"MAIL FROM:<{spelling}>")[0] == 553, spelling
         assert client.docmd("MAIL FROM:<someone@internet.example>")[0] == 250
     with tls_listener.client("127.0.0.1") as client:  # allowed_networks: as before
         client.ehlo()

@@ -19,6 +19,7 @@ from ssmtp_mailer.errors import (
     EX_OK,
     EX_TEMPFAIL,
     MailerError,
+    NoUserError,
     UsageError,
 )
 from ssmtp_mailer.relay import failures
@@ -443,6 +444,16 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
             queued=True,
         )
         result, error = attempted.result, attempted.error
+        untried = entry.recipients[len(batch) :]
+        if result is None and untried and isinstance(error, NoUserError):
+            # Every recipient of this batch refused for good: theirs alone, not the rest's.
+            refused = _copy_to_failed(config, queue_dir, entry, batch, error_reason(error), {})
+            _count(run.failed, entry.id)
+            entry = _replace_envelope(queue_dir, replace(entry, recipients=untried))
+            record.not_sent(error, "failed", EX_OK, entry.id)
+            if _bounce(config, refused, data, run.connections):
+                run.bounces += 1
+            continue
         if result is None:
             assert error is not None
             if attempted.fate is failures.Fate.QUEUE:
@@ -459,7 +470,7 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         # anything else goes on the wire (a failure notice, the next transaction): a kill
         # from here on sends none of them a second copy.
         rejected = result.rejected
-        failed = None
+        failed: Entry | None = None
         if rejected:
             reason = f"{result.refuser(rejected)}: {result.replies(rejected)}"
             replies = {r: f"{result.refused[r][0]} {result.refused[r][1]}" for r in rejected}
@@ -469,7 +480,6 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
             limit = len(result.accepted)
         deferred = result.deferred
         over = tuple(r for r in deferred if too_many_recipients(*result.refused[r]))
-        untried = entry.recipients[len(batch) :]
         # Those over the limit next, those the relay deferred for reasons of their own last.
         rest = over + untried + tuple(r for r in deferred if r not in over)
         done_some = bool(result.accepted or rejected)
