@@ -265,7 +265,8 @@ class ListenerSMTP(SMTP):
         self.refused = False
         self.counted = False
         self.uid: int | None = None  # set for the local submission socket
-        self.outsider = False  # from outside allowed_networks (SessionCount)
+        self.in_networks = False  # the client's address is in allowed_networks
+        self.outsider = False  # neither that nor the local socket (SessionCount)
         self.auth_failures = 0
         self.peer_ip: IPAddress | None = None  # the client's, read once, for allowed_networks
         self.in_data = False  # from the 354 until the reply to the dot is written
@@ -448,7 +449,9 @@ class ListenerSMTP(SMTP):
             sock = transport.get_extra_info("socket")
             local = sock is not None and sock.family == socket.AF_UNIX
             self.peer_ip = client_ip(transport.get_extra_info("peername"))
-            self.outsider = not local and not state.allows(self.peer_ip)
+            # Decided once, at the connection: a SIGHUP's new allowed_networks take the next.
+            self.in_networks = state.allows(self.peer_ip)
+            self.outsider = not local and not self.in_networks
             if state.draining or not state.open_sessions.enter(limit, outsider=self.outsider):
                 self.refused = True
                 assert isinstance(transport, asyncio.WriteTransport)
@@ -493,7 +496,7 @@ class ListenerHandler:
 
     def trusted(self, server: ListenerSMTP, session: Session) -> bool:
         """In allowed_networks, authenticated, or a local user on the submission socket."""
-        return session.authenticated or server.uid is not None or self.state.allows(server.peer_ip)
+        return session.authenticated or server.uid is not None or server.in_networks
 
     async def handle_EHLO(
         self,
