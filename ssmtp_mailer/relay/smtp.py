@@ -270,6 +270,7 @@ class RelayConnection(SMTPClient):
         self.endpoint = endpoint
         self._transcript = transcript
         self._in_auth = False
+        self._ack_at_once = False  # set by a TLS handshake, for the first reply after it
         self.banner = ""
         # A session of an earlier connection to the same server, offered for resumption.
         self.tls_session = tls_session
@@ -321,6 +322,14 @@ class RelayConnection(SMTPClient):
                 _set_timeout(self.sock, self.endpoint.read_timeout)
 
     def getreply(self) -> tuple[int, bytes]:
+        if self._ack_at_once and self.sock is not None:
+            # A TLS 1.3 server sends its session tickets after the handshake in two writes;
+            # with Nagle on its side (Postfix) the second, and the reply to our first
+            # command behind it, waited for our delayed ACK of the first: 40 ms a
+            # connection. Acknowledging at once while that reply comes ends the wait.
+            self._ack_at_once = False
+            with contextlib.suppress(OSError, AttributeError):  # TCP_QUICKACK is Linux's
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         code, message = super().getreply()
         if code != 334:
             self._in_auth = False
@@ -350,6 +359,7 @@ class RelayConnection(SMTPClient):
         tls = context.wrap_socket(
             sock, server_hostname=_ascii_or_idn(self.endpoint.host), session=self.tls_session
         )
+        self._ack_at_once = True
         self.tls_version = tls.version()
         cipher = tls.cipher()
         self.cipher = cipher[0] if cipher else None
