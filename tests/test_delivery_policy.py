@@ -6,6 +6,7 @@ that offers DSN, and the log line tells what really happened.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -390,11 +391,17 @@ def test_the_queue_splits_a_mixed_refusal_too(
     assert sorted(got) == [["app@host.example"], ["grey@dest.example"]], err
 
 
-def start_queue_run(conf: Path) -> subprocess.Popen[bytes]:
-    """`queue run --all` in a process of its own, for a test to kill."""
+@contextlib.contextmanager
+def killed_queue_run(conf: Path) -> Iterator[None]:
+    """`queue run --all` in a process of its own, killed (SIGKILL) when the block ends."""
     command = [sys.executable, "-m", "ssmtp_mailer", "--config", str(conf), "queue", "run", "--all"]
     quiet = subprocess.DEVNULL
-    return subprocess.Popen(command, stdin=quiet, stdout=quiet, stderr=quiet)
+    runner = subprocess.Popen(command, stdin=quiet, stdout=quiet, stderr=quiet)
+    try:
+        yield
+    finally:
+        runner.kill()
+        runner.wait()
 
 
 def _wait_until(check: Callable[[], bool], what: str, seconds: float = 20) -> None:
@@ -456,14 +463,10 @@ def test_what_a_relay_took_is_recorded_before_the_next_transaction(
     assert code == 0 and "queued as " in err
     server.fault = "452-rcpt-after:2"
     server.stall_after = 1
-    runner = start_queue_run(conf)
-    try:
+    with killed_queue_run(conf):
         _wait_until(lambda: server.count("DATA") == 2, "the second transaction")
         [entry] = spool.list_entries(_load(conf))
         assert entry.recipients == tuple(four[2:])
-    finally:
-        runner.kill()
-        runner.wait()
     server.stall_after = None
     code, _, err = run_main(["-C", str(conf), "queue", "run", "--all"], prog="ssmtp-mailer")
     assert code == 0, err
@@ -485,16 +488,12 @@ def test_refused_recipients_are_taken_off_the_entry_before_their_failure_notice_
     server.fault = "452-rcpt-after:2"
     server.rcpt_replies = {"r1@dest.example": "550 5.1.1 <r1@dest.example>: User unknown"}
     server.stall_after = 1  # the failure notice, the next message, gets no reply to its dot
-    runner = start_queue_run(conf)
-    try:
+    with killed_queue_run(conf):
         _wait_until(lambda: server.count("DATA") == 2, "the failure notice")
         [entry] = spool.list_entries(_load(conf))
         assert entry.recipients == ("r3@dest.example", "r4@dest.example")
         [failed] = spool.list_entries(_load(conf), failed=True)
         assert failed.recipients == ("r1@dest.example",)
-    finally:
-        runner.kill()
-        runner.wait()
     server.stall_after = None
     code, _, err = run_main(["-C", str(conf), "queue", "run", "--all"], prog="ssmtp-mailer")
     assert code == 0, err
