@@ -226,6 +226,19 @@ def ascii_domain(domain: str) -> str | None:
     return ".".join(labels)
 
 
+def ascii_address(address: str) -> str | None:
+    """`address` with its domain's non-ASCII labels as A-labels, for a server without
+    SMTPUTF8 (RFC 6531 needs it only for a non-ASCII local part); None when the local
+    part is not ASCII or the domain no valid IDN. The null sender stays ""."""
+    local, domain = split_address(address)
+    if not local.isascii():
+        return None
+    if not domain or domain.isascii():
+        return address
+    converted = ascii_domain(domain)
+    return None if converted is None else f"{local}@{converted}"
+
+
 def domain_key(domain: str) -> str:
     """The form domains are compared in: lower-case ASCII, IDNA 2008 A-labels for non-ASCII
     labels; a non-ASCII name IDNA 2008 refuses is its own key, equal to no valid name's."""

@@ -109,7 +109,9 @@ class Resolver:
                     "dns_servers", f"not set, and no system resolver: {exc}"
                 ) from None
         self._resolver.lifetime = timeout
-        self._resolver.timeout = timeout
+        # Each server its share of the time, so that one that never answers leaves the
+        # next one a try (as resolv.conf's servers are tried in turn).
+        self._resolver.timeout = timeout / max(1, len(self._resolver.nameservers))
 
     @property
     def names(self) -> list[str]:

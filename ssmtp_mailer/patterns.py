@@ -41,8 +41,11 @@ def parse_pattern(text: str) -> Pattern:
     """Parse a from_pattern / user address / allowed_recipients entry; ValueError says why."""
     simple = _simple_pattern().fullmatch(text)
     # An xn-- label is checked the long way: it must be a true A-label (addresses).
-    if simple is not None and len(simple[1]) <= 64 and len(simple[2]) <= 253 and (
-        "xn--" not in simple[2].lower()
+    if (
+        simple is not None
+        and len(simple[1]) <= 64
+        and len(simple[2]) <= 253
+        and ("xn--" not in simple[2].lower())
     ):
         local, domain = simple[1], simple[2]
         return Pattern(text, None if local == "*" else local, None if domain == "*" else domain)

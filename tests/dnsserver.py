@@ -123,6 +123,9 @@ class DNSServer:
         self.log: list[tuple[str, str, str]] = []  # (name, type, "udp" | "tcp")
         # (name, type) pairs answered SERVFAIL, as a broken authoritative server would.
         self.servfail: set[tuple[str, str]] = set()
+        # (name, type) pairs never answered, as a server that drops some queries (AAAA,
+        # names it does not know) is met on the internet.
+        self.dropped: set[tuple[str, str]] = set()
         for name, records in (zone or {}).items():
             self._records.put(name, records)
         self._selector: selectors.DefaultSelector | None = None
@@ -256,6 +259,8 @@ class DNSServer:
         with self._lock:
             self.queries[(name, dns.rdatatype.to_text(rdtype))] += 1
             self.log.append((name, dns.rdatatype.to_text(rdtype), transport))
+            if (name, dns.rdatatype.to_text(rdtype)) in self.dropped:
+                return None
             if (name, dns.rdatatype.to_text(rdtype)) in self.servfail:
                 response.set_rcode(dns.rcode.SERVFAIL)
                 return response.to_wire()

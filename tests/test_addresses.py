@@ -36,7 +36,9 @@ def test_what_rewriting_would_not_take_is_refused_at_intake(
     code, _, err = run_main(["-C", str(config), recipient], b"Subject: s\n\nbody\n")
     assert code == 64
     assert len(err.splitlines()) == 1 and "recipient" in err
-    code, _, err = run_main(["-C", str(config), "-t"], f"To: {recipient}\nSubject: s\n\nb\n".encode())
+    code, _, err = run_main(
+        ["-C", str(config), "-t"], f"To: {recipient}\nSubject: s\n\nb\n".encode()
+    )
     assert code == 65
     assert smtp_server.messages == []
 
@@ -51,7 +53,9 @@ def test_a_quoted_local_part_with_an_at_sign_is_rewritten_by_its_mapping(
     assert received.rcpt_tos == ['"a@b"@out.example']
 
 
-def test_route_refuses_what_intake_refuses(tmp_path: Path, smtp_server: SMTPTestServer, run_main: Run) -> None:
+def test_route_refuses_what_intake_refuses(
+    tmp_path: Path, smtp_server: SMTPTestServer, run_main: Run
+) -> None:
     config = write(tmp_path, smtp_server)
     code, _, err = run_main(
         ["route", "-C", str(config), "--from", "me@host.example", "--to", "user@[1.2.3.999]"],
@@ -59,7 +63,15 @@ def test_route_refuses_what_intake_refuses(tmp_path: Path, smtp_server: SMTPTest
     )
     assert code == 64 and "address literal" in err
     code, out, _ = run_main(
-        ["route", "-C", str(config), "--from", "me@host.example", "--to", 'Name <"a@b"@in.example>'],
+        [
+            "route",
+            "-C",
+            str(config),
+            "--from",
+            "me@host.example",
+            "--to",
+            'Name <"a@b"@in.example>',
+        ],
         prog="ssmtp-mailer",
     )
     assert code == 0 and '"a@b"@out.example' in out

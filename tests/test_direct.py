@@ -653,8 +653,8 @@ def test_a_silent_resolver_is_waited_for_once_not_once_per_domain(
     tmp_path: Path, net: Net, dns_server: Callable[..., DNSServer], run_main: RunMain
 ) -> None:
     """dns_servers that take the questions and never answer: each recipient domain waited
-    the whole timeout in turn (10 domains at the default 30 s: five minutes). After the
-    first, the others are queued without asking."""
+    the whole timeout in turn (10 domains at the default 30 s: five minutes). After two
+    in a row, the others are queued without asking."""
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))
     silent.settimeout(0.2)
@@ -681,7 +681,7 @@ def test_a_silent_resolver_is_waited_for_once_not_once_per_domain(
     listener.join()
     silent.close()
     assert code == 0 and err.count("queued as") == 1, err
-    assert len(asked) == 1, asked
+    assert len(asked) == 2, asked
 
 
 def test_route_and_dry_run_show_the_mx_hosts(
@@ -1128,3 +1128,89 @@ def test_test_command_on_a_direct_catch_all_needs_a_recipient(
     assert code == 78
     assert "FAIL  configuration: a direct route is checked against a recipient domain's MX" in out
     assert "--to someone@example.com" in out
+
+
+def test_a_query_one_server_drops_delays_only_what_needs_it(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    """Name servers that drop queries for one name or type (the optional _mta-sts TXT, an
+    AAAA) are met on the internet. One such timeout made every later lookup of the
+    message 'not asked': a.example, b.example and c.example were all queued, on every
+    retry, until the message bounced."""
+    mx_a, mx_b, host_c = mx_server(2), mx_server(4), mx_server(5)
+    dns = dns_server(zone_for(net))
+    dns.dropped |= {("_mta-sts.a.example", "TXT"), ("c.example", "AAAA")}
+    conf = write_config(tmp_path, dns, net)
+    conf.write_text(conf.read_text().replace("connection_timeout = 3", "connection_timeout = 1"))
+    code, _, err = sendmail(run_main, conf, "one@a.example", "two@b.example", "three@c.example")
+    assert (code, err) == (0, "")
+    # c.example's A answered: its address is used though its AAAA never was.
+    assert [m.rcpt_tos for m in (*mx_a.messages, *mx_b.messages, *host_c.messages)] == [
+        ["one@a.example"],
+        ["two@b.example"],
+        ["three@c.example"],
+    ]
+
+
+def test_the_second_dns_server_is_asked_when_the_first_is_silent(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    """`dns_servers = A, B` with A down: the first server had the whole timeout to itself,
+    so B was never asked and the message was queued."""
+    mx1 = mx_server(2)
+    real = dns_server(zone_for(net))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # takes the questions, answers none
+        host, port = silent.getsockname()
+        conf = write_config(tmp_path, real, net)
+        conf.write_text(
+            conf.read_text().replace(
+                f"dns_servers = {real.nameserver}",
+                f"dns_servers = {host}:{port}, {real.nameserver}",
+            )
+        )
+        code, _, err = sendmail(run_main, conf, "one@a.example")
+    assert (code, err) == (0, "")
+    assert [m.rcpt_tos for m in mx1.messages] == [["one@a.example"]]
+
+
+def test_every_mx_refusing_a_utf8_address_refuses_it_at_once(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    """Two MX hosts without SMTPUTF8: the message was queued and retried for days, where
+    one such MX gave the EX_DATAERR and the hint at once."""
+    mx1, mx2 = mx_server(2), mx_server(3)
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net)
+    code, _, err = sendmail(run_main, conf, "jörg@a.example")
+    assert code == 65, err
+    assert "needs SMTPUTF8" in err and "queued" not in err
+    assert mx1.messages == mx2.messages == []
+    assert queue_list(run_main, conf) == []
+
+
+def test_an_mx_naming_a_host_without_an_address_is_refused_not_queued(
+    tmp_path: Path, net: Net, dns_server: Callable[..., DNSServer], run_main: RunMain
+) -> None:
+    """RFC 5321 §5.1: MX records none of which is usable are an error. The DNS answered
+    (nothing failed), so waiting in the queue for days changes nothing (Postfix bounces
+    such mail as "Host not found")."""
+    zone = zone_for(net)
+    zone["ghost.example"] = [("MX", "10 nothing.ghost.example."), ("MX", "20 mx.void.example.")]
+    zone["void.example"] = [("TXT", "here, with no mx host")]
+    conf = write_config(tmp_path, dns_server(zone), net)
+    code, _, err = sendmail(run_main, conf, "one@ghost.example")
+    assert code == 67, err
+    assert "no MX host has an address" in err and "queued" not in err
+    assert queue_list(run_main, conf) == []

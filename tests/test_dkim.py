@@ -344,10 +344,32 @@ def test_keygen_group_mail_makes_a_key_the_listener_can_read(run_main: RunMain) 
     shutil.rmtree(shared)
 
 
+def test_keygen_names_an_idn_domain_by_its_a_label(run_main: RunMain, tmp_path: Path) -> None:
+    """`--domain straße.example` was refused, though a route of that name signs with
+    d=xn--strae-oqa.example: the record goes where the verifier will look."""
+    out_file = tmp_path / "k.pem"
+    code, out, err = run_main(
+        [
+            "dkim",
+            "keygen",
+            "--domain",
+            "Straße.Example",
+            "--selector",
+            "s1",
+            "--out",
+            str(out_file),
+        ],
+        prog="ssmtp-mailer",
+    )
+    assert code == 0, err
+    assert "s1._domainkey.xn--strae-oqa.example" in out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--domain", "bad domain", "--selector", "s"], "--domain: "),
+        (["--domain", "192.0.2.1", "--selector", "s"], "--domain: expected a domain name, not"),
         (["--domain", "example.com", "--selector", "a_b"], "--selector: expected DKIM selectors"),
         (
             ["--domain", "example.com", "--selector", "s", "--bits", "512"],

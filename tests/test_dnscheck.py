@@ -416,6 +416,24 @@ def test_selectors_without_keys_missing_record_and_mta_sts(
     assert code == 1
 
 
+def test_dns_check_takes_an_idn_domain_as_its_a_label(
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    """`dns check bücher.example` was a usage error, though sendmail and route take it."""
+    zone = {"xn--bcher-kva.example": [("MX", "10 mail.example.com."), ("TXT", "v=spf1 -all")]}
+    config = write_config(tmp_path, dns_server({**good_zone(keys), **zone}))
+    _, out, err = run_main(
+        ["-C", str(config), "dns", "check", "bücher.example", "--json"], prog="ssmtp-mailer"
+    )
+    assert err == "", err
+    report = json.loads(out)
+    assert report["domain"] == "xn--bcher-kva.example"
+    assert by_name(report)["MX"]["status"] == "ok"
+
+
 def test_dns_check_bad_input(
     run_main: RunMain, tmp_path: Path, dns_server: Callable[..., DNSServer]
 ) -> None:

@@ -35,7 +35,11 @@ def test_answers_each_type_with_its_ttl(dns_server: Callable[..., DNSServer]) ->
     assert [(r.preference, r.exchange.to_text()) for r in mx] == [(10, "mx.example.com.")]
     assert mx.response.flags & dns.flags.AA
     aaaa = resolver.resolve("mx.example.com", "AAAA")
-    assert [r.address for r in aaaa] == ["2001:db8::25"] and aaaa.rrset is not None and aaaa.rrset.ttl == 60
+    assert (
+        [r.address for r in aaaa] == ["2001:db8::25"]
+        and aaaa.rrset is not None
+        and aaaa.rrset.ttl == 60
+    )
     assert [r.target.to_text() for r in resolver.resolve("25.2.0.192.in-addr.arpa", "PTR")] == [
         "mx.example.com."
     ]

@@ -291,7 +291,10 @@ def test_orcpt_survives_mapping_and_queue_and_names_the_original_in_a_notice(
     run_queue(conf)
     delivered, notice = sorted(upstream.wait_for(2), key=lambda m: m.mail_from != SENDER)
     assert delivered.rcpt_tos == ["contact-sales@domain1.com"]  # the mapping's work
-    assert delivered.rcpt_options == ["NOTIFY=FAILURE", "ORCPT=rfc822;contact-sales@mailer.domain1.com"]
+    assert delivered.rcpt_options == [
+        "NOTIFY=FAILURE",
+        "ORCPT=rfc822;contact-sales@mailer.domain1.com",
+    ]
     assert notice.mail_from in ("", "<>") and notice.rcpt_tos == [SENDER]
     assert b"Original-Recipient: rfc822; Gone+old@far.example" in notice.data
     assert b"Final-Recipient: rfc822; gone@far.example" in notice.data

@@ -482,6 +482,25 @@ def test_smtputf8_needed_but_not_offered(smtp_server: SMTPTestServer, tmp_path: 
     assert smtp_server.messages == []
 
 
+def test_an_idn_domain_goes_as_its_a_label_where_smtputf8_is_missing(
+    smtp_server: SMTPTestServer, tmp_path: Path
+) -> None:
+    """Only the domains are non-ASCII: the relay without SMTPUTF8 gets their A-labels
+    (the same addresses), where the message was refused with exit 65."""
+    config = make_config(tmp_path, smtp_server)
+    result = send(
+        config,
+        ("user@bücher.example", "plain@example.org"),
+        sender="app@straße.example",
+        smtputf8=True,
+    )
+    assert result.accepted == ("user@bücher.example", "plain@example.org")
+    [got] = smtp_server.messages
+    assert not got.smtputf8
+    assert got.mail_from == "app@xn--strae-oqa.example"
+    assert got.rcpt_tos == ["user@xn--bcher-kva.example", "plain@example.org"]
+
+
 def test_smtputf8_when_offered(smtp_server_factory: Factory, tmp_path: Path) -> None:
     server = smtp_server_factory(smtputf8=True)
     config = make_config(tmp_path, server)

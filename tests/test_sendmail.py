@@ -530,9 +530,7 @@ def test_sendmail_link_leaves_nothing_for_os_exit_to_skip(
         "handlers = sys.modules['logging'].root.handlers if 'logging' in sys.modules else []\n"
         "print(rc, threading.active_count(), atexit._ncallbacks() - hooks, len(handlers), len(left))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
-    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     # exit code, threads, atexit hooks, logging handlers, descriptors opened and left open
     assert done.stdout.split() == ["0", "1", "0", "0", "0"], done.stderr
     assert len(smtp_server.messages) == 1

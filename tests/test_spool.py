@@ -370,9 +370,7 @@ def test_an_envelope_without_its_message_is_set_aside_not_called_busy_forever(
     (tmp_path / "spool" / "queue" / f"{lost}.msg").unlink()
     result = spool.run_queue(config, force=True)
     assert result.delivered == (good,) and result.busy == ()
-    assert result.problems == (
-        f"{lost}: damaged, moved to damaged/: its message file is missing",
-    )
+    assert result.problems == (f"{lost}: damaged, moved to damaged/: its message file is missing",)
     assert (tmp_path / "spool" / "damaged" / f"{lost}.toml").exists()
     assert spool.run_queue(config, force=True) == spool.QueueRunResult()
 

@@ -43,7 +43,9 @@ def test_reply_to_is_set_to_the_author_when_there_is_none(run_main: Run) -> None
 
 def test_a_huge_value_is_cut_in_the_error(tmp_path: Path, run_main: Run) -> None:
     conf = write_relay_config(tmp_path / "m.conf", closed_port())
-    conf.write_text(conf.read_text().replace("smtp_server = 127.0.0.1", "smtp_server = " + "x!" * 5_000_000))
+    conf.write_text(
+        conf.read_text().replace("smtp_server = 127.0.0.1", "smtp_server = " + "x!" * 5_000_000)
+    )
     code, _, err = run_main(["-C", str(conf), "a@example.org"], b"Subject: s\n\nb\n")
     assert code == 78
     assert "smtp_server" in err and "10000000 characters" in err
@@ -51,7 +53,9 @@ def test_a_huge_value_is_cut_in_the_error(tmp_path: Path, run_main: Run) -> None
 
 
 def test_config_check_shows_warnings_beside_errors(tmp_path: Path, run_main: Run) -> None:
-    conf = write_relay_config(tmp_path / "m.conf", closed_port(), "no_such_key = 1\nmax_retries = lots")
+    conf = write_relay_config(
+        tmp_path / "m.conf", closed_port(), "no_such_key = 1\nmax_retries = lots"
+    )
     code, _, err = cli(run_main, "config", "check", "--config", str(conf))
     assert code == 78
     assert "max_retries" in err

@@ -102,11 +102,11 @@ def keygen(
     group: str | None,
 ) -> None:
     """Write a PKCS#8 private key (mode 0600, or 0640 of --group) and print the TXT record."""
-    from ssmtp_mailer.config.values import parse_hostname, parse_selectors
+    from ssmtp_mailer.config.values import parse_mail_domain, parse_selectors
     from ssmtp_mailer.keytool import generate
 
     try:
-        domain = parse_hostname(domain).rstrip(".").lower()
+        domain = parse_mail_domain(domain)
     except ValueError as exc:
         raise UsageError("--domain", str(exc)) from None
     try:

@@ -51,10 +51,10 @@ def check(
 ) -> int:
     """Check MX, SPF, DKIM, DMARC, PTR, MTA-STS and TLS-RPT; exit 1 if a required check fails."""
     from ssmtp_mailer import dnscheck
-    from ssmtp_mailer.config.values import parse_hostname, parse_selectors
+    from ssmtp_mailer.config.values import parse_mail_domain, parse_selectors
 
     try:
-        domain = parse_hostname(domain).rstrip(".").lower()
+        domain = parse_mail_domain(domain)
     except ValueError as exc:
         raise UsageError("DOMAIN", str(exc)) from None
     if ip is not None:

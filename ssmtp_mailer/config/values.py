@@ -106,6 +106,20 @@ def parse_hostname(text: str) -> str:
         raise ValueError(f"expected a host name or IP address, got {shorten(text)}") from None
 
 
+def parse_mail_domain(text: str) -> str:
+    """A domain of mail addresses (dns check's, DKIM's d=) in its key form: lower case,
+    IDNA 2008 A-labels for a non-ASCII name, as the routes compare it."""
+    from ssmtp_mailer.addresses import domain_key, domain_problem
+
+    domain = unquote(text).strip().rstrip(".")
+    if domain.startswith("[") or domain.rpartition(".")[2].isdigit() or ":" in domain:
+        raise ValueError(f"expected a domain name, not an address: {shorten(text)}")
+    problem = domain_problem(domain)
+    if problem is not None:
+        raise ValueError(f"expected a domain name: {problem}")
+    return domain_key(domain)
+
+
 def parse_hostport(text: str) -> HostPort:
     """`host`, `host:port`, `[v6]:port` or a bare IPv6 address."""
     text = unquote(text.strip())

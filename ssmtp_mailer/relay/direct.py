@@ -39,6 +39,8 @@ RelayPath = Callable[[tuple[str, ...]], engine.DeliveryResult]
 NULL_MX_CODE = 556
 # What a domain's recipients are deferred with when no MX could take them.
 DEFERRED_CODE = 451
+# Lookups in a row that timed out before the resolvers count as silent (Lookups.records).
+SILENT_AFTER = 2
 _STS_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
 
 
@@ -91,9 +93,11 @@ class Lookups:
         self.resolver = Resolver(g.dns_servers, float(min(g.connection_timeout, 30)))
         self.cache = dnscache.Cache(dnscache.path_for(g.spool_dir), lambda: _ensure_spool(config))
         self.timeout = float(g.connection_timeout)
-        # The resolvers once silent, the later lookups of this delivery are not waited
-        # for again: each recipient domain (and each MX host) waited the whole timeout.
-        self.silent: ResolverTimeout | None = None
+        # The lookups in a row that timed out. After SILENT_AFTER, the resolvers count as
+        # silent and the later lookups of this delivery are not waited for: each recipient
+        # domain (and each MX host) would wait the whole timeout. One alone is not enough:
+        # some name servers drop queries for one name or type (AAAA, _mta-sts) only.
+        self.timeouts: list[ResolverTimeout] = []
 
     def records(self, name: str, rdtype: str) -> list[str]:
         """The answer as text (MX `pref host`, addresses, TXT strings joined); spf.TempError."""
@@ -101,13 +105,15 @@ class Lookups:
         cached = self.cache.get(key)
         if isinstance(cached, list):
             return [str(r) for r in cached]
-        if self.silent is not None:
-            raise spf.TempError(f"{name} {rdtype}: not asked, no resolver answered ({self.silent})")
+        if len(self.timeouts) >= SILENT_AFTER:
+            last = self.timeouts[-1]
+            raise spf.TempError(f"{name} {rdtype}: not asked, no resolver answered ({last})")
         try:
             answer, ttl = self.resolver.answer_and_ttl(name, rdtype)
         except ResolverTimeout as exc:
-            self.silent = exc
+            self.timeouts.append(exc)
             raise
+        self.timeouts.clear()
         if rdtype == "MX":
             rows = [f"{r.preference} {r.exchange.to_text().rstrip('.').lower()}" for r in answer]
         elif rdtype == "TXT":
@@ -118,25 +124,30 @@ class Lookups:
         return rows
 
     def each_address(self, host: MxHost) -> Iterator[str]:
-        """The host's addresses, looked up only as far as the attempts get (A, then AAAA)."""
+        """The host's addresses, looked up only as far as the attempts get (A, then AAAA).
+
+        IPv4 first: a host whose IPv6 route is broken would cost connection_timeout per MX
+        before the address that works. A lookup that fails is passed over when the other
+        found addresses (RFC 5321 §5.1 uses what answered); spf.TempError when none did.
+        """
         if host.addresses is not None:
             yield from host.addresses
             return
         failed: spf.TempError | None = None
+        found_any = False
         for kind in ("A", "AAAA"):
             try:
                 found = self.records(host.name, kind)
             except spf.TempError as exc:  # a SERVFAIL for A must not hide a working AAAA
                 failed = failed or exc
                 continue
+            found_any = found_any or bool(found)
             yield from found
-        if failed is not None:
+        if failed is not None and not found_any:
             raise failed
 
     def addresses(self, name: str) -> tuple[str, ...]:
-        # IPv4 first: a host whose IPv6 route is broken would cost connection_timeout per
-        # MX before the address that works.
-        return tuple(self.records(name, "A") + self.records(name, "AAAA"))
+        return tuple(self.each_address(MxHost(name, 0, None)))
 
     def mx_hosts(self, domain: str, resolve: bool = True) -> DomainPlan:
         """RFC 5321 §5.1 (with RFC 7505's null MX) for one domain; `resolve`: addresses too."""
@@ -317,6 +328,7 @@ class DomainOutcome(NamedTuple):
     result: engine.DeliveryResult | None = None
     error: MailerError | None = None
     unanswered: bool = False  # an MX got the whole message and never answered (RelayFailure)
+    code: int = 550  # the reply code a permanent `error` stands for in the failure notice
 
     @property
     def temporary(self) -> bool:
@@ -378,7 +390,9 @@ def _deliver_domain(
         return DomainOutcome(domain, rcpts, error=TempFailError(domain, f"MX lookup failed: {exc}"))
     if plan.refusal is not None:
         # The recipients' own domain refuses them (RFC 7505's 556 5.1.10): EX_NOUSER.
-        return DomainOutcome(domain, rcpts, error=NoUserError(domain, plan.refusal))
+        return DomainOutcome(
+            domain, rcpts, error=NoUserError(domain, plan.refusal), code=NULL_MX_CODE
+        )
     if transcript is not None:
         transcript(f"* {domain}: {hosts_text(plan)}")
     if not plan.hosts:
@@ -392,9 +406,12 @@ def _deliver_domain(
         return DomainOutcome(domain, rcpts, error=TempFailError(domain, why))
     required = tls_requirement(route, plan)
     failures: list[str] = []
-    # A problem of the message at one host (SMTPUTF8 not offered, say): final when no
-    # host does better.
+    # A problem of the message at one host (SMTPUTF8 not offered, say): final when every
+    # host said the same.
     refusal: MailerError | None = None
+    refusals = 0
+    # Hosts whose name has no address (NXDOMAIN or no A/AAAA, as answered, not failed).
+    unknown = 0
     for host in plan.hosts:
         tried = False
         try:
@@ -412,6 +429,7 @@ def _deliver_domain(
                     failures.append(line)
                     if step == "refusal":
                         refusal = refusal or failure.error
+                        refusals += 1
                     if step == "address":
                         continue
                     break
@@ -420,9 +438,15 @@ def _deliver_domain(
             failures.append(f"{host.name}: address lookup failed ({exc})")
             continue
         if not tried:
+            unknown += 1
             failures.append(f"{host.name}: no address")
-    if refusal is not None and len(failures) == 1:
+    if refusal is not None and refusals == len(failures):
         return DomainOutcome(domain, rcpts, error=refusal)
+    if unknown == len(plan.hosts):
+        # RFC 5321 §5.1: MX records none of which is usable are an error; the DNS said so
+        # (nothing failed), as Postfix bounces "Host not found" (5.4.4).
+        why = f"no MX host has an address ({'; '.join(failures)})"
+        return DomainOutcome(domain, rcpts, error=NoUserError(domain, why))
     hint = None
     if any("timed out" in f for f in failures) and route.direct_port == 25:
         hint = hints.DIRECT_PORT25_BLOCKED
@@ -504,7 +528,7 @@ def _combine(
                 error.what, f"{error.why}; through the relay: {relay_error.why}", error.hint
             )
         errors.append(error)
-        code = DEFERRED_CODE if isinstance(error, TempFailError) else NULL_MX_CODE
+        code = DEFERRED_CODE if isinstance(error, TempFailError) else outcome.code
         for rcpt in outcome.recipients:
             refused[rcpt] = (code, error.why)
             refused_by[rcpt] = error.what  # the domain, not a server that never saw it

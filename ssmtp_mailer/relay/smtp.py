@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from ssmtp_mailer.addresses import ascii_address
 from ssmtp_mailer.config.model import AuthMethod, DomainConfig
 from ssmtp_mailer.errors import (
     ConfigError,
@@ -589,6 +590,15 @@ class RelayConnection(SMTPClient):
                 with_dsn = dsn
             else:
                 self.note("relay does not offer DSN (RFC 3461); -N, -R, -V and ORCPT dropped")
+        # What MAIL and RCPT name (the A-label forms below); replies map to `recipients`.
+        wire_sender, wire_recipients = sender, list(recipients)
+        if smtputf8 and not self.has_extn("smtputf8"):
+            converted = [ascii_address(a) for a in (sender, *recipients)]
+            if all(c is not None for c in converted):
+                # Only domains were non-ASCII: their A-labels are the same addresses.
+                wire_sender, *wire_recipients = [c for c in converted if c is not None]
+                smtputf8 = False
+                self.note("relay does not offer SMTPUTF8; domains sent as A-labels (IDNA)")
         if smtputf8:
             if not self.has_extn("smtputf8"):
                 raise RelayFailure(
@@ -627,7 +637,7 @@ class RelayConnection(SMTPClient):
         suffix = "".join(f" {o}" for o in options)
         # Addresses go out verbatim in <>: smtplib's quoteaddr() re-parses them and can
         # mangle quoted local parts.
-        commands = [("mail", f"FROM:<{sender}>{suffix}")]
+        commands = [("mail", f"FROM:<{wire_sender}>{suffix}")]
 
         def rcpt_suffix(rcpt: str) -> str:
             found = with_dsn.rcpt_options(rcpt) if with_dsn is not None else []
@@ -635,7 +645,10 @@ class RelayConnection(SMTPClient):
                 found = [o for o in found if o.isascii()]
             return "".join(f" {o}" for o in found)
 
-        commands += [("rcpt", f"TO:<{rcpt}>{rcpt_suffix(rcpt)}") for rcpt in recipients]
+        commands += [
+            ("rcpt", f"TO:<{wire}>{rcpt_suffix(rcpt)}")
+            for rcpt, wire in zip(recipients, wire_recipients, strict=True)
+        ]
         commands.append(("data", ""))
         if reset:
             commands.insert(0, ("rset", ""))
