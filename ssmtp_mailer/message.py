@@ -530,12 +530,17 @@ def crlf_lines(chunk: "_Bytes") -> "_Bytes":
     """LF, CRLF, a bare CR or a mix of them become CRLF.
 
     RFC 5321 §2.3.8 forbids a bare CR on the wire, and a lone CR ended lines on old Macs:
-    it is a line end too. For input read in pieces, the caller keeps a piece's trailing
-    CR for the next one, so that a CRLF split between pieces stays one line end.
+    it is a line end too. CRs before an LF are one line end with it: CR CR LF is a CRLF
+    converted once more on its way (a text-mode write), and as two line ends it made the
+    first header field's end a blank line, moving the rest of the header into the body.
+    For input read in pieces, the caller keeps a piece's trailing CRs for the next one,
+    so that a line end split between pieces stays one.
     """
     crlfs = chunk.count(CRLF)
     if chunk.count(b"\n") == crlfs == chunk.count(b"\r"):
         return chunk
+    while b"\r\r\n" in chunk:
+        chunk = chunk.replace(b"\r\r\n", CRLF)
     return chunk.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
 
 

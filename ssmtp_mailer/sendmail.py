@@ -228,12 +228,12 @@ def read_message(stream: BinaryIO, *, dot_ends: bool, limit: int) -> bytearray:
 
     read = getattr(stream, "read1", None) or stream.read
     data = bytearray()
-    held = b""  # a piece's final CR, until the next piece says whether an LF follows
+    held = b""  # a piece's final CRs, until the next piece says whether an LF follows
     while True:
         piece = held + read(READ_SIZE)
         if piece == held:
             break
-        held = b"\r" if piece.endswith(b"\r") else b""
+        held = piece[len(piece.rstrip(b"\r")) :]
         start = len(data)
         data += crlf_lines(piece[: len(piece) - len(held)])
         if dot_ends:
@@ -242,9 +242,10 @@ def read_message(stream: BinaryIO, *, dot_ends: bool, limit: int) -> bytearray:
             if cut >= 0:
                 del data[cut:]
                 return data
-        if len(data) > limit:
+        if len(data) + len(held) > limit:
             raise DataError(
-                "message", f"{len(data)} octets read, over max_message_size ({limit} octets)"
+                "message",
+                f"{len(data) + len(held)} octets read, over max_message_size ({limit} octets)",
             )
     data += crlf_lines(held)
     return data

@@ -301,14 +301,20 @@ def test_expired_entry_keeps_its_id_in_failed(tmp_path: Path, run_main: Run) -> 
 
 
 def test_banner_timeout_is_reported_as_the_banner(tmp_path: Path, run_main: Run) -> None:
+    """A server that takes the connection and never greets holds the caller for
+    connection_timeout (SPEC §6), not read_timeout: each fallback server added a minute."""
     server = MisbehavingServer(MisbehavingServer.silent).start()
     try:
-        conf = config_for(tmp_path, server.port, "on_temporary_failure = fail\nread_timeout = 1")
+        conf = config_for(tmp_path, server.port, "on_temporary_failure = fail")
+        conf.write_text(
+            conf.read_text().replace("connection_timeout = 5", "connection_timeout = 1")
+        )
         code, _, err = run_main(["-C", str(conf), "-t"], MESSAGE)
     finally:
         server.stop()
     assert code == 75
-    assert "no greeting" in err and "connect: timed out" not in err
+    assert "no greeting within 1 s (connection_timeout)" in err
+    assert "connect: timed out" not in err
 
 
 def _load(conf: Path) -> Config:

@@ -218,6 +218,12 @@ def test_line_endings_lf_crlf_bare_cr_mixed_become_crlf() -> None:
     # RFC 5321 §2.3.8: a bare CR never goes out; it ends a line.
     assert body_of(prep(b"\nx\ry\n", recipients=("a@x",)).data) == b"x\r\ny\r\n"
     assert body_of(prep(b"\nx\r\ry\r", recipients=("a@x",)).data) == b"x\r\n\r\ny\r\n"
+    # A CRLF converted twice on its way (CR CR LF) is one line end: the header stays whole.
+    doubled = prep(
+        b"To: a@x\r\r\nSubject: s\r\r\nX-A: 1\r\r\n\r\r\nbody\r\r\n", recipients=("a@x",)
+    )
+    assert b"\r\nSubject: s\r\nX-A: 1\r\n" in doubled.data
+    assert body_of(doubled.data) == b"body\r\n"
     assert prep(b"To: a@x\n\nno newline", recipients=("a@x",)).data.endswith(b"no newline\r\n")
 
 

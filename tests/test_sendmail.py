@@ -624,6 +624,10 @@ def test_read_message_across_piece_boundaries() -> None:
     assert _read([b"a\r", b"\nb\n"]) == b"a\r\nb\r\n"
     # A bare CR ends a line (RFC 5321 §2.3.8), also at the very end.
     assert _read([b"a\rb\n", b"c\r"]) == b"a\r\nb\r\nc\r\n"
+    # CR CR LF (a CRLF converted again) is one line end, also split between pieces.
+    assert _read([b"To: a@x\r", b"\r\nSubject: s\r\r", b"\n\r\r\nbody\r\r\n"]) == (
+        b"To: a@x\r\nSubject: s\r\n\r\nbody\r\n"
+    )
     # The lone dot split over pieces still ends the input, and nothing after it is read.
     assert _read([b"a\n", b".", b"\n", b"never\n"]) == b"a\r\n"
     assert _read([b"a\n.\r", b"\nnever\n"]) == b"a\r\n"

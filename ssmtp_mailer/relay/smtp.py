@@ -349,7 +349,9 @@ class RelayConnection(SMTPClient):
         sock = socket.create_connection(address, self.endpoint.connect_timeout)  # type: ignore[arg-type]
         # Without it, Nagle holds the final ".\r\n" until the peer's delayed ACK (~40 ms).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self.endpoint.read_timeout)
+        # Connecting ends with the greeting (and an implicit TLS handshake): SPEC §6 holds
+        # a caller at most connection_timeout a server when it is down or a tarpit.
+        sock.settimeout(self.endpoint.connect_timeout)
         if self.endpoint.implicit_tls:
             sock = self._handshake(sock)
         return sock
@@ -401,6 +403,7 @@ class RelayConnection(SMTPClient):
             # Connected, but no greeting: a tarpit, a firewall that accepts and drops, or
             # a TLS port spoken to in plain text.
             raise self._transport_failure("banner", exc) from None
+        _set_timeout(self.sock, self.endpoint.read_timeout)
         self.banner = f"{code} {reply_text(message)}"
         if code != 220:
             self.close()
@@ -970,8 +973,8 @@ class RelayConnection(SMTPClient):
             why = f"{stage}: timed out"
             if stage == "banner":
                 why = (
-                    f"banner: connected, but no greeting within {self.endpoint.read_timeout} s"
-                    " (read_timeout)"
+                    f"banner: connected, but no greeting within"
+                    f" {self.endpoint.connect_timeout} s (connection_timeout)"
                 )
             return RelayFailure(
                 TempFailError(label, why, hint=hints.for_timeout(port)),
