@@ -206,51 +206,53 @@ def _over_socket(path: Path, prepared: PreparedMessage, data: bytes) -> int | No
         code, _ = client.connect(str(path), 0)
     except OSError:
         return None
-    try:
-        if code != 220:
-            return None
-        client.putcmd("EHLO", "localhost")
-        code, text = client.getreply()
-        dsn = prepared.dsn
-        if dsn is not None and b"DSN" not in text.upper().split(b"\n"):
-            return None  # a listener from before DSN: the maildrop keeps -N, -R and -V
-        options = dsn.mail_options() if dsn is not None else []
-        if prepared.smtputf8:
-            options.append("SMTPUTF8")
-            client.command_encoding = "utf-8"
-        if prepared.eightbit:
-            options.append("BODY=8BITMIME")
-        suffix = (" " + " ".join(options)) if options else ""
-        client.putcmd("MAIL", f"FROM:<{prepared.sender}>{suffix}")
-        code, text = client.getreply()
-        if code != 250:
-            # 4xx (a listener shutting down): the maildrop takes it instead.
-            return None if code < 500 else _refused(code, text, "sender")
-        accepted = 0
-        rcpt_suffix = "".join(f" {o}" for o in dsn.rcpt_options()) if dsn is not None else ""
-        for recipient in prepared.recipients:
-            client.putcmd("RCPT", f"TO:<{recipient}>{rcpt_suffix}")
-            code, text = client.getreply()
-            if code == 250:
-                accepted += 1
-            elif code >= 500:
-                said = text.decode(errors="replace")
-                report(f"{recipient}: refused by the listener: {code} {said}")
-            else:
+    with contextlib.closing(client):
+        try:
+            if code != 220:
                 return None
-        if not accepted:
-            return EX_NOUSER
-        client.putcmd("DATA")
-        code, text = client.getreply()
-        if code != 354:
-            return None if code < 500 else _refused(code, text, "message")
-        client.send(_dot_stuffed(data) + b".\r\n")
-        code, text = client.getreply()
-        client.putcmd("QUIT")
-    except OSError:
-        return None  # the listener went away before the dot's reply: nothing was accepted
-    finally:
-        client.close()
+            client.putcmd("EHLO", "localhost")
+            code, text = client.getreply()
+            dsn = prepared.dsn
+            if dsn is not None and b"DSN" not in text.upper().split(b"\n"):
+                return None  # a listener from before DSN: the maildrop keeps -N, -R and -V
+            options = dsn.mail_options() if dsn is not None else []
+            if prepared.smtputf8:
+                options.append("SMTPUTF8")
+                client.command_encoding = "utf-8"
+            if prepared.eightbit:
+                options.append("BODY=8BITMIME")
+            suffix = (" " + " ".join(options)) if options else ""
+            client.putcmd("MAIL", f"FROM:<{prepared.sender}>{suffix}")
+            code, text = client.getreply()
+            if code != 250:
+                # 4xx (a listener shutting down): the maildrop takes it instead.
+                return None if code < 500 else _refused(code, text, "sender")
+            accepted = 0
+            rcpt_suffix = "".join(f" {o}" for o in dsn.rcpt_options()) if dsn is not None else ""
+            for recipient in prepared.recipients:
+                client.putcmd("RCPT", f"TO:<{recipient}>{rcpt_suffix}")
+                code, text = client.getreply()
+                if code == 250:
+                    accepted += 1
+                elif code >= 500:
+                    said = text.decode(errors="replace")
+                    report(f"{recipient}: refused by the listener: {code} {said}")
+                else:
+                    return None
+            if not accepted:
+                return EX_NOUSER
+            client.putcmd("DATA")
+            code, text = client.getreply()
+            if code != 354:
+                return None if code < 500 else _refused(code, text, "message")
+            client.send(_dot_stuffed(data) + b".\r\n")
+            code, text = client.getreply()
+        except OSError:
+            return None  # the listener went away before the dot's reply: nothing was accepted
+        # After the dot's reply the outcome is known: a listener that closes now (SIGTERM
+        # drains, then says 421) must not send the message to the maildrop a second time.
+        with contextlib.suppress(OSError):
+            client.putcmd("QUIT")
     if code == 250:
         return EX_OK if accepted == len(prepared.recipients) else EX_NOUSER
     if 400 <= code < 500:

@@ -968,3 +968,49 @@ def test_mail_the_pickup_cannot_hand_on_is_shown_not_silent(
     assert run_queue(tree).startswith("queue run: 1 taken from the maildrop")
     assert smtp_server.wait_for(1)[0].mail_from == "nobody@host.example"
     assert "Mail queue is empty" in queue_run_with_problems(tree, "queue", "list").stdout
+
+
+def test_a_listener_closing_after_its_250_does_not_get_the_message_into_the_maildrop_too(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    """A listener told to stop (SIGTERM) finishes the message in flight, says 250 and
+    421 and closes. Our QUIT then met EPIPE, which was read as 'nothing accepted': the
+    message went to the maildrop as well, and the relay got it twice."""
+    spool = tree.parent / "spool"
+    spool.mkdir()
+    run_queue(tree)  # the spool and its maildrop, as root's first run makes them
+    path = spool / "submit.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    path.chmod(0o666)
+    server.listen(1)
+    server.settimeout(30)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 draining listener\r\n")
+            for line in lines:
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    conn.sendall(b"250-host.example\r\n250-8BITMIME\r\n250 DSN\r\n")
+                elif verb == b"DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    for data_line in lines:
+                        if data_line == b".\r\n":
+                            break
+                    conn.sendall(b"250 2.0.0 delivered\r\n421 4.3.2 shutting down\r\n")
+                    return  # closed before QUIT, as a listener that exits
+                else:
+                    conn.sendall(b"250 2.0.0 ok\r\n")
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
+    finally:
+        thread.join(30)
+        server.close()
+    assert run.returncode == 0, run.stderr
+    assert list((spool / "maildrop").iterdir()) == []
+    assert smtp_server.messages == []
