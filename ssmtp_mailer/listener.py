@@ -1033,7 +1033,7 @@ class Listener:
     def _pickup(self) -> None:
         from ssmtp_mailer import pickup
 
-        pickup.pick_up(self.state.config)
+        pickup.pick_up(self.state.config, pool=self.state.connections)
 
     def _run_queue(self) -> None:
         from ssmtp_mailer import spool

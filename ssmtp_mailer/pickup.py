@@ -21,6 +21,7 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ssmtp_mailer import dialect, log
 from ssmtp_mailer.config.model import Config
@@ -28,6 +29,9 @@ from ssmtp_mailer.errors import PROG, UsageError
 from ssmtp_mailer.message import Dsn, parse_dsn
 from ssmtp_mailer.submit import MAILDROP, MAILDROP_MAGIC, TEMP_PREFIX, login_of, sender_refusal
 from ssmtp_mailer.submit import uid_label as _uid_label
+
+if TYPE_CHECKING:
+    from ssmtp_mailer.relay.pool import ConnectionPool
 
 # A temp file this old belongs to a submitter that died before its rename.
 STALE_SECONDS = 15 * 60
@@ -81,11 +85,17 @@ def received_field(config: Config, uid: int, via: str) -> bytes:
     return f"{line}\r\n\t{format_date(time.time())}\r\n".encode("utf-8", "replace")
 
 
-def pick_up(config: Config, problems: Callable[[str], None] | None = None) -> int:
+def pick_up(
+    config: Config,
+    problems: Callable[[str], None] | None = None,
+    pool: ConnectionPool | None = None,
+) -> int:
     """Take every complete maildrop file; the number handed on (delivered, queued or failed).
 
     Each file that could not be taken is logged, and told to `problems` (a `queue run`
-    has someone to tell).
+    has someone to tell). The relay connections are `pool`'s (the listener's), or this
+    pickup's own: they are closed (QUIT) only after the files they carried are removed,
+    so that a kill while a relay takes its time over QUIT never sends one twice.
     """
 
     def problem(line: str) -> None:
@@ -112,13 +122,18 @@ def pick_up(config: Config, problems: Callable[[str], None] | None = None) -> in
         return 0
     except OSError:
         return 0
+    from ssmtp_mailer.relay.pool import with_pool
+
     try:
-        return _take_all(config, dir_fd, problem)
+        with with_pool(pool, config.global_.connection_reuse_idle) as connections:
+            return _take_all(config, dir_fd, problem, connections)
     finally:
         os.close(dir_fd)
 
 
-def _take_all(config: Config, dir_fd: int, problem: Callable[[str], None]) -> int:
+def _take_all(
+    config: Config, dir_fd: int, problem: Callable[[str], None], pool: ConnectionPool
+) -> int:
     from ssmtp_mailer.spooldirs import UnsafeSpoolError
 
     try:
@@ -142,7 +157,7 @@ def _take_all(config: Config, dir_fd: int, problem: Callable[[str], None]) -> in
                 if time.time() - st.st_mtime > STALE_SECONDS:
                     with contextlib.suppress(OSError):
                         os.unlink(name, dir_fd=dir_fd)
-            elif _take(config, dir_fd, name, problem):
+            elif _take(config, dir_fd, name, problem, pool):
                 taken += 1
         except UnsafeSpoolError as exc:
             problem(f"maildrop {log.quoted(name)}: {exc.filename}: {exc.strerror}")
@@ -158,7 +173,9 @@ def _take_all(config: Config, dir_fd: int, problem: Callable[[str], None]) -> in
     return taken
 
 
-def _take(config: Config, dir_fd: int, name: str, problem: Callable[[str], None]) -> bool:
+def _take(
+    config: Config, dir_fd: int, name: str, problem: Callable[[str], None], pool: ConnectionPool
+) -> bool:
     """Take the maildrop file `name` (in the directory `dir_fd`); True once handed on."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
@@ -210,7 +227,7 @@ def _take(config: Config, dir_fd: int, name: str, problem: Callable[[str], None]
             why = _unreadable(exc)
             problem(f"{who}: {why}; moved to {log.quoted(str(kept))}")
             return False
-        outcome = _hand_on(config, dropped)
+        outcome = _hand_on(config, dropped, pool)
         if outcome.startswith("4"):  # not durable anywhere yet: try again on the next run
             problem(f"{who}: left in the maildrop for the next run: {outcome}")
             return False
@@ -280,7 +297,7 @@ def _unreadable(exc: Exception) -> str:
     return str(exc)
 
 
-def _hand_on(config: Config, dropped: Dropped) -> str:
+def _hand_on(config: Config, dropped: Dropped, pool: ConnectionPool) -> str:
     """Deliver or queue; keep a refused sender in failed/ with a bounce. What became of it:
     a 4xx reply when nothing took it (the spool full, no route), to try again later."""
     why = sender_refusal(config, dropped.uid, dropped.sender)
@@ -303,6 +320,7 @@ def _hand_on(config: Config, dropped: Dropped) -> str:
         dsn=dropped.dsn,
         report=lambda line: log.write(config, "WARNING", line),
         run_queue=False,
+        pool=pool,
         held=True,
         told=False,
     )

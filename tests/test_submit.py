@@ -1014,3 +1014,39 @@ def test_a_listener_closing_after_its_250_does_not_get_the_message_into_the_mail
     assert run.returncode == 0, run.stderr
     assert list((spool / "maildrop").iterdir()) == []
     assert smtp_server.messages == []
+
+
+def test_a_maildrop_file_is_removed_when_the_relay_says_250_not_after_its_quit(
+    shared_dir: Path,
+    tree: Path,
+    smtp_server: SMTPTestServer,
+    smtp_server_factory: Callable[..., SMTPTestServer],
+) -> None:
+    """SPEC §6: delivered the moment the relay answers the final dot, before QUIT. The
+    pickup removed its file only after QUIT: a `queue run` killed while a relay took its
+    time over QUIT left the file, and the next run sent the message again."""
+    slow_quit = smtp_server_factory(fault="stall-quit")
+    secret = tree.parent / "domains" / "relay.conf"
+    secret.write_text(
+        secret.read_text().replace(
+            f"smtp_port = {smtp_server.port}", f"smtp_port = {slow_quit.port}"
+        )
+    )
+    (tree.parent / "spool").mkdir()
+    run_queue(tree)
+    run = nobody_sendmail(shared_dir, tree, ["-i", "out@far.example"], MESSAGE)
+    assert run.returncode == 0, run.stderr
+    drop = tree.parent / "spool" / "maildrop"
+    assert len(list(drop.iterdir())) == 1
+    command = [sys.executable, "-m", "ssmtp_mailer", "--config", str(tree), "queue", "run"]
+    runner = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        slow_quit.wait_for(1, timeout=30)
+        time.sleep(0.5)  # well inside the wait for QUIT's reply
+    finally:
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+    assert list(drop.iterdir()) == []
+    run_queue(tree)
+    time.sleep(0.2)
+    assert len(slow_quit.messages) == 1
