@@ -1000,6 +1000,7 @@ class Listener:
 
         def load() -> tuple[Config, ssl.SSLContext | None]:
             config = self.reload_config()
+            check_signing(config)
             return config, tls_context(config)  # renewed certificates are taken too
 
         try:
@@ -1077,6 +1078,15 @@ def keyring_out_of_reach(config: Config) -> list[str]:
     return found
 
 
+def check_signing(config: Config) -> None:
+    """Every signing route's keys load and can sign (ConfigError): a listener started or
+    reloaded with a key it cannot use would answer 451 to every message of that route."""
+    from ssmtp_mailer.relay import dkim
+
+    for route in config.domains.values():
+        dkim.signer_for(route)
+
+
 def run_listener(
     config: Config,
     addresses: Sequence[HostPort],
@@ -1094,6 +1104,7 @@ def run_listener(
         _hand_over(config, config.global_.listen_user)
     open_sessions = SessionCount(shared=processes > 1)
     drop_privileges(config.global_.listen_user)
+    check_signing(config)  # as listen_user: the keys it cannot read refuse every message
     for line in keyring_out_of_reach(config):
         log.write(config, "WARNING", f"listen: {line}")
         say(f"warning: {line}")

@@ -246,6 +246,7 @@ def submit(
         if not prepared.smtputf8 and not all(a.isascii() for a in addresses):
             this = prepared._replace(smtputf8=True)
         attempted: Attempted | None = None
+        unsigned = False
         if signer is not None:
             # After the last header change, before the first attempt: a queued entry
             # keeps these signed bytes, so a retry sends them as they are.
@@ -253,8 +254,12 @@ def submit(
 
             try:
                 data = dkim.sign(signer, data, group.envelope_from)
-            except Exception as exc:  # the message is kept, unsigned, by the policy
-                attempted = _not_attempted(config, group, exc)
+            except Exception as exc:
+                # Never queued unsigned (the runner sends what it has): kept in failed/
+                # with why, the sender told. The keys' own faults were found before
+                # anything went (_signers).
+                unsigned = True
+                attempted = _not_attempted(config, group, exc)._replace(fate=failures.Fate.FAIL)
         record = engine.DeliveryLog(config, group, data)
         attempted = attempted or attempt(
             config,
@@ -271,7 +276,7 @@ def submit(
         )
         if attempted.result is None:
             assert attempted.error is not None
-            if accepted:
+            if accepted and not unsigned:
                 attempted = attempted._replace(fate=failures.fate(attempted.error, queued=True))
             unsettled.append((group, data, this, attempted, record))
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -669,3 +670,93 @@ def test_a_signing_key_others_may_read_is_warned_of(
     assert f"chmod 600 {key}" in err
     code, _, _ = run_main(["config", "check", "--strict", "-C", str(config)], prog="ssmtp-mailer")
     assert code == 78
+
+
+def _without_pynacl(tmp_path: Path) -> dict[str, str]:
+    """An environment whose Python has no PyNaCl (a zipapp's, a bare venv's)."""
+    fake = tmp_path / "no-nacl" / "nacl"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no PyNaCl here')\n")
+    return {**os.environ, "PYTHONPATH": str(fake.parent)}
+
+
+def test_without_pynacl_an_ed25519_route_keeps_nothing_to_send_unsigned(
+    keys: dict[str, dict[str, str]], tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Signing failed after the route was chosen, and the message was kept unsigned: the
+    listener queued it with a 250 and the queue later delivered it with no signature (a
+    DMARC p=reject domain loses it); sendmail said 78 and left an unsigned failed/ copy."""
+    config = write_config(tmp_path, smtp_server.port, ["mana2026"])
+    env = _without_pynacl(tmp_path)
+    sendmail = [sys.executable, "-m", "ssmtp_mailer", "sendmail", "-C", str(config), "-t"]
+    run = subprocess.run(sendmail, input=MESSAGE, capture_output=True, env=env, timeout=60)
+    assert run.returncode == 78
+    assert b"mana2026.pem: Ed25519 signing needs PyNaCl (Debian: python3-nacl)" in run.stderr
+    assert not list((tmp_path / "spool").glob("*/*.msg"))
+    listen = [sys.executable, "-m", "ssmtp_mailer", "--config", str(config), "listen"]
+    listen += ["--address", "127.0.0.1:0"]
+    # Run as listen_user (mail), the listener cannot read root's 0600 key: it says so
+    # at start, not with a 451 to every message.
+    run = subprocess.run(listen, capture_output=True, timeout=60)
+    assert run.returncode == 78 and b"mana2026.pem: cannot read: Permission denied" in run.stderr
+    config.write_text(config.read_text().replace("[global]\n", "[global]\nlisten_user = root\n"))
+    run = subprocess.run(listen, capture_output=True, env=env, timeout=60)
+    assert run.returncode == 78 and b"needs PyNaCl" in run.stderr
+    assert smtp_server.messages == []
+
+
+def test_a_message_the_listener_cannot_sign_is_never_queued_unsigned(
+    keys: dict[str, dict[str, str]],
+    tmp_path: Path,
+    smtp_server: SMTPTestServer,
+    run_main: RunMain,
+) -> None:
+    """A catch-all route signs as the sender's domain; an address literal is none (d= must
+    be a domain name). The listener queued such a message unsigned, and the queue sent it."""
+    from test_listener import Listener, run_queue
+
+    config = write_config(tmp_path, smtp_server.port, [], global_extra="listen_user = root\n")
+    text = config.read_text().replace(
+        "[domain:*]\n", "[domain:*]\ndkim_selector = mana2026\ndkim_key_file = mana2026.pem\n"
+    )
+    config.write_text(text)
+    config.write_text(
+        config.read_text().replace("[global]\n", "[global]\nallowed_networks = 127.0.0.1/32\n")
+    )
+    listener = Listener(config)
+    try:
+        with listener.client() as client:
+            client.ehlo()
+            code, reply = client.mail("app@[127.0.0.1]")
+            assert code == 250, reply
+            assert client.rcpt("out@far.example")[0] == 250
+            code, reply = client.data(b"Subject: literal\r\n\r\nbody\r\n")
+        assert code >= 400 and b"d= must be a domain name" in reply
+    finally:
+        listener.stop()
+    assert not list((tmp_path / "spool" / "queue").glob("*.msg"))
+    run_queue(config)
+    assert smtp_server.messages == []
+
+
+def test_sighup_with_a_key_the_listener_cannot_use_keeps_the_old_configuration(
+    keys: dict[str, dict[str, str]], tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    from test_listener import Listener
+
+    config = write_config(
+        tmp_path, smtp_server.port, ["rsa2026"], global_extra="listen_user = root\n"
+    )
+    listener = Listener(config)
+    try:
+        (tmp_path / "ssl" / "garbage.pem").write_text("not a key\n")
+        config.write_text(config.read_text().replace("rsa2026.pem", "garbage.pem"))
+        listener.process.send_signal(signal.SIGHUP)
+        listener.wait_for("keeping the old one")
+        assert "garbage.pem" in listener.wait_for("garbage.pem")
+        with listener.client() as client:
+            assert client.sendmail("alice@example.com", ["bob@x.example"], MESSAGE) == {}
+        (tags,) = signatures(smtp_server.wait_for(1)[0].data)
+        assert tags[b"s"] == b"rsa2026"
+    finally:
+        listener.stop()

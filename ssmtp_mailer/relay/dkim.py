@@ -102,6 +102,16 @@ def signer_for(route: DomainConfig) -> Signer | None:
             problem,
             hint="`ssmtp-mailer dkim keygen --algorithm rsa|ed25519` makes the missing key",
         )
+    if ED25519 in algorithms:
+        # Known before anything goes (a zipapp, a venv without it): never after some of
+        # the message went, nor by a queued entry kept unsigned.
+        try:
+            import nacl.signing  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                f"{where}: {next(k.path for k in keys if k.key.algorithm == ED25519)}",
+                "Ed25519 signing needs PyNaCl (Debian: python3-nacl)",
+            ) from None
     return Signer(route.name, route_domain(route), keys)
 
 
@@ -170,10 +180,11 @@ def sign(signer: Signer, data: bytes | bytearray, envelope_from: str) -> bytes:
         )
     # d= in IDNA 2008's A-label (the stdlib codec's IDNA 2003 made straße.example's
     # signature strasse.example's); intake has refused an address whose domain has none.
-    a_label = ascii_domain(domain)
+    a_label = None if domain.startswith("[") else ascii_domain(domain)
     if a_label is None:
         raise ConfigError(
-            f"[domain:{signer.route}]", f"cannot sign as {domain!r}: it has no IDNA 2008 name"
+            f"[domain:{signer.route}]",
+            f"cannot sign as {domain!r}: d= must be a domain name (RFC 6376 §3.5)",
         )
     d = a_label.encode("ascii")
     signatures = []
