@@ -224,3 +224,27 @@ def test_a_transcript_nobody_can_read_costs_no_message(
         )  # fmt: skip
     assert done.returncode == 0
     assert [m.rcpt_tos for m in smtp_server.wait_for(1)] == [["a@x.example"]]
+
+
+def test_a_full_stdout_after_delivery_says_the_message_went(
+    config: Path, smtp_server: SMTPTestServer
+) -> None:
+    """`send --json > /dev/full`: delivered, but the report was an internal error (70), so a
+    script would send it again; now one line says the output failed and the message went."""
+    import subprocess
+    import sys
+
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "ssmtp_mailer", "send", "--json", "--to", "a@x.example",
+             "--body", "hi"],
+            stdin=subprocess.DEVNULL, stdout=full, stderr=subprocess.PIPE, timeout=30,
+        )  # fmt: skip
+    (msg,) = smtp_server.wait_for(1)
+    message_id = parse(msg.data.decode())["Message-ID"]
+    assert (done.returncode, done.stderr.decode()) == (
+        74,
+        "ssmtp-mailer: standard output: No space left on device; "
+        f"the message was delivered to 1 recipient(s) {message_id}\n",
+    )
+

@@ -747,3 +747,22 @@ def test_utf8_address_needs_smtputf8(
     else:
         assert code == 65 and "SMTPUTF8" in err
         assert server.messages == []
+
+
+def test_a_full_stdout_is_one_line_and_ex_ioerr(
+    config: Path, smtp_server: SMTPTestServer, symlinks: Path
+) -> None:
+    """`sendmail -bp > /dev/full` and `-bs`: a disk that is full is the user's, not a bug
+    (70 with "internal error: OSError"), as a stdout that is not open at all."""
+    script = str(symlinks / "sendmail")
+    for argv in ([script, "-bp"], [script, "-bs"], [sys.executable, "-m", "ssmtp_mailer",
+                 "sendmail", "-bp"]):  # fmt: skip
+        with open("/dev/full", "wb") as full:
+            done = subprocess.run(
+                argv, input=b"QUIT\r\n", stdout=full, stderr=subprocess.PIPE, timeout=30
+            )
+        assert (done.returncode, done.stderr) == (
+            74,
+            b"ssmtp-mailer: standard output: No space left on device\n",
+        ), argv
+

@@ -13,7 +13,7 @@ import click
 from ssmtp_mailer import errors
 from ssmtp_mailer.addresses import address_problem, qualify
 from ssmtp_mailer.commands.common import common_options, json_option, load, print_json, settings
-from ssmtp_mailer.errors import DataError, UsageError
+from ssmtp_mailer.errors import DataError, StreamError, UsageError
 from ssmtp_mailer.message import Intake, PreparedMessage, parse_addresses, prepare
 
 if TYPE_CHECKING:
@@ -337,5 +337,12 @@ def send_command(
     result = pipeline.submit(
         config, prepared, transcript=transcript if settings().verbose else None
     )
-    _render_result(result, prepared, as_json)
+    try:
+        _render_result(result, prepared, as_json)
+    except StreamError as exc:
+        if result.exit_code:  # not sent: its lines are on stderr already, and its code stands
+            errors.report(exc.lines()[0])
+            return result.exit_code
+        # The report is lost, not the message: a script told only "failed" would send again.
+        raise StreamError(exc.what, f"{exc.why}; the message was {result.summary}") from None
     return result.exit_code
