@@ -248,3 +248,20 @@ def test_a_full_stdout_after_delivery_says_the_message_went(
         f"the message was delivered to 1 recipient(s) {message_id}\n",
     )
 
+
+def test_a_closed_stdin_is_one_line(config: Path, smtp_server: SMTPTestServer) -> None:
+    """`send --to a@x.example <&-`: no body to read, EX_IOERR as sendmail says it (it was an
+    internal error, AttributeError on sys.stdin.buffer)."""
+    import subprocess
+    import sys
+
+    without_stdin = "import os, sys; os.close(0); os.execv(sys.executable, sys.argv)"
+    done = subprocess.run(
+        [sys.executable, "-c", without_stdin, "-m", "ssmtp_mailer", "send", "--to", "a@x.example"],
+        capture_output=True, timeout=30,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (
+        74,
+        b"ssmtp-mailer: standard input: not open (closed by the program that ran us)\n",
+    )
+    assert smtp_server.messages == []

@@ -126,8 +126,10 @@ def _read_body(body: str | None, body_file: str | None) -> str:
             raise UsageError(f"--body-file {body_file}", exc.strerror or str(exc)) from None
         where = f"--body-file {body_file}"
     else:
+        from ssmtp_mailer.sendmail import _standard
+
         # Not click.get_binary_stream: deprecated since click 8.5 (8.1 is our minimum).
-        stdin = sys.stdin.buffer
+        stdin = _standard(sys.stdin, "input").buffer
         if stdin.isatty():
             errors.report("reading the body from stdin (end with Ctrl-D)")
         data = stdin.read()
