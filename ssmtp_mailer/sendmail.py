@@ -136,8 +136,12 @@ def _apply(flag: str, value: str | None, parsed: SendmailArgs) -> None:
     # B, L, h, A, n, U, G, m, d: accepted and ignored (SPEC §5).
 
 
-def parse_args(args: Sequence[str]) -> SendmailArgs:
-    """Parse sendmail flags by hand: clusters, attached values, `--`, recipients anywhere."""
+def parse_args(args: Sequence[str], *, shared_options: bool = False) -> SendmailArgs:
+    """Parse sendmail flags by hand: clusters, attached values, `--`, recipients anywhere.
+
+    `shared_options`: also the long options every subcommand takes, `--config PATH` and
+    `--verbose` (`ssmtp-mailer sendmail`); a program run as `sendmail` takes sendmail's own.
+    """
     for arg in args:
         # An argument is one address or value: CR/LF would smuggle SMTP commands or headers.
         if any(c in arg for c in "\r\n\0"):
@@ -161,6 +165,18 @@ def parse_args(args: Sequence[str]) -> SendmailArgs:
             if arg == "-":
                 raise UsageError("-", "unknown flag", hint="see sendmail --help")
             parsed.recipients.append(arg)
+            continue
+        if shared_options and arg == "--verbose":
+            parsed.verbose = True
+            continue
+        option, attached, value = arg.partition("=")
+        if shared_options and option == "--config":
+            if not attached and index < len(args):
+                value = args[index]
+                index += 1
+            if not value:
+                raise UsageError("--config", "needs a value", hint="see sendmail --help")
+            parsed.config_path = value
             continue
         if arg.startswith("--"):
             raise UsageError(arg, "unknown flag", hint="see sendmail --help")
@@ -328,9 +344,9 @@ def _prepare_stdin(
     return prepared
 
 
-def run_sendmail(args: list[str]) -> int:
+def run_sendmail(args: list[str], *, shared_options: bool = False) -> int:
     """The sendmail program: `args` are its arguments (without the program name)."""
-    parsed = parse_args(args)
+    parsed = parse_args(args, shared_options=shared_options)
     if parsed.mode == "help":
         _standard(sys.stdout, "output").write(USAGE)
         return 0

@@ -766,3 +766,31 @@ def test_a_full_stdout_is_one_line_and_ex_ioerr(
             b"ssmtp-mailer: standard output: No space left on device\n",
         ), argv
 
+
+def test_config_and_verbose_after_the_sendmail_command(
+    config: Path, smtp_server: SMTPTestServer, run_main: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §2: `ssmtp-mailer sendmail --config PATH --verbose` as before the command name
+    (it was "--config: unknown flag", 64); the sendmail link takes only sendmail's flags."""
+    monkeypatch.delenv("SSMTP_MAILER_CONFIG")
+    message = b"Subject: s\n\nb\n"
+    code, _, err = run_main(
+        ["sendmail", "--config", str(config), "--verbose", "a@x.example"], message, prog="x"
+    )
+    assert (code, "S: 250" in err) == (0, True)
+    assert run_main(["sendmail", f"--config={config}", "b@x.example"], message, prog="x") == (
+        0,
+        "",
+        "",
+    )
+    assert [m.rcpt_tos for m in smtp_server.wait_for(2)] == [["a@x.example"], ["b@x.example"]]
+    # After `--` it is a recipient, and the link itself knows no such flag.
+    code, _, err = run_main(["sendmail", "--", "--config"], message, prog="x")
+    assert code == 78 and "no configuration file found" in err
+    for args in (["--config", str(config), "c@x.example"], ["--verbose", "c@x.example"]):
+        assert run_main(args, message) == (
+            64,
+            "",
+            f"ssmtp-mailer: {args[0]}: unknown flag\nssmtp-mailer: hint: see sendmail --help\n",
+        )
+    assert len(smtp_server.messages) == 2

@@ -32,8 +32,9 @@ def sendmail_command(ctx: click.Context, args: tuple[str, ...]) -> int:
     from ssmtp_mailer.sendmail import run_sendmail
 
     raw: list[str] = ctx.meta.get("sendmail_args", list(args))
-    # The group's own -C/-v (`ssmtp-mailer -C FILE sendmail …`) mean the same to sendmail.
+    # The group's own -C/-v (`ssmtp-mailer -C FILE sendmail …`) mean the same to sendmail,
+    # and so do --config and --verbose after the command name (run_sendmail takes those).
     shared = settings()
     prefix = ["-C", shared.config_path] if shared.config_path else []
     prefix += ["-v"] if shared.verbose else []
-    return run_sendmail(prefix + raw)
+    return run_sendmail(prefix + raw, shared_options=True)
