@@ -317,7 +317,7 @@ def test_every_problem_is_reported_at_once(
 def test_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = check(capsys, tmp_path / "absent.conf")
     assert code == 78
-    assert err == f"ssmtp-mailer: {tmp_path / 'absent.conf'}: no such file (from --config)\n"
+    assert err == f"ssmtp-mailer: {tmp_path / 'absent.conf'}: no such file (from -C/--config)\n"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file regardless of permissions")

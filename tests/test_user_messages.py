@@ -131,3 +131,12 @@ def test_dkim_keygen_without_cryptography_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 69, done.stderr
     assert done.stderr.startswith("ssmtp-mailer: cryptography: not installed")
     assert "internal error" not in done.stderr and not out.exists()
+
+
+def test_a_missing_file_names_the_option_sendmail_was_given(run_main: Run) -> None:
+    """`sendmail -C /nonexistent`: the error said "(from --config)", a flag sendmail has not."""
+    assert run_main(["-C", "/nonexistent", "a@b.example"], b"Subject: s\n\nb\n") == (
+        78,
+        "",
+        "ssmtp-mailer: /nonexistent: no such file (from -C/--config)\n",
+    )

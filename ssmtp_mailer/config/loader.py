@@ -173,7 +173,9 @@ def find_config_file(explicit: str | None = None) -> Path:
         if st is not None:
             return path
         if len(candidates) == 1:
-            raise ConfigError(str(path), f"no such file (from {source})")
+            # Named by sendmail's -C or the commands' -C/--config: the same option to both.
+            given = "-C/--config" if source == "--config" else source
+            raise ConfigError(str(path), f"no such file (from {given})")
     tried = ", ".join(str(p) for p, _ in candidates)
     raise ConfigError(
         "configuration",
