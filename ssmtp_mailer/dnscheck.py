@@ -180,12 +180,19 @@ def _negative_ttl(exc: dns.exception.DNSException) -> int:
     return 0
 
 
-def _guard(name: str, run: Callable[[], list[Check]]) -> list[Check]:
-    """A check whose lookups failed temporarily says so instead of guessing."""
+# Checked only when published: a lookup that fails may be of a record that is not there.
+_OPTIONAL = {"MTA-STS", "TLS-RPT"}
+
+
+def _guard(name: str, run: Callable[[], list[Check]], required: bool) -> list[Check]:
+    """A check whose lookups failed temporarily says so instead of guessing; for an
+    optional record (MTA-STS, TLS-RPT) that is a warning: it may well not be published."""
     try:
         return run()
     except spf.TempError as exc:
-        return [Check(name, FAIL, f"DNS lookup failed: {exc}", details=("try again later",))]
+        status = FAIL if required else WARN
+        summary = f"DNS lookup failed: {exc}"
+        return [Check(name, status, summary, required=required, details=("try again later",))]
 
 
 def check_mx(dns: Resolver, domain: str) -> list[Check]:
@@ -784,5 +791,5 @@ def run(request: Request, progress: Callable[[str], None] = lambda _: None) -> R
     checks: list[Check] = []
     for name, step in steps:
         progress(name)
-        checks.extend(_guard(name, step))
+        checks.extend(_guard(name, step, required=name not in _OPTIONAL))
     return Report(domain, tuple(checks), tuple(resolver.names))

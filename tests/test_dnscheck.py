@@ -755,3 +755,35 @@ def test_a_dmarc_record_receivers_would_ignore_fails(
     assert dmarc["publish"] == [
         '_dmarc.example.com. IN TXT "v=DMARC1; p=quarantine; rua=mailto:postmaster@example.com"'
     ]
+
+
+def test_an_optional_record_whose_lookup_fails_is_a_warning(
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    """MTA-STS and TLS-RPT are checked when published: a lookup of theirs that times out
+    or gets SERVFAIL failed the run, though the same records absent are optional."""
+    server = dns_server(good_zone(keys))
+    server.servfail.add(("_mta-sts.example.com", "TXT"))
+    server.dropped.add(("_smtp._tls.example.com", "TXT"))
+    config = write_config(tmp_path, server)
+    code, report, _ = dns_check(run_main, config, "--ip", IP)
+    checks = by_name(report)
+    for name in ("MTA-STS", "TLS-RPT"):
+        assert checks[name]["status"] == "warn" and checks[name]["required"] is False
+        assert checks[name]["summary"].startswith("DNS lookup failed: ")
+    assert code == 0 and report["ok"] is True
+    server.dropped.clear()  # one time-out (5 s) is enough
+    server.servfail.add(("_smtp._tls.example.com", "TXT"))
+    code, out, _ = run_main(
+        ["-C", str(config), "dns", "check", "example.com", "--ip", IP], prog="ssmtp-mailer"
+    )
+    assert code == 0 and "[warn] MTA-STS: DNS lookup failed: " in out
+    assert out.endswith("all required checks passed\n")
+    # A required record's failed lookup still fails the run.
+    server.servfail.add(("_dmarc.example.com", "TXT"))
+    code, report, _ = dns_check(run_main, config, "--ip", IP)
+    dmarc = by_name(report)["DMARC"]
+    assert (code, dmarc["status"], dmarc["required"]) == (1, "fail", True)
