@@ -114,29 +114,34 @@ def _domain_spec(text: str, term: str) -> str:
 
 
 def _mechanism(qualifier: str, name: str, value: str | None, text: str) -> Term:
+    """`value` is what follows the name: nothing, `:` and a value, or (a, mx) `/` lengths."""
     if name == "all":
         if value is not None:
             raise SpfError(f"'all' takes no value: {text!r}")
         return Term(qualifier, name, text=text)
+    spec = value[1:] if value is not None and value.startswith(":") else None
     if name in ("ip4", "ip6"):
-        if not value:
+        if not spec:
             raise SpfError(f"{name} needs an address: {text!r}")
         try:
-            network = ipaddress.ip_network(value, strict=False)
+            network = ipaddress.ip_network(spec, strict=False)
         except ValueError:
             raise SpfError(f"bad {name} network in {text!r}") from None
         if network.version != (4 if name == "ip4" else 6):
             raise SpfError(f"{name} with an IPv{network.version} network: {text!r}")
         return Term(qualifier, name, str(network), text=text)
     if name in ("include", "exists"):
-        if not value:
+        if not spec:
             raise SpfError(f"{name} needs a domain: {text!r}")
-        return Term(qualifier, name, _domain_spec(value, text), text=text)
-    # a, mx, ptr: an optional domain, then (a, mx) optional prefix lengths.
-    rest = value or ""
+        return Term(qualifier, name, _domain_spec(spec, text), text=text)
+    # a, mx, ptr: an optional `:domain`, then (a, mx) optional prefix lengths.
+    rest = (value or "") if spec is None else spec
     cidr4 = cidr6 = None
     if name != "ptr":
         rest, cidr4, cidr6 = _cidr(rest, text)
+    if spec is not None and not rest:
+        # §5: a colon is followed by a domain-spec; `a:` is a permanent error, not `a`.
+        raise SpfError(f"no domain after the colon in {text!r} (RFC 7208 §5)")
     target = _domain_spec(rest, text) if rest else None
     return Term(qualifier, name, target, cidr4, cidr6, text=text)
 
@@ -165,14 +170,13 @@ def parse(text: str) -> Record:
             qualifier, word_body = word[0], word[1:]
         else:
             word_body = word
-        name, sep, value = word_body.partition(":")
-        if not sep and "/" in name:  # `a/24`, `mx//64`
-            name, _, cidr = name.partition("/")
-            value, sep = "/" + cidr, "/"
+        # The name ends at `:` or, as in `a/24` and `mx//64`, at `/`.
+        name = re.split("[:/]", word_body, maxsplit=1)[0]
+        value = word_body[len(name) :]
         name = name.lower()
         if name not in _MECHANISMS:
             raise SpfError(f"unknown mechanism {word!r}")
-        terms.append(_mechanism(qualifier, name, value if sep else None, word))
+        terms.append(_mechanism(qualifier, name, value or None, word))
     return Record(tuple(terms))
 
 

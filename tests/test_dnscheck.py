@@ -532,6 +532,11 @@ def test_spf_check_host(
         ("v=spf1 a/33 -all", "bad IPv4 prefix length"),
         ("v=spf1 include:%{z}.example -all", "bad macro"),
         ("v=spf10 -all", "does not start with v=spf1"),
+        ("v=spf1 a: -all", "no domain after the colon in 'a:'"),
+        ("v=spf1 mx:/24 -all", "no domain after the colon in 'mx:/24'"),
+        ("v=spf1 ptr: -all", "no domain after the colon in 'ptr:'"),
+        ("v=spf1 include: -all", "include needs a domain"),
+        ("v=spf1 exists: -all", "exists needs a domain"),
     ],
 )
 def test_spf_syntax_errors(record: str, why: str) -> None:
@@ -540,6 +545,7 @@ def test_spf_syntax_errors(record: str, why: str) -> None:
     assert spf.parse(
         "v=spf1 a mx/24//64 ptr ip6:2001:db8::/32 exists:%{i}.x.example ~all exp=e.example"
     )
+    assert spf.parse("v=spf1 a:b.example/24//64 ptr:b.example -all")
 
 
 def test_progress_only_on_a_terminal(tmp_path: Path, dns_server: Callable[..., DNSServer]) -> None:
@@ -787,3 +793,22 @@ def test_an_optional_record_whose_lookup_fails_is_a_warning(
     code, report, _ = dns_check(run_main, config, "--ip", IP)
     dmarc = by_name(report)["DMARC"]
     assert (code, dmarc["status"], dmarc["required"]) == (1, "fail", True)
+
+
+@pytest.mark.parametrize("term", ["a:", "mx:", "ptr:", "include:", "exists:"])
+def test_a_term_with_an_empty_domain_is_an_invalid_record(
+    term: str,
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    """`v=spf1 a: -all` was ok: RFC 7208 §5 makes an empty domain-spec a permerror."""
+    zone = good_zone(keys)
+    _spf(zone, f"v=spf1 {term} ip4:{IP} -all")
+    code, out, _ = run_main(
+        ["-C", str(write_config(tmp_path, dns_server(zone))), "dns", "check", "example.com"],
+        prog="ssmtp-mailer",
+    )
+    assert code == 1
+    assert "[FAIL] SPF: invalid SPF record: " in out and f"'{term}'" in out, out
