@@ -327,7 +327,22 @@ def check_spf(
                 publish=(_suggested_spf(domain, ip, provider),),
             )
         ]
-    checks = [Check("SPF", OK, record)]
+    walked = spf.walk(dns, domain)
+    if walked.broken:
+        checks = [
+            Check(
+                "SPF",
+                FAIL,
+                walked.broken[0],
+                details=(
+                    record,
+                    *walked.broken[1:],
+                    "correct the name, or drop the term if that service no longer sends for you",
+                ),
+            )
+        ]
+    else:
+        checks = [Check("SPF", OK, record)]
     if any(t.name == "all" and t.qualifier == "+" for t in parsed.mechanisms):
         closed = " ".join("~all" if w.lower() in ("all", "+all") else w for w in record.split())
         checks.append(
@@ -348,19 +363,14 @@ def check_spf(
                 " skip it); list the addresses with ip4:/ip6: or a: instead",
             )
         )
-    walked = spf.walk(dns, domain)
-    broken = walked.lookups > spf.MAX_LOOKUPS or bool(walked.problems)
-    if broken:
-        why = (
-            f"{walked.lookups} DNS lookups, more than the {spf.MAX_LOOKUPS} RFC 7208 §4.6.4 allows"
-            if walked.lookups > spf.MAX_LOOKUPS
-            else walked.problems[0]
-        )
+    too_many = walked.lookups > spf.MAX_LOOKUPS
+    if too_many:
         checks.append(
             Check(
                 "SPF lookups",
                 FAIL,
-                why,
+                f"{walked.lookups} DNS lookups, more than the {spf.MAX_LOOKUPS} RFC 7208 §4.6.4"
+                " allows",
                 details=(
                     "receivers stop counting at 10 and treat the record as broken (permerror);"
                     " replace includes with ip4:/ip6: ranges or drop ones no longer used",
@@ -368,8 +378,11 @@ def check_spf(
                 ),
             )
         )
+    elif walked.problems:
+        checks.append(Check("SPF lookups", FAIL, walked.problems[0], details=walked.problems[1:]))
     else:
         checks.append(Check("SPF lookups", OK, f"{walked.lookups} of {spf.MAX_LOOKUPS}"))
+    broken = too_many or bool(walked.problems or walked.broken)
     if ip:
         result = spf.check_host(dns, ip, domain)
         if result.result == "pass":
@@ -383,7 +396,7 @@ def check_spf(
                     f"SPF for {ip}",
                     FAIL,
                     f"{result.result}{why}: {ip} is not authorised to send for {domain}",
-                    details=("fix the record's lookups first (above)",) if broken else (),
+                    details=("fix the record first (above)",) if broken else (),
                     publish=() if broken else (fixed.zone_line(),),
                 )
             )

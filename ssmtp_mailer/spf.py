@@ -360,27 +360,34 @@ class Walk(NamedTuple):
 
     lookups: int
     includes: tuple[str, ...]
-    problems: tuple[str, ...]
+    problems: tuple[str, ...]  # over the void-lookup limit, or a lookup that failed
+    # Includes and redirects whose target has no valid SPF record: a permerror for
+    # every sender that reaches them (§5.2, §6.1).
+    broken: tuple[str, ...] = ()
 
 
 def walk(dns: Lookups, domain: str) -> Walk:
     """Follow every include and redirect (not macros): the worst-case lookup count (§4.6.4)."""
     includes: list[str] = []
     problems: list[str] = []
+    broken: list[str] = []
     voids: list[str] = []  # names an a, mx or exists term finds nothing at, for IPv4 senders
 
-    def visit(name: str, depth: int) -> int:
+    def visit(name: str, depth: int, via: str) -> int:
         if depth > MAX_LOOKUPS:
-            problems.append("includes and redirects nested over 10 deep (a loop?)")
+            broken.append(f"{via}: includes and redirects nested over 10 deep (a loop?)")
             return 0
+        so = "so receivers give permerror (RFC 7208 " + (
+            "§6.1)" if via.split(" > ")[-1].startswith("redirect") else "§5.2)"
+        )
         try:
             record = _record_of(dns, name)
         except SpfError as exc:
-            problems.append(f"{name}: {exc}")
+            broken.append(f"{via}: the SPF record of {name} is invalid ({exc}), {so}")
             return 0
         if record is None:
             if depth:
-                problems.append(f"{name}: no SPF record (an include or redirect target)")
+                broken.append(f"{via}: {name} has no SPF record, {so}")
             return 0
         count = 0
         followed = [t for t in record.mechanisms if t.name == "include"]
@@ -402,11 +409,12 @@ def walk(dns: Lookups, domain: str) -> Walk:
             if "%" in term.target:
                 continue
             includes.append(term.target.lower())
-            count += visit(term.target, depth + 1)
+            path = f"{via} > {term.text}" if depth else term.text
+            count += visit(term.target, depth + 1, path)
         return count
 
     try:
-        total = visit(domain, 0)
+        total = visit(domain, 0, domain)
     except TempError as exc:
         problems.append(f"temporary DNS failure: {exc}")
         total = 0
@@ -415,4 +423,4 @@ def walk(dns: Lookups, domain: str) -> Walk:
             f"{len(voids)} of its lookups find nothing ({', '.join(voids)}); receivers allow"
             f" {MAX_VOID_LOOKUPS} (RFC 7208 §4.6.4), then take the record for broken"
         )
-    return Walk(total, tuple(includes), tuple(problems))
+    return Walk(total, tuple(includes), tuple(problems), tuple(broken))

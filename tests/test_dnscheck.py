@@ -812,3 +812,42 @@ def test_a_term_with_an_empty_domain_is_an_invalid_record(
     )
     assert code == 1
     assert "[FAIL] SPF: invalid SPF record: " in out and f"'{term}'" in out, out
+
+
+@pytest.mark.parametrize(
+    ("records", "summary"),
+    [
+        (
+            {"gone.example": [("A", "192.0.2.1")]},
+            "include:gone.example: gone.example has no SPF record, so receivers give permerror"
+            " (RFC 7208 §5.2)",
+        ),
+        (
+            {"gone.example": [("TXT", "v=spf1 ip4:1.2.3 -all")]},
+            "include:gone.example: the SPF record of gone.example is invalid (bad ip4 network in"
+            " 'ip4:1.2.3'), so receivers give permerror (RFC 7208 §5.2)",
+        ),
+    ],
+    ids=["no-record", "invalid-record"],
+)
+def test_a_broken_include_fails_the_spf_check_saying_why(
+    records: dict[str, list[Any]],
+    summary: str,
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    """An include of a domain without a (valid) SPF record was "[ok] SPF", then an
+    "SPF lookups" failure that spoke of the 10-lookup limit."""
+    zone = {**good_zone(keys), **records}
+    _spf(zone, f"v=spf1 include:gone.example ip4:{IP} -all")
+    config = write_config(tmp_path, dns_server(zone))
+    code, report, _ = dns_check(run_main, config)
+    checks = by_name(report)
+    assert code == 1 and checks["SPF"]["status"] == "fail", checks["SPF"]
+    assert checks["SPF"]["summary"] == summary
+    assert checks["SPF lookups"] == {**checks["SPF lookups"], "status": "ok", "summary": "1 of 10"}
+    code, out, _ = run_main(["-C", str(config), "dns", "check", "example.com"], prog="ssmtp-mailer")
+    assert f"[FAIL] SPF: {summary}\n" in out and "[ok  ] SPF lookups: 1 of 10\n" in out
+    assert out.endswith("1 required check(s) failed: SPF\n")
