@@ -276,13 +276,49 @@ def check_mx(dns: Resolver, domain: str) -> list[Check]:
     return [Check("MX", OK, summary, details=tuple(details))]
 
 
-def _suggested_spf(domain: str, ip: str | None, provider: dnsrecords.Provider | None) -> str:
-    mechanisms = []
-    if ip:
-        mechanisms.append(_ip_mechanism(ip))
+class _Proposed(NamedTuple):
+    """The resolver's answers, with `record` as `domain`'s SPF record: a fix, evaluated."""
+
+    dns: Resolver
+    domain: str
+    record: str
+
+    def txt(self, name: str) -> list[str]:
+        return [self.record] if name.rstrip(".").lower() == self.domain else self.dns.txt(name)
+
+    def addresses(self, name: str, version: int) -> list[str]:
+        return self.dns.addresses(name, version)
+
+    def mx(self, name: str) -> list[str]:
+        return self.dns.mx(name)
+
+    def ptr(self, ip: str) -> list[str]:
+        return self.dns.ptr(ip)
+
+
+def _spf_fix(
+    dns: Resolver,
+    domain: str,
+    record: str | None,
+    ip: str | None,
+    provider: dnsrecords.Provider | None,
+) -> str:
+    """The record to publish: the user's valid terms kept, +all closed to ~all, and what
+    `ip` and the relay need added; as a zone line."""
+    words = [
+        "~all" if t.name == "all" and t.qualifier == "+" else t.text
+        for t in spf.valid_terms(record or "")
+    ] or ["~all"]
+    text = " ".join(["v=spf1", *words])
+    if ip and spf.check_host(_Proposed(dns, domain, text), ip, domain).result != "pass":
+        text = dnsrecords.spf_with(text, _ip_mechanism(ip))
     if provider:
-        mechanisms.append(f"include:{provider.spf_include}")
-    return dnsrecords.spf_record(domain, mechanisms or ["mx"]).zone_line()
+        reached = set(spf.walk(_Proposed(dns, domain, text), domain).includes)
+        if not reached & {provider.spf_include, *provider.also}:
+            text = dnsrecords.spf_with(text, f"include:{provider.spf_include}")
+    if not any(t.name not in ("all", "exp") for t in spf.valid_terms(text)):
+        text = dnsrecords.spf_with(text, "mx")  # a record that lets no one send
+    return TxtRecord(domain, text).zone_line()
 
 
 def _ip_mechanism(ip: str) -> str:
@@ -299,7 +335,7 @@ def check_spf(
                 "SPF",
                 FAIL,
                 "no SPF record: receivers cannot tell which servers may send for the domain",
-                publish=(_suggested_spf(domain, ip, provider),),
+                publish=(_spf_fix(dns, domain, None, ip, provider),),
             )
         ]
     if len(records) > 1:
@@ -315,6 +351,7 @@ def check_spf(
             )
         ]
     record = records[0]
+    fixed = functools.cache(lambda: _spf_fix(dns, domain, record, ip, provider))
     try:
         parsed = spf.parse(record)
     except spf.SpfError as exc:
@@ -324,7 +361,7 @@ def check_spf(
                 FAIL,
                 f"invalid SPF record: {exc}",
                 details=(record,),
-                publish=(_suggested_spf(domain, ip, provider),),
+                publish=(fixed(),),
             )
         ]
     walked = spf.walk(dns, domain)
@@ -344,14 +381,13 @@ def check_spf(
     else:
         checks = [Check("SPF", OK, record)]
     if any(t.name == "all" and t.qualifier == "+" for t in parsed.mechanisms):
-        closed = " ".join("~all" if w.lower() in ("all", "+all") else w for w in record.split())
         checks.append(
             Check(
                 "SPF all",
                 FAIL,
                 f"+all: every host on the internet passes SPF for {domain}",
                 details=("end it with ~all (or -all): only the senders it lists should pass",),
-                publish=(TxtRecord(domain, closed).zone_line(),),
+                publish=(fixed(),),
             )
         )
     if any(t.name == "ptr" for t in parsed.mechanisms):
@@ -390,14 +426,13 @@ def check_spf(
         else:
             why = f": {result.why}" if result.why else (f" ({result.term})" if result.term else "")
             # Adding the address to a record that is broken anyway would fix nothing.
-            fixed = TxtRecord(domain, dnsrecords.spf_with(record, _ip_mechanism(ip)))
             checks.append(
                 Check(
                     f"SPF for {ip}",
                     FAIL,
                     f"{result.result}{why}: {ip} is not authorised to send for {domain}",
                     details=("fix the record first (above)",) if broken else (),
-                    publish=() if broken else (fixed.zone_line(),),
+                    publish=() if broken else (fixed(),),
                 )
             )
     if provider:
@@ -407,14 +442,13 @@ def check_spf(
             found = sorted(reached & wanted)[0]
             checks.append(Check(f"SPF for {provider.name}", OK, f"includes {found}"))
         else:
-            include = f"include:{provider.spf_include}"
             checks.append(
                 Check(
                     f"SPF for {provider.name}",
                     FAIL,
                     f"the route relays through {provider.name}, but the record does not"
                     f" include {provider.spf_include}",
-                    publish=(TxtRecord(domain, dnsrecords.spf_with(record, include)).zone_line(),),
+                    publish=(fixed(),),
                 )
             )
     return checks

@@ -47,11 +47,6 @@ def dmarc_record(domain: str) -> TxtRecord:
     return TxtRecord(f"_dmarc.{domain}", f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}")
 
 
-def spf_record(domain: str, mechanisms: list[str]) -> TxtRecord:
-    """An SPF record authorising `mechanisms` (e.g. `ip4:192.0.2.1`, `include:_spf.google.com`)."""
-    return TxtRecord(domain.rstrip("."), " ".join(["v=spf1", *mechanisms, "~all"]))
-
-
 def parse_tags(text: str) -> dict[str, str]:
     """A DKIM/DMARC tag list (`v=DKIM1; k=rsa; p=...`) as a dict; names lowercased.
 

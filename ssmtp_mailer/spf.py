@@ -180,6 +180,20 @@ def parse(text: str) -> Record:
     return Record(tuple(terms))
 
 
+def valid_terms(text: str) -> list[Term]:
+    """The terms of an SPF record that parse, each once: what a repair of it keeps."""
+    terms: list[Term] = []
+    for word in text.split()[1:]:
+        try:
+            term = parse("v=spf1 " + word).terms[0]
+        except SpfError:
+            continue
+        # §6: a second redirect= or exp= is an error too.
+        if not any(t.text == word or (not t.is_mechanism and t.name == term.name) for t in terms):
+            terms.append(term)
+    return terms
+
+
 def expand(spec: str, ip: str, domain: str, sender: str) -> str:
     """Macro expansion (RFC 7208 §7) of a domain-spec."""
     address = ipaddress.ip_address(ip)

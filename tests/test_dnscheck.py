@@ -851,3 +851,52 @@ def test_a_broken_include_fails_the_spf_check_saying_why(
     code, out, _ = run_main(["-C", str(config), "dns", "check", "example.com"], prog="ssmtp-mailer")
     assert f"[FAIL] SPF: {summary}\n" in out and "[ok  ] SPF lookups: 1 of 10\n" in out
     assert out.endswith("1 required check(s) failed: SPF\n")
+
+
+@pytest.mark.parametrize(
+    ("record", "relay", "checks", "fixed"),
+    [
+        # The valid terms stay, the broken one goes; the address is covered already.
+        (f"v=spf1 mx ip4:1.2.3 ip4:{IP} -all", "", ["SPF"], f"v=spf1 mx ip4:{IP} -all"),
+        # +all closed, and what the sender needs added: it was "v=spf1 ~all", nobody.
+        (
+            "v=spf1 +all",
+            "smtp.gmail.com",
+            ["SPF all", "SPF for Gmail"],
+            f"v=spf1 ip4:{IP} include:_spf.google.com ~all",
+        ),
+        (
+            "v=spf1 a:mail.example.com +all",
+            "smtp.gmail.com",
+            ["SPF all", "SPF for Gmail"],
+            "v=spf1 a:mail.example.com include:_spf.google.com ~all",
+        ),
+        # The address and the relay both missing: one record that fixes both.
+        (
+            "v=spf1 ip4:203.0.113.2 -all",
+            "smtp.gmail.com",
+            [f"SPF for {IP}", "SPF for Gmail"],
+            f"v=spf1 ip4:203.0.113.2 ip4:{IP} include:_spf.google.com -all",
+        ),
+    ],
+    ids=["invalid", "plus-all-alone", "plus-all", "ip-and-relay-missing"],
+)
+def test_the_spf_record_to_publish_keeps_the_users_terms(
+    record: str,
+    relay: str,
+    checks: list[str],
+    fixed: str,
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    """An invalid record's fix was `v=spf1 mx ~all`, whatever the record said; +all's was
+    `v=spf1 ~all`, which lets no one send."""
+    zone = good_zone(keys)
+    _spf(zone, record)
+    config = write_config(tmp_path, dns_server(zone), route=relay)
+    code, report, _ = dns_check(run_main, config, "--ip", IP)
+    failed = {c["name"]: c["publish"] for c in report["checks"] if c["status"] == "fail"}
+    line = f'example.com. IN TXT "{fixed}"'
+    assert code == 1 and {n: failed.get(n) for n in checks} == {n: [line] for n in checks}, failed
