@@ -543,12 +543,22 @@ def check_dmarc(dns: Resolver, domain: str) -> list[Check]:
     # parent down to two labels, without a public-suffix list).
     for index in range(len(labels) - 1):
         at = ".".join(labels[index:])
-        records = [
-            t for t in dns.txt(f"_dmarc.{at}") if t.replace(" ", "").lower().startswith("v=dmarc1")
-        ]
+        where = f"_dmarc.{at}" + (" (the organizational domain's)" if index else "")
+        texts = dns.txt(f"_dmarc.{at}")
+        records = [t for t in texts if t.replace(" ", "").lower().startswith("v=dmarc1")]
+        later = [t for t in map(_dmarc_tags, texts) if t.get("v", "").upper() == "DMARC1"]
+        if not records and later:
+            return [
+                Check(
+                    "DMARC",
+                    FAIL,
+                    f"{where}: v=DMARC1 is not the first tag, which RFC 7489 §6.4 requires;"
+                    " receivers discard the record",
+                    publish=(TxtRecord(f"_dmarc.{at}", _dmarc_text(later[0])).zone_line(),),
+                )
+            ]
         if not records:
             continue
-        where = f"_dmarc.{at}" + (" (the organizational domain's)" if index else "")
         if len(records) > 1:
             return [
                 Check("DMARC", FAIL, f"{where}: {len(records)} records; receivers ignore them all")
@@ -576,6 +586,18 @@ def check_dmarc(dns: Resolver, domain: str) -> list[Check]:
             ]
         policy = tags.get("sp", tags.get("p", "")) if index else tags.get("p", "")
         policy = policy.lower()
+        if policy not in ("none", "quarantine", "reject") and tags.get("rua", "").strip(", "):
+            said = f"p={tags['p']}" if "p" in tags else "no p="
+            return [
+                Check(
+                    "DMARC",
+                    WARN,
+                    f"{where}: {said}, but a rua= to report to: receivers act as if it said"
+                    " p=none (RFC 7489 §6.6.3)",
+                    details=("p=none only monitors; move to quarantine once reports look clean",),
+                    publish=(TxtRecord(f"_dmarc.{at}", _dmarc_text(tags, p="none")).zone_line(),),
+                )
+            ]
         if policy not in ("none", "quarantine", "reject"):
             return [
                 Check(
@@ -605,6 +627,19 @@ def check_dmarc(dns: Resolver, domain: str) -> list[Check]:
             publish=(dnsrecords.dmarc_record(domain).zone_line(),),
         )
     ]
+
+
+def _dmarc_tags(text: str) -> dict[str, str]:
+    try:
+        return dnsrecords.parse_tags(text)
+    except ValueError:
+        return {}
+
+
+def _dmarc_text(tags: dict[str, str], **changed: str) -> str:
+    """A DMARC record of `tags` with v=DMARC1 first and p= next, as RFC 7489 §6.4 has them."""
+    tags = {"v": "", "p": "", **tags, **changed} | {"v": "DMARC1"}
+    return "; ".join(f"{k}={v}" for k, v in tags.items() if v)
 
 
 def _tag_list(tags: dict[str, str], key: str, default: str) -> set[str]:

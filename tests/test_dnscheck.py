@@ -900,3 +900,47 @@ def test_the_spf_record_to_publish_keeps_the_users_terms(
     failed = {c["name"]: c["publish"] for c in report["checks"] if c["status"] == "fail"}
     line = f'example.com. IN TXT "{fixed}"'
     assert code == 1 and {n: failed.get(n) for n in checks} == {n: [line] for n in checks}, failed
+
+
+@pytest.mark.parametrize(
+    ("record", "status", "summary", "publish"),
+    [
+        (
+            "p=reject; v=DMARC1",
+            "fail",
+            "_dmarc.example.com: v=DMARC1 is not the first tag, which RFC 7489 §6.4 requires;"
+            " receivers discard the record",
+            "v=DMARC1; p=reject",
+        ),
+        (
+            "v=DMARC1; rua=mailto:dmarc@example.com",
+            "warn",
+            "_dmarc.example.com: no p=, but a rua= to report to: receivers act as if it said"
+            " p=none (RFC 7489 §6.6.3)",
+            "v=DMARC1; p=none; rua=mailto:dmarc@example.com",
+        ),
+    ],
+    ids=["version-not-first", "no-policy-with-rua"],
+)
+def test_a_dmarc_record_is_read_as_receivers_read_it(
+    record: str,
+    status: str,
+    summary: str,
+    publish: str,
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    """`p=reject; v=DMARC1` was "no DMARC record"; a record without p= but with a rua=
+    failed, where receivers take it for p=none."""
+    zone = good_zone(keys)
+    zone["_dmarc.example.com"] = [("TXT", record)]
+    config = write_config(tmp_path, dns_server(zone))
+    code, report, _ = dns_check(run_main, config)
+    dmarc = by_name(report)["DMARC"]
+    assert (dmarc["status"], dmarc["summary"]) == (status, summary)
+    assert dmarc["publish"] == [f'_dmarc.example.com. IN TXT "{publish}"']
+    assert code == (1 if status == "fail" else 0)
+    code, out, _ = run_main(["-C", str(config), "dns", "check", "example.com"], prog="ssmtp-mailer")
+    assert f"[{status.upper() if status == 'fail' else status}] DMARC: {summary}\n" in out
