@@ -471,7 +471,9 @@ def check_dkim(dns: Resolver, domain: str, selector: str, key_file: Path | None)
         expected = dnsrecords.dkim_record(selector, domain, pair.key_type, pair.public_b64)
     publish = (expected.zone_line(),) if expected else ()
     keygen = f"ssmtp-mailer dkim keygen --domain {domain} --selector {selector}"
-    texts = [t for t in dns.txt(record_name) if "p=" in t or t.lower().startswith("v=dkim1")]
+    texts = [
+        t for t in dns.txt(record_name) if "p=" in t.lower() or t.lower().startswith("v=dkim1")
+    ]
     if not texts:
         return [
             Check(
@@ -495,7 +497,12 @@ def check_dkim(dns: Resolver, domain: str, selector: str, key_file: Path | None)
     key_type = tags.get("k", "rsa").lower()
     public = dnsrecords.joined_key(tags.get("p", ""))
     problem = None
-    if "v" in tags and tags["v"] != "DKIM1":
+    if miscased := dnsrecords.miscased_tag(tags, _DKIM_TAGS):
+        problem = (
+            f"{miscased}=: tag names are case-sensitive (RFC 6376 §3.2);"
+            f" verifiers read {miscased.lower()}= only"
+        )
+    elif "v" in tags and tags["v"] != "DKIM1":
         problem = f"v={tags['v']}, expected v=DKIM1 (RFC 6376 §3.6.1)"
     elif "v" in tags and next(iter(tags)) != "v":
         problem = "v=DKIM1 is not the first tag, which RFC 6376 §3.6.1 requires"
@@ -647,6 +654,10 @@ def _tag_list(tags: dict[str, str], key: str, default: str) -> set[str]:
     return set(tags.get(key, default).lower().replace(" ", "").split(":"))
 
 
+# RFC 6376 §3.6.1; RFC 7489 §6.3.
+_DKIM_TAGS = {"v", "h", "k", "n", "p", "s", "t"}
+_DMARC_TAGS = {"v", "p", "sp", "rua", "ruf", "adkim", "aspf", "pct", "fo", "rf", "ri"}
+
 _DMARC_VALUES = {
     "sp": {"none", "quarantine", "reject"},
     "adkim": {"r", "s"},
@@ -656,6 +667,11 @@ _DMARC_VALUES = {
 
 def _dmarc_problem(tags: dict[str, str]) -> str | None:
     """What makes a DMARC record's tags invalid, or None (the policy is checked apart)."""
+    # RFC 7489 §6.3: DMARC records take DKIM's tag syntax, case-sensitive names and all.
+    miscased = dnsrecords.miscased_tag(tags, _DMARC_TAGS)
+    if miscased:
+        lower = miscased.lower()
+        return f"{miscased}=: tag names are case-sensitive, as in DKIM, so this is no {lower}="
     if tags.get("v") != "DMARC1":
         return f"v={tags.get('v', '')}, expected v=DMARC1 exactly"
     pct = tags.get("pct", "100")

@@ -48,10 +48,11 @@ def dmarc_record(domain: str) -> TxtRecord:
 
 
 def parse_tags(text: str) -> dict[str, str]:
-    """A DKIM/DMARC tag list (`v=DKIM1; k=rsa; p=...`) as a dict; names lowercased.
+    """A DKIM/DMARC/MTA-STS/TLS-RPT tag list (`v=DKIM1; k=rsa; p=...`) as a dict.
 
-    RFC 6376 §3.2: whitespace around tags and values is ignored; inside `p=` it is too.
-    A malformed list raises ValueError.
+    RFC 6376 §3.2: whitespace around tags and values is ignored (inside `p=` it is too);
+    tag names are case-sensitive, so they are kept as written (`P=` is no `p=`), as
+    RFC 8461 §3.1 and RFC 8460 §3 spell theirs too. A malformed list raises ValueError.
     """
     tags: dict[str, str] = {}
     for part in text.split(";"):
@@ -60,8 +61,13 @@ def parse_tags(text: str) -> dict[str, str]:
         name, sep, value = part.partition("=")
         if not sep or not name.strip():
             raise ValueError(f"not a tag=value list: {part.strip()!r}")
-        tags[name.strip().lower()] = value.strip()
+        tags[name.strip()] = value.strip()
     return tags
+
+
+def miscased_tag(tags: dict[str, str], known: set[str]) -> str | None:
+    """The first tag of `known` written in capitals (`P=`), which readers do not see."""
+    return next((n for n in tags if n != n.lower() and n.lower() in known), None)
 
 
 def joined_key(value: str) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dkimverify
 import pytest
 from dnsserver import DNSServer, Zone
 from relayconf import RunMain
@@ -944,3 +945,44 @@ def test_a_dmarc_record_is_read_as_receivers_read_it(
     assert code == (1 if status == "fail" else 0)
     code, out, _ = run_main(["-C", str(config), "dns", "check", "example.com"], prog="ssmtp-mailer")
     assert f"[{status.upper() if status == 'fail' else status}] DMARC: {summary}\n" in out
+
+
+def _dkim_upper_case_tags(zone: dict[str, list[Any]]) -> None:
+    name = "rsa2026._domainkey.example.com"
+    zone[name] = [
+        (kind, text.replace("v=", "V=").replace("k=", "K=").replace("p=", "P="))
+        for kind, text in zone[name]
+    ]
+
+
+def test_tag_names_are_case_sensitive(
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    """`V=DKIM1; K=rsa; P=<the key>` was "[ok] matches", but verifiers (dkimpy among them)
+    find no p= in it: RFC 6376 §3.2 tag names are case-sensitive. DMARC has the same
+    syntax. (MTA-STS's id=, lower case as RFC 8461 spells it, is read as before.)"""
+    import dkim  # type: ignore[import-untyped, unused-ignore]
+
+    zone = good_zone(keys)
+    _dkim_upper_case_tags(zone)
+    zone["_dmarc.example.com"] = [("TXT", "v=DMARC1; P=reject")]
+    name = "rsa2026._domainkey.example.com"
+    server = dns_server(zone)
+    with pytest.raises(dkim.KeyFormatError):  # what a verifier makes of it
+        dkim.load_pk_from_dns(name.encode(), dnsfunc=dkimverify.dnsfunc_for(server))
+    config = write_config(tmp_path, server)
+    code, report, _ = dns_check(run_main, config)
+    checks = by_name(report)
+    assert code == 1
+    assert checks["DKIM rsa2026"]["status"] == "fail"
+    assert checks["DKIM rsa2026"]["summary"] == (
+        f"{name}: V=: tag names are case-sensitive (RFC 6376 §3.2); verifiers read v= only"
+    )
+    assert checks["DMARC"]["status"] == "fail"
+    assert checks["DMARC"]["summary"] == (
+        "_dmarc.example.com: P=: tag names are case-sensitive, as in DKIM, so this is no p="
+        " (RFC 7489 §6.4); receivers ignore the record"
+    )
