@@ -609,12 +609,20 @@ def _addresses_of(fields: Iterable[HeaderField], names: Iterable[str]) -> list[s
     ]
 
 
-def _is_address(address: str, hostname: str) -> bool:
-    return address_problem(qualify(address, hostname)) is None
+# Where bare names stay bare (prepare's hostname None), they are checked as if at this.
+_STAND_IN = "localhost"
 
 
-def _check_address(address: str, where: str, *, usage: bool) -> None:
-    problem = address_problem(address)
+def _qualified(address: str, hostname: str | None) -> str:
+    return address if hostname is None else qualify(address, hostname)
+
+
+def _is_address(address: str, hostname: str | None) -> bool:
+    return address_problem(qualify(address, hostname or _STAND_IN)) is None
+
+
+def _check_address(address: str, where: str, *, usage: bool, hostname: str | None = None) -> None:
+    problem = address_problem(qualify(address, hostname or _STAND_IN))
     if problem is not None:
         error = UsageError if usage else DataError
         raise error(f"{where} address {address!r}", problem)
@@ -624,12 +632,16 @@ def prepare(
     raw: bytes | bytearray,
     intake: Intake,
     *,
-    hostname: str,
+    hostname: str | None,
     default_from: str,
     max_size: int,
     now: float | None = None,
 ) -> PreparedMessage:
     """Check and complete a message read from a program; raise DataError or UsageError.
+
+    `hostname` None (a user who cannot read the configuration, submitting): bare names
+    stay bare and no Message-ID is made, for the listener or the pickup to complete with
+    the configured default_hostname, as Postfix's cleanup does for postdrop's files.
 
     A bytearray is taken over and becomes the prepared message's buffer, so a large message
     is held once, not copied at every step; bytes are copied into a new buffer.
@@ -666,15 +678,15 @@ def prepare(
         )
 
     # Recipients: the command line's, plus the header's with -t (SPEC §5).
-    candidates = [qualify(a, hostname) for a in split_recipients(intake.recipients)]
+    candidates = [_qualified(a, hostname) for a in split_recipients(intake.recipients)]
     for address in candidates:
-        _check_address(address, "recipient", usage=True)
+        _check_address(address, "recipient", usage=True, hostname=hostname)
     if intake.extract_recipients:
         resent = any(f.key.startswith("resent-") for f in fields)
         names = ("resent-to", "resent-cc", "resent-bcc") if resent else ("to", "cc", "bcc")
-        extracted = [qualify(a, hostname) for a in _addresses_of(fields, names)]
+        extracted = [_qualified(a, hostname) for a in _addresses_of(fields, names)]
         for address in extracted:
-            _check_address(address, "header", usage=False)
+            _check_address(address, "header", usage=False, hostname=hostname)
         candidates.extend(extracted)
     recipients: list[str] = []
     seen: set[str] = set()
@@ -692,25 +704,25 @@ def prepare(
         boxes = parse_addresses(sender)
         if sender and len(boxes) != 1:
             raise UsageError("-f", "give exactly one sender address")
-        sender = qualify(boxes[0].address if boxes else sender, hostname)
+        sender = _qualified(boxes[0].address if boxes else sender, hostname)
         if sender:
-            _check_address(sender, "sender", usage=True)
+            _check_address(sender, "sender", usage=True, hostname=hostname)
     header_from = _addresses_of(fields, ("from",))
     usable_from = bool(header_from) and (
         is_null_sender(header_from[0]) or _is_address(header_from[0], hostname)
     )
     if intake.envelope_from is None:
         if usable_from:
-            sender = "" if is_null_sender(header_from[0]) else qualify(header_from[0], hostname)
+            sender = "" if is_null_sender(header_from[0]) else _qualified(header_from[0], hostname)
         else:
             # No From, or one with no usable address (`From: Backup Script`): like ssmtp and
             # msmtp, the message still goes, from default_from.
-            sender = qualify(default_from, hostname)
+            sender = _qualified(default_from, hostname)
 
     # Header fixes, touching only the fields concerned.
     mapper = _AddressMapper({}, hostname)
     kept: list[HeaderField] = []
-    author = sender or qualify(default_from, hostname)
+    author = sender or _qualified(default_from, hostname)
     for field in fields:
         key = field.key
         if key in ("bcc", "resent-bcc"):
@@ -731,7 +743,7 @@ def prepare(
     if "date" not in keys:
         kept.append(_new_field("Date", format_date(now)))
     message_id = next((f.value().strip() for f in kept if f.key == "message-id"), "")
-    if not message_id:
+    if not message_id and hostname is not None:
         message_id = make_message_id(hostname, now)
         kept.append(_new_field("Message-ID", message_id))
 

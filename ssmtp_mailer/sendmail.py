@@ -320,13 +320,17 @@ def _prepare_stdin(
 ) -> PreparedMessage:
     from ssmtp_mailer.message import Intake, parse_dsn, prepare
 
+    hostname: str | None
     if g is None:
-        from ssmtp_mailer.config.loader import _login_name, _system_hostname
+        # Bare names stay bare: the listener or the pickup qualifies them with the
+        # configured default_hostname, which this user cannot read (this host's own name
+        # made the sender one the pickup does not count as the user's).
+        from ssmtp_mailer.config.loader import _login_name
         from ssmtp_mailer.config.model import GlobalConfig as Defaults
 
-        hostname = _system_hostname()
+        hostname = None
         limit: int = Defaults._field_defaults["max_message_size"]
-        default_from = f"{_login_name()}@{hostname}"
+        default_from = _login_name()
     else:
         hostname, default_from, limit = g.default_hostname, g.default_from, g.max_message_size
     dsn = parse_dsn(parsed.dsn_notify, parsed.dsn_ret, parsed.dsn_envid)

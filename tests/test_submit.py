@@ -1050,3 +1050,38 @@ def test_a_maildrop_file_is_removed_when_the_relay_says_250_not_after_its_quit(
     run_queue(tree)
     time.sleep(0.2)
     assert len(slow_quit.messages) == 1
+
+
+def test_a_user_who_cannot_read_the_main_file_leaves_bare_names_to_the_pickup(
+    shared_dir: Path, tree: Path, smtp_server: SMTPTestServer
+) -> None:
+    """A main file of 0640 root:mail (it may hold a password): the user's sendmail knows
+    no default_hostname and qualified with this host's own name. The pickup, with the
+    configured one, took `nobody@<this host>` for a sender nobody does not own, and sent
+    a failure notice out through the relay instead of the message."""
+    (tree.parent / "spool").mkdir()
+    run_queue(tree)
+    # As sendmail runs with no configuration it can read (g None), into this spool.
+    code = (
+        "import io, sys\n"
+        "from pathlib import Path\n"
+        "from ssmtp_mailer import submit\n"
+        "from ssmtp_mailer.sendmail import _prepare_stdin, parse_args\n"
+        "prepared = _prepare_stdin(parse_args(['-i', 'root']), None, io.BytesIO(sys.stdin.buffer.read()))\n"
+        "print(prepared.sender, prepared.recipients, repr(prepared.message_id), file=sys.stderr)\n"
+        "sys.exit(submit.submit(None, Path(sys.argv[1]), prepared, bytes(prepared.data),"
+        " sender_given=False))\n"
+    )
+    run = _as_nobody(
+        shared_dir, ["-c", code, str(tree.parent / "spool")], b"Subject: bare\n\nhi\n", {}
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == b"nobody ('root',) ''\n"
+    assert run_queue(tree).startswith("queue run: 1 taken from the maildrop")
+    (got,) = smtp_server.wait_for(1)
+    assert (got.mail_from, got.rcpt_tos) == ("nobody@host.example", ["root@host.example"])
+    message = got.message()
+    assert message["From"] == "nobody@host.example" and message["Message-ID"].endswith(
+        "@host.example>"
+    )
+    assert message["Subject"] == "bare"
