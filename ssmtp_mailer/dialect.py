@@ -346,6 +346,7 @@ def deliver_data(
     held: bool = False,
     told: bool = True,
     foreign: bool = False,
+    refused: Callable[[MailerError], None] | None = None,
 ) -> str:
     """A message received by DATA through the sendmail path; the reply to the final dot.
 
@@ -354,6 +355,8 @@ def deliver_data(
     A fault of our own set-up (the configuration, the relay refusing our AUTH or TLS) is
     queued for the fix, as a queue entry waits for it: a 4xx would only bring the message
     back, and a copy in failed/ each time. `held`, `told`, `foreign`: pipeline.submit.
+    `refused` hears a refusal of the whole message (a 5xx, nothing kept of it), for a
+    caller whose sender heard 0 long ago (the maildrop's pickup).
     """
     from ssmtp_mailer import pipeline
 
@@ -381,7 +384,10 @@ def deliver_data(
         )
     except MailerError as exc:
         report(f"{exc.what}: {exc.why}")
-        return error_reply(exc)
+        reply = error_reply(exc)
+        if refused is not None and reply.startswith("5"):
+            refused(exc)
+        return reply
     except Exception as exc:  # a bug: the session goes on, the client may retry
         report(f"internal error: {type(exc).__name__}: {exc}")
         return reply_for(EX_SOFTWARE, "internal error")

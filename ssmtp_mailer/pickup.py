@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ssmtp_mailer import dialect, log
+from ssmtp_mailer.addresses import address_problem, qualify
 from ssmtp_mailer.config.model import Config
-from ssmtp_mailer.errors import PROG, UsageError
+from ssmtp_mailer.errors import PROG, MailerError, UsageError
 from ssmtp_mailer.message import Dsn, parse_dsn
 from ssmtp_mailer.submit import MAILDROP, MAILDROP_MAGIC, TEMP_PREFIX, login_of, sender_refusal
 from ssmtp_mailer.submit import uid_label as _uid_label
@@ -54,8 +55,13 @@ class Dropped:
             raise ValueError("no envelope line")
         envelope = json.loads(head)
         self.uid = uid
-        self.sender = str(envelope["sender"])
-        self.recipients = [str(r) for r in envelope["recipients"]]
+        sender, recipients = envelope["sender"], envelope["recipients"]
+        if not isinstance(sender, str) or not isinstance(recipients, list):
+            raise ValueError("the envelope's sender or recipients are of the wrong type")
+        if not all(isinstance(r, str) for r in recipients):
+            raise ValueError("a recipient that is not a string")
+        self.sender = sender
+        self.recipients = recipients
         self.smtputf8 = bool(envelope.get("smtputf8", False))
         self.eightbit = bool(envelope.get("eightbit", False))
         self.dsn = _dsn(envelope.get("dsn"))
@@ -302,15 +308,26 @@ def _hand_on(config: Config, dropped: Dropped, pool: ConnectionPool) -> str:
     a 4xx reply when nothing took it (the spool full, no route), to try again later."""
     why = sender_refusal(config, dropped.uid, dropped.sender)
     received = received_field(config, dropped.uid, "maildrop")
-    if why is not None:
-        reason = f"sender {dropped.sender or '<>'} not owned by {why}"
-        owner = f"{login_of(dropped.uid)}@{config.global_.default_hostname}"
+
+    def keep(reason: str) -> str:
+        """In failed/, and a notice to the submitter, who heard 0 when it was dropped."""
         from ssmtp_mailer.spool.bounce import refuse_local
 
+        owner = f"{login_of(dropped.uid)}@{config.global_.default_hostname}"
         entry = refuse_local(
             config, owner, dropped.sender, dropped.recipients, received + dropped.data, reason
         )
         return f"refused ({reason}), kept in failed/ as {entry}"
+
+    if why is not None:
+        return keep(f"sender {dropped.sender or '<>'} not owned by {why}")
+    hostname = config.global_.default_hostname
+    for recipient in dropped.recipients:
+        # One address each, as the submitter wrote them (not a list to split again).
+        problem = address_problem(qualify(recipient, hostname))
+        if problem is not None:
+            return keep(f"recipient address {recipient!r}: {problem}")
+    whole: list[MailerError] = []  # the message refused as a whole: nothing kept of it
     reply = dialect.deliver_data(
         config,
         dropped.data,
@@ -323,7 +340,10 @@ def _hand_on(config: Config, dropped: Dropped, pool: ConnectionPool) -> str:
         pool=pool,
         held=True,
         told=False,
+        refused=whole.append,
     )
+    if whole:  # a recipient no address, over max_message_size, no route: never silently
+        return keep(f"{whole[0].what}: {whole[0].why}")
     return reply
 
 

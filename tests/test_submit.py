@@ -1085,3 +1085,34 @@ def test_a_user_who_cannot_read_the_main_file_leaves_bare_names_to_the_pickup(
         "@host.example>"
     )
     assert message["Subject"] == "bare"
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    ["x@far.example> NOTIFY=NEVER", "out@far.example>\r\nRSET", "a@far.example, b@far.example"],
+    ids=["parameters", "crlf", "two-in-one"],
+)
+def test_a_maildrop_file_the_pickup_refuses_is_kept_and_its_submitter_told(
+    tree: Path, smtp_server: SMTPTestServer, recipient: str
+) -> None:
+    """A maildrop file refused as a whole (a recipient that is no address, over the
+    configured max_message_size) was removed with a line in the log: its submitter,
+    told 0 when it was dropped, never heard, and nothing was kept."""
+    import json
+
+    from ssmtp_mailer.submit import MAILDROP_MAGIC
+
+    (tree.parent / "spool").mkdir()
+    run_queue(tree)
+    drop = tree.parent / "spool" / "maildrop" / "4242-handwritten"
+    envelope = {"sender": "nobody", "recipients": [recipient]}
+    drop.write_bytes(MAILDROP_MAGIC + json.dumps(envelope).encode() + b"\nSubject: s\r\n\r\nx\r\n")
+    nobody = pwd.getpwnam(NOBODY)
+    os.chown(drop, nobody.pw_uid, nobody.pw_gid)
+    drop.chmod(0o600)
+    run_queue(tree)
+    assert not drop.exists()
+    failed = list_entries(load_config(str(tree)), failed=True)
+    assert len(failed) == 1 and "recipient address" in failed[0].reason
+    (notice,) = smtp_server.wait_for(1)
+    assert notice.mail_from in ("", "<>") and notice.rcpt_tos == ["nobody@host.example"]
