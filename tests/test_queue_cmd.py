@@ -192,3 +192,20 @@ def test_a_relay_that_never_greets_is_waited_for_once_per_queue_run(
         assert server.connections == 1
     assert code == 0 and "4 deferred" in out, out
     assert sorted(e.id for e in spool.list_entries(config)) == sorted(ids)
+
+
+def test_an_entry_past_its_lifetime_is_tried_before_it_is_given_up(
+    tmp_path: Path, smtp_server: SMTPTestServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Queued while the relay was down, the relay up again once queue_lifetime is over:
+    the message goes (as Postfix: only a failed attempt after the lifetime bounces it),
+    even before its backoff is over. It used to expire and bounce over that relay."""
+    config = write_config(tmp_path, smtp_server.port, queue_lifetime=0)
+    entry_id = enqueue(config, 1)
+    code, out, _ = run(capsys, config.main_file, "run")
+    assert code == 0
+    assert out == "queue run: 1 delivered, 0 deferred, 0 failed, 0 expired\n"
+    assert message_ids(smtp_server) == ["<1.spool@test.example>"]
+    assert smtp_server.messages[0].rcpt_tos == ["rcpt@dest.example"]
+    assert spool.list_entries(config, failed=True) == []
+    assert entry_id not in run(capsys, config.main_file, "list")[1]

@@ -474,10 +474,15 @@ def test_route_gone_fails_the_entry_clearly(tmp_path: Path, smtp_server: SMTPTes
 # -- expiry and bounces --------------------------------------------------------------
 
 
+# The relay takes the notice for the sender and defers the message's recipient.
+BUSY_RECIPIENT = "451-rcpt:rcpt@dest.example"
+
+
 def test_expired_entry_bounces_exactly_once(tmp_path: Path, smtp_server: SMTPTestServer) -> None:
+    smtp_server.fault = BUSY_RECIPIENT
     config = write_config(tmp_path, smtp_server.port, queue_lifetime=0)
     entry_id = enqueue(config, 7)
-    first = spool.run_queue(config)
+    first = spool.run_queue(config)  # past its lifetime: due, though its backoff is not over
     assert first.expired == (entry_id,) and first.bounces == 1
     assert spool.run_queue(config, force=True) == spool.QueueRunResult()
     [bounce] = smtp_server.messages
@@ -498,10 +503,12 @@ def test_expired_entry_bounces_exactly_once(tmp_path: Path, smtp_server: SMTPTes
     assert fields[0]["Reporting-MTA"] == "dns; test.example"
     assert fields[1]["Final-Recipient"] == "rfc822; rcpt@dest.example"
     assert fields[1]["Action"] == "failed"
-    assert fields[1]["Status"] == "4.4.7"
+    assert fields[1]["Status"] == "4.2.0"  # the last attempt's, as Postfix reports it
+    assert "451 4.2.0" in fields[1]["Diagnostic-Code"]
     assert "<7.spool@test.example>" in str(parts[2].get_payload())
     [failed] = spool.list_entries(config, failed=True)
-    assert failed.reason.startswith("expired") and "relay down" in failed.reason
+    assert failed.reason.startswith("expired after 0s in the queue; last error: 127.0.0.1")
+    assert "Mailbox busy" in failed.reason
 
 
 @pytest.mark.parametrize("hostname", ["sender.example", "host.example"])
@@ -521,6 +528,7 @@ def test_a_notice_finds_a_route_without_default_domain_or_catch_all(
     config = load_config(str(path))
     sender = "alice@sender.example"
     entry_id = enqueue(config, 3, sender)
+    smtp_server.fault = BUSY_RECIPIENT
     result = spool.run_queue(config)
     assert result.expired == (entry_id,) and result.bounces == 1
     [notice] = smtp_server.messages
@@ -529,6 +537,7 @@ def test_a_notice_finds_a_route_without_default_domain_or_catch_all(
 
 
 def test_expired_bounce_never_bounces_a_bounce(tmp_path: Path, smtp_server: SMTPTestServer) -> None:
+    smtp_server.fault = BUSY_RECIPIENT
     config = write_config(tmp_path, smtp_server.port, queue_lifetime=0)
     entry_id = enqueue(config, 1, "")
     result = spool.run_queue(config)
@@ -576,7 +585,7 @@ def test_no_failure_notice_when_the_sender_asked_for_none(
     """RFC 3461 §4.1: `-N never` (or `success`) means no failure notice, even on expiry."""
     from ssmtp_mailer.message import Dsn
 
-    server = smtp_server_factory()
+    server = smtp_server_factory(fault=BUSY_RECIPIENT)
     config = write_config(tmp_path, server.port, queue_lifetime=1)
     for notify in ("NEVER", "SUCCESS"):
         spool.enqueue(
@@ -678,3 +687,25 @@ def test_an_smtputf8_recipient_gets_its_sender_a_notice(
     assert notice.rcpt_tos == [SENDER]
     assert b"Final-Recipient: utf-8; j\\x{F6}rg@ex\\x{E4}mple.org" in notice.data
     assert b"Original-Envelope-Id: env-42" in notice.data
+
+
+def test_past_its_lifetime_only_the_recipients_still_deferred_expire(
+    tmp_path: Path, smtp_server_factory: Callable[..., SMTPTestServer]
+) -> None:
+    """The last attempt delivers to one, is refused for good by one and deferred by one:
+    the first has it, the second fails as at any age, the third expires."""
+    server = smtp_server_factory(fault="451-rcpt:busy@dest.example")
+    server.rcpt_replies["gone@dest.example"] = "550 5.1.1 User unknown"
+    config = write_config(tmp_path, server.port, queue_lifetime=0)
+    rcpts = ("ok@dest.example", "gone@dest.example", "busy@dest.example")
+    entry_id = enqueue(config, 1, SENDER, *rcpts)
+    result = spool.run_queue(config)
+    assert result.expired == (entry_id,) and result.failed == (entry_id,)
+    assert result.deferred == () and spool.list_entries(config) == []
+    original, *notices = server.messages
+    assert original.rcpt_tos == ["ok@dest.example"] and len(notices) == 2
+    failed = {e.recipients: e for e in spool.list_entries(config, failed=True)}
+    assert set(failed) == {("gone@dest.example",), ("busy@dest.example",)}
+    assert failed[("gone@dest.example",)].reason.startswith("127.0.0.1")
+    assert failed[("busy@dest.example",)].reason.startswith("expired after 0s")
+    assert "Mailbox busy" in failed[("busy@dest.example",)].replies["busy@dest.example"]

@@ -1,5 +1,6 @@
 """`queue run` (SPEC §7): due entries retried with backoff, one connection per server,
-never one entry twice (the store's lock), expired entries failed and bounced."""
+never one entry twice (the store's lock); an entry past queue_lifetime gets one more
+attempt, and is failed and bounced only when that one fails too."""
 
 from __future__ import annotations
 
@@ -381,16 +382,8 @@ def _run_one(config: Config, queue_dir: Path, entry_id: str, *, force: bool, run
             return
         fd, entry = held
         now = _now()
-        lifetime = dt.timedelta(seconds=config.global_.queue_lifetime)
-        if now >= entry.queued + lifetime:
-            data = _read_fd(fd)
-            reason = f"expired after {short_age(lifetime.total_seconds())} in the queue"
-            if entry.attempts:
-                reason += f"; last error: {entry.attempts[-1].reply}"
-            _fail_entry(config, queue_dir, entry, data, entry.recipients, reason, {}, run)
-            run.expired.append(entry.id)
-            return
-        if not force and now < entry.next_attempt:
+        # One past its lifetime is due: its last attempt decides (see _defer_or_expire).
+        if not force and now < entry.next_attempt and not _expired(config, entry, now):
             run.not_due += 1
             return
         _attempt(config, queue_dir, entry, _read_fd(fd), run)
@@ -416,8 +409,7 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         return
     if not route.enabled:
         why = f"route [domain:{route.name}] is disabled"
-        _defer(queue_dir, entry, entry.recipients, why, _now())
-        _count(run.deferred, entry.id)
+        _defer_or_expire(config, queue_dir, entry, data, entry.recipients, why, {}, run)
         return
     limit = 0  # the relay's recipients per transaction, once it has said (0: all at once)
     while True:
@@ -457,9 +449,11 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         if result is None:
             assert error is not None
             if attempted.fate is failures.Fate.QUEUE:
-                _defer(queue_dir, entry, entry.recipients, error_reason(error), now)
-                record.not_sent(error, "deferred", EX_OK, entry.id)
-                _count(run.deferred, entry.id)
+                reply = error_reason(error)
+                expired = _defer_or_expire(
+                    config, queue_dir, entry, data, entry.recipients, reply, {}, run, now
+                )
+                record.not_sent(error, "failed" if expired else "deferred", EX_OK, entry.id)
             else:
                 reason = error_reason(error)
                 _fail_entry(config, queue_dir, entry, data, entry.recipients, reason, {}, run)
@@ -489,8 +483,8 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
             entry = _replace_envelope(queue_dir, replace(entry, recipients=rest))
         elif rest:
             why = f"{result.refuser(deferred)}: {result.replies(deferred)}"
-            _defer(queue_dir, entry, rest, why, now)
-            _count(run.deferred, entry.id)
+            replies = {r: f"{result.refused[r][0]} {result.refused[r][1]}" for r in deferred}
+            _defer_or_expire(config, queue_dir, entry, data, rest, why, replies, run, now)
         elif rejected:
             _remove_pair(queue_dir, entry.id)
         else:
@@ -508,6 +502,36 @@ def _count(ids: list[str], entry_id: str) -> None:
     come one after another: only the last id needs a look)."""
     if not ids or ids[-1] != entry_id:
         ids.append(entry_id)
+
+
+def _expired(config: Config, entry: Entry, now: dt.datetime) -> bool:
+    return now >= entry.queued + dt.timedelta(seconds=config.global_.queue_lifetime)
+
+
+def _defer_or_expire(
+    config: Config,
+    queue_dir: Path,
+    entry: Entry,
+    data: bytes,
+    pending: tuple[str, ...],
+    reply: str,
+    replies: dict[str, str],
+    run: _Run,
+    now: dt.datetime | None = None,
+) -> bool:
+    """`pending` failed temporarily: deferred, or, once the entry has outlived
+    queue_lifetime, failed and bounced (as Postfix: only an attempt after
+    maximal_queue_lifetime that fails makes mail undeliverable). True if expired."""
+    now = now or _now()
+    if not _expired(config, entry, now):
+        _defer(queue_dir, entry, pending, reply, now)
+        _count(run.deferred, entry.id)
+        return False
+    lifetime = short_age(config.global_.queue_lifetime)
+    reason = f"expired after {lifetime} in the queue; last error: {reply}"
+    _fail_entry(config, queue_dir, entry, data, pending, reason, replies, run)
+    run.expired.append(entry.id)
+    return True
 
 
 def _defer(
