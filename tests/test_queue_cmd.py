@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
@@ -209,3 +210,17 @@ def test_an_entry_past_its_lifetime_is_tried_before_it_is_given_up(
     assert smtp_server.messages[0].rcpt_tos == ["rcpt@dest.example"]
     assert spool.list_entries(config, failed=True) == []
     assert entry_id not in run(capsys, config.main_file, "list")[1]
+
+
+def test_deleting_an_entry_being_delivered_is_a_temporary_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SPEC §9: "try again" is EX_TEMPFAIL (75), not a usage error (64)."""
+    config = write_config(tmp_path, closed_port())
+    entry_id = enqueue(config, 1)
+    with open(tmp_path / "spool" / "queue" / f"{entry_id}.msg", "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a runner in the middle of its delivery
+        code, out, err = run(capsys, config.main_file, "delete", entry_id)
+    assert (code, out) == (75, "")
+    assert err == f"ssmtp-mailer: {entry_id}: being delivered right now; try again\n"
+    assert run(capsys, config.main_file, "delete", entry_id)[0] == 0

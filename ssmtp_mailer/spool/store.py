@@ -31,6 +31,7 @@ from ssmtp_mailer.errors import (
     DataError,
     MailerError,
     NoPermError,
+    TempFailError,
     UsageError,
 )
 from ssmtp_mailer.message import Dsn
@@ -760,8 +761,8 @@ def _locked(directory: Path, entry_id: str) -> Iterator[tuple[int, Entry] | None
         os.close(fd)
 
 
-class EntryBusyError(UsageError):
-    """The entry is locked by a running delivery."""
+class EntryBusyError(TempFailError):
+    """The entry is locked by a running delivery: EX_TEMPFAIL, try again (SPEC §9)."""
 
 
 def _remove_pair(directory: Path, entry_id: str) -> None:
