@@ -224,3 +224,33 @@ def test_deleting_an_entry_being_delivered_is_a_temporary_failure(
     assert (code, out) == (75, "")
     assert err == f"ssmtp-mailer: {entry_id}: being delivered right now; try again\n"
     assert run(capsys, config.main_file, "delete", entry_id)[0] == 0
+
+
+def test_the_summary_says_a_notice_the_relay_could_not_take_is_queued(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The relay down: the expired entry's notice waits in the queue; it was said "sent"."""
+    config = write_config(tmp_path, closed_port(), queue_lifetime=0)
+    enqueue(config, 1)
+    code, out, _ = run(capsys, config.main_file, "run")
+    assert code == 0
+    assert out == "queue run: 0 delivered, 0 deferred, 0 failed, 1 expired, 1 bounce(s) queued\n"
+    [notice] = spool.list_entries(config)
+    assert notice.sender == "" and notice.recipients == (SENDER,)
+
+
+def test_the_summary_counts_entries_delivered_to_some_and_refused_for_others(
+    tmp_path: Path, smtp_server_factory: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each entry went to its good recipient and was refused for one: it was counted only
+    as failed ("0 delivered, 0 deferred, 3 failed"), as if nobody had it."""
+    server = smtp_server_factory(fault="550-rcpt:bad@dest.example")
+    config = write_config(tmp_path, server.port)
+    for n in range(3):
+        enqueue(config, n, SENDER, "ok@dest.example", "bad@dest.example")
+    code, out, _ = run(capsys, config.main_file, "run", "--all")
+    assert code == 0
+    assert out == (
+        "queue run: 3 delivered (3 in part), 0 deferred, 3 failed, 0 expired, 3 bounce(s) sent\n"
+    )
+    assert sorted(m.rcpt_tos[0] for m in server.messages) == [SENDER] * 3 + ["ok@dest.example"] * 3

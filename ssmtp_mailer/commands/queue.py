@@ -238,6 +238,7 @@ def run_cmd(as_json: bool, force: bool, ids: tuple[str, ...], progress: bool) ->
                 "busy": result.busy,
                 "not_due": result.not_due,
                 "bounces": result.bounces,
+                "bounces_queued": result.bounces_queued,
                 "picked_up": result.picked_up,
                 "problems": result.problems,
             }

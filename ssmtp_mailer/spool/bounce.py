@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ssmtp_mailer import log
 from ssmtp_mailer.config.model import Config
@@ -45,14 +45,15 @@ def _bounce(
     data: bytes,
     pool: ConnectionPool | None = None,
     rate_wait: float | None = None,
-) -> bool:
-    """Tell the sender, with a null envelope sender (never a bounce for a bounce).
+) -> Literal["sent", "queued"] | None:
+    """Tell the sender, with a null envelope sender (never a bounce for a bounce): "sent",
+    "queued" (the relay could not take it now), or None when no notice went.
     `rate_wait`: as engine.deliver's (None, the runner's: as long as the limit needs)."""
     if not config.global_.bounce or not failed.sender:
-        return False
+        return None
     dsn = failed.dsn
     if dsn is not None and dsn.notify and "FAILURE" not in dsn.notify.split(","):
-        return False  # RFC 3461 §4.1: the sender asked for no failure notice (-N)
+        return None  # RFC 3461 §4.1: the sender asked for no failure notice (-N)
     from ssmtp_mailer.relay.engine import DeliveryLog, deliver
     from ssmtp_mailer.rewrite import RouteGroup, plan_delivery
 
@@ -60,7 +61,7 @@ def _bounce(
         notice = build_bounce(config, failed, data)
     except Exception as exc:  # a bug in the notice must not undo the entry's move to failed/
         log.write_traceback(config, exc)
-        return False
+        return None
     try:
         groups = plan_delivery(config, "", [failed.sender]).groups
     except MailerError as exc:
@@ -70,9 +71,9 @@ def _bounce(
             log.write(
                 config, "ERROR", f"no failure notice for {failed.id} to {failed.sender}: {exc.why}"
             )
-            return False
+            return None
         groups = (RouteGroup(route, "", (failed.sender,)),)
-    sent = False
+    outcome: Literal["sent", "queued"] | None = None
     for group in groups:
         record = DeliveryLog(config, group, notice)
         try:
@@ -80,7 +81,7 @@ def _bounce(
                 config, group, notice, record=record, pool=pool, rate_wait=rate_wait
             )
             record.sent(delivered, EX_OK)
-            sent = True
+            outcome = outcome or "sent"
         except TempFailError as exc:
             record.not_sent(exc, "queued", EX_OK)
             # The notice must not be lost either; it is an ordinary entry from here on.
@@ -93,12 +94,12 @@ def _bounce(
                     eightbit=False,
                     reason=error_reason(exc),
                 )
-                sent = True
+                outcome = "queued"
         except MailerError as exc:
             record.not_sent(exc, "failed", EX_OK)
             with contextlib.suppress(CantCreateError):
                 store_failed(config, group, notice, reason=error_reason(exc))
-    return sent
+    return outcome
 
 
 def notify_failed(config: Config, entry_id: str, pool: ConnectionPool | None = None) -> bool:
@@ -111,7 +112,7 @@ def notify_failed(config: Config, entry_id: str, pool: ConnectionPool | None = N
         failed, data = find_entry(config, entry_id)
         # Not a moment's wait for the rate limit: the client waits for its 250 meanwhile;
         # a notice that must wait is queued instead.
-        return _bounce(config, failed, data, pool, rate_wait=0)
+        return _bounce(config, failed, data, pool, rate_wait=0) is not None
     except Exception as exc:  # the message itself went: a notice's trouble must not undo that
         log.write_traceback(config, exc)
         return False

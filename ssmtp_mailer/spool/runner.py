@@ -75,10 +75,17 @@ class QueueRunResult:
     expired: tuple[str, ...] = ()
     busy: tuple[str, ...] = ()
     not_due: int = 0
-    bounces: int = 0
+    bounces: int = 0  # failure notices the relay took
+    bounces_queued: int = 0  # failure notices queued: the relay could not take them now
     out_of_time: bool = False
     problems: tuple[str, ...] = ()
     picked_up: int = 0  # maildrop files handed on (delivered, queued or refused)
+
+    @property
+    def partly_delivered(self) -> int:
+        """Entries delivered to some recipients and deferred, failed or expired for others
+        (each is in every tally its recipients had)."""
+        return len(set(self.delivered) & {*self.deferred, *self.failed, *self.expired})
 
     @property
     def exit_code(self) -> int:
@@ -89,8 +96,10 @@ class QueueRunResult:
         # A maildrop file goes the sendmail way (sent, queued or refused), not through the
         # counts of queue entries that follow.
         head = f"{self.picked_up} taken from the maildrop and handed on; from the queue: "
+        partly = self.partly_delivered
         parts = [
-            f"{head if self.picked_up else ''}{len(self.delivered)} delivered",
+            f"{head if self.picked_up else ''}{len(self.delivered)} delivered"
+            + (f" ({partly} in part)" if partly else ""),
             f"{len(self.deferred)} deferred",
             f"{len(self.failed)} failed",
             f"{len(self.expired)} expired",
@@ -101,6 +110,8 @@ class QueueRunResult:
             parts.append(f"{self.not_due} not yet due")
         if self.bounces:
             parts.append(f"{self.bounces} bounce(s) sent")
+        if self.bounces_queued:
+            parts.append(f"{self.bounces_queued} bounce(s) queued")
         if self.out_of_time:
             parts.append("stopped at the time budget")
         return ", ".join(parts)
@@ -151,6 +162,7 @@ class _Run:
     problems: list[str] = field(default_factory=list)
     not_due: int = 0
     bounces: int = 0
+    bounces_queued: int = 0
     out_of_time: bool = False
     picked_up: int = 0
     # One connection per server for the whole run (SPEC §6 reuse); QUIT when the run ends.
@@ -166,6 +178,7 @@ class _Run:
             busy=tuple(self.busy),
             not_due=self.not_due,
             bounces=self.bounces,
+            bounces_queued=self.bounces_queued,
             out_of_time=self.out_of_time,
             problems=tuple(self.problems),
             picked_up=self.picked_up,
@@ -443,8 +456,7 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
             _count(run.failed, entry.id)
             entry = _replace_envelope(queue_dir, replace(entry, recipients=untried))
             record.not_sent(error, "failed", EX_OK, entry.id)
-            if _bounce(config, refused, data, run.connections):
-                run.bounces += 1
+            _notify(config, refused, data, run)
             continue
         if result is None:
             assert error is not None
@@ -489,10 +501,11 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
             _remove_pair(queue_dir, entry.id)
         else:
             _mark_delivered(queue_dir, entry.id, run)
-            run.delivered.append(entry.id)
+        if result.accepted:
+            _count(run.delivered, entry.id)
         record.sent(result, EX_OK)
-        if failed is not None and _bounce(config, failed, data, run.connections):
-            run.bounces += 1
+        if failed is not None:
+            _notify(config, failed, data, run)
         if not again:
             return
 
@@ -567,8 +580,16 @@ def _fail_entry(
     """The whole entry fails: copied (for `recipients`) into `failed/`, dropped, bounced."""
     copy = _copy_to_failed(config, queue_dir, entry, recipients, reason, replies)
     _remove_pair(queue_dir, entry.id)
-    if _bounce(config, copy, data, run.connections):
+    _notify(config, copy, data, run)
+
+
+def _notify(config: Config, failed: Entry, data: bytes, run: _Run) -> None:
+    """The failure notice for `failed`, counted as the relay took it (or did not)."""
+    outcome = _bounce(config, failed, data, run.connections)
+    if outcome == "sent":
         run.bounces += 1
+    elif outcome == "queued":
+        run.bounces_queued += 1
 
 
 def _copy_to_failed(
