@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from smtpserver import SMTPTestServer
+from smtpserver import Received, SMTPTestServer
 from test_listener import Listener, listener_config, run_queue
 
 from ssmtp_mailer import dialect, pickup, submit
@@ -413,3 +413,104 @@ def test_smtplib_without_dsn_parameters_sends_none(
     got = upstream.wait_for(1)[0]
     assert got.rcpt_options == []
     assert not any(o.startswith(("RET=", "ENVID=")) for o in got.mail_options)
+
+
+# -- what our own failure notices return (RFC 3461 §4.3) ----------------------------------
+
+
+def _notice_for(
+    tmp_path: Path,
+    server: SMTPTestServer,
+    capsys: pytest.CaptureFixture[str],
+    dsn: Dsn | None,
+    data: bytes,
+    **settings: object,
+) -> Received:
+    """`queue run` of one entry whose recipient the relay refuses for good: the notice
+    the same relay got for its sender."""
+    from test_spool import SENDER as SPOOL_SENDER
+    from test_spool import group_for, write_config
+
+    from ssmtp_mailer import spool
+    from ssmtp_mailer.entry import main
+
+    server.fault = "550-rcpt:gone@dest.example"
+    config = write_config(tmp_path, server.port, **settings)
+    spool.enqueue(
+        config, group_for(config, SPOOL_SENDER, "gone@dest.example"), data, smtputf8=False,
+        eightbit=not data.isascii(), reason="relay down", dsn=dsn,
+    )  # fmt: skip
+    assert main(["queue", "-C", str(config.main_file), "run", "--all"]) == 0
+    assert capsys.readouterr().out.endswith(", 1 bounce(s) sent\n")
+    [notice] = server.messages
+    assert notice.mail_from in ("", "<>") and notice.rcpt_tos == [SPOOL_SENDER]
+    return notice
+
+
+def _original(n: int, body: str = "") -> bytes:
+    return (
+        f"From: app@test.example\r\nTo: gone@dest.example\r\nSubject: ret {n}\r\n"
+        f"Message-ID: <{n}.ret@test.example>\r\nMIME-Version: 1.0\r\n"
+        f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body or 'the body'}\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("body", ["plain ASCII text", "8-bit: Grüße aus Köln"])
+def test_ret_full_returns_the_whole_message(
+    tmp_path: Path,
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    capsys: pytest.CaptureFixture[str],
+    body: str,
+) -> None:
+    """`-R full`: the notice ended "attached below (headers only)", text/rfc822-headers."""
+    data = _original(1, body)
+    notice = _notice_for(tmp_path, smtp_server_factory(), capsys, Dsn(ret="FULL"), data)
+    parts = list(notice.message().iter_parts())
+    assert [p.get_content_type() for p in parts] == [
+        "text/plain",
+        "message/delivery-status",
+        "message/rfc822",
+    ]
+    assert "It is attached below. <gone@" in " ".join(parts[0].get_content().split())
+    assert data + b"\r\n--" in notice.data  # byte for byte, headers and body
+    [returned] = parts[2].iter_parts()
+    assert returned["Message-ID"] == "<1.ret@test.example>"
+    assert returned.get_content() == f"{body}\r\n"  # its last line end kept
+    eightbit = not body.isascii()
+    assert ("BODY=8BITMIME" in notice.mail_options) is eightbit
+    assert (parts[2]["Content-Transfer-Encoding"] == "8bit") is eightbit
+
+
+@pytest.mark.parametrize("dsn", [None, Dsn(ret="HDRS")])
+def test_without_ret_full_a_notice_returns_the_headers(
+    tmp_path: Path,
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    capsys: pytest.CaptureFixture[str],
+    dsn: Dsn | None,
+) -> None:
+    notice = _notice_for(tmp_path, smtp_server_factory(), capsys, dsn, _original(2))
+    parts = list(notice.message().iter_parts())
+    assert parts[2].get_content_type() == "text/rfc822-headers"
+    assert "attached below (headers only). <gone@" in " ".join(parts[0].get_content().split())
+    assert "<2.ret@test.example>" in str(parts[2].get_payload())
+    assert b"the body" not in notice.data
+
+
+def test_ret_full_returns_only_the_headers_of_a_message_too_large(
+    tmp_path: Path,
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A notice never grows past max_message_size (as Postfix's bounce_size_limit); the
+    sender is told why the body is missing."""
+    data = _original(3, "x" * 3000)
+    notice = _notice_for(
+        tmp_path, smtp_server_factory(), capsys, Dsn(ret="FULL"), data, max_message_size=4000
+    )
+    parts = list(notice.message().iter_parts())
+    assert parts[2].get_content_type() == "text/rfc822-headers"
+    assert (
+        f"It is attached below (headers only: the whole message, {len(data)} octets,"
+        " is too large to return)." in " ".join(parts[0].get_content().split())
+    )
+    assert b"x" * 100 not in notice.data and len(notice.data) < 4000

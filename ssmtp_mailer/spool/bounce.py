@@ -19,6 +19,8 @@ from ssmtp_mailer.errors import (
 from ssmtp_mailer.message import unxtext
 
 if TYPE_CHECKING:
+    from email.mime.multipart import MIMEMultipart
+
     from ssmtp_mailer.relay.pool import ConnectionPool
 
 
@@ -74,12 +76,14 @@ def _bounce(
             return None
         groups = (RouteGroup(route, "", (failed.sender,)),)
     outcome: Literal["sent", "queued"] | None = None
+    eightbit = not notice.isascii()  # a returned 8-bit message (RET=FULL) goes as it is
     for group in groups:
         record = DeliveryLog(config, group, notice)
         try:
             delivered = deliver(
-                config, group, notice, record=record, pool=pool, rate_wait=rate_wait
-            )
+                config, group, notice, record=record, pool=pool, rate_wait=rate_wait,
+                eightbit=eightbit,
+            )  # fmt: skip
             record.sent(delivered, EX_OK)
             outcome = outcome or "sent"
         except TempFailError as exc:
@@ -91,7 +95,7 @@ def _bounce(
                     group,
                     notice,
                     smtputf8=False,
-                    eightbit=False,
+                    eightbit=eightbit,
                     reason=error_reason(exc),
                 )
                 outcome = "queued"
@@ -125,7 +129,20 @@ def _status_for(reply: str, default: str) -> str:
 
 
 def build_bounce(config: Config, failed: Entry, data: bytes) -> bytes:
-    """A multipart/report delivery-status notice (RFC 3464) for `failed`, CRLF bytes."""
+    """A multipart/report delivery-status notice (RFC 3464) for `failed`, CRLF bytes: the
+    whole message returned when the sender asked (RET=FULL, RFC 3461 §4.3) and the notice
+    stays within max_message_size (as Postfix's bounce_size_limit), else its headers."""
+    limit = config.global_.max_message_size
+    if failed.dsn is not None and (failed.dsn.ret or "").upper() == "FULL":
+        notice = _notice(config, failed, data, full=True)
+        if len(notice) <= limit:
+            return notice
+        why = f"the whole message, {len(data)} octets, is too large to return"
+        return _notice(config, failed, data, full=False, why=why)
+    return _notice(config, failed, data, full=False)
+
+
+def _notice(config: Config, failed: Entry, data: bytes, *, full: bool, why: str = "") -> bytes:
     import email.policy
     import email.utils
     from email.message import Message
@@ -136,11 +153,12 @@ def build_bounce(config: Config, failed: Entry, data: bytes) -> bytes:
 
     hostname = config.global_.default_hostname
     expired = failed.reason.startswith("expired")
+    attached = "" if full else f" (headers only{': ' + why if why else ''})"
     lines = [
         f"This is the mail system at host {hostname}.",
         "",
         "Your message could not be delivered to one or more recipients."
-        " It is attached below (headers only).",
+        f" It is attached below{attached}.",
         "",
     ]
     for rcpt in failed.recipients:
@@ -185,6 +203,9 @@ def build_bounce(config: Config, failed: Entry, data: bytes) -> bytes:
     del status["MIME-Version"]
     report.attach(status)
 
+    if full:
+        kind = "message/global" if failed.smtputf8 else "message/rfc822"
+        return _with_message(report, data, kind)
     headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(data)
     original = MIMEBase("text", "rfc822-headers")
     original.set_payload(
@@ -195,6 +216,31 @@ def build_bounce(config: Config, failed: Entry, data: bytes) -> bytes:
     del original["MIME-Version"]
     report.attach(original)
     return report.as_bytes(policy=email.policy.SMTP)
+
+
+def _with_message(report: MIMEMultipart, data: bytes, kind: str) -> bytes:
+    """The report with the message as its last part, byte for byte as it was queued (RFC
+    6522 §3; `kind` message/global, RFC 6532 §3.7, for an SMTPUTF8 one). The email
+    package would parse and write it again, refolding its headers."""
+    import email.policy
+    import secrets
+
+    encoding = ""
+    if not data.isascii():  # RFC 2045 §6.4: 8bit inside, so 8bit outside
+        encoding = "Content-Transfer-Encoding: 8bit\r\n"
+        report["Content-Transfer-Encoding"] = "8bit"
+    while True:
+        report_bytes = report.as_bytes(policy=email.policy.SMTP)
+        boundary = report.get_boundary()
+        assert boundary is not None
+        if f"--{boundary}".encode() not in data:  # drawn at random: as good as always
+            break
+        report.set_boundary(f"={secrets.token_hex(16)}=")
+    closing = f"--{boundary}--".encode()
+    head = report_bytes[: report_bytes.rindex(closing)]
+    part = f"--{boundary}\r\nContent-Type: {kind}\r\n{encoding}\r\n".encode()
+    # The CR LF before a delimiter is the delimiter's (RFC 2046 §5.1.1), not the message's.
+    return head + part + data + b"\r\n" + closing + b"\r\n"
 
 
 def original_recipient(orcpt: str) -> str:
