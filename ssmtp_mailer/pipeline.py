@@ -165,9 +165,9 @@ def submit(
 
     `retries`: the engine's quick retries, for the listener's workers only (SPEC §6).
     `accepted`: the answer is an SMTP reply (the listener, `-bs`, the maildrop's pickup):
-    a fault of our own set-up is queued, as for a queue entry (relay/failures.py); and
-    recipients the relay refuses while the others get it are told to the sender in a
-    failure notice, since the 250 the client hears cannot name them.
+    a fault of our own set-up is queued, as for a queue entry (relay/failures.py).
+    Recipients the relay refuses while the others get it are told to the sender in a
+    failure notice, since the 250 or exit 0 the caller gets cannot name them.
     `told`: False when nobody hears the outcome (the maildrop's pickup: its submitter
     heard 0 long ago): then every failure is told in a notice.
     `held`: the sender cannot take the message back (a maildrop file; a local submission,
@@ -302,9 +302,11 @@ def submit(
     code = _exit_code(plan, outcomes)
     for outcome in outcomes:
         outcome.log(code)
-    # Whoever cannot hear what failed gets a notice: the client of a 250 (those refused
-    # while the others got it), and the maildrop's submitter, told 0 long ago (any of it).
-    if failed_ids and (not told or (accepted and code == EX_OK)):
+    # Whoever cannot hear what failed gets a notice: the client of a 250 or the caller of
+    # an exit 0 (those refused while the others got it: a program reads the exit code,
+    # not stderr, as Postfix's sendmail leaves them to a bounce), and the maildrop's
+    # submitter, told 0 long ago (any of it).
+    if failed_ids and (not told or code == EX_OK):
         from ssmtp_mailer.spool import bounce
 
         for failed_id in failed_ids:

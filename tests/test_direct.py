@@ -281,8 +281,10 @@ def test_null_mx_refuses_that_domain_only(
     assert [m.rcpt_tos for m in mx_b.messages] == [["three@b.example"]]
     # Permanent: kept in failed/ for that recipient, nothing queued for a retry.
     assert queue_list(run_main, conf) == []
-    failed = list((tmp_path / "spool" / "failed").glob("*.toml"))
-    assert len(failed) == 1 and "nobody@null.example" in failed[0].read_text()
+    # Beside it, the sender's failure notice, which found no MX for sender.example here.
+    failed = [p.read_text() for p in (tmp_path / "spool" / "failed").glob("*.toml")]
+    assert len(failed) == 2
+    assert sum('sender = "alice@sender.example"' in text for text in failed) == 1, failed
 
 
 def test_null_mx_alone_is_a_permanent_failure(

@@ -760,3 +760,26 @@ def test_sighup_with_a_key_the_listener_cannot_use_keeps_the_old_configuration(
         assert tags[b"s"] == b"rsa2026"
     finally:
         listener.stop()
+
+
+def test_a_failure_notice_through_a_signing_route_is_signed(
+    keys: dict[str, dict[str, str]],
+    zone: DNSServer,
+    tmp_path: Path,
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    """SPEC §6: the route signs every message; the notice telling alice@example.com of a
+    refused recipient went out through it with no signature."""
+    server = smtp_server_factory(fault="550-rcpt:carol@x.example")
+    config = write_config(tmp_path, server.port, ["rsa2026"])
+    # Only the signing route: the notice (from <>) goes back the way the message went.
+    text = config.read_text()
+    config.write_text(text[: text.index("[domain:*]")])
+    code, _, err = run_main(["-C", str(config), "-t"], stdin=MESSAGE)
+    assert code == 0 and "carol@x.example" in err
+    _, notice = server.wait_for(2)
+    assert notice.mail_from in ("", "<>") and notice.rcpt_tos == ["alice@example.com"]
+    assert verify_each(notice.data, zone) == [("rsa2026", "rsa-sha256", True)]
+    (tags,) = signatures(notice.data)
+    assert tags[b"d"] == b"example.com"

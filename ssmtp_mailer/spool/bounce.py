@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from email.mime.multipart import MIMEMultipart
 
     from ssmtp_mailer.relay.pool import ConnectionPool
+    from ssmtp_mailer.rewrite import RouteGroup
 
 
 from ssmtp_mailer.spool.store import (
@@ -78,10 +79,11 @@ def _bounce(
     outcome: Literal["sent", "queued"] | None = None
     eightbit = not notice.isascii()  # a returned 8-bit message (RET=FULL) goes as it is
     for group in groups:
-        record = DeliveryLog(config, group, notice)
+        signed = _signed(config, group, notice)
+        record = DeliveryLog(config, group, signed)
         try:
             delivered = deliver(
-                config, group, notice, record=record, pool=pool, rate_wait=rate_wait,
+                config, group, signed, record=record, pool=pool, rate_wait=rate_wait,
                 eightbit=eightbit,
             )  # fmt: skip
             record.sent(delivered, EX_OK)
@@ -93,7 +95,7 @@ def _bounce(
                 enqueue(
                     config,
                     group,
-                    notice,
+                    signed,
                     smtputf8=False,
                     eightbit=eightbit,
                     reason=error_reason(exc),
@@ -102,8 +104,24 @@ def _bounce(
         except MailerError as exc:
             record.not_sent(exc, "failed", EX_OK)
             with contextlib.suppress(CantCreateError):
-                store_failed(config, group, notice, reason=error_reason(exc))
+                store_failed(config, group, signed, reason=error_reason(exc))
     return outcome
+
+
+def _signed(config: Config, group: RouteGroup, notice: bytes) -> bytes:
+    """The notice DKIM-signed when its route signs (SPEC §6: every message), as the
+    sender's own mail is; unsigned, with a warning, when it cannot be: a notice that
+    fails DMARC may still be read, one never sent cannot."""
+    if not group.route.dkim_key_file:
+        return notice
+    from ssmtp_mailer.relay import dkim
+
+    try:
+        signer = dkim.signer_for(group.route)
+        return notice if signer is None else dkim.sign(signer, notice, "")
+    except MailerError as exc:
+        log.write(config, "WARNING", f"failure notice not DKIM-signed: {exc.what}: {exc.why}")
+        return notice
 
 
 def notify_failed(config: Config, entry_id: str, pool: ConnectionPool | None = None) -> bool:
