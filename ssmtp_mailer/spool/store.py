@@ -187,8 +187,12 @@ def _spool_owner(config: Config) -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def _make_dir(path: Path, owner: tuple[int, int] | None = None, *, trusted: bool = False) -> None:
-    """Make a spool directory if it is missing; UnsafeSpoolError if the name is no directory."""
+def _make_dir(
+    path: Path, owner: tuple[int, int] | None = None, *, trusted: bool = False, mode: int = 0o2770
+) -> None:
+    """Make a spool directory if it is missing; UnsafeSpoolError if the name is no directory.
+
+    Root makes it `mode` for spool_user (or root:mail); anyone else 0700, their own."""
     try:
         os.close(open_spool_dir(path, trusted=trusted))
         return
@@ -200,7 +204,7 @@ def _make_dir(path: Path, owner: tuple[int, int] | None = None, *, trusted: bool
         if gid is not None:
             os.fchown(fd, 0 if owner is None else owner[0], gid)
             # setgid so entries inherit the group; explicit chmod because mkdir obeys umask.
-            os.fchmod(fd, 0o2770)
+            os.fchmod(fd, mode)
         else:
             os.fchmod(fd, 0o700)
 
@@ -215,7 +219,9 @@ def ensure_spool(config: Config) -> Path:
     owner = _spool_owner(config)
     made = not root.is_dir()
     try:
-        _make_dir(root, owner, trusted=True)
+        # SPEC §8: the spool itself 0755, as the package makes it (anyone reaches maildrop/
+        # and submit.sock; only its areas are group mail's).
+        _make_dir(root, owner, trusted=True, mode=0o755)
         for path in (root / QUEUE, root / FAILED):
             _make_dir(path, owner)
         if made and os.geteuid() == 0:
