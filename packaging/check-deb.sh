@@ -32,10 +32,30 @@ for f in Provides Conflicts Replaces; do
     [ "$(field "$f")" = mail-transport-agent ] || fail "$f: $(field "$f")"
 done
 depends=$(field Depends)
-for dep in python3-click python3-keyring python3-dnspython python3-dkim python3-nacl \
-           python3-cryptography python3-platformdirs python3-tomli-w python3-aiosmtpd procps; do
-    grep -qE "(^|, )$dep( |,|$)" <<<"$depends" || fail "Depends lacks $dep: $depends"
+# pyproject.toml's minimums, by their Debian names, are the package's: each dependency
+# as `python3-NAME (>= VERSION)`, and python3 (>= requires-python). Debian 12's python3 is
+# 3.11, so a backport for older ones (tomli; python_version < '3.11') is left out.
+wanted=$(/usr/bin/python3 - "$repo/pyproject.toml" <<'PY'
+import re, sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+debian = {"dkimpy": "dkim", "pynacl": "nacl"}
+print(f"python3 (>= {project['requires-python'].removeprefix('>=')})")
+for requirement in project["dependencies"]:
+    found = re.fullmatch(r"([\w.-]+)>=([\w.]+)(?:; python_version < '(\d+\.\d+)')?", requirement)
+    if not found:
+        sys.exit(f"pyproject.toml: {requirement!r}: not NAME>=VERSION, no Debian minimum for it")
+    name, minimum, below = found.groups()
+    if below is None or (3, 11) < tuple(map(int, below.split("."))):
+        print(f"python3-{debian.get(name.lower(), name.lower())} (>= {minimum})")
+PY
+) || fail "pyproject.toml's dependencies: $wanted"
+items=$(sed 's/, */\n/g' <<<"$depends")
+for dep in procps; do
+    grep -qE "^$dep( |$)" <<<"$items" || fail "Depends lacks $dep: $depends"
 done
+while read -r dep; do
+    grep -qxF "$dep" <<<"$items" || fail "Depends lacks $dep (pyproject.toml's minimum): $depends"
+done <<<"$wanted"
 # Debian 12 has no keyring backend of its own for `password set` on a server.
 grep -qE "(^|, )python3-keyrings\.alt(,|$)" <<<"$(field Suggests)" ||
     fail "Suggests lacks python3-keyrings.alt: $(field Suggests)"
