@@ -196,6 +196,20 @@ def main(root: Path, deb: Path) -> None:
     run(root, "sendmail -t root", stdin="Subject: hi\n\nqueued\n")
     system = "SSMTP_MAILER_CONFIG=/etc/ssmtp-mailer/ssmtp-mailer.conf"
     run(root, f"{system} sendmail -t root", user="tester", stdin="Subject: hi\n\ndropped\n")
+    # Remove, not purge (installing postfix does it through Conflicts): the mail stays,
+    # and nothing sends it any more.
+    run(
+        root,
+        "apt-get remove -y -q -o Dpkg::Use-Pty=0 ssmtp-mailer >/tmp/apt.log 2>&1"
+        " || { cat /tmp/apt.log >&2; exit 1; }",
+    )
+    said = re.findall(r"^ssmtp-mailer: remove .*", (root / "tmp/apt.log").read_text(), re.M)
+    check(
+        len(said) == 1
+        and " 1 queued and 1 maildrop messages in /var/spool/ssmtp-mailer" in said[0]
+        and "purge deletes them" in said[0],
+        f"remove says what undelivered mail stays in the spool until purge ({said})",
+    )
     run(
         root,
         "apt-get purge -y -q -o Dpkg::Use-Pty=0 ssmtp-mailer >/tmp/apt.log 2>&1"
