@@ -210,6 +210,13 @@ def main(root: Path, deb: Path) -> None:
         and "purge deletes them" in said[0],
         f"remove says what undelivered mail stays in the spool until purge ({said})",
     )
+    # Its cron.d file is a conffile, kept until purge: each line must see that the program
+    # is gone and do nothing (Debian Policy 9.5.1), not fail for cron to mail every minute.
+    for command in cron_commands(root):
+        said_cron = run(root, f"{{ {command}\n}} 2>&1")
+        check(
+            said_cron == "", f"after remove, cron's {command[:40]!r}... is silent ({said_cron!r})"
+        )
     run(
         root,
         "apt-get purge -y -q -o Dpkg::Use-Pty=0 ssmtp-mailer >/tmp/apt.log 2>&1"
