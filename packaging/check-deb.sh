@@ -107,13 +107,20 @@ done
 # Root never acts by name inside the spool: every name there is mail's to replace, and
 # install, chown, chmod and touch follow the link it puts there (to /etc, say). A unit's
 # root commands are all of them without User=, else those marked "+" or "!".
+# `stat -c FORMAT NAME` only reads NAME itself (no -L: it follows no link).
 for unit in "$repo"/packaging/systemd/*.service; do
     as_root='^Exec[A-Za-z]*='
     if grep -q '^User=' "$unit"; then as_root='^Exec[A-Za-z]*=[-@:+!]*[+!]'; fi
-    if grep -qE "$as_root.*/var/spool/ssmtp-mailer/" "$unit"; then
+    if sed -E 's#stat -c [^ ]+ /var/spool/ssmtp-mailer/[^ ;)]*##g' "$unit" |
+        grep -qE "$as_root.*/var/spool/ssmtp-mailer/"; then
         fail "$(basename "$unit"): a root command names a path inside the spool"
     fi
 done
+# A run leaves in maildrop/ what it cannot take yet (a fresh .tmp- file, say): a path unit
+# that triggers while the directory is not empty would start the queue on it without end.
+if grep -q '^DirectoryNotEmpty=' "$repo"/packaging/systemd/*.path; then
+    fail "a path unit uses DirectoryNotEmpty=: it loops on what a queue run leaves in maildrop/"
+fi
 echo "ok: fields, links, modes, conffiles, units, maintainer scripts, cron.d, completion"
 
 echo "-- lintian"

@@ -169,6 +169,7 @@ def main(root: Path, deb: Path) -> None:
             wait_for(server, 2)
             check(len(server.messages) == 2, "with no systemd, cron relayed the user's mail")
             check(server.messages[1].auth_user == USER, "with the relay's credentials")
+            check_queue_unit_repeats(root, server)
         else:
             print(
                 "note: no local submission in this build; the unprivileged send below"
@@ -341,17 +342,84 @@ def check_unit_handling(root: Path, deb: Path) -> None:
     run(root, apt.format("install", f"/tmp/{deb.name}"))
 
 
+def exec_lines(unit: Path) -> list[tuple[str, str, str]]:
+    """A unit's Exec lines: (key, prefix, command), the command as systemd passes it on
+    ("$$" a dollar sign, "%%" a percent sign) for sh to run."""
+    found = re.findall(r"^(Exec\w+)=([-+!@:]*)(.+)$", unit.read_text(), re.MULTILINE)
+    return [
+        (key, prefix, command.replace("$$", "$").replace("%%", "%"))
+        for key, prefix, command in found
+    ]
+
+
 def root_commands(root: Path) -> list[str]:
     """What systemd would run as root for the package's services: every Exec line of a
     unit without User=, and those marked "+" or "!" of one with it."""
     commands = []
     for unit in sorted((root / "lib/systemd/system").glob("ssmtp-mailer*.service")):
-        text = unit.read_text()
-        as_user = re.search(r"^User=", text, re.MULTILINE) is not None
-        for prefix, command in re.findall(r"^Exec\w+=([-+!@:]*)(.+)$", text, re.MULTILINE):
+        as_user = re.search(r"^User=", unit.read_text(), re.MULTILINE) is not None
+        for _, prefix, command in exec_lines(unit):
             if not as_user or set(prefix) & {"+", "!"}:
                 commands.append(command)
     return commands
+
+
+def check_queue_unit_repeats(root: Path, server: SMTPTestServer) -> None:
+    """ssmtp-mailer-queue.service, which the path unit starts: a local user's drop while it
+    runs is taken before it ends (systemd does not trigger the path unit for it), and what
+    no run can take yet (a submitter's fresh .tmp- file) does not keep it running."""
+    [command] = [
+        command
+        for key, _, command in exec_lines(root / "lib/systemd/system/ssmtp-mailer-queue.service")
+        if key == "ExecStart"
+    ]
+    main = root / "etc/ssmtp-mailer/ssmtp-mailer.conf"
+    text = main.read_text()
+    # A relay that never greets holds the run this long: the time to drop during it.
+    main.write_text(text.replace("[global]\n", "[global]\nconnection_timeout = 3\n", 1))
+    system = "SSMTP_MAILER_CONFIG=/etc/ssmtp-mailer/ssmtp-mailer.conf"
+    drop = root / "var/spool/ssmtp-mailer/maildrop"
+    run(root, "touch /var/spool/ssmtp-mailer/maildrop/.tmp-in-progress", user="tester")
+    run(root, f"{system} sendmail -t root", user="tester", stdin="Subject: a\n\nfirst\n")
+    seen = len(server.messages)
+    connections = server.connections
+    server.fault = "stall-banner"
+    unit = subprocess.Popen(
+        ["chroot", str(root), *ENV, "HOME=/root", "sh", "-c", command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while server.connections == connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        check(server.connections > connections, "the queue unit's run took the first drop")
+        # After the run listed maildrop/: the path unit would not see this one.
+        run(root, f"{system} sendmail -t root", user="tester", stdin="Subject: b\n\nsecond\n")
+        server.fault = None
+        try:
+            unit.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise CheckFailed("the queue unit still runs on a maildrop with a .tmp- file") from None
+    finally:
+        server.fault = None
+        if unit.poll() is None:
+            unit.kill()
+            unit.wait()
+        main.write_text(text)
+    left = sorted(p.name for p in drop.iterdir())
+    check(
+        left == [".tmp-in-progress"],
+        f"and the drop made during that run, before it ended ({left})",
+    )
+    wait_for(server, seen + 1)
+    subjects = [m.message()["Subject"] for m in server.messages[seen:]]
+    check(subjects == ["b"], f"the second reached the relay ({subjects})")
+    # The first, queued when the relay never greeted, goes too: the spool is as before.
+    run(root, "ssmtp-mailer queue run --all >/dev/null")
+    wait_for(server, seen + 2)
+    check(len(server.messages) == seen + 2, "and the first with the next queue run")
+    (drop / ".tmp-in-progress").unlink()
 
 
 def check_spool_links(root: Path, deb: Path) -> None:
