@@ -20,6 +20,8 @@ from dnsserver import DNSServer
 from relayconf import RunMain
 from smtpserver import SMTPTestServer
 
+from ssmtp_mailer.config.model import DomainConfig
+
 DOMAIN = "example.com"
 
 
@@ -783,3 +785,35 @@ def test_a_failure_notice_through_a_signing_route_is_signed(
     assert verify_each(notice.data, zone) == [("rsa2026", "rsa-sha256", True)]
     (tags,) = signatures(notice.data)
     assert tags[b"d"] == b"example.com"
+
+
+def test_a_route_through_amazon_ses_leaves_message_id_and_date_unsigned(
+    keys: dict[str, dict[str, str]], zone: DNSServer, tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    """SES replaces Message-ID and Date, and says not to sign them ("Manual DKIM signing in
+    Amazon SES"): our signature over them broke on every message through it."""
+    from ssmtp_mailer.config.loader import load_config
+    from ssmtp_mailer.relay import dkim
+
+    config = load_config(str(write_config(tmp_path, smtp_server.port, ["rsa2026"])))
+    route = config.domains[DOMAIN]
+    ses = route._replace(smtp_server="email-smtp.eu-west-1.amazonaws.com")
+    message = MESSAGE.replace(b"\n", b"\r\n").replace(
+        b"MIME-Version", b"Message-ID: <1@example.com>\r\nMIME-Version"
+    )
+
+    def signed_by(relay: DomainConfig) -> tuple[bytes, list[bytes]]:
+        signer = dkim.signer_for(relay)
+        assert signer is not None
+        data = dkim.sign(signer, message, "alice@example.com")
+        (tags,) = signatures(data)
+        return data, tags[b"h"].lower().split(b":")
+
+    plain, fields = signed_by(route)
+    assert b"message-id" in fields
+    through_ses, fields = signed_by(ses)
+    assert b"message-id" not in fields and b"date" not in fields and b"from" in fields
+    # What SES does to the message after us breaks the one signature, not the other.
+    theirs = (b"<1@example.com>", b"<0100018c@email.amazonses.com>")
+    assert verify_each(through_ses.replace(*theirs), zone) == [("rsa2026", "rsa-sha256", True)]
+    assert verify_each(plain.replace(*theirs), zone) == [("rsa2026", "rsa-sha256", False)]

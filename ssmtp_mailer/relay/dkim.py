@@ -44,11 +44,27 @@ class SigningKey(NamedTuple):
 
 
 class Signer(NamedTuple):
-    """A route's keys; `domain` is the d= tag (None: the envelope sender's, see route_domain)."""
+    """A route's keys; `domain` is the d= tag (None: the envelope sender's, see route_domain);
+    `left_out`, SIGNED_HEADERS its relay rewrites (a signature over them would break)."""
 
     route: str
     domain: str | None
     keys: tuple[SigningKey, ...]
+    left_out: frozenset[str] = frozenset()
+
+
+# Relays that rewrite fields after we sign. Amazon SES replaces Message-ID and Date; its
+# guide to signing by hand says to leave them out ("Manual DKIM signing in Amazon SES").
+_REWRITTEN_BY_RELAY = {"amazonaws.com": frozenset({"message-id", "date"})}
+
+
+def rewritten_by_relay(route: DomainConfig) -> frozenset[str]:
+    """The fields the route's relay rewrites after we sign."""
+    host = (route.smtp_server or "").lower().rstrip(".")
+    for suffix, fields in _REWRITTEN_BY_RELAY.items():
+        if host == suffix or host.endswith("." + suffix):
+            return fields
+    return frozenset()
 
 
 # Keys already read, by (path, size, mtime): the listener and `queue run` sign many messages.
@@ -112,7 +128,7 @@ def signer_for(route: DomainConfig) -> Signer | None:
                 f"{where}: {next(k.path for k in keys if k.key.algorithm == ED25519)}",
                 "Ed25519 signing needs PyNaCl (Debian: python3-nacl)",
             ) from None
-    return Signer(route.name, route_domain(route), keys)
+    return Signer(route.name, route_domain(route), keys, rewritten_by_relay(route))
 
 
 def route_domain(route: DomainConfig) -> str | None:
@@ -125,14 +141,19 @@ def route_domain(route: DomainConfig) -> str | None:
     return ascii_domain(name)  # the loader refused a name IDNA 2008 does not allow
 
 
-def header_list(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
-    """The h= list: each SPEC header as often as it occurs, the OVERSIGNED once more."""
+def header_list(
+    headers: list[tuple[bytes, bytes]], left_out: frozenset[str] = frozenset()
+) -> list[bytes]:
+    """The h= list: each SPEC header but `left_out` as often as it occurs, the OVERSIGNED
+    once more."""
     counts: dict[bytes, int] = {}
     for field, _ in headers:
         key = field.strip().lower()
         counts[key] = counts.get(key, 0) + 1
     out: list[bytes] = []
     for name in SIGNED_HEADERS:
+        if name in left_out:
+            continue
         wanted = name.encode("ascii")
         out += [wanted] * (counts.get(wanted, 0) + (1 if name in OVERSIGNED else 0))
     return out
@@ -172,7 +193,7 @@ def sign(signer: Signer, data: bytes | bytearray, envelope_from: str) -> bytes:
         state = dkim.DKIM(message, linesep=b"\r\n")
     except dkim.MessageFormatError as exc:
         raise DataError("message", f"cannot be DKIM-signed: {exc}") from None
-    include = header_list(state.headers)
+    include = header_list(state.headers, signer.left_out)
     domain = signer.domain or split_address(envelope_from)[1].lower() or _from_domain(state.headers)
     if domain is None:
         raise ConfigError(
