@@ -1216,3 +1216,18 @@ def test_an_mx_naming_a_host_without_an_address_is_refused_not_queued(
     assert code == 67, err
     assert "no MX host has an address" in err and "queued" not in err
     assert queue_list(run_main, conf) == []
+
+
+def test_an_mx_refusing_the_message_is_named_the_mx(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    """There is no relay on a direct route: a 554 at the end of DATA is the MX's."""
+    mx_server(2, fault="554-data-end")
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net)
+    code, _, err = sendmail(run_main, conf, "one@a.example")
+    assert code == 65, err
+    assert "the MX refused the message: end of DATA: 554" in err and "relay" not in err

@@ -889,7 +889,8 @@ class RelayConnection(SMTPClient):
         elif code == 530:
             error = NoPermError(label, why, hint=hint or hints.AUTH_REQUIRED)
         elif stage == "end of DATA" or (stage == "MAIL" and code in (552, 554) and not hint):
-            error = DataError(label, f"the relay refused the message: {why}", hint=hint)
+            who = "the MX" if self.endpoint.address is not None else "the relay"
+            error = DataError(label, f"{who} refused the message: {why}", hint=hint)
         elif stage == "STARTTLS":
             error = ProtocolError(label, why, hint=hint)
         else:
