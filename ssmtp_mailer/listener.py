@@ -327,14 +327,24 @@ class ListenerSMTP(SMTP):
         head = path[: len(path) - len(rest)].rstrip()
         return " ".join([keyword + head, *found.others])
 
-    @syntax("STARTTLS", when="tls_context")
+    @property
+    def starttls_offered(self) -> bool:
+        """Whether EHLO lists STARTTLS now: so HELP names it only then."""
+        return self.tls_context is not None and self._tls_protocol is None
+
+    @syntax("STARTTLS", when="starttls_offered")
     async def smtp_STARTTLS(self, arg: str) -> None:
         if self._tls_protocol is not None:  # RFC 3207 §4.2: one TLS negotiation a session
             await self.push(dialect.TLS_ACTIVE)
             return
         await super().smtp_STARTTLS(arg)
 
-    @syntax("AUTH <mechanism>")
+    @property
+    def auth_offered(self) -> bool:
+        """Whether EHLO lists AUTH now (aiosmtpd's rule), likewise."""
+        return not self._auth_require_tls or self._tls_protocol is not None
+
+    @syntax("AUTH <mechanism>", when="auth_offered")
     async def smtp_AUTH(self, arg: str) -> None:
         envelope = self.envelope
         if envelope is not None and envelope.mail_from is not None:

@@ -687,6 +687,8 @@ def test_commands_and_bad_order(listener: Listener, upstream: SMTPTestServer) ->
         assert client.noop()[0] == 250
         code, text = client.docmd("HELP")
         assert code == 214 and {"MAIL", "RCPT", "DATA"} <= set(text.decode().split())
+        # Only what EHLO offers: no AUTH before STARTTLS (it listed AUTH all the same).
+        assert "AUTH" not in text.decode().split() and "STARTTLS" not in text.decode().split()
         assert client.docmd("HELP MAIL")[1].startswith(b"2.0.0 Syntax: MAIL FROM: <address>")
         assert client.docmd("RCPT TO:<x@far.example>")[0] == 503  # before MAIL
         assert client.docmd("DATA")[0] == 503
@@ -1076,6 +1078,17 @@ def test_auth_before_starttls_is_refused(tls_listener: Listener) -> None:
         code, text = client.docmd("AUTH", "PLAIN AGFwcEBwYXJ0bmVyLmV4YW1wbGUAeA==")
         assert code == 538
         assert b"Encryption required" in text
+        assert "AUTH" not in client.docmd("HELP")[1].decode().split()
+
+
+def test_help_names_auth_once_starttls_offers_it(
+    tls_listener: Listener, tls_ca: trustme.CA
+) -> None:
+    with contextlib.closing(tls_client(tls_listener, tls_ca, source="127.0.0.2")) as client:
+        client.ehlo()
+        assert "auth" in client.esmtp_features
+        commands = client.docmd("HELP")[1].decode().split()
+        assert "AUTH" in commands and "STARTTLS" not in commands
 
 
 def test_a_broken_tls_handshake_is_one_line_in_the_log_and_none_on_stderr(
