@@ -121,10 +121,13 @@ class Resolver:
     def _answer(self, name: str, rdtype: str) -> list[Any]:
         return self.answer_and_ttl(name, rdtype)[0]
 
-    def answer_and_ttl(self, name: str, rdtype: str) -> tuple[list[Any], int]:
-        """The records and their TTL in seconds (0 when there are none: nothing to cache)."""
+    def answer_and_ttl(
+        self, name: str, rdtype: str, lifetime: float | None = None
+    ) -> tuple[list[Any], int]:
+        """The records and their TTL in seconds (0 when there are none: nothing to cache);
+        `lifetime`, a shorter wait than the resolver's own."""
         try:
-            answer = self._resolver.resolve(name, rdtype, search=False)
+            answer = self._resolver.resolve(name, rdtype, search=False, lifetime=lifetime)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer) as exc:
             return [], _negative_ttl(exc)
         except dns.name.EmptyLabel:

@@ -1094,7 +1094,8 @@ def check_signing(config: Config) -> None:
     from ssmtp_mailer.relay import dkim
 
     for route in config.domains.values():
-        dkim.signer_for(route)
+        if route.enabled:  # a disabled route signs nothing
+            dkim.signer_for(route)
 
 
 def run_listener(

@@ -526,6 +526,9 @@ if TYPE_CHECKING:
     _Bytes = TypeVar("_Bytes", bytes, bytearray)
 
 
+_CRS_BEFORE_LF = re.compile(b"\r+\n")
+
+
 def crlf_lines(chunk: "_Bytes") -> "_Bytes":
     """LF, CRLF, a bare CR or a mix of them become CRLF.
 
@@ -539,8 +542,8 @@ def crlf_lines(chunk: "_Bytes") -> "_Bytes":
     crlfs = chunk.count(CRLF)
     if chunk.count(b"\n") == crlfs == chunk.count(b"\r"):
         return chunk
-    while b"\r\r\n" in chunk:
-        chunk = chunk.replace(b"\r\r\n", CRLF)
+    if b"\r\r\n" in chunk:
+        chunk = type(chunk)(_CRS_BEFORE_LF.sub(CRLF, chunk))  # in one pass, however many
     return chunk.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
 
 

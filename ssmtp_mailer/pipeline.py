@@ -13,6 +13,7 @@ from ssmtp_mailer.errors import (
     EX_NOUSER,
     EX_OK,
     CantCreateError,
+    DataError,
     MailerError,
     NoUserError,
     TempFailError,
@@ -256,10 +257,11 @@ def submit(
                 data = dkim.sign(signer, data, group.envelope_from)
             except Exception as exc:
                 # Never queued unsigned (the runner sends what it has): kept in failed/
-                # with why, the sender told. The keys' own faults were found before
-                # anything went (_signers).
+                # with why, the sender told, and refused for good (a 5xx, not a 451 that
+                # brings it back for another copy in failed/). The keys' own faults were
+                # found before anything went (_signers).
                 unsigned = True
-                attempted = _not_attempted(config, group, exc)._replace(fate=failures.Fate.FAIL)
+                attempted = _unsigned(config, group, exc)
         record = engine.DeliveryLog(config, group, data)
         attempted = attempted or attempt(
             config,
@@ -413,6 +415,15 @@ def attempt(
     except Exception as exc:
         return _not_attempted(config, group, exc, queued=queued)
     return Attempted(result=result)
+
+
+def _unsigned(config: Config, group: rewrite.RouteGroup, exc: Exception) -> Attempted:
+    """A group its route could not sign: this message's own problem (EX_DATAERR)."""
+    error = _not_attempted(config, group, exc).error
+    assert error is not None
+    if not isinstance(error, DataError):
+        error = DataError(error.what, f"cannot be DKIM-signed: {error.why}", hint=error.hint)
+    return Attempted(error=error, fate=failures.Fate.FAIL)
 
 
 def _not_attempted(

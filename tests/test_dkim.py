@@ -733,10 +733,12 @@ def test_a_message_the_listener_cannot_sign_is_never_queued_unsigned(
             assert code == 250, reply
             assert client.rcpt("out@far.example")[0] == 250
             code, reply = client.data(b"Subject: literal\r\n\r\nbody\r\n")
-        assert code >= 400 and b"d= must be a domain name" in reply
+        # For good: a 451 brought the client back, and each time another copy in failed/.
+        assert code == 554 and b"d= must be a domain name" in reply
     finally:
         listener.stop()
     assert not list((tmp_path / "spool" / "queue").glob("*.msg"))
+    assert len(list((tmp_path / "spool" / "failed").glob("*.msg"))) == 1
     run_queue(config)
     assert smtp_server.messages == []
 

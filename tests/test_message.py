@@ -16,6 +16,7 @@ from ssmtp_mailer.message import (
     PreparedMessage,
     _parse_address_list,
     apply_group_headers,
+    crlf_lines,
     format_mailbox,
     parse_addresses,
     prepare,
@@ -224,6 +225,8 @@ def test_line_endings_lf_crlf_bare_cr_mixed_become_crlf() -> None:
     )
     assert b"\r\nSubject: s\r\nX-A: 1\r\n" in doubled.data
     assert body_of(doubled.data) == b"body\r\n"
+    # However many CRs stand before the LF (one pass, not one per CR).
+    assert crlf_lines(b"a" + b"\r" * 50_000 + b"\nb\r\n") == b"a\r\nb\r\n"
     assert prep(b"To: a@x\n\nno newline", recipients=("a@x",)).data.endswith(b"no newline\r\n")
 
 

@@ -39,8 +39,10 @@ RelayPath = Callable[[tuple[str, ...]], engine.DeliveryResult]
 NULL_MX_CODE = 556
 # What a domain's recipients are deferred with when no MX could take them.
 DEFERRED_CODE = 451
-# Lookups in a row that timed out before the resolvers count as silent (Lookups.records).
+# Lookups in a row that timed out before the resolvers count as silent (Lookups.records),
+# and how long the lookups after a time-out are waited for.
 SILENT_AFTER = 2
+PROBE_SECONDS = 2.0
 _STS_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
 
 
@@ -96,7 +98,9 @@ class Lookups:
         # The lookups in a row that timed out. After SILENT_AFTER, the resolvers count as
         # silent and the later lookups of this delivery are not waited for: each recipient
         # domain (and each MX host) would wait the whole timeout. One alone is not enough:
-        # some name servers drop queries for one name or type (AAAA, _mta-sts) only.
+        # some name servers drop queries for one name or type (AAAA, _mta-sts) only. After
+        # one, the next is waited for PROBE_SECONDS: resolvers that answer do so at once,
+        # and dead ones cost a caller the timeout once, not twice.
         self.timeouts: list[ResolverTimeout] = []
 
     def records(self, name: str, rdtype: str) -> list[str]:
@@ -109,7 +113,8 @@ class Lookups:
             last = self.timeouts[-1]
             raise spf.TempError(f"{name} {rdtype}: not asked, no resolver answered ({last})")
         try:
-            answer, ttl = self.resolver.answer_and_ttl(name, rdtype)
+            wait = min(PROBE_SECONDS, self.timeout) if self.timeouts else None
+            answer, ttl = self.resolver.answer_and_ttl(name, rdtype, wait)
         except ResolverTimeout as exc:
             self.timeouts.append(exc)
             raise
