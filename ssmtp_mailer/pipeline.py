@@ -113,9 +113,10 @@ def _keep_failed(
     data: bytes | bytearray,
     prepared: PreparedMessage,
     error: MailerError,
+    replies: dict[str, str] | None = None,
 ) -> str | None:
-    """SPEC §7: a permanent failure keeps a copy with its reason in the spool's `failed/`;
-    its id (None if even that could not be written)."""
+    """SPEC §7: a permanent failure keeps a copy with its reason (and each recipient's
+    reply) in the spool's `failed/`; its id (None if even that could not be written)."""
     from ssmtp_mailer import spool
 
     return spool.handle_permanent_failure(
@@ -126,6 +127,7 @@ def _keep_failed(
         smtputf8=prepared.smtputf8,
         eightbit=prepared.eightbit,
         dsn=prepared.dsn,
+        replies=replies,
     )
 
 
@@ -353,7 +355,8 @@ def _handle_refusals(
     if refused:
         failed = group._replace(recipients=tuple(refused))
         refusal = NoUserError(result.refuser(refused), result.replies(refused))
-        failed_id = _keep_failed(config, failed, data, prepared, refusal)
+        replies = result.reply_to_each(refused)
+        failed_id = _keep_failed(config, failed, data, prepared, refusal, replies)
     if deferred:
         pending = group._replace(recipients=deferred)
         error = TempFailError(result.refuser(deferred), result.replies(deferred))

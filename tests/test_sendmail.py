@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -245,6 +246,8 @@ def test_partial_refusal_delivers_to_the_rest(
     # A program reads the 0, not stderr: the sender is told in a notice, as by Postfix.
     assert notice.mail_from in ("", "<>") and notice.rcpt_tos == [delivered.mail_from]
     assert b"bad@x.example" in notice.data
+    # The relay's own reply (RFC 3464 §2.3.6), not our summary line.
+    assert re.search(rb"Diagnostic-Code:\s+smtp; 550 5\.1\.1 <bad@x\.example>", notice.data)
 
 
 def test_every_recipient_refused_is_67(

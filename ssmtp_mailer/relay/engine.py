@@ -80,6 +80,11 @@ class DeliveryResult(NamedTuple):
         """Who refused `addresses`: their server(s), or domain(s) for direct delivery."""
         return ", ".join(dict.fromkeys(self.refused_by.get(a, self.server) for a in addresses))
 
+    def reply_to_each(self, addresses: Sequence[str]) -> dict[str, str]:
+        """Each of `addresses` with the relay's reply to it (a failure notice's
+        Diagnostic-Code)."""
+        return {a: f"{self.refused[a][0]} {self.refused[a][1]}" for a in addresses}
+
     def replies(self, addresses: Sequence[str]) -> str:
         """What the relay said to `addresses`, on one line: each reply once, after the
         addresses it was said to (the first few of them: a relay's limit of 100 left 900

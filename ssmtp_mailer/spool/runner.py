@@ -479,7 +479,7 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         failed: Entry | None = None
         if rejected:
             reason = f"{result.refuser(rejected)}: {result.replies(rejected)}"
-            replies = {r: f"{result.refused[r][0]} {result.refused[r][1]}" for r in rejected}
+            replies = result.reply_to_each(rejected)
             failed = _copy_to_failed(config, queue_dir, entry, rejected, reason, replies)
             _count(run.failed, entry.id)
         if result.over_limit:  # a relay route's own limit (RFC 5321 §4.5.3.1.10)
@@ -495,7 +495,7 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
             entry = _replace_envelope(queue_dir, replace(entry, recipients=rest))
         elif rest:
             why = f"{result.refuser(deferred)}: {result.replies(deferred)}"
-            replies = {r: f"{result.refused[r][0]} {result.refused[r][1]}" for r in deferred}
+            replies = result.reply_to_each(deferred)
             _defer_or_expire(config, queue_dir, entry, data, rest, why, replies, run, now)
         elif rejected:
             _remove_pair(queue_dir, entry.id)

@@ -480,10 +480,12 @@ def _store(
     reason: str,
     dsn: Dsn | None = None,
     due_now: bool = False,
+    replies: dict[str, str] | None = None,
 ) -> str:
     """Write a new entry for `group` into `area`, durably; CantCreateError (73) if impossible.
 
-    A queue entry is due after the first backoff, or at once with `due_now`.
+    A queue entry is due after the first backoff, or at once with `due_now`; `replies`,
+    a failed/ entry's reply for each recipient (its notice's Diagnostic-Code).
     """
     directory = ensure_spool(config) / area
     now = _now()
@@ -506,6 +508,7 @@ def _store(
             reason=reason,
             failed_at=now if failed else None,
             area=area,
+            replies=dict(replies or {}),
         )
         _write_entry(directory, entry, data)
     except OSError as exc:
@@ -547,10 +550,19 @@ def store_failed(
     smtputf8: bool = False,
     eightbit: bool = False,
     dsn: Dsn | None = None,
+    replies: dict[str, str] | None = None,
 ) -> str:
     """Keep a copy of a message that failed permanently, with the reason, in `failed/`."""
     return _store(
-        config, FAILED, group, data, smtputf8=smtputf8, eightbit=eightbit, reason=reason, dsn=dsn
+        config,
+        FAILED,
+        group,
+        data,
+        smtputf8=smtputf8,
+        eightbit=eightbit,
+        reason=reason,
+        dsn=dsn,
+        replies=replies,
     )
 
 
@@ -603,6 +615,7 @@ def handle_permanent_failure(
     smtputf8: bool = False,
     eightbit: bool = False,
     dsn: Dsn | None = None,
+    replies: dict[str, str] | None = None,
 ) -> str | None:
     """SPEC §7 for a permanent failure: keep a copy in `failed/`; the caller still exits non-zero.
 
@@ -618,6 +631,7 @@ def handle_permanent_failure(
             smtputf8=smtputf8,
             eightbit=eightbit,
             dsn=dsn,
+            replies=replies,
         )
     except CantCreateError:
         return None
