@@ -193,7 +193,7 @@ def load_global(explicit: str | None = None) -> GlobalConfig:
     """Only the main file's `[global]`: for `dkim keygen`, which makes the keys a tree names."""
     main_file = Path(os.path.abspath(find_config_file(explicit)))
     report = _Report()
-    sections = _read_file(str(main_file), report, [])
+    sections = _read_file(str(main_file), report, [], main=True)
     if sections is None:
         raise ConfigError("configuration", "cannot be read", problems=report.errors)
     found = [s for s in sections if s.kind == "global"]
@@ -212,7 +212,7 @@ def load_config_file(main_file: Path, *, strict: bool = False) -> Config:
 def _load_config_file(main_file: Path, strict: bool) -> Config:
     report = _Report()
     read: list[tuple[str, os.stat_result, bytes]] = []
-    main_sections = _read_file(str(main_file), report, read)
+    main_sections = _read_file(str(main_file), report, read, main=True)
     if main_sections is None:
         _raise_unreadable(report, None)
         raise ConfigError("configuration", "cannot be read", problems=report.errors)
@@ -321,13 +321,71 @@ def _worth_caching(main_size: int, files: Sequence[str]) -> bool:
     return total >= CACHE_MIN_BYTES
 
 
+def _unsafe(path: str, st: os.stat_result, *, sticky_ok: bool = False) -> str | None:
+    """Why a configuration file or folder someone else could change is refused, or None.
+
+    The tree says which commands run (password_command) and where mail goes; root's
+    sendmail reads it, so only root and the user running the program may be able to
+    write it. A sticky folder open to all (/tmp) is fine where `sticky_ok`: no one may
+    replace a file in it that they do not own.
+    """
+    euid = os.geteuid()
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid not in (0, euid):
+        import pwd
+
+        def name(uid: int) -> str:
+            try:
+                return pwd.getpwuid(uid).pw_name
+            except KeyError:
+                return str(uid)
+
+        me = "" if euid == 0 else f" or {name(euid)}"
+        return f"owned by {name(st.st_uid)}, not root{me}; chown root {path}"
+    if mode & stat.S_IWOTH and not (sticky_ok and mode & stat.S_ISVTX):
+        return f"writable by others (mode {mode:04o}); chmod o-w {path}"
+    if mode & stat.S_IWGRP and st.st_gid != 0:
+        import grp
+
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = str(st.st_gid)
+        return f"writable by group {group} (mode {mode:04o}); chmod g-w {path}"
+    return None
+
+
+def _check_safe(path: str, st: os.stat_result, report: _Report, *, sticky_ok: bool = False) -> bool:
+    """Add the error if `path` (stat `st`, links followed) may be changed by others."""
+    problem = _unsafe(path, st, sticky_ok=sticky_ok)
+    if problem is not None:
+        report.errors.append(f"{path}: {problem}")
+    return problem is None
+
+
 def _read_file(
-    path: str, report: _Report, read: list[tuple[str, os.stat_result, bytes]]
+    path: str,
+    report: _Report,
+    read: list[tuple[str, os.stat_result, bytes]],
+    *,
+    main: bool = False,
 ) -> list[RawSection] | None:
-    """The file's sections; what was read is added to `read` (for the cache)."""
+    """The file's sections; what was read is added to `read` (for the cache).
+
+    The main file and its folder are checked here for who may write them; included
+    files and their folders are checked when listed (_dir_files).
+    """
     try:
         with open(path, "rb") as handle:
             st = os.fstat(handle.fileno())
+            if main:
+                folder = os.path.dirname(path)
+                # A folder others may write is fine only if sticky and the file is ours.
+                safe_file = _check_safe(path, st, report)
+                if not _check_safe(folder, os.stat(folder), report, sticky_ok=safe_file):
+                    return None
+                if not safe_file:
+                    return None
             data = handle.read()
     except IsADirectoryError:
         report.errors.append(f"{path}: is a directory, expected a configuration file")
@@ -369,17 +427,20 @@ def _dir_files(
     if not directory.is_dir():
         report.errors.append(f"{where}: {key}: {directory} is not a directory")
         return []
+    if not _check_safe(str(directory), directory.stat(), report):
+        return []
     try:
         # Like Path.glob("*.conf"): hidden names included, symbolic links followed. As
         # strings: a tree of one file a section has thousands, and pathlib costs more
         # than the cache's check of each (bench/bench_routing.py).
         with os.scandir(directory) as entries:
-            return sorted(e.path for e in entries if e.name.endswith(".conf") and e.is_file())
+            found = sorted(e.path for e in entries if e.name.endswith(".conf") and e.is_file())
     except OSError as exc:
         report.errors.append(f"{where}: {key}: cannot list {directory}: {exc.strerror}")
         if isinstance(exc, PermissionError):
             report.unreadable.append(report.errors[-1])
         return []
+    return [path for path in found if _check_safe(path, os.stat(path), report)]
 
 
 def _typed_values(

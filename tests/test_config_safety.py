@@ -1,0 +1,129 @@
+"""Configuration that others could change, broken include entries and checks at load."""
+
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+
+import pytest
+from relayconf import RunMain
+
+NOBODY = pwd.getpwnam("nobody")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+
+MAIN = "[global]\ndefault_domain = relay.example\n"
+ROUTE = "[domain:relay.example]\nsmtp_server = 127.0.0.1\nsmtp_port = 9\n"
+
+
+def tree(base: Path, route: str = ROUTE) -> Path:
+    (base / "domains").mkdir(parents=True, mode=0o755)
+    main = base / "ssmtp-mailer.conf"
+    main.write_text(MAIN)
+    main.chmod(0o644)
+    (base / "domains" / "relay.conf").write_text(route)
+    (base / "domains" / "relay.conf").chmod(0o600)
+    return main
+
+
+def check(run_main: RunMain, main: Path) -> tuple[int, str]:
+    code, _, err = run_main(["config", "check", "--config", str(main)], prog="ssmtp-mailer")
+    return code, err
+
+
+def test_a_tree_only_root_may_write_loads(tmp_path: Path, run_main: RunMain) -> None:
+    assert check(run_main, tree(tmp_path)) == (0, "")
+
+
+def test_an_included_file_others_may_write_is_refused(tmp_path: Path, run_main: RunMain) -> None:
+    main = tree(tmp_path)
+    bad = tmp_path / "domains" / "x.conf"
+    bad.write_text("[domain:x.example]\nsmtp_server = 127.0.0.1\npassword_command = id\n")
+    bad.chmod(0o666)
+    code, err = check(run_main, main)
+    assert code == 78
+    assert f"ssmtp-mailer: {bad}: writable by others (mode 0666); chmod o-w {bad}\n" in err
+
+
+def test_an_include_folder_others_may_write_is_refused_even_sticky(
+    tmp_path: Path, run_main: RunMain
+) -> None:
+    main = tree(tmp_path)
+    (tmp_path / "domains").chmod(0o1777)
+    code, err = check(run_main, main)
+    assert code == 78
+    folder = tmp_path / "domains"
+    assert f"ssmtp-mailer: {folder}: writable by others (mode 1777); chmod o-w {folder}\n" in err
+
+
+def test_sendmail_runs_no_password_command_from_a_file_others_may_write(
+    tmp_path: Path, run_main: RunMain
+) -> None:
+    main = tree(tmp_path)
+    pwned = tmp_path / "pwned"
+    bad = tmp_path / "domains" / "relay.conf"
+    bad.write_text(ROUTE + f"username = u\npassword_command = touch {pwned}; echo x\n")
+    bad.chmod(0o666)
+    code, _, err = run_main(["-C", str(main), "-t"], stdin=b"To: a@b.example\n\nhi\n")
+    assert code == 78
+    assert "writable by others" in err
+    assert not pwned.exists()
+
+
+@needs_root
+def test_a_file_another_user_owns_is_refused(tmp_path: Path, run_main: RunMain) -> None:
+    main = tree(tmp_path)
+    included = tmp_path / "domains" / "relay.conf"
+    os.chown(included, NOBODY.pw_uid, 0)
+    code, err = check(run_main, main)
+    assert code == 78
+    assert f"ssmtp-mailer: {included}: owned by nobody, not root; chown root {included}\n" in err
+
+
+@needs_root
+def test_a_main_file_writable_by_a_group_other_than_roots_is_refused(
+    tmp_path: Path, run_main: RunMain
+) -> None:
+    main = tree(tmp_path)
+    os.chown(main, 0, NOBODY.pw_gid)
+    main.chmod(0o664)
+    code, err = check(run_main, main)
+    assert code == 78
+    assert f"ssmtp-mailer: {main}: writable by group" in err
+    assert f"chmod g-w {main}\n" in err
+    os.chown(main, 0, 0)  # root's group may write it
+    assert check(run_main, main) == (0, "")
+
+
+@needs_root
+def test_a_sticky_folder_open_to_all_holds_only_a_main_file_of_ours(
+    tmp_path: Path, run_main: RunMain
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    main = shared / "m.conf"
+    main.write_text(MAIN.replace("default_domain = relay.example\n", "") + ROUTE)
+    main.chmod(0o644)
+    assert check(run_main, main) == (0, "")
+    os.chown(main, NOBODY.pw_uid, NOBODY.pw_gid)
+    code, err = check(run_main, main)
+    assert code == 78
+    assert f"ssmtp-mailer: {main}: owned by nobody" in err
+    os.chown(main, 0, 0)
+    shared.chmod(0o777)  # not sticky: anyone may replace the file
+    code, err = check(run_main, main)
+    assert code == 78
+    assert f"ssmtp-mailer: {shared}: writable by others (mode 0777); chmod o-w {shared}\n" in err
+
+
+def test_a_link_to_a_file_others_may_write_is_refused(tmp_path: Path, run_main: RunMain) -> None:
+    main = tree(tmp_path)
+    target = tmp_path / "elsewhere.conf"
+    target.write_text("[domain:x.example]\nsmtp_server = 127.0.0.1\n")
+    target.chmod(0o666)
+    link = tmp_path / "domains" / "x.conf"
+    link.symlink_to(target)
+    code, err = check(run_main, main)
+    assert code == 78
+    assert f"ssmtp-mailer: {link}: writable by others (mode 0666)" in err
