@@ -127,3 +127,31 @@ def test_a_link_to_a_file_others_may_write_is_refused(tmp_path: Path, run_main: 
     code, err = check(run_main, main)
     assert code == 78
     assert f"ssmtp-mailer: {link}: writable by others (mode 0666)" in err
+
+
+# --- broken include entries --------------------------------------------------------------
+
+
+def test_a_dangling_link_in_an_include_folder_is_an_error(
+    tmp_path: Path, run_main: RunMain
+) -> None:
+    main = tree(tmp_path)
+    link = tmp_path / "domains" / "dangling.conf"
+    link.symlink_to("/nonexistent")
+    code, err = check(run_main, main)
+    assert code == 78
+    assert (
+        f"ssmtp-mailer: {link}: a symbolic link to /nonexistent, which cannot be read:"
+        " No such file or directory\n"
+    ) in err
+
+
+def test_a_directory_named_conf_in_an_include_folder_is_an_error(
+    tmp_path: Path, run_main: RunMain
+) -> None:
+    main = tree(tmp_path)
+    (tmp_path / "domains" / "dir.conf").mkdir()
+    code, err = check(run_main, main)
+    assert code == 78
+    folder = tmp_path / "domains" / "dir.conf"
+    assert f"ssmtp-mailer: {folder}: is a directory, expected a configuration file\n" in err

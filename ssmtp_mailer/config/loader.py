@@ -434,13 +434,33 @@ def _dir_files(
         # strings: a tree of one file a section has thousands, and pathlib costs more
         # than the cache's check of each (bench/bench_routing.py).
         with os.scandir(directory) as entries:
-            found = sorted(e.path for e in entries if e.name.endswith(".conf") and e.is_file())
+            names = sorted(e.path for e in entries if e.name.endswith(".conf"))
     except OSError as exc:
         report.errors.append(f"{where}: {key}: cannot list {directory}: {exc.strerror}")
         if isinstance(exc, PermissionError):
             report.unreadable.append(report.errors[-1])
         return []
-    return [path for path in found if _check_safe(path, os.stat(path), report)]
+    found = []
+    for path in names:
+        # A broken entry is an error: skipped, that sender's mail took another route.
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            if os.path.islink(path):
+                why = f"a symbolic link to {os.readlink(path)}, which cannot be read"
+                report.errors.append(f"{path}: {why}: {exc.strerror or exc}")
+            else:
+                report.errors.append(f"{path}: cannot read: {exc.strerror or exc}")
+            if isinstance(exc, PermissionError):
+                report.unreadable.append(report.errors[-1])
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            report.errors.append(f"{path}: is a directory, expected a configuration file")
+        elif not stat.S_ISREG(st.st_mode):
+            report.errors.append(f"{path}: is not a regular file, expected a configuration file")
+        elif _check_safe(path, st, report):
+            found.append(path)
+    return found
 
 
 def _typed_values(
