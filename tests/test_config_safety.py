@@ -155,3 +155,36 @@ def test_a_directory_named_conf_in_an_include_folder_is_an_error(
     assert code == 78
     folder = tmp_path / "domains" / "dir.conf"
     assert f"ssmtp-mailer: {folder}: is a directory, expected a configuration file\n" in err
+
+
+# --- one route, two spellings ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("bücher.example", "xn--bcher-kva.example"), ("example.org.", "example.org")],
+)
+def test_one_route_in_two_spellings_is_defined_twice(
+    tmp_path: Path, run_main: RunMain, first: str, second: str
+) -> None:
+    main = tree(tmp_path)
+    extra = tmp_path / "domains" / "twice.conf"
+    extra.write_text(
+        f"[domain:{first}]\nsmtp_server = 127.0.0.1\n\n[domain:{second}]\nsmtp_server = ::1\n"
+    )
+    code, err = check(run_main, main)
+    assert code == 78
+    assert (
+        f"ssmtp-mailer: {extra}:4: [domain:{second}] is defined twice"
+        f" (also at {extra}:1 as [domain:{first}])\n"
+    ) in err
+
+
+def test_one_user_in_two_spellings_is_defined_twice(tmp_path: Path, run_main: RunMain) -> None:
+    main = tree(tmp_path)
+    users = tmp_path / "users" / "u.conf"
+    users.parent.mkdir()
+    users.write_text("[user:Alice@Bücher.example]\n\n[user:alice@xn--bcher-kva.example.]\n")
+    code, err = check(run_main, main)
+    assert code == 78
+    assert f"ssmtp-mailer: {users}:3: [user:alice@xn--bcher-kva.example.] is defined twice" in err

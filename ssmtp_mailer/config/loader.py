@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ssmtp_mailer import paths
-from ssmtp_mailer.addresses import domain_problem
+from ssmtp_mailer.addresses import domain_key, domain_problem
 from ssmtp_mailer.config import values as v
 from ssmtp_mailer.config.ini import RawSection, parse_ini
 from ssmtp_mailer.config.model import (
@@ -571,18 +571,21 @@ def _build_sections(
     domains: dict[str, DomainConfig] = {}
     users: list[UserConfig] = []
     mappings: list[MappingConfig] = []
-    first_seen: dict[tuple[str, str], Location] = {}
+    first_seen: dict[tuple[str, str], RawSection] = {}
     for section in sections:
         if section.kind == "unknown":
             continue
-        ident = (section.kind, section.name.lower())
+        ident = (section.kind, _section_key(section))
         if ident in first_seen:
+            first = first_seen[ident]
+            same = first.name.lower() == section.name.lower()
+            spelled = "" if same else f" as [{first.kind}:{first.name}]"
             report.errors.append(
                 f"{section.location}: [{section.kind}:{section.name}] is defined twice"
-                f" (also at {first_seen[ident]})"
+                f" (also at {first.location}{spelled})"
             )
             continue
-        first_seen[ident] = section.location
+        first_seen[ident] = section
         if section.kind == "domain":
             domain = _build_domain(section, gconf, report)
             if domain is not None:
@@ -611,6 +614,18 @@ def _build_sections(
         files=tuple(files),
         warnings=tuple(report.warnings),
     )
+
+
+def _section_key(section: RawSection) -> str:
+    """What two sections are the same under: a route's name and a user's address compare
+    as routing compares them (`bücher.example` is `xn--bcher-kva.example`, a final dot
+    changes nothing)."""
+    if section.kind == "domain":
+        return domain_key(section.name)
+    if section.kind == "user" and "@" in section.name:
+        local, _, domain = section.name.rpartition("@")
+        return f"{local.lower()}@{domain_key(domain)}"
+    return section.name.lower()
 
 
 def _build_domain(section: RawSection, gconf: GlobalConfig, report: _Report) -> DomainConfig | None:
