@@ -188,3 +188,30 @@ def test_one_user_in_two_spellings_is_defined_twice(tmp_path: Path, run_main: Ru
     code, err = check(run_main, main)
     assert code == 78
     assert f"ssmtp-mailer: {users}:3: [user:alice@xn--bcher-kva.example.] is defined twice" in err
+
+
+# --- references compare as routing does ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("route", "reference"),
+    [
+        ("xn--bcher-kva.example", "[global]\ndefault_domain = bücher.example\n"),
+        (
+            "example.org.",
+            "[mapping:m]\nfrom_pattern = a@x.example\nto_pattern = a@x.example\n"
+            "domain = example.org\n",
+        ),
+        ("bücher.example", "[user:a@x.example]\ndomain = BÜCHER.example\n"),
+    ],
+)
+def test_a_reference_to_a_route_in_another_spelling_is_the_route(
+    tmp_path: Path, run_main: RunMain, route: str, reference: str
+) -> None:
+    main = tmp_path / "m.conf"
+    main.write_text(
+        ("" if reference.startswith("[global]") else "[global]\n")
+        + reference
+        + f"\n[domain:{route}]\nsmtp_server = 127.0.0.1\n"
+    )
+    assert check(run_main, main) == (0, "")

@@ -788,7 +788,7 @@ def _check_references(
     report: _Report,
 ) -> None:
     names = ", ".join(sorted(domains)) or "none configured"
-    if gconf.default_domain and gconf.default_domain.lower() not in defined:
+    if gconf.default_domain and domain_key(gconf.default_domain) not in defined:
         where = gconf.location_of("default_domain") or gconf.config_dir
         report.errors.append(
             f"{where}: default_domain: no [domain:{gconf.default_domain}] (routes: {names})"
@@ -797,7 +797,7 @@ def _check_references(
         a.lower() for d in domains.values() for a in (d.relay_account, d.username) if a is not None
     }
     for mapping in mappings:
-        if mapping.domain and mapping.domain.lower() not in defined:
+        if mapping.domain and domain_key(mapping.domain) not in defined:
             report.errors.append(
                 f"{mapping.location}: domain: [mapping:{mapping.name}] names"
                 f" [domain:{mapping.domain}], which is not configured (routes: {names})"
@@ -808,7 +808,7 @@ def _check_references(
                 f" {mapping.smtp_account}, which no route has as relay_account or username"
             )
     for user in users:
-        if user.domain and user.domain.lower() not in defined:
+        if user.domain and domain_key(user.domain) not in defined:
             report.errors.append(
                 f"{user.location}: domain: [user:{user.address}] names [domain:{user.domain}],"
                 f" which is not configured (routes: {names})"
