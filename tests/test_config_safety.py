@@ -215,3 +215,31 @@ def test_a_reference_to_a_route_in_another_spelling_is_the_route(
         + f"\n[domain:{route}]\nsmtp_server = 127.0.0.1\n"
     )
     assert check(run_main, main) == (0, "")
+
+
+# --- route names -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["*.example.org", "**", "exa mple.org", "user@example.net", "a..example"]
+)
+def test_a_route_name_that_is_no_domain_is_refused(
+    tmp_path: Path, run_main: RunMain, name: str
+) -> None:
+    main = tmp_path / "m.conf"
+    main.write_text(f"[domain:{name}]\nsmtp_server = 127.0.0.1\n")
+    code, err = check(run_main, main)
+    assert code == 78
+    assert err == (
+        f"ssmtp-mailer: {main}:1: [domain:{name}]: {name!r} is not a valid domain name"
+        " (only * alone is the catch-all)\n"
+    )
+
+
+@pytest.mark.parametrize("name", ["*", "relay", "work_mail", "example.org."])
+def test_a_route_named_for_a_relay_or_the_catch_all_loads(
+    tmp_path: Path, run_main: RunMain, name: str
+) -> None:
+    main = tmp_path / "m.conf"
+    main.write_text(f"[domain:{name}]\nsmtp_server = 127.0.0.1\n")
+    assert check(run_main, main) == (0, "")

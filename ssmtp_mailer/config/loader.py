@@ -634,11 +634,16 @@ def _build_domain(section: RawSection, gconf: GlobalConfig, report: _Report) -> 
     where = section.location_of
     at = section.location
     name = section.name.lower()
-    if "*" not in name and (not name.isascii() or "xn--" in name):
-        # Named after a domain: the senders it serves and its DKIM d= are that domain.
-        problem = domain_problem(name.strip("."))
-        if problem:
-            report.errors.append(f"{at}: [domain:{section.name}]: {problem}")
+    # Named after a domain: the senders it serves and its DKIM d= are that domain. `*`
+    # alone is the catch-all (SPEC §3); any other name that is no domain never matches.
+    # A `_` is let through as in host names: routes imported from msmtp keep an
+    # account's name (`work_mail`), used through default_domain or a mapping.
+    bare = name.removesuffix(".")
+    if name != "*" and domain_problem(bare.replace("_", "x")):
+        problem = domain_problem(bare)
+        report.errors.append(
+            f"{at}: [domain:{section.name}]: {problem} (only * alone is the catch-all)"
+        )
     if vals.get("use_ssl") and vals.get("use_starttls"):
         report.errors.append(
             f"{where('use_starttls')}: use_starttls: cannot be true together with use_ssl"
