@@ -243,3 +243,40 @@ def test_a_route_named_for_a_relay_or_the_catch_all_loads(
     main = tmp_path / "m.conf"
     main.write_text(f"[domain:{name}]\nsmtp_server = 127.0.0.1\n")
     assert check(run_main, main) == (0, "")
+
+
+# --- routes that could never send ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["PLAIN", "LOGIN", "CRAM-MD5"])
+def test_an_auth_method_without_a_username_is_refused_at_load(
+    tmp_path: Path, run_main: RunMain, method: str
+) -> None:
+    main = tmp_path / "m.conf"
+    main.write_text(f"[domain:*]\nsmtp_server = 127.0.0.1\nauth_method = {method}\n")
+    code, err = check(run_main, main)
+    assert code == 78
+    assert err == (f"ssmtp-mailer: {main}:3: auth_method: {method} needs a username, not set\n")
+
+
+def test_a_login_without_tls_is_named_by_check_and_refused_by_strict(
+    tmp_path: Path, run_main: RunMain
+) -> None:
+    main = tmp_path / "m.conf"
+    route = "[domain:*]\nsmtp_server = 127.0.0.1\nuse_starttls = false\nusername = u\n"
+    main.write_text(route + "password = p\n")
+    main.chmod(0o600)
+    code, _, err = run_main(
+        ["config", "check", "--strict", "--config", str(main)], prog="ssmtp-mailer"
+    )
+    assert code == 78
+    assert err.startswith(
+        f"ssmtp-mailer: {main}:3: use_starttls: false with a username, and use_ssl is not set:"
+        " every send refuses to log in unencrypted (exit 77)"
+    )
+    code, err = check(run_main, main)
+    assert code == 0 and f"{main}:3: use_starttls: false with a username" in err
+    main.write_text(route + "password = p\nallow_plaintext_auth = true\n")
+    assert check(run_main, main) == (0, "")
+    main.write_text(route + "password = p\nuse_ssl = true\n")
+    assert check(run_main, main) == (0, "")

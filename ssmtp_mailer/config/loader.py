@@ -668,6 +668,29 @@ def _build_domain(section: RawSection, gconf: GlobalConfig, report: _Report) -> 
             f"{where('password_command')}: password_command: set together with password"
             f" ({where('password')}); keep one"
         )
+    # What relay/engine.py (Credentials.needed) and relay/smtp.py (authenticate) refuse at
+    # every send, refused here, where `config check` can say it.
+    method = vals.get("auth_method", AuthMethod.AUTO)
+    relays = vals.get("enabled", True) and mode != DeliveryMode.DIRECT
+    if relays and method not in (AuthMethod.NONE, AuthMethod.AUTO) and "username" not in vals:
+        report.errors.append(
+            f"{where('auth_method')}: auth_method: {method.value} needs a username, not set"
+        )
+    if (
+        relays
+        and method != AuthMethod.NONE
+        and "username" in vals
+        and not vals.get("use_ssl")
+        and not vals.get("use_starttls", True)
+        and not vals.get("allow_plaintext_auth")
+    ):
+        # A warning (an error with --strict) until the tests and the msmtp importer (its
+        # `tls off` with `auth on`) set allow_plaintext_auth where they mean it.
+        report.warnings.append(
+            f"{where('use_starttls')}: use_starttls: false with a username, and use_ssl is not"
+            " set: every send refuses to log in unencrypted (exit 77); use TLS, or set"
+            " allow_plaintext_auth = true for a relay on this host"
+        )
     if vals.get("auth_method") == AuthMethod.XOAUTH2 and "oauth2_token_command" not in vals:
         report.errors.append(
             f"{where('auth_method')}: auth_method: XOAUTH2 needs oauth2_token_command"
