@@ -280,3 +280,37 @@ def test_a_login_without_tls_is_named_by_check_and_refused_by_strict(
     assert check(run_main, main) == (0, "")
     main.write_text(route + "password = p\nuse_ssl = true\n")
     assert check(run_main, main) == (0, "")
+
+
+# --- this host's name ----------------------------------------------------------------------
+
+
+def test_a_final_dot_is_dropped_from_default_hostname(tmp_path: Path, run_main: RunMain) -> None:
+    main = tmp_path / "m.conf"
+    main.write_text("[global]\ndefault_hostname = mailer.example.org.\n" + ROUTE)
+    code, out, _ = run_main(
+        ["config", "show", "--format", "json", "--config", str(main)], prog="ssmtp-mailer"
+    )
+    assert code == 0
+    assert '"default_hostname": "mailer.example.org"' in out
+    assert 'root@mailer.example.org"' in out or "mailer.example.org." not in out
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("default_hostname", "192.0.2.1"), ("default_hostname", "[2001:db8::1]"),
+     ("helo_name", "[192.0.2.1]")],
+)  # fmt: skip
+def test_an_ip_address_as_this_hosts_name_is_refused(
+    tmp_path: Path, run_main: RunMain, key: str, value: str
+) -> None:
+    main = tmp_path / "m.conf"
+    section = "[global]\n" if key == "default_hostname" else ROUTE
+    main.write_text(section + f"{key} = {value}\n" + ("" if key == "helo_name" else ROUTE))
+    line = 2 if key == "default_hostname" else 4
+    code, err = check(run_main, main)
+    assert code == 78
+    assert err == (
+        f"ssmtp-mailer: {main}:{line}: {key}: expected this host's name, not an IP address:"
+        f" {value!r} (use a name that resolves to it)\n"
+    )

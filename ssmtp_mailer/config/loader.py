@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     Parser = Callable[[str], Any]
 
 GLOBAL_KEYS: dict[str, Parser] = {
-    "default_hostname": v.parse_hostname,
+    "default_hostname": v.parse_own_hostname,
     "default_from": v.parse_address,
     "config_dir": v.parse_str,
     "domains_dir": v.parse_str,
@@ -92,7 +92,7 @@ DOMAIN_KEYS: dict[str, Parser] = {
     "ssl_cert_file": v.parse_str,
     "ssl_key_file": v.parse_str,
     "allow_plaintext_auth": v.parse_bool,
-    "helo_name": v.parse_hostname,
+    "helo_name": v.parse_own_hostname,
     "delivery_mode": v.enum_parser(DeliveryMode),
     "direct_port": v.parse_port,
     "direct_tls": v.enum_parser(DirectTls),

@@ -106,6 +106,22 @@ def parse_hostname(text: str) -> str:
         raise ValueError(f"expected a host name or IP address, got {shorten(text)}") from None
 
 
+def parse_own_hostname(text: str) -> str:
+    """default_hostname, helo_name: this host's name as mail shows it (MAIL FROM, EHLO).
+
+    A final dot is dropped (relays refuse `root@host.example.` with 553). An IP address is
+    refused: a domain needs it as an address literal ([192.0.2.1], RFC 5321 §4.1.3),
+    which few relays accept from a sender.
+    """
+    host = parse_hostname(text)
+    if not _HOST_RE.match(host) or host.replace(".", "").isdigit():
+        raise ValueError(
+            f"expected this host's name, not an IP address: {shorten(text)}"
+            " (use a name that resolves to it)"
+        )
+    return host.removesuffix(".")
+
+
 def parse_mail_domain(text: str) -> str:
     """A domain of mail addresses (dns check's, DKIM's d=) in its key form: lower case,
     IDNA 2008 A-labels for a non-ASCII name, as the routes compare it."""
