@@ -314,3 +314,28 @@ def test_an_ip_address_as_this_hosts_name_is_refused(
         f"ssmtp-mailer: {main}:{line}: {key}: expected this host's name, not an IP address:"
         f" {value!r} (use a name that resolves to it)\n"
     )
+
+
+# --- numbers -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "why"),
+    [
+        ("connection_timeout", "99999999999999999999",
+         "expected a number of seconds (1-86400), got 99999999999999999999"),
+        ("read_timeout", "86401", "expected a number of seconds (1-86400), got 86401"),
+        ("max_retries", "1_000", "expected a whole number, got '1_000'"),
+        ("max_retries", "١٢", "expected a whole number, got '١٢'"),
+        ("queue_lifetime", "99999999999999999999",
+         "expected a number of seconds (0-2147483647), got 99999999999999999999"),
+    ],
+)  # fmt: skip
+def test_a_number_out_of_range_or_not_plain_digits_is_refused(
+    tmp_path: Path, run_main: RunMain, key: str, value: str, why: str
+) -> None:
+    main = tmp_path / "m.conf"
+    main.write_text(f"[global]\n{key} = {value}\n" + ROUTE)
+    code, err = check(run_main, main)
+    assert code == 78
+    assert err == f"ssmtp-mailer: {main}:2: {key}: {why}\n"

@@ -37,26 +37,33 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected true/false, yes/no, on/off or 1/0, got {shorten(text)}")
 
 
-def int_parser(
-    low: int, high: int | None = None, what: str = "a whole number"
-) -> Callable[[str], int]:
+# Above this no count, size or duration makes sense, and a socket timeout or a sleep
+# given more overflows (OverflowError, a traceback at send time).
+MAX_INT = 2**31 - 1
+# int() also takes `1_000` and other scripts' digits (`١٢`): plain ASCII digits only.
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+
+
+def int_parser(low: int, high: int = MAX_INT, what: str = "a whole number") -> Callable[[str], int]:
     def parse(text: str) -> int:
-        try:
-            value = int(unquote(text), 10)
-        except ValueError:
-            raise ValueError(f"expected {what}, got {shorten(text)}") from None
-        if value < low or (high is not None and value > high):
-            limit = f"{low}-{high}" if high is not None else f">= {low}"
-            raise ValueError(f"expected {what} ({limit}), got {value}")
+        digits = unquote(text).strip()
+        if not _INT_RE.fullmatch(digits):
+            raise ValueError(f"expected {what}, got {shorten(text)}")
+        value = int(digits, 10)
+        if value < low or value > high:
+            shown = digits if len(digits) <= 40 else shorten(digits)
+            raise ValueError(f"expected {what} ({low}-{high}), got {shown}")
         return value
 
     return parse
 
 
 parse_port = int_parser(1, 65535, "a port number")
-parse_seconds = int_parser(0, None, "a number of seconds")
-parse_count = int_parser(0, None, "a whole number")
-parse_positive = int_parser(1, None, "a positive whole number")
+parse_seconds = int_parser(0, what="a number of seconds")
+# A day: a relay or client silent longer than that is gone.
+parse_timeout = int_parser(1, 86400, "a number of seconds")
+parse_count = int_parser(0, what="a whole number")
+parse_positive = int_parser(1, what="a positive whole number")
 
 
 def parse_list(text: str) -> tuple[str, ...]:
