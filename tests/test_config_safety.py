@@ -339,3 +339,15 @@ def test_a_number_out_of_range_or_not_plain_digits_is_refused(
     code, err = check(run_main, main)
     assert code == 78
     assert err == f"ssmtp-mailer: {main}:2: {key}: {why}\n"
+
+
+@pytest.mark.parametrize("value", ["", "[]"])
+def test_an_empty_listen_address_is_refused(tmp_path: Path, run_main: RunMain, value: str) -> None:
+    main = tmp_path / "m.conf"
+    main.write_text(f"[global]\nlisten_address = {value}\n" + ROUTE)
+    code, err = check(run_main, main)
+    assert code == 78
+    assert err == (
+        f"ssmtp-mailer: {main}:2: listen_address: expected addresses to listen on like"
+        " 127.0.0.1:25, got nothing\n"
+    )

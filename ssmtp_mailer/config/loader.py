@@ -62,7 +62,7 @@ GLOBAL_KEYS: dict[str, Parser] = {
     "dns_servers": v.parse_nameservers,
     "default_domain": v.parse_str,
     "users_required": v.parse_bool,
-    "listen_address": v.parse_hostport_list,
+    "listen_address": v.parse_listen_addresses,
     "allowed_networks": v.parse_networks,
     "listen_tls_cert_file": v.parse_str,
     "listen_tls_key_file": v.parse_str,

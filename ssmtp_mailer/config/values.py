@@ -168,6 +168,14 @@ def parse_hostport_list(text: str) -> tuple[HostPort, ...]:
     return tuple(parse_hostport(item) for item in items)
 
 
+def parse_listen_addresses(text: str) -> tuple[HostPort, ...]:
+    """`listen_address`: at least one; an empty one left the listener listening on nothing."""
+    addresses = parse_hostport_list(text)
+    if not addresses:
+        raise ValueError("expected addresses to listen on like 127.0.0.1:25, got nothing")
+    return addresses
+
+
 def parse_networks(text: str) -> tuple[str, ...]:
     import ipaddress
 
