@@ -351,3 +351,13 @@ def test_an_empty_listen_address_is_refused(tmp_path: Path, run_main: RunMain, v
         f"ssmtp-mailer: {main}:2: listen_address: expected addresses to listen on like"
         " 127.0.0.1:25, got nothing\n"
     )
+
+
+def test_config_show_json_is_format_json(tmp_path: Path, run_main: RunMain) -> None:
+    main = tree(tmp_path)
+    shown = [
+        run_main(["config", "show", *args, "--config", str(main)], prog="ssmtp-mailer")
+        for args in (["--json"], ["--format", "json"])
+    ]
+    assert shown[0] == shown[1]
+    assert shown[0][0] == 0 and '"relay.example"' in shown[0][1]

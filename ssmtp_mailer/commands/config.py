@@ -239,10 +239,13 @@ def _count(n: int, noun: str) -> str:
     show_default=True,
     help="Output format.",
 )
-def show(fmt: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json (SPEC §2).")
+def show(fmt: str, as_json: bool) -> None:
     """Print the effective configuration, defaults filled in, secrets redacted."""
     from ssmtp_mailer.config import render
 
+    if as_json:
+        fmt = "json"
     config = load()
     text = {"ini": render.to_ini, "toml": render.to_toml, "json": render.to_json}[fmt](config)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
