@@ -361,3 +361,16 @@ def test_config_show_json_is_format_json(tmp_path: Path, run_main: RunMain) -> N
     ]
     assert shown[0] == shown[1]
     assert shown[0][0] == 0 and '"relay.example"' in shown[0][1]
+
+
+def test_text_after_a_closing_quote_is_refused(tmp_path: Path, run_main: RunMain) -> None:
+    main = tmp_path / "m.conf"
+    main.write_text(ROUTE + 'helo_name = "a.example" extra words\n')
+    code, err = check(run_main, main)
+    assert code == 78
+    assert err == (
+        f"ssmtp-mailer: {main}:4: helo_name: text after the closing quote (put it inside the"
+        " quotes, or start a comment with ' #')\n"
+    )
+    main.write_text(ROUTE + 'helo_name = "a.example"  # a comment\n')
+    assert check(run_main, main) == (0, "")

@@ -36,7 +36,10 @@ def _strip_inline_comment(value: str) -> str:
     if value.startswith('"'):
         end = _closing_quote(value)
         if end is not None:
-            return value[: end + 1]
+            rest = value[end + 1 :]
+            if not rest.strip() or (rest[0].isspace() and rest.lstrip()[0] in "#;"):
+                return value[: end + 1]
+            return value
     starts = [i for i in map(value.find, _INLINE_COMMENT) if i >= 0]
     return value[: min(starts)].rstrip() if starts else value
 
@@ -148,6 +151,13 @@ def parse_ini(text: str, path: str, problems: list[str]) -> list[RawSection]:
         value = value.lstrip()
         if value[:1] == '"' or "#" in value or ";" in value:
             value = _strip_inline_comment(value)
+        if value[:1] == '"' and _closing_quote(value) not in (None, len(value) - 1):
+            # Not dropped: `"a.example" extra words` would load as a.example.
+            problems.append(
+                f"{path}:{number}: {key}: text after the closing quote (put it inside the"
+                " quotes, or start a comment with ' #')"
+            )
+            continue
         values[key] = value
         lines[key] = number
     return sections
