@@ -227,3 +227,18 @@ def test_partial_refusal_exits_77_like_sendmail_and_names_the_refused(
 
 def test_to_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["route", "-C", str(EXAMPLE), "--from", "a@b.example"]) == 64
+    # An empty --to is no recipient, as for sendmail (it printed "routes: none", exit 0).
+    assert main(["route", "-C", str(EXAMPLE), "--to", ""]) == 64
+    assert capsys.readouterr().err.endswith("ssmtp-mailer: --to: no recipients\n")
+
+
+def test_to_reads_addresses_as_sendmail_does() -> None:
+    """A display name with a comma, or a quoted local part holding one, is one address:
+    `route` split them at the comma and refused '"Doe' (exit 64), where send took them."""
+    out = run(
+        "--from", "a@domain1.com",
+        "--to", '"Doe, John" <contact-general@mailer.domain1.com>',
+        "--to", '"a,b"@domain1.com, c@domain1.com',
+    )  # fmt: skip
+    assert "RCPT TO:<contact-general@domain1.com>" in out
+    assert 'RCPT TO:<"a,b"@domain1.com>' in out and "RCPT TO:<c@domain1.com>" in out

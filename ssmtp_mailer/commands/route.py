@@ -10,7 +10,7 @@ from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify
 from ssmtp_mailer.commands.common import common_options, json_option, load, print_json
 from ssmtp_mailer.config.model import AuthMethod, Config, DeliveryMode, DomainConfig
 from ssmtp_mailer.errors import NoPermError, UsageError
-from ssmtp_mailer.message import parse_addresses
+from ssmtp_mailer.message import parse_addresses, split_recipients
 from ssmtp_mailer.rewrite import NULL_SENDER_NAME, Plan, RouteGroup, explain_delivery
 
 
@@ -247,7 +247,10 @@ def route_plan(config: Config, sender: str | None, recipients: list[str]) -> tup
 def route_command(as_json: bool, sender: str | None, recipients: tuple[str, ...]) -> int:
     """Show how a message would be rewritten, routed and allowed, without sending it."""
     config = load()
-    wanted = [part for item in recipients for part in item.split(",") if part.strip()]
+    # As sendmail reads its arguments: `"Doe, John" <j@x>` is one address, not two.
+    wanted = split_recipients(recipients)
+    if not wanted:
+        raise UsageError("--to", "no recipients")
     plan, to = route_plan(config, sender, wanted)
     mx = mx_preview(config, plan)
     if as_json:
