@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -450,8 +451,34 @@ def test_failing_password_command_is_a_clear_error_only_with_secrets(
     assert not marker.exists(), "config check must not run password commands without --secrets"
     code, _, err = check(capsys, conf, "--secrets")
     assert code == 78
-    assert "password_command: command exited with status 1: nope" in err
-    assert "Traceback" not in err
+    assert "password_command: command exited with status 1" in err
+    # What a helper says on stderr may hold the secret: never in our error (or the log,
+    # or failed/); it reaches a terminal only.
+    assert "nope" not in err and "Traceback" not in err
+
+
+def test_a_password_command_that_hangs_is_ended_with_all_it_started(tmp_path: Path) -> None:
+    """On the 10 s time-out only the shell was killed: `sleep` went on as an orphan."""
+    import subprocess
+
+    from ssmtp_mailer.config import secrets
+    from ssmtp_mailer.errors import TempFailError
+
+    script = tmp_path / "slow.sh"
+    session = tmp_path / "sid"  # field 6 of /proc/PID/stat: the session's id
+    script.write_text(f"#!/bin/sh\nawk '{{print $6}}' /proc/$$/stat > {session}\nsleep 300\n")
+    script.chmod(0o755)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(secrets, "COMMAND_TIMEOUT", 1)
+        with pytest.raises(TempFailError):
+            secrets.run_secret_command(str(script), "password_command")
+    sid = session.read_text().strip()
+    for _ in range(50):  # killed; then reaped by init
+        left = subprocess.run(["pgrep", "-s", sid], capture_output=True, text=True).stdout
+        if not left:
+            break
+        time.sleep(0.1)
+    assert left == "", "the command's session is still running"
 
 
 def test_password_command_first_line_is_used(tmp_path: Path) -> None:

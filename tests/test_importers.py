@@ -511,3 +511,24 @@ def test_a_result_that_fails_check_replaces_nothing(run_main: RunMain, tmp_path:
     assert f"{out}/domains/address.example.conf:" in err and "relay_account" in err
     assert (out / "ssmtp-mailer.conf").read_text() == "[global]\n# the working configuration\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["etc", "msmtprc"]  # no stage left
+
+
+def test_an_import_under_umask_000_makes_a_tree_no_one_else_may_change(
+    run_main: RunMain, tmp_path: Path
+) -> None:
+    """Its folders were made 0777 under umask 000: anyone could add a route file with a
+    password_command that root's sendmail runs (the loader now refuses such a tree)."""
+    rc = tmp_path / "msmtprc"
+    aliases = tmp_path / "aliases"
+    aliases.write_text(ALIASES)
+    rc.write_text(MSMTPRC.format(aliases=aliases))
+    out = tmp_path / "new" / "etc"
+    old = os.umask(0)
+    try:
+        code, _, err = run_import(run_main, "--from", "msmtp", str(rc), "--out", str(out))
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    for folder in (tmp_path / "new", out, out / "domains"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755, folder
+    load_config_file(out / "ssmtp-mailer.conf")  # the loader takes it

@@ -400,7 +400,7 @@ def _staged_problems(out: Path, files: Sequence[ImportedFile]) -> list[str]:
 
     parent = out.resolve().parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        _make_folders(parent)
         stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}-import-"))
     except OSError as exc:
         raise CantCreateError(str(out), f"cannot write: {exc.strerror or exc}") from None
@@ -429,13 +429,22 @@ def _read_optional(path: str) -> str | None:
         return None
 
 
+def _make_folders(folder: Path) -> None:
+    """`folder` and those above it that are missing, 0755 whatever the umask: one others
+    may write is a tree the loader refuses (and anyone's commands run as root)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for made in reversed(missing):
+        made.mkdir(exist_ok=True)
+        made.chmod(0o755)
+
+
 def _write_imported(path: Path, text: str, *, secret: bool) -> str:
     """Written whole or not at all; a password file never exists, even briefly, wider open
     than 0600 (0640 root:mail as root, which the listener running as mail may read)."""
     import tempfile
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folders(path.parent)
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import stat
+import sys
 import types
 from pathlib import Path
 
@@ -42,31 +45,45 @@ def _is_mail_group(gid: int) -> bool:
 
 
 def run_secret_command(command: str, what: str) -> str:
-    """First line of a command's stdout; the command line comes from the configuration."""
+    """First line of a command's stdout; the command line comes from the configuration.
+
+    What it says on stderr goes to a terminal only, never into our errors, the log or the
+    spool: a token helper's complaint may hold the secret. It runs in a session of its
+    own, so that a time-out ends it with all it started, not the shell alone.
+    """
+    import signal
     import subprocess  # here: an inline or keyring password never needs it
 
+    errors_to = None if sys.stderr is not None and sys.stderr.isatty() else subprocess.DEVNULL
     try:
-        done = subprocess.run(
+        process = subprocess.Popen(
             command,
             shell=True,
             stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=COMMAND_TIMEOUT,
-            check=False,
+            stdout=subprocess.PIPE,
+            stderr=errors_to,
+            start_new_session=True,
         )
+    except OSError as exc:
+        raise ConfigError(what, f"command could not run: {exc.strerror}") from None
+    try:
+        out, _ = process.communicate(timeout=COMMAND_TIMEOUT)
     except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
         raise TempFailError(
             what,
             f"command did not finish within {COMMAND_TIMEOUT} s",
             hint="run the command by hand to see where it hangs",
         ) from None
-    except OSError as exc:
-        raise ConfigError(what, f"command could not run: {exc.strerror}") from None
-    if done.returncode != 0:
-        detail = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        reason = f": {detail[0][:200]}" if detail else ""
-        raise ConfigError(what, f"command exited with status {done.returncode}{reason}")
-    lines = done.stdout.decode("utf-8", "replace").splitlines()
+    if process.returncode != 0:
+        raise ConfigError(
+            what,
+            f"command exited with status {process.returncode}",
+            hint="run the command by hand to see what it says",
+        )
+    lines = out.decode("utf-8", "replace").splitlines()
     if not lines or not lines[0]:
         raise ConfigError(what, "command printed nothing")
     return lines[0]
