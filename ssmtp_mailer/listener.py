@@ -227,7 +227,9 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(g.listen_tls_cert_file, g.listen_tls_key_file)
+        from ssmtp_mailer.relay.smtp import no_passphrase
+
+        context.load_cert_chain(g.listen_tls_cert_file, g.listen_tls_key_file, no_passphrase)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
             f"listen_tls_cert_file {g.listen_tls_cert_file}",

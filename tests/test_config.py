@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -676,3 +677,39 @@ def test_a_password_with_escapes_is_read_as_written_in_json(tmp_path: Path) -> N
         f"password = {json.dumps(secret)}\n",
     )
     assert load_config(str(conf)).domains["x"].password == secret
+
+
+def test_a_client_key_that_is_encrypted_or_open_to_others_is_found_by_check(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tls_ca: trustme.CA
+) -> None:
+    """An encrypted ssl_key_file passed check, then had OpenSSL ask for its pass phrase at
+    every send (a sendmail run from a shell hung there); one others may read passed too."""
+    from cryptography.hazmat.primitives import serialization
+
+    issued = tls_ca.issue_cert("client.example")
+    cert = tmp_path / "client.crt"
+    cert.write_bytes(issued.cert_chain_pems[0].bytes())
+    key = serialization.load_pem_private_key(issued.private_key_pem.bytes(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"kpass"),
+        )
+    )
+    encrypted.chmod(0o600)
+    conf = write(
+        tmp_path / "m.conf",
+        RELAY + f"ssl_cert_file = {cert}\nssl_key_file = {encrypted}\n",
+    )
+    code, _, err = check(capsys, conf)
+    assert code == 78
+    assert "the key is encrypted; store it unencrypted" in err and "Traceback" not in err
+    plain = tmp_path / "plain.key"
+    plain.write_bytes(issued.private_key_pem.bytes())
+    plain.chmod(0o644)
+    conf.write_text(conf.read_text().replace(str(encrypted), str(plain)))
+    code, out, err = check(capsys, conf)
+    assert code == 0, err
+    assert "ssl_key_file: holds a TLS private key but is readable by others" in out + err

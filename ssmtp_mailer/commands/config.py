@@ -68,19 +68,45 @@ def dkim_problems(config: Config) -> list[str]:
     return [line for domain in signing for line in dkim.check_route(domain)]
 
 
-def dkim_key_warnings(config: Config) -> list[str]:
-    """Signing keys others may read (`dkim keygen` writes 0600): anyone could sign as us."""
+def key_file_warnings(config: Config) -> list[str]:
+    """Private keys others may read: a DKIM key (anyone could sign as us), a client
+    certificate's or the listener's TLS key (anyone could pose as us)."""
     from ssmtp_mailer.config import secrets
 
-    found = []
+    keys: list[tuple[str, Path, str]] = []
     for domain in config.domains.values():
-        for path in domain.dkim_key_file:
-            if not os.path.exists(path):
-                continue  # missing or out of reach: dkim_problems' error
-            problem = secrets.secret_file_problem(path, "a DKIM private key")
-            if problem:
-                found.append(f"{domain.location}: [domain:{domain.name}]: dkim_key_file: {problem}")
+        where = f"{domain.location}: [domain:{domain.name}]"
+        keys += [(f"{where}: dkim_key_file", p, "a DKIM private key") for p in domain.dkim_key_file]
+        if domain.ssl_key_file is not None:
+            keys.append((f"{where}: ssl_key_file", domain.ssl_key_file, "a TLS private key"))
+    if config.global_.listen_tls_key_file is not None:
+        keys.append(
+            ("listen_tls_key_file", config.global_.listen_tls_key_file, "a TLS private key")
+        )
+    found = []
+    for where, path, holds in keys:
+        if not os.path.exists(path):
+            continue  # missing or out of reach: the check that loads it says so
+        problem = secrets.secret_file_problem(Path(path), holds)
+        if problem:
+            found.append(f"{where}: {problem}")
     return found
+
+
+def tls_problems(config: Config) -> list[str]:
+    """Every route's TLS files load (a client certificate and its key, ssl_ca_file) as a
+    send loads them: an encrypted key, say, is found here, not at every send."""
+    from ssmtp_mailer.relay.smtp import tls_context
+
+    problems = []
+    for domain in config.domains.values():
+        if domain.ssl_cert_file is None and domain.ssl_ca_file is None:
+            continue
+        try:
+            tls_context(domain)
+        except MailerError as exc:
+            problems.append(f"{domain.location}: {exc.what}: {exc.why}")
+    return problems
 
 
 def password_hash_warnings(config: Config) -> list[str]:
@@ -186,9 +212,10 @@ def check(as_json: bool, strict: bool, check_secrets: bool) -> int:
         hint = exc.hint
     if config is not None:
         listen_errors, listen_warnings = listener_problems(config)
-        warnings = list(config.warnings) + listen_warnings + dkim_key_warnings(config)
+        warnings = list(config.warnings) + listen_warnings + key_file_warnings(config)
         warnings += password_hash_warnings(config)
         errors = secret_problems(config, resolve=check_secrets) + dkim_problems(config)
+        errors += tls_problems(config)
         errors += listen_errors
         if not config.domains:
             warnings.append(

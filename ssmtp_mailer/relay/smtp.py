@@ -201,8 +201,14 @@ def _cached_context(
         context.verify_mode = ssl.CERT_NONE
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if cert_file:
-        context.load_cert_chain(cert_file, key_file)
+        context.load_cert_chain(cert_file, key_file, password=no_passphrase)
     return context
+
+
+def no_passphrase() -> bytes:
+    """load_cert_chain's password callback: an encrypted key is an error, never a prompt
+    on the terminal (which hung a sendmail run from a shell, and garbled one from cron)."""
+    raise ssl.SSLError("the key is encrypted; store it unencrypted, readable by root alone")
 
 
 def tls_context(route: DomainConfig) -> ssl.SSLContext:
