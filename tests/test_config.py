@@ -713,3 +713,17 @@ def test_a_client_key_that_is_encrypted_or_open_to_others_is_found_by_check(
     code, out, err = check(capsys, conf)
     assert code == 0, err
     assert "ssl_key_file: holds a TLS private key but is readable by others" in out + err
+
+
+def test_a_password_without_a_username_is_warned_of(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """No username, so no AUTH: the relay's 530 at every send was the first word of it."""
+    conf = write(
+        tmp_path / "m.conf", "[domain:example.com]\nsmtp_server = smtp.example.com\npassword = x\n"
+    )
+    code, out, err = check(capsys, conf)
+    assert code == 0, err
+    assert "password: set without a username, so no login is tried" in out + err
+    code, _, err = check(capsys, conf, "--strict")
+    assert code == 78

@@ -684,12 +684,20 @@ def _build_domain(section: RawSection, gconf: GlobalConfig, report: _Report) -> 
         and not vals.get("use_starttls", True)
         and not vals.get("allow_plaintext_auth")
     ):
-        # A warning (an error with --strict) until the tests and the msmtp importer (its
-        # `tls off` with `auth on`) set allow_plaintext_auth where they mean it.
+        # A warning (an error with --strict): a tree imported from msmtp's `tls off` with
+        # `auth on` still loads, and each send says why it will not log in.
         report.warnings.append(
             f"{where('use_starttls')}: use_starttls: false with a username, and use_ssl is not"
             " set: every send refuses to log in unencrypted (exit 77); use TLS, or set"
             " allow_plaintext_auth = true for a relay on this host"
+        )
+    secret = next(
+        (k for k in ("password", "password_command", "oauth2_token_command") if k in vals), None
+    )
+    if relays and method == AuthMethod.AUTO and "username" not in vals and secret is not None:
+        report.warnings.append(
+            f"{where(secret)}: {secret}: set without a username, so no login is tried"
+            " (a relay that wants one refuses with 530); add username"
         )
     if vals.get("auth_method") == AuthMethod.XOAUTH2 and "oauth2_token_command" not in vals:
         report.errors.append(
