@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from relayconf import RunMain
+from test_submit import _as_nobody, shared_dir  # noqa: F401 (a fixture)
 
 NOBODY = pwd.getpwnam("nobody")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
@@ -374,3 +375,21 @@ def test_text_after_a_closing_quote_is_refused(tmp_path: Path, run_main: RunMain
     )
     main.write_text(ROUTE + 'helo_name = "a.example"  # a comment\n')
     assert check(run_main, main) == (0, "")
+
+
+@needs_root
+def test_a_users_own_tree_from_git_clone_under_umask_002_loads_for_that_user(
+    shared_dir: Path,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """A user-private group (Ubuntu's umask 002) leaves a user's clone 0664/0775 in the
+    user's own group: that user's own runs take it; root's would not."""
+    base = shared_dir / "own-tree"
+    main = tree(base)
+    for path in (base, base / "domains", main, base / "domains" / "relay.conf"):
+        os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
+        path.chmod(0o775 if path.is_dir() else 0o664)
+    run = _as_nobody(
+        shared_dir, ["-m", "ssmtp_mailer", "config", "check", "--config", str(main)], b"", {}
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == b""

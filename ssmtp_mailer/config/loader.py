@@ -344,7 +344,9 @@ def _unsafe(path: str, st: os.stat_result, *, sticky_ok: bool = False) -> str | 
         return f"owned by {name(st.st_uid)}, not root{me}; chown root {path}"
     if mode & stat.S_IWOTH and not (sticky_ok and mode & stat.S_ISVTX):
         return f"writable by others (mode {mode:04o}); chmod o-w {path}"
-    if mode & stat.S_IWGRP and st.st_gid != 0:
+    # Group-writable: root's group, or the user's own (a user-private group, as git clone
+    # under umask 002 leaves a user's tree), never a group root shares with others.
+    if mode & stat.S_IWGRP and st.st_gid not in (0, os.getegid()):
         import grp
 
         try:
