@@ -514,6 +514,12 @@ def test_keyring_password_set_and_delete(
     code, _, err = run(capsys, "password", "set", "nosuch", "--config", str(conf))
     assert code == 78
     assert "[domain:nosuch]: no such route (routes: example.com)" in err
+    # Stored all the same, but said: a route's own password_command comes first.
+    conf.write_text(RELAY + "password_command = echo other\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("unused\n"))
+    code, _, err = run(capsys, "password", "set", "example.com", "--config", str(conf))
+    assert code == 0
+    assert "has password_command, which is used instead of the keyring" in err
 
 
 # --- config show --------------------------------------------------------------------------

@@ -7,8 +7,10 @@ import sys
 
 import click
 
+from ssmtp_mailer import errors
 from ssmtp_mailer.commands.common import common_options, load
 from ssmtp_mailer.config import secrets
+from ssmtp_mailer.config.model import DomainConfig
 from ssmtp_mailer.errors import ConfigError, UsageError
 
 
@@ -18,13 +20,17 @@ def password_group() -> None:
     """Store route passwords in the keyring (service `ssmtp-mailer`, key = route name)."""
 
 
-def _route_name(name: str) -> str:
+def _route(name: str) -> DomainConfig:
     config = load()
-    key = name.lower()
-    if key not in config.domains:
+    route = config.domains.get(name.lower())
+    if route is None:
         known = ", ".join(sorted(config.domains)) or "none"
         raise ConfigError(f"[domain:{name}]", f"no such route (routes: {known})")
-    return key
+    return route
+
+
+def _route_name(name: str) -> str:
+    return _route(name).name
 
 
 @password_group.command("set")
@@ -32,7 +38,14 @@ def _route_name(name: str) -> str:
 @click.argument("name")
 def set_password(name: str) -> None:
     """Prompt for NAME's password without echo (or read one line from stdin) and store it."""
-    key = _route_name(name)
+    route = _route(name)
+    key = route.name
+    # The keyring is read only when the route has neither (relay/engine.py Credentials).
+    unused = "password" if route.password is not None else None
+    unused = unused or ("password_command" if route.password_command is not None else None)
+    if unused is not None:
+        where = f"{route.location}: [domain:{key}]"
+        errors.report(f"warning: {where} has {unused}, which is used instead of the keyring")
     if sys.stdin.isatty():
         secret = click.prompt(
             f"Password for [domain:{key}]", hide_input=True, confirmation_prompt=True
