@@ -48,21 +48,23 @@ def run_secret_command(command: str, what: str) -> str:
     """First line of a command's stdout; the command line comes from the configuration.
 
     What it says on stderr goes to a terminal only, never into our errors, the log or the
-    spool: a token helper's complaint may hold the secret. It runs in a session of its
-    own, so that a time-out ends it with all it started, not the shell alone.
+    spool: a token helper's complaint may hold the secret. Without a terminal (cron, the
+    queue runner, the listener) it runs in a session of its own, so that a time-out ends
+    it with all it started, not the shell alone; with one it keeps the terminal, where a
+    helper may ask for a pass phrase (openssl, gpg, age).
     """
     import signal
     import subprocess  # here: an inline or keyring password never needs it
 
-    errors_to = None if sys.stderr is not None and sys.stderr.isatty() else subprocess.DEVNULL
+    terminal = sys.stderr is not None and sys.stderr.isatty()
     try:
         process = subprocess.Popen(
             command,
             shell=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=errors_to,
-            start_new_session=True,
+            stderr=None if terminal else subprocess.DEVNULL,
+            start_new_session=not terminal,
         )
     except OSError as exc:
         raise ConfigError(what, f"command could not run: {exc.strerror}") from None
@@ -70,8 +72,15 @@ def run_secret_command(command: str, what: str) -> str:
         out, _ = process.communicate(timeout=COMMAND_TIMEOUT)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
+            if terminal:
+                process.kill()
+            else:
+                os.killpg(process.pid, signal.SIGKILL)
+        # Not waiting for the pipe's end: something it started elsewhere may hold it.
+        assert process.stdout is not None
+        process.stdout.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=1)
         raise TempFailError(
             what,
             f"command did not finish within {COMMAND_TIMEOUT} s",

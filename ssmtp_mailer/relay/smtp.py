@@ -208,7 +208,7 @@ def _cached_context(
 def no_passphrase() -> bytes:
     """load_cert_chain's password callback: an encrypted key is an error, never a prompt
     on the terminal (which hung a sendmail run from a shell, and garbled one from cron)."""
-    raise ssl.SSLError("the key is encrypted; store it unencrypted, readable by root alone")
+    raise OSError("the key is encrypted; store it unencrypted, readable by root alone")
 
 
 def tls_context(route: DomainConfig) -> ssl.SSLContext:
