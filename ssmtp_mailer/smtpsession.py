@@ -52,6 +52,7 @@ class SMTPSession:
         self.recipients: list[str] = []
         self.dsn: DsnTransaction | None = None
         self.connections: ConnectionPool | None = None
+        self.crlf = True  # the client's line ends, as its last command had them
 
     def reply(self, line: str) -> None:
         self.outstream.write(line.encode("utf-8", "replace") + b"\r\n")
@@ -78,6 +79,8 @@ class SMTPSession:
                 self.instream.readline()  # the rest of the over-long line
                 self.reply(dialect.LINE_TOO_LONG)
                 continue
+            # How this client ends its lines: CRLF (as SMTP wants) or LF alone (a script).
+            self.crlf = raw.endswith(b"\r\n")
             line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
             verb, _, argument = line.partition(" ")
             verb = verb.upper()
@@ -209,11 +212,15 @@ class SMTPSession:
         chunks: list[bytes] = []
         size = 0
         ended = False
+        # A client that speaks CRLF ends DATA with CRLF . CRLF alone (RFC 5321 §4.1.1.4):
+        # a `.` line ended by a bare LF is its content, or a message could carry a second
+        # one after it (SMTP smuggling). A script that writes LF alone ends it with `.` LF.
+        dot = b".\r\n" if self.crlf else b".\n"
         for line in self.instream:
-            if line in (b".\r\n", b".\n"):
+            if line == dot or line == b".\r\n":
                 ended = True
                 break
-            if line.startswith(b"."):
+            if line.startswith(b".") and line != b".\n":
                 line = line[1:]  # RFC 5321 §4.5.2 transparency
             size += len(line)
             if size <= limit:

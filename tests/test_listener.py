@@ -1897,3 +1897,32 @@ def test_sendmail_bs_and_the_listener_treat_the_null_sender_alike(
         ("one", "<>"),
         ("two", "<>"),
     ]
+
+
+def test_sendmail_bs_ends_data_only_at_crlf_dot_crlf_for_a_crlf_client(
+    tmp_path: Path, upstream: SMTPTestServer, run_main: Callable[..., tuple[int, str, str]]
+) -> None:
+    """`-bs` ended DATA at a `.` line ended by a bare LF: a body could carry a second
+    message, with recipients of its own, after it (SMTP smuggling). The listener keeps
+    such bytes one message; so does `-bs` now. A script writing LF alone still ends
+    with `.` LF."""
+    conf = listener_config(tmp_path / "l.conf", upstream.port)
+    smuggling = (
+        b"EHLO me\r\nMAIL FROM:<root@host.example>\r\nRCPT TO:<a@example.org>\r\nDATA\r\n"
+        b"Subject: first\r\n\r\nhello\n.\nMAIL FROM:<root@host.example>\n"
+        b"RCPT TO:<smuggled@example.net>\nDATA\nSubject: smuggled\n\nevil\r\n.\r\nQUIT\r\n"
+    )
+    code, out, _ = run_main(["-C", str(conf), "-bs"], smuggling)
+    assert code == 0
+    assert sum(r.startswith("354") for r in out.splitlines()) == 1
+    (got,) = upstream.wait_for(1)
+    assert got.rcpt_tos == ["a@example.org"]
+    assert b"smuggled@example.net" in got.data  # content, not a transaction
+    time.sleep(0.3)
+    assert len(upstream.messages) == 1
+    lf_only = (
+        b"EHLO me\nMAIL FROM:<root@host.example>\nRCPT TO:<b@example.org>\nDATA\nhi\n.\nQUIT\n"
+    )
+    code, out, _ = run_main(["-C", str(conf), "-bs"], lf_only)
+    assert code == 0 and any(r.startswith("250 2.0.0 OK") for r in out.splitlines())
+    assert upstream.wait_for(2)[1].rcpt_tos == ["b@example.org"]
