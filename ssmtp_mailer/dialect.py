@@ -6,6 +6,7 @@ aiosmtpd) own the I/O and ask here what to answer, so both say the same thing.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, NamedTuple
 
 from ssmtp_mailer import errors
@@ -181,6 +182,10 @@ def recipient_reply(
     return None
 
 
+# In a reply of ours, the relay's own permanent one: `...: 554 5.7.1 its words`.
+_RELAY_REPLY = re.compile(r": (5\d\d (?:[245]\.\d{1,3}\.\d{1,3} )?.*)$")
+
+
 def for_outsiders(reply: str, recipient: str | None = None) -> str:
     """A refusal as a client outside allowed_networks hears it: its codes, a fixed text.
 
@@ -188,10 +193,20 @@ def for_outsiders(reply: str, recipient: str | None = None) -> str:
     business of the internet; the listener logs it instead. A relay's own refusal of a
     message (5xx to the final dot) goes on as it was said (SPEC §8).
     """
-    if reply[:1] not in ("4", "5") or (recipient is None and reply[:1] == "5"):
+    if reply[:1] not in ("4", "5"):
         return reply
+    if recipient is None and reply[:1] == "5":
+        # The relay's own reply to the message, without our words around it: they name
+        # the relay's address and the recipient a mapping made (`host:port: every
+        # recipient refused: <alias target>: 550 ...`).
+        relays = _RELAY_REPLY.search(reply, 4)
+        if relays is not None:
+            return relays.group(1)
     code, enhanced = reply.split(" ", 2)[:2]
-    text = "Temporary failure, try again later" if code[:1] == "4" else "Recipient address rejected"
+    if code[:1] == "4":
+        text = "Temporary failure, try again later"
+    else:
+        text = "Recipient address rejected" if recipient is not None else "Message rejected"
     subject = f"<{recipient}>: " if recipient is not None else ""
     return f"{code} {enhanced} {subject}{text}"
 

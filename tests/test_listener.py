@@ -1926,3 +1926,26 @@ def test_sendmail_bs_ends_data_only_at_crlf_dot_crlf_for_a_crlf_client(
     code, out, _ = run_main(["-C", str(conf), "-bs"], lf_only)
     assert code == 0 and any(r.startswith("250 2.0.0 OK") for r in out.splitlines())
     assert upstream.wait_for(2)[1].rcpt_tos == ["b@example.org"]
+
+
+def test_an_outsider_hears_the_relays_refusal_not_our_relay_or_alias(
+    tmp_path: Path, upstream: SMTPTestServer, start_listener: Callable[[Path], Listener]
+) -> None:
+    """SPEC §8: a permanent refusal goes back "with the relay's reason". Around it our
+    own words named the relay's address and the alias's target to the internet."""
+    upstream.fault = "550-rcpt:contact-sales@domain1.com"
+    listener = start_listener(listener_config(tmp_path / "l.conf", upstream.port))
+    with listener.client("127.0.0.2") as client:
+        client.ehlo()
+        assert client.mail("someone@internet.example")[0] == 250
+        assert client.rcpt("contact-sales@mailer.domain1.com")[0] == 250
+        code, text = client.data(message("inbound", "someone@internet.example"))
+    assert code == 550
+    assert text.startswith(b"5.1.1 ")
+    assert f"127.0.0.1:{upstream.port}".encode() not in text and b"refused:" not in text
+    with listener.client("127.0.0.1") as client:  # our own client hears it all
+        client.ehlo()
+        client.mail("app@host.example")
+        client.rcpt("contact-sales@mailer.domain1.com")
+        code, text = client.data(message("inbound"))
+    assert code == 550 and f"127.0.0.1:{upstream.port}".encode() in text
