@@ -101,6 +101,10 @@ def qualify(address: str, hostname: str) -> str:
     return f"{address}@{hostname}"
 
 
+# The name the null sender goes by (From of a message with none, policy, routing).
+NULL_SENDER_NAME = "MAILER-DAEMON"
+
+
 def is_null_sender(address: str) -> bool:
     """`<>`, an empty address or MAILER-DAEMON mean the null sender (SPEC §4.0)."""
     return address.strip() in ("", "<>") or address.strip().lower() == "mailer-daemon"

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from ssmtp_mailer.addresses import (
+    NULL_SENDER_NAME,
     address_key,
     address_problem,
     has_domain,
@@ -725,7 +726,14 @@ def prepare(
     # Header fixes, touching only the fields concerned.
     mapper = _AddressMapper({}, hostname)
     kept: list[HeaderField] = []
-    author = sender or _qualified(default_from, hostname)
+    # A message from the null sender with no From is the system's (a bounce), not the
+    # account running us: an outsider's `MAIL FROM:<>` was From: mail@ (listen_user).
+    if sender:
+        author = sender
+    elif intake.envelope_from is not None and is_null_sender(intake.envelope_from):
+        author = _qualified(NULL_SENDER_NAME, hostname)
+    else:
+        author = _qualified(default_from, hostname)
     for field in fields:
         key = field.key
         if key in ("bcc", "resent-bcc"):

@@ -36,8 +36,6 @@ from ssmtp_mailer import patterns as pat
 from ssmtp_mailer.config.model import Config, DomainConfig, MappingConfig, UserConfig
 from ssmtp_mailer.errors import ConfigError, NoPermError
 
-NULL_SENDER_NAME = "MAILER-DAEMON"
-
 # Relays that refuse (550 / SendAsDenied) or silently replace a From their account may not use.
 _OWN_FROM_RELAYS = (
     "gmail.com",
@@ -467,7 +465,7 @@ def _explain(
         mapping = hit[0] if hit else None
         given_recipients.append((recipient, record("recipient", recipient, hit), mapping))
 
-    policy_given = sender or f"{NULL_SENDER_NAME}@{hostname}"
+    policy_given = sender or f"{addr.NULL_SENDER_NAME}@{hostname}"
     policy_final = final_sender or policy_given
     sender_user = _user_for(index, policy_given, policy_final)
     if sender_user is not None:

@@ -444,3 +444,17 @@ def test_headerish_text_prepare_or_clean_error(lines: list[str]) -> None:
     except (DataError, UsageError):
         return
     assert p.recipients[0] == "a@x"
+
+
+def test_a_null_sender_message_without_from_is_from_mailer_daemon() -> None:
+    """An outsider's `MAIL FROM:<>` with no From got the account running us (root@, or
+    mail@ under the listener) as its author; as Postfix, it is MAILER-DAEMON's."""
+    p = prepare(
+        b"Subject: t\n\nbody\n",
+        Intake(recipients=("a@x.example",), envelope_from="<>"),
+        hostname="host.example",
+        default_from="root",
+        max_size=10_000,
+    )
+    assert p.sender == ""
+    assert b"\r\nFrom: MAILER-DAEMON@host.example\r\n" in b"\r\n" + bytes(p.data)

@@ -6,12 +6,12 @@ from typing import Any
 
 import click
 
-from ssmtp_mailer.addresses import address_problem, is_null_sender, qualify
+from ssmtp_mailer.addresses import NULL_SENDER_NAME, address_problem, is_null_sender, qualify
 from ssmtp_mailer.commands.common import common_options, json_option, load, print_json
 from ssmtp_mailer.config.model import AuthMethod, Config, DeliveryMode, DomainConfig
 from ssmtp_mailer.errors import NoPermError, UsageError
 from ssmtp_mailer.message import parse_addresses, split_recipients
-from ssmtp_mailer.rewrite import NULL_SENDER_NAME, Plan, RouteGroup, explain_delivery
+from ssmtp_mailer.rewrite import Plan, RouteGroup, explain_delivery
 
 
 def envelope_address(text: str, hostname: str, option: str = "--to") -> str:
