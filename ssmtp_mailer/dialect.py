@@ -128,6 +128,15 @@ _CLASS_DETAIL = {
 }
 
 
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def printable(reply: str) -> str:
+    """A reply line with the control characters a client sent (a bare CR, NUL) shown as
+    `?`: echoed as they came, they broke the reply's line (RFC 5321 §4.2)."""
+    return _CONTROLS.sub("?", reply)
+
+
 def in_our_words(reply: str) -> str:
     """A reply aiosmtpd made, as `sendmail -bs` words it; ours pass unchanged.
 

@@ -281,9 +281,10 @@ class ListenerSMTP(SMTP):
 
     async def push(self, status: str) -> None:  # type: ignore[override]
         """Every reply in the words `sendmail -bs` uses (dialect.in_our_words); what the
-        client sent that is no UTF-8 (aiosmtpd keeps it as surrogates) echoed as `?`."""
+        client sent that is no UTF-8 (aiosmtpd keeps it as surrogates), or a control
+        character, echoed as `?`."""
         if isinstance(status, str):  # aiosmtpd pushes some (AUTH's) as bytes
-            status = status.encode("utf-8", "replace").decode("utf-8")
+            status = dialect.printable(status.encode("utf-8", "replace").decode("utf-8"))
         await super().push(dialect.in_our_words(status))
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:

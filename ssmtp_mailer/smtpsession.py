@@ -55,7 +55,7 @@ class SMTPSession:
         self.crlf = True  # the client's line ends, as its last command had them
 
     def reply(self, line: str) -> None:
-        self.outstream.write(line.encode("utf-8", "replace") + b"\r\n")
+        self.outstream.write(dialect.printable(line).encode("utf-8", "replace") + b"\r\n")
         self.outstream.flush()
 
     def reset(self) -> None:

@@ -1949,3 +1949,21 @@ def test_an_outsider_hears_the_relays_refusal_not_our_relay_or_alias(
         client.rcpt("contact-sales@mailer.domain1.com")
         code, text = client.data(message("inbound"))
     assert code == 550 and f"127.0.0.1:{upstream.port}".encode() in text
+
+
+def test_a_control_character_a_client_sent_is_not_echoed_into_a_reply(
+    listener: Listener, tmp_path: Path, run_main: Callable[..., tuple[int, str, str]]
+) -> None:
+    """RFC 5321 §4.2: reply text has no bare CR; `RCPT TO:<x@evil.com\\rFAKE>` was echoed
+    with its CR, by the listener and by `sendmail -bs` alike."""
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as sock:
+        assert _replies(sock, 1)[0].startswith(b"220")
+        sock.sendall(b"EHLO x\r\nMAIL FROM:<a@host.example>\r\nRCPT TO:<x@evil.com\rFAKE>\r\n")
+        replies = _replies(sock, 3)
+    assert b"\r" not in replies[2].rstrip(b"\r\n") and replies[2].startswith(b"553")
+    conf = listener_config(tmp_path / "bs.conf", 9)
+    session = b"EHLO x\r\nMAIL FROM:<a@host.example>\r\nRCPT TO:<x@evil.com\rFAKE>\r\nQUIT\r\n"
+    code, out, _ = run_main(["-C", str(conf), "-bs"], session)
+    assert code == 0
+    refusal = next(line for line in out.split("\r\n") if line.startswith("553"))
+    assert "\r" not in refusal and "x@evil.com?FAKE" in refusal
