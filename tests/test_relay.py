@@ -654,3 +654,19 @@ def test_rate_limiting_can_be_switched_off(smtp_server: SMTPTestServer, tmp_path
     send(config)
     send(config)
     assert len(smtp_server.messages) == 2
+
+
+def test_a_refused_oauth2_token_gets_a_hint_about_tokens_not_passwords(
+    smtp_server_factory: Factory, tmp_path: Path, ca_file: Path
+) -> None:
+    server = smtp_server_factory(starttls=True, xoauth2_tokens={USER: TOKEN})
+    config = make_config(
+        tmp_path, server, use_starttls=True, ssl_ca_file=ca_file, auth_method="XOAUTH2",
+        username=USER, oauth2_token_command="echo not-the-token",
+    )  # fmt: skip
+    with pytest.raises(NoPermError) as info:
+        send(config)
+    assert info.value.exit_code == 77
+    assert info.value.hint is not None and "OAuth2 token" in info.value.hint
+    assert "password" not in info.value.hint
+    assert server.messages == []

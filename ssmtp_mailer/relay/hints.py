@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 
+TOKEN = (
+    "the relay refused the OAuth2 token: check that oauth2_token_command prints a fresh"
+    " access token (not a refresh token) with the mail scope, for this username"
+)
 CREDENTIALS = (
     "check the password and the username format: some relays want the user without the"
     " domain (Stalwart: `noreply`, not `noreply@example.com`), OCI Email Delivery wants the"

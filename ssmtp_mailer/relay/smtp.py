@@ -533,7 +533,10 @@ class RelayConnection(SMTPClient):
             self.auth_mechanism = mechanism
             self.note(f"authenticated as {user} with {mechanism}")
             return
-        raise self._reply_failure("AUTH", code, message)
+        failure = self._reply_failure("AUTH", code, message)
+        if mechanism == "XOAUTH2" and failure.error.hint == hints.CREDENTIALS:
+            failure.error.hint = hints.TOKEN  # a password hint is no help with a token
+        raise failure
 
     def _auth_exchange(self, mechanism: str, user: str, secret: str) -> tuple[int, bytes]:
         import base64
