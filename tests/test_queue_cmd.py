@@ -254,3 +254,34 @@ def test_the_summary_counts_entries_delivered_to_some_and_refused_for_others(
         "queue run: 3 delivered (3 in part), 0 deferred, 3 failed, 0 expired, 3 bounce(s) sent\n"
     )
     assert sorted(m.rcpt_tos[0] for m in server.messages) == [SENDER] * 3 + ["ok@dest.example"] * 3
+
+
+def test_a_hung_password_command_is_waited_for_once_a_run_not_once_an_entry(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    smtp_server_factory: Any,
+) -> None:
+    """A password_command that hangs cost its 10 s for each queued entry of the route:
+    100 entries held a run for 16 minutes. Once it timed out, the route's other entries
+    wait for the next run."""
+    from ssmtp_mailer.config import secrets
+    from ssmtp_mailer.config.loader import load_config
+
+    server = smtp_server_factory(auth={"u": "pw"}, auth_require_tls=False)
+    config = write_config(tmp_path, server.port)
+    ran = tmp_path / "ran"
+    text = config.main_file.read_text().replace(
+        "auth_method = NONE",
+        f"username = u\npassword_command = echo x >> {ran}; sleep 30\nallow_plaintext_auth = true",
+    )
+    config.main_file.write_text(text)
+    config = load_config(str(config.main_file))
+    ids = [enqueue(config, n) for n in range(3)]
+    monkeypatch.setattr(secrets, "COMMAND_TIMEOUT", 1)
+    code, out, _ = run(capsys, config.main_file, "run", "--all")
+    assert code == 0
+    assert "0 delivered, 3 deferred" in out
+    assert ran.read_text() == "x\n"  # asked once, not three times
+    assert sorted(e.id for e in spool.list_entries(config)) == sorted(ids)
+    assert server.messages == []

@@ -44,6 +44,11 @@ def _is_mail_group(gid: int) -> bool:
         return False
 
 
+class CommandTimedOut(TempFailError):
+    """A password_command or oauth2_token_command that did not finish in time: a queue
+    run waits for it once a route, not once an entry."""
+
+
 def run_secret_command(command: str, what: str) -> str:
     """First line of a command's stdout; the command line comes from the configuration.
 
@@ -81,7 +86,7 @@ def run_secret_command(command: str, what: str) -> str:
         process.stdout.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=1)
-        raise TempFailError(
+        raise CommandTimedOut(
             what,
             f"command did not finish within {COMMAND_TIMEOUT} s",
             hint="run the command by hand to see where it hangs",

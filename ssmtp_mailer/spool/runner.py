@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ssmtp_mailer import log
 from ssmtp_mailer.config.model import Config
+from ssmtp_mailer.config.secrets import CommandTimedOut
 from ssmtp_mailer.errors import (
     EX_OK,
     EX_TEMPFAIL,
@@ -165,6 +166,9 @@ class _Run:
     bounces_queued: int = 0
     out_of_time: bool = False
     picked_up: int = 0
+    # Routes whose secret command timed out in this run, with why: their other entries
+    # wait for the next run instead of 10 s each.
+    hung_secrets: dict[str, str] = field(default_factory=dict)
     # One connection per server for the whole run (SPEC §6 reuse); QUIT when the run ends.
     connections: ConnectionPool | None = None
     tidier: _Tidier | None = None
@@ -424,6 +428,10 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         why = f"route [domain:{route.name}] is disabled"
         _defer_or_expire(config, queue_dir, entry, data, entry.recipients, why, {}, run)
         return
+    hung = run.hung_secrets.get(route.name)
+    if hung is not None:
+        _defer_or_expire(config, queue_dir, entry, data, entry.recipients, hung, {}, run)
+        return
     limit = 0  # the relay's recipients per transaction, once it has said (0: all at once)
     while True:
         now = _now()
@@ -460,6 +468,8 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
             continue
         if result is None:
             assert error is not None
+            if isinstance(error, CommandTimedOut):
+                run.hung_secrets[route.name] = error_reason(error)
             if attempted.fate is failures.Fate.QUEUE:
                 reply = error_reason(error)
                 expired = _defer_or_expire(
