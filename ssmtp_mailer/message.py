@@ -621,12 +621,13 @@ def _qualified(address: str, hostname: str | None) -> str:
     return address if hostname is None else qualify(address, hostname)
 
 
-def _is_address(address: str, hostname: str | None) -> bool:
-    return address_problem(qualify(address, hostname or _STAND_IN)) is None
+def _problem(address: str, hostname: str | None) -> str | None:
+    """Why `address`, qualified as prepare() qualifies it, is no envelope address."""
+    return address_problem(qualify(address, hostname or _STAND_IN))
 
 
 def _check_address(address: str, where: str, *, usage: bool, hostname: str | None = None) -> None:
-    problem = address_problem(qualify(address, hostname or _STAND_IN))
+    problem = _problem(address, hostname)
     if problem is not None:
         error = UsageError if usage else DataError
         raise error(f"{where} address {address!r}", problem)
@@ -713,7 +714,7 @@ def prepare(
             _check_address(sender, "sender", usage=True, hostname=hostname)
     header_from = _addresses_of(fields, ("from",))
     usable_from = bool(header_from) and (
-        is_null_sender(header_from[0]) or _is_address(header_from[0], hostname)
+        is_null_sender(header_from[0]) or _problem(header_from[0], hostname) is None
     )
     if intake.envelope_from is None:
         if usable_from:
