@@ -50,6 +50,19 @@ _REPLIES: dict[int, tuple[int, str]] = {
 }
 
 OK = "250 2.0.0 OK"
+# The longest command line, without its CRLF, that either session reads (Postfix's
+# line_length_limit): RFC 5321 §4.5.3.1.4 asks for 512 at least, and ORCPT and ENVID add
+# up to 600 more (RFC 3461 §4).
+MAX_COMMAND = 2048
+# Unrecognized commands a session may send; the last of them ends it with 421 (RFC 5321
+# §4.2.3), as aiosmtpd counts them (its BOGUS_LIMIT).
+MAX_UNKNOWN = 5
+TOO_MANY_UNKNOWN = "421 4.7.0 Too many unrecognized commands, closing"
+# Commands that move no mail, allowed between two messages (Postfix's
+# smtpd_junk_command_limit): a client looping on NOOP holds a connection slot for ever.
+JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
+MAX_JUNK = 100
+TOO_MANY_JUNK = "421 4.7.0 Too many commands without mail, closing"
 MAIL_OK = "250 2.1.0 OK"
 RCPT_OK = "250 2.1.5 OK"
 # Recipients one transaction takes: RFC 5321 §4.5.3.1.8 asks for at least 100, Postfix
@@ -109,6 +122,7 @@ _STOCK = {
     "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
     "552 Error: Too much mail data": TOO_BIG,
     "554 Command refused due to lack of security": "554 5.7.0 Command refused: TLS failed",
+    "502 5.5.1 Too many unrecognized commands, goodbye.": TOO_MANY_UNKNOWN,
     "501 Syntax: MAIL FROM: <address>": SYNTAX.format("MAIL FROM:<address>"),
     "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]": SYNTAX.format("MAIL FROM:<address>"),
     "501 Syntax: RCPT TO: <address>": SYNTAX.format("RCPT TO:<address>"),
@@ -129,6 +143,28 @@ _CLASS_DETAIL = {
 
 
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class CommandCount:
+    """The session limits both sessions share: unrecognized commands, and junk commands
+    since the last message accepted. `closing` is the 421 that ends the session, or None."""
+
+    def __init__(self) -> None:
+        self.unknown = 0
+        self.junk = 0
+
+    def closing(self, verb: str, *, known: bool) -> str | None:
+        if not known:
+            self.unknown += 1
+            return TOO_MANY_UNKNOWN if self.unknown >= MAX_UNKNOWN else None
+        if verb in JUNK_COMMANDS:
+            self.junk += 1
+            return TOO_MANY_JUNK if self.junk > MAX_JUNK else None
+        return None
+
+    def accepted(self) -> None:
+        """A message got its 250: the client is sending mail, not idling."""
+        self.junk = 0
 
 
 def printable(reply: str) -> str:

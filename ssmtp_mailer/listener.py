@@ -258,12 +258,29 @@ class ListenerEnvelope(Envelope):
         return "" if is_null_sender(mail_from) else mail_from
 
 
+class _CommandSizes(dict[str, int]):
+    """aiosmtpd's longest command line by verb: dialect.MAX_COMMAND for every one. Its EHLO
+    adds room to MAIL's for SIZE= and SMTPUTF8, which that limit has already."""
+
+    def __missing__(self, verb: str) -> int:
+        return dialect.MAX_COMMAND
+
+    def __setitem__(self, verb: str, size: int) -> None:
+        pass
+
+
 class ListenerSMTP(SMTP):
     """aiosmtpd's server with the connection limit (421 beyond max_connections) and DSN."""
+
+    # The command line limits of `sendmail -bs` (one dialect); the reader's includes CRLF.
+    command_size_limit = dialect.MAX_COMMAND
+    command_size_limits = _CommandSizes()
+    line_length_limit = dialect.MAX_COMMAND + 2
 
     def __init__(self, handler: ListenerHandler, state: ListenerState, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.state = state
+        self.count = dialect.CommandCount()  # aiosmtpd counts the unrecognized ones itself
         self.refused = False
         self.counted = False
         self.uid: int | None = None  # set for the local submission socket
@@ -357,8 +374,41 @@ class ListenerSMTP(SMTP):
             return
         await super().smtp_AUTH(arg)
 
+    async def _closing(self, verb: str) -> bool:
+        """Whether the session ends here, over the junk command limit: 421 and the hang-up."""
+        reply = self.count.closing(verb, known=True)
+        if reply is None:
+            return False
+        peer = self.session.peer if self.session is not None else None
+        log.write(self.state.config, "WARNING", f"listen: {reply} to {peer}")
+        await self.push(reply)
+        assert self.transport is not None
+        self.transport.close()
+        return True
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._closing("NOOP"):
+            await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        if not await self._closing("RSET"):
+            await super().smtp_RSET(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not await self._closing("VRFY"):
+            await super().smtp_VRFY(arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        if not await self._closing("HELP"):
+            await super().smtp_HELP(arg)
+
     async def smtp_EXPN(self, arg: str) -> None:
-        await self.push(dialect.NO_EXPN)  # no lists to expand (RFC 5321 §3.5.2), as -bs says
+        if not await self._closing("EXPN"):
+            await self.push(dialect.NO_EXPN)  # no lists to expand (RFC 5321 §3.5.2), as -bs
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -393,6 +443,8 @@ class ListenerSMTP(SMTP):
                     self._timeout_handle.cancel()
                 status = await self._call_handler_hook("DATA")
                 self.envelope = self._create_envelope()
+                if status is MISSING or status.startswith("250"):
+                    self.count.accepted()
                 await self.push("250 OK" if status is MISSING else status)
         finally:
             self.in_data = False

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from ssmtp_mailer.config.model import Config
     from ssmtp_mailer.dialect import DsnTransaction
 
-_MAX_COMMAND = 4096
+# Reads of a data line: one longer than this is taken in pieces, so a line of gigabytes
+# with no newline costs no more memory than the message size allows.
+_READ = 65536
 
 
 def _path_argument(argument: str, keyword: str) -> tuple[str, list[str]] | None:
@@ -53,6 +55,7 @@ class SMTPSession:
         self.dsn: DsnTransaction | None = None
         self.connections: ConnectionPool | None = None
         self.crlf = True  # the client's line ends, as its last command had them
+        self.count = dialect.CommandCount()
 
     def reply(self, line: str) -> None:
         self.outstream.write(dialect.printable(line).encode("utf-8", "replace") + b"\r\n")
@@ -72,22 +75,30 @@ class SMTPSession:
     def _serve(self) -> int:
         self.reply(f"220 {self.hostname} ESMTP {PROG} {__version__}")
         while True:
-            raw = self.instream.readline(_MAX_COMMAND + 1)
+            raw = self.instream.readline(dialect.MAX_COMMAND + 2)
             if not raw:
                 return 0
-            if len(raw) > _MAX_COMMAND and not raw.endswith(b"\n"):
-                self.instream.readline()  # the rest of the over-long line
-                self.reply(dialect.LINE_TOO_LONG)
-                continue
+            cut = len(raw) > dialect.MAX_COMMAND + 1 and not raw.endswith(b"\n")
+            if cut:
+                while (rest := self.instream.readline(_READ)) and not rest.endswith(b"\n"):
+                    pass  # the rest of the over-long line
             # How this client ends its lines: CRLF (as SMTP wants) or LF alone (a script).
             self.crlf = raw.endswith(b"\r\n")
-            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            stripped = raw.rstrip(b"\r\n")
+            if cut or len(stripped) > dialect.MAX_COMMAND:
+                self.reply(dialect.LINE_TOO_LONG)
+                continue
+            line = stripped.decode("utf-8", "replace")
             verb, _, argument = line.partition(" ")
             verb = verb.upper()
             if verb == "QUIT":
                 self.reply(dialect.CLOSING.format(self.hostname))
                 return 0
             handler = getattr(self, f"smtp_{verb}", None) if verb.isalpha() else None
+            closing = self.count.closing(verb, known=handler is not None)
+            if closing is not None:
+                self.reply(closing)
+                return 0
             if handler is None:
                 self.reply(dialect.NOT_RECOGNIZED)
             else:
@@ -127,7 +138,7 @@ class SMTPSession:
         self.reply(dialect.OK)
 
     def smtp_HELP(self, argument: str) -> None:
-        self.reply(dialect.HELP.format("EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY"))
+        self.reply(dialect.HELP.format("DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY"))
 
     def smtp_VRFY(self, argument: str) -> None:
         self.reply(dialect.CANNOT_VRFY)
@@ -216,15 +227,18 @@ class SMTPSession:
         # a `.` line ended by a bare LF is its content, or a message could carry a second
         # one after it (SMTP smuggling). A script that writes LF alone ends it with `.` LF.
         dot = b".\r\n" if self.crlf else b".\n"
-        for line in self.instream:
-            if line == dot or line == b".\r\n":
-                ended = True
-                break
-            if line.startswith(b".") and line != b".\n":
-                line = line[1:]  # RFC 5321 §4.5.2 transparency
-            size += len(line)
+        at_start = True  # the piece read begins a line
+        while piece := self.instream.readline(_READ):
+            if at_start:
+                if piece == dot or piece == b".\r\n":
+                    ended = True
+                    break
+                if piece.startswith(b".") and piece != b".\n":
+                    piece = piece[1:]  # RFC 5321 §4.5.2 transparency
+            at_start = piece.endswith(b"\n")
+            size += len(piece)
             if size <= limit:
-                chunks.append(line)
+                chunks.append(piece)
         if not ended:
             return  # end of input in the middle of DATA: nothing was accepted
         sender, recipients = self.sender, self.recipients
@@ -233,14 +247,15 @@ class SMTPSession:
         if size > limit:
             self.reply(dialect.TOO_BIG)
             return
-        self.reply(
-            dialect.deliver_data(
-                self.config,
-                b"".join(chunks),
-                sender,
-                recipients,
-                dsn=dsn,
-                transcript=self.transcript,
-                pool=self.connections,
-            )
+        reply = dialect.deliver_data(
+            self.config,
+            b"".join(chunks),
+            sender,
+            recipients,
+            dsn=dsn,
+            transcript=self.transcript,
+            pool=self.connections,
         )
+        if reply.startswith("250"):
+            self.count.accepted()
+        self.reply(reply)

@@ -1967,3 +1967,110 @@ def test_a_control_character_a_client_sent_is_not_echoed_into_a_reply(
     assert code == 0
     refusal = next(line for line in out.split("\r\n") if line.startswith("553"))
     assert "\r" not in refusal and "x@evil.com?FAKE" in refusal
+
+
+def _both_ways(
+    conf: Path,
+    session: bytes,
+    start_listener: Callable[[Path], Listener],
+    run_main: Callable[..., tuple[int, str, str]],
+) -> tuple[list[str], list[str]]:
+    """The replies, after the greeting, to `session` from the listener and from -bs; the
+    listener's connection is read until it closes."""
+    code, out, _ = run_main(["-C", str(conf), "-bs"], session)
+    assert code == 0
+    listener = start_listener(conf)
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as sock:
+        sock.sendall(session)
+        heard = b""
+        while chunk := sock.recv(65536):
+            heard += chunk
+    return heard.decode().splitlines()[1:], out.splitlines()[1:]
+
+
+def test_both_sessions_close_after_five_unknown_commands(
+    tmp_path: Path,
+    upstream: SMTPTestServer,
+    start_listener: Callable[[Path], Listener],
+    run_main: Callable[..., tuple[int, str, str]],
+) -> None:
+    """The fifth unrecognized command ends the session with 421 (RFC 5321 §4.2.3), the same
+    way both ways; what the client sends after it is not read."""
+    conf = listener_config(tmp_path / "l.conf", upstream.port)
+    session = b"HELO x\r\n" + b"FOO\r\n" * 5 + b"NOOP\r\n"  # no QUIT: the server hangs up
+    over_smtp, by_bs = _both_ways(conf, session, start_listener, run_main)
+    assert over_smtp == by_bs
+    assert by_bs[1:] == ["500 5.5.1 Command not recognized"] * 4 + [
+        "421 4.7.0 Too many unrecognized commands, closing"
+    ]
+
+
+def test_both_sessions_close_a_noop_flood_and_mail_resets_the_count(
+    tmp_path: Path,
+    upstream: SMTPTestServer,
+    start_listener: Callable[[Path], Listener],
+    run_main: Callable[..., tuple[int, str, str]],
+) -> None:
+    """Postfix's smtpd_junk_command_limit: 100 NOOP, RSET, VRFY, EXPN or HELP between two
+    messages; the 101st gets 421 and the hang-up. A delivered message starts the count
+    again, so a client that sends mail between its NOOPs is never cut off."""
+    conf = listener_config(tmp_path / "l.conf", upstream.port)
+    junk = b"NOOP\r\nRSET\r\nVRFY a@host.example\r\nHELP\r\nEXPN staff\r\n" * 12
+    mail = b"MAIL FROM:<app@host.example>\r\nRCPT TO:<out@far.example>\r\nDATA\r\n"
+    mail += message("between").encode() + b".\r\n"
+    session = b"EHLO x\r\n" + junk + mail + junk + b"NOOP\r\n" * 41
+    over_smtp, by_bs = _both_ways(conf, session, start_listener, run_main)
+    final = [re.sub("<.*>", "<id>", line) for line in over_smtp if line[3:4] != "-"]
+    assert final == [re.sub("<.*>", "<id>", line) for line in by_bs if line[3:4] != "-"]
+    assert final[-1] == "421 4.7.0 Too many commands without mail, closing"
+    assert sum(line.startswith("250 2.0.0 OK ") for line in final) == 1  # the message
+    # 60 before the message, 60 + 40 after it; the 101st since the message is refused.
+    assert len(final) == 1 + 60 + 4 + 100 + 1
+    assert [m.message()["Subject"] for m in upstream.wait_for(2)] == ["between"] * 2
+
+
+def test_both_sessions_take_the_same_longest_command(
+    tmp_path: Path,
+    upstream: SMTPTestServer,
+    start_listener: Callable[[Path], Listener],
+    run_main: Callable[..., tuple[int, str, str]],
+) -> None:
+    """A RCPT with a 500-octet ORCPT (RFC 3461 §4.2 allows it) is taken both ways; a
+    command of more than 2048 octets gets 500 5.5.2 both ways and the session goes on."""
+    conf = listener_config(tmp_path / "l.conf", upstream.port)
+    orcpt = "rfc822;" + "o" * 480 + "@far.example"
+    too_long = "NOOP " + "x" * 2044
+    session = (
+        f"EHLO x\r\nMAIL FROM:<app@host.example>\r\nRCPT TO:<out@far.example> ORCPT={orcpt}\r\n"
+        f"{too_long}\r\nRSET\r\nQUIT\r\n"
+    ).encode()
+    over_smtp, by_bs = _both_ways(conf, session, start_listener, run_main)
+    final = [line for line in over_smtp if line[3:4] != "-"]
+    assert final == [line for line in by_bs if line[3:4] != "-"]
+    assert [line[:9] for line in final[1:]] == [
+        "250 2.1.0", "250 2.1.5", "500 5.5.2", "250 2.0.0", "221 2.0.0",
+    ]  # fmt: skip
+
+
+def test_sendmail_bs_reads_an_endless_data_line_in_pieces(tmp_path: Path) -> None:
+    """A 200 MB data line with no newline, over max_message_size: 552, and the -bs process
+    never holds the line (its peak memory stays far below the line's size)."""
+    conf = listener_config(tmp_path / "l.conf", 9, "max_message_size = 1048576")
+    head = b"EHLO x\r\nMAIL FROM:<app@host.example>\r\nRCPT TO:<out@far.example>\r\nDATA\r\n"
+    code = (
+        "import resource, subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'ssmtp_mailer', 'sendmail', '-C', sys.argv[1],"
+        " '-bs'], stdin=subprocess.PIPE, stdout=subprocess.PIPE)\n"
+        "p.stdin.write(sys.stdin.buffer.read())\n"
+        "for _ in range(200):\n"
+        "    p.stdin.write(b'x' * 1048576)\n"
+        "out, _ = p.communicate(b'\\r\\n.\\r\\nQUIT\\r\\n')\n"
+        "sys.stdout.write(out.decode())\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(conf)], input=head, capture_output=True, timeout=120
+    )
+    lines = done.stdout.decode().splitlines()
+    assert "552 5.3.4 Message size exceeds fixed maximum message size" in lines
+    assert int(lines[-1]) < 100_000  # KiB: 100 MB, half the line
