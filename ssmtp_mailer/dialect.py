@@ -28,7 +28,7 @@ from ssmtp_mailer.errors import (
 from ssmtp_mailer.message import Dsn, Intake, parse_dsn, prepare, unxtext
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from ssmtp_mailer.config.model import Config
     from ssmtp_mailer.pipeline import SubmitResult
@@ -80,6 +80,9 @@ AUTH_OK = "235 2.7.0 Authentication successful"
 SENDER_NOT_OWNED = "553 5.7.1 <{}>: Sender address not owned by {}"
 SENDER_NEEDS_LOGIN = "553 5.7.1 <{}>: Sender address rejected: not logged in"
 UNSUPPORTED_PARAMETER = "555 5.5.4 Unsupported parameter {}"
+BAD_SIZE = "501 5.5.4 Bad SIZE parameter"
+BAD_BODY = "501 5.5.4 BODY can only be one of 7BIT, 8BITMIME"
+BAD_SMTPUTF8 = "501 5.5.4 SMTPUTF8 takes no arguments"
 BAD_PARAMETER = "501 5.5.4 Bad {} parameter: {}"
 # RFC 5321 §4.2.3 455: our messages carry one NOTIFY (as sendmail -N does); the client
 # sends a recipient that wants another in a transaction of its own.
@@ -93,6 +96,7 @@ NOT_RECOGNIZED = "500 5.5.1 Command not recognized"
 LINE_TOO_LONG = "500 5.5.2 Line too long"
 SYNTAX = "501 5.5.4 Syntax: {}"
 NEED_HELO = "503 5.5.1 Send HELO or EHLO first"
+MALFORMED_PATH = "553 5.1.3 Malformed address"  # unbalanced <>, a bad route or quote
 NEED_MAIL = "503 5.5.1 Need MAIL command"
 NESTED_MAIL = "503 5.5.1 Nested MAIL command"
 NO_RECIPIENTS = "554 5.5.1 No valid recipients"
@@ -103,6 +107,24 @@ TLS_ACTIVE = "503 5.5.1 TLS already active"
 BAD_BASE64 = "501 5.5.2 Cannot decode base64"
 AUTH_IN_TRANSACTION = "503 5.5.1 AUTH not permitted during a mail transaction"
 HELP = "214 2.0.0 Commands: {}"
+NO_TLS = "454 4.7.0 TLS not available"
+AUTH_NEEDS_TLS = "538 5.7.11 Encryption required for requested authentication mechanism"
+# HELP's answer for each command (RFC 5321 §4.1.1.8); the listener's aiosmtpd takes its
+# syntax texts from here too.
+HELP_TOPICS = {
+    "AUTH": "AUTH <mechanism>",
+    "DATA": "DATA",
+    "EHLO": "EHLO hostname",
+    "HELO": "HELO hostname",
+    "HELP": "HELP [command]",
+    "MAIL": "MAIL FROM:<address> [SP <mail-parameters>]",
+    "NOOP": "NOOP [ignored]",
+    "QUIT": "QUIT",
+    "RCPT": "RCPT TO:<address> [SP <mail-parameters>]",
+    "RSET": "RSET",
+    "STARTTLS": "STARTTLS",
+    "VRFY": "VRFY <address>",
+}
 CLOSING = "221 2.0.0 {} closing"
 
 # aiosmtpd's own wording of the replies it makes itself, in ours.
@@ -111,13 +133,14 @@ _STOCK = {
     "500 Error: bad syntax": NOT_RECOGNIZED,
     "500 Command line too long": LINE_TOO_LONG,
     "503 Error: need MAIL command": NEED_MAIL,
+    "553 5.1.3 Error: malformed address": MALFORMED_PATH,
     "503 Error: need RCPT command": NO_RECIPIENTS,
     "503 Error: nested MAIL command": NESTED_MAIL,
     "503 Error: send HELO first": NEED_HELO,
     "503 Error: send EHLO first": NEED_HELO,
     "252 Cannot VRFY user, but will accept message and attempt delivery": CANNOT_VRFY,
     "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
-    "454 TLS not available": "454 4.7.0 TLS not available",
+    "454 TLS not available": NO_TLS,
     "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
     "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
     "552 Error: Too much mail data": TOO_BIG,
@@ -199,6 +222,17 @@ def in_our_words(reply: str) -> str:
         return SYNTAX.format(text[len("Syntax: ") :])
     detail = _CLASS_DETAIL.get(code, f"{code[0]}.0.0")
     return f"{code} {detail} {text.removeprefix('Error: ')}"
+
+
+def help_reply(topic: str, offered: Iterable[str]) -> str:
+    """The reply to HELP: the commands the session offers now, or one's syntax."""
+    commands = sorted(offered)
+    verb = topic.strip().upper()
+    if verb in commands:
+        return f"214 2.0.0 Syntax: {HELP_TOPICS[verb]}"
+    if verb:
+        return f"501 5.5.4 No help for {topic.strip()}; commands: {' '.join(commands)}"
+    return HELP.format(" ".join(commands))
 
 
 def reply_for(code: int, text: str) -> str:
@@ -335,6 +369,28 @@ def dsn_parameters(verb: str, params: Sequence[str]) -> DsnParameters:
             # The one field given, as parse_dsn normalised it (upper case, no repeats).
             values[key] = dsn.notify or dsn.ret or dsn.envid or text
     return DsnParameters(values, others, refusal)
+
+
+def mail_parameters_refusal(others: Sequence[str], max_size: int) -> str | None:
+    """The reply to MAIL's SIZE, BODY or SMTPUTF8 (DsnParameters.others) when one is bad,
+    else None; a SIZE over `max_size` gets 552 at once (RFC 1870 §6)."""
+    for param in others:
+        key, equals, value = param.partition("=")
+        key = key.upper()
+        if key == "SIZE":
+            if not value.isdigit():
+                return BAD_SIZE
+            if max_size and int(value) > max_size:
+                return TOO_BIG
+        elif key == "BODY":
+            if value.upper() not in ("7BIT", "8BITMIME"):
+                return BAD_BODY
+        elif key == "SMTPUTF8":
+            if equals:
+                return BAD_SMTPUTF8
+        else:
+            return UNSUPPORTED_PARAMETER.format(param)
+    return None
 
 
 def _orcpt_problem(value: str) -> str | None:

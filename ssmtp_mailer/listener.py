@@ -317,12 +317,21 @@ class ListenerSMTP(SMTP):
             return None, None
         return path[0] or "<>", path[1]
 
-    # HELP is written from these (aiosmtpd's own wording).
-    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    # HELP lists the commands with a syntax (dialect.help_reply), STARTTLS and AUTH when offered.
+    @syntax(dialect.HELP_TOPICS["MAIL"])
     async def smtp_MAIL(self, arg: str | None) -> None:
-        await super().smtp_MAIL(self._take_dsn("FROM:", "MAIL", arg))
+        arg = self._take_dsn("FROM:", "MAIL", arg)
+        found, envelope = self.dsn_parameters, self.envelope
+        if envelope is not None and envelope.mail_from is None:  # else 503, nested MAIL
+            refusal = found.refusal or dialect.mail_parameters_refusal(
+                found.others, self.data_size_limit or 0
+            )
+            if refusal is not None:  # in `sendmail -bs`'s words, before aiosmtpd's checks
+                await self.push(refusal)
+                return
+        await super().smtp_MAIL(arg)
 
-    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    @syntax(dialect.HELP_TOPICS["RCPT"])
     async def smtp_RCPT(self, arg: str | None) -> None:
         await super().smtp_RCPT(self._take_dsn("TO:", "RCPT", arg))
 
@@ -352,7 +361,7 @@ class ListenerSMTP(SMTP):
         """Whether EHLO lists STARTTLS now: so HELP names it only then."""
         return self.tls_context is not None and self._tls_protocol is None
 
-    @syntax("STARTTLS", when="starttls_offered")
+    @syntax(dialect.HELP_TOPICS["STARTTLS"], when="starttls_offered")
     async def smtp_STARTTLS(self, arg: str) -> None:
         if self._tls_protocol is not None:  # RFC 3207 §4.2: one TLS negotiation a session
             await self.push(dialect.TLS_ACTIVE)
@@ -364,7 +373,7 @@ class ListenerSMTP(SMTP):
         """Whether EHLO lists AUTH now (aiosmtpd's rule), likewise."""
         return not self._auth_require_tls or self._tls_protocol is not None
 
-    @syntax("AUTH <mechanism>", when="auth_offered")
+    @syntax(dialect.HELP_TOPICS["AUTH"], when="auth_offered")
     async def smtp_AUTH(self, arg: str) -> None:
         envelope = self.envelope
         if envelope is not None and envelope.mail_from is not None:
@@ -386,31 +395,37 @@ class ListenerSMTP(SMTP):
         self.transport.close()
         return True
 
-    @syntax("NOOP [ignored]")
+    @syntax(dialect.HELP_TOPICS["NOOP"])
     async def smtp_NOOP(self, arg: str) -> None:
         if not await self._closing("NOOP"):
             await super().smtp_NOOP(arg)
 
-    @syntax("RSET")
+    @syntax(dialect.HELP_TOPICS["RSET"])
     async def smtp_RSET(self, arg: str) -> None:
         if not await self._closing("RSET"):
             await super().smtp_RSET(arg)
 
-    @syntax("VRFY <address>")
+    @syntax(dialect.HELP_TOPICS["VRFY"])
     async def smtp_VRFY(self, arg: str) -> None:
-        if not await self._closing("VRFY"):
-            await super().smtp_VRFY(arg)
+        if await self._closing("VRFY"):
+            return
+        if arg and self._getaddr(arg)[0] is None:
+            await self.push(dialect.SYNTAX.format(dialect.HELP_TOPICS["VRFY"]))
+            return
+        await super().smtp_VRFY(arg)
 
-    @syntax("HELP [command]")
+    @syntax(dialect.HELP_TOPICS["HELP"])
     async def smtp_HELP(self, arg: str) -> None:
-        if not await self._closing("HELP"):
-            await super().smtp_HELP(arg)
+        if await self._closing("HELP") or await self.check_auth_needed("HELP"):
+            return
+        offered = (v for v, method in self._smtp_methods.items() if self._syntax_available(method))
+        await self.push(dialect.help_reply(arg or "", offered))
 
     async def smtp_EXPN(self, arg: str) -> None:
         if not await self._closing("EXPN"):
             await self.push(dialect.NO_EXPN)  # no lists to expand (RFC 5321 §3.5.2), as -bs
 
-    @syntax("DATA")
+    @syntax(dialect.HELP_TOPICS["DATA"])
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA with the message read in blocks, not line by line.
 
@@ -606,8 +621,6 @@ class ListenerHandler:
         if state.draining:
             return dialect.SHUTTING_DOWN
         found = server.dsn_parameters
-        if found.refusal is not None:
-            return found.refusal
         config = state.config
         hostname = config.global_.default_hostname
         sender = "" if is_null_sender(address) else qualify(address, hostname)
@@ -645,6 +658,8 @@ class ListenerHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        if address == "<>":  # the null path is no recipient (RFC 5321 §4.1.1.3)
+            return dialect.SYNTAX.format("RCPT TO:<address>")
         found = server.dsn_parameters
         if found.refusal is not None:
             return found.refusal

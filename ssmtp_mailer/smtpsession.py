@@ -24,15 +24,24 @@ if TYPE_CHECKING:
 _READ = 65536
 
 
-def _path_argument(argument: str, keyword: str) -> tuple[str, list[str]] | None:
-    """`FROM:<addr> PARAMS` -> (addr, params), or None when malformed."""
+# What HELP lists: the commands with a syntax to show (EXPN only ever says no).
+_OFFERED = ("DATA", "EHLO", "HELO", "HELP", "MAIL", "NOOP", "QUIT", "RCPT", "RSET", "VRFY")
+
+
+def _path_argument(argument: str, keyword: str, extended: bool) -> tuple[str, list[str]] | str:
+    """`FROM:<addr> PARAMS` -> (addr, params), or the refusal, in the order aiosmtpd
+    checks: the keyword, the path, parameters after HELO (ESMTP's, RFC 5321 §4.1.1.11)."""
+    syntax = dialect.SYNTAX.format(f"{'MAIL FROM' if keyword == 'FROM' else 'RCPT TO'}:<address>")
     head, colon, rest = argument.partition(":")
-    if not colon or head.strip().upper() != keyword:
-        return None
+    if not colon or head.strip().upper() != keyword or not rest.strip():
+        return syntax
     path = split_path(rest)
     if path is None:
-        return None
-    return path[0].strip(), path[1].split()
+        return dialect.MALFORMED_PATH
+    address, params = path[0].strip(), path[1].split()
+    if params and not extended:
+        return syntax
+    return address, params
 
 
 class SMTPSession:
@@ -56,6 +65,7 @@ class SMTPSession:
         self.connections: ConnectionPool | None = None
         self.crlf = True  # the client's line ends, as its last command had them
         self.count = dialect.CommandCount()
+        self.greeting: str | None = None  # HELO or EHLO, once the client has sent one
 
     def reply(self, line: str) -> None:
         self.outstream.write(dialect.printable(line).encode("utf-8", "replace") + b"\r\n")
@@ -88,10 +98,13 @@ class SMTPSession:
             if cut or len(stripped) > dialect.MAX_COMMAND:
                 self.reply(dialect.LINE_TOO_LONG)
                 continue
+            if not stripped:
+                self.reply(dialect.NOT_RECOGNIZED)  # no command at all: not an unknown one
+                continue
             line = stripped.decode("utf-8", "replace")
             verb, _, argument = line.partition(" ")
             verb = verb.upper()
-            if verb == "QUIT":
+            if verb == "QUIT" and not argument.strip():
                 self.reply(dialect.CLOSING.format(self.hostname))
                 return 0
             handler = getattr(self, f"smtp_{verb}", None) if verb.isalpha() else None
@@ -109,6 +122,7 @@ class SMTPSession:
             self.reply(dialect.SYNTAX.format("HELO hostname"))
             return
         self.reset()
+        self.greeting = "HELO"
         self.reply(f"250 {self.hostname}")
 
     def smtp_EHLO(self, argument: str) -> None:
@@ -116,6 +130,7 @@ class SMTPSession:
             self.reply(dialect.SYNTAX.format("EHLO hostname"))
             return
         self.reset()
+        self.greeting = "EHLO"  # ESMTP's parameters from here on
         lines = [
             self.hostname,
             "PIPELINING",
@@ -130,50 +145,57 @@ class SMTPSession:
             self.reply(f"250-{line}")
         self.reply(f"250 {lines[-1]}")
 
+    def smtp_QUIT(self, argument: str) -> None:
+        self.reply(dialect.SYNTAX.format("QUIT"))  # QUIT with an argument: it stays
+
     def smtp_NOOP(self, argument: str) -> None:
         self.reply(dialect.OK)
 
     def smtp_RSET(self, argument: str) -> None:
+        if argument:
+            self.reply(dialect.SYNTAX.format("RSET"))
+            return
         self.reset()
         self.reply(dialect.OK)
 
     def smtp_HELP(self, argument: str) -> None:
-        self.reply(dialect.HELP.format("DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY"))
+        self.reply(dialect.help_reply(argument, _OFFERED))
 
     def smtp_VRFY(self, argument: str) -> None:
+        if not argument or split_path(argument) is None:
+            self.reply(dialect.SYNTAX.format(dialect.HELP_TOPICS["VRFY"]))
+            return
         self.reply(dialect.CANNOT_VRFY)
+
+    # Neither is offered on stdin: the listener's replies when it cannot do them.
+    def smtp_STARTTLS(self, argument: str) -> None:
+        self.reply(dialect.NO_TLS)
+
+    def smtp_AUTH(self, argument: str) -> None:
+        self.reply(dialect.AUTH_NEEDS_TLS)
 
     def smtp_EXPN(self, argument: str) -> None:
         self.reply(dialect.NO_EXPN)
 
     def smtp_MAIL(self, argument: str) -> None:
+        if self.greeting is None:
+            self.reply(dialect.NEED_HELO)
+            return
+        parsed = _path_argument(argument, "FROM", self.greeting == "EHLO")
+        if isinstance(parsed, str):
+            self.reply(parsed)
+            return
         if self.sender is not None:
             self.reply(dialect.NESTED_MAIL)
             return
-        parsed = _path_argument(argument, "FROM")
-        if parsed is None:
-            self.reply(dialect.SYNTAX.format("MAIL FROM:<address>"))
-            return
         address, params = parsed
         found = dialect.dsn_parameters("MAIL", params)
-        if found.refusal is not None:
-            self.reply(found.refusal)
+        refusal = found.refusal or dialect.mail_parameters_refusal(
+            found.others, self.config.global_.max_message_size
+        )
+        if refusal is not None:
+            self.reply(refusal)
             return
-        for param in found.others:
-            key, _, value = param.partition("=")
-            key = key.upper()
-            if key == "SIZE":
-                if not value.isdigit():
-                    self.reply("501 5.5.4 Bad SIZE parameter")
-                    return
-                if int(value) > self.config.global_.max_message_size:
-                    self.reply(dialect.TOO_BIG)
-                    return
-            elif key == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
-                continue
-            elif key != "SMTPUTF8":
-                self.reply(dialect.UNSUPPORTED_PARAMETER.format(param))
-                return
         sender = "" if is_null_sender(address) else qualify(address, self.hostname)
         if sender and address_problem(sender):
             self.reply(f"553 5.1.7 Bad sender address syntax: {address}")
@@ -183,12 +205,17 @@ class SMTPSession:
         self.reply(dialect.MAIL_OK)
 
     def smtp_RCPT(self, argument: str) -> None:
+        if self.greeting is None:
+            self.reply(dialect.NEED_HELO)
+            return
         if self.sender is None or self.dsn is None:
             self.reply(dialect.NEED_MAIL)
             return
-        parsed = _path_argument(argument, "TO")
-        if parsed is None or not parsed[0]:
-            self.reply(dialect.SYNTAX.format("RCPT TO:<address>"))
+        parsed = _path_argument(argument, "TO", self.greeting == "EHLO")
+        if isinstance(parsed, str) or not parsed[0]:
+            self.reply(
+                parsed if isinstance(parsed, str) else dialect.SYNTAX.format("RCPT TO:<address>")
+            )
             return
         found = dialect.dsn_parameters("RCPT", parsed[1])
         if found.refusal is not None:
@@ -212,11 +239,17 @@ class SMTPSession:
         self.reply(dialect.RCPT_OK)
 
     def smtp_DATA(self, argument: str) -> None:
+        if self.greeting is None:
+            self.reply(dialect.NEED_HELO)
+            return
         if self.sender is None:
             self.reply(dialect.NEED_MAIL)
             return
         if not self.recipients:
             self.reply(dialect.NO_RECIPIENTS)
+            return
+        if argument:
+            self.reply(dialect.SYNTAX.format("DATA"))
             return
         self.reply(dialect.START_DATA)
         limit = self.config.global_.max_message_size

@@ -689,7 +689,7 @@ def test_commands_and_bad_order(listener: Listener, upstream: SMTPTestServer) ->
         assert code == 214 and {"MAIL", "RCPT", "DATA"} <= set(text.decode().split())
         # Only what EHLO offers: no AUTH before STARTTLS (it listed AUTH all the same).
         assert "AUTH" not in text.decode().split() and "STARTTLS" not in text.decode().split()
-        assert client.docmd("HELP MAIL")[1].startswith(b"2.0.0 Syntax: MAIL FROM: <address>")
+        assert client.docmd("HELP MAIL")[1].startswith(b"2.0.0 Syntax: MAIL FROM:<address>")
         assert client.docmd("RCPT TO:<x@far.example>")[0] == 503  # before MAIL
         assert client.docmd("DATA")[0] == 503
         assert client.verify("someone@host.example")[0] == 252
@@ -1535,7 +1535,7 @@ def test_both_sessions_read_paths_alike(
 ) -> None:
     """A quoted local part holding '>' and a space, a source route and a bare address
     arrive as the same recipients over the listener and over `sendmail -bs`; a path with
-    no closing '>' is refused by both."""
+    no closing '>' is refused by both, in the same words."""
     conf = listener_config(tmp_path / "l.conf", upstream.port)
     listener = start_listener(conf)
     paths = ['<"odd> name"@far.example>', "<@hop.example:routed@far.example>", "bare@far.example"]
@@ -1557,8 +1557,9 @@ def test_both_sessions_read_paths_alike(
     )
     code, out, _ = run_main(["-C", str(conf), "-bs"], session)
     assert code == 0
-    assert [r[:3] for r in out.splitlines()[-7:-2]] == ["250", "250", "250", "501", "354"]
-    assert "501 5.5.4 Syntax: MAIL FROM:<address>" in out.splitlines()
+    assert [r[:3] for r in out.splitlines()[-7:-2]] == ["250", "250", "250", "553", "354"]
+    final = [line for line in out.splitlines() if line[3:4] != "-"]
+    assert final[2:4] == ["553 5.1.3 Malformed address", "250 2.1.0 OK"]
     for got in upstream.wait_for(2):
         assert got.rcpt_tos == expected
 
@@ -2074,3 +2075,47 @@ def test_sendmail_bs_reads_an_endless_data_line_in_pieces(tmp_path: Path) -> Non
     lines = done.stdout.decode().splitlines()
     assert "552 5.3.4 Message size exceeds fixed maximum message size" in lines
     assert int(lines[-1]) < 100_000  # KiB: 100 MB, half the line
+
+
+ODD_SESSIONS = {
+    "before and after HELO": [
+        "MAIL FROM:<a@host.example>", "RCPT TO:<b@far.example>", "DATA", "VRFY b@far.example",
+        "HELO x", "MAIL FROM:<a@host.example> SIZE=10", "MAIL FROM:<a@host.example>",
+        "RCPT TO:<b@far.example> NOTIFY=NEVER", "RCPT TO:<b@far.example>", "RSET",
+        "EHLO x", "MAIL FROM:<a@host.example> SMTPUTF8=yes", "MAIL FROM:<a@host.example> SIZE=",
+        "MAIL FROM:<a@host.example> BODY=BINARYMIME", "MAIL FROM:<a@host.example",
+        "MAIL FROM:", "MAIL FROM:<a@host.example>", "MAIL FROM:<a@host.example> SIZE=abc",
+        "RCPT TO:<b@far.example", "RCPT TO:<>", "RCPT TO:", "RCPT TO:b@far.example",
+        "DATA now", "QUIT now", "QUIT",
+    ],
+    "commands with odd arguments": [
+        "HELO", "EHLO", "EHLO x", "RSET now", "VRFY", "VRFY <x", "VRFY <x@y.example>",
+        "HELP MAIL", "HELP rset", "HELP FOO", "HELP STARTTLS", "AUTH PLAIN", "STARTTLS",
+        "BDAT 10", "ETRN x", "", "   ", "EXPN x", "QUIT",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(ODD_SESSIONS))
+def test_both_sessions_answer_odd_commands_alike(
+    name: str,
+    tmp_path: Path,
+    upstream: SMTPTestServer,
+    start_listener: Callable[[Path], Listener],
+    run_main: Callable[..., tuple[int, str, str]],
+) -> None:
+    """Out of order, with arguments where none belong, parameters after HELO, paths cut
+    short, STARTTLS and AUTH where neither is offered: word for word alike both ways."""
+    conf = listener_config(tmp_path / "l.conf", upstream.port)
+    session = "".join(f"{c}\r\n" for c in ODD_SESSIONS[name]).encode()
+    over_smtp, by_bs = _both_ways(conf, session, start_listener, run_main)
+    assert over_smtp == by_bs
+    assert by_bs[-1] == "221 2.0.0 host.example closing"
+    if name == "before and after HELO":
+        assert by_bs[:3] == ["503 5.5.1 Send HELO or EHLO first"] * 3
+        assert by_bs[5] == "501 5.5.4 Syntax: MAIL FROM:<address>"  # SIZE= after HELO
+        assert "553 5.1.3 Malformed address" in by_bs
+    else:
+        assert "214 2.0.0 Syntax: RSET" in by_bs
+        assert "454 4.7.0 TLS not available" in by_bs
+    assert upstream.messages == []
