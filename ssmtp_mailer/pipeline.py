@@ -349,17 +349,17 @@ def _handle_refusals(
     deferred, refused = result.deferred, result.rejected
     for address in refused:
         code, text = result.refused[address]
-        problem(f"{address}: refused by {result.refuser([address])}: {code} {text}")
+        problem(f"{address}: refused by {result.refuser_of(address)}: {code} {text}")
     outcomes: list[GroupOutcome] = []
     failed_id = None
     if refused:
         failed = group._replace(recipients=tuple(refused))
-        refusal = NoUserError(result.refuser(refused), result.replies(refused))
+        refusal = result.refusal(refused, NoUserError)
         replies = result.reply_to_each(refused)
         failed_id = _keep_failed(config, failed, data, prepared, refusal, replies)
     if deferred:
         pending = group._replace(recipients=deferred)
-        error = TempFailError(result.refuser(deferred), result.replies(deferred))
+        error = result.refusal(deferred, TempFailError)
         # Over the relay's limit of recipients per transaction: the queue runner started
         # after this delivery (the listener's within a minute) sends the rest at once, in
         # as many transactions as it takes, each recorded before the next.

@@ -113,8 +113,10 @@ def log_lines(tmp_path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if "outcome=" in line]
 
 
-def queue_list(run_main: RunMain, conf: Path) -> list[dict[str, Any]]:
-    code, out, err = run_main(["-C", str(conf), "queue", "list", "--json"], prog="ssmtp-mailer")
+def queue_list(run_main: RunMain, conf: Path, *options: str) -> list[dict[str, Any]]:
+    """`queue list --json`; with "--failed", of failed/."""
+    command = ["-C", str(conf), "queue", "list", "--json", *options]
+    code, out, err = run_main(command, prog="ssmtp-mailer")
     assert code == 0, err
     data = json.loads(out)
     entries = data["entries"] if isinstance(data, dict) else data
@@ -1077,6 +1079,48 @@ def test_direct_queues_a_greylisted_recipient_alone(
     code, _, err = run_main(["-C", str(conf), "queue", "run", "--all"], prog="ssmtp-mailer")
     assert code == 0, err
     assert [m.rcpt_tos for m in mx1.messages] == [["one@a.example"], ["grey@a.example"]]
+
+
+def test_recipients_refused_by_several_servers_are_each_named_with_theirs(
+    tmp_path: Path,
+    net: Net,
+    dns_server: Callable[..., DNSServer],
+    mx_server: Callable[..., SMTPTestServer],
+    run_main: RunMain,
+) -> None:
+    """One MX defers a recipient, another domain has no host up: each refused address is
+    named with the server (or domain) that refused it and its reply, not every server,
+    then every reply."""
+    mx_server(2, fault="451-rcpt:grey@a.example")  # mx2.a.example and c.example are down
+    mx_b = mx_server(4, fault="550-rcpt:gone@b.example")
+    conf = write_config(tmp_path, dns_server(zone_for(net)), net)
+    code, _, err = sendmail(run_main, conf, "x@c.example", "grey@a.example", "one@a.example")
+    [entry] = queue_list(run_main, conf)
+    mx1, c = f"mx1.a.example[{net.ip(2)}]:{net.port}", f"c.example[{net.ip(5)}]:{net.port}"
+    reason = (
+        "[domain:sender.example] direct delivery: "
+        f"x@c.example: c.example: 451 no MX host took the message: {c}: connection refused; "
+        f"grey@a.example: {mx1}: 451 4.2.0 <grey@a.example>: Recipient address rejected: "
+        "Mailbox busy"
+    )
+    assert (code, err) == (0, f"ssmtp-mailer: queued as {entry['id']}: {reason}\n")
+    code, out, err = run_main(["-C", str(conf), "queue", "show", entry["id"]], prog="ssmtp-mailer")
+    assert code == 0, err
+    assert f"  {reason}\n" in out
+    # Refused for good by a domain and by a server: failed/ names each with its own.
+    code, _, err = sendmail(run_main, conf, "nobody@null.example", "gone@b.example", "ok@b.example")
+    assert code == 0, err
+    assert [m.rcpt_tos for m in mx_b.messages] == [["ok@b.example"]]
+    [failed] = [e for e in queue_list(run_main, conf, "--failed") if e["sender"] == SENDER]
+    code, out, err = run_main(["-C", str(conf), "queue", "show", failed["id"]], prog="ssmtp-mailer")
+    assert code == 0, err
+    mx_b_label = f"mx.b.example[{net.ip(4)}]:{net.port}"
+    assert (
+        "Reason:       [domain:sender.example] direct delivery: nobody@null.example: "
+        "null.example: 556 null.example publishes a null MX: it accepts no mail (RFC 7505); "
+        f"gone@b.example: {mx_b_label}: 550 5.1.1 <gone@b.example>: Recipient address "
+        "rejected: User unknown\n"
+    ) in out
 
 
 def test_addresses_are_looked_up_only_as_far_as_the_attempts_get(

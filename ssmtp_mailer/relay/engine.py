@@ -76,30 +76,41 @@ class DeliveryResult(NamedTuple):
             and any(too_many_recipients(code, text) for code, text in self.refused.values())
         )
 
-    def refuser(self, addresses: Sequence[str]) -> str:
-        """Who refused `addresses`: their server(s), or domain(s) for direct delivery."""
-        return ", ".join(dict.fromkeys(self.refused_by.get(a, self.server) for a in addresses))
+    def refuser_of(self, address: str) -> str:
+        """Who refused `address`: its server, or its domain for direct delivery."""
+        return self.refused_by.get(address, self.server)
+
+    def refusal(self, addresses: Sequence[str], kind: type[MailerError]) -> MailerError:
+        """Who refused `addresses` and what each said, as one error: the server, then each
+        reply after the addresses it was said to; with several servers (direct delivery:
+        one per domain) each reply after its addresses and the server that said it."""
+        said = self.reply_to_each(addresses)
+        refusers = dict.fromkeys(self.refuser_of(a) for a in addresses)
+        if len(refusers) > 1:
+            by = {a: f"{self.refuser_of(a)}: {reply}" for a, reply in said.items()}
+            return kind(f"[domain:{self.route}] direct delivery", _after_addresses(by))
+        return kind(next(iter(refusers), self.server), _after_addresses(said))
 
     def reply_to_each(self, addresses: Sequence[str]) -> dict[str, str]:
         """Each of `addresses` with the relay's reply to it (a failure notice's
         Diagnostic-Code)."""
         return {a: f"{self.refused[a][0]} {self.refused[a][1]}" for a in addresses}
 
-    def replies(self, addresses: Sequence[str]) -> str:
-        """What the relay said to `addresses`, on one line: each reply once, after the
-        addresses it was said to (the first few of them: a relay's limit of 100 left 900
-        recipients with one and the same 452)."""
-        said: dict[str, list[str]] = {}
-        for address in addresses:
-            code, text = self.refused[address]
-            said.setdefault(f"{code} {text}", []).append(address)
-        parts = []
-        for reply, to in said.items():
-            named = ", ".join(to[:NAMED])
-            if len(to) > NAMED:
-                named += f" and {len(to) - NAMED} more"
-            parts.append(f"{named}: {reply}")
-        return "; ".join(parts)
+
+def _after_addresses(said: Mapping[str, str]) -> str:
+    """What was said to each address, on one line: each text once, after the addresses it
+    was said to (the first few of them: a relay's limit of 100 left 900 recipients with
+    one and the same 452)."""
+    to: dict[str, list[str]] = {}
+    for address, text in said.items():
+        to.setdefault(text, []).append(address)
+    parts = []
+    for text, addresses in to.items():
+        named = ", ".join(addresses[:NAMED])
+        if len(addresses) > NAMED:
+            named += f" and {len(addresses) - NAMED} more"
+        parts.append(f"{named}: {text}")
+    return "; ".join(parts)
 
 
 def servers_of(route: DomainConfig) -> list[HostPort]:

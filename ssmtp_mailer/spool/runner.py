@@ -22,6 +22,7 @@ from ssmtp_mailer.errors import (
     EX_TEMPFAIL,
     MailerError,
     NoUserError,
+    TempFailError,
     UsageError,
 )
 from ssmtp_mailer.relay import failures
@@ -488,7 +489,7 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         rejected = result.rejected
         failed: Entry | None = None
         if rejected:
-            reason = f"{result.refuser(rejected)}: {result.replies(rejected)}"
+            reason = error_reason(result.refusal(rejected, NoUserError))
             replies = result.reply_to_each(rejected)
             failed = _copy_to_failed(config, queue_dir, entry, rejected, reason, replies)
             _count(run.failed, entry.id)
@@ -504,7 +505,7 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         if again:
             entry = _replace_envelope(queue_dir, replace(entry, recipients=rest))
         elif rest:
-            why = f"{result.refuser(deferred)}: {result.replies(deferred)}"
+            why = error_reason(result.refusal(deferred, TempFailError))
             replies = result.reply_to_each(deferred)
             _defer_or_expire(config, queue_dir, entry, data, rest, why, replies, run, now)
         elif rejected:
