@@ -299,18 +299,37 @@ class _Proposed(NamedTuple):
         return self.dns.ptr(ip)
 
 
+class _SpfFix(NamedTuple):
+    """The SPF record to publish, as a zone line, and the user's terms it leaves out."""
+
+    line: str
+    dropped: tuple[str, ...] = ()
+
+    @property
+    def note(self) -> tuple[str, ...]:
+        """The detail that names what the record leaves out, when it leaves out anything."""
+        if not self.dropped:
+            return ()
+        terms = ", ".join(self.dropped)
+        return (f"the record to publish leaves out {terms}: receivers give permerror there",)
+
+
 def _spf_fix(
     dns: Resolver,
     domain: str,
     record: str | None,
     ip: str | None,
     provider: dnsrecords.Provider | None,
-) -> str:
-    """The record to publish: the user's valid terms kept, +all closed to ~all, and what
-    `ip` and the relay need added; as a zone line."""
+) -> _SpfFix:
+    """The record to publish: the user's valid terms kept but for an include or redirect
+    that receivers fail on, +all closed to ~all, and what `ip` and the relay need added."""
+    terms = spf.valid_terms(record or "")
+    kept = " ".join(["v=spf1", *(t.text for t in terms)])
+    dropped = spf.walk(_Proposed(dns, domain, kept), domain).broken_terms
     words = [
         "~all" if t.name == "all" and t.qualifier == "+" else t.text
-        for t in spf.valid_terms(record or "")
+        for t in terms
+        if t.text not in dropped
     ] or ["~all"]
     text = " ".join(["v=spf1", *words])
     if ip and spf.check_host(_Proposed(dns, domain, text), ip, domain).result != "pass":
@@ -321,7 +340,7 @@ def _spf_fix(
             text = dnsrecords.spf_with(text, f"include:{provider.spf_include}")
     if not any(t.name not in ("all", "exp") for t in spf.valid_terms(text)):
         text = dnsrecords.spf_with(text, "mx")  # a record that lets no one send
-    return TxtRecord(domain, text).zone_line()
+    return _SpfFix(TxtRecord(domain, text).zone_line(), dropped)
 
 
 def _ip_mechanism(ip: str) -> str:
@@ -338,7 +357,7 @@ def check_spf(
                 "SPF",
                 FAIL,
                 "no SPF record: receivers cannot tell which servers may send for the domain",
-                publish=(_spf_fix(dns, domain, None, ip, provider),),
+                publish=(_spf_fix(dns, domain, None, ip, provider).line,),
             )
         ]
     if len(records) > 1:
@@ -363,8 +382,8 @@ def check_spf(
                 "SPF",
                 FAIL,
                 f"invalid SPF record: {exc}",
-                details=(record,),
-                publish=(fixed(),),
+                details=(record, *fixed().note),
+                publish=(fixed().line,),
             )
         ]
     walked = spf.walk(dns, domain)
@@ -377,8 +396,11 @@ def check_spf(
                 details=(
                     record,
                     *walked.broken[1:],
-                    "correct the name, or drop the term if that service no longer sends for you",
+                    *fixed().note,
+                    "if that service still sends for you, correct the name or have its owner fix"
+                    " its record, then add it back",
                 ),
+                publish=(fixed().line,),
             )
         ]
     else:
@@ -389,8 +411,11 @@ def check_spf(
                 "SPF all",
                 FAIL,
                 f"+all: every host on the internet passes SPF for {domain}",
-                details=("end it with ~all (or -all): only the senders it lists should pass",),
-                publish=(fixed(),),
+                details=(
+                    "end it with ~all (or -all): only the senders it lists should pass",
+                    *fixed().note,
+                ),
+                publish=(fixed().line,),
             )
         )
     if any(t.name == "ptr" for t in parsed.mechanisms):
@@ -435,7 +460,7 @@ def check_spf(
                     FAIL,
                     f"{result.result}{why}: {ip} is not authorised to send for {domain}",
                     details=("fix the record first (above)",) if broken else (),
-                    publish=() if broken else (fixed(),),
+                    publish=() if broken else (fixed().line,),
                 )
             )
     if provider:
@@ -451,7 +476,8 @@ def check_spf(
                     FAIL,
                     f"the route relays through {provider.name}, but the record does not"
                     f" include {provider.spf_include}",
-                    publish=(fixed(),),
+                    details=fixed().note,
+                    publish=(fixed().line,),
                 )
             )
     return checks

@@ -375,9 +375,17 @@ class Walk(NamedTuple):
     lookups: int
     includes: tuple[str, ...]
     problems: tuple[str, ...]  # over the void-lookup limit, or a lookup that failed
-    # Includes and redirects whose target has no valid SPF record: a permerror for
-    # every sender that reaches them (§5.2, §6.1).
+    # Includes and redirects whose target has no valid SPF record, or that loop back to a
+    # record being evaluated: a permerror for every sender that reaches them (§4.6.4,
+    # §5.2, §6.1).
     broken: tuple[str, ...] = ()
+    # The domain's own include and redirect terms that lead to those: what a fix leaves out.
+    broken_terms: tuple[str, ...] = ()
+
+
+def _permerror(path: tuple[str, ...]) -> str:
+    section = "§6.1" if path and path[-1].startswith("redirect") else "§5.2"
+    return f"so receivers give permerror (RFC 7208 {section})"
 
 
 def walk(dns: Lookups, domain: str) -> Walk:
@@ -385,24 +393,28 @@ def walk(dns: Lookups, domain: str) -> Walk:
     includes: list[str] = []
     problems: list[str] = []
     broken: list[str] = []
+    broken_terms: list[str] = []
     voids: list[str] = []  # names an a, mx or exists term finds nothing at, for IPv4 senders
 
-    def visit(name: str, depth: int, via: str) -> int:
-        if depth > MAX_LOOKUPS:
-            broken.append(f"{via}: includes and redirects nested over 10 deep (a loop?)")
+    def fail(path: tuple[str, ...], why: str) -> None:
+        broken.append(f"{' > '.join(path) or domain}: {why}")
+        if path and path[0] not in broken_terms:
+            broken_terms.append(path[0])
+
+    def visit(name: str, path: tuple[str, ...], evaluating: frozenset[str]) -> int:
+        if len(path) > MAX_LOOKUPS:
+            fail(path, "includes and redirects nested over 10 deep")
             return 0
-        so = "so receivers give permerror (RFC 7208 " + (
-            "§6.1)" if via.split(" > ")[-1].startswith("redirect") else "§5.2)"
-        )
         try:
             record = _record_of(dns, name)
         except SpfError as exc:
-            broken.append(f"{via}: the SPF record of {name} is invalid ({exc}), {so}")
+            fail(path, f"the SPF record of {name} is invalid ({exc}), {_permerror(path)}")
             return 0
         if record is None:
-            if depth:
-                broken.append(f"{via}: {name} has no SPF record, {so}")
+            if path:
+                fail(path, f"{name} has no SPF record, {_permerror(path)}")
             return 0
+        evaluating |= {name.rstrip(".").lower()}
         count = 0
         followed = [t for t in record.mechanisms if t.name == "include"]
         redirect = record.modifier("redirect")
@@ -422,13 +434,20 @@ def walk(dns: Lookups, domain: str) -> Walk:
                 count += 1
             if "%" in term.target:
                 continue
+            target = term.target.rstrip(".").lower()
             includes.append(term.target.lower())
-            path = f"{via} > {term.text}" if depth else term.text
-            count += visit(term.target, depth + 1, path)
+            if target in evaluating:
+                fail(
+                    (*path, term.text),
+                    f"loops back to {target}, whose record is being evaluated: receivers go"
+                    " round until the 10-lookup limit, then give permerror (RFC 7208 §4.6.4)",
+                )
+                continue
+            count += visit(term.target, (*path, term.text), evaluating)
         return count
 
     try:
-        total = visit(domain, 0, domain)
+        total = visit(domain, (), frozenset())
     except TempError as exc:
         problems.append(f"temporary DNS failure: {exc}")
         total = 0
@@ -437,4 +456,4 @@ def walk(dns: Lookups, domain: str) -> Walk:
             f"{len(voids)} of its lookups find nothing ({', '.join(voids)}); receivers allow"
             f" {MAX_VOID_LOOKUPS} (RFC 7208 §4.6.4), then take the record for broken"
         )
-    return Walk(total, tuple(includes), tuple(problems), tuple(broken))
+    return Walk(total, tuple(includes), tuple(problems), tuple(broken), tuple(broken_terms))

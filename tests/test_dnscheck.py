@@ -855,10 +855,93 @@ def test_a_broken_include_fails_the_spf_check_saying_why(
 
 
 @pytest.mark.parametrize(
+    ("records", "summary"),
+    [
+        (
+            {"b.example": [("TXT", "v=spf1 include:example.com -all")]},
+            "include:b.example > include:example.com: loops back to example.com, whose record"
+            " is being evaluated: receivers go round until the 10-lookup limit, then give"
+            " permerror (RFC 7208 §4.6.4)",
+        ),
+        (
+            {"b.example": [("TXT", "v=spf1 ip4:198.51.100.9 include:B.example. -all")]},
+            "include:b.example > include:B.example.: loops back to b.example, whose record"
+            " is being evaluated: receivers go round until the 10-lookup limit, then give"
+            " permerror (RFC 7208 §4.6.4)",
+        ),
+        (
+            {
+                "b.example": [("TXT", "v=spf1 include:c.example -all")],
+                "c.example": [("TXT", "v=spf1 redirect=b.example")],
+            },
+            "include:b.example > include:c.example > redirect=b.example: loops back to"
+            " b.example, whose record is being evaluated: receivers go round until the"
+            " 10-lookup limit, then give permerror (RFC 7208 §4.6.4)",
+        ),
+        (
+            {},
+            "include:b.example: b.example has no SPF record, so receivers give permerror"
+            " (RFC 7208 §5.2)",
+        ),
+        (
+            {"b.example": [("A", "192.0.2.1")]},
+            "include:b.example: b.example has no SPF record, so receivers give permerror"
+            " (RFC 7208 §5.2)",
+        ),
+    ],
+    ids=["loop-back", "loop-to-itself", "loop-through-redirect", "nxdomain", "no-spf-record"],
+)
+def test_the_spf_record_to_publish_leaves_out_an_include_receivers_fail_on(
+    records: dict[str, list[Any]],
+    summary: str,
+    keys: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    run_main: RunMain,
+    dns_server: Callable[..., DNSServer],
+) -> None:
+    """The record to publish kept an include that loops or names no SPF record: a
+    permerror at receivers (RFC 7208 §4.6.4, §5.2), so it would fail as the old one did."""
+    zone = good_zone(keys)
+    zone.update(records)
+    _spf(zone, f"v=spf1 include:b.example ip4:{IP} include:_spf.relay.example +all")
+    config = write_config(tmp_path, dns_server(zone), route="smtp.gmail.com")
+    code, report, _ = dns_check(run_main, config, "--ip", IP)
+    checks = by_name(report)
+    fixed = (
+        f'example.com. IN TXT "v=spf1 ip4:{IP} include:_spf.relay.example'
+        ' include:_spf.google.com ~all"'
+    )
+    left_out = "the record to publish leaves out include:b.example: receivers give permerror there"
+    assert code == 1 and checks["SPF"]["summary"] == summary, checks["SPF"]
+    assert left_out in checks["SPF"]["details"]
+    # The loop is the record's fault, not a lookup count over the limit.
+    assert checks["SPF lookups"]["status"] == "ok", checks["SPF lookups"]
+    for name in ("SPF", "SPF all", "SPF for Gmail"):
+        assert checks[name]["status"] == "fail" and checks[name]["publish"] == [fixed], name
+        assert left_out in checks[name]["details"], name
+    code, out, _ = run_main(
+        ["-C", str(config), "dns", "check", "example.com", "--ip", IP], prog="ssmtp-mailer"
+    )
+    assert f"[FAIL] SPF: {summary}\n" in out
+    assert f"       {left_out}\n" in out and f"       publish: {fixed}\n" in out
+    assert (
+        "       if that service still sends for you, correct the name or have its owner fix"
+        " its record, then add it back\n" in out
+    )
+
+
+@pytest.mark.parametrize(
     ("record", "relay", "checks", "fixed"),
     [
         # The valid terms stay, the broken one goes; the address is covered already.
         (f"v=spf1 mx ip4:1.2.3 ip4:{IP} -all", "", ["SPF"], f"v=spf1 mx ip4:{IP} -all"),
+        # An include of a name without an SPF record goes too: receivers fail on it (§5.2).
+        (
+            f"v=spf1 include:gone.example ip4:1.2.3 ip4:{IP} -all",
+            "",
+            ["SPF"],
+            f"v=spf1 ip4:{IP} -all",
+        ),
         # +all closed, and what the sender needs added: it was "v=spf1 ~all", nobody.
         (
             "v=spf1 +all",
@@ -880,7 +963,13 @@ def test_a_broken_include_fails_the_spf_check_saying_why(
             f"v=spf1 ip4:203.0.113.2 ip4:{IP} include:_spf.google.com -all",
         ),
     ],
-    ids=["invalid", "plus-all-alone", "plus-all", "ip-and-relay-missing"],
+    ids=[
+        "invalid",
+        "invalid-with-an-include-of-nothing",
+        "plus-all-alone",
+        "plus-all",
+        "ip-and-relay-missing",
+    ],
 )
 def test_the_spf_record_to_publish_keeps_the_users_terms(
     record: str,
