@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 from pathlib import Path
@@ -128,6 +129,96 @@ def test_a_link_to_a_file_others_may_write_is_refused(tmp_path: Path, run_main: 
     code, err = check(run_main, main)
     assert code == 78
     assert f"ssmtp-mailer: {link}: writable by others (mode 0666)" in err
+
+
+# --- every folder on the way to a file, links followed -------------------------------------
+
+
+@pytest.mark.parametrize("linked", ["main", "included"])
+def test_a_link_into_a_folder_others_may_write_is_refused(
+    tmp_path: Path, run_main: RunMain, linked: str
+) -> None:
+    """Who may write the folder of the link's target may put another file there."""
+    main = tree(tmp_path / "etc")
+    folder = tmp_path / "srv" / "conf"
+    folder.mkdir(parents=True, mode=0o755)
+    pwned = tmp_path / "pwned"
+    target = folder / "mailer.conf"
+    route = ROUTE + f"username = u\npassword_command = touch {pwned}; echo x\n"
+    if linked == "main":
+        target.write_text(MAIN + route.replace("relay.example", "other.example"))
+        main.unlink()
+        main.symlink_to(target)
+    else:
+        target.write_text(route.replace("relay.example", "other.example"))
+        (tmp_path / "etc" / "domains" / "other.conf").symlink_to(target)
+    target.chmod(0o644)
+    assert check(run_main, main) == (0, "")
+    folder.chmod(0o777)
+    code, _, err = run_main(["-C", str(main), "-t"], stdin=b"To: a@other.example\n\nhi\n")
+    assert code == 78
+    assert f"ssmtp-mailer: {folder}: writable by others (mode 0777); chmod o-w {folder}\n" in err
+    assert not pwned.exists()
+
+
+@needs_root
+@pytest.mark.parametrize("how", ["owner", "group"])
+def test_a_folder_above_the_tree_another_user_may_write_is_refused(
+    tmp_path: Path, run_main: RunMain, how: str
+) -> None:
+    """/srv writable by another user: /srv/conf, the tree's folder, could be replaced."""
+    grandparent = tmp_path / "srv"
+    main = tree(grandparent / "conf")
+    if how == "owner":
+        os.chown(grandparent, NOBODY.pw_uid, 0)
+        why = f"owned by nobody, not root; chown root {grandparent}"
+    else:
+        os.chown(grandparent, 0, NOBODY.pw_gid)
+        grandparent.chmod(0o775)
+        group = grp.getgrgid(NOBODY.pw_gid).gr_name
+        why = f"writable by group {group} (mode 0775); chmod g-w {grandparent}"
+    code, err = check(run_main, main)
+    assert code == 78
+    assert err == f"ssmtp-mailer: {grandparent}: {why}\n"
+
+
+@needs_root
+def test_a_link_whose_targets_grandparent_another_user_owns_is_refused_once(
+    tmp_path: Path, run_main: RunMain
+) -> None:
+    main = tree(tmp_path / "etc")
+    grandparent = tmp_path / "srv"
+    (grandparent / "conf").mkdir(parents=True)
+    for name in ("a", "b"):
+        target = grandparent / "conf" / f"{name}.conf"
+        target.write_text(f"[domain:{name}.example]\nsmtp_server = 127.0.0.1\n")
+        (tmp_path / "etc" / "domains" / f"{name}.conf").symlink_to(target)
+    os.chown(grandparent, NOBODY.pw_uid, NOBODY.pw_gid)
+    code, err = check(run_main, main)
+    assert code == 78
+    assert (
+        err == f"ssmtp-mailer: {grandparent}: owned by nobody, not root; chown root {grandparent}\n"
+    )
+
+
+def test_a_sticky_folder_open_to_all_above_the_tree_is_fine(
+    tmp_path: Path, run_main: RunMain
+) -> None:
+    """As /tmp: no one may rename what they do not own in it, and what is in it is checked."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    main = tree(shared / "tree")
+    target = shared / "elsewhere.conf"
+    target.write_text("[domain:x.example]\nsmtp_server = 127.0.0.1\n")
+    target.chmod(0o644)
+    (shared / "tree" / "domains" / "x.conf").symlink_to(target)
+    assert check(run_main, main) == (0, "")
+    (shared / "tree").chmod(0o777)
+    code, err = check(run_main, main)
+    assert code == 78
+    folder = shared / "tree"
+    assert err == f"ssmtp-mailer: {folder}: writable by others (mode 0777); chmod o-w {folder}\n"
 
 
 # --- broken include entries --------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -193,7 +194,7 @@ def load_global(explicit: str | None = None) -> GlobalConfig:
     """Only the main file's `[global]`: for `dkim keygen`, which makes the keys a tree names."""
     main_file = Path(os.path.abspath(find_config_file(explicit)))
     report = _Report()
-    sections = _read_file(str(main_file), report, [], main=True)
+    sections = _read_file(str(main_file), report, [], _Folders())
     if sections is None:
         raise ConfigError("configuration", "cannot be read", problems=report.errors)
     found = [s for s in sections if s.kind == "global"]
@@ -212,7 +213,8 @@ def load_config_file(main_file: Path, *, strict: bool = False) -> Config:
 def _load_config_file(main_file: Path, strict: bool) -> Config:
     report = _Report()
     read: list[tuple[str, os.stat_result, bytes]] = []
-    main_sections = _read_file(str(main_file), report, read, main=True)
+    folders = _Folders()
+    main_sections = _read_file(str(main_file), report, read, folders)
     if main_sections is None:
         _raise_unreadable(report, None)
         raise ConfigError("configuration", "cannot be read", problems=report.errors)
@@ -241,7 +243,8 @@ def _load_config_file(main_file: Path, strict: bool) -> Config:
             continue
         seen_dirs.add(resolved)
         listed = _Report()
-        listings.append((_dir_files(directory, key, explicit, global_section, listed), listed))
+        found = _dir_files(directory, key, explicit, global_section, listed, folders)
+        listings.append((found, listed))
     dir_files = [path for found, _ in listings for path in found]
 
     use_cache = (
@@ -357,37 +360,109 @@ def _unsafe(path: str, st: os.stat_result, *, sticky_ok: bool = False) -> str | 
     return None
 
 
-def _check_safe(path: str, st: os.stat_result, report: _Report, *, sticky_ok: bool = False) -> bool:
-    """Add the error if `path` (stat `st`, links followed) may be changed by others."""
+class _Folders:
+    """The folders on the way to the tree's files, each looked at once a load.
+
+    Who may write a folder may rename anything in it (put another file, or another folder,
+    in the place of ours), so every folder a name is looked up in on the way to a file,
+    from / down and links followed, must be safe, as OpenSSH's StrictModes checks. One open
+    to all is fine there if sticky (/tmp): what is in it on the way is checked next.
+    """
+
+    __slots__ = ("_entries", "_reported")
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[os.stat_result, str | None]] = {}  # lstat, link target
+        self._reported: set[str] = set()
+
+    def check(self, path: str, report: _Report) -> bool:
+        """Add an error for each folder on the way to `path` others may write (once a load)."""
+        try:
+            folders = self._on_the_way(path)
+        except OSError as exc:
+            report.errors.append(f"{path}: cannot read: {exc.strerror or exc}")
+            return False
+        safe = True
+        for folder in folders:
+            problem = _unsafe(folder, self._entry(folder)[0], sticky_ok=True)
+            if problem is not None:
+                safe = False
+                if folder not in self._reported:
+                    self._reported.add(folder)
+                    report.errors.append(f"{folder}: {problem}")
+        return safe
+
+    def _entry(self, path: str) -> tuple[os.stat_result, str | None]:
+        known = self._entries.get(path)
+        if known is None:
+            st = os.lstat(path)
+            target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+            known = self._entries[path] = (st, target)
+        return known
+
+    def _on_the_way(self, path: str) -> list[str]:
+        """The folders a name is looked up in on the way to `path` (absolute), as the kernel
+        resolves it: each one real, no link among them."""
+        folders: dict[str, None] = {}
+        folder = "/"
+        names = path.split("/")[::-1]
+        links = 0
+        while names:
+            name = names.pop()
+            if name in ("", "."):
+                continue
+            if name == "..":
+                folder = os.path.dirname(folder)
+                continue
+            folders[folder] = None
+            entry = os.path.join(folder, name)
+            target = self._entry(entry)[1]
+            if target is None:
+                folder = entry
+                continue
+            links += 1
+            if links > 40:  # the kernel's MAXSYMLINKS
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+            names.extend(target.split("/")[::-1])
+            if target.startswith("/"):
+                folder = "/"
+        return list(folders)
+
+
+def _check_safe(
+    path: str,
+    st: os.stat_result,
+    report: _Report,
+    folders: _Folders | None = None,
+    *,
+    sticky_ok: bool = False,
+) -> bool:
+    """Add the errors if `path` (stat `st`, links followed) may be changed by others; with
+    `folders`, also if a folder on the way to it may."""
+    on_the_way_safe = folders is None or folders.check(path, report)
     problem = _unsafe(path, st, sticky_ok=sticky_ok)
     if problem is not None:
         report.errors.append(f"{path}: {problem}")
-    return problem is None
+    return on_the_way_safe and problem is None
 
 
 def _read_file(
     path: str,
     report: _Report,
     read: list[tuple[str, os.stat_result, bytes]],
-    *,
-    main: bool = False,
+    folders: _Folders | None = None,
 ) -> list[RawSection] | None:
     """The file's sections; what was read is added to `read` (for the cache).
 
-    The main file and its folder are checked here for who may write them; included
-    files and their folders are checked when listed (_dir_files).
+    With `folders`, the main file and the folders on the way to it are checked here for
+    who may write them; included files and their folders are checked when listed
+    (_dir_files).
     """
     try:
         with open(path, "rb") as handle:
             st = os.fstat(handle.fileno())
-            if main:
-                folder = os.path.dirname(path)
-                # A folder others may write is fine only if sticky and the file is ours.
-                safe_file = _check_safe(path, st, report)
-                if not _check_safe(folder, os.stat(folder), report, sticky_ok=safe_file):
-                    return None
-                if not safe_file:
-                    return None
+            if folders is not None and not _check_safe(path, st, report, folders):
+                return None
             data = handle.read()
     except IsADirectoryError:
         report.errors.append(f"{path}: is a directory, expected a configuration file")
@@ -416,6 +491,7 @@ def _dir_files(
     explicit: bool,
     global_section: RawSection | None,
     report: _Report,
+    folders: _Folders,
 ) -> list[str]:
     where = (
         str(global_section.location_of(key))
@@ -429,21 +505,21 @@ def _dir_files(
     if not directory.is_dir():
         report.errors.append(f"{where}: {key}: {directory} is not a directory")
         return []
-    if not _check_safe(str(directory), directory.stat(), report):
+    if not _check_safe(str(directory), directory.stat(), report, folders):
         return []
     try:
         # Like Path.glob("*.conf"): hidden names included, symbolic links followed. As
         # strings: a tree of one file a section has thousands, and pathlib costs more
         # than the cache's check of each (bench/bench_routing.py).
         with os.scandir(directory) as entries:
-            names = sorted(e.path for e in entries if e.name.endswith(".conf"))
+            names = sorted((e.path, e.is_symlink()) for e in entries if e.name.endswith(".conf"))
     except OSError as exc:
         report.errors.append(f"{where}: {key}: cannot list {directory}: {exc.strerror}")
         if isinstance(exc, PermissionError):
             report.unreadable.append(report.errors[-1])
         return []
     found = []
-    for path in names:
+    for path, is_link in names:
         # A broken entry is an error: skipped, that sender's mail took another route.
         try:
             st = os.stat(path)
@@ -460,7 +536,8 @@ def _dir_files(
             report.errors.append(f"{path}: is a directory, expected a configuration file")
         elif not stat.S_ISREG(st.st_mode):
             report.errors.append(f"{path}: is not a regular file, expected a configuration file")
-        elif _check_safe(path, st, report):
+        # Only a link leads out of the folder, which was checked above.
+        elif _check_safe(path, st, report, folders if is_link else None):
             found.append(path)
     return found
 
