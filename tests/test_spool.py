@@ -295,6 +295,96 @@ def test_crash_between_write_and_rename(tmp_path: Path, smtp_server: SMTPTestSer
     assert len(smtp_server.messages) == 1
 
 
+NOTICE_KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from ssmtp_mailer.config.loader import load_config
+    from ssmtp_mailer.spool import bounce, run_queue, runner
+    config = load_config(sys.argv[1])
+    point = sys.argv[2]
+    def killed_at(module, name, after=False):
+        real = getattr(module, name)
+        def kill(*args, **kwargs):
+            if after:
+                real(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+        setattr(module, name, kill)
+    if point == "before the queue entry goes":
+        killed_at(runner, "_remove_pair")
+    elif point == "before the notice is made":
+        killed_at(bounce, "build_bounce")
+    elif point == "once the notice is queued":
+        killed_at(bounce, "enqueue", after=True)
+    run_queue(config, force=True)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "point",
+    ["before the queue entry goes", "before the notice is made", "once the notice is queued"],
+)
+def test_a_runner_killed_while_failing_an_entry_leaves_one_notice_owed(
+    tmp_path: Path, smtp_server: SMTPTestServer, point: str
+) -> None:
+    """A `queue run` killed anywhere between the entry's copy in failed/ and its failure
+    notice being sent or queued: the next run tells the sender once. Killed once the
+    entry had left the queue, the notice was never sent."""
+    config = write_config(tmp_path, smtp_server.port)
+    smtp_server.rcpt_replies["rcpt@dest.example"] = "550 5.1.1 User unknown"
+    if point == "once the notice is queued":
+        smtp_server.rcpt_replies[SENDER] = "451 4.3.0 Try again later"
+    entry_id = enqueue(config, 1)
+    killed = subprocess.run(
+        [sys.executable, "-c", NOTICE_KILLER, str(config.main_file), point], check=False
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert smtp_server.messages == []
+    smtp_server.rcpt_replies.pop(SENDER, None)
+
+    spool.run_queue(config, force=True)
+    assert spool.run_queue(config, force=True).bounces == 0
+    [notice] = smtp_server.messages
+    assert notice.mail_from in ("", "<>") and notice.rcpt_tos == [SENDER]
+    assert b"<rcpt@dest.example>: 550 5.1.1 User unknown" in notice.data
+    assert spool.list_entries(config) == []
+    [failed] = spool.list_entries(config, failed=True)
+    assert failed.id == entry_id and failed.recipients == ("rcpt@dest.example",)
+    assert failed.id in listing_text(config, failed=True)
+
+
+def test_a_notice_owed_for_recipients_that_left_an_entry_still_queued_is_sent_once(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    """One recipient refused for good, one deferred, the run killed before the notice: the
+    entry stays queued for the deferred one, and the refused one's notice still goes, once,
+    not while another run holds the failed copy."""
+    config = write_config(tmp_path, smtp_server.port)
+    smtp_server.rcpt_replies["gone@dest.example"] = "550 5.1.1 User unknown"
+    smtp_server.rcpt_replies["busy@dest.example"] = "451 4.2.0 Mailbox busy"
+    entry_id = enqueue(config, 1, SENDER, "gone@dest.example", "busy@dest.example")
+    point = "before the notice is made"
+    killed = subprocess.run(
+        [sys.executable, "-c", NOTICE_KILLER, str(config.main_file), point], check=False
+    )
+    assert killed.returncode == -signal.SIGKILL
+
+    [failed] = spool.list_entries(config, failed=True)
+    with open(tmp_path / "spool" / "failed" / f"{failed.id}.msg", "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the run that failed it, still at its notice
+        assert spool.run_queue(config).bounces == 0
+    assert smtp_server.messages == []
+    assert spool.run_queue(config).bounces == 1
+    assert spool.run_queue(config, force=True).bounces == 0
+    [notice] = smtp_server.messages
+    assert notice.rcpt_tos == [SENDER] and b"<gone@dest.example>: 550 5.1.1" in notice.data
+    [entry] = spool.list_entries(config)
+    assert entry.id == entry_id and entry.recipients == ("busy@dest.example",)
+    assert [e.recipients for e in spool.list_entries(config, failed=True)] == [
+        ("gone@dest.example",)
+    ]
+
+
 def test_unwritable_spool_is_cantcreat_and_claims_nothing(tmp_path: Path) -> None:
     # chmod does not stop root, a regular file in the path stops everyone.
     (tmp_path / "not-a-dir").write_text("")

@@ -42,21 +42,28 @@ from ssmtp_mailer.spool.store import (
 # -- bounces (RFC 3464) --------------------------------------------------------------
 
 
+def notice_wanted(config: Config, failed: Entry) -> bool:
+    """Whether the sender of `failed` is told: `bounce` on, a sender (never a bounce for a
+    bounce), and no NOTIFY without FAILURE (RFC 3461 §4.1: the sender's `-N never`)."""
+    if not config.global_.bounce or not failed.sender:
+        return False
+    dsn = failed.dsn
+    return dsn is None or not dsn.notify or "FAILURE" in dsn.notify.split(",")
+
+
 def _bounce(
     config: Config,
     failed: Entry,
     data: bytes,
     pool: ConnectionPool | None = None,
     rate_wait: float | None = None,
+    notice_id: str | None = None,
 ) -> Literal["sent", "queued"] | None:
-    """Tell the sender, with a null envelope sender (never a bounce for a bounce): "sent",
-    "queued" (the relay could not take it now), or None when no notice went.
+    """Tell the sender, with a null envelope sender: "sent", "queued" (the relay could not
+    take it now; under `notice_id` when given), or None when no notice went.
     `rate_wait`: as engine.deliver's (None, the runner's: as long as the limit needs)."""
-    if not config.global_.bounce or not failed.sender:
+    if not notice_wanted(config, failed):
         return None
-    dsn = failed.dsn
-    if dsn is not None and dsn.notify and "FAILURE" not in dsn.notify.split(","):
-        return None  # RFC 3461 §4.1: the sender asked for no failure notice (-N)
     from ssmtp_mailer.relay.engine import DeliveryLog, deliver
     from ssmtp_mailer.rewrite import RouteGroup, plan_delivery
 
@@ -99,6 +106,7 @@ def _bounce(
                     smtputf8=False,
                     eightbit=eightbit,
                     reason=error_reason(exc),
+                    entry_id=notice_id,
                 )
                 outcome = "queued"
         except MailerError as exc:

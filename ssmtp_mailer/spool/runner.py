@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import os
 import sys
 import time
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from ssmtp_mailer.relay.pool import ConnectionPool
 
 
-from ssmtp_mailer.spool.bounce import _bounce
+from ssmtp_mailer.spool.bounce import _bounce, notice_wanted
 from ssmtp_mailer.spool.store import (
     DAMAGED,
     ENVELOPE_SUFFIX,
@@ -52,7 +53,9 @@ from ssmtp_mailer.spool.store import (
     _link_or_copy,
     _locked,
     _now,
+    _open_regular,
     _place,
+    _read_entry,
     _remove_pair,
     _unlink_in,
     area_dir,
@@ -62,6 +65,9 @@ from ssmtp_mailer.spool.store import (
     ensure_spool,
     error_reason,
     move_aside,
+    owe_notice,
+    owed_notices,
+    settle_notice,
     short_age,
 )
 from ssmtp_mailer.spooldirs import UnsafeSpoolError, open_spool_dir, spool_dir_fd
@@ -173,6 +179,10 @@ class _Run:
     # One connection per server for the whole run (SPEC §6 reuse); QUIT when the run ends.
     connections: ConnectionPool | None = None
     tidier: _Tidier | None = None
+    # failed/ entries made in this run whose notice is owed: the queue id it is promised.
+    owed: dict[str, str] = field(default_factory=dict)
+    # Locks on failed/ copies that are no hard link of the locked queue entry, held with it.
+    held: list[int] = field(default_factory=list)
 
     def result(self) -> QueueRunResult:
         return QueueRunResult(
@@ -347,6 +357,8 @@ def _run_entries(
     for directory in (queue_dir, area_dir(config, FAILED)):
         _clean_debris(directory, time.time())
     wanted = [check_id(i) for i in ids]
+    if not wanted:
+        _send_owed_notices(config, queue_dir, run)
     todo = wanted or _entry_ids(queue_dir)
     if wanted:
         force = True
@@ -404,7 +416,11 @@ def _run_one(config: Config, queue_dir: Path, entry_id: str, *, force: bool, run
         if not force and now < entry.next_attempt and not _expired(config, entry, now):
             run.not_due += 1
             return
-        _attempt(config, queue_dir, entry, _read_fd(fd), run)
+        try:
+            _attempt(config, queue_dir, entry, _read_fd(fd), run)
+        finally:
+            while run.held:
+                os.close(run.held.pop())
 
 
 def _read_fd(fd: int) -> bytes:
@@ -461,7 +477,7 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         untried = entry.recipients[len(batch) :]
         if result is None and untried and isinstance(error, NoUserError):
             # Every recipient of this batch refused for good: theirs alone, not the rest's.
-            refused = _copy_to_failed(config, queue_dir, entry, batch, error_reason(error), {})
+            refused = _copy_to_failed(config, queue_dir, entry, batch, error_reason(error), {}, run)
             _count(run.failed, entry.id)
             entry = _replace_envelope(queue_dir, replace(entry, recipients=untried))
             record.not_sent(error, "failed", EX_OK, entry.id)
@@ -491,7 +507,7 @@ def _attempt(config: Config, queue_dir: Path, entry: Entry, data: bytes, run: _R
         if rejected:
             reason = error_reason(result.refusal(rejected, NoUserError))
             replies = result.reply_to_each(rejected)
-            failed = _copy_to_failed(config, queue_dir, entry, rejected, reason, replies)
+            failed = _copy_to_failed(config, queue_dir, entry, rejected, reason, replies, run)
             _count(run.failed, entry.id)
         if result.over_limit:  # a relay route's own limit (RFC 5321 §4.5.3.1.10)
             limit = len(result.accepted)
@@ -589,14 +605,18 @@ def _fail_entry(
     run: _Run,
 ) -> None:
     """The whole entry fails: copied (for `recipients`) into `failed/`, dropped, bounced."""
-    copy = _copy_to_failed(config, queue_dir, entry, recipients, reason, replies)
+    copy = _copy_to_failed(config, queue_dir, entry, recipients, reason, replies, run)
     _remove_pair(queue_dir, entry.id)
     _notify(config, copy, data, run)
 
 
 def _notify(config: Config, failed: Entry, data: bytes, run: _Run) -> None:
-    """The failure notice for `failed`, counted as the relay took it (or did not)."""
-    outcome = _bounce(config, failed, data, run.connections)
+    """The failure notice for `failed`, counted as the relay took it (or did not); owed
+    no more once it is sent or queued."""
+    notice_id = run.owed.pop(failed.id, None)
+    outcome = _bounce(config, failed, data, run.connections, notice_id=notice_id)
+    if notice_id is not None:
+        settle_notice(area_dir(config, FAILED), failed.id)
     if outcome == "sent":
         run.bounces += 1
     elif outcome == "queued":
@@ -610,8 +630,10 @@ def _copy_to_failed(
     recipients: tuple[str, ...],
     reason: str,
     replies: dict[str, str],
+    run: _Run,
 ) -> Entry:
-    """A durable copy of the entry for `recipients` in `failed/`: the one to bounce."""
+    """A durable copy of the entry for `recipients` in `failed/`: the one to bounce, its
+    notice owed (in `run.owed`) until _notify has sent or queued it."""
     failed_dir = ensure_spool(config) / FAILED
     now = _now()
     # SPEC §7: the id stays; only a second failed copy of one entry (some recipients
@@ -628,7 +650,62 @@ def _copy_to_failed(
         origin=entry.id,
         area=FAILED,
     )
-    _link_or_copy(queue_dir / f"{entry.id}{MESSAGE_SUFFIX}", failed_dir, copy.id)
+    message = queue_dir / f"{entry.id}{MESSAGE_SUFFIX}"
+    _link_or_copy(message, failed_dir, copy.id)
     _place(failed_dir, f"{copy.id}{ENVELOPE_SUFFIX}", _encode(copy))
+    if notice_wanted(config, copy):
+        _hold(failed_dir / f"{copy.id}{MESSAGE_SUFFIX}", message, run)
+        # Durable before the queue entry gives these recipients up (the caller's next step).
+        run.owed[copy.id] = owe_notice(failed_dir, copy.id, queue_dir)
     _fsync_dir(failed_dir)
     return copy
+
+
+def _hold(copy: Path, message: Path, run: _Run) -> None:
+    """Lock the failed/ copy of the locked queue entry's `message` while its notice is
+    owed, so that another run's _send_owed_notices leaves it alone; a hard link of it is
+    locked already (flock is the file's, not the name's)."""
+    if os.path.samefile(copy, message):
+        return
+    fd = _open_regular(copy)
+    run.held.append(fd)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def _send_owed_notices(config: Config, queue_dir: Path, run: _Run) -> None:
+    """The notices a run killed after failing an entry left owed: each sent or queued once.
+    One whose entry still holds its recipients (killed before the queue entry gave them up)
+    is no failure yet: its copy goes, and the entry's next attempt decides."""
+    failed_dir = area_dir(config, FAILED)
+    for failed_id, notice_id in owed_notices(failed_dir):
+        try:
+            with _locked(failed_dir, failed_id, FAILED) as held:
+                if held is None:
+                    if not (failed_dir / f"{failed_id}{ENVELOPE_SUFFIX}").exists():
+                        settle_notice(failed_dir, failed_id)  # deleted meanwhile
+                    continue  # else another run is still at it
+                fd, failed = held
+                if _still_queued(queue_dir, failed):
+                    settle_notice(failed_dir, failed_id)
+                    _remove_pair(failed_dir, failed_id)
+                elif notice_id and (queue_dir / f"{notice_id}{ENVELOPE_SUFFIX}").exists():
+                    settle_notice(failed_dir, failed_id)  # queued before the kill
+                else:
+                    run.owed[failed_id] = notice_id or _fresh_id(queue_dir)
+                    _notify(config, failed, _read_fd(fd), run)
+        except (OSError, DamagedEntryError) as exc:
+            run.problems.append(f"{failed_id}: failure notice owed: {exc}")
+        except Exception as exc:  # a bug: the notice stays owed, the run goes on
+            log.write_traceback(config, exc)
+            run.problems.append(f"{failed_id}: failure notice owed: internal error: {exc}")
+
+
+def _still_queued(queue_dir: Path, failed: Entry) -> bool:
+    """Whether the queue entry `failed` was copied from still has any of its recipients."""
+    if failed.origin is None:
+        return False
+    try:
+        origin = _read_entry(queue_dir, failed.origin, QUEUE)
+    except (FileNotFoundError, DamagedEntryError):
+        return False
+    return not set(origin.recipients).isdisjoint(failed.recipients)

@@ -6,6 +6,12 @@ messages that will not be retried. The envelope is the commit point: it is renam
 place only after the message file is durable, and removed first when an entry goes, so a
 message file without an envelope is always debris. A runner holds `flock` on the message
 file (never rewritten, unlike the envelope) while it works on an entry.
+
+A failed/ entry whose sender is owed a failure notice has `ID.notice` beside it, naming the
+queue id the notice takes if it must wait: made durable with the entry, before the queue
+entry gives up its recipients, and removed once the notice is sent or queued, so that a
+runner killed in between leaves it to the next run (once: a notice queued under that id
+is not made again).
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ FAILED = "failed"
 # Entries whose envelope cannot be read, moved aside by the runner with the reason beside them.
 DAMAGED = "damaged"
 REASON_SUFFIX = ".reason"
+NOTICE_SUFFIX = ".notice"
 MESSAGE_SUFFIX = ".msg"
 ENVELOPE_SUFFIX = ".toml"
 TEMP_PREFIX = ".tmp-"
@@ -481,18 +488,20 @@ def _store(
     dsn: Dsn | None = None,
     due_now: bool = False,
     replies: dict[str, str] | None = None,
+    entry_id: str | None = None,
 ) -> str:
     """Write a new entry for `group` into `area`, durably; CantCreateError (73) if impossible.
 
     A queue entry is due after the first backoff, or at once with `due_now`; `replies`,
-    a failed/ entry's reply for each recipient (its notice's Diagnostic-Code).
+    a failed/ entry's reply for each recipient (its notice's Diagnostic-Code); `entry_id`,
+    an id chosen before (an owed notice's), else a fresh one.
     """
     directory = ensure_spool(config) / area
     now = _now()
     failed = area == FAILED
     try:
         entry = Entry(
-            id=_fresh_id(directory),
+            id=entry_id or _fresh_id(directory),
             sender=group.envelope_from,
             recipients=tuple(group.recipients),
             route=group.route.name,
@@ -526,8 +535,11 @@ def enqueue(
     reason: str,
     dsn: Dsn | None = None,
     due_now: bool = False,
+    entry_id: str | None = None,
 ) -> str:
-    """Queue the message for `group`; durable on return. CantCreateError (73) if impossible."""
+    """Queue the message for `group`; durable on return. CantCreateError (73) if impossible.
+
+    `entry_id`: the id an owed failure notice was promised (see owe_notice)."""
     return _store(
         config,
         QUEUE,
@@ -538,6 +550,7 @@ def enqueue(
         reason=reason,
         dsn=dsn,
         due_now=due_now,
+        entry_id=entry_id,
     )
 
 
@@ -753,7 +766,9 @@ def short_age(seconds: float) -> str:
 
 
 @contextlib.contextmanager
-def _locked(directory: Path, entry_id: str) -> Iterator[tuple[int, Entry] | None]:
+def _locked(
+    directory: Path, entry_id: str, area: str = QUEUE
+) -> Iterator[tuple[int, Entry] | None]:
     """Hold the entry's lock; yields (message fd, fresh envelope), or None if busy or gone."""
     path = directory / f"{entry_id}{MESSAGE_SUFFIX}"
     try:
@@ -773,7 +788,7 @@ def _locked(directory: Path, entry_id: str) -> Iterator[tuple[int, Entry] | None
         # to open it: only a message file still linked at its name is the live entry.
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            entry = _read_entry(directory, entry_id, QUEUE) if same else None
+            entry = _read_entry(directory, entry_id, area) if same else None
         except FileNotFoundError:
             entry = None
         yield None if entry is None else (fd, entry)
@@ -809,7 +824,7 @@ def delete_entry(config: Config, entry_id: str) -> str:
     for area in (FAILED, DAMAGED):
         directory = area_dir(config, area)
         if (directory / f"{normal}{ENVELOPE_SUFFIX}").exists():
-            _unlink_in(directory, f"{normal}{REASON_SUFFIX}")
+            _unlink_in(directory, f"{normal}{REASON_SUFFIX}", f"{normal}{NOTICE_SUFFIX}")
             _remove_pair(directory, normal)
             return area
     raise UsageError(normal, "no such entry in the queue, failed/ or damaged/")
@@ -843,6 +858,8 @@ def retry_failed(config: Config, entry_id: str) -> str:
         _link_or_copy(failed_dir / f"{normal}{MESSAGE_SUFFIX}", queue_dir, new.id)
         _place(queue_dir, f"{new.id}{ENVELOPE_SUFFIX}", _encode(new))
         _fsync_dir(queue_dir)
+        # Back in the queue, it is owed no notice now: its next failure makes one.
+        settle_notice(failed_dir, normal)
         _remove_pair(failed_dir, normal)
     except OSError as exc:
         raise _cant_create(queue_dir, exc) from None
@@ -865,3 +882,41 @@ def _link_or_copy(source: Path, directory: Path, entry_id: str) -> None:
             raise
         _place(directory, target, _read_regular(source))
     _fsync_dir(directory)
+
+
+# -- failure notices owed ------------------------------------------------------------
+
+
+def owe_notice(failed_dir: Path, failed_id: str, queue_dir: Path) -> str:
+    """Mark the failed/ entry `failed_id` as owing its sender a notice; the queue id the
+    notice is to be queued under. Durable once the caller fsyncs `failed_dir`."""
+    notice_id = _fresh_id(queue_dir)
+    _place(failed_dir, f"{failed_id}{NOTICE_SUFFIX}", f"{notice_id}\n".encode("ascii"))
+    return notice_id
+
+
+def owed_notices(failed_dir: Path) -> list[tuple[str, str | None]]:
+    """(failed/ id, the notice's queue id) of every notice still owed, oldest first; the
+    queue id is None when its mark cannot be read."""
+    try:
+        names = os.listdir(failed_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except PermissionError as exc:
+        raise denied(exc) from None
+    owed: list[tuple[str, str | None]] = []
+    for name in sorted(names):
+        failed_id = name[: -len(NOTICE_SUFFIX)]
+        if not name.endswith(NOTICE_SUFFIX) or not _ID_RE.match(failed_id):
+            continue
+        try:
+            notice_id = _read_regular(failed_dir / name).decode("ascii", "replace").strip()
+        except FileNotFoundError:
+            continue  # settled meanwhile
+        owed.append((failed_id, notice_id if _ID_RE.match(notice_id) else None))
+    return owed
+
+
+def settle_notice(failed_dir: Path, failed_id: str) -> None:
+    """The notice `failed_id` owed is sent or queued (or owed no more), durably."""
+    _unlink_in(failed_dir, f"{failed_id}{NOTICE_SUFFIX}")
