@@ -1511,19 +1511,10 @@ def test_sendmail_bs_and_the_listener_word_every_reply_alike(
         "DATA", "RSET", "NOOP", "VRFY b@far.example", "EXPN staff", "QUIT",
     ]  # fmt: skip
     session = "".join(f"{c}\r\n" for c in commands).encode()
-    code, out, _ = run_main(["-C", str(conf), "-bs"], session)
-    assert code == 0
-    listener = start_listener(conf)
-    with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as sock:
-        sock.sendall(session)
-        heard = b""
-        while chunk := sock.recv(65536):
-            heard += chunk
-    over_smtp = [line for line in heard.decode().splitlines() if line[3:4] != "-"]
-    by_bs = [line for line in out.splitlines() if line[3:4] != "-"]
-    assert over_smtp[1:] == by_bs[1:]
-    assert "250-ENHANCEDSTATUSCODES" in heard.decode().splitlines()
-    for reply in over_smtp[2:]:  # after the greeting and EHLO
+    over_smtp, by_bs = _both_ways(conf, session, start_listener, run_main)
+    assert over_smtp == by_bs
+    assert "250-ENHANCEDSTATUSCODES" in over_smtp
+    for reply in [line for line in over_smtp if line[3:4] != "-"][1:]:  # after EHLO
         assert re.match(r"\d{3} [245]\.\d{1,3}\.\d{1,3} ", reply), reply
 
 
