@@ -25,6 +25,7 @@ from ssmtp_mailer.config.model import Config, DomainConfig
 from ssmtp_mailer.errors import CantCreateError, TempFailError, UnavailableError
 from ssmtp_mailer.relay.engine import DeliveryLog, deliver
 from ssmtp_mailer.rewrite import RouteGroup, plan_delivery
+from ssmtp_mailer.spool import bounce as spool_bounce
 from ssmtp_mailer.spool import runner as spool_runner
 from ssmtp_mailer.spool import store
 
@@ -383,6 +384,98 @@ def test_a_notice_owed_for_recipients_that_left_an_entry_still_queued_is_sent_on
     assert [e.recipients for e in spool.list_entries(config, failed=True)] == [
         ("gone@dest.example",)
     ]
+
+
+def kill_while_failing(config: Config, point: str) -> None:
+    killed = subprocess.run(
+        [sys.executable, "-c", NOTICE_KILLER, str(config.main_file), point], check=False
+    )
+    assert killed.returncode == -signal.SIGKILL
+
+
+def null_sender(messages: list[Any]) -> list[Any]:
+    return [m for m in messages if m.mail_from in ("", "<>")]
+
+
+@pytest.mark.parametrize("then", ["taken", "refused again"])
+@pytest.mark.parametrize("run_by", ["its id", "a run begun before the kill"])
+def test_an_entry_killed_before_giving_up_failed_recipients_is_decided_by_its_next_attempt(
+    tmp_path: Path,
+    smtp_server: SMTPTestServer,
+    monkeypatch: pytest.MonkeyPatch,
+    then: str,
+    run_by: str,
+) -> None:
+    """Killed with the recipient's copy in failed/ and the entry still holding it: the
+    next attempt, by `queue run --id` or by a run whose start came before the kill, alone
+    decides. Taken: no notice; refused again: one notice and one failed copy."""
+    config = write_config(tmp_path, smtp_server.port)
+    smtp_server.rcpt_replies["rcpt@dest.example"] = "550 5.1.1 User unknown"
+    entry_id = enqueue(config, 1)
+    kill_while_failing(config, "before the queue entry goes")
+    if then == "taken":
+        smtp_server.rcpt_replies.clear()
+    if run_by == "its id":
+        spool.run_queue(config, ids=[entry_id])
+    else:
+        with monkeypatch.context() as patched:  # its start-of-run sweep found nothing owed
+            patched.setattr(spool_runner, "_send_owed_notices", lambda *args: None)
+            spool.run_queue(config, force=True)
+    assert spool.run_queue(config, force=True).bounces == 0
+    assert spool.list_entries(config) == []
+    failed = spool.list_entries(config, failed=True)
+    if then == "taken":
+        assert [m.rcpt_tos for m in smtp_server.messages] == [["rcpt@dest.example"]]
+        assert failed == []
+    else:
+        [notice] = null_sender(smtp_server.messages)
+        assert b"<rcpt@dest.example>: 550 5.1.1 User unknown" in notice.data
+        assert [f.id for f in failed] == [entry_id]
+
+
+def test_a_notice_queued_just_before_a_kill_and_delivered_by_its_id_goes_once(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Killed after queuing the notice, before its mark was removed; `queue run --id`
+    with the notice's id then sends it: no later run sends it again."""
+    config = write_config(tmp_path, smtp_server.port)
+    smtp_server.rcpt_replies["rcpt@dest.example"] = "550 5.1.1 User unknown"
+    smtp_server.rcpt_replies[SENDER] = "451 4.3.0 Try again later"
+    enqueue(config, 1)
+    kill_while_failing(config, "once the notice is queued")
+    [queued_notice] = spool.list_entries(config)
+    assert queued_notice.sender == "" and queued_notice.recipients == (SENDER,)
+    smtp_server.rcpt_replies.pop(SENDER)
+    assert spool.run_queue(config, ids=[queued_notice.id]).delivered == (queued_notice.id,)
+    assert spool.run_queue(config, force=True) == spool.QueueRunResult()
+    [notice] = smtp_server.messages
+    assert notice.rcpt_tos == [SENDER]
+
+
+def test_a_notice_that_cannot_be_queued_stays_owed_and_the_run_says_so(
+    tmp_path: Path, smtp_server: SMTPTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay defers the notice and the disk is full: exit 75 naming it, and the next
+    run, with room again, sends it once."""
+    config = write_config(tmp_path, smtp_server.port)
+    smtp_server.rcpt_replies["rcpt@dest.example"] = "550 5.1.1 User unknown"
+    smtp_server.rcpt_replies[SENDER] = "451 4.3.0 Try again later"
+    entry_id = enqueue(config, 1)
+
+    def disk_full(*args: Any, **kwargs: Any) -> str:
+        raise CantCreateError("spool queue", "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(spool_bounce, "enqueue", disk_full)
+        result = spool.run_queue(config, force=True)
+    assert result.exit_code == 75 and result.failed == (entry_id,)
+    [problem] = result.problems
+    assert problem.startswith(entry_id) and "still owed: No space left on device" in problem
+    smtp_server.rcpt_replies.pop(SENDER)
+    assert spool.run_queue(config, force=True).bounces == 1
+    assert spool.run_queue(config, force=True).bounces == 0
+    [notice] = smtp_server.messages
+    assert notice.rcpt_tos == [SENDER] and b"<rcpt@dest.example>: 550 5.1.1" in notice.data
 
 
 def test_unwritable_spool_is_cantcreat_and_claims_nothing(tmp_path: Path) -> None:

@@ -60,7 +60,9 @@ def _bounce(
     notice_id: str | None = None,
 ) -> Literal["sent", "queued"] | None:
     """Tell the sender, with a null envelope sender: "sent", "queued" (the relay could not
-    take it now; under `notice_id` when given), or None when no notice went.
+    take it now; under `notice_id` when given), or None when no notice went (none wanted,
+    none possible, or the relay refused it for good). CantCreateError when it could
+    neither be sent nor queued.
     `rate_wait`: as engine.deliver's (None, the runner's: as long as the limit needs)."""
     if not notice_wanted(config, failed):
         return None
@@ -96,19 +98,19 @@ def _bounce(
             record.sent(delivered, EX_OK)
             outcome = outcome or "sent"
         except TempFailError as exc:
-            record.not_sent(exc, "queued", EX_OK)
             # The notice must not be lost either; it is an ordinary entry from here on.
-            with contextlib.suppress(CantCreateError):
-                enqueue(
-                    config,
-                    group,
-                    signed,
-                    smtputf8=False,
-                    eightbit=eightbit,
-                    reason=error_reason(exc),
-                    entry_id=notice_id,
-                )
-                outcome = "queued"
+            # CantCreateError (a full disk) goes to the caller: the notice is still owed.
+            queued = enqueue(
+                config,
+                group,
+                signed,
+                smtputf8=False,
+                eightbit=eightbit,
+                reason=error_reason(exc),
+                entry_id=notice_id,
+            )
+            record.not_sent(exc, "queued", EX_OK, queued)
+            outcome = "queued"
         except MailerError as exc:
             record.not_sent(exc, "failed", EX_OK)
             with contextlib.suppress(CantCreateError):
@@ -143,6 +145,9 @@ def notify_failed(config: Config, entry_id: str, pool: ConnectionPool | None = N
         # Not a moment's wait for the rate limit: the client waits for its 250 meanwhile;
         # a notice that must wait is queued instead.
         return _bounce(config, failed, data, pool, rate_wait=0) is not None
+    except CantCreateError as exc:
+        log.write(config, "ERROR", f"no failure notice for {entry_id}: {exc.what}: {exc.why}")
+        return False
     except Exception as exc:  # the message itself went: a notice's trouble must not undo that
         log.write_traceback(config, exc)
         return False

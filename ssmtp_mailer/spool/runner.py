@@ -21,6 +21,7 @@ from ssmtp_mailer.config.secrets import CommandTimedOut
 from ssmtp_mailer.errors import (
     EX_OK,
     EX_TEMPFAIL,
+    CantCreateError,
     MailerError,
     NoUserError,
     TempFailError,
@@ -64,6 +65,7 @@ from ssmtp_mailer.spool.store import (
     denied,
     ensure_spool,
     error_reason,
+    is_owed,
     move_aside,
     owe_notice,
     owed_notices,
@@ -357,8 +359,7 @@ def _run_entries(
     for directory in (queue_dir, area_dir(config, FAILED)):
         _clean_debris(directory, time.time())
     wanted = [check_id(i) for i in ids]
-    if not wanted:
-        _send_owed_notices(config, queue_dir, run)
+    _send_owed_notices(config, queue_dir, run)
     todo = wanted or _entry_ids(queue_dir)
     if wanted:
         force = True
@@ -411,6 +412,7 @@ def _run_one(config: Config, queue_dir: Path, entry_id: str, *, force: bool, run
             run.busy.append(entry_id)
             return
         fd, entry = held
+        _drop_unfinished_copy(config, entry)
         now = _now()
         # One past its lifetime is due: its last attempt decides (see _defer_or_expire).
         if not force and now < entry.next_attempt and not _expired(config, entry, now):
@@ -612,9 +614,13 @@ def _fail_entry(
 
 def _notify(config: Config, failed: Entry, data: bytes, run: _Run) -> None:
     """The failure notice for `failed`, counted as the relay took it (or did not); owed
-    no more once it is sent or queued."""
+    no more once it is sent or queued, still owed when it could not even be queued."""
     notice_id = run.owed.pop(failed.id, None)
-    outcome = _bounce(config, failed, data, run.connections, notice_id=notice_id)
+    try:
+        outcome = _bounce(config, failed, data, run.connections, notice_id=notice_id)
+    except CantCreateError as exc:
+        run.problems.append(f"{failed.id}: failure notice not queued, still owed: {exc.why}")
+        return
     if notice_id is not None:
         settle_notice(area_dir(config, FAILED), failed.id)
     if outcome == "sent":
@@ -673,9 +679,11 @@ def _hold(copy: Path, message: Path, run: _Run) -> None:
 
 
 def _send_owed_notices(config: Config, queue_dir: Path, run: _Run) -> None:
-    """The notices a run killed after failing an entry left owed: each sent or queued once.
-    One whose entry still holds its recipients (killed before the queue entry gave them up)
-    is no failure yet: its copy goes, and the entry's next attempt decides."""
+    """The notices a run killed after failing an entry left owed, at the start of every
+    run: each sent or queued, once unless a run is killed again between the relay's reply
+    and the mark's removal. One whose entry still holds its recipients (killed before the
+    queue entry gave them up) is no failure yet: its copy goes, and the entry's next
+    attempt decides (_drop_unfinished_copy, for a run killed after this one began)."""
     failed_dir = area_dir(config, FAILED)
     for failed_id, notice_id in owed_notices(failed_dir):
         try:
@@ -708,4 +716,28 @@ def _still_queued(queue_dir: Path, failed: Entry) -> bool:
         origin = _read_entry(queue_dir, failed.origin, QUEUE)
     except (FileNotFoundError, DamagedEntryError):
         return False
-    return not set(origin.recipients).isdisjoint(failed.recipients)
+    return _copied_from(origin, failed)
+
+
+def _copied_from(origin: Entry, failed: Entry) -> bool:
+    """Whether `failed` is a copy of the queue entry `origin` for recipients it still has:
+    made by a run killed before the entry gave them up."""
+    return failed.origin == origin.id and not set(origin.recipients).isdisjoint(failed.recipients)
+
+
+def _drop_unfinished_copy(config: Config, entry: Entry) -> None:
+    """Under the locked entry's lock, before its attempt: a copy in failed/ owing a notice
+    for recipients the entry still has goes, as the sweep at the start of a run drops one
+    (a run killed after that sweep left this one). Else this attempt would make a second
+    copy, or deliver the message while the copy still tells its sender it failed.
+    A copy with an id of its own (the entry's second) is left to the next run's sweep."""
+    failed_dir = area_dir(config, FAILED)
+    if not is_owed(failed_dir, entry.id):
+        return
+    try:
+        failed = _read_entry(failed_dir, entry.id, FAILED)
+    except (FileNotFoundError, DamagedEntryError):
+        return
+    if _copied_from(entry, failed):
+        settle_notice(failed_dir, failed.id)
+        _remove_pair(failed_dir, failed.id)

@@ -668,18 +668,22 @@ def denied(exc: PermissionError) -> NoPermError:
     )
 
 
-def _entry_ids(directory: Path) -> list[str]:
+def _names(directory: Path) -> list[str]:
+    """The names in a spool area, sorted; none when it does not exist yet."""
     try:
-        names = os.listdir(directory)
+        return sorted(os.listdir(directory))
     except (FileNotFoundError, NotADirectoryError):
         return []
     except PermissionError as exc:
         raise denied(exc) from None
-    return sorted(
+
+
+def _entry_ids(directory: Path) -> list[str]:
+    return [
         n[: -len(ENVELOPE_SUFFIX)]
-        for n in names
+        for n in _names(directory)
         if n.endswith(ENVELOPE_SUFFIX) and not n.startswith(".")
-    )
+    ]
 
 
 def list_damaged(config: Config) -> list[tuple[str, str]]:
@@ -898,14 +902,8 @@ def owe_notice(failed_dir: Path, failed_id: str, queue_dir: Path) -> str:
 def owed_notices(failed_dir: Path) -> list[tuple[str, str | None]]:
     """(failed/ id, the notice's queue id) of every notice still owed, oldest first; the
     queue id is None when its mark cannot be read."""
-    try:
-        names = os.listdir(failed_dir)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except PermissionError as exc:
-        raise denied(exc) from None
     owed: list[tuple[str, str | None]] = []
-    for name in sorted(names):
+    for name in _names(failed_dir):
         failed_id = name[: -len(NOTICE_SUFFIX)]
         if not name.endswith(NOTICE_SUFFIX) or not _ID_RE.match(failed_id):
             continue
@@ -915,6 +913,11 @@ def owed_notices(failed_dir: Path) -> list[tuple[str, str | None]]:
             continue  # settled meanwhile
         owed.append((failed_id, notice_id if _ID_RE.match(notice_id) else None))
     return owed
+
+
+def is_owed(failed_dir: Path, failed_id: str) -> bool:
+    """Whether the failed/ entry `failed_id` still owes its sender a notice."""
+    return (failed_dir / f"{failed_id}{NOTICE_SUFFIX}").exists()
 
 
 def settle_notice(failed_dir: Path, failed_id: str) -> None:
