@@ -528,21 +528,38 @@ if TYPE_CHECKING:
 
 
 _CRS_BEFORE_LF = re.compile(b"\r+\n")
+_HEADER_END = re.compile(b"(?:\\A|\n)\\.?\r*\n")  # an empty line, or a `.` one (-bm's end)
+_LONE_CRS = re.compile(b"\r+(?=[^\r\n])")
 
 
-def crlf_lines(chunk: "_Bytes") -> "_Bytes":
-    """LF, CRLF, a bare CR or a mix of them become CRLF.
+def header_end(raw: "_Bytes", start: int = 0) -> int:
+    """Where the header of input with LF line ends ends, just past its first empty line
+    (or `.` line) at or after `start`; -1 when that is not in `raw` yet."""
+    found = _HEADER_END.search(raw, start)
+    return -1 if found is None else found.end()
+
+
+def crlf_lines(chunk: "_Bytes", *, header: bool = False) -> "_Bytes":
+    """LF, CRLF, a bare CR or a mix of them become CRLF; `header`: the chunk is where the
+    message begins, with its whole header unless the input ended sooner.
 
     RFC 5321 §2.3.8 forbids a bare CR on the wire, and a lone CR ended lines on old Macs:
-    it is a line end too. CRs before an LF are one line end with it: CR CR LF is a CRLF
-    converted once more on its way (a text-mode write), and as two line ends it made the
-    first header field's end a blank line, moving the rest of the header into the body.
+    it is a line end too, except in the header of input whose lines end in LF. There it
+    is a space, as Postfix and msmtp keep it one field: a web form's `a<CR>Bcc: b` pasted
+    into Subject must not become a field that -t sends a copy to.
+    CRs before an LF are one line end with it: CR CR LF is a CRLF converted once more on
+    its way (a text-mode write), and as two line ends it made the first header field's end
+    a blank line, moving the rest of the header into the body.
     For input read in pieces, the caller keeps a piece's trailing CRs for the next one,
     so that a line end split between pieces stays one.
     """
     crlfs = chunk.count(CRLF)
     if chunk.count(b"\n") == crlfs == chunk.count(b"\r"):
         return chunk
+    if header and b"\n" in chunk:
+        end = header_end(chunk)
+        end = len(chunk) if end < 0 else end
+        chunk = type(chunk)(_LONE_CRS.sub(b" ", chunk[:end]) + chunk[end:])
     if b"\r\r\n" in chunk:
         chunk = type(chunk)(_CRS_BEFORE_LF.sub(CRLF, chunk))  # in one pass, however many
     return chunk.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
@@ -567,7 +584,7 @@ def _long_line(data: bytes | bytearray, start: int) -> int:
 
 def _to_crlf(data: bytearray) -> bytearray:
     """`data` with CRLF line endings and a final CRLF; reused when it already has them."""
-    data = crlf_lines(data)
+    data = crlf_lines(data, header=True)
     if data and not data.endswith(CRLF):
         data += CRLF
     return data

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ssmtp_mailer import __version__, errors
@@ -245,13 +245,11 @@ def read_message(stream: BinaryIO, *, dot_ends: bool, limit: int) -> bytearray:
     read = getattr(stream, "read1", None) or stream.read
     data = bytearray()
     held = b""  # a piece's final CRs, until the next piece says whether an LF follows
-    while True:
-        piece = held + read(READ_SIZE)
-        if piece == held:
-            break
+    for got, first in _pieces(read, limit):
+        piece = held + got
         held = piece[len(piece.rstrip(b"\r")) :]
         start = len(data)
-        data += crlf_lines(piece[: len(piece) - len(held)])
+        data += crlf_lines(piece[: len(piece) - len(held)], header=first)
         if dot_ends:
             # The dot line may have begun in the previous piece: "\n" ".\r\n".
             cut = lone_dot_line(data, max(0, start - 3))
@@ -265,6 +263,28 @@ def read_message(stream: BinaryIO, *, dot_ends: bool, limit: int) -> bytearray:
             )
     data += crlf_lines(held)
     return data
+
+
+def _pieces(read: Callable[[int], bytes], limit: int) -> Iterator[tuple[bytes, bool]]:
+    """The input in pieces, each with whether it is the first: that one holds the whole
+    header (crlf_lines tells a CR in it from a line end), unless the input or `limit`
+    ends sooner."""
+    from ssmtp_mailer.message import header_end
+
+    head = bytearray()
+    searched = 0  # where an end not found yet may begin: the last LF looked at
+    while len(head) <= limit:
+        got = read(READ_SIZE)
+        if not got:
+            yield bytes(head), True
+            return  # never read again after the end: a terminal's ^D is not repeated
+        head += got
+        if header_end(head, searched) >= 0:
+            break
+        searched = max(0, head.rfind(b"\n"))
+    yield bytes(head), True
+    while got := read(READ_SIZE):
+        yield got, False
 
 
 def deliver_stdin(parsed: SendmailArgs, config: Config, stream: BinaryIO) -> int:

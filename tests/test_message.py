@@ -228,6 +228,12 @@ def test_line_endings_lf_crlf_bare_cr_mixed_become_crlf() -> None:
     # However many CRs stand before the LF (one pass, not one per CR).
     assert crlf_lines(b"a" + b"\r" * 50_000 + b"\nb\r\n") == b"a\r\nb\r\n"
     assert prep(b"To: a@x\n\nno newline", recipients=("a@x",)).data.endswith(b"no newline\r\n")
+    # A bare CR in the header of LF (or SMTP's CRLF) input is a space: no field is added.
+    for eol in (b"\n", b"\r\n"):
+        raw = b"To: a@x" + eol + b"Subject: hi\rBcc: victim@x" + eol + eol + b"b" + eol
+        injected = prep(raw, recipients=("a@x",)).data
+        assert b"\r\nSubject: hi Bcc: victim@x\r\n" in injected
+        assert b"\nBcc:" not in injected
 
 
 def test_body_bytes_are_untouched() -> None:

@@ -103,6 +103,18 @@ def test_php_mail(config: Path, smtp_server: SMTPTestServer, sendmail: Run) -> N
     assert got.message()["To"] == '"Doe, Jane" <jane@example.org>, bob@example.org'
 
 
+def test_a_cr_pasted_into_a_php_subject_adds_no_recipient(
+    config: Path, smtp_server: SMTPTestServer, sendmail: Run
+) -> None:
+    """PHP's mail() with a form's `hi<CR>Bcc: victim@evil.example` as the subject, which
+    the app stripped of LF only: one recipient, the Subject whole."""
+    message = b"To: jane@example.org\nSubject: hi\rBcc: victim@evil.example\n\nThanks.\n"
+    assert sendmail(["-t", "-i"], message)[0] == 0
+    got = only(smtp_server)
+    assert got.rcpt_tos == ["jane@example.org"]
+    assert got.message()["Subject"] == "hi Bcc: victim@evil.example"
+
+
 def test_bsd_mailx(config: Path, smtp_server: SMTPTestServer, sendmail: Run) -> None:
     message = b"Subject: hello\nTo: user@x.example\n\nhi\n"
     assert sendmail(["-i", "--", "user@x.example"], message)[0] == 0
@@ -629,8 +641,8 @@ def _read(pieces: list[bytes], *, dot_ends: bool = True, limit: int = 1000) -> b
 def test_read_message_across_piece_boundaries() -> None:
     # CR and LF of one line ending in different pieces stay one CRLF.
     assert _read([b"a\r", b"\nb\n"]) == b"a\r\nb\r\n"
-    # A bare CR ends a line (RFC 5321 §2.3.8), also at the very end.
-    assert _read([b"a\rb\n", b"c\r"]) == b"a\r\nb\r\nc\r\n"
+    # In the body a bare CR ends a line (RFC 5321 §2.3.8), also at the very end.
+    assert _read([b"\na\rb\n", b"c\r"]) == b"\r\na\r\nb\r\nc\r\n"
     # CR CR LF (a CRLF converted again) is one line end, also split between pieces.
     assert _read([b"To: a@x\r", b"\r\nSubject: s\r\r", b"\n\r\r\nbody\r\r\n"]) == (
         b"To: a@x\r\nSubject: s\r\n\r\nbody\r\n"
@@ -642,6 +654,21 @@ def test_read_message_across_piece_boundaries() -> None:
     # With -i a dot line is content; "..", ". " are content either way.
     assert _read([b"a\n.\nb\n"], dot_ends=False) == b"a\r\n.\r\nb\r\n"
     assert _read([b"..\n. \n"]) == b"..\r\n. \r\n"
+
+
+def test_a_bare_cr_in_the_header_of_lf_input_is_a_space_however_the_input_arrives() -> None:
+    """`Subject: hi<CR>Bcc: victim` from a web form stays one field (as Postfix and msmtp
+    keep it): read whole or a byte at a time, no Bcc field appears for -t to send to."""
+    raw = b"To: a@x\nSubject: hi\rBcc: victim@x\n\nline\rtwo\n"
+    want = b"To: a@x\r\nSubject: hi Bcc: victim@x\r\n\r\nline\r\ntwo\r\n"
+    assert _read([raw]) == want
+    assert _read([raw[i : i + 1] for i in range(len(raw))]) == want
+    # Old Mac input has no LF at all: each CR ends a line, the header's too.
+    assert _read([b"To: a@x\rSubject: s\r\rbody\r"]) == b"To: a@x\r\nSubject: s\r\n\r\nbody\r\n"
+    # The header's end split between pieces, a dot ending it, a CR before the end.
+    assert _read([b"To: a@x\n\r", b"\nb\rc\n"]) == b"To: a@x\r\n\r\nb\r\nc\r\n"
+    assert _read([b"To: a@x\rY\n", b".\n", b"never\n"]) == b"To: a@x Y\r\n"
+    assert _read([b"To: a@x\r", b"\r\n\nbody\n"]) == b"To: a@x\r\n\r\nbody\r\n"
 
 
 def test_read_message_over_the_limit_is_65() -> None:
