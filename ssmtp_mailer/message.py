@@ -530,6 +530,7 @@ if TYPE_CHECKING:
 _CRS_BEFORE_LF = re.compile(b"\r+\n")
 _HEADER_END = re.compile(b"(?:\\A|\n)\\.?\r*\n")  # an empty line, or a `.` one (-bm's end)
 _LONE_CRS = re.compile(b"\r+(?=[^\r\n])")
+_CR_BLANK_LINE = re.compile(b"\r\r(?!\n)")  # an old Mac's header end
 
 
 def header_end(raw: "_Bytes", start: int = 0) -> int:
@@ -537,6 +538,14 @@ def header_end(raw: "_Bytes", start: int = 0) -> int:
     (or `.` line) at or after `start`; -1 when that is not in `raw` yet."""
     found = _HEADER_END.search(raw, start)
     return -1 if found is None else found.end()
+
+
+def _lf_input(head: "_Bytes") -> bool:
+    """Whether input beginning with `head` ends its lines in LF: an LF comes before any
+    CR-ended empty line (an old Mac's input with one final LF is still a Mac's)."""
+    first_lf = head.find(b"\n")
+    cr_blank = _CR_BLANK_LINE.search(head)
+    return first_lf >= 0 and (cr_blank is None or first_lf < cr_blank.start())
 
 
 def crlf_lines(chunk: "_Bytes", *, header: bool = False) -> "_Bytes":
@@ -556,7 +565,7 @@ def crlf_lines(chunk: "_Bytes", *, header: bool = False) -> "_Bytes":
     crlfs = chunk.count(CRLF)
     if chunk.count(b"\n") == crlfs == chunk.count(b"\r"):
         return chunk
-    if header and b"\n" in chunk:
+    if header and _lf_input(chunk):
         end = header_end(chunk)
         end = len(chunk) if end < 0 else end
         chunk = type(chunk)(_LONE_CRS.sub(b" ", chunk[:end]) + chunk[end:])

@@ -257,12 +257,13 @@ def read_message(stream: BinaryIO, *, dot_ends: bool, limit: int) -> bytearray:
                 del data[cut:]
                 return data
         if len(data) + len(held) > limit:
-            raise DataError(
-                "message",
-                f"{len(data) + len(held)} octets read, over max_message_size ({limit} octets)",
-            )
+            raise _too_big(len(data) + len(held), limit)
     data += crlf_lines(held)
     return data
+
+
+def _too_big(size: int, limit: int) -> DataError:
+    return DataError("message", f"{size} octets read, over max_message_size ({limit} octets)")
 
 
 def _pieces(read: Callable[[int], bytes], limit: int) -> Iterator[tuple[bytes, bool]]:
@@ -273,15 +274,19 @@ def _pieces(read: Callable[[int], bytes], limit: int) -> Iterator[tuple[bytes, b
 
     head = bytearray()
     searched = 0  # where an end not found yet may begin: the last LF looked at
-    while len(head) <= limit:
+    while True:
         got = read(READ_SIZE)
         if not got:
             yield bytes(head), True
             return  # never read again after the end: a terminal's ^D is not repeated
         head += got
+        if len(head) > limit:
+            raise _too_big(len(head), limit)
         if header_end(head, searched) >= 0:
             break
-        searched = max(0, head.rfind(b"\n"))
+        last_lf = head.rfind(b"\n")
+        # No LF yet: only `.` and CRs so far can still be the start of an end.
+        searched = last_lf if last_lf >= 0 else 0 if not head[1:].strip(b"\r") else len(head)
     yield bytes(head), True
     while got := read(READ_SIZE):
         yield got, False

@@ -669,6 +669,11 @@ def test_a_bare_cr_in_the_header_of_lf_input_is_a_space_however_the_input_arrive
     assert _read([b"To: a@x\n\r", b"\nb\rc\n"]) == b"To: a@x\r\n\r\nb\r\nc\r\n"
     assert _read([b"To: a@x\rY\n", b".\n", b"never\n"]) == b"To: a@x Y\r\n"
     assert _read([b"To: a@x\r", b"\r\n\nbody\n"]) == b"To: a@x\r\n\r\nbody\r\n"
+    # A Mac's input with one final LF keeps its blank line and body.
+    assert _read([b"Subject: hi\r\rbody line\r\n"]) == b"Subject: hi\r\n\r\nbody line\r\n"
+    # A header longer than max_message_size is refused, never read on as body.
+    with pytest.raises(DataError):
+        _read([b"Subject: a" + b"\r" * 600, b"\rBcc: victim@x\n\nbody\n"], limit=500)
 
 
 def test_read_message_over_the_limit_is_65() -> None:

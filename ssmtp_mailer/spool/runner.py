@@ -412,7 +412,7 @@ def _run_one(config: Config, queue_dir: Path, entry_id: str, *, force: bool, run
             run.busy.append(entry_id)
             return
         fd, entry = held
-        _drop_unfinished_copy(config, entry)
+        _drop_unfinished_copy(config, queue_dir, entry)
         now = _now()
         # One past its lifetime is due: its last attempt decides (see _defer_or_expire).
         if not force and now < entry.next_attempt and not _expired(config, entry, now):
@@ -725,7 +725,7 @@ def _copied_from(origin: Entry, failed: Entry) -> bool:
     return failed.origin == origin.id and not set(origin.recipients).isdisjoint(failed.recipients)
 
 
-def _drop_unfinished_copy(config: Config, entry: Entry) -> None:
+def _drop_unfinished_copy(config: Config, queue_dir: Path, entry: Entry) -> None:
     """Under the locked entry's lock, before its attempt: a copy in failed/ owing a notice
     for recipients the entry still has goes, as the sweep at the start of a run drops one
     (a run killed after that sweep left this one). Else this attempt would make a second
@@ -734,10 +734,18 @@ def _drop_unfinished_copy(config: Config, entry: Entry) -> None:
     failed_dir = area_dir(config, FAILED)
     if not is_owed(failed_dir, entry.id):
         return
+    copy, message = (d / f"{entry.id}{MESSAGE_SUFFIX}" for d in (failed_dir, queue_dir))
     try:
-        failed = _read_entry(failed_dir, entry.id, FAILED)
+        if os.path.samefile(copy, message):  # a hard link: locked with the entry
+            failed = _read_entry(failed_dir, entry.id, FAILED)
+            if _copied_from(entry, failed):
+                settle_notice(failed_dir, failed.id)
+                _remove_pair(failed_dir, failed.id)
+            return
+        # A copy of its own: a sweep holding it drops it itself (the entry still has them).
+        with _locked(failed_dir, entry.id, FAILED) as held:
+            if held is not None and _copied_from(entry, held[1]):
+                settle_notice(failed_dir, entry.id)
+                _remove_pair(failed_dir, entry.id)
     except (FileNotFoundError, DamagedEntryError):
         return
-    if _copied_from(entry, failed):
-        settle_notice(failed_dir, failed.id)
-        _remove_pair(failed_dir, failed.id)
