@@ -433,6 +433,29 @@ def test_an_entry_killed_before_giving_up_failed_recipients_is_decided_by_its_ne
         assert [f.id for f in failed] == [entry_id]
 
 
+def test_a_second_copy_left_by_a_kill_is_dropped_by_the_entry_s_next_attempt(
+    tmp_path: Path, smtp_server: SMTPTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One recipient failed earlier (its copy has the entry's id); the other is refused
+    too and the run killed before the entry gave it up, its copy under an id of its own.
+    The next attempt, by a run begun before the kill, delivers: no notice says it failed."""
+    config = write_config(tmp_path, smtp_server.port)
+    smtp_server.rcpt_replies["gone@dest.example"] = "550 5.1.1 User unknown"
+    smtp_server.rcpt_replies["busy@dest.example"] = "451 4.2.0 Mailbox busy"
+    entry_id = enqueue(config, 1, SENDER, "gone@dest.example", "busy@dest.example")
+    assert spool.run_queue(config, force=True).bounces == 1
+    smtp_server.rcpt_replies["busy@dest.example"] = "550 5.1.1 User unknown"
+    kill_while_failing(config, "before the queue entry goes")
+    assert len(spool.list_entries(config, failed=True)) == 2
+    smtp_server.rcpt_replies.clear()
+    with monkeypatch.context() as patched:  # its start-of-run sweep found nothing owed
+        patched.setattr(spool_runner, "_send_owed_notices", lambda *args: None)
+        assert spool.run_queue(config, force=True).delivered == (entry_id,)
+    assert spool.run_queue(config, force=True).bounces == 0
+    assert [m.rcpt_tos for m in smtp_server.messages] == [[SENDER], ["busy@dest.example"]]
+    assert [f.id for f in spool.list_entries(config, failed=True)] == [entry_id]
+
+
 def test_a_notice_queued_just_before_a_kill_and_delivered_by_its_id_goes_once(
     tmp_path: Path, smtp_server: SMTPTestServer
 ) -> None:

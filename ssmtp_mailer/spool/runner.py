@@ -65,7 +65,6 @@ from ssmtp_mailer.spool.store import (
     denied,
     ensure_spool,
     error_reason,
-    is_owed,
     move_aside,
     owe_notice,
     owed_notices,
@@ -729,23 +728,25 @@ def _drop_unfinished_copy(config: Config, queue_dir: Path, entry: Entry) -> None
     """Under the locked entry's lock, before its attempt: a copy in failed/ owing a notice
     for recipients the entry still has goes, as the sweep at the start of a run drops one
     (a run killed after that sweep left this one). Else this attempt would make a second
-    copy, or deliver the message while the copy still tells its sender it failed.
-    A copy with an id of its own (the entry's second) is left to the next run's sweep."""
+    copy, or deliver the message while the copy still tells its sender it failed."""
     failed_dir = area_dir(config, FAILED)
-    if not is_owed(failed_dir, entry.id):
-        return
-    copy, message = (d / f"{entry.id}{MESSAGE_SUFFIX}" for d in (failed_dir, queue_dir))
-    try:
-        if os.path.samefile(copy, message):  # a hard link: locked with the entry
-            failed = _read_entry(failed_dir, entry.id, FAILED)
-            if _copied_from(entry, failed):
-                settle_notice(failed_dir, failed.id)
-                _remove_pair(failed_dir, failed.id)
-            return
-        # A copy of its own: a sweep holding it drops it itself (the entry still has them).
-        with _locked(failed_dir, entry.id, FAILED) as held:
-            if held is not None and _copied_from(entry, held[1]):
-                settle_notice(failed_dir, entry.id)
-                _remove_pair(failed_dir, entry.id)
-    except (FileNotFoundError, DamagedEntryError):
-        return
+    # None was made while failed/ has no copy under the entry's id (later ones have ids
+    # of their own): the look through failed/ is only for entries that failed in part.
+    copied = (failed_dir / f"{entry.id}{ENVELOPE_SUFFIX}").exists()
+    owed = [failed_id for failed_id, _ in owed_notices(failed_dir)] if copied else []
+    message = queue_dir / f"{entry.id}{MESSAGE_SUFFIX}"
+    for failed_id in owed:
+        copy = failed_dir / f"{failed_id}{MESSAGE_SUFFIX}"
+        try:
+            if os.path.samefile(copy, message):  # a hard link: locked with the entry
+                if _copied_from(entry, _read_entry(failed_dir, failed_id, FAILED)):
+                    settle_notice(failed_dir, failed_id)
+                    _remove_pair(failed_dir, failed_id)
+                continue
+            # A copy of its own: a sweep holding it drops it itself (the entry still has them).
+            with _locked(failed_dir, failed_id, FAILED) as held:
+                if held is not None and _copied_from(entry, held[1]):
+                    settle_notice(failed_dir, failed_id)
+                    _remove_pair(failed_dir, failed_id)
+        except (FileNotFoundError, DamagedEntryError):
+            continue

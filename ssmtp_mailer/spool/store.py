@@ -915,11 +915,6 @@ def owed_notices(failed_dir: Path) -> list[tuple[str, str | None]]:
     return owed
 
 
-def is_owed(failed_dir: Path, failed_id: str) -> bool:
-    """Whether the failed/ entry `failed_id` still owes its sender a notice."""
-    return (failed_dir / f"{failed_id}{NOTICE_SUFFIX}").exists()
-
-
 def settle_notice(failed_dir: Path, failed_id: str) -> None:
     """The notice `failed_id` owed is sent or queued (or owed no more), durably."""
     _unlink_in(failed_dir, f"{failed_id}{NOTICE_SUFFIX}")
