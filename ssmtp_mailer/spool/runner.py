@@ -693,8 +693,7 @@ def _send_owed_notices(config: Config, queue_dir: Path, run: _Run) -> None:
                     continue  # else another run is still at it
                 fd, failed = held
                 if _still_queued(queue_dir, failed):
-                    settle_notice(failed_dir, failed_id)
-                    _remove_pair(failed_dir, failed_id)
+                    _drop_copy(failed_dir, failed_id)
                 elif notice_id and (queue_dir / f"{notice_id}{ENVELOPE_SUFFIX}").exists():
                     settle_notice(failed_dir, failed_id)  # queued before the kill
                 else:
@@ -724,6 +723,12 @@ def _copied_from(origin: Entry, failed: Entry) -> bool:
     return failed.origin == origin.id and not set(origin.recipients).isdisjoint(failed.recipients)
 
 
+def _drop_copy(failed_dir: Path, failed_id: str) -> None:
+    """A failed/ copy that is no failure after all goes, with its mark."""
+    settle_notice(failed_dir, failed_id)
+    _remove_pair(failed_dir, failed_id)
+
+
 def _drop_unfinished_copy(config: Config, queue_dir: Path, entry: Entry) -> None:
     """Under the locked entry's lock, before its attempt: a copy in failed/ owing a notice
     for recipients the entry still has goes, as the sweep at the start of a run drops one
@@ -740,13 +745,11 @@ def _drop_unfinished_copy(config: Config, queue_dir: Path, entry: Entry) -> None
         try:
             if os.path.samefile(copy, message):  # a hard link: locked with the entry
                 if _copied_from(entry, _read_entry(failed_dir, failed_id, FAILED)):
-                    settle_notice(failed_dir, failed_id)
-                    _remove_pair(failed_dir, failed_id)
+                    _drop_copy(failed_dir, failed_id)
                 continue
             # A copy of its own: a sweep holding it drops it itself (the entry still has them).
             with _locked(failed_dir, failed_id, FAILED) as held:
                 if held is not None and _copied_from(entry, held[1]):
-                    settle_notice(failed_dir, failed_id)
-                    _remove_pair(failed_dir, failed_id)
+                    _drop_copy(failed_dir, failed_id)
         except (FileNotFoundError, DamagedEntryError):
             continue
